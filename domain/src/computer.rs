@@ -1,0 +1,1265 @@
+//! A customer computer: its enrollment, the local accounts Latchkey manages on it (group
+//! membership, password versions, offline secrets) and the provisioning requests its agent
+//! carries out, in stream order. Requests are idempotent "ensure" operations; the agent
+//! reports what it verified. Passwords and TOTP secrets are never here: a rotation names a
+//! password version, and the secret store keeps the password under (computer, account,
+//! version). Revocations are never dropped: a failed one waits for a retry until it succeeds
+//! or a later change makes it unnecessary ("superseded").
+
+use crate::event::{domain_events, Actor, Timestamp};
+use crate::ids::{AgentKeyId, ComputerId, RequestId, SessionId, TechnicianId, TenantId};
+use crate::names::{AccountName, FailureReason, GroupName, Hostname};
+use crate::policy::{CheckInAction, JitPolicy, LoginMode};
+use crate::{Aggregate, DomainError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OsKind {
+    Windows,
+    Linux,
+    Macos,
+}
+
+/// Whose account it is; decides which login mode created it and who may use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AccountOwner {
+    /// A technician's named account (`msp-nik`).
+    Named { technician_id: TechnicianId },
+    /// The tenant's shared account (`msp-2356`).
+    Shared,
+    /// A per-session account (`nik_566054625600`), possibly kept for reuse.
+    Ephemeral { technician_id: TechnicianId },
+}
+
+impl AccountOwner {
+    pub fn login_mode(&self) -> LoginMode {
+        match self {
+            AccountOwner::Named { .. } => LoginMode::Named,
+            AccountOwner::Shared => LoginMode::Shared,
+            AccountOwner::Ephemeral { .. } => LoginMode::Ephemeral,
+        }
+    }
+
+    pub fn technician(&self) -> Option<TechnicianId> {
+        match self {
+            AccountOwner::Named { technician_id } | AccountOwner::Ephemeral { technician_id } => {
+                Some(*technician_id)
+            }
+            AccountOwner::Shared => None,
+        }
+    }
+
+    /// Named and shared accounts have an offline TOTP secret; ephemeral ones are online only.
+    fn has_offline_secret(&self) -> bool {
+        !matches!(self, AccountOwner::Ephemeral { .. })
+    }
+}
+
+/// One idempotent change the agent makes on the computer.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Operation {
+    /// Ensure the account exists (created by Latchkey, with no group membership of its own).
+    EnsureAccount { account: AccountName },
+    /// Set the account's password to version `version` from the secret store.
+    RotatePassword { account: AccountName, version: u32 },
+    AddToGroup {
+        account: AccountName,
+        group: GroupName,
+    },
+    RemoveFromGroup {
+        account: AccountName,
+        group: GroupName,
+    },
+    /// Ensure the account is gone.
+    DeleteAccount { account: AccountName },
+}
+
+impl Operation {
+    pub fn account(&self) -> &AccountName {
+        match self {
+            Operation::EnsureAccount { account }
+            | Operation::RotatePassword { account, .. }
+            | Operation::AddToGroup { account, .. }
+            | Operation::RemoveFromGroup { account, .. }
+            | Operation::DeleteAccount { account } => account,
+        }
+    }
+
+    /// Does what the agent verified on the machine show this operation done?
+    pub fn verify(&self, seen: &AccountObservation) -> Result<(), String> {
+        let ok = match self {
+            Operation::EnsureAccount { .. } => seen.present,
+            Operation::RotatePassword { version, .. } => {
+                seen.present && seen.password_version == Some(*version)
+            }
+            Operation::AddToGroup { group, .. } => seen.present && seen.groups.contains(group),
+            Operation::RemoveFromGroup { group, .. } => !seen.present || !seen.groups.contains(group),
+            Operation::DeleteAccount { .. } => !seen.present,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("the agent reported success but verified {seen} after {self}"))
+        }
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operation::EnsureAccount { account } => write!(f, "ensure account {account}"),
+            Operation::RotatePassword { account, version } => {
+                write!(f, "rotate the password of {account} to version {version}")
+            }
+            Operation::AddToGroup { account, group } => write!(f, "add {account} to {group}"),
+            Operation::RemoveFromGroup { account, group } => {
+                write!(f, "remove {account} from {group}")
+            }
+            Operation::DeleteAccount { account } => write!(f, "delete account {account}"),
+        }
+    }
+}
+
+/// Why a request exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Purpose {
+    /// Part of giving a session access. Not retried: a failure fails the session.
+    Grant,
+    /// Taking a session's access away. Retried until done.
+    Revoke,
+    /// Removing an account the current settings no longer want. Retried until done.
+    Cleanup,
+}
+
+/// What the agent read back from the machine about one managed account after a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountObservation {
+    /// The Latchkey-managed account exists (an account of the same name that Latchkey did not
+    /// create does not count, and is never touched).
+    pub present: bool,
+    /// The account's local groups.
+    pub groups: BTreeSet<GroupName>,
+    /// The password version the agent last set and verified, if any.
+    pub password_version: Option<u32>,
+}
+
+impl fmt::Display for AccountObservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.present {
+            return f.write_str("the account absent");
+        }
+        let groups: Vec<&str> = self.groups.iter().map(GroupName::as_str).collect();
+        write!(f, "the account present in groups [{}]", groups.join(", "))?;
+        match self.password_version {
+            Some(v) => write!(f, " with password version {v}"),
+            None => f.write_str(" with no password set by Latchkey"),
+        }
+    }
+}
+
+/// Why accounts are being retired (deleted because the settings no longer want them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RetireReason {
+    /// The tenant left this login mode.
+    LoginModeChanged { from: LoginMode },
+    /// The technician was offboarded or left the tenant.
+    TechnicianRemoved { technician_id: TechnicianId },
+    /// The computer was decommissioned.
+    ComputerDecommissioned,
+}
+
+impl RetireReason {
+    fn selects(&self, owner: &AccountOwner) -> bool {
+        match self {
+            RetireReason::LoginModeChanged { from } => owner.login_mode() == *from,
+            RetireReason::TechnicianRemoved { technician_id } => {
+                owner.technician() == Some(*technician_id)
+            }
+            RetireReason::ComputerDecommissioned => true,
+        }
+    }
+}
+
+/// What releasing a session's access did to its account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseOutcome {
+    /// Another session still uses the account and its admin group: both are kept.
+    KeptForOtherSessions,
+    RemovedFromGroup,
+    Deleted,
+    /// The session never got as far as the admin group on this computer.
+    NothingGranted,
+}
+
+/// How far a session's access on this computer has come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantStage {
+    /// Account ensured and password rotated, waiting for the agent.
+    Preparing { pending: BTreeSet<RequestId> },
+    /// Password verified; waiting for the admin group membership.
+    Joining { request: RequestId },
+    Granted,
+    Failed,
+    Released,
+}
+
+impl GrantStage {
+    /// The session's account was (or is about to be) put in the admin group.
+    fn holds_membership(&self) -> bool {
+        matches!(self, GrantStage::Joining { .. } | GrantStage::Granted)
+    }
+}
+
+/// A session's access on this computer, with the policy it was checked out under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub session_id: SessionId,
+    pub technician_id: TechnicianId,
+    pub account: AccountName,
+    pub admin_group: GroupName,
+    pub on_check_in: CheckInAction,
+    pub rotate_on_check_in: bool,
+    pub stage: GrantStage,
+}
+
+/// A Latchkey account on this computer, as Latchkey wants it to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedAccount {
+    pub name: AccountName,
+    pub owner: AccountOwner,
+    /// Latchkey wants the account to exist (it asked for it and has not asked to delete it).
+    pub exists: bool,
+    /// The sessions using the account, with the admin group each uses.
+    pub sessions: BTreeMap<SessionId, GroupName>,
+    /// The latest password version requested (versions never repeat, even across deletion).
+    pub password_version: u32,
+    /// Deleted as soon as no session uses it.
+    pub retiring: bool,
+    /// The generation of the account's offline TOTP secret, if one is in force.
+    pub offline_secret: Option<u32>,
+    pub offline_generations: u32,
+    /// What the agent last verified.
+    pub verified: Option<AccountObservation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestStatus {
+    Pending { attempt: u32 },
+    Failed { attempt: u32, reason: FailureReason },
+}
+
+/// A request the agent has not yet completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenRequest {
+    pub request_id: RequestId,
+    pub session_id: Option<SessionId>,
+    pub purpose: Purpose,
+    pub operation: Operation,
+    pub status: RequestStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComputerProfile {
+    pub computer_id: ComputerId,
+    pub tenant_id: TenantId,
+    pub hostname: Hostname,
+    pub os: OsKind,
+    pub agent_key_id: AgentKeyId,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Computer {
+    /// `None` until enrolled.
+    pub profile: Option<ComputerProfile>,
+    pub decommissioned: bool,
+    pub policy_override: Option<JitPolicy>,
+    pub accounts: BTreeMap<AccountName, ManagedAccount>,
+    pub grants: BTreeMap<SessionId, Grant>,
+    /// Requests pending or failed; completed and superseded ones leave this map.
+    pub open_requests: BTreeMap<RequestId, OpenRequest>,
+    pub last_request: u64,
+    /// Sessions released before their grant arrived; a late grant for them does nothing.
+    pub released_before_grant: BTreeSet<SessionId>,
+}
+
+impl Computer {
+    /// The computer's override if it has one, else the tenant's policy.
+    pub fn effective_policy<'a>(&'a self, tenant_policy: &'a JitPolicy) -> &'a JitPolicy {
+        self.policy_override.as_ref().unwrap_or(tenant_policy)
+    }
+
+    /// A Latchkey account of this name exists (or is being created) and is not being retired.
+    pub fn has_usable_account(&self, name: &AccountName) -> bool {
+        self.accounts
+            .get(name)
+            .is_some_and(|a| a.exists && !a.retiring)
+    }
+
+    /// The technician's kept ephemeral account, for "reuse existing account".
+    pub fn reusable_account(&self, technician: TechnicianId) -> Option<&AccountName> {
+        self.accounts
+            .values()
+            .filter(|a| a.owner == AccountOwner::Ephemeral { technician_id: technician })
+            .find(|a| a.exists && !a.retiring)
+            .map(|a| &a.name)
+    }
+
+    /// Sessions whose access is being set up or is in force here.
+    pub fn open_sessions(&self) -> impl Iterator<Item = &Grant> {
+        self.grants
+            .values()
+            .filter(|g| !matches!(g.stage, GrantStage::Released))
+    }
+
+    /// Revocation and clean-up requests that failed and wait for a retry.
+    pub fn failed_requests(&self) -> impl Iterator<Item = &OpenRequest> {
+        self.open_requests
+            .values()
+            .filter(|r| matches!(r.status, RequestStatus::Failed { .. }))
+    }
+
+    /// Is `op` still what Latchkey wants? A failed revocation that a later change made
+    /// pointless (the account re-joined the group for a new session, a newer password was
+    /// set, the account was re-created) must not be replayed after that change.
+    fn still_wanted(&self, op: &Operation) -> bool {
+        let Some(account) = self.accounts.get(op.account()) else {
+            return true;
+        };
+        match op {
+            Operation::RemoveFromGroup { group, .. } => !self.group_needed(account, group, None),
+            Operation::RotatePassword { version, .. } => {
+                account.exists && account.password_version == *version
+            }
+            Operation::DeleteAccount { .. } => !account.exists,
+            Operation::EnsureAccount { .. } | Operation::AddToGroup { .. } => true,
+        }
+    }
+
+    /// Does a session other than `except` hold (or is about to hold) `group` through `account`?
+    fn group_needed(&self, account: &ManagedAccount, group: &GroupName, except: Option<SessionId>) -> bool {
+        account.sessions.iter().any(|(session, g)| {
+            Some(*session) != except
+                && g == group
+                && self
+                    .grants
+                    .get(session)
+                    .is_some_and(|grant| grant.stage.holds_membership())
+        })
+    }
+
+    fn computer_id(&self) -> Result<ComputerId, DomainError> {
+        self.profile
+            .as_ref()
+            .map(|p| p.computer_id)
+            .ok_or(DomainError::ComputerNotEnrolled)
+    }
+}
+
+/// What a session checked out with, as the computer needs it to grant access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessGrant {
+    pub session_id: SessionId,
+    pub technician_id: TechnicianId,
+    pub account: AccountName,
+    pub owner: AccountOwner,
+    pub admin_group: GroupName,
+    pub on_check_in: CheckInAction,
+    pub rotate_on_check_in: bool,
+    /// JIT provisioning is on: create the account if it does not exist.
+    pub create_account: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum ComputerCommand {
+    Enroll {
+        computer_id: ComputerId,
+        tenant_id: TenantId,
+        hostname: Hostname,
+        os: OsKind,
+        agent_key_id: AgentKeyId,
+        by: Actor,
+        at: Timestamp,
+    },
+    Decommission {
+        by: Actor,
+        at: Timestamp,
+    },
+    /// Sets (`Some`) or clears (`None`) this computer's own JIT policy.
+    OverrideJitPolicy {
+        policy: Option<JitPolicy>,
+        by: Actor,
+        at: Timestamp,
+    },
+    /// From the process manager, after a check-out.
+    GrantAccess { grant: AccessGrant, at: Timestamp },
+    /// From the process manager, after a check-in or a failed check-out.
+    ReleaseAccess { session_id: SessionId, at: Timestamp },
+    /// From the process manager, after a login-mode change or a technician's removal.
+    RetireAccounts { reason: RetireReason, at: Timestamp },
+    /// The agent carried out a request and verified the result.
+    ReportSucceeded {
+        request_id: RequestId,
+        verified: AccountObservation,
+        at: Timestamp,
+    },
+    ReportFailed {
+        request_id: RequestId,
+        reason: FailureReason,
+        at: Timestamp,
+    },
+    /// Re-issue a failed revocation or clean-up (the caller decides when: back-off).
+    RetryRequest { request_id: RequestId, at: Timestamp },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComputerEnrolled {
+    pub computer_id: ComputerId,
+    pub tenant_id: TenantId,
+    pub hostname: Hostname,
+    pub os: OsKind,
+    pub agent_key_id: AgentKeyId,
+    pub by: Actor,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComputerDecommissioned {
+    pub computer_id: ComputerId,
+    pub by: Actor,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ComputerJitPolicyOverridden {
+    pub computer_id: ComputerId,
+    /// `None`: the override was removed and the tenant's policy applies again.
+    pub policy: Option<JitPolicy>,
+    pub by: Actor,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionAccessRequested {
+    pub computer_id: ComputerId,
+    pub session_id: SessionId,
+    pub technician_id: TechnicianId,
+    pub account: AccountName,
+    pub owner: AccountOwner,
+    pub admin_group: GroupName,
+    pub on_check_in: CheckInAction,
+    pub rotate_on_check_in: bool,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningRequested {
+    pub computer_id: ComputerId,
+    pub request_id: RequestId,
+    pub session_id: Option<SessionId>,
+    pub purpose: Purpose,
+    pub operation: Operation,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningRetried {
+    pub computer_id: ComputerId,
+    pub request_id: RequestId,
+    pub attempt: u32,
+    pub operation: Operation,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningSuperseded {
+    pub computer_id: ComputerId,
+    pub request_id: RequestId,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisioningFailed {
+    pub computer_id: ComputerId,
+    pub request_id: RequestId,
+    pub attempt: u32,
+    pub operation: Operation,
+    pub reason: FailureReason,
+    pub at: Timestamp,
+}
+
+/// Declares the agent-verified result events, one per kind of operation.
+macro_rules! verified_results {
+    ($($(#[$doc:meta])* $name:ident { $($field:ident: $ty:ty),* })+) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            pub computer_id: ComputerId,
+            pub request_id: RequestId,
+            pub account: AccountName,
+            $(pub $field: $ty,)*
+            pub verified: AccountObservation,
+            pub at: Timestamp,
+        }
+    )+};
+}
+
+verified_results! {
+    /// The agent created (or found) the account.
+    AccountProvisioned {}
+    /// The agent set password `version`; the password itself is only in the secret store.
+    PasswordRotated { version: u32 }
+    AddedToAdminGroup { group: GroupName }
+    RemovedFromAdminGroup { group: GroupName }
+    AccountDeleted {}
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionAccessGranted {
+    pub computer_id: ComputerId,
+    pub session_id: SessionId,
+    pub account: AccountName,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionAccessFailed {
+    pub computer_id: ComputerId,
+    pub session_id: SessionId,
+    pub reason: FailureReason,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SessionAccessReleased {
+    pub computer_id: ComputerId,
+    pub session_id: SessionId,
+    pub account: Option<AccountName>,
+    pub outcome: ReleaseOutcome,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRetirementStarted {
+    pub computer_id: ComputerId,
+    pub account: AccountName,
+    pub reason: RetireReason,
+    pub at: Timestamp,
+}
+
+/// An offline TOTP secret now exists for the account on this computer: per (computer,
+/// technician) for a named account, per computer for the shared account. The secret itself
+/// is in the secret store under (computer, account, generation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineSecretIssued {
+    pub computer_id: ComputerId,
+    pub account: AccountName,
+    pub technician_id: Option<TechnicianId>,
+    pub generation: u32,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineSecretRevoked {
+    pub computer_id: ComputerId,
+    pub account: AccountName,
+    pub generation: u32,
+    pub at: Timestamp,
+}
+
+domain_events!(
+    /// Everything that happens on a computer.
+    ComputerEvent {
+        ComputerEnrolled = "ComputerEnrolled" v 1,
+        ComputerDecommissioned = "ComputerDecommissioned" v 1,
+        ComputerJitPolicyOverridden = "ComputerJitPolicyOverridden" v 1,
+        SessionAccessRequested = "SessionAccessRequested" v 1,
+        ProvisioningRequested = "ProvisioningRequested" v 1,
+        ProvisioningRetried = "ProvisioningRetried" v 1,
+        ProvisioningSuperseded = "ProvisioningSuperseded" v 1,
+        ProvisioningFailed = "ProvisioningFailed" v 1,
+        AccountProvisioned = "AccountProvisioned" v 1,
+        PasswordRotated = "PasswordRotated" v 1,
+        AddedToAdminGroup = "AddedToAdminGroup" v 1,
+        RemovedFromAdminGroup = "RemovedFromAdminGroup" v 1,
+        AccountDeleted = "AccountDeleted" v 1,
+        SessionAccessGranted = "SessionAccessGranted" v 1,
+        SessionAccessFailed = "SessionAccessFailed" v 1,
+        SessionAccessReleased = "SessionAccessReleased" v 1,
+        AccountRetirementStarted = "AccountRetirementStarted" v 1,
+        OfflineSecretIssued = "OfflineSecretIssued" v 1,
+        OfflineSecretRevoked = "OfflineSecretRevoked" v 1,
+    }
+);
+
+/// Builds a decision event by event on a scratch copy of the state, so each step sees the
+/// effect of the previous ones (next request id, password version) exactly as replay will.
+struct Decision {
+    state: Computer,
+    events: Vec<ComputerEvent>,
+    computer_id: ComputerId,
+    at: Timestamp,
+}
+
+impl Decision {
+    fn new(state: &Computer, at: Timestamp) -> Result<Self, DomainError> {
+        Ok(Self {
+            computer_id: state.computer_id()?,
+            state: state.clone(),
+            events: Vec::new(),
+            at,
+        })
+    }
+
+    fn emit(&mut self, event: impl Into<ComputerEvent>) {
+        let event = event.into();
+        self.state = Computer::evolve(std::mem::take(&mut self.state), &event);
+        self.events.push(event);
+    }
+
+    fn request(&mut self, session_id: Option<SessionId>, purpose: Purpose, operation: Operation) {
+        let request_id = RequestId(self.state.last_request + 1);
+        self.emit(ProvisioningRequested {
+            computer_id: self.computer_id,
+            request_id,
+            session_id,
+            purpose,
+            operation,
+            at: self.at,
+        });
+    }
+
+    fn next_password_version(&self, account: &AccountName) -> u32 {
+        self.state
+            .accounts
+            .get(account)
+            .map_or(1, |a| a.password_version + 1)
+    }
+
+    fn rotate(&mut self, session_id: Option<SessionId>, purpose: Purpose, account: &AccountName) {
+        let version = self.next_password_version(account);
+        let operation = Operation::RotatePassword {
+            account: account.clone(),
+            version,
+        };
+        self.request(session_id, purpose, operation);
+    }
+
+    fn revoke_offline_secret(&mut self, account: &AccountName) {
+        if let Some(generation) = self.state.accounts.get(account).and_then(|a| a.offline_secret) {
+            self.emit(OfflineSecretRevoked {
+                computer_id: self.computer_id,
+                account: account.clone(),
+                generation,
+                at: self.at,
+            });
+        }
+    }
+
+    fn access_failed(&mut self, session_id: SessionId, reason: FailureReason) {
+        self.emit(SessionAccessFailed {
+            computer_id: self.computer_id,
+            session_id,
+            reason,
+            at: self.at,
+        });
+    }
+
+    /// Supersedes failed revocations of `account` that the latest change made pointless.
+    fn supersede_unwanted(&mut self, account: &AccountName) {
+        let unwanted: Vec<RequestId> = self
+            .state
+            .failed_requests()
+            .filter(|r| r.operation.account() == account && r.purpose != Purpose::Grant)
+            .filter(|r| !self.state.still_wanted(&r.operation))
+            .map(|r| r.request_id)
+            .collect();
+        for request_id in unwanted {
+            self.emit(ProvisioningSuperseded {
+                computer_id: self.computer_id,
+                request_id,
+                at: self.at,
+            });
+        }
+    }
+
+    fn finish(self) -> Vec<ComputerEvent> {
+        self.events
+    }
+}
+
+/// A reason text made by Latchkey itself (never from user input), cut to the allowed length.
+fn reason(text: impl Into<String>) -> FailureReason {
+    let text: String = text.into();
+    let cut: String = text.chars().take(1000).collect();
+    FailureReason::parse(cut.trim().to_owned())
+        .unwrap_or_else(|_| FailureReason::parse("unspecified failure").expect("valid reason"))
+}
+
+impl Computer {
+    fn grant_access(&self, grant: AccessGrant, at: Timestamp) -> Result<Vec<ComputerEvent>, DomainError> {
+        let mut d = Decision::new(self, at)?;
+        if self.grants.contains_key(&grant.session_id)
+            || self.released_before_grant.contains(&grant.session_id)
+        {
+            return Ok(vec![]);
+        }
+        let session_id = grant.session_id;
+        let existing = self.accounts.get(&grant.account);
+        let refusal = if self.decommissioned {
+            Some("the computer has been decommissioned".to_owned())
+        } else if existing.is_some_and(|a| a.owner != grant.owner) {
+            Some(format!("account {} on this computer belongs to someone else", grant.account))
+        } else if !grant.create_account && !self.has_usable_account(&grant.account) {
+            Some(format!(
+                "JIT provisioning is disabled and account {} does not exist on this computer",
+                grant.account
+            ))
+        } else {
+            None
+        };
+        d.emit(SessionAccessRequested {
+            computer_id: d.computer_id,
+            session_id,
+            technician_id: grant.technician_id,
+            account: grant.account.clone(),
+            owner: grant.owner,
+            admin_group: grant.admin_group.clone(),
+            on_check_in: grant.on_check_in,
+            rotate_on_check_in: grant.rotate_on_check_in,
+            at,
+        });
+        if let Some(why) = refusal {
+            d.access_failed(session_id, reason(why));
+            return Ok(d.finish());
+        }
+        // The password is rotated before the account may join the admin group: the join is
+        // only requested once the agent has verified both of these (see `report_succeeded`).
+        if grant.create_account {
+            let op = Operation::EnsureAccount {
+                account: grant.account.clone(),
+            };
+            d.request(Some(session_id), Purpose::Grant, op);
+        }
+        d.rotate(Some(session_id), Purpose::Grant, &grant.account);
+        let account = &d.state.accounts[&grant.account];
+        if grant.owner.has_offline_secret() && account.offline_secret.is_none() {
+            let generation = account.offline_generations + 1;
+            d.emit(OfflineSecretIssued {
+                computer_id: d.computer_id,
+                account: grant.account.clone(),
+                technician_id: match grant.owner {
+                    AccountOwner::Named { technician_id } => Some(technician_id),
+                    _ => None,
+                },
+                generation,
+                at,
+            });
+        }
+        d.supersede_unwanted(&grant.account);
+        Ok(d.finish())
+    }
+
+    fn release_access(&self, session_id: SessionId, at: Timestamp) -> Result<Vec<ComputerEvent>, DomainError> {
+        let mut d = Decision::new(self, at)?;
+        let Some(grant) = self.grants.get(&session_id) else {
+            if self.released_before_grant.contains(&session_id) {
+                return Ok(vec![]);
+            }
+            d.emit(SessionAccessReleased {
+                computer_id: d.computer_id,
+                session_id,
+                account: None,
+                outcome: ReleaseOutcome::NothingGranted,
+                at,
+            });
+            return Ok(d.finish());
+        };
+        if grant.stage == GrantStage::Released {
+            return Ok(vec![]);
+        }
+        let account = &self.accounts[&grant.account];
+        let others_remain = account.sessions.keys().any(|s| *s != session_id);
+        let deleting = !others_remain
+            && account.exists
+            && (grant.on_check_in == CheckInAction::DeleteAccount || account.retiring);
+        let had_membership = grant.stage.holds_membership();
+        let remove_from_group =
+            had_membership && !self.group_needed(account, &grant.admin_group, Some(session_id));
+        // A session that never reached the group never saw a password: nothing to rotate.
+        let rotate = had_membership && (grant.rotate_on_check_in || deleting);
+        let outcome = if deleting {
+            ReleaseOutcome::Deleted
+        } else if remove_from_group {
+            ReleaseOutcome::RemovedFromGroup
+        } else if had_membership {
+            ReleaseOutcome::KeptForOtherSessions
+        } else {
+            ReleaseOutcome::NothingGranted
+        };
+        let (name, group) = (grant.account.clone(), grant.admin_group.clone());
+        d.emit(SessionAccessReleased {
+            computer_id: d.computer_id,
+            session_id,
+            account: Some(name.clone()),
+            outcome,
+            at,
+        });
+        // Membership first, then the password, then the account: if deletion fails (the
+        // technician is still logged in), the account is already powerless.
+        if remove_from_group {
+            let op = Operation::RemoveFromGroup {
+                account: name.clone(),
+                group,
+            };
+            d.request(Some(session_id), Purpose::Revoke, op);
+        }
+        if rotate {
+            d.rotate(Some(session_id), Purpose::Revoke, &name);
+        }
+        if deleting {
+            d.revoke_offline_secret(&name);
+            let op = Operation::DeleteAccount { account: name };
+            d.request(Some(session_id), Purpose::Revoke, op);
+        }
+        Ok(d.finish())
+    }
+
+    fn retire_accounts(&self, why: RetireReason, at: Timestamp) -> Result<Vec<ComputerEvent>, DomainError> {
+        let mut d = Decision::new(self, at)?;
+        let selected: Vec<&ManagedAccount> = self
+            .accounts
+            .values()
+            .filter(|a| a.exists && !a.retiring && why.selects(&a.owner))
+            .collect();
+        for account in selected {
+            d.emit(AccountRetirementStarted {
+                computer_id: d.computer_id,
+                account: account.name.clone(),
+                reason: why,
+                at,
+            });
+            // In use: deleted when its last session is released (see `release_access`).
+            if account.sessions.is_empty() {
+                d.revoke_offline_secret(&account.name);
+                let op = Operation::DeleteAccount {
+                    account: account.name.clone(),
+                };
+                d.request(None, Purpose::Cleanup, op);
+            }
+        }
+        Ok(d.finish())
+    }
+
+    fn report_succeeded(
+        &self,
+        request_id: RequestId,
+        verified: AccountObservation,
+        at: Timestamp,
+    ) -> Result<Vec<ComputerEvent>, DomainError> {
+        let Some(request) = self.open_request(request_id)? else {
+            return Ok(vec![]);
+        };
+        if let Err(why) = request.operation.verify(&verified) {
+            return self.report_failed(request_id, reason(why), at);
+        }
+        let mut d = Decision::new(self, at)?;
+        let (computer_id, account) = (d.computer_id, request.operation.account().clone());
+        match request.operation.clone() {
+            Operation::EnsureAccount { .. } => d.emit(AccountProvisioned {
+                computer_id,
+                request_id,
+                account,
+                verified,
+                at,
+            }),
+            Operation::RotatePassword { version, .. } => d.emit(PasswordRotated {
+                computer_id,
+                request_id,
+                account,
+                version,
+                verified,
+                at,
+            }),
+            Operation::AddToGroup { group, .. } => d.emit(AddedToAdminGroup {
+                computer_id,
+                request_id,
+                account,
+                group,
+                verified,
+                at,
+            }),
+            Operation::RemoveFromGroup { group, .. } => d.emit(RemovedFromAdminGroup {
+                computer_id,
+                request_id,
+                account,
+                group,
+                verified,
+                at,
+            }),
+            Operation::DeleteAccount { .. } => d.emit(AccountDeleted {
+                computer_id,
+                request_id,
+                account,
+                verified,
+                at,
+            }),
+        }
+        if let (Purpose::Grant, Some(session_id)) = (request.purpose, request.session_id) {
+            let grant = &d.state.grants[&session_id];
+            match &grant.stage {
+                GrantStage::Preparing { pending } if pending.is_empty() => {
+                    let op = Operation::AddToGroup {
+                        account: grant.account.clone(),
+                        group: grant.admin_group.clone(),
+                    };
+                    d.request(Some(session_id), Purpose::Grant, op);
+                }
+                GrantStage::Joining { request } if *request == request_id => {
+                    let account = grant.account.clone();
+                    d.emit(SessionAccessGranted {
+                        computer_id,
+                        session_id,
+                        account,
+                        at,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(d.finish())
+    }
+
+    fn report_failed(
+        &self,
+        request_id: RequestId,
+        why: FailureReason,
+        at: Timestamp,
+    ) -> Result<Vec<ComputerEvent>, DomainError> {
+        let Some(request) = self.open_request(request_id)? else {
+            return Ok(vec![]);
+        };
+        let RequestStatus::Pending { attempt } = request.status else {
+            return Ok(vec![]); // already reported as failed
+        };
+        let mut d = Decision::new(self, at)?;
+        d.emit(ProvisioningFailed {
+            computer_id: d.computer_id,
+            request_id,
+            attempt,
+            operation: request.operation.clone(),
+            reason: why.clone(),
+            at,
+        });
+        if let (Purpose::Grant, Some(session_id)) = (request.purpose, request.session_id) {
+            let stage = &self.grants[&session_id].stage;
+            if matches!(stage, GrantStage::Preparing { .. } | GrantStage::Joining { .. }) {
+                d.access_failed(session_id, why);
+            }
+        }
+        Ok(d.finish())
+    }
+
+    fn retry_request(&self, request_id: RequestId, at: Timestamp) -> Result<Vec<ComputerEvent>, DomainError> {
+        let Some(request) = self.open_request(request_id)? else {
+            return Ok(vec![]);
+        };
+        let RequestStatus::Failed { attempt, .. } = request.status else {
+            return Ok(vec![]); // still pending: the agent has it
+        };
+        if request.purpose == Purpose::Grant {
+            return Err(DomainError::NotRetryable { request_id });
+        }
+        let mut d = Decision::new(self, at)?;
+        if self.still_wanted(&request.operation) {
+            d.emit(ProvisioningRetried {
+                computer_id: d.computer_id,
+                request_id,
+                attempt: attempt + 1,
+                operation: request.operation.clone(),
+                at,
+            });
+        } else {
+            d.emit(ProvisioningSuperseded {
+                computer_id: d.computer_id,
+                request_id,
+                at,
+            });
+        }
+        Ok(d.finish())
+    }
+
+    /// The open request, `None` if it was already completed or superseded, an error if this
+    /// computer never issued it.
+    fn open_request(&self, request_id: RequestId) -> Result<Option<&OpenRequest>, DomainError> {
+        self.computer_id()?;
+        match self.open_requests.get(&request_id) {
+            Some(request) => Ok(Some(request)),
+            None if request_id.0 >= 1 && request_id.0 <= self.last_request => Ok(None),
+            None => Err(DomainError::UnknownRequest { request_id }),
+        }
+    }
+}
+
+impl Aggregate for Computer {
+    type Command = ComputerCommand;
+    type Event = ComputerEvent;
+    const CATEGORY: &'static str = ComputerId::CATEGORY;
+
+    fn decide(state: &Self, command: ComputerCommand) -> Result<Vec<ComputerEvent>, DomainError> {
+        match command {
+            ComputerCommand::Enroll {
+                computer_id,
+                tenant_id,
+                hostname,
+                os,
+                agent_key_id,
+                by,
+                at,
+            } => {
+                if state.profile.is_some() {
+                    return Err(DomainError::ComputerAlreadyEnrolled);
+                }
+                Ok(vec![ComputerEnrolled {
+                    computer_id,
+                    tenant_id,
+                    hostname,
+                    os,
+                    agent_key_id,
+                    by,
+                    at,
+                }
+                .into()])
+            }
+            ComputerCommand::Decommission { by, at } => {
+                let computer_id = state.computer_id()?;
+                if state.decommissioned {
+                    return Ok(vec![]);
+                }
+                let mut events = vec![ComputerDecommissioned { computer_id, by, at }.into()];
+                let after = Computer::evolve(state.clone(), &events[0]);
+                events.extend(after.retire_accounts(RetireReason::ComputerDecommissioned, at)?);
+                Ok(events)
+            }
+            ComputerCommand::OverrideJitPolicy { policy, by, at } => {
+                let computer_id = state.computer_id()?;
+                if state.decommissioned {
+                    return Err(DomainError::ComputerDecommissioned);
+                }
+                if state.policy_override == policy {
+                    return Ok(vec![]);
+                }
+                Ok(vec![ComputerJitPolicyOverridden {
+                    computer_id,
+                    policy,
+                    by,
+                    at,
+                }
+                .into()])
+            }
+            ComputerCommand::GrantAccess { grant, at } => state.grant_access(grant, at),
+            ComputerCommand::ReleaseAccess { session_id, at } => {
+                state.release_access(session_id, at)
+            }
+            ComputerCommand::RetireAccounts { reason, at } => state.retire_accounts(reason, at),
+            ComputerCommand::ReportSucceeded {
+                request_id,
+                verified,
+                at,
+            } => state.report_succeeded(request_id, verified, at),
+            ComputerCommand::ReportFailed {
+                request_id,
+                reason,
+                at,
+            } => state.report_failed(request_id, reason, at),
+            ComputerCommand::RetryRequest { request_id, at } => {
+                state.retry_request(request_id, at)
+            }
+        }
+    }
+
+    fn evolve(mut state: Self, event: &ComputerEvent) -> Self {
+        use ComputerEvent as E;
+        match event {
+            E::ComputerEnrolled(e) => {
+                state.profile = Some(ComputerProfile {
+                    computer_id: e.computer_id,
+                    tenant_id: e.tenant_id,
+                    hostname: e.hostname.clone(),
+                    os: e.os,
+                    agent_key_id: e.agent_key_id,
+                });
+            }
+            E::ComputerDecommissioned(_) => state.decommissioned = true,
+            E::ComputerJitPolicyOverridden(e) => state.policy_override = e.policy.clone(),
+            E::SessionAccessRequested(e) => {
+                let account = state
+                    .accounts
+                    .entry(e.account.clone())
+                    .or_insert_with(|| ManagedAccount {
+                        name: e.account.clone(),
+                        owner: e.owner,
+                        exists: false,
+                        sessions: BTreeMap::new(),
+                        password_version: 0,
+                        retiring: false,
+                        offline_secret: None,
+                        offline_generations: 0,
+                        verified: None,
+                    });
+                account.sessions.insert(e.session_id, e.admin_group.clone());
+                account.retiring = false;
+                state.grants.insert(
+                    e.session_id,
+                    Grant {
+                        session_id: e.session_id,
+                        technician_id: e.technician_id,
+                        account: e.account.clone(),
+                        admin_group: e.admin_group.clone(),
+                        on_check_in: e.on_check_in,
+                        rotate_on_check_in: e.rotate_on_check_in,
+                        stage: GrantStage::Preparing {
+                            pending: BTreeSet::new(),
+                        },
+                    },
+                );
+            }
+            E::ProvisioningRequested(e) => {
+                state.last_request = state.last_request.max(e.request_id.0);
+                state.open_requests.insert(
+                    e.request_id,
+                    OpenRequest {
+                        request_id: e.request_id,
+                        session_id: e.session_id,
+                        purpose: e.purpose,
+                        operation: e.operation.clone(),
+                        status: RequestStatus::Pending { attempt: 1 },
+                    },
+                );
+                if let Some(account) = state.accounts.get_mut(e.operation.account()) {
+                    match &e.operation {
+                        Operation::EnsureAccount { .. } => account.exists = true,
+                        Operation::RotatePassword { version, .. } => {
+                            account.password_version = *version
+                        }
+                        Operation::DeleteAccount { .. } => account.exists = false,
+                        Operation::AddToGroup { .. } | Operation::RemoveFromGroup { .. } => {}
+                    }
+                }
+                if let (Purpose::Grant, Some(session)) = (e.purpose, e.session_id) {
+                    if let Some(grant) = state.grants.get_mut(&session) {
+                        match (&e.operation, &mut grant.stage) {
+                            (Operation::AddToGroup { .. }, stage) => {
+                                *stage = GrantStage::Joining {
+                                    request: e.request_id,
+                                }
+                            }
+                            (_, GrantStage::Preparing { pending }) => {
+                                pending.insert(e.request_id);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            E::ProvisioningRetried(e) => {
+                if let Some(request) = state.open_requests.get_mut(&e.request_id) {
+                    request.status = RequestStatus::Pending { attempt: e.attempt };
+                }
+            }
+            E::ProvisioningSuperseded(e) => {
+                state.open_requests.remove(&e.request_id);
+            }
+            E::ProvisioningFailed(e) => {
+                if let Some(request) = state.open_requests.get_mut(&e.request_id) {
+                    request.status = RequestStatus::Failed {
+                        attempt: e.attempt,
+                        reason: e.reason.clone(),
+                    };
+                }
+            }
+            E::AccountProvisioned(AccountProvisioned { request_id, account, verified, .. })
+            | E::PasswordRotated(PasswordRotated { request_id, account, verified, .. })
+            | E::AddedToAdminGroup(AddedToAdminGroup { request_id, account, verified, .. })
+            | E::RemovedFromAdminGroup(RemovedFromAdminGroup { request_id, account, verified, .. })
+            | E::AccountDeleted(AccountDeleted { request_id, account, verified, .. }) => {
+                if let Some(request) = state.open_requests.remove(request_id) {
+                    if let Some(session) = request.session_id {
+                        if let Some(Grant {
+                            stage: GrantStage::Preparing { pending },
+                            ..
+                        }) = state.grants.get_mut(&session)
+                        {
+                            pending.remove(request_id);
+                        }
+                    }
+                }
+                if let Some(a) = state.accounts.get_mut(account) {
+                    a.verified = Some(verified.clone());
+                }
+            }
+            E::SessionAccessGranted(e) => {
+                if let Some(grant) = state.grants.get_mut(&e.session_id) {
+                    grant.stage = GrantStage::Granted;
+                }
+            }
+            E::SessionAccessFailed(e) => {
+                if let Some(grant) = state.grants.get_mut(&e.session_id) {
+                    grant.stage = GrantStage::Failed;
+                }
+            }
+            E::SessionAccessReleased(e) => {
+                if let Some(a) = e.account.as_ref().and_then(|a| state.accounts.get_mut(a)) {
+                    a.sessions.remove(&e.session_id);
+                }
+                match state.grants.get_mut(&e.session_id) {
+                    Some(grant) => grant.stage = GrantStage::Released,
+                    None => {
+                        state.released_before_grant.insert(e.session_id);
+                    }
+                }
+            }
+            E::AccountRetirementStarted(e) => {
+                if let Some(a) = state.accounts.get_mut(&e.account) {
+                    a.retiring = true;
+                }
+            }
+            E::OfflineSecretIssued(e) => {
+                if let Some(a) = state.accounts.get_mut(&e.account) {
+                    a.offline_secret = Some(e.generation);
+                    a.offline_generations = a.offline_generations.max(e.generation);
+                }
+            }
+            E::OfflineSecretRevoked(e) => {
+                if let Some(a) = state.accounts.get_mut(&e.account) {
+                    a.offline_secret = None;
+                }
+            }
+        }
+        state
+    }
+}

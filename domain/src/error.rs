@@ -1,0 +1,94 @@
+//! Why `decide` said no. Each variant is one rule; `kind` tells the API which status to use.
+
+use crate::ids::{RequestId, SessionId, TenantId};
+use crate::names::{AccountName, InvalidValue};
+use crate::Timestamp;
+
+/// How a caller should treat a [`DomainError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The thing the command is about does not exist (HTTP 404).
+    NotFound,
+    /// The command conflicts with the current state (HTTP 409).
+    Conflict,
+    /// The command is well-formed but a rule forbids it (HTTP 422).
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("the tenant is not registered")]
+    TenantNotRegistered,
+    #[error("the tenant is already registered")]
+    TenantAlreadyRegistered,
+    #[error("the technician is not registered")]
+    TechnicianNotRegistered,
+    #[error("the technician is already registered")]
+    TechnicianAlreadyRegistered,
+    #[error("the technician has been offboarded")]
+    TechnicianOffboarded,
+    #[error("the technician is not a member of tenant {tenant_id}")]
+    TechnicianNotInTenant { tenant_id: TenantId },
+    #[error("the computer is not enrolled")]
+    ComputerNotEnrolled,
+    #[error("the computer is already enrolled")]
+    ComputerAlreadyEnrolled,
+    #[error("the computer has been decommissioned")]
+    ComputerDecommissioned,
+    #[error("the computer belongs to another tenant")]
+    ComputerOfOtherTenant,
+    #[error("the session already exists")]
+    SessionAlreadyExists,
+    #[error("the session does not exist")]
+    SessionNotFound,
+    #[error("the session does not expire before {expires_at}")]
+    ExpiryNotReached { expires_at: Timestamp },
+    #[error(
+        "JIT provisioning is disabled for this computer and account {account} does not exist \
+         on it; enable provisioning or let an earlier session create the account"
+    )]
+    AccountNotProvisioned { account: AccountName },
+    #[error("the tenant is in shared mode but has no shared account")]
+    SharedAccountMissing,
+    #[error("account {account} already exists on this computer; check out again")]
+    AccountNameTaken { account: AccountName },
+    #[error("account {account} on this computer belongs to someone else")]
+    AccountOwnedByOther { account: AccountName },
+    #[error("there is no provisioning request {request_id} on this computer")]
+    UnknownRequest { request_id: RequestId },
+    #[error("provisioning request {request_id} grants access and is not retried; check out again")]
+    NotRetryable { request_id: RequestId },
+    #[error("session {session_id} is not known on this computer")]
+    UnknownSession { session_id: SessionId },
+    #[error(transparent)]
+    Invalid(#[from] InvalidValue),
+}
+
+impl DomainError {
+    pub fn kind(&self) -> ErrorKind {
+        use DomainError::*;
+        match self {
+            TenantNotRegistered
+            | TechnicianNotRegistered
+            | ComputerNotEnrolled
+            | SessionNotFound
+            | UnknownRequest { .. }
+            | UnknownSession { .. } => ErrorKind::NotFound,
+            TenantAlreadyRegistered
+            | TechnicianAlreadyRegistered
+            | ComputerAlreadyEnrolled
+            | SessionAlreadyExists
+            | AccountNameTaken { .. } => ErrorKind::Conflict,
+            TechnicianOffboarded
+            | TechnicianNotInTenant { .. }
+            | ComputerDecommissioned
+            | ComputerOfOtherTenant
+            | ExpiryNotReached { .. }
+            | AccountNotProvisioned { .. }
+            | AccountOwnedByOther { .. }
+            | SharedAccountMissing
+            | NotRetryable { .. }
+            | Invalid(_) => ErrorKind::Rejected,
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Process managers: the cross-aggregate flows (DESIGN.md §3). Each reaction maps one event
+//! to the commands it causes on other aggregates. Pure: what they need to know about other
+//! aggregates comes through [`Lookup`] (a read model in the server, a scan in tests), and
+//! every command they issue is idempotent, so a runner may replay them after a crash.
+
+use crate::computer::{ComputerCommand, ComputerEvent, RetireReason};
+use crate::ids::{ComputerId, SessionId, TechnicianId, TenantId};
+use crate::session::{CheckInReason, SessionCommand, SessionEvent};
+use crate::technician::TechnicianEvent;
+use crate::tenant::TenantEvent;
+use crate::{Actor, AnyEvent, Timestamp};
+
+/// A command a process manager addresses to one aggregate instance.
+#[derive(Debug, Clone)]
+pub enum Command {
+    Computer {
+        computer_id: ComputerId,
+        command: ComputerCommand,
+    },
+    Session {
+        session_id: SessionId,
+        command: SessionCommand,
+    },
+}
+
+/// What the process managers need to know beyond the event itself.
+pub trait Lookup {
+    /// Every enrolled computer of the tenant, decommissioned ones included.
+    fn computers_of_tenant(&self, tenant: TenantId) -> Vec<ComputerId>;
+    /// The technician's sessions that are provisioning or active (in one tenant, or all).
+    fn open_sessions_of_technician(
+        &self,
+        technician: TechnicianId,
+        tenant: Option<TenantId>,
+    ) -> Vec<SessionId>;
+    /// The sessions on the computer that are provisioning or active.
+    fn open_sessions_on_computer(&self, computer: ComputerId) -> Vec<SessionId>;
+}
+
+fn revoke(sessions: Vec<SessionId>, at: Timestamp) -> impl Iterator<Item = Command> {
+    sessions.into_iter().map(move |session_id| Command::Session {
+        session_id,
+        command: SessionCommand::CheckIn {
+            reason: CheckInReason::Revoked,
+            by: Actor::System,
+            at,
+        },
+    })
+}
+
+fn retire(computers: Vec<ComputerId>, reason: RetireReason, at: Timestamp) -> impl Iterator<Item = Command> {
+    computers.into_iter().map(move |computer_id| Command::Computer {
+        computer_id,
+        command: ComputerCommand::RetireAccounts { reason, at },
+    })
+}
+
+/// The commands `event` causes. `at` is the runner's clock when it handles the event.
+pub fn react(event: &AnyEvent, at: Timestamp, lookup: &impl Lookup) -> Vec<Command> {
+    match event {
+        // A check-out asks the computer for access; the computer's answer drives the session.
+        AnyEvent::Session(SessionEvent::SessionCheckedOut(e)) => vec![Command::Computer {
+            computer_id: e.computer_id,
+            command: ComputerCommand::GrantAccess {
+                grant: e.access_grant(),
+                at,
+            },
+        }],
+        AnyEvent::Computer(ComputerEvent::SessionAccessGranted(e)) => vec![Command::Session {
+            session_id: e.session_id,
+            command: SessionCommand::Activate { at },
+        }],
+        AnyEvent::Computer(ComputerEvent::SessionAccessFailed(e)) => vec![Command::Session {
+            session_id: e.session_id,
+            command: SessionCommand::FailProvisioning {
+                reason: e.reason.clone(),
+                at,
+            },
+        }],
+        // However a session ends, its access on the computer is taken away.
+        AnyEvent::Session(SessionEvent::SessionCheckedIn(e)) => {
+            vec![release(e.computer_id, e.session_id, at)]
+        }
+        AnyEvent::Session(SessionEvent::SessionProvisioningFailed(e)) => {
+            vec![release(e.computer_id, e.session_id, at)]
+        }
+        // The old mode's accounts go from every computer of the tenant.
+        AnyEvent::Tenant(TenantEvent::LoginModeChanged(e)) => retire(
+            lookup.computers_of_tenant(e.tenant_id),
+            RetireReason::LoginModeChanged { from: e.from },
+            at,
+        )
+        .collect(),
+        // A technician who leaves loses their sessions and their accounts.
+        AnyEvent::Technician(TechnicianEvent::TechnicianOffboarded(e)) => {
+            let reason = RetireReason::TechnicianRemoved {
+                technician_id: e.technician_id,
+            };
+            let computers = e
+                .tenants
+                .iter()
+                .flat_map(|tenant| lookup.computers_of_tenant(*tenant))
+                .collect();
+            revoke(lookup.open_sessions_of_technician(e.technician_id, None), at)
+                .chain(retire(computers, reason, at))
+                .collect()
+        }
+        AnyEvent::Technician(TechnicianEvent::TechnicianLeftTenant(e)) => {
+            let reason = RetireReason::TechnicianRemoved {
+                technician_id: e.technician_id,
+            };
+            let sessions = lookup.open_sessions_of_technician(e.technician_id, Some(e.tenant_id));
+            revoke(sessions, at)
+                .chain(retire(lookup.computers_of_tenant(e.tenant_id), reason, at))
+                .collect()
+        }
+        AnyEvent::Computer(ComputerEvent::ComputerDecommissioned(e)) => {
+            revoke(lookup.open_sessions_on_computer(e.computer_id), at).collect()
+        }
+        _ => vec![],
+    }
+}
+
+fn release(computer_id: ComputerId, session_id: SessionId, at: Timestamp) -> Command {
+    Command::Computer {
+        computer_id,
+        command: ComputerCommand::ReleaseAccess { session_id, at },
+    }
+}
