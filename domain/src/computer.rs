@@ -1263,3 +1263,547 @@ impl Aggregate for Computer {
         state
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::testing::{admin, ann_id, computer_id, given, nik_id, t, tenant_id};
+    use uuid::Uuid;
+
+    pub fn enrolled(hostname: &str) -> ComputerEvent {
+        ComputerEnrolled {
+            computer_id: computer_id(),
+            tenant_id: tenant_id(),
+            hostname: Hostname::parse(hostname).unwrap(),
+            os: OsKind::Windows,
+            agent_key_id: AgentKeyId(Uuid::from_u128(500)),
+            by: admin(),
+            at: t(0),
+        }
+        .into()
+    }
+
+    fn acct(name: &str) -> AccountName {
+        AccountName::parse(name).unwrap()
+    }
+
+    fn admins() -> GroupName {
+        GroupName::parse("Administrators").unwrap()
+    }
+
+    fn sid(n: u128) -> SessionId {
+        SessionId(Uuid::from_u128(1000 + n))
+    }
+
+    pub fn named_grant(session: u128) -> AccessGrant {
+        AccessGrant {
+            session_id: sid(session),
+            technician_id: nik_id(),
+            account: acct("msp-nik"),
+            owner: AccountOwner::Named {
+                technician_id: nik_id(),
+            },
+            admin_group: admins(),
+            on_check_in: CheckInAction::RemoveFromGroup,
+            rotate_on_check_in: true,
+            create_account: true,
+        }
+    }
+
+    fn shared_grant(session: u128, technician_id: TechnicianId) -> AccessGrant {
+        AccessGrant {
+            technician_id,
+            account: acct("msp-1234"),
+            owner: AccountOwner::Shared,
+            ..named_grant(session)
+        }
+    }
+
+    fn seen(present: bool, groups: &[&str], version: Option<u32>) -> AccountObservation {
+        AccountObservation {
+            present,
+            groups: groups.iter().map(|g| GroupName::parse(*g).unwrap()).collect(),
+            password_version: version,
+        }
+    }
+
+    /// A computer's stream as a test builds it up: each command goes through the harness.
+    struct Timeline(Vec<ComputerEvent>);
+
+    impl Timeline {
+        fn enrolled() -> Self {
+            Timeline(vec![enrolled("W11-L-PASSWORD")])
+        }
+        fn run(&mut self, command: ComputerCommand) -> Vec<ComputerEvent> {
+            let events = given::<Computer>(self.0.clone()).when(command).events();
+            self.0.extend(events.clone());
+            events
+        }
+        fn state(&self) -> Computer {
+            Computer::replay(&self.0)
+        }
+        fn grant(&mut self, grant: AccessGrant) -> Vec<ComputerEvent> {
+            self.run(ComputerCommand::GrantAccess { grant, at: t(1) })
+        }
+        fn succeed(&mut self, request: u64, verified: AccountObservation) -> Vec<ComputerEvent> {
+            self.run(ComputerCommand::ReportSucceeded {
+                request_id: RequestId(request),
+                verified,
+                at: t(2),
+            })
+        }
+        fn fail(&mut self, request: u64, why: &str) -> Vec<ComputerEvent> {
+            self.run(ComputerCommand::ReportFailed {
+                request_id: RequestId(request),
+                reason: FailureReason::parse(why).unwrap(),
+                at: t(2),
+            })
+        }
+        fn release(&mut self, session: u128) -> Vec<ComputerEvent> {
+            self.run(ComputerCommand::ReleaseAccess {
+                session_id: sid(session),
+                at: t(30),
+            })
+        }
+        /// Grants a session whose account already exists with password `version - 1`, with
+        /// the agent confirming each step; returns the next free request number.
+        fn grant_fully(&mut self, grant: AccessGrant, first_request: u64, version: u32) -> u64 {
+            let group = grant.admin_group.to_string();
+            let mut r = first_request;
+            self.grant(grant.clone());
+            if grant.create_account {
+                self.succeed(r, seen(true, &[], Some(version - 1).filter(|v| *v > 0)));
+                r += 1;
+            }
+            self.succeed(r, seen(true, &[], Some(version)));
+            self.succeed(r + 1, seen(true, &[&group], Some(version)));
+            r + 2
+        }
+    }
+
+    fn requested(events: &[ComputerEvent]) -> Vec<(u64, Purpose, Operation)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                ComputerEvent::ProvisioningRequested(r) => {
+                    Some((r.request_id.0, r.purpose, r.operation.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rotate(account: &str, version: u32) -> Operation {
+        Operation::RotatePassword {
+            account: acct(account),
+            version,
+        }
+    }
+    fn add(account: &str) -> Operation {
+        Operation::AddToGroup {
+            account: acct(account),
+            group: admins(),
+        }
+    }
+    fn remove(account: &str) -> Operation {
+        Operation::RemoveFromGroup {
+            account: acct(account),
+            group: admins(),
+        }
+    }
+    fn delete(account: &str) -> Operation {
+        Operation::DeleteAccount {
+            account: acct(account),
+        }
+    }
+
+    #[test]
+    fn enrolling_a_computer_once() {
+        given::<Computer>([])
+            .when(ComputerCommand::Enroll {
+                computer_id: computer_id(),
+                tenant_id: tenant_id(),
+                hostname: Hostname::parse("W11-L-PASSWORD").unwrap(),
+                os: OsKind::Windows,
+                agent_key_id: AgentKeyId(Uuid::from_u128(500)),
+                by: admin(),
+                at: t(0),
+            })
+            .then_expect([enrolled("W11-L-PASSWORD")]);
+        given::<Computer>([enrolled("W11-L-PASSWORD")])
+            .when(ComputerCommand::Decommission { by: admin(), at: t(0) })
+            .events();
+        given::<Computer>([])
+            .when(ComputerCommand::Decommission { by: admin(), at: t(0) })
+            .then_expect_error(DomainError::ComputerNotEnrolled);
+    }
+
+    #[test]
+    fn the_password_is_rotated_before_the_account_joins_the_admin_group() {
+        let mut c = Timeline::enrolled();
+        let events = c.grant(named_grant(1));
+        assert_eq!(
+            requested(&events),
+            vec![
+                (1, Purpose::Grant, Operation::EnsureAccount { account: acct("msp-nik") }),
+                (2, Purpose::Grant, rotate("msp-nik", 1)),
+            ],
+            "no group membership is requested before the rotation is verified"
+        );
+        assert!(c.succeed(1, seen(true, &[], None)).len() == 1);
+        let after_rotation = c.succeed(2, seen(true, &[], Some(1)));
+        assert_eq!(requested(&after_rotation), vec![(3, Purpose::Grant, add("msp-nik"))]);
+        let joined = c.succeed(3, seen(true, &["Administrators"], Some(1)));
+        assert!(matches!(
+            joined.as_slice(),
+            [ComputerEvent::AddedToAdminGroup(_), ComputerEvent::SessionAccessGranted(g)]
+                if g.session_id == sid(1) && g.account == acct("msp-nik")
+        ));
+    }
+
+    #[test]
+    fn a_named_account_gets_an_offline_secret_per_computer_and_technician_once() {
+        let mut c = Timeline::enrolled();
+        let first = c.grant(named_grant(1));
+        let issued: Vec<_> = first
+            .iter()
+            .filter_map(|e| match e {
+                ComputerEvent::OfflineSecretIssued(o) => Some(o.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(issued.len(), 1);
+        assert_eq!(issued[0].technician_id, Some(nik_id()));
+        assert_eq!(issued[0].generation, 1);
+        c.succeed(1, seen(true, &[], None));
+        c.succeed(2, seen(true, &[], Some(1)));
+        c.succeed(3, seen(true, &["Administrators"], Some(1)));
+        c.release(1);
+        let second = c.grant(named_grant(2));
+        assert!(!second.iter().any(|e| matches!(e, ComputerEvent::OfflineSecretIssued(_))));
+    }
+
+    #[test]
+    fn the_shared_account_has_one_offline_secret_shared_by_technicians() {
+        let mut c = Timeline::enrolled();
+        let first = c.grant(shared_grant(1, nik_id()));
+        assert!(first.iter().any(|e| matches!(e,
+            ComputerEvent::OfflineSecretIssued(o) if o.technician_id.is_none())));
+        let second = c.grant(shared_grant(2, ann_id()));
+        assert!(!second.iter().any(|e| matches!(e, ComputerEvent::OfflineSecretIssued(_))));
+    }
+
+    #[test]
+    fn an_ephemeral_account_has_no_offline_secret() {
+        let mut c = Timeline::enrolled();
+        let events = c.grant(AccessGrant {
+            account: acct("nik_566054625600"),
+            owner: AccountOwner::Ephemeral {
+                technician_id: nik_id(),
+            },
+            ..named_grant(1)
+        });
+        assert!(!events.iter().any(|e| matches!(e, ComputerEvent::OfflineSecretIssued(_))));
+    }
+
+    #[test]
+    fn a_success_the_agent_did_not_verify_counts_as_a_failure() {
+        let mut c = Timeline::enrolled();
+        c.grant(named_grant(1));
+        c.succeed(1, seen(true, &[], None));
+        // The agent says "rotated" but the version it read back is not the one asked for.
+        let events = c.succeed(2, seen(true, &[], Some(7)));
+        match events.as_slice() {
+            [ComputerEvent::ProvisioningFailed(f), ComputerEvent::SessionAccessFailed(s)] => {
+                assert!(f.reason.as_str().contains("verified"), "{}", f.reason);
+                assert_eq!(s.session_id, sid(1));
+            }
+            other => panic!("{other:#?}"),
+        }
+    }
+
+    #[test]
+    fn a_failed_grant_request_fails_the_session_and_is_not_retried() {
+        let mut c = Timeline::enrolled();
+        c.grant(named_grant(1));
+        let events = c.fail(1, "useradd: cannot lock /etc/passwd");
+        assert!(matches!(events.last(), Some(ComputerEvent::SessionAccessFailed(_))));
+        given::<Computer>(c.0.clone())
+            .when(ComputerCommand::RetryRequest {
+                request_id: RequestId(1),
+                at: t(3),
+            })
+            .then_expect_error(DomainError::NotRetryable {
+                request_id: RequestId(1),
+            });
+        // The session never reached the group: releasing it asks for nothing.
+        let released = c.release(1);
+        assert!(requested(&released).is_empty(), "{released:#?}");
+    }
+
+    #[test]
+    fn check_in_removes_the_account_from_the_admin_group_and_rotates_again() {
+        let mut c = Timeline::enrolled();
+        let next = c.grant_fully(named_grant(1), 1, 1);
+        let events = c.release(1);
+        assert!(matches!(&events[0], ComputerEvent::SessionAccessReleased(r)
+            if r.outcome == ReleaseOutcome::RemovedFromGroup));
+        assert_eq!(
+            requested(&events),
+            vec![
+                (next, Purpose::Revoke, remove("msp-nik")),
+                (next + 1, Purpose::Revoke, rotate("msp-nik", 2)),
+            ]
+        );
+        assert!(c.state().accounts[&acct("msp-nik")].exists, "named accounts are kept");
+    }
+
+    #[test]
+    fn check_in_with_delete_on_check_in_deletes_the_account_after_taking_its_rights() {
+        let mut c = Timeline::enrolled();
+        let grant = AccessGrant {
+            account: acct("nik_566054625600"),
+            owner: AccountOwner::Ephemeral {
+                technician_id: nik_id(),
+            },
+            on_check_in: CheckInAction::DeleteAccount,
+            rotate_on_check_in: false,
+            ..named_grant(1)
+        };
+        let next = c.grant_fully(grant, 1, 1);
+        let events = c.release(1);
+        assert_eq!(
+            requested(&events),
+            vec![
+                (next, Purpose::Revoke, remove("nik_566054625600")),
+                (next + 1, Purpose::Revoke, rotate("nik_566054625600", 2)),
+                (next + 2, Purpose::Revoke, delete("nik_566054625600")),
+            ]
+        );
+        assert!(!c.state().accounts[&acct("nik_566054625600")].exists);
+        assert_eq!(c.state().reusable_account(nik_id()), None);
+    }
+
+    #[test]
+    fn checking_in_one_shared_session_keeps_the_account_for_the_other() {
+        let mut c = Timeline::enrolled();
+        let next = c.grant_fully(shared_grant(1, nik_id()), 1, 1);
+        let next = c.grant_fully(shared_grant(2, ann_id()), next, 2);
+        let first_out = c.release(1);
+        assert!(matches!(&first_out[0], ComputerEvent::SessionAccessReleased(r)
+            if r.outcome == ReleaseOutcome::KeptForOtherSessions));
+        let ops: Vec<Operation> = requested(&first_out).into_iter().map(|r| r.2).collect();
+        assert_eq!(
+            ops,
+            vec![rotate("msp-1234", 3)],
+            "the leaving technician's password is rotated away, the membership stays"
+        );
+        let last_out = c.release(2);
+        assert_eq!(
+            requested(&last_out),
+            vec![
+                (next + 1, Purpose::Revoke, remove("msp-1234")),
+                (next + 2, Purpose::Revoke, rotate("msp-1234", 4)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_revocation_is_retried_and_never_dropped() {
+        let mut c = Timeline::enrolled();
+        let next = c.grant_fully(named_grant(1), 1, 1);
+        c.release(1);
+        let failed = c.fail(next, "gpasswd: group 'Administrators' is locked");
+        assert!(matches!(failed.as_slice(), [ComputerEvent::ProvisioningFailed(f)] if f.attempt == 1));
+        assert_eq!(c.state().failed_requests().count(), 1);
+        for attempt in 2..=4 {
+            let retried = c.run(ComputerCommand::RetryRequest {
+                request_id: RequestId(next),
+                at: t(40),
+            });
+            assert!(matches!(retried.as_slice(),
+                [ComputerEvent::ProvisioningRetried(r)] if r.attempt == attempt && r.operation == remove("msp-nik")));
+            c.fail(next, "still locked");
+        }
+        assert_eq!(c.state().failed_requests().count(), 1, "still waiting, never dropped");
+        c.run(ComputerCommand::RetryRequest {
+            request_id: RequestId(next),
+            at: t(50),
+        });
+        c.succeed(next, seen(true, &[], Some(1)));
+        assert_eq!(c.state().failed_requests().count(), 0);
+    }
+
+    #[test]
+    fn a_failed_removal_is_not_replayed_after_a_new_session_joined_the_group() {
+        let mut c = Timeline::enrolled();
+        let next = c.grant_fully(named_grant(1), 1, 1);
+        c.release(1);
+        let removal = next;
+        c.fail(removal, "locked");
+        c.succeed(next + 1, seen(true, &["Administrators"], Some(2)));
+        c.grant_fully(named_grant(2), next + 2, 3);
+        // Replaying "remove from Administrators" now would take the new session's rights.
+        let retried = c.run(ComputerCommand::RetryRequest {
+            request_id: RequestId(removal),
+            at: t(40),
+        });
+        assert!(matches!(retried.as_slice(), [ComputerEvent::ProvisioningSuperseded(_)]), "{retried:#?}");
+    }
+
+    #[test]
+    fn duplicate_and_unknown_reports() {
+        let mut c = Timeline::enrolled();
+        c.grant(named_grant(1));
+        c.succeed(1, seen(true, &[], None));
+        given::<Computer>(c.0.clone())
+            .when(ComputerCommand::ReportSucceeded {
+                request_id: RequestId(1),
+                verified: seen(true, &[], None),
+                at: t(3),
+            })
+            .then_expect_nothing();
+        given::<Computer>(c.0.clone())
+            .when(ComputerCommand::ReportSucceeded {
+                request_id: RequestId(99),
+                verified: seen(true, &[], None),
+                at: t(3),
+            })
+            .then_expect_error(DomainError::UnknownRequest {
+                request_id: RequestId(99),
+            });
+    }
+
+    #[test]
+    fn a_login_mode_change_deletes_the_old_modes_idle_accounts_and_in_use_ones_at_check_in() {
+        let mut c = Timeline::enrolled();
+        let next = c.grant_fully(named_grant(1), 1, 1);
+        c.release(1);
+        c.succeed(next, seen(true, &[], Some(1)));
+        c.succeed(next + 1, seen(true, &[], Some(2)));
+        let next = next + 2;
+        let next = c.grant_fully(shared_grant(2, ann_id()), next, 1);
+        // Named → shared: msp-nik (idle) goes now.
+        let retire = |from| ComputerCommand::RetireAccounts {
+            reason: RetireReason::LoginModeChanged { from },
+            at: t(45),
+        };
+        let events = c.run(retire(LoginMode::Named));
+        assert_eq!(requested(&events), vec![(next, Purpose::Cleanup, delete("msp-nik"))]);
+        assert!(events.iter().any(|e| matches!(e, ComputerEvent::OfflineSecretRevoked(_))));
+        // Shared → ephemeral: msp-1234 is in use; it is deleted when its session ends.
+        let events = c.run(retire(LoginMode::Shared));
+        assert!(requested(&events).is_empty());
+        assert!(c.state().accounts[&acct("msp-1234")].retiring);
+        let released = c.release(2);
+        let ops: Vec<Operation> = requested(&released).into_iter().map(|r| r.2).collect();
+        assert_eq!(ops, vec![remove("msp-1234"), rotate("msp-1234", 2), delete("msp-1234")]);
+    }
+
+    #[test]
+    fn offboarding_retires_only_that_technicians_accounts() {
+        let mut c = Timeline::enrolled();
+        c.grant(named_grant(1));
+        let ann = AccessGrant {
+            technician_id: ann_id(),
+            account: acct("msp-ann"),
+            owner: AccountOwner::Named {
+                technician_id: ann_id(),
+            },
+            ..named_grant(2)
+        };
+        c.grant(ann);
+        c.release(1);
+        let events = c.run(ComputerCommand::RetireAccounts {
+            reason: RetireReason::TechnicianRemoved {
+                technician_id: nik_id(),
+            },
+            at: t(50),
+        });
+        let ops: Vec<Operation> = requested(&events).into_iter().map(|r| r.2).collect();
+        assert_eq!(ops, vec![delete("msp-nik")]);
+        assert!(!c.state().accounts[&acct("msp-ann")].retiring);
+    }
+
+    #[test]
+    fn a_session_released_before_its_grant_arrives_is_never_granted() {
+        let mut c = Timeline::enrolled();
+        let released = c.release(1);
+        assert!(matches!(released.as_slice(), [ComputerEvent::SessionAccessReleased(r)]
+            if r.outcome == ReleaseOutcome::NothingGranted));
+        given::<Computer>(c.0.clone())
+            .when(ComputerCommand::GrantAccess {
+                grant: named_grant(1),
+                at: t(31),
+            })
+            .then_expect_nothing();
+    }
+
+    #[test]
+    fn decommissioning_retires_every_account_and_refuses_new_access() {
+        let mut c = Timeline::enrolled();
+        let next = c.grant_fully(named_grant(1), 1, 1);
+        c.release(1);
+        let events = c.run(ComputerCommand::Decommission { by: admin(), at: t(60) });
+        assert!(matches!(events[0], ComputerEvent::ComputerDecommissioned(_)));
+        assert_eq!(requested(&events), vec![(next + 2, Purpose::Cleanup, delete("msp-nik"))]);
+        let refused = c.grant(named_grant(2));
+        assert!(matches!(refused.last(), Some(ComputerEvent::SessionAccessFailed(_))));
+        assert!(requested(&refused).is_empty());
+    }
+
+    #[test]
+    fn without_jit_provisioning_access_needs_an_existing_latchkey_account() {
+        let mut c = Timeline::enrolled();
+        let no_create = AccessGrant {
+            create_account: false,
+            ..named_grant(1)
+        };
+        let refused = c.grant(no_create.clone());
+        assert!(matches!(refused.last(), Some(ComputerEvent::SessionAccessFailed(_))));
+        let mut c = Timeline::enrolled();
+        c.grant_fully(named_grant(1), 1, 1);
+        c.release(1);
+        let events = c.grant(AccessGrant {
+            session_id: sid(2),
+            ..no_create
+        });
+        let ops: Vec<Operation> = requested(&events).into_iter().map(|r| r.2).collect();
+        assert_eq!(ops, vec![rotate("msp-nik", 3)], "no account creation, only the rotation");
+    }
+
+    #[test]
+    fn an_account_of_another_owner_is_never_handed_out() {
+        let mut c = Timeline::enrolled();
+        c.grant(named_grant(1));
+        let events = c.grant(AccessGrant {
+            technician_id: ann_id(),
+            owner: AccountOwner::Named {
+                technician_id: ann_id(),
+            },
+            ..named_grant(2)
+        });
+        assert!(matches!(events.last(), Some(ComputerEvent::SessionAccessFailed(f))
+            if f.reason.as_str().contains("belongs to someone else")));
+    }
+
+    #[test]
+    fn a_computer_policy_override_can_be_set_and_cleared() {
+        let policy = JitPolicy::default_for(GroupName::parse("sudo").unwrap());
+        let mut c = Timeline::enrolled();
+        let set = c.run(ComputerCommand::OverrideJitPolicy {
+            policy: Some(policy.clone()),
+            by: admin(),
+            at: t(1),
+        });
+        assert_eq!(set.len(), 1);
+        let tenant_policy = JitPolicy::default();
+        assert_eq!(c.state().effective_policy(&tenant_policy), &policy);
+        c.run(ComputerCommand::OverrideJitPolicy {
+            policy: None,
+            by: admin(),
+            at: t(2),
+        });
+        assert_eq!(c.state().effective_policy(&tenant_policy), &tenant_policy);
+    }
+}

@@ -333,3 +333,310 @@ impl Aggregate for Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::computer::{ComputerCommand, ComputerEvent};
+    use crate::names::{Email, SharedAccountDigits, TenantName, Username};
+    use crate::policy::{JitPolicy, JitPolicyFields};
+    use crate::technician::{Technician, TechnicianEvent, TechnicianJoinedTenant, TechnicianRegistered};
+    use crate::tenant::{Tenant, TenantCommand};
+    use crate::testing::{admin, computer_id, given, nik_id, t, tenant_id};
+    use uuid::Uuid;
+
+    fn tenant(mode: LoginMode, policy: JitPolicy) -> TenantState {
+        let events = Tenant::decide(
+            &Tenant::Unregistered,
+            TenantCommand::Register {
+                tenant_id: tenant_id(),
+                name: TenantName::parse("customer-1").unwrap(),
+                login_mode: mode,
+                policy,
+                shared_account_digits: SharedAccountDigits::parse("2356").unwrap(),
+                by: admin(),
+                at: t(0),
+            },
+        )
+        .unwrap();
+        Tenant::replay(&events).state().unwrap().clone()
+    }
+
+    fn nik() -> TechnicianState {
+        let events: Vec<TechnicianEvent> = vec![
+            TechnicianRegistered {
+                technician_id: nik_id(),
+                username: Username::parse("nik").unwrap(),
+                email: Email::parse("nik@nikpot.com").unwrap(),
+                by: admin(),
+                at: t(0),
+            }
+            .into(),
+            TechnicianJoinedTenant {
+                technician_id: nik_id(),
+                tenant_id: tenant_id(),
+                by: admin(),
+                at: t(0),
+            }
+            .into(),
+        ];
+        Technician::replay(&events).state().unwrap().clone()
+    }
+
+    fn computer() -> Computer {
+        Computer::replay(&[crate::computer::tests::enrolled("W11-L-PASSWORD")])
+    }
+
+    fn sid() -> SessionId {
+        SessionId(Uuid::from_u128(2000))
+    }
+
+    fn policy(edit: impl FnOnce(&mut JitPolicyFields)) -> JitPolicy {
+        let mut fields = JitPolicy::default().fields().clone();
+        edit(&mut fields);
+        JitPolicy::new(fields).unwrap()
+    }
+
+    fn check_out(tenant: TenantState, computer: Computer) -> CheckOut {
+        CheckOut {
+            session_id: sid(),
+            tenant,
+            technician: nik(),
+            computer,
+            reason: Some(Reason::parse("printer driver").unwrap()),
+            ticket: Some(TicketRef::parse("INC-4711").unwrap()),
+            duration: None,
+            ephemeral_digits: EphemeralDigits::parse("566054625600").unwrap(),
+            by: Actor::User {
+                email: Email::parse("nik@nikpot.com").unwrap(),
+            },
+            at: t(0),
+        }
+    }
+
+    fn account_of(c: CheckOut) -> Result<String, DomainError> {
+        let events = Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c)))?;
+        events.iter().for_each(crate::testing::check_contract);
+        match &events[..] {
+            [SessionEvent::SessionCheckedOut(e)] => Ok(e.account.to_string()),
+            other => panic!("{other:#?}"),
+        }
+    }
+
+    fn checked_out(expires_minute: u32) -> SessionEvent {
+        let mut c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
+        c.duration = Some(SessionLength::minutes(expires_minute).unwrap());
+        Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap().remove(0)
+    }
+
+    #[test]
+    fn named_mode_gives_the_technician_their_named_account() {
+        let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
+        assert_eq!(account_of(c).unwrap(), "msp-nik");
+    }
+
+    #[test]
+    fn named_mode_uses_the_computer_override_template() {
+        let mut computer = computer();
+        computer.policy_override = Some(policy(|f| {
+            f.named_account_template = crate::policy::AccountTemplate::parse("{username}-msp").unwrap()
+        }));
+        let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer);
+        assert_eq!(account_of(c).unwrap(), "nik-msp");
+    }
+
+    #[test]
+    fn shared_mode_gives_the_tenants_shared_account() {
+        let c = check_out(tenant(LoginMode::Shared, JitPolicy::default()), computer());
+        assert_eq!(account_of(c).unwrap(), "msp-2356");
+    }
+
+    #[test]
+    fn ephemeral_mode_creates_a_username_and_12_digit_account_per_session() {
+        let c = check_out(tenant(LoginMode::Ephemeral, JitPolicy::default()), computer());
+        assert_eq!(account_of(c).unwrap(), "nik_566054625600");
+    }
+
+    fn computer_with_kept_ephemeral_account() -> Computer {
+        let mut events = vec![crate::computer::tests::enrolled("W11-L-PASSWORD")];
+        let grant = crate::computer::AccessGrant {
+            account: AccountName::parse("nik_111111111111").unwrap(),
+            owner: AccountOwner::Ephemeral { technician_id: nik_id() },
+            ..crate::computer::tests::named_grant(1)
+        };
+        let state = Computer::replay(&events);
+        events.extend(Computer::decide(&state, ComputerCommand::GrantAccess { grant, at: t(0) }).unwrap());
+        assert!(events.iter().any(|e| matches!(e, ComputerEvent::ProvisioningRequested(_))));
+        Computer::replay(&events)
+    }
+
+    #[test]
+    fn ephemeral_mode_with_reuse_existing_reuses_the_technicians_kept_account() {
+        let reuse = policy(|f| f.reuse_existing_account = true);
+        let c = check_out(tenant(LoginMode::Ephemeral, reuse), computer_with_kept_ephemeral_account());
+        assert_eq!(account_of(c).unwrap(), "nik_111111111111");
+    }
+
+    #[test]
+    fn ephemeral_mode_without_reuse_makes_a_new_account_even_if_one_is_kept() {
+        let c = check_out(
+            tenant(LoginMode::Ephemeral, JitPolicy::default()),
+            computer_with_kept_ephemeral_account(),
+        );
+        assert_eq!(account_of(c).unwrap(), "nik_566054625600");
+    }
+
+    #[test]
+    fn ephemeral_digits_that_collide_are_refused() {
+        let mut c = check_out(
+            tenant(LoginMode::Ephemeral, JitPolicy::default()),
+            computer_with_kept_ephemeral_account(),
+        );
+        c.ephemeral_digits = EphemeralDigits::parse("111111111111").unwrap();
+        assert!(matches!(account_of(c), Err(DomainError::AccountNameTaken { .. })));
+    }
+
+    #[test]
+    fn check_out_records_the_policy_the_session_runs_under_and_its_expiry() {
+        let short = policy(|f| f.max_session_minutes = SessionLength::minutes(30).unwrap());
+        let mut c = check_out(tenant(LoginMode::Named, short), computer());
+        c.duration = Some(SessionLength::minutes(600).unwrap());
+        let events = Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap();
+        let SessionEvent::SessionCheckedOut(e) = &events[0] else { panic!() };
+        assert_eq!(e.expires_at, t(30), "capped at the policy's maximum");
+        assert_eq!(e.admin_group.as_str(), "Administrators");
+        assert_eq!(e.computer_id, computer_id());
+        assert_eq!(e.ticket.as_ref().unwrap().as_str(), "INC-4711");
+        let mut c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
+        c.duration = Some(SessionLength::minutes(15).unwrap());
+        let events = Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap();
+        let SessionEvent::SessionCheckedOut(e) = &events[0] else { panic!() };
+        assert_eq!(e.expires_at, t(15), "a shorter wish is honoured");
+    }
+
+    #[test]
+    fn only_members_of_the_tenant_who_are_not_offboarded_check_out() {
+        let mut c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
+        c.technician.tenants.clear();
+        assert_eq!(account_of(c), Err(DomainError::TechnicianNotInTenant { tenant_id: tenant_id() }));
+        let mut c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
+        c.technician.offboarded = true;
+        assert_eq!(account_of(c), Err(DomainError::TechnicianOffboarded));
+    }
+
+    #[test]
+    fn only_enrolled_computers_of_the_tenant_are_checked_out() {
+        let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), Computer::default());
+        assert_eq!(account_of(c), Err(DomainError::ComputerNotEnrolled));
+        let mut computer = computer();
+        computer.decommissioned = true;
+        let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer);
+        assert_eq!(account_of(c), Err(DomainError::ComputerDecommissioned));
+        let mut computer = self::computer();
+        computer.profile.as_mut().unwrap().tenant_id = TenantId(Uuid::from_u128(77));
+        let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer);
+        assert_eq!(account_of(c), Err(DomainError::ComputerOfOtherTenant));
+    }
+
+    #[test]
+    fn without_provisioning_check_out_needs_an_existing_account() {
+        let off = policy(|f| f.provisioning_enabled = false);
+        let c = check_out(tenant(LoginMode::Named, off), computer());
+        assert_eq!(
+            account_of(c),
+            Err(DomainError::AccountNotProvisioned {
+                account: AccountName::parse("msp-nik").unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn a_session_is_checked_out_once() {
+        let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
+        given::<Session>([checked_out(60)])
+            .when(SessionCommand::CheckOut(Box::new(c)))
+            .then_expect_error(DomainError::SessionAlreadyExists);
+    }
+
+    #[test]
+    fn a_session_becomes_active_when_the_computer_granted_access() {
+        given::<Session>([checked_out(60)])
+            .when(SessionCommand::Activate { at: t(1) })
+            .then_expect([SessionActivated { session_id: sid(), at: t(1) }.into()]);
+    }
+
+    #[test]
+    fn a_session_fails_when_the_computer_could_not_grant_access() {
+        let reason = FailureReason::parse("useradd failed").unwrap();
+        given::<Session>([checked_out(60)])
+            .when(SessionCommand::FailProvisioning { reason: reason.clone(), at: t(1) })
+            .then_expect([SessionProvisioningFailed {
+                session_id: sid(),
+                computer_id: computer_id(),
+                reason,
+                at: t(1),
+            }
+            .into()]);
+    }
+
+    #[test]
+    fn checking_in_manually_while_active() {
+        let by = Actor::User { email: Email::parse("nik@nikpot.com").unwrap() };
+        given::<Session>([checked_out(60), SessionActivated { session_id: sid(), at: t(1) }.into()])
+            .when(SessionCommand::CheckIn { reason: CheckInReason::Manual, by: by.clone(), at: t(20) })
+            .then_expect([SessionCheckedIn {
+                session_id: sid(),
+                computer_id: computer_id(),
+                reason: CheckInReason::Manual,
+                by,
+                at: t(20),
+            }
+            .into()]);
+    }
+
+    #[test]
+    fn a_session_expires_only_once_its_time_is_up() {
+        let expire = |minute| SessionCommand::CheckIn {
+            reason: CheckInReason::Expired,
+            by: Actor::System,
+            at: t(minute),
+        };
+        given::<Session>([checked_out(60)])
+            .when(expire(59))
+            .then_expect_error(DomainError::ExpiryNotReached { expires_at: t(60) });
+        let events = given::<Session>([checked_out(60)]).when(expire(60)).events();
+        assert!(matches!(&events[..], [SessionEvent::SessionCheckedIn(e)] if e.reason == CheckInReason::Expired));
+    }
+
+    #[test]
+    fn a_revoked_session_during_provisioning_is_checked_in() {
+        let events = given::<Session>([checked_out(60)])
+            .when(SessionCommand::CheckIn { reason: CheckInReason::Revoked, by: admin(), at: t(2) })
+            .events();
+        assert!(matches!(&events[..], [SessionEvent::SessionCheckedIn(e)] if e.reason == CheckInReason::Revoked));
+    }
+
+    #[test]
+    fn a_closed_session_ignores_late_commands() {
+        let closed = [
+            checked_out(60),
+            SessionCheckedIn {
+                session_id: sid(),
+                computer_id: computer_id(),
+                reason: CheckInReason::Manual,
+                by: admin(),
+                at: t(5),
+            }
+            .into(),
+        ];
+        given::<Session>(closed.clone())
+            .when(SessionCommand::Activate { at: t(6) })
+            .then_expect_nothing();
+        given::<Session>(closed)
+            .when(SessionCommand::CheckIn { reason: CheckInReason::Revoked, by: admin(), at: t(7) })
+            .then_expect_nothing();
+        given::<Session>([])
+            .when(SessionCommand::Activate { at: t(6) })
+            .then_expect_error(DomainError::SessionNotFound);
+    }
+}

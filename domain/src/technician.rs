@@ -224,12 +224,7 @@ impl Aggregate for Technician {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::tenant::tests::{admin, t, tenant_id};
-    use crate::testing::given;
-
-    pub fn nik_id() -> TechnicianId {
-        TechnicianId(uuid::Uuid::from_u128(10))
-    }
+    use crate::testing::{admin, given, nik_id, t, tenant_id};
 
     pub fn registered(id: TechnicianId, username: &str) -> TechnicianEvent {
         TechnicianRegistered {

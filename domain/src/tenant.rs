@@ -232,27 +232,8 @@ impl Aggregate for Tenant {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::names::Email;
     use crate::policy::CheckInAction;
-    use crate::testing::given;
-    use chrono::TimeZone;
-
-    pub fn t(minute: u32) -> Timestamp {
-        chrono::Utc
-            .with_ymd_and_hms(2026, 11, 23, 9, minute, 0)
-            .single()
-            .expect("a valid time")
-    }
-
-    pub fn admin() -> Actor {
-        Actor::User {
-            email: Email::parse("admin@msp.example").unwrap(),
-        }
-    }
-
-    pub fn tenant_id() -> TenantId {
-        TenantId(uuid::Uuid::from_u128(1))
-    }
+    use crate::testing::{admin, given, t, tenant_id};
 
     pub fn digits(d: &str) -> SharedAccountDigits {
         SharedAccountDigits::parse(d).unwrap()

@@ -4,7 +4,10 @@
 //! the contract that agents and auditors in other languages rely on.
 
 use crate::event::Event;
-use crate::{Aggregate, DomainError};
+use crate::ids::{ComputerId, TechnicianId, TenantId};
+use crate::names::Email;
+use crate::{Actor, Aggregate, DomainError, Timestamp};
+use chrono::TimeZone;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
@@ -33,10 +36,6 @@ impl<A: Aggregate> Given<A> {
             events.iter().for_each(check_contract);
         }
         Outcome { result }
-    }
-
-    pub fn state(&self) -> &A {
-        &self.state
     }
 }
 
@@ -116,4 +115,35 @@ pub fn check_contract<E: Event>(event: &E) {
         "{file} rejects {json}: {errors:?} (schemas drifted? run \
          `UPDATE_SCHEMAS=1 cargo test -p latchkey-schemas`)"
     );
+}
+
+/// 2026-11-23 09:00 plus `minute` minutes.
+pub fn t(minute: u32) -> Timestamp {
+    chrono::Utc
+        .with_ymd_and_hms(2026, 11, 23, 9, 0, 0)
+        .single()
+        .expect("a valid time")
+        + chrono::Duration::minutes(i64::from(minute))
+}
+
+pub fn admin() -> Actor {
+    Actor::User {
+        email: Email::parse("admin@msp.example").expect("valid e-mail"),
+    }
+}
+
+pub fn tenant_id() -> TenantId {
+    TenantId(uuid::Uuid::from_u128(1))
+}
+
+pub fn nik_id() -> TechnicianId {
+    TechnicianId(uuid::Uuid::from_u128(10))
+}
+
+pub fn ann_id() -> TechnicianId {
+    TechnicianId(uuid::Uuid::from_u128(11))
+}
+
+pub fn computer_id() -> ComputerId {
+    ComputerId(uuid::Uuid::from_u128(100))
 }
