@@ -99,13 +99,17 @@ impl Operation {
                 seen.present && seen.password_version == Some(*version)
             }
             Operation::AddToGroup { group, .. } => seen.present && seen.groups.contains(group),
-            Operation::RemoveFromGroup { group, .. } => !seen.present || !seen.groups.contains(group),
+            Operation::RemoveFromGroup { group, .. } => {
+                !seen.present || !seen.groups.contains(group)
+            }
             Operation::DeleteAccount { .. } => !seen.present,
         };
         if ok {
             Ok(())
         } else {
-            Err(format!("the agent reported success but verified {seen} after {self}"))
+            Err(format!(
+                "the agent reported success but verified {seen} after {self}"
+            ))
         }
     }
 }
@@ -205,9 +209,13 @@ pub enum ReleaseOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantStage {
     /// Account ensured and password rotated, waiting for the agent.
-    Preparing { pending: BTreeSet<RequestId> },
+    Preparing {
+        pending: BTreeSet<RequestId>,
+    },
     /// Password verified; waiting for the admin group membership.
-    Joining { request: RequestId },
+    Joining {
+        request: RequestId,
+    },
     Granted,
     Failed,
     Released,
@@ -309,7 +317,12 @@ impl Computer {
     pub fn reusable_account(&self, technician: TechnicianId) -> Option<&AccountName> {
         self.accounts
             .values()
-            .filter(|a| a.owner == AccountOwner::Ephemeral { technician_id: technician })
+            .filter(|a| {
+                a.owner
+                    == AccountOwner::Ephemeral {
+                        technician_id: technician,
+                    }
+            })
             .find(|a| a.exists && !a.retiring)
             .map(|a| &a.name)
     }
@@ -321,7 +334,8 @@ impl Computer {
             .filter(|g| !matches!(g.stage, GrantStage::Released))
     }
 
-    /// Revocation and clean-up requests that failed and wait for a retry.
+    /// Revocation and clean-up requests that failed and wait for a retry (a failed grant
+    /// request is closed at once: its session fails instead).
     pub fn failed_requests(&self) -> impl Iterator<Item = &OpenRequest> {
         self.open_requests
             .values()
@@ -346,7 +360,12 @@ impl Computer {
     }
 
     /// Does a session other than `except` hold (or is about to hold) `group` through `account`?
-    fn group_needed(&self, account: &ManagedAccount, group: &GroupName, except: Option<SessionId>) -> bool {
+    fn group_needed(
+        &self,
+        account: &ManagedAccount,
+        group: &GroupName,
+        except: Option<SessionId>,
+    ) -> bool {
         account.sessions.iter().any(|(session, g)| {
             Some(*session) != except
                 && g == group
@@ -401,11 +420,20 @@ pub enum ComputerCommand {
         at: Timestamp,
     },
     /// From the process manager, after a check-out.
-    GrantAccess { grant: AccessGrant, at: Timestamp },
+    GrantAccess {
+        grant: AccessGrant,
+        at: Timestamp,
+    },
     /// From the process manager, after a check-in or a failed check-out.
-    ReleaseAccess { session_id: SessionId, at: Timestamp },
+    ReleaseAccess {
+        session_id: SessionId,
+        at: Timestamp,
+    },
     /// From the process manager, after a login-mode change or a technician's removal.
-    RetireAccounts { reason: RetireReason, at: Timestamp },
+    RetireAccounts {
+        reason: RetireReason,
+        at: Timestamp,
+    },
     /// The agent carried out a request and verified the result.
     ReportSucceeded {
         request_id: RequestId,
@@ -418,7 +446,10 @@ pub enum ComputerCommand {
         at: Timestamp,
     },
     /// Re-issue a failed revocation or clean-up (the caller decides when: back-off).
-    RetryRequest { request_id: RequestId, at: Timestamp },
+    RetryRequest {
+        request_id: RequestId,
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -670,7 +701,12 @@ impl Decision {
     }
 
     fn revoke_offline_secret(&mut self, account: &AccountName) {
-        if let Some(generation) = self.state.accounts.get(account).and_then(|a| a.offline_secret) {
+        if let Some(generation) = self
+            .state
+            .accounts
+            .get(account)
+            .and_then(|a| a.offline_secret)
+        {
             self.emit(OfflineSecretRevoked {
                 computer_id: self.computer_id,
                 account: account.clone(),
@@ -721,7 +757,11 @@ fn reason(text: impl Into<String>) -> FailureReason {
 }
 
 impl Computer {
-    fn grant_access(&self, grant: AccessGrant, at: Timestamp) -> Result<Vec<ComputerEvent>, DomainError> {
+    fn grant_access(
+        &self,
+        grant: AccessGrant,
+        at: Timestamp,
+    ) -> Result<Vec<ComputerEvent>, DomainError> {
         let mut d = Decision::new(self, at)?;
         if self.grants.contains_key(&grant.session_id)
             || self.released_before_grant.contains(&grant.session_id)
@@ -733,7 +773,10 @@ impl Computer {
         let refusal = if self.decommissioned {
             Some("the computer has been decommissioned".to_owned())
         } else if existing.is_some_and(|a| a.owner != grant.owner) {
-            Some(format!("account {} on this computer belongs to someone else", grant.account))
+            Some(format!(
+                "account {} on this computer belongs to someone else",
+                grant.account
+            ))
         } else if !grant.create_account && !self.has_usable_account(&grant.account) {
             Some(format!(
                 "JIT provisioning is disabled and account {} does not exist on this computer",
@@ -784,7 +827,11 @@ impl Computer {
         Ok(d.finish())
     }
 
-    fn release_access(&self, session_id: SessionId, at: Timestamp) -> Result<Vec<ComputerEvent>, DomainError> {
+    fn release_access(
+        &self,
+        session_id: SessionId,
+        at: Timestamp,
+    ) -> Result<Vec<ComputerEvent>, DomainError> {
         let mut d = Decision::new(self, at)?;
         let Some(grant) = self.grants.get(&session_id) else {
             if self.released_before_grant.contains(&session_id) {
@@ -849,7 +896,11 @@ impl Computer {
         Ok(d.finish())
     }
 
-    fn retire_accounts(&self, why: RetireReason, at: Timestamp) -> Result<Vec<ComputerEvent>, DomainError> {
+    fn retire_accounts(
+        &self,
+        why: RetireReason,
+        at: Timestamp,
+    ) -> Result<Vec<ComputerEvent>, DomainError> {
         let mut d = Decision::new(self, at)?;
         let selected: Vec<&ManagedAccount> = self
             .accounts
@@ -977,23 +1028,27 @@ impl Computer {
         });
         if let (Purpose::Grant, Some(session_id)) = (request.purpose, request.session_id) {
             let stage = &self.grants[&session_id].stage;
-            if matches!(stage, GrantStage::Preparing { .. } | GrantStage::Joining { .. }) {
+            if matches!(
+                stage,
+                GrantStage::Preparing { .. } | GrantStage::Joining { .. }
+            ) {
                 d.access_failed(session_id, why);
             }
         }
         Ok(d.finish())
     }
 
-    fn retry_request(&self, request_id: RequestId, at: Timestamp) -> Result<Vec<ComputerEvent>, DomainError> {
+    fn retry_request(
+        &self,
+        request_id: RequestId,
+        at: Timestamp,
+    ) -> Result<Vec<ComputerEvent>, DomainError> {
         let Some(request) = self.open_request(request_id)? else {
             return Ok(vec![]);
         };
         let RequestStatus::Failed { attempt, .. } = request.status else {
             return Ok(vec![]); // still pending: the agent has it
         };
-        if request.purpose == Purpose::Grant {
-            return Err(DomainError::NotRetryable { request_id });
-        }
         let mut d = Decision::new(self, at)?;
         if self.still_wanted(&request.operation) {
             d.emit(ProvisioningRetried {
@@ -1060,7 +1115,12 @@ impl Aggregate for Computer {
                 if state.decommissioned {
                     return Ok(vec![]);
                 }
-                let mut events = vec![ComputerDecommissioned { computer_id, by, at }.into()];
+                let mut events = vec![ComputerDecommissioned {
+                    computer_id,
+                    by,
+                    at,
+                }
+                .into()];
                 let after = Computer::evolve(state.clone(), &events[0]);
                 events.extend(after.retire_accounts(RetireReason::ComputerDecommissioned, at)?);
                 Ok(events)
@@ -1096,9 +1156,7 @@ impl Aggregate for Computer {
                 reason,
                 at,
             } => state.report_failed(request_id, reason, at),
-            ComputerCommand::RetryRequest { request_id, at } => {
-                state.retry_request(request_id, at)
-            }
+            ComputerCommand::RetryRequest { request_id, at } => state.retry_request(request_id, at),
         }
     }
 
@@ -1117,20 +1175,21 @@ impl Aggregate for Computer {
             E::ComputerDecommissioned(_) => state.decommissioned = true,
             E::ComputerJitPolicyOverridden(e) => state.policy_override = e.policy.clone(),
             E::SessionAccessRequested(e) => {
-                let account = state
-                    .accounts
-                    .entry(e.account.clone())
-                    .or_insert_with(|| ManagedAccount {
-                        name: e.account.clone(),
-                        owner: e.owner,
-                        exists: false,
-                        sessions: BTreeMap::new(),
-                        password_version: 0,
-                        retiring: false,
-                        offline_secret: None,
-                        offline_generations: 0,
-                        verified: None,
-                    });
+                let account =
+                    state
+                        .accounts
+                        .entry(e.account.clone())
+                        .or_insert_with(|| ManagedAccount {
+                            name: e.account.clone(),
+                            owner: e.owner,
+                            exists: false,
+                            sessions: BTreeMap::new(),
+                            password_version: 0,
+                            retiring: false,
+                            offline_secret: None,
+                            offline_generations: 0,
+                            verified: None,
+                        });
                 account.sessions.insert(e.session_id, e.admin_group.clone());
                 account.retiring = false;
                 state.grants.insert(
@@ -1196,17 +1255,47 @@ impl Aggregate for Computer {
             }
             E::ProvisioningFailed(e) => {
                 if let Some(request) = state.open_requests.get_mut(&e.request_id) {
-                    request.status = RequestStatus::Failed {
-                        attempt: e.attempt,
-                        reason: e.reason.clone(),
-                    };
+                    if request.purpose == Purpose::Grant {
+                        // Its session failed; a grant is never retried, so it is closed.
+                        state.open_requests.remove(&e.request_id);
+                    } else {
+                        request.status = RequestStatus::Failed {
+                            attempt: e.attempt,
+                            reason: e.reason.clone(),
+                        };
+                    }
                 }
             }
-            E::AccountProvisioned(AccountProvisioned { request_id, account, verified, .. })
-            | E::PasswordRotated(PasswordRotated { request_id, account, verified, .. })
-            | E::AddedToAdminGroup(AddedToAdminGroup { request_id, account, verified, .. })
-            | E::RemovedFromAdminGroup(RemovedFromAdminGroup { request_id, account, verified, .. })
-            | E::AccountDeleted(AccountDeleted { request_id, account, verified, .. }) => {
+            E::AccountProvisioned(AccountProvisioned {
+                request_id,
+                account,
+                verified,
+                ..
+            })
+            | E::PasswordRotated(PasswordRotated {
+                request_id,
+                account,
+                verified,
+                ..
+            })
+            | E::AddedToAdminGroup(AddedToAdminGroup {
+                request_id,
+                account,
+                verified,
+                ..
+            })
+            | E::RemovedFromAdminGroup(RemovedFromAdminGroup {
+                request_id,
+                account,
+                verified,
+                ..
+            })
+            | E::AccountDeleted(AccountDeleted {
+                request_id,
+                account,
+                verified,
+                ..
+            }) => {
                 if let Some(request) = state.open_requests.remove(request_id) {
                     if let Some(session) = request.session_id {
                         if let Some(Grant {
@@ -1322,7 +1411,10 @@ pub(crate) mod tests {
     fn seen(present: bool, groups: &[&str], version: Option<u32>) -> AccountObservation {
         AccountObservation {
             present,
-            groups: groups.iter().map(|g| GroupName::parse(*g).unwrap()).collect(),
+            groups: groups
+                .iter()
+                .map(|g| GroupName::parse(*g).unwrap())
+                .collect(),
             password_version: version,
         }
     }
@@ -1431,10 +1523,16 @@ pub(crate) mod tests {
             })
             .then_expect([enrolled("W11-L-PASSWORD")]);
         given::<Computer>([enrolled("W11-L-PASSWORD")])
-            .when(ComputerCommand::Decommission { by: admin(), at: t(0) })
+            .when(ComputerCommand::Decommission {
+                by: admin(),
+                at: t(0),
+            })
             .events();
         given::<Computer>([])
-            .when(ComputerCommand::Decommission { by: admin(), at: t(0) })
+            .when(ComputerCommand::Decommission {
+                by: admin(),
+                at: t(0),
+            })
             .then_expect_error(DomainError::ComputerNotEnrolled);
     }
 
@@ -1445,14 +1543,23 @@ pub(crate) mod tests {
         assert_eq!(
             requested(&events),
             vec![
-                (1, Purpose::Grant, Operation::EnsureAccount { account: acct("msp-nik") }),
+                (
+                    1,
+                    Purpose::Grant,
+                    Operation::EnsureAccount {
+                        account: acct("msp-nik")
+                    }
+                ),
                 (2, Purpose::Grant, rotate("msp-nik", 1)),
             ],
             "no group membership is requested before the rotation is verified"
         );
         assert!(c.succeed(1, seen(true, &[], None)).len() == 1);
         let after_rotation = c.succeed(2, seen(true, &[], Some(1)));
-        assert_eq!(requested(&after_rotation), vec![(3, Purpose::Grant, add("msp-nik"))]);
+        assert_eq!(
+            requested(&after_rotation),
+            vec![(3, Purpose::Grant, add("msp-nik"))]
+        );
         let joined = c.succeed(3, seen(true, &["Administrators"], Some(1)));
         assert!(matches!(
             joined.as_slice(),
@@ -1480,7 +1587,9 @@ pub(crate) mod tests {
         c.succeed(3, seen(true, &["Administrators"], Some(1)));
         c.release(1);
         let second = c.grant(named_grant(2));
-        assert!(!second.iter().any(|e| matches!(e, ComputerEvent::OfflineSecretIssued(_))));
+        assert!(!second
+            .iter()
+            .any(|e| matches!(e, ComputerEvent::OfflineSecretIssued(_))));
     }
 
     #[test]
@@ -1490,7 +1599,9 @@ pub(crate) mod tests {
         assert!(first.iter().any(|e| matches!(e,
             ComputerEvent::OfflineSecretIssued(o) if o.technician_id.is_none())));
         let second = c.grant(shared_grant(2, ann_id()));
-        assert!(!second.iter().any(|e| matches!(e, ComputerEvent::OfflineSecretIssued(_))));
+        assert!(!second
+            .iter()
+            .any(|e| matches!(e, ComputerEvent::OfflineSecretIssued(_))));
     }
 
     #[test]
@@ -1503,7 +1614,9 @@ pub(crate) mod tests {
             },
             ..named_grant(1)
         });
-        assert!(!events.iter().any(|e| matches!(e, ComputerEvent::OfflineSecretIssued(_))));
+        assert!(!events
+            .iter()
+            .any(|e| matches!(e, ComputerEvent::OfflineSecretIssued(_))));
     }
 
     #[test]
@@ -1527,15 +1640,21 @@ pub(crate) mod tests {
         let mut c = Timeline::enrolled();
         c.grant(named_grant(1));
         let events = c.fail(1, "useradd: cannot lock /etc/passwd");
-        assert!(matches!(events.last(), Some(ComputerEvent::SessionAccessFailed(_))));
+        assert!(matches!(
+            events.last(),
+            Some(ComputerEvent::SessionAccessFailed(_))
+        ));
+        assert_eq!(
+            c.state().failed_requests().count(),
+            0,
+            "a failed grant is closed"
+        );
         given::<Computer>(c.0.clone())
             .when(ComputerCommand::RetryRequest {
                 request_id: RequestId(1),
                 at: t(3),
             })
-            .then_expect_error(DomainError::NotRetryable {
-                request_id: RequestId(1),
-            });
+            .then_expect_nothing();
         // The session never reached the group: releasing it asks for nothing.
         let released = c.release(1);
         assert!(requested(&released).is_empty(), "{released:#?}");
@@ -1555,7 +1674,10 @@ pub(crate) mod tests {
                 (next + 1, Purpose::Revoke, rotate("msp-nik", 2)),
             ]
         );
-        assert!(c.state().accounts[&acct("msp-nik")].exists, "named accounts are kept");
+        assert!(
+            c.state().accounts[&acct("msp-nik")].exists,
+            "named accounts are kept"
+        );
     }
 
     #[test]
@@ -1590,8 +1712,10 @@ pub(crate) mod tests {
         let next = c.grant_fully(shared_grant(1, nik_id()), 1, 1);
         let next = c.grant_fully(shared_grant(2, ann_id()), next, 2);
         let first_out = c.release(1);
-        assert!(matches!(&first_out[0], ComputerEvent::SessionAccessReleased(r)
-            if r.outcome == ReleaseOutcome::KeptForOtherSessions));
+        assert!(
+            matches!(&first_out[0], ComputerEvent::SessionAccessReleased(r)
+            if r.outcome == ReleaseOutcome::KeptForOtherSessions)
+        );
         let ops: Vec<Operation> = requested(&first_out).into_iter().map(|r| r.2).collect();
         assert_eq!(
             ops,
@@ -1614,7 +1738,9 @@ pub(crate) mod tests {
         let next = c.grant_fully(named_grant(1), 1, 1);
         c.release(1);
         let failed = c.fail(next, "gpasswd: group 'Administrators' is locked");
-        assert!(matches!(failed.as_slice(), [ComputerEvent::ProvisioningFailed(f)] if f.attempt == 1));
+        assert!(
+            matches!(failed.as_slice(), [ComputerEvent::ProvisioningFailed(f)] if f.attempt == 1)
+        );
         assert_eq!(c.state().failed_requests().count(), 1);
         for attempt in 2..=4 {
             let retried = c.run(ComputerCommand::RetryRequest {
@@ -1625,7 +1751,11 @@ pub(crate) mod tests {
                 [ComputerEvent::ProvisioningRetried(r)] if r.attempt == attempt && r.operation == remove("msp-nik")));
             c.fail(next, "still locked");
         }
-        assert_eq!(c.state().failed_requests().count(), 1, "still waiting, never dropped");
+        assert_eq!(
+            c.state().failed_requests().count(),
+            1,
+            "still waiting, never dropped"
+        );
         c.run(ComputerCommand::RetryRequest {
             request_id: RequestId(next),
             at: t(50),
@@ -1648,7 +1778,13 @@ pub(crate) mod tests {
             request_id: RequestId(removal),
             at: t(40),
         });
-        assert!(matches!(retried.as_slice(), [ComputerEvent::ProvisioningSuperseded(_)]), "{retried:#?}");
+        assert!(
+            matches!(
+                retried.as_slice(),
+                [ComputerEvent::ProvisioningSuperseded(_)]
+            ),
+            "{retried:#?}"
+        );
     }
 
     #[test]
@@ -1689,15 +1825,27 @@ pub(crate) mod tests {
             at: t(45),
         };
         let events = c.run(retire(LoginMode::Named));
-        assert_eq!(requested(&events), vec![(next, Purpose::Cleanup, delete("msp-nik"))]);
-        assert!(events.iter().any(|e| matches!(e, ComputerEvent::OfflineSecretRevoked(_))));
+        assert_eq!(
+            requested(&events),
+            vec![(next, Purpose::Cleanup, delete("msp-nik"))]
+        );
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, ComputerEvent::OfflineSecretRevoked(_))));
         // Shared → ephemeral: msp-1234 is in use; it is deleted when its session ends.
         let events = c.run(retire(LoginMode::Shared));
         assert!(requested(&events).is_empty());
         assert!(c.state().accounts[&acct("msp-1234")].retiring);
         let released = c.release(2);
         let ops: Vec<Operation> = requested(&released).into_iter().map(|r| r.2).collect();
-        assert_eq!(ops, vec![remove("msp-1234"), rotate("msp-1234", 2), delete("msp-1234")]);
+        assert_eq!(
+            ops,
+            vec![
+                remove("msp-1234"),
+                rotate("msp-1234", 2),
+                delete("msp-1234")
+            ]
+        );
     }
 
     #[test]
@@ -1729,8 +1877,10 @@ pub(crate) mod tests {
     fn a_session_released_before_its_grant_arrives_is_never_granted() {
         let mut c = Timeline::enrolled();
         let released = c.release(1);
-        assert!(matches!(released.as_slice(), [ComputerEvent::SessionAccessReleased(r)]
-            if r.outcome == ReleaseOutcome::NothingGranted));
+        assert!(
+            matches!(released.as_slice(), [ComputerEvent::SessionAccessReleased(r)]
+            if r.outcome == ReleaseOutcome::NothingGranted)
+        );
         given::<Computer>(c.0.clone())
             .when(ComputerCommand::GrantAccess {
                 grant: named_grant(1),
@@ -1744,11 +1894,23 @@ pub(crate) mod tests {
         let mut c = Timeline::enrolled();
         let next = c.grant_fully(named_grant(1), 1, 1);
         c.release(1);
-        let events = c.run(ComputerCommand::Decommission { by: admin(), at: t(60) });
-        assert!(matches!(events[0], ComputerEvent::ComputerDecommissioned(_)));
-        assert_eq!(requested(&events), vec![(next + 2, Purpose::Cleanup, delete("msp-nik"))]);
+        let events = c.run(ComputerCommand::Decommission {
+            by: admin(),
+            at: t(60),
+        });
+        assert!(matches!(
+            events[0],
+            ComputerEvent::ComputerDecommissioned(_)
+        ));
+        assert_eq!(
+            requested(&events),
+            vec![(next + 2, Purpose::Cleanup, delete("msp-nik"))]
+        );
         let refused = c.grant(named_grant(2));
-        assert!(matches!(refused.last(), Some(ComputerEvent::SessionAccessFailed(_))));
+        assert!(matches!(
+            refused.last(),
+            Some(ComputerEvent::SessionAccessFailed(_))
+        ));
         assert!(requested(&refused).is_empty());
     }
 
@@ -1760,7 +1922,10 @@ pub(crate) mod tests {
             ..named_grant(1)
         };
         let refused = c.grant(no_create.clone());
-        assert!(matches!(refused.last(), Some(ComputerEvent::SessionAccessFailed(_))));
+        assert!(matches!(
+            refused.last(),
+            Some(ComputerEvent::SessionAccessFailed(_))
+        ));
         let mut c = Timeline::enrolled();
         c.grant_fully(named_grant(1), 1, 1);
         c.release(1);
@@ -1769,7 +1934,11 @@ pub(crate) mod tests {
             ..no_create
         });
         let ops: Vec<Operation> = requested(&events).into_iter().map(|r| r.2).collect();
-        assert_eq!(ops, vec![rotate("msp-nik", 3)], "no account creation, only the rotation");
+        assert_eq!(
+            ops,
+            vec![rotate("msp-nik", 3)],
+            "no account creation, only the rotation"
+        );
     }
 
     #[test]
@@ -1783,8 +1952,10 @@ pub(crate) mod tests {
             },
             ..named_grant(2)
         });
-        assert!(matches!(events.last(), Some(ComputerEvent::SessionAccessFailed(f))
-            if f.reason.as_str().contains("belongs to someone else")));
+        assert!(
+            matches!(events.last(), Some(ComputerEvent::SessionAccessFailed(f))
+            if f.reason.as_str().contains("belongs to someone else"))
+        );
     }
 
     #[test]

@@ -56,8 +56,6 @@ pub enum DomainError {
     AccountOwnedByOther { account: AccountName },
     #[error("there is no provisioning request {request_id} on this computer")]
     UnknownRequest { request_id: RequestId },
-    #[error("provisioning request {request_id} grants access and is not retried; check out again")]
-    NotRetryable { request_id: RequestId },
     #[error("session {session_id} is not known on this computer")]
     UnknownSession { session_id: SessionId },
     #[error(transparent)]
@@ -87,7 +85,6 @@ impl DomainError {
             | AccountNotProvisioned { .. }
             | AccountOwnedByOther { .. }
             | SharedAccountMissing
-            | NotRetryable { .. }
             | Invalid(_) => ErrorKind::Rejected,
         }
     }

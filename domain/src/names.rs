@@ -268,12 +268,15 @@ mod tests {
             "username must be 1-19 characters of a-z, 0-9, '.', '_' and '-', starting with a \
              letter (got 'Nik!')"
         );
-        assert!(Username::parse("abcdefghijklmnopqrst").is_err(), "20 characters");
+        assert!(
+            Username::parse("abcdefghijklmnopqrst").is_err(),
+            "20 characters"
+        );
         assert!(Username::parse("1nik").is_err());
         assert!(TenantName::parse("-x").is_err());
         assert!(TenantName::parse("Customer").is_err());
         assert!(AccountName::parse("msp-Nik").is_err());
-        assert!(AccountName::parse(&"a".repeat(33)).is_err());
+        assert!(AccountName::parse("a".repeat(33)).is_err());
         assert!(GroupName::parse(" sudo").is_err());
         assert!(GroupName::parse("sudo;rm").is_err());
         assert!(Hostname::parse("bad-.host").is_err());

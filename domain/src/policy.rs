@@ -434,7 +434,10 @@ mod tests {
             digits: false,
             symbols: false,
         };
-        assert_eq!(PasswordPolicy::new(20, none).unwrap_err().field, "password.alphabet");
+        assert_eq!(
+            PasswordPolicy::new(20, none).unwrap_err().field,
+            "password.alphabet"
+        );
         let json = serde_json::json!({"length": 8, "alphabet": alphabet});
         assert!(serde_json::from_value::<PasswordPolicy>(json).is_err());
     }
@@ -443,13 +446,22 @@ mod tests {
     fn session_length_bounds() {
         assert!(SessionLength::minutes(0).is_err());
         assert!(SessionLength::minutes(10081).is_err());
-        assert_eq!(SessionLength::minutes(90).unwrap().as_duration().num_minutes(), 90);
+        assert_eq!(
+            SessionLength::minutes(90)
+                .unwrap()
+                .as_duration()
+                .num_minutes(),
+            90
+        );
     }
 
     #[test]
     fn account_template_makes_named_accounts() {
         let nik = Username::parse("nik").unwrap();
-        assert_eq!(AccountTemplate::default().account_for(&nik).as_str(), "msp-nik");
+        assert_eq!(
+            AccountTemplate::default().account_for(&nik).as_str(),
+            "msp-nik"
+        );
         let t = AccountTemplate::parse("{username}-msp").unwrap();
         assert_eq!(t.account_for(&nik).as_str(), "nik-msp");
         assert!(AccountTemplate::parse("msp").is_err());
@@ -464,7 +476,10 @@ mod tests {
         let json = serde_json::to_value(&policy).unwrap();
         assert_eq!(json["admin_group"], "Administrators");
         assert_eq!(json["on_check_in"], "remove_from_group");
-        assert_eq!(serde_json::from_value::<JitPolicy>(json.clone()).unwrap(), policy);
+        assert_eq!(
+            serde_json::from_value::<JitPolicy>(json.clone()).unwrap(),
+            policy
+        );
         let mut extra = json;
         extra["surprise"] = true.into();
         assert!(serde_json::from_value::<JitPolicy>(extra).is_err());

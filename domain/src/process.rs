@@ -38,21 +38,29 @@ pub trait Lookup {
 }
 
 fn revoke(sessions: Vec<SessionId>, at: Timestamp) -> impl Iterator<Item = Command> {
-    sessions.into_iter().map(move |session_id| Command::Session {
-        session_id,
-        command: SessionCommand::CheckIn {
-            reason: CheckInReason::Revoked,
-            by: Actor::System,
-            at,
-        },
-    })
+    sessions
+        .into_iter()
+        .map(move |session_id| Command::Session {
+            session_id,
+            command: SessionCommand::CheckIn {
+                reason: CheckInReason::Revoked,
+                by: Actor::System,
+                at,
+            },
+        })
 }
 
-fn retire(computers: Vec<ComputerId>, reason: RetireReason, at: Timestamp) -> impl Iterator<Item = Command> {
-    computers.into_iter().map(move |computer_id| Command::Computer {
-        computer_id,
-        command: ComputerCommand::RetireAccounts { reason, at },
-    })
+fn retire(
+    computers: Vec<ComputerId>,
+    reason: RetireReason,
+    at: Timestamp,
+) -> impl Iterator<Item = Command> {
+    computers
+        .into_iter()
+        .map(move |computer_id| Command::Computer {
+            computer_id,
+            command: ComputerCommand::RetireAccounts { reason, at },
+        })
 }
 
 /// The commands `event` causes. `at` is the runner's clock when it handles the event.
@@ -101,9 +109,12 @@ pub fn react(event: &AnyEvent, at: Timestamp, lookup: &impl Lookup) -> Vec<Comma
                 .iter()
                 .flat_map(|tenant| lookup.computers_of_tenant(*tenant))
                 .collect();
-            revoke(lookup.open_sessions_of_technician(e.technician_id, None), at)
-                .chain(retire(computers, reason, at))
-                .collect()
+            revoke(
+                lookup.open_sessions_of_technician(e.technician_id, None),
+                at,
+            )
+            .chain(retire(computers, reason, at))
+            .collect()
         }
         AnyEvent::Technician(TechnicianEvent::TechnicianLeftTenant(e)) => {
             let reason = RetireReason::TechnicianRemoved {
@@ -125,5 +136,132 @@ fn release(computer_id: ComputerId, session_id: SessionId, at: Timestamp) -> Com
     Command::Computer {
         computer_id,
         command: ComputerCommand::ReleaseAccess { session_id, at },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::LoginMode;
+    use crate::technician::TechnicianOffboarded;
+    use crate::tenant::LoginModeChanged;
+    use crate::testing::{admin, nik_id, t, tenant_id};
+    use uuid::Uuid;
+
+    /// Two computers in the tenant, one open session of nik on the first.
+    struct Fixed;
+
+    fn pc(n: u128) -> ComputerId {
+        ComputerId(Uuid::from_u128(100 + n))
+    }
+
+    fn session() -> SessionId {
+        SessionId(Uuid::from_u128(7))
+    }
+
+    impl Lookup for Fixed {
+        fn computers_of_tenant(&self, tenant: TenantId) -> Vec<ComputerId> {
+            if tenant == tenant_id() {
+                vec![pc(1), pc(2)]
+            } else {
+                vec![]
+            }
+        }
+        fn open_sessions_of_technician(
+            &self,
+            tech: TechnicianId,
+            _: Option<TenantId>,
+        ) -> Vec<SessionId> {
+            if tech == nik_id() {
+                vec![session()]
+            } else {
+                vec![]
+            }
+        }
+        fn open_sessions_on_computer(&self, computer: ComputerId) -> Vec<SessionId> {
+            if computer == pc(1) {
+                vec![session()]
+            } else {
+                vec![]
+            }
+        }
+    }
+
+    fn retirements(commands: &[Command]) -> Vec<(ComputerId, RetireReason)> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Computer {
+                    computer_id,
+                    command: ComputerCommand::RetireAccounts { reason, .. },
+                } => Some((*computer_id, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn revocations(commands: &[Command]) -> Vec<SessionId> {
+        commands
+            .iter()
+            .filter_map(|c| match c {
+                Command::Session {
+                    session_id,
+                    command:
+                        SessionCommand::CheckIn {
+                            reason: CheckInReason::Revoked,
+                            ..
+                        },
+                } => Some(*session_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn offboarding_revokes_the_sessions_and_asks_every_computer_to_remove_the_accounts() {
+        let event = AnyEvent::Technician(
+            TechnicianOffboarded {
+                technician_id: nik_id(),
+                tenants: vec![tenant_id()],
+                by: admin(),
+                at: t(1),
+            }
+            .into(),
+        );
+        let commands = react(&event, t(2), &Fixed);
+        assert_eq!(revocations(&commands), vec![session()]);
+        let reason = RetireReason::TechnicianRemoved {
+            technician_id: nik_id(),
+        };
+        assert_eq!(
+            retirements(&commands),
+            vec![(pc(1), reason), (pc(2), reason)]
+        );
+    }
+
+    #[test]
+    fn a_login_mode_change_asks_every_computer_of_the_tenant_to_clean_up_the_old_mode() {
+        let event = AnyEvent::Tenant(
+            LoginModeChanged {
+                tenant_id: tenant_id(),
+                from: LoginMode::Named,
+                to: LoginMode::Shared,
+                by: admin(),
+                at: t(1),
+            }
+            .into(),
+        );
+        let commands = react(&event, t(2), &Fixed);
+        let reason = RetireReason::LoginModeChanged {
+            from: LoginMode::Named,
+        };
+        assert_eq!(
+            retirements(&commands),
+            vec![(pc(1), reason), (pc(2), reason)]
+        );
+        assert!(
+            revocations(&commands).is_empty(),
+            "sessions end on their own; accounts go then"
+        );
     }
 }

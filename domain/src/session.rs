@@ -49,7 +49,10 @@ pub struct SessionState {
 impl SessionState {
     /// Provisioning or active: the session holds (or is getting) access.
     pub fn is_open(&self) -> bool {
-        matches!(self.status, SessionStatus::Provisioning | SessionStatus::Active)
+        matches!(
+            self.status,
+            SessionStatus::Provisioning | SessionStatus::Active
+        )
     }
 }
 
@@ -91,9 +94,14 @@ pub struct CheckOut {
 pub enum SessionCommand {
     CheckOut(Box<CheckOut>),
     /// From the process manager: the computer verified the account, password and group.
-    Activate { at: Timestamp },
+    Activate {
+        at: Timestamp,
+    },
     /// From the process manager: the computer could not provide access.
-    FailProvisioning { reason: FailureReason, at: Timestamp },
+    FailProvisioning {
+        reason: FailureReason,
+        at: Timestamp,
+    },
     CheckIn {
         reason: CheckInReason,
         by: Actor,
@@ -197,7 +205,10 @@ fn choose_account(c: &CheckOut) -> Result<(AccountName, AccountOwner), DomainErr
             let owner = AccountOwner::Ephemeral { technician_id };
             let reuse = policy.reuse_existing_account()
                 && policy.on_check_in() == CheckInAction::RemoveFromGroup;
-            if let Some(existing) = reuse.then(|| c.computer.reusable_account(technician_id)).flatten() {
+            if let Some(existing) = reuse
+                .then(|| c.computer.reusable_account(technician_id))
+                .flatten()
+            {
                 return Ok((existing.clone(), owner));
             }
             let fresh = AccountName::parse(format!("{username}_{}", c.ephemeral_digits))
@@ -213,7 +224,11 @@ fn choose_account(c: &CheckOut) -> Result<(AccountName, AccountOwner), DomainErr
 fn check_out(c: CheckOut) -> Result<Vec<SessionEvent>, DomainError> {
     let tenant_id = c.tenant.tenant_id;
     c.technician.may_work_in(tenant_id)?;
-    let profile = c.computer.profile.as_ref().ok_or(DomainError::ComputerNotEnrolled)?;
+    let profile = c
+        .computer
+        .profile
+        .as_ref()
+        .ok_or(DomainError::ComputerNotEnrolled)?;
     if c.computer.decommissioned {
         return Err(DomainError::ComputerDecommissioned);
     }
@@ -340,7 +355,9 @@ mod tests {
     use crate::computer::{ComputerCommand, ComputerEvent};
     use crate::names::{Email, SharedAccountDigits, TenantName, Username};
     use crate::policy::{JitPolicy, JitPolicyFields};
-    use crate::technician::{Technician, TechnicianEvent, TechnicianJoinedTenant, TechnicianRegistered};
+    use crate::technician::{
+        Technician, TechnicianEvent, TechnicianJoinedTenant, TechnicianRegistered,
+    };
     use crate::tenant::{Tenant, TenantCommand};
     use crate::testing::{admin, computer_id, given, nik_id, t, tenant_id};
     use uuid::Uuid;
@@ -426,7 +443,9 @@ mod tests {
     fn checked_out(expires_minute: u32) -> SessionEvent {
         let mut c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
         c.duration = Some(SessionLength::minutes(expires_minute).unwrap());
-        Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap().remove(0)
+        Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c)))
+            .unwrap()
+            .remove(0)
     }
 
     #[test]
@@ -439,7 +458,8 @@ mod tests {
     fn named_mode_uses_the_computer_override_template() {
         let mut computer = computer();
         computer.policy_override = Some(policy(|f| {
-            f.named_account_template = crate::policy::AccountTemplate::parse("{username}-msp").unwrap()
+            f.named_account_template =
+                crate::policy::AccountTemplate::parse("{username}-msp").unwrap()
         }));
         let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer);
         assert_eq!(account_of(c).unwrap(), "nik-msp");
@@ -453,7 +473,10 @@ mod tests {
 
     #[test]
     fn ephemeral_mode_creates_a_username_and_12_digit_account_per_session() {
-        let c = check_out(tenant(LoginMode::Ephemeral, JitPolicy::default()), computer());
+        let c = check_out(
+            tenant(LoginMode::Ephemeral, JitPolicy::default()),
+            computer(),
+        );
         assert_eq!(account_of(c).unwrap(), "nik_566054625600");
     }
 
@@ -461,19 +484,28 @@ mod tests {
         let mut events = vec![crate::computer::tests::enrolled("W11-L-PASSWORD")];
         let grant = crate::computer::AccessGrant {
             account: AccountName::parse("nik_111111111111").unwrap(),
-            owner: AccountOwner::Ephemeral { technician_id: nik_id() },
+            owner: AccountOwner::Ephemeral {
+                technician_id: nik_id(),
+            },
             ..crate::computer::tests::named_grant(1)
         };
         let state = Computer::replay(&events);
-        events.extend(Computer::decide(&state, ComputerCommand::GrantAccess { grant, at: t(0) }).unwrap());
-        assert!(events.iter().any(|e| matches!(e, ComputerEvent::ProvisioningRequested(_))));
+        events.extend(
+            Computer::decide(&state, ComputerCommand::GrantAccess { grant, at: t(0) }).unwrap(),
+        );
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, ComputerEvent::ProvisioningRequested(_))));
         Computer::replay(&events)
     }
 
     #[test]
     fn ephemeral_mode_with_reuse_existing_reuses_the_technicians_kept_account() {
         let reuse = policy(|f| f.reuse_existing_account = true);
-        let c = check_out(tenant(LoginMode::Ephemeral, reuse), computer_with_kept_ephemeral_account());
+        let c = check_out(
+            tenant(LoginMode::Ephemeral, reuse),
+            computer_with_kept_ephemeral_account(),
+        );
         assert_eq!(account_of(c).unwrap(), "nik_111111111111");
     }
 
@@ -493,7 +525,10 @@ mod tests {
             computer_with_kept_ephemeral_account(),
         );
         c.ephemeral_digits = EphemeralDigits::parse("111111111111").unwrap();
-        assert!(matches!(account_of(c), Err(DomainError::AccountNameTaken { .. })));
+        assert!(matches!(
+            account_of(c),
+            Err(DomainError::AccountNameTaken { .. })
+        ));
     }
 
     #[test]
@@ -501,16 +536,22 @@ mod tests {
         let short = policy(|f| f.max_session_minutes = SessionLength::minutes(30).unwrap());
         let mut c = check_out(tenant(LoginMode::Named, short), computer());
         c.duration = Some(SessionLength::minutes(600).unwrap());
-        let events = Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap();
-        let SessionEvent::SessionCheckedOut(e) = &events[0] else { panic!() };
+        let events =
+            Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap();
+        let SessionEvent::SessionCheckedOut(e) = &events[0] else {
+            panic!()
+        };
         assert_eq!(e.expires_at, t(30), "capped at the policy's maximum");
         assert_eq!(e.admin_group.as_str(), "Administrators");
         assert_eq!(e.computer_id, computer_id());
         assert_eq!(e.ticket.as_ref().unwrap().as_str(), "INC-4711");
         let mut c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
         c.duration = Some(SessionLength::minutes(15).unwrap());
-        let events = Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap();
-        let SessionEvent::SessionCheckedOut(e) = &events[0] else { panic!() };
+        let events =
+            Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap();
+        let SessionEvent::SessionCheckedOut(e) = &events[0] else {
+            panic!()
+        };
         assert_eq!(e.expires_at, t(15), "a shorter wish is honoured");
     }
 
@@ -518,7 +559,12 @@ mod tests {
     fn only_members_of_the_tenant_who_are_not_offboarded_check_out() {
         let mut c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
         c.technician.tenants.clear();
-        assert_eq!(account_of(c), Err(DomainError::TechnicianNotInTenant { tenant_id: tenant_id() }));
+        assert_eq!(
+            account_of(c),
+            Err(DomainError::TechnicianNotInTenant {
+                tenant_id: tenant_id()
+            })
+        );
         let mut c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer());
         c.technician.offboarded = true;
         assert_eq!(account_of(c), Err(DomainError::TechnicianOffboarded));
@@ -526,7 +572,10 @@ mod tests {
 
     #[test]
     fn only_enrolled_computers_of_the_tenant_are_checked_out() {
-        let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), Computer::default());
+        let c = check_out(
+            tenant(LoginMode::Named, JitPolicy::default()),
+            Computer::default(),
+        );
         assert_eq!(account_of(c), Err(DomainError::ComputerNotEnrolled));
         let mut computer = computer();
         computer.decommissioned = true;
@@ -562,14 +611,21 @@ mod tests {
     fn a_session_becomes_active_when_the_computer_granted_access() {
         given::<Session>([checked_out(60)])
             .when(SessionCommand::Activate { at: t(1) })
-            .then_expect([SessionActivated { session_id: sid(), at: t(1) }.into()]);
+            .then_expect([SessionActivated {
+                session_id: sid(),
+                at: t(1),
+            }
+            .into()]);
     }
 
     #[test]
     fn a_session_fails_when_the_computer_could_not_grant_access() {
         let reason = FailureReason::parse("useradd failed").unwrap();
         given::<Session>([checked_out(60)])
-            .when(SessionCommand::FailProvisioning { reason: reason.clone(), at: t(1) })
+            .when(SessionCommand::FailProvisioning {
+                reason: reason.clone(),
+                at: t(1),
+            })
             .then_expect([SessionProvisioningFailed {
                 session_id: sid(),
                 computer_id: computer_id(),
@@ -581,17 +637,30 @@ mod tests {
 
     #[test]
     fn checking_in_manually_while_active() {
-        let by = Actor::User { email: Email::parse("nik@nikpot.com").unwrap() };
-        given::<Session>([checked_out(60), SessionActivated { session_id: sid(), at: t(1) }.into()])
-            .when(SessionCommand::CheckIn { reason: CheckInReason::Manual, by: by.clone(), at: t(20) })
-            .then_expect([SessionCheckedIn {
+        let by = Actor::User {
+            email: Email::parse("nik@nikpot.com").unwrap(),
+        };
+        given::<Session>([
+            checked_out(60),
+            SessionActivated {
                 session_id: sid(),
-                computer_id: computer_id(),
-                reason: CheckInReason::Manual,
-                by,
-                at: t(20),
+                at: t(1),
             }
-            .into()]);
+            .into(),
+        ])
+        .when(SessionCommand::CheckIn {
+            reason: CheckInReason::Manual,
+            by: by.clone(),
+            at: t(20),
+        })
+        .then_expect([SessionCheckedIn {
+            session_id: sid(),
+            computer_id: computer_id(),
+            reason: CheckInReason::Manual,
+            by,
+            at: t(20),
+        }
+        .into()]);
     }
 
     #[test]
@@ -604,16 +673,26 @@ mod tests {
         given::<Session>([checked_out(60)])
             .when(expire(59))
             .then_expect_error(DomainError::ExpiryNotReached { expires_at: t(60) });
-        let events = given::<Session>([checked_out(60)]).when(expire(60)).events();
-        assert!(matches!(&events[..], [SessionEvent::SessionCheckedIn(e)] if e.reason == CheckInReason::Expired));
+        let events = given::<Session>([checked_out(60)])
+            .when(expire(60))
+            .events();
+        assert!(
+            matches!(&events[..], [SessionEvent::SessionCheckedIn(e)] if e.reason == CheckInReason::Expired)
+        );
     }
 
     #[test]
     fn a_revoked_session_during_provisioning_is_checked_in() {
         let events = given::<Session>([checked_out(60)])
-            .when(SessionCommand::CheckIn { reason: CheckInReason::Revoked, by: admin(), at: t(2) })
+            .when(SessionCommand::CheckIn {
+                reason: CheckInReason::Revoked,
+                by: admin(),
+                at: t(2),
+            })
             .events();
-        assert!(matches!(&events[..], [SessionEvent::SessionCheckedIn(e)] if e.reason == CheckInReason::Revoked));
+        assert!(
+            matches!(&events[..], [SessionEvent::SessionCheckedIn(e)] if e.reason == CheckInReason::Revoked)
+        );
     }
 
     #[test]
@@ -633,7 +712,11 @@ mod tests {
             .when(SessionCommand::Activate { at: t(6) })
             .then_expect_nothing();
         given::<Session>(closed)
-            .when(SessionCommand::CheckIn { reason: CheckInReason::Revoked, by: admin(), at: t(7) })
+            .when(SessionCommand::CheckIn {
+                reason: CheckInReason::Revoked,
+                by: admin(),
+                at: t(7),
+            })
             .then_expect_nothing();
         given::<Session>([])
             .when(SessionCommand::Activate { at: t(6) })

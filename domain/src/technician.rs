@@ -127,7 +127,10 @@ impl Aggregate for Technician {
     type Event = TechnicianEvent;
     const CATEGORY: &'static str = TechnicianId::CATEGORY;
 
-    fn decide(state: &Self, command: TechnicianCommand) -> Result<Vec<TechnicianEvent>, DomainError> {
+    fn decide(
+        state: &Self,
+        command: TechnicianCommand,
+    ) -> Result<Vec<TechnicianEvent>, DomainError> {
         match (state, command) {
             (
                 Technician::Unregistered,
@@ -177,7 +180,10 @@ impl Aggregate for Technician {
                 }
                 .into()])
             }
-            (Technician::Registered(tech), TechnicianCommand::LeaveTenant { tenant_id, by, at }) => {
+            (
+                Technician::Registered(tech),
+                TechnicianCommand::LeaveTenant { tenant_id, by, at },
+            ) => {
                 if !tech.tenants.contains(&tenant_id) {
                     return Ok(vec![]);
                 }
@@ -281,7 +287,8 @@ pub(crate) mod tests {
     #[test]
     fn a_technician_works_in_the_tenants_they_joined_only() {
         let other = TenantId(uuid::Uuid::from_u128(99));
-        let tech = Technician::replay(&[registered(nik_id(), "nik"), joined(nik_id(), tenant_id())]);
+        let tech =
+            Technician::replay(&[registered(nik_id(), "nik"), joined(nik_id(), tenant_id())]);
         let state = tech.state().unwrap();
         assert_eq!(state.may_work_in(tenant_id()), Ok(()));
         assert_eq!(
@@ -298,7 +305,10 @@ pub(crate) mod tests {
             joined(nik_id(), tenant_id()),
             joined(nik_id(), other),
         ])
-        .when(TechnicianCommand::Offboard { by: admin(), at: t(9) })
+        .when(TechnicianCommand::Offboard {
+            by: admin(),
+            at: t(9),
+        })
         .then_expect([TechnicianOffboarded {
             technician_id: nik_id(),
             tenants: vec![tenant_id(), other],
@@ -329,7 +339,10 @@ pub(crate) mod tests {
             })
             .then_expect_error(DomainError::TechnicianOffboarded);
         given::<Technician>(history.clone())
-            .when(TechnicianCommand::Offboard { by: admin(), at: t(10) })
+            .when(TechnicianCommand::Offboard {
+                by: admin(),
+                at: t(10),
+            })
             .then_expect_nothing();
         let state = Technician::replay(&history);
         assert_eq!(
@@ -358,7 +371,10 @@ pub(crate) mod tests {
     #[test]
     fn an_unregistered_technician_cannot_be_offboarded() {
         given::<Technician>([])
-            .when(TechnicianCommand::Offboard { by: admin(), at: t(1) })
+            .when(TechnicianCommand::Offboard {
+                by: admin(),
+                at: t(1),
+            })
             .then_expect_error(DomainError::TechnicianNotRegistered);
     }
 }

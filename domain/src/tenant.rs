@@ -349,7 +349,13 @@ pub(crate) mod tests {
         assert_eq!(again.len(), 1, "no second shared account: {again:?}");
         let state = Tenant::replay(history.iter().chain(&again));
         assert_eq!(
-            state.state().unwrap().shared_account.as_ref().unwrap().as_str(),
+            state
+                .state()
+                .unwrap()
+                .shared_account
+                .as_ref()
+                .unwrap()
+                .as_str(),
             "msp-4565"
         );
     }

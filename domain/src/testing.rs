@@ -81,7 +81,9 @@ type Validators = Mutex<HashMap<String, std::sync::Arc<jsonschema::Validator>>>;
 fn validator(file: &str) -> std::sync::Arc<jsonschema::Validator> {
     static CACHE: OnceLock<Validators> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
-    let mut cache = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut cache = cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     cache
         .entry(file.to_owned())
         .or_insert_with(|| {
@@ -109,7 +111,10 @@ pub fn check_contract<E: Event>(event: &E) {
     assert_eq!(&decoded, event, "stored form does not round-trip");
     let file = format!("{}.v{}.json", event.event_type(), event.schema_version());
     let validator = validator(&file);
-    let errors: Vec<String> = validator.iter_errors(&json).map(|e| e.to_string()).collect();
+    let errors: Vec<String> = validator
+        .iter_errors(&json)
+        .map(|e| e.to_string())
+        .collect();
     assert!(
         errors.is_empty(),
         "{file} rejects {json}: {errors:?} (schemas drifted? run \

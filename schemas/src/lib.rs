@@ -38,7 +38,10 @@ pub fn write_all() -> std::io::Result<usize> {
     let generated = generate();
     for entry in std::fs::read_dir(&dir)? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.ends_with(".json") && !generated.contains_key(name) {
             std::fs::remove_file(&path)?;
         }

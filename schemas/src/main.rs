@@ -3,7 +3,10 @@
 fn main() -> std::process::ExitCode {
     match latchkey_schemas::write_all() {
         Ok(n) => {
-            println!("wrote {n} event schemas to {}", latchkey_schemas::events_dir().display());
+            println!(
+                "wrote {n} event schemas to {}",
+                latchkey_schemas::events_dir().display()
+            );
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {

@@ -9,7 +9,10 @@ fn committed() -> BTreeMap<String, String> {
         let path = entry.expect("readable entry").path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name.ends_with(".json") {
-            files.insert(name, std::fs::read_to_string(&path).expect("readable schema"));
+            files.insert(
+                name,
+                std::fs::read_to_string(&path).expect("readable schema"),
+            );
         }
     }
     files
@@ -22,8 +25,14 @@ fn committed_schemas_match_the_code() {
     }
     let generated = latchkey_schemas::generate();
     let committed = committed();
-    let missing: Vec<_> = generated.keys().filter(|k| !committed.contains_key(*k)).collect();
-    let stale: Vec<_> = committed.keys().filter(|k| !generated.contains_key(*k)).collect();
+    let missing: Vec<_> = generated
+        .keys()
+        .filter(|k| !committed.contains_key(*k))
+        .collect();
+    let stale: Vec<_> = committed
+        .keys()
+        .filter(|k| !generated.contains_key(*k))
+        .collect();
     let changed: Vec<_> = generated
         .iter()
         .filter(|(k, v)| committed.get(*k).is_some_and(|c| c != *v))
@@ -40,14 +49,19 @@ fn committed_schemas_match_the_code() {
 #[test]
 fn every_event_type_has_a_schema_with_its_name_and_version() {
     let generated = latchkey_schemas::generate();
-    assert!(generated.len() >= 30, "only {} event schemas", generated.len());
+    assert!(
+        generated.len() >= 30,
+        "only {} event schemas",
+        generated.len()
+    );
     for (name, text) in generated {
         let schema: serde_json::Value = serde_json::from_str(&text).unwrap();
         let (event_type, version) = name.trim_end_matches(".json").rsplit_once(".v").unwrap();
         assert_eq!(schema["x-latchkey-event-type"], event_type);
         assert_eq!(schema["x-latchkey-schema-version"].to_string(), version);
         assert_eq!(schema["type"], "object", "{name}");
-        jsonschema::validator_for(&schema).unwrap_or_else(|e| panic!("{name} does not compile: {e}"));
+        jsonschema::validator_for(&schema)
+            .unwrap_or_else(|e| panic!("{name} does not compile: {e}"));
     }
 }
 
@@ -65,7 +79,11 @@ fn a_schema_rejects_an_event_with_a_secret_smuggled_in() {
         "verified": {"present": true, "groups": ["sudo"], "password_version": 2},
         "at": "2026-11-23T09:00:00Z"
     });
-    assert!(validator.is_valid(&event), "{:?}", validator.validate(&event).err());
+    assert!(
+        validator.is_valid(&event),
+        "{:?}",
+        validator.validate(&event).err()
+    );
     event["password"] = "hunter2".into();
     assert!(!validator.is_valid(&event));
 }
