@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "latchkey", version, about = "Just-in-time, audited admin access for MSPs")]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Just-in-time, audited admin access for MSPs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,7 +60,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Some(url) => url,
         None => {
             std::fs::create_dir_all(&args.data).map_err(|e| {
-                format!("--data {}: cannot create the directory: {e}", args.data.display())
+                format!(
+                    "--data {}: cannot create the directory: {e}",
+                    args.data.display()
+                )
             })?;
             format!("embedded:{}", args.data.join("events.db").display())
         }
@@ -73,15 +80,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         println!("latchkey listening on http://{addr}");
     }
     tracing::info!(store = %url, "event store open");
-    server.run().await.map_err(|e| format!("server stopped: {e}"))
+    server
+        .run()
+        .await
+        .map_err(|e| format!("server stopped: {e}"))
 }
 
 #[actix_web::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -43,7 +43,10 @@ fn serve_starts_on_the_embedded_store_and_answers_healthz() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
     let response = get(&addr, "/healthz");
-    assert!(response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(
+        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
     assert!(response.contains(r#""status":"ok""#), "{response}");
     assert!(data.path().join("data/events.db").exists());
     drop(server);

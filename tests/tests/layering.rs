@@ -7,11 +7,26 @@ use std::process::Command;
 /// `cargo tree` of one package's normal dependencies, one crate name per line.
 fn dependencies(package: &str) -> Vec<String> {
     let output = Command::new(env!("CARGO"))
-        .args(["tree", "--offline", "-e", "normal", "--prefix", "none", "--format", "{p}", "-p", package])
+        .args([
+            "tree",
+            "--offline",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+            "-p",
+            package,
+        ])
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
         .output()
         .expect("cargo tree runs");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| line.split_whitespace().next())
@@ -22,22 +37,48 @@ fn dependencies(package: &str) -> Vec<String> {
 #[test]
 fn the_domain_has_no_io_runtime_database_http_clock_or_randomness() {
     let deps = dependencies("latchkey-domain");
-    assert!(deps.contains(&"serde".to_owned()), "cargo tree output looks wrong: {deps:?}");
+    assert!(
+        deps.contains(&"serde".to_owned()),
+        "cargo tree output looks wrong: {deps:?}"
+    );
     let forbidden = [
-        "tokio", "async-std", "mio", "rusqlite", "libsqlite3-sys", "sqlx", "postgres",
-        "tokio-postgres", "kurrentdb", "eventstore", "hyper", "reqwest", "actix-web", "http",
-        "rand", "getrandom", "iana-time-zone",
+        "tokio",
+        "async-std",
+        "mio",
+        "rusqlite",
+        "libsqlite3-sys",
+        "sqlx",
+        "postgres",
+        "tokio-postgres",
+        "kurrentdb",
+        "eventstore",
+        "hyper",
+        "reqwest",
+        "actix-web",
+        "http",
+        "rand",
+        "getrandom",
+        "iana-time-zone",
     ];
-    let found: Vec<&String> = deps.iter().filter(|d| forbidden.contains(&d.as_str())).collect();
+    let found: Vec<&String> = deps
+        .iter()
+        .filter(|d| forbidden.contains(&d.as_str()))
+        .collect();
     assert!(found.is_empty(), "the domain depends on {found:?}");
 }
 
 #[test]
 fn dependencies_point_one_way() {
     let store = dependencies("latchkey-store");
-    assert!(!store.iter().any(|d| d == "latchkey-projections" || d == "latchkey-api"));
+    assert!(!store
+        .iter()
+        .any(|d| d == "latchkey-projections" || d == "latchkey-api"));
     let domain = dependencies("latchkey-domain");
-    assert!(!domain.iter().any(|d| d.starts_with("latchkey-") && d != "latchkey-domain"));
+    assert!(!domain
+        .iter()
+        .any(|d| d.starts_with("latchkey-") && d != "latchkey-domain"));
     let projections = dependencies("latchkey-projections");
-    assert!(!projections.iter().any(|d| d == "latchkey-api" || d == "latchkey-agent"));
+    assert!(!projections
+        .iter()
+        .any(|d| d == "latchkey-api" || d == "latchkey-agent"));
 }
