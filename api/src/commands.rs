@@ -1,0 +1,354 @@
+//! The one place where a command meets the log: load the aggregate's stream, `decide`,
+//! append with the expected revision, and on a concurrent write retry against fresh state.
+//! HTTP handlers, process managers and the expiry scheduler all go through here; none of
+//! them appends by itself. It never logs an event body.
+
+use latchkey_domain::{Aggregate, DecodeError, DomainError, Event};
+use latchkey_store::{EventMetadata, EventStore, ExpectedState, NewEvent, StoreError, StreamName};
+use uuid::Uuid;
+
+/// How often a command is re-decided after losing a race before it is reported as a conflict.
+pub const MAX_ATTEMPTS: usize = 8;
+
+/// Events are read back in pages of this many.
+const PAGE: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A rule said no (maps to 404/409/422 through `DomainError::kind`).
+    #[error(transparent)]
+    Domain(#[from] DomainError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stream holds an event this version of Latchkey cannot read.
+    #[error("stream {stream} cannot be read: {source}")]
+    Decode {
+        stream: StreamName,
+        source: DecodeError,
+    },
+    /// Other writers kept changing the stream; the client may retry (HTTP 409).
+    #[error("stream {stream} kept changing under {attempts} attempts; try again")]
+    Contended { stream: StreamName, attempts: usize },
+}
+
+/// Who sends a command and in which flow; copied into every event's metadata.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub actor: String,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+}
+
+/// An aggregate's state as of one revision of its stream.
+#[derive(Debug, Clone)]
+pub struct Loaded<A> {
+    pub state: A,
+    /// `None` if the stream does not exist yet.
+    pub revision: Option<u64>,
+}
+
+/// What a command appended.
+#[derive(Debug, Clone)]
+pub struct Executed<A: Aggregate> {
+    pub events: Vec<A::Event>,
+    /// The state after the command.
+    pub state: A,
+    pub attempts: usize,
+}
+
+/// Folds a whole stream into its aggregate's state.
+pub async fn load<A: Aggregate>(
+    store: &dyn EventStore,
+    stream: &StreamName,
+) -> Result<Loaded<A>, CommandError> {
+    let mut state = A::default();
+    let mut revision = None;
+    loop {
+        let from = revision.map_or(0, |r: u64| r + 1);
+        let page = store.read_stream(stream, from, PAGE).await?;
+        let full = page.len() == PAGE;
+        for recorded in page {
+            let json =
+                serde_json::from_slice(&recorded.payload).map_err(|e| CommandError::Decode {
+                    stream: stream.clone(),
+                    source: DecodeError::Invalid {
+                        event_type: recorded.event_type.clone(),
+                        version: recorded.schema_version,
+                        reason: e.to_string(),
+                    },
+                })?;
+            let event = A::Event::from_json(&recorded.event_type, recorded.schema_version, json)
+                .and_then(|e| {
+                    e.ok_or_else(|| DecodeError::UnknownType(recorded.event_type.clone()))
+                })
+                .map_err(|source| CommandError::Decode {
+                    stream: stream.clone(),
+                    source,
+                })?;
+            state = A::evolve(state, &event);
+            revision = Some(recorded.revision);
+        }
+        if !full {
+            return Ok(Loaded { state, revision });
+        }
+    }
+}
+
+/// The stored form of a domain event. Ids are time-ordered (v7): the store's id index then
+/// grows at its end, which is markedly faster than random ids.
+pub fn to_new_event<E: Event>(event: &E, envelope: &Envelope) -> NewEvent {
+    NewEvent {
+        id: Uuid::now_v7(),
+        event_type: event.event_type().to_owned(),
+        schema_version: event.schema_version(),
+        payload: serde_json::to_vec(&event.to_json()).expect("a JSON value serialises"),
+        metadata: EventMetadata {
+            actor: envelope.actor.clone(),
+            correlation_id: envelope.correlation_id,
+            causation_id: envelope.causation_id,
+        },
+    }
+}
+
+/// Runs one command against `stream`: `command` builds it from the current state (so it can
+/// look at that state), `decide` judges it, and the events are appended only if nobody wrote
+/// to the stream in between; otherwise the whole thing runs again on fresh state.
+pub async fn execute<A, F>(
+    store: &dyn EventStore,
+    stream: &StreamName,
+    envelope: &Envelope,
+    mut command: F,
+) -> Result<Executed<A>, CommandError>
+where
+    A: Aggregate,
+    F: FnMut(&A) -> A::Command,
+{
+    for attempt in 1..=MAX_ATTEMPTS {
+        let loaded = load::<A>(store, stream).await?;
+        let events = A::decide(&loaded.state, command(&loaded.state))?;
+        if events.is_empty() {
+            return Ok(Executed {
+                events,
+                state: loaded.state,
+                attempts: attempt,
+            });
+        }
+        let expected = match loaded.revision {
+            None => ExpectedState::NoStream,
+            Some(revision) => ExpectedState::Exact(revision),
+        };
+        let batch = events.iter().map(|e| to_new_event(e, envelope)).collect();
+        match store.append(stream, expected, batch).await {
+            Ok(_) => {
+                let state = events.iter().fold(loaded.state, A::evolve);
+                return Ok(Executed {
+                    events,
+                    state,
+                    attempts: attempt,
+                });
+            }
+            Err(StoreError::WrongExpectedState { .. }) => {
+                tracing::debug!(%stream, attempt, "concurrent write, deciding again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(CommandError::Contended {
+        stream: stream.clone(),
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use latchkey_domain::ids::{TechnicianId, TenantId};
+    use latchkey_domain::names::{Email, Username};
+    use latchkey_domain::technician::{Technician, TechnicianCommand, TechnicianEvent};
+    use latchkey_domain::{Actor, AnyEvent};
+    use latchkey_store::{AppendResult, MemoryStore, Position, RecordedEvent};
+    use std::sync::Arc;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            actor: "user:admin@msp.example".into(),
+            correlation_id: Uuid::now_v7(),
+            causation_id: None,
+        }
+    }
+
+    fn admin() -> Actor {
+        Actor::User {
+            email: Email::parse("admin@msp.example").unwrap(),
+        }
+    }
+
+    fn at() -> latchkey_domain::Timestamp {
+        chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap()
+    }
+
+    fn nik() -> (TechnicianId, StreamName) {
+        let id = TechnicianId(Uuid::from_u128(10));
+        (id, StreamName::new(id.stream_name()).unwrap())
+    }
+
+    async fn register(store: &dyn EventStore) {
+        let (id, stream) = nik();
+        execute::<Technician, _>(store, &stream, &envelope(), |_| {
+            TechnicianCommand::Register {
+                technician_id: id,
+                username: Username::parse("nik").unwrap(),
+                email: Email::parse("nik@nikpot.com").unwrap(),
+                by: admin(),
+                at: at(),
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_command_appends_its_events_with_type_version_and_metadata() {
+        let store = MemoryStore::new();
+        register(&store).await;
+        let (_, stream) = nik();
+        let stored = store.read_stream(&stream, 0, 10).await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].event_type, "TechnicianRegistered");
+        assert_eq!(stored[0].schema_version, 1);
+        assert_eq!(stored[0].metadata.actor, "user:admin@msp.example");
+        let json = serde_json::from_slice(&stored[0].payload).unwrap();
+        let decoded = AnyEvent::from_json("TechnicianRegistered", 1, json).unwrap();
+        assert!(matches!(
+            decoded,
+            AnyEvent::Technician(TechnicianEvent::TechnicianRegistered(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_refused_command_appends_nothing() {
+        let store = MemoryStore::new();
+        register(&store).await;
+        let (id, stream) = nik();
+        let err = execute::<Technician, _>(&store, &stream, &envelope(), |_| {
+            TechnicianCommand::Register {
+                technician_id: id,
+                username: Username::parse("nik").unwrap(),
+                email: Email::parse("nik@nikpot.com").unwrap(),
+                by: admin(),
+                at: at(),
+            }
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            CommandError::Domain(DomainError::TechnicianAlreadyRegistered)
+        ));
+        assert_eq!(store.read_stream(&stream, 0, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commands_on_one_stream_lose_no_update() {
+        let store = Arc::new(MemoryStore::new());
+        register(store.as_ref()).await;
+        let (_, stream) = nik();
+        let tasks: Vec<_> = (0..16u128)
+            .map(|n| {
+                let (store, stream) = (store.clone(), stream.clone());
+                tokio::spawn(async move {
+                    execute::<Technician, _>(store.as_ref(), &stream, &envelope(), |_| {
+                        TechnicianCommand::JoinTenant {
+                            tenant_id: TenantId(Uuid::from_u128(100 + n)),
+                            by: admin(),
+                            at: at(),
+                        }
+                    })
+                    .await
+                    .unwrap()
+                })
+            })
+            .collect();
+        let mut retried = 0;
+        for task in tasks {
+            retried += task.await.unwrap().attempts - 1;
+        }
+        let loaded = load::<Technician>(store.as_ref(), &stream).await.unwrap();
+        assert_eq!(
+            loaded.state.state().unwrap().tenants.len(),
+            16,
+            "every join kept"
+        );
+        assert_eq!(loaded.revision, Some(16));
+        // Not asserted (scheduling decides), but shows the retry path ran in this run.
+        eprintln!("{retried} retries after concurrent writes");
+    }
+
+    /// A store where every append loses the race, to see the give-up path.
+    struct AlwaysBehind(MemoryStore);
+
+    #[async_trait]
+    impl EventStore for AlwaysBehind {
+        async fn append(
+            &self,
+            stream: &StreamName,
+            expected: ExpectedState,
+            _: Vec<NewEvent>,
+        ) -> Result<AppendResult, StoreError> {
+            Err(StoreError::WrongExpectedState {
+                stream: stream.clone(),
+                expected,
+                actual: Some(99),
+            })
+        }
+        async fn read_stream(
+            &self,
+            stream: &StreamName,
+            from: u64,
+            max: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.0.read_stream(stream, from, max).await
+        }
+        async fn read_all(
+            &self,
+            after: Option<Position>,
+            max: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.0.read_all(after, max).await
+        }
+        async fn wait_for_events_after(&self, after: Option<Position>) {
+            self.0.wait_for_events_after(after).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_that_keeps_losing_the_race_is_reported_as_contended() {
+        let store = AlwaysBehind(MemoryStore::new());
+        let (id, stream) = nik();
+        let mut decided = 0;
+        let err = execute::<Technician, _>(&store, &stream, &envelope(), |_| {
+            decided += 1;
+            TechnicianCommand::Register {
+                technician_id: id,
+                username: Username::parse("nik").unwrap(),
+                email: Email::parse("nik@nikpot.com").unwrap(),
+                by: admin(),
+                at: at(),
+            }
+        })
+        .await
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            CommandError::Contended {
+                attempts: MAX_ATTEMPTS,
+                ..
+            }
+        ));
+        assert_eq!(
+            decided, MAX_ATTEMPTS,
+            "each attempt decided again on fresh state"
+        );
+    }
+}
