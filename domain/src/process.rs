@@ -25,16 +25,21 @@ pub enum Command {
 
 /// What the process managers need to know beyond the event itself.
 pub trait Lookup {
+    /// Why a look-up could not be answered (a read model that cannot be read).
+    type Error;
     /// Every enrolled computer of the tenant, decommissioned ones included.
-    fn computers_of_tenant(&self, tenant: TenantId) -> Vec<ComputerId>;
+    fn computers_of_tenant(&self, tenant: TenantId) -> Result<Vec<ComputerId>, Self::Error>;
     /// The technician's sessions that are provisioning or active (in one tenant, or all).
     fn open_sessions_of_technician(
         &self,
         technician: TechnicianId,
         tenant: Option<TenantId>,
-    ) -> Vec<SessionId>;
+    ) -> Result<Vec<SessionId>, Self::Error>;
     /// The sessions on the computer that are provisioning or active.
-    fn open_sessions_on_computer(&self, computer: ComputerId) -> Vec<SessionId>;
+    fn open_sessions_on_computer(
+        &self,
+        computer: ComputerId,
+    ) -> Result<Vec<SessionId>, Self::Error>;
 }
 
 fn revoke(sessions: Vec<SessionId>, at: Timestamp) -> impl Iterator<Item = Command> {
@@ -64,8 +69,12 @@ fn retire(
 }
 
 /// The commands `event` causes. `at` is the runner's clock when it handles the event.
-pub fn react(event: &AnyEvent, at: Timestamp, lookup: &impl Lookup) -> Vec<Command> {
-    match event {
+pub fn react<L: Lookup>(
+    event: &AnyEvent,
+    at: Timestamp,
+    lookup: &L,
+) -> Result<Vec<Command>, L::Error> {
+    Ok(match event {
         // A check-out asks the computer for access; the computer's answer drives the session.
         AnyEvent::Session(SessionEvent::SessionCheckedOut(e)) => vec![Command::Computer {
             computer_id: e.computer_id,
@@ -94,7 +103,7 @@ pub fn react(event: &AnyEvent, at: Timestamp, lookup: &impl Lookup) -> Vec<Comma
         }
         // The old mode's accounts go from every computer of the tenant.
         AnyEvent::Tenant(TenantEvent::LoginModeChanged(e)) => retire(
-            lookup.computers_of_tenant(e.tenant_id),
+            lookup.computers_of_tenant(e.tenant_id)?,
             RetireReason::LoginModeChanged { from: e.from },
             at,
         )
@@ -104,13 +113,12 @@ pub fn react(event: &AnyEvent, at: Timestamp, lookup: &impl Lookup) -> Vec<Comma
             let reason = RetireReason::TechnicianRemoved {
                 technician_id: e.technician_id,
             };
-            let computers = e
-                .tenants
-                .iter()
-                .flat_map(|tenant| lookup.computers_of_tenant(*tenant))
-                .collect();
+            let mut computers = Vec::new();
+            for tenant in &e.tenants {
+                computers.extend(lookup.computers_of_tenant(*tenant)?);
+            }
             revoke(
-                lookup.open_sessions_of_technician(e.technician_id, None),
+                lookup.open_sessions_of_technician(e.technician_id, None)?,
                 at,
             )
             .chain(retire(computers, reason, at))
@@ -120,16 +128,17 @@ pub fn react(event: &AnyEvent, at: Timestamp, lookup: &impl Lookup) -> Vec<Comma
             let reason = RetireReason::TechnicianRemoved {
                 technician_id: e.technician_id,
             };
-            let sessions = lookup.open_sessions_of_technician(e.technician_id, Some(e.tenant_id));
+            let sessions =
+                lookup.open_sessions_of_technician(e.technician_id, Some(e.tenant_id))?;
             revoke(sessions, at)
-                .chain(retire(lookup.computers_of_tenant(e.tenant_id), reason, at))
+                .chain(retire(lookup.computers_of_tenant(e.tenant_id)?, reason, at))
                 .collect()
         }
         AnyEvent::Computer(ComputerEvent::ComputerDecommissioned(e)) => {
-            revoke(lookup.open_sessions_on_computer(e.computer_id), at).collect()
+            revoke(lookup.open_sessions_on_computer(e.computer_id)?, at).collect()
         }
         _ => vec![],
-    }
+    })
 }
 
 fn release(computer_id: ComputerId, session_id: SessionId, at: Timestamp) -> Command {
@@ -160,30 +169,37 @@ mod tests {
     }
 
     impl Lookup for Fixed {
-        fn computers_of_tenant(&self, tenant: TenantId) -> Vec<ComputerId> {
-            if tenant == tenant_id() {
+        type Error = std::convert::Infallible;
+
+        fn computers_of_tenant(&self, tenant: TenantId) -> Result<Vec<ComputerId>, Self::Error> {
+            Ok(if tenant == tenant_id() {
                 vec![pc(1), pc(2)]
             } else {
                 vec![]
-            }
+            })
         }
+
         fn open_sessions_of_technician(
             &self,
             tech: TechnicianId,
             _: Option<TenantId>,
-        ) -> Vec<SessionId> {
-            if tech == nik_id() {
+        ) -> Result<Vec<SessionId>, Self::Error> {
+            Ok(if tech == nik_id() {
                 vec![session()]
             } else {
                 vec![]
-            }
+            })
         }
-        fn open_sessions_on_computer(&self, computer: ComputerId) -> Vec<SessionId> {
-            if computer == pc(1) {
+
+        fn open_sessions_on_computer(
+            &self,
+            computer: ComputerId,
+        ) -> Result<Vec<SessionId>, Self::Error> {
+            Ok(if computer == pc(1) {
                 vec![session()]
             } else {
                 vec![]
-            }
+            })
         }
     }
 
@@ -228,7 +244,7 @@ mod tests {
             }
             .into(),
         );
-        let commands = react(&event, t(2), &Fixed);
+        let Ok(commands) = react(&event, t(2), &Fixed);
         assert_eq!(revocations(&commands), vec![session()]);
         let reason = RetireReason::TechnicianRemoved {
             technician_id: nik_id(),
@@ -251,7 +267,7 @@ mod tests {
             }
             .into(),
         );
-        let commands = react(&event, t(2), &Fixed);
+        let Ok(commands) = react(&event, t(2), &Fixed);
         let reason = RetireReason::LoginModeChanged {
             from: LoginMode::Named,
         };

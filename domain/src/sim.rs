@@ -152,7 +152,8 @@ impl World {
         while self.handled < self.log.len() {
             let event = self.log[self.handled].clone();
             self.handled += 1;
-            for command in react(&event, self.now(), &*self) {
+            let Ok(commands) = react(&event, self.now(), &*self);
+            for command in commands {
                 let result = match command {
                     Command::Computer {
                         computer_id,
@@ -418,35 +419,43 @@ impl World {
 }
 
 impl Lookup for World {
-    fn computers_of_tenant(&self, tenant: TenantId) -> Vec<ComputerId> {
-        self.computers
+    type Error = std::convert::Infallible;
+
+    fn computers_of_tenant(&self, tenant: TenantId) -> Result<Vec<ComputerId>, Self::Error> {
+        Ok(self
+            .computers
             .iter()
             .filter(|(_, c)| c.profile.as_ref().is_some_and(|p| p.tenant_id == tenant))
             .map(|(id, _)| *id)
-            .collect()
+            .collect())
     }
 
     fn open_sessions_of_technician(
         &self,
         technician: TechnicianId,
         tenant: Option<TenantId>,
-    ) -> Vec<SessionId> {
-        self.sessions
+    ) -> Result<Vec<SessionId>, Self::Error> {
+        Ok(self
+            .sessions
             .iter()
             .filter_map(|(id, s)| s.state().map(|s| (id, s)))
             .filter(|(_, s)| s.is_open() && s.technician_id == technician)
             .filter(|(_, s)| tenant.is_none_or(|t| s.tenant_id == t))
             .map(|(id, _)| *id)
-            .collect()
+            .collect())
     }
 
-    fn open_sessions_on_computer(&self, computer: ComputerId) -> Vec<SessionId> {
-        self.sessions
+    fn open_sessions_on_computer(
+        &self,
+        computer: ComputerId,
+    ) -> Result<Vec<SessionId>, Self::Error> {
+        Ok(self
+            .sessions
             .iter()
             .filter_map(|(id, s)| s.state().map(|s| (id, s)))
             .filter(|(_, s)| s.is_open() && s.computer_id == computer)
             .map(|(id, _)| *id)
-            .collect()
+            .collect())
     }
 }
 
