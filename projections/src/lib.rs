@@ -65,6 +65,11 @@ impl ReadModels {
                  id INTEGER PRIMARY KEY CHECK (id = 1),
                  commit_position INTEGER NOT NULL,
                  prepare_position INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS process_checkpoint (
+                 id INTEGER PRIMARY KEY CHECK (id = 1),
+                 commit_position INTEGER NOT NULL,
+                 prepare_position INTEGER NOT NULL
              );",
         )?;
         conn.execute_batch(directory::SCHEMA)?;
@@ -73,10 +78,30 @@ impl ReadModels {
 
     /// The position of the last event applied, `None` before the first.
     pub fn checkpoint(&self) -> Result<Option<Position>, ProjectionError> {
+        self.position_in("checkpoint")
+    }
+
+    /// The position of the last event the process managers have fully handled.
+    pub fn process_checkpoint(&self) -> Result<Option<Position>, ProjectionError> {
+        self.position_in("process_checkpoint")
+    }
+
+    /// Records that the process managers have handled every event up to `position`.
+    pub fn set_process_checkpoint(&self, position: Position) -> Result<(), ProjectionError> {
+        self.conn.execute(
+            "INSERT INTO process_checkpoint (id, commit_position, prepare_position)
+             VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET commit_position = ?1, prepare_position = ?2",
+            params![position.commit as i64, position.prepare as i64],
+        )?;
+        Ok(())
+    }
+
+    fn position_in(&self, table: &str) -> Result<Option<Position>, ProjectionError> {
         Ok(self
             .conn
             .query_row(
-                "SELECT commit_position, prepare_position FROM checkpoint WHERE id = 1",
+                &format!("SELECT commit_position, prepare_position FROM {table} WHERE id = 1"),
                 [],
                 |row| {
                     Ok(Position::new(

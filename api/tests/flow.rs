@@ -1,0 +1,251 @@
+//! The whole check-out / check-in flow through the command path and the process-manager
+//! runner, on the in-memory store, with a simulated agent answering provisioning requests.
+
+use latchkey_api::commands::{execute, load, Envelope};
+use latchkey_api::runner::ProcessRunner;
+use latchkey_domain::computer::{
+    AccountObservation, Computer, ComputerCommand, GrantStage, Operation, OsKind,
+};
+use latchkey_domain::ids::{AgentKeyId, ComputerId, SessionId, TechnicianId, TenantId};
+use latchkey_domain::names::{
+    AccountName, Email, EphemeralDigits, GroupName, Hostname, SharedAccountDigits, TenantName,
+    Username,
+};
+use latchkey_domain::policy::{JitPolicy, LoginMode};
+use latchkey_domain::session::{CheckInReason, CheckOut, Session, SessionCommand, SessionStatus};
+use latchkey_domain::technician::{Technician, TechnicianCommand};
+use latchkey_domain::tenant::{Tenant, TenantCommand};
+use latchkey_domain::{Actor, Aggregate};
+use latchkey_projections::ReadModels;
+use latchkey_store::{EventStore, MemoryStore, StreamName};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+const TENANT: TenantId = TenantId(Uuid::from_u128(1));
+const NIK: TechnicianId = TechnicianId(Uuid::from_u128(10));
+const PC: ComputerId = ComputerId(Uuid::from_u128(100));
+const SESSION: SessionId = SessionId(Uuid::from_u128(1000));
+
+fn envelope() -> Envelope {
+    Envelope {
+        actor: "user:admin@msp.example".into(),
+        correlation_id: Uuid::now_v7(),
+        causation_id: None,
+    }
+}
+
+fn admin() -> Actor {
+    Actor::User {
+        email: Email::parse("admin@msp.example").unwrap(),
+    }
+}
+
+fn stream(name: String) -> StreamName {
+    StreamName::new(name).unwrap()
+}
+
+async fn run<A: Aggregate>(store: &dyn EventStore, name: String, command: A::Command)
+where
+    A::Command: Clone,
+{
+    execute::<A, _>(store, &stream(name), &envelope(), |_| command.clone())
+        .await
+        .unwrap();
+}
+
+/// The machine's accounts as a simulated agent keeps them: groups and password version.
+type Machine = BTreeMap<AccountName, (BTreeSet<GroupName>, Option<u32>)>;
+
+/// The agent answers every open request of the computer, in order, verifying as it goes.
+async fn agent_answers(store: &dyn EventStore, machine: &mut Machine) -> usize {
+    let computer = load::<Computer>(store, &stream(PC.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    let mut answered = 0;
+    for (id, request) in &computer.open_requests {
+        let name = request.operation.account().clone();
+        match &request.operation {
+            Operation::EnsureAccount { .. } => {
+                machine.entry(name.clone()).or_default();
+            }
+            Operation::RotatePassword { version, .. } => {
+                machine.get_mut(&name).unwrap().1 = Some(*version);
+            }
+            Operation::AddToGroup { group, .. } => {
+                machine.get_mut(&name).unwrap().0.insert(group.clone());
+            }
+            Operation::RemoveFromGroup { group, .. } => {
+                machine.get_mut(&name).unwrap().0.remove(group);
+            }
+            Operation::DeleteAccount { .. } => {
+                machine.remove(&name);
+            }
+        }
+        let verified = match machine.get(&name) {
+            Some((groups, version)) => AccountObservation {
+                present: true,
+                groups: groups.clone(),
+                password_version: *version,
+            },
+            None => AccountObservation::default(),
+        };
+        let command = ComputerCommand::ReportSucceeded {
+            request_id: *id,
+            verified,
+            at: chrono::Utc::now(),
+        };
+        run::<Computer>(store, PC.stream_name(), command).await;
+        answered += 1;
+    }
+    answered
+}
+
+/// Runs the process managers and the agent until neither has anything left to do.
+async fn settle(store: &dyn EventStore, runner: &ProcessRunner, machine: &mut Machine) {
+    for _ in 0..20 {
+        let handled = runner.run_until_idle().await.unwrap();
+        let answered = agent_answers(store, machine).await;
+        if handled == 0 && answered == 0 {
+            return;
+        }
+    }
+    panic!("the flow did not settle");
+}
+
+#[tokio::test]
+async fn a_named_session_is_provisioned_activated_and_revoked_through_the_runner() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let s = store.as_ref();
+    let models = Arc::new(Mutex::new(ReadModels::in_memory().unwrap()));
+    let runner = ProcessRunner::new(store.clone(), models);
+    let now = chrono::Utc::now();
+    run::<Tenant>(
+        s,
+        TENANT.stream_name(),
+        TenantCommand::Register {
+            tenant_id: TENANT,
+            name: TenantName::parse("customer-1").unwrap(),
+            login_mode: LoginMode::Named,
+            policy: JitPolicy::default(),
+            shared_account_digits: SharedAccountDigits::parse("2356").unwrap(),
+            by: admin(),
+            at: now,
+        },
+    )
+    .await;
+    run::<Technician>(
+        s,
+        NIK.stream_name(),
+        TechnicianCommand::Register {
+            technician_id: NIK,
+            username: Username::parse("nik").unwrap(),
+            email: Email::parse("nik@nikpot.com").unwrap(),
+            by: admin(),
+            at: now,
+        },
+    )
+    .await;
+    run::<Technician>(
+        s,
+        NIK.stream_name(),
+        TechnicianCommand::JoinTenant {
+            tenant_id: TENANT,
+            by: admin(),
+            at: now,
+        },
+    )
+    .await;
+    run::<Computer>(
+        s,
+        PC.stream_name(),
+        ComputerCommand::Enroll {
+            computer_id: PC,
+            tenant_id: TENANT,
+            hostname: Hostname::parse("W11-L-PASSWORD").unwrap(),
+            os: OsKind::Windows,
+            agent_key_id: AgentKeyId(Uuid::from_u128(5)),
+            by: admin(),
+            at: now,
+        },
+    )
+    .await;
+
+    let tenant = load::<Tenant>(s, &stream(TENANT.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    let technician = load::<Technician>(s, &stream(NIK.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    let computer = load::<Computer>(s, &stream(PC.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    let check_out = CheckOut {
+        session_id: SESSION,
+        tenant: tenant.state().unwrap().clone(),
+        technician: technician.state().unwrap().clone(),
+        computer,
+        reason: None,
+        ticket: None,
+        duration: None,
+        ephemeral_digits: EphemeralDigits::parse("000000000001").unwrap(),
+        by: admin(),
+        at: now,
+    };
+    run::<Session>(
+        s,
+        SESSION.stream_name(),
+        SessionCommand::CheckOut(Box::new(check_out)),
+    )
+    .await;
+
+    let mut machine = Machine::new();
+    settle(s, &runner, &mut machine).await;
+    let session = load::<Session>(s, &stream(SESSION.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(session.state().unwrap().status, SessionStatus::Active);
+    let msp_nik = AccountName::parse("msp-nik").unwrap();
+    let admins = GroupName::parse("Administrators").unwrap();
+    assert_eq!(
+        machine[&msp_nik],
+        (BTreeSet::from([admins.clone()]), Some(1))
+    );
+    let computer = load::<Computer>(s, &stream(PC.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(computer.grants[&SESSION].stage, GrantStage::Granted);
+
+    run::<Session>(
+        s,
+        SESSION.stream_name(),
+        SessionCommand::CheckIn {
+            reason: CheckInReason::Manual,
+            by: admin(),
+            at: chrono::Utc::now(),
+        },
+    )
+    .await;
+    settle(s, &runner, &mut machine).await;
+    assert_eq!(
+        machine[&msp_nik],
+        (BTreeSet::new(), Some(2)),
+        "out of the admin group, password rotated again, account kept (named mode)"
+    );
+    let computer = load::<Computer>(s, &stream(PC.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    assert!(computer.open_requests.is_empty());
+    assert_eq!(
+        runner.run_until_idle().await.unwrap(),
+        0,
+        "the checkpoint is at the end"
+    );
+}
