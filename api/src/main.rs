@@ -1,13 +1,17 @@
 //! `latchkey`: the server and (from issue 3 on) the admin CLI.
 //!
-//! UNFINISHED (issue 3): `serve` opens the event store and answers `/healthz`; the REST API,
-//! projections, secrets and the CLI's admin commands are not built yet.
+//! UNFINISHED (issue 3): `serve` opens the event store, the read models and the secret store,
+//! runs the process managers and answers `/healthz`; the REST API and the CLI's admin
+//! commands are not built yet.
 
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
+use latchkey_api::runner::ProcessRunner;
+use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
+use latchkey_projections::ReadModels;
 use latchkey_store::EventStore;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Parser)]
 #[command(
@@ -39,6 +43,36 @@ struct ServeArgs {
     store: Option<String>,
 }
 
+/// The secret store's key: from `LATCHKEY_SECRET_KEY` (base64 of 32 bytes), or else from
+/// `<data>/secret.key`, created with mode 0600 on first start. Production setups should
+/// pass the key from a secret manager so it never sits beside the data it protects.
+fn secret_key(data: &Path) -> Result<Key, String> {
+    if let Ok(text) = std::env::var(KEY_VARIABLE) {
+        return Key::from_base64(text.trim()).map_err(|e| e.to_string());
+    }
+    let path = data.join("secret.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Key::from_base64(text.trim()).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let key = Key::generate();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("{}: cannot create the key file: {e}", path.display()))?;
+            file.write_all(key.to_base64().expose().as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("{}: cannot write the key file: {e}", path.display()))?;
+            tracing::warn!(path = %path.display(), "generated a new secret-store key; set {KEY_VARIABLE} to keep the key away from the data");
+            Ok(key)
+        }
+        Err(e) => Err(format!("{}: cannot read the key file: {e}", path.display())),
+    }
+}
+
 struct AppState {
     store: Arc<dyn EventStore>,
 }
@@ -56,21 +90,25 @@ async fn healthz(state: web::Data<AppState>) -> impl Responder {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
-    let url = match args.store {
-        Some(url) => url,
-        None => {
-            std::fs::create_dir_all(&args.data).map_err(|e| {
-                format!(
-                    "--data {}: cannot create the directory: {e}",
-                    args.data.display()
-                )
-            })?;
-            format!("embedded:{}", args.data.join("events.db").display())
-        }
-    };
+    std::fs::create_dir_all(&args.data).map_err(|e| {
+        format!(
+            "--data {}: cannot create the directory: {e}",
+            args.data.display()
+        )
+    })?;
+    let url = args
+        .store
+        .unwrap_or_else(|| format!("embedded:{}", args.data.join("events.db").display()));
     let store = latchkey_store::open_url(&url)
         .await
         .map_err(|e| format!("--store {url}: {e}"))?;
+    let models = ReadModels::open(&args.data.join("read-models.db"))
+        .map_err(|e| format!("--data {}: read models: {e}", args.data.display()))?;
+    let key = secret_key(&args.data)?;
+    // Opened now so a wrong key stops the server at start-up, not at the first rotation.
+    let _secrets =
+        SecretStore::open(args.data.join("secrets.db"), &key).map_err(|e| e.to_string())?;
+    let runner = ProcessRunner::new(store.clone(), Arc::new(Mutex::new(models)));
     let state = web::Data::new(AppState { store });
     let server = HttpServer::new(move || App::new().app_data(state.clone()).service(healthz))
         .bind(&args.listen)
@@ -80,10 +118,25 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         println!("latchkey listening on http://{addr}");
     }
     tracing::info!(store = %url, "event store open");
-    server
-        .run()
-        .await
-        .map_err(|e| format!("server stopped: {e}"))
+    let server = server.run();
+    let handle = server.handle();
+    let stopped_by: Arc<Mutex<Option<String>>> = Arc::default();
+    let report = stopped_by.clone();
+    actix_web::rt::spawn(async move {
+        // Without its process managers the server would accept check-outs it never
+        // provisions, so it stops rather than limp on.
+        if let Err(e) = runner.run().await {
+            tracing::error!(error = %e, "the process managers stopped");
+            *report.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            handle.stop(true).await;
+        }
+    });
+    server.await.map_err(|e| format!("server stopped: {e}"))?;
+    let stopped = stopped_by.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match stopped {
+        Some(e) => Err(format!("the process managers stopped: {e}")),
+        None => Ok(()),
+    }
 }
 
 #[actix_web::main]

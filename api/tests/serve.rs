@@ -29,6 +29,7 @@ fn serve_starts_on_the_embedded_store_and_answers_healthz() {
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data.path().join("data"))
         .env_remove("LATCHKEY_STORE")
+        .env_remove("LATCHKEY_SECRET_KEY")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -48,7 +49,16 @@ fn serve_starts_on_the_embedded_store_and_answers_healthz() {
         "{response}"
     );
     assert!(response.contains(r#""status":"ok""#), "{response}");
-    assert!(data.path().join("data/events.db").exists());
+    for file in ["events.db", "read-models.db", "secrets.db"] {
+        assert!(data.path().join("data").join(file).exists(), "{file}");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let key = std::fs::metadata(data.path().join("data/secret.key")).unwrap();
+    assert_eq!(
+        key.permissions().mode() & 0o777,
+        0o600,
+        "the generated key is private"
+    );
     drop(server);
 }
 
@@ -63,4 +73,25 @@ fn a_bad_listen_address_is_reported_with_the_flag() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--listen not-an-address"), "{stderr}");
+}
+
+#[test]
+fn a_malformed_secret_key_stops_the_start_with_the_variable_named() {
+    let data = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(data.path())
+        .env("LATCHKEY_SECRET_KEY", "c2hvcnQ=")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("LATCHKEY_SECRET_KEY must be 32 bytes"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("c2hvcnQ"),
+        "the key itself is never echoed: {stderr}"
+    );
 }
