@@ -1,11 +1,14 @@
 //! The Latchkey server's application layer, shared by the `latchkey` binary and its tests.
 //!
 //! UNFINISHED (issue 3): built so far are the command path (`commands`), the process-manager
-//! runner over the directory read model (`runner`) and the encrypted secret store with
-//! password and TOTP generation (`secrets`). Not yet: the HTTP API and its authorization,
-//! the audit trail and account-state read models, `replay`, the expiry scheduler, the CLI's
-//! admin commands, and wiring the runner and secret store into `latchkey serve`.
+//! runner over the directory read model (`runner`), the encrypted secret store with password
+//! and TOTP generation (`secrets`), hashed API tokens with roles (`auth`) and problem+json
+//! errors (`problem`). Not yet: the HTTP endpoints and the bearer extractor, the admin-token
+//! bootstrap in `serve`, the audit trail and account-state read models, `replay`, the expiry
+//! scheduler and the CLI's admin commands.
 
+pub mod auth;
 pub mod commands;
+pub mod problem;
 pub mod runner;
 pub mod secrets;

@@ -1,0 +1,313 @@
+//! Every error the HTTP API returns, as an RFC 9457 problem document
+//! (`application/problem+json`) naming the field at fault where there is one. The mapping
+//! from domain and store errors lives here once. A problem never carries a secret, and
+//! internal details (SQL, paths) stay in the server's log, not in the response.
+
+use crate::commands::CommandError;
+use actix_web::http::{header, StatusCode};
+use actix_web::{error::JsonPayloadError, HttpResponse, ResponseError};
+use latchkey_domain::names::InvalidValue;
+use latchkey_domain::{DomainError, ErrorKind};
+use latchkey_store::StoreError;
+use serde::Serialize;
+use std::fmt;
+
+/// The body of an error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// A URN naming the kind of problem, stable for clients to match on.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The request field at fault, e.g. `username` or `policy.password.length`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    problem: Problem,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            problem: Problem {
+                kind: format!("urn:latchkey:problem:{kind}"),
+                title: status.canonical_reason().unwrap_or("Error").to_owned(),
+                status: status.as_u16(),
+                detail: detail.into(),
+                field: None,
+            },
+        }
+    }
+
+    pub fn with_field(mut self, field: impl Into<String>) -> Self {
+        self.problem.field = Some(field.into());
+        self
+    }
+
+    pub fn bad_request(field: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", detail).with_field(field)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("{what} does not exist"),
+        )
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send a valid API token as `Authorization: Bearer <token>`",
+        )
+    }
+
+    /// Something broke inside; the details go to the log under `reference`, not to the client.
+    pub fn internal(reference: &str) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the server could not complete the request (reference {reference})"),
+        )
+    }
+
+    pub fn problem(&self) -> &Problem {
+        &self.problem
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.problem.detail)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status)
+            .insert_header((header::CONTENT_TYPE, "application/problem+json"))
+            .json(&self.problem)
+    }
+}
+
+impl From<InvalidValue> for ApiError {
+    fn from(e: InvalidValue) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-value",
+            e.to_string(),
+        )
+        .with_field(e.field)
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        if let DomainError::Invalid(invalid) = e {
+            return invalid.into();
+        }
+        let (status, kind) = match e.kind() {
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not-found"),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorKind::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, "rule"),
+        };
+        Self::new(status, kind, e.to_string())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::Domain(e) => e.into(),
+            CommandError::Contended { .. } => {
+                Self::new(StatusCode::CONFLICT, "contended", e.to_string())
+            }
+            CommandError::Store(StoreError::Unavailable(_)) => {
+                tracing::error!(error = %e, "event store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "the event store is unavailable; try again",
+                )
+            }
+            other => {
+                let reference = uuid::Uuid::now_v7().to_string();
+                tracing::error!(error = %other, %reference, "command failed");
+                Self::internal(&reference)
+            }
+        }
+    }
+}
+
+/// Turns a rejected JSON body into a 400 (or 413) problem. serde's message names the field
+/// ("unknown field `surprise`", "missing field `name`", "username must be …").
+pub fn json_error(e: &JsonPayloadError) -> ApiError {
+    match e {
+        JsonPayloadError::Overflow { limit }
+        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("the request body is larger than {limit} bytes"),
+        ),
+        JsonPayloadError::ContentType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type",
+            "send the body as Content-Type: application/json",
+        ),
+        JsonPayloadError::Deserialize(e) => {
+            let message = e.to_string();
+            let problem = ApiError::new(StatusCode::BAD_REQUEST, "bad-json", message.clone());
+            match field_named_in(&message) {
+                Some(field) => problem.with_field(field),
+                None => problem,
+            }
+        }
+        other => ApiError::new(StatusCode::BAD_REQUEST, "bad-json", other.to_string()),
+    }
+}
+
+/// The field a serde message is about: "unknown field `x`", "missing field `x`", or one of
+/// our value types' messages, which start with the field name.
+fn field_named_in(message: &str) -> Option<String> {
+    for marker in ["unknown field `", "missing field `"] {
+        if let Some(rest) = message.split(marker).nth(1) {
+            return rest.split('`').next().map(str::to_owned);
+        }
+    }
+    let first = message.split_whitespace().next()?;
+    let looks_like_field = first
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || "_.".contains(c));
+    (looks_like_field && message.contains(" must ")).then(|| first.to_owned())
+}
+
+/// The JSON extractor settings every endpoint uses: a size limit and problem responses.
+pub fn json_config() -> actix_web::web::JsonConfig {
+    actix_web::web::JsonConfig::default()
+        .limit(64 * 1024)
+        .error_handler(|e, _| json_error(&e).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{test as actix_test, web, App};
+    use latchkey_domain::names::Username;
+    use serde::Deserialize;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct NewTechnician {
+        username: Username,
+        email: String,
+    }
+
+    async fn create(_: web::Json<NewTechnician>) -> HttpResponse {
+        HttpResponse::Created().finish()
+    }
+
+    async fn call(body: &'static str, content_type: &str) -> (u16, serde_json::Value, String) {
+        let app = actix_test::init_service(
+            App::new()
+                .app_data(json_config())
+                .route("/t", web::post().to(create)),
+        )
+        .await;
+        let request = actix_test::TestRequest::post()
+            .uri("/t")
+            .insert_header((header::CONTENT_TYPE, content_type))
+            .set_payload(body)
+            .to_request();
+        let response = actix_test::call_service(&app, request).await;
+        let status = response.status().as_u16();
+        let media = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = actix_test::read_body(response).await;
+        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        (status, json, media)
+    }
+
+    const JSON: &str = "application/json";
+
+    #[actix_web::test]
+    async fn a_good_body_passes() {
+        let (status, _, _) = call(r#"{"username":"nik","email":"nik@nikpot.com"}"#, JSON).await;
+        assert_eq!(status, 201);
+    }
+
+    #[actix_web::test]
+    async fn malformed_json_is_a_400_problem() {
+        let (status, body, media) = call(r#"{"username":"#, JSON).await;
+        assert_eq!(status, 400);
+        assert_eq!(media, "application/problem+json");
+        assert_eq!(body["type"], "urn:latchkey:problem:bad-json");
+        assert_eq!(body["status"], 400);
+    }
+
+    #[actix_web::test]
+    async fn an_unknown_field_is_named() {
+        let body = r#"{"username":"nik","email":"a@b.cd","surprise":1}"#;
+        let (status, problem, _) = call(body, JSON).await;
+        assert_eq!(status, 400);
+        assert_eq!(problem["field"], "surprise");
+    }
+
+    #[actix_web::test]
+    async fn a_missing_field_and_a_bad_value_are_named() {
+        let (_, problem, _) = call(r#"{"username":"nik"}"#, JSON).await;
+        assert_eq!(problem["field"], "email");
+        let (status, problem, _) = call(r#"{"username":"Nik!","email":"a@b.cd"}"#, JSON).await;
+        assert_eq!(status, 400);
+        assert_eq!(problem["field"], "username");
+        assert!(problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("must be 1-19 characters"));
+    }
+
+    #[actix_web::test]
+    async fn a_wrong_type_and_a_wrong_media_type_are_refused() {
+        let (status, _, _) = call(r#"{"username":5,"email":"a@b.cd"}"#, JSON).await;
+        assert_eq!(status, 400);
+        let (status, _, _) = call(r#"{"username":"nik","email":"a@b.cd"}"#, "text/plain").await;
+        assert_eq!(status, 415);
+    }
+
+    #[actix_web::test]
+    async fn an_oversized_body_is_a_413() {
+        let big: &'static str =
+            Box::leak(format!(r#"{{"username":"{}"}}"#, "a".repeat(70_000)).into_boxed_str());
+        let (status, problem, _) = call(big, JSON).await;
+        assert_eq!(status, 413);
+        assert_eq!(problem["type"], "urn:latchkey:problem:too-large");
+    }
+
+    #[test]
+    fn domain_errors_map_to_their_status() {
+        let status = |e: DomainError| ApiError::from(e).status_code().as_u16();
+        assert_eq!(status(DomainError::TenantNotRegistered), 404);
+        assert_eq!(status(DomainError::TenantAlreadyRegistered), 409);
+        assert_eq!(status(DomainError::TechnicianOffboarded), 422);
+        let invalid = Username::parse("X").unwrap_err();
+        let e = ApiError::from(DomainError::Invalid(invalid));
+        assert_eq!(e.status_code().as_u16(), 422);
+        assert_eq!(e.problem().field.as_deref(), Some("username"));
+    }
+}
