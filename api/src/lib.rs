@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod commands;
+pub mod http;
 pub mod problem;
 pub mod runner;
 pub mod secrets;

@@ -6,10 +6,11 @@
 
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
+use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
+use latchkey_api::http::{self, Services};
 use latchkey_api::runner::ProcessRunner;
 use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
 use latchkey_projections::ReadModels;
-use latchkey_store::EventStore;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -41,6 +42,13 @@ struct ServeArgs {
     /// Event store location; defaults to `embedded:<data>/events.db`.
     #[arg(long, env = "LATCHKEY_STORE")]
     store: Option<String>,
+    /// The e-mail address the first MSP admin token acts as (shown in the audit trail).
+    #[arg(
+        long,
+        env = "LATCHKEY_ADMIN_EMAIL",
+        default_value = "admin@latchkey.local"
+    )]
+    admin_email: String,
 }
 
 /// The secret store's key: from `LATCHKEY_SECRET_KEY` (base64 of 32 bytes), or else from
@@ -73,12 +81,8 @@ fn secret_key(data: &Path) -> Result<Key, String> {
     }
 }
 
-struct AppState {
-    store: Arc<dyn EventStore>,
-}
-
 #[get("/healthz")]
-async fn healthz(state: web::Data<AppState>) -> impl Responder {
+async fn healthz(state: web::Data<Services>) -> impl Responder {
     match state.store.read_all(None, 1).await {
         Ok(_) => HttpResponse::Ok().json(serde_json::json!({ "status": "ok" })),
         Err(e) => {
@@ -87,6 +91,26 @@ async fn healthz(state: web::Data<AppState>) -> impl Responder {
                 .json(serde_json::json!({ "status": "unavailable", "detail": e.to_string() }))
         }
     }
+}
+
+/// Makes sure an MSP admin can log in: the token from `LATCHKEY_ADMIN_TOKEN` (for scripts),
+/// or on first start a new one, returned so it can be shown once.
+fn bootstrap_admin(tokens: &TokenStore, email: &str) -> Result<Option<String>, String> {
+    let email =
+        latchkey_domain::names::Email::parse(email).map_err(|e| format!("--admin-email: {e}"))?;
+    if let Ok(token) = std::env::var(ADMIN_TOKEN_VARIABLE) {
+        tokens
+            .insert_known(token.trim(), Role::MspAdmin, email.as_str())
+            .map_err(|e| e.to_string())?;
+        return Ok(None);
+    }
+    if tokens.has_msp_admin().map_err(|e| e.to_string())? {
+        return Ok(None);
+    }
+    tokens
+        .issue(Role::MspAdmin, email.as_str())
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -109,13 +133,24 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let _secrets =
         SecretStore::open(args.data.join("secrets.db"), &key).map_err(|e| e.to_string())?;
     let runner = ProcessRunner::new(store.clone(), Arc::new(Mutex::new(models)));
-    let state = web::Data::new(AppState { store });
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).service(healthz))
-        .bind(&args.listen)
-        .map_err(|e| format!("--listen {}: cannot listen there: {e}", args.listen))?;
+    let tokens = TokenStore::open(args.data.join("tokens.db")).map_err(|e| e.to_string())?;
+    let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;
+    let state = web::Data::new(Services { store, tokens });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .service(healthz)
+            .configure(http::configure)
+    })
+    .bind(&args.listen)
+    .map_err(|e| format!("--listen {}: cannot listen there: {e}", args.listen))?;
     for addr in server.addrs() {
         // Tests and scripts read this line to learn the port when they pass port 0.
         println!("latchkey listening on http://{addr}");
+    }
+    if let Some(token) = new_admin_token {
+        // Printed once, to the terminal only: the server keeps just its hash.
+        println!("MSP admin API token (shown once; keep it safe): {token}");
     }
     tracing::info!(store = %url, "event store open");
     let server = server.run();

@@ -4,13 +4,17 @@
 //! internal details (SQL, paths) stay in the server's log, not in the response.
 
 use crate::commands::CommandError;
+use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
-use actix_web::{error::JsonPayloadError, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use latchkey_domain::names::InvalidValue;
 use latchkey_domain::{DomainError, ErrorKind};
 use latchkey_store::StoreError;
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 /// The body of an error response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -152,31 +156,72 @@ impl From<CommandError> for ApiError {
     }
 }
 
-/// Turns a rejected JSON body into a 400 (or 413) problem. serde's message names the field
-/// ("unknown field `surprise`", "missing field `name`", "username must be …").
-pub fn json_error(e: &JsonPayloadError) -> ApiError {
-    match e {
-        JsonPayloadError::Overflow { limit }
-        | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            format!("the request body is larger than {limit} bytes"),
-        ),
-        JsonPayloadError::ContentType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "content-type",
-            "send the body as Content-Type: application/json",
-        ),
-        JsonPayloadError::Deserialize(e) => {
-            let message = e.to_string();
-            let problem = ApiError::new(StatusCode::BAD_REQUEST, "bad-json", message.clone());
-            match field_named_in(&message) {
-                Some(field) => problem.with_field(field),
-                None => problem,
+/// The largest request body any endpoint accepts.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A JSON request body, parsed into `T` with every failure a problem naming the field:
+/// 415 for another media type, 413 over [`BODY_LIMIT`], 400 for malformed JSON, unknown or
+/// missing fields, wrong types and values our types refuse.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let is_json = req.content_type() == "application/json";
+        let bytes = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            if !is_json {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "content-type",
+                    "send the body as Content-Type: application/json",
+                ));
             }
-        }
-        other => ApiError::new(StatusCode::BAD_REQUEST, "bad-json", other.to_string()),
+            let bytes = bytes.await.map_err(|e| {
+                if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too-large",
+                        format!("the request body is larger than {BODY_LIMIT} bytes"),
+                    )
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "bad-body", e.to_string())
+                }
+            })?;
+            parse_json(&bytes).map(JsonBody)
+        })
     }
+}
+
+/// Parses a JSON body, naming the field at fault in the problem.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let problem = ApiError::new(StatusCode::BAD_REQUEST, "bad-json", message.clone());
+        let named = field_named_in(&message);
+        // The path names the field, except for a missing one, where it names the object
+        // that lacks it.
+        let field = match (named, path.as_str()) {
+            (Some(name), ".") => Some(name),
+            (Some(name), parent) if message.starts_with("missing field") => {
+                Some(format!("{parent}.{name}"))
+            }
+            (_, ".") => None,
+            (_, path) => Some(path.to_owned()),
+        };
+        match field {
+            Some(field) => problem.with_field(field),
+            None => problem,
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad-json", e.to_string()))?;
+    Ok(value)
 }
 
 /// The field a serde message is about: "unknown field `x`", "missing field `x`", or one of
@@ -194,17 +239,15 @@ fn field_named_in(message: &str) -> Option<String> {
     (looks_like_field && message.contains(" must ")).then(|| first.to_owned())
 }
 
-/// The JSON extractor settings every endpoint uses: a size limit and problem responses.
-pub fn json_config() -> actix_web::web::JsonConfig {
-    actix_web::web::JsonConfig::default()
-        .limit(64 * 1024)
-        .error_handler(|e, _| json_error(&e).into())
+/// The body-size limit every endpoint uses.
+pub fn payload_config() -> web::PayloadConfig {
+    web::PayloadConfig::new(BODY_LIMIT)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actix_web::{test as actix_test, web, App};
+    use actix_web::{test as actix_test, App};
     use latchkey_domain::names::Username;
     use serde::Deserialize;
 
@@ -216,14 +259,14 @@ mod tests {
         email: String,
     }
 
-    async fn create(_: web::Json<NewTechnician>) -> HttpResponse {
+    async fn create(_: JsonBody<NewTechnician>) -> HttpResponse {
         HttpResponse::Created().finish()
     }
 
     async fn call(body: &'static str, content_type: &str) -> (u16, serde_json::Value, String) {
         let app = actix_test::init_service(
             App::new()
-                .app_data(json_config())
+                .app_data(payload_config())
                 .route("/t", web::post().to(create)),
         )
         .await;
@@ -284,7 +327,10 @@ mod tests {
 
     #[actix_web::test]
     async fn a_wrong_type_and_a_wrong_media_type_are_refused() {
-        let (status, _, _) = call(r#"{"username":5,"email":"a@b.cd"}"#, JSON).await;
+        let (status, problem, _) = call(r#"{"username":5,"email":"a@b.cd"}"#, JSON).await;
+        assert_eq!(status, 400);
+        assert_eq!(problem["field"], "username");
+        let (status, _, _) = call(r#"{"username":"nik","email":"a@b.cd"} trailing"#, JSON).await;
         assert_eq!(status, 400);
         let (status, _, _) = call(r#"{"username":"nik","email":"a@b.cd"}"#, "text/plain").await;
         assert_eq!(status, 415);

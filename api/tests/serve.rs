@@ -1,55 +1,20 @@
 //! `latchkey serve` starts on the embedded store with no other server, answers /healthz,
-//! and keeps its events in a file under --data.
+//! keeps its state under --data, and shows a new MSP admin token once.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+mod support;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn get(addr: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("server accepts connections");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
+use std::io::BufRead;
+use std::process::Command;
+use support::Server;
 
 #[test]
 fn serve_starts_on_the_embedded_store_and_answers_healthz() {
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data.path().join("data"))
-        .env_remove("LATCHKEY_STORE")
-        .env_remove("LATCHKEY_SECRET_KEY")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("latchkey listening on http://")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    let response = get(&addr, "/healthz");
-    assert!(
-        response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
-        "{response}"
-    );
-    assert!(response.contains(r#""status":"ok""#), "{response}");
-    for file in ["events.db", "read-models.db", "secrets.db"] {
+    let mut server = Server::start(&data.path().join("data"), &[]);
+    let (status, body) = server.json("GET", "/healthz", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "ok");
+    for file in ["events.db", "read-models.db", "secrets.db", "tokens.db"] {
         assert!(data.path().join("data").join(file).exists(), "{file}");
     }
     use std::os::unix::fs::PermissionsExt;
@@ -59,7 +24,32 @@ fn serve_starts_on_the_embedded_store_and_answers_healthz() {
         0o600,
         "the generated key is private"
     );
+
+    let mut line = String::new();
+    server.stdout.read_line(&mut line).unwrap();
+    let token = line
+        .trim()
+        .strip_prefix("MSP admin API token (shown once; keep it safe): ")
+        .unwrap_or_else(|| panic!("no token line: {line:?}"))
+        .to_owned();
+    let (status, _) = server.json(
+        "GET",
+        "/v1/tenants/00000000-0000-0000-0000-000000000001",
+        Some(&token),
+        None,
+    );
+    assert_eq!(status, 404, "the printed token works");
+
     drop(server);
+
+    // A restart finds the admin and shows no new token.
+    let server = Server::start(&data.path().join("data"), &[]);
+    assert_eq!(server.json("GET", "/healthz", None, None).0, 200);
+    let printed = server.stop();
+    assert!(
+        !printed.contains("token"),
+        "a second token was shown: {printed:?}"
+    );
 }
 
 #[test]
