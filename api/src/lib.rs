@@ -13,3 +13,4 @@ pub mod http;
 pub mod problem;
 pub mod runner;
 pub mod secrets;
+mod sqlite;

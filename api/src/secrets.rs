@@ -317,16 +317,7 @@ impl SecretStore {
             path: path.clone(),
             source,
         };
-        let connection = Connection::open(&path).map_err(storage)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(storage)?;
-        connection
-            .pragma_update(None, "synchronous", "FULL")
-            .map_err(storage)?;
-        connection
-            .busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(storage)?;
+        let connection = crate::sqlite::open_durable(&path).map_err(storage)?;
         connection
             .execute_batch(
                 "CREATE TABLE IF NOT EXISTS secrets (

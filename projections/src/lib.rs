@@ -88,13 +88,7 @@ impl ReadModels {
 
     /// Records that the process managers have handled every event up to `position`.
     pub fn set_process_checkpoint(&self, position: Position) -> Result<(), ProjectionError> {
-        self.conn.execute(
-            "INSERT INTO process_checkpoint (id, commit_position, prepare_position)
-             VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET commit_position = ?1, prepare_position = ?2",
-            params![position.commit as i64, position.prepare as i64],
-        )?;
-        Ok(())
+        Ok(write_position(&self.conn, "process_checkpoint", position)?)
     }
 
     fn position_in(&self, table: &str) -> Result<Option<Position>, ProjectionError> {
@@ -129,11 +123,7 @@ impl ReadModels {
             applied += 1;
         }
         if let Some(position) = last.filter(|_| applied > 0) {
-            tx.execute(
-                "INSERT INTO checkpoint (id, commit_position, prepare_position) VALUES (1, ?1, ?2)
-                 ON CONFLICT (id) DO UPDATE SET commit_position = ?1, prepare_position = ?2",
-                params![position.commit as i64, position.prepare as i64],
-            )?;
+            write_position(&tx, "checkpoint", position)?;
         }
         tx.commit()?;
         Ok(applied)
@@ -161,6 +151,17 @@ impl ReadModels {
         }
         Ok(out)
     }
+}
+
+fn write_position(conn: &Connection, table: &str, position: Position) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT INTO {table} (id, commit_position, prepare_position) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET commit_position = ?1, prepare_position = ?2"
+        ),
+        params![position.commit as i64, position.prepare as i64],
+    )?;
+    Ok(())
 }
 
 /// The process managers' view.
