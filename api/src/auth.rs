@@ -3,9 +3,9 @@
 //! A token is shown once, when issued; this module must never store, log or put in an error a
 //! token (or its secret part) in clear. Only its SHA-256 is stored, compared in constant time.
 
+use crate::sqlite::Durable;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 
 use base64::Engine as _;
 use latchkey_domain::ids::{ComputerId, TechnicianId, TenantId};
@@ -229,14 +229,13 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 /// The issued API tokens, in their own SQLite file: id, SHA-256 of the token, role, name,
 /// issue and revocation time. Thread-safe.
 pub struct TokenStore {
-    path: PathBuf,
-    connection: Mutex<Connection>,
+    db: Durable,
 }
 
 impl fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenStore")
-            .field("path", &self.path)
+            .field("path", &self.db.path())
             .finish_non_exhaustive()
     }
 }
@@ -249,10 +248,9 @@ impl TokenStore {
             path: path.clone(),
             source,
         };
-        let connection = crate::sqlite::open_durable(&path).map_err(storage)?;
-        connection
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS tokens (
+        let db = Durable::open(
+            path.clone(),
+            "CREATE TABLE IF NOT EXISTS tokens (
                      token_id   TEXT PRIMARY KEY NOT NULL,
                      token_hash BLOB NOT NULL,
                      role_kind  TEXT NOT NULL,
@@ -261,31 +259,20 @@ impl TokenStore {
                      issued_at  TEXT NOT NULL,
                      revoked_at TEXT
                  ) WITHOUT ROWID;",
-            )
-            .map_err(storage)?;
-        Ok(Self {
-            path,
-            connection: Mutex::new(connection),
-        })
+        )
+        .map_err(storage)?;
+        Ok(Self { db })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     fn storage(&self, source: rusqlite::Error) -> AuthError {
         AuthError::Storage {
-            path: self.path.clone(),
+            path: self.db.path().to_path_buf(),
             source,
         }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written (statements are
-        // atomic), so a poisoned lock is still safe to use.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn insert(
@@ -318,7 +305,7 @@ impl TokenStore {
     /// time it exists in clear: show it once, never log it.
     pub fn issue(&self, role: Role, name: &str) -> Result<String, AuthError> {
         let (token_id, token) = generate_token();
-        let connection = self.lock();
+        let connection = self.db.lock();
         self.insert(&connection, token_id, &token, &role, name)?;
         Ok(token)
     }
@@ -330,7 +317,7 @@ impl TokenStore {
     pub fn insert_known(&self, token: &str, role: Role, name: &str) -> Result<TokenId, AuthError> {
         let token_id =
             parse_token(token).map_err(|reason| AuthError::InvalidKnownToken { reason })?;
-        let connection = self.lock();
+        let connection = self.db.lock();
         let existing: Option<(Vec<u8>, Option<String>)> = connection
             .query_row(
                 "SELECT token_hash, revoked_at FROM tokens WHERE token_id = ?1",
@@ -364,6 +351,7 @@ impl TokenStore {
             return Ok(None);
         };
         let row: Option<(Vec<u8>, String, String)> = self
+            .db
             .lock()
             .query_row(
                 "SELECT token_hash, role, name FROM tokens
@@ -380,7 +368,7 @@ impl TokenStore {
             return Ok(None);
         }
         let role = serde_json::from_str(&role).map_err(|source| AuthError::CorruptRole {
-            path: self.path.clone(),
+            path: self.db.path().to_path_buf(),
             token_id,
             source,
         })?;
@@ -395,6 +383,7 @@ impl TokenStore {
     /// revoked (`false` if unknown or already revoked).
     pub fn revoke(&self, token_id: TokenId) -> Result<bool, AuthError> {
         let changed = self
+            .db
             .lock()
             .execute(
                 "UPDATE tokens SET revoked_at = ?2 WHERE token_id = ?1 AND revoked_at IS NULL",
@@ -406,7 +395,8 @@ impl TokenStore {
 
     /// Whether any unrevoked MSP admin token exists (if not, first start creates one).
     pub fn has_msp_admin(&self) -> Result<bool, AuthError> {
-        self.lock()
+        self.db
+            .lock()
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM tokens
                                 WHERE role_kind = 'msp_admin' AND revoked_at IS NULL)",

@@ -2,6 +2,7 @@
 //! and kept encrypted (XChaCha20-Poly1305, key from configuration) in their own SQLite file.
 //! Nothing here may ever put a secret value in the event log, a log line, a `Debug` or an error.
 
+use crate::sqlite::Durable;
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -13,7 +14,6 @@ use rand::RngExt;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
 use zeroize::{Zeroize, Zeroizing};
 
 /// The environment variable (and config key) the secret-store key comes from.
@@ -295,15 +295,14 @@ const KEY_CHECK_VALUE: &[u8] = b"latchkey secret store key check";
 /// UNFINISHED: per-tenant keys and tenant deletion by destroying its key (crypto-shredding,
 /// DESIGN.md §3) are not built; one key covers the whole store.
 pub struct SecretStore {
-    path: PathBuf,
     cipher: XChaCha20Poly1305,
-    connection: Mutex<Connection>,
+    db: Durable,
 }
 
 impl fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SecretStore")
-            .field("path", &self.path)
+            .field("path", &self.db.path())
             .finish_non_exhaustive()
     }
 }
@@ -317,10 +316,9 @@ impl SecretStore {
             path: path.clone(),
             source,
         };
-        let connection = crate::sqlite::open_durable(&path).map_err(storage)?;
-        connection
-            .execute_batch(
-                "CREATE TABLE IF NOT EXISTS secrets (
+        let db = Durable::open(
+            path.clone(),
+            "CREATE TABLE IF NOT EXISTS secrets (
                      reference  TEXT PRIMARY KEY NOT NULL,
                      nonce      BLOB NOT NULL,
                      ciphertext BLOB NOT NULL
@@ -330,38 +328,29 @@ impl SecretStore {
                      nonce      BLOB NOT NULL,
                      ciphertext BLOB NOT NULL
                  );",
-            )
-            .map_err(storage)?;
+        )
+        .map_err(storage)?;
         let store = Self {
             cipher: XChaCha20Poly1305::new(chacha20poly1305::Key::from_slice(&key.0[..])),
-            connection: Mutex::new(connection),
-            path,
+            db,
         };
         store.check_key()?;
         Ok(store)
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        self.db.path()
     }
 
     fn storage(&self, source: rusqlite::Error) -> SecretError {
         SecretError::Storage {
-            path: self.path.clone(),
+            path: self.db.path().to_path_buf(),
             source,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written (transactions roll
-        // back on drop), so a poisoned lock is still safe to use.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn check_key(&self) -> Result<(), SecretError> {
-        let mut connection = self.lock();
+        let mut connection = self.db.lock();
         let tx = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.storage(e))?;
@@ -378,11 +367,11 @@ impl SecretStore {
                 let plain = self
                     .decrypt_raw(KEY_CHECK_REFERENCE, &nonce, &ciphertext)
                     .ok_or_else(|| SecretError::WrongKey {
-                        path: self.path.clone(),
+                        path: self.db.path().to_path_buf(),
                     })?;
                 if plain.as_slice() != KEY_CHECK_VALUE {
                     return Err(SecretError::WrongKey {
-                        path: self.path.clone(),
+                        path: self.db.path().to_path_buf(),
                     });
                 }
             }
@@ -467,7 +456,7 @@ impl SecretStore {
         reference: &SecretRef,
         secret: &Secret,
     ) -> Result<Secret, SecretError> {
-        let mut connection = self.lock();
+        let mut connection = self.db.lock();
         let tx = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.storage(e))?;
@@ -487,7 +476,7 @@ impl SecretStore {
 
     /// The secret stored under `reference`, if any.
     pub fn get(&self, reference: &SecretRef) -> Result<Option<Secret>, SecretError> {
-        let connection = self.lock();
+        let connection = self.db.lock();
         self.read(&connection, reference)
     }
 
