@@ -327,6 +327,27 @@ impl Computer {
             .map(|a| &a.name)
     }
 
+    /// The offline secret in force that `technician` may use here: their named account's, or
+    /// else the shared account's (DESIGN.md §2). `(account, generation)`.
+    pub fn offline_secret_for(&self, technician: TechnicianId) -> Option<(&AccountName, u32)> {
+        let usable = |a: &&ManagedAccount| a.exists && !a.retiring && a.offline_secret.is_some();
+        let named = self.accounts.values().filter(usable).find(|a| {
+            a.owner
+                == AccountOwner::Named {
+                    technician_id: technician,
+                }
+        });
+        let shared = || {
+            self.accounts
+                .values()
+                .filter(usable)
+                .find(|a| a.owner == AccountOwner::Shared)
+        };
+        named
+            .or_else(shared)
+            .and_then(|a| a.offline_secret.map(|g| (&a.name, g)))
+    }
+
     /// Sessions whose access is being set up or is in force here.
     pub fn open_sessions(&self) -> impl Iterator<Item = &Grant> {
         self.grants
@@ -448,6 +469,13 @@ pub enum ComputerCommand {
     /// Re-issue a failed revocation or clean-up (the caller decides when: back-off).
     RetryRequest {
         request_id: RequestId,
+        at: Timestamp,
+    },
+    /// A technician asks for their offline TOTP secret on this computer (their named account's,
+    /// or the shared account's). The caller checks that they work for the computer's tenant.
+    DiscloseOfflineSecret {
+        technician_id: TechnicianId,
+        by: Actor,
         at: Timestamp,
     },
 }
@@ -613,6 +641,19 @@ pub struct OfflineSecretIssued {
     pub at: Timestamp,
 }
 
+/// A technician was shown an offline TOTP secret (as an `otpauth://` URI); the secret itself
+/// is never in an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineSecretDisclosed {
+    pub computer_id: ComputerId,
+    pub account: AccountName,
+    pub technician_id: TechnicianId,
+    pub generation: u32,
+    pub by: Actor,
+    pub at: Timestamp,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OfflineSecretRevoked {
@@ -644,6 +685,7 @@ domain_events!(
         AccountRetirementStarted = "AccountRetirementStarted" v 1,
         OfflineSecretIssued = "OfflineSecretIssued" v 1,
         OfflineSecretRevoked = "OfflineSecretRevoked" v 1,
+        OfflineSecretDisclosed = "OfflineSecretDisclosed" v 1,
     }
 );
 
@@ -1157,6 +1199,25 @@ impl Aggregate for Computer {
                 at,
             } => state.report_failed(request_id, reason, at),
             ComputerCommand::RetryRequest { request_id, at } => state.retry_request(request_id, at),
+            ComputerCommand::DiscloseOfflineSecret {
+                technician_id,
+                by,
+                at,
+            } => {
+                let computer_id = state.computer_id()?;
+                let (account, generation) = state
+                    .offline_secret_for(technician_id)
+                    .ok_or(DomainError::NoOfflineSecret)?;
+                Ok(vec![OfflineSecretDisclosed {
+                    computer_id,
+                    account: account.clone(),
+                    technician_id,
+                    generation,
+                    by,
+                    at,
+                }
+                .into()])
+            }
         }
     }
 
@@ -1348,6 +1409,7 @@ impl Aggregate for Computer {
                     a.offline_secret = None;
                 }
             }
+            E::OfflineSecretDisclosed(_) => {}
         }
         state
     }
@@ -1566,6 +1628,33 @@ pub(crate) mod tests {
             [ComputerEvent::AddedToAdminGroup(_), ComputerEvent::SessionAccessGranted(g)]
                 if g.session_id == sid(1) && g.account == acct("msp-nik")
         ));
+    }
+
+    #[test]
+    fn a_technician_is_shown_only_their_own_or_the_shared_offline_secret() {
+        let disclose = |technician_id| ComputerCommand::DiscloseOfflineSecret {
+            technician_id,
+            by: admin(),
+            at: t(9),
+        };
+        let mut c = Timeline::enrolled();
+        assert_eq!(
+            Computer::decide(&c.state(), disclose(nik_id())),
+            Err(DomainError::NoOfflineSecret)
+        );
+        c.grant(named_grant(1));
+        let shown = Computer::decide(&c.state(), disclose(nik_id())).unwrap();
+        assert!(matches!(&shown[..], [ComputerEvent::OfflineSecretDisclosed(d)]
+            if d.account == acct("msp-nik") && d.generation == 1 && d.technician_id == nik_id()));
+        assert_eq!(
+            Computer::decide(&c.state(), disclose(ann_id())),
+            Err(DomainError::NoOfflineSecret),
+            "ann may not see nik's named-account secret"
+        );
+        c.grant(shared_grant(2, nik_id()));
+        let shared = Computer::decide(&c.state(), disclose(ann_id())).unwrap();
+        assert!(matches!(&shared[..], [ComputerEvent::OfflineSecretDisclosed(d)]
+            if d.account == acct("msp-1234") && d.technician_id == ann_id()));
     }
 
     #[test]

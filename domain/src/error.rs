@@ -41,6 +41,10 @@ pub enum DomainError {
     SessionAlreadyExists,
     #[error("the session does not exist")]
     SessionNotFound,
+    #[error("the session is not active: credentials are shown only while it is")]
+    SessionNotActive,
+    #[error("there is no offline secret for you on this computer yet; check out once online")]
+    NoOfflineSecret,
     #[error("the session does not expire before {expires_at}")]
     ExpiryNotReached { expires_at: Timestamp },
     #[error(
@@ -82,6 +86,8 @@ impl DomainError {
             | ComputerDecommissioned
             | ComputerOfOtherTenant
             | ExpiryNotReached { .. }
+            | SessionNotActive
+            | NoOfflineSecret
             | AccountNotProvisioned { .. }
             | AccountOwnedByOther { .. }
             | SharedAccountMissing

@@ -107,6 +107,13 @@ pub enum SessionCommand {
         by: Actor,
         at: Timestamp,
     },
+    /// The technician asks to see the account's current password. Allowed only while the
+    /// session is active; the caller reads the computer's current password version.
+    RevealCredential {
+        password_version: u32,
+        by: Actor,
+        at: Timestamp,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -173,6 +180,20 @@ pub struct SessionCheckedIn {
     pub at: Timestamp,
 }
 
+/// The technician was shown the session's password (version `password_version` of the
+/// account on the computer). The password itself is never in an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRevealed {
+    pub session_id: SessionId,
+    pub technician_id: TechnicianId,
+    pub computer_id: ComputerId,
+    pub account: AccountName,
+    pub password_version: u32,
+    pub by: Actor,
+    pub at: Timestamp,
+}
+
 domain_events!(
     /// Everything that happens to a session.
     SessionEvent {
@@ -180,6 +201,7 @@ domain_events!(
         SessionActivated = "SessionActivated" v 1,
         SessionProvisioningFailed = "SessionProvisioningFailed" v 1,
         SessionCheckedIn = "SessionCheckedIn" v 1,
+        CredentialRevealed = "CredentialRevealed" v 1,
     }
 );
 
@@ -314,6 +336,26 @@ impl Aggregate for Session {
                     at,
                 }
                 .into()]
+            }
+            (
+                SessionStatus::Active,
+                SessionCommand::RevealCredential {
+                    password_version,
+                    by,
+                    at,
+                },
+            ) => vec![CredentialRevealed {
+                session_id,
+                technician_id: s.technician_id,
+                computer_id: s.computer_id,
+                account: s.account.clone(),
+                password_version,
+                by,
+                at,
+            }
+            .into()],
+            (_, SessionCommand::RevealCredential { .. }) => {
+                return Err(DomainError::SessionNotActive)
             }
             _ => vec![],
         })
@@ -661,6 +703,49 @@ mod tests {
             at: t(20),
         }
         .into()]);
+    }
+
+    #[test]
+    fn the_credential_is_revealed_only_while_the_session_is_active() {
+        let by = Actor::User {
+            email: Email::parse("nik@nikpot.com").unwrap(),
+        };
+        let reveal = || SessionCommand::RevealCredential {
+            password_version: 3,
+            by: by.clone(),
+            at: t(5),
+        };
+        let activated: SessionEvent = SessionActivated {
+            session_id: sid(),
+            at: t(1),
+        }
+        .into();
+        given::<Session>([checked_out(60)])
+            .when(reveal())
+            .then_expect_error(DomainError::SessionNotActive);
+        given::<Session>([checked_out(60), activated.clone()])
+            .when(reveal())
+            .then_expect([CredentialRevealed {
+                session_id: sid(),
+                technician_id: nik_id(),
+                computer_id: computer_id(),
+                account: AccountName::parse("msp-nik").unwrap(),
+                password_version: 3,
+                by: by.clone(),
+                at: t(5),
+            }
+            .into()]);
+        let checked_in: SessionEvent = SessionCheckedIn {
+            session_id: sid(),
+            computer_id: computer_id(),
+            reason: CheckInReason::Manual,
+            by: by.clone(),
+            at: t(4),
+        }
+        .into();
+        given::<Session>([checked_out(60), activated, checked_in])
+            .when(reveal())
+            .then_expect_error(DomainError::SessionNotActive);
     }
 
     #[test]

@@ -2,24 +2,41 @@
 //! checkpoint after it are written in one SQLite transaction, so a crash never applies an
 //! event twice or skips one. Read models hold no secret and can be rebuilt from the log.
 //!
-//! UNFINISHED (issue 3): only the directory (tenants, technicians, computers, sessions) that
-//! the process managers look things up in exists; the account state, audit trail and
-//! pending-command read models are still to come.
+//! The read models, each applied in the same transaction as the checkpoint:
+//! - `directory`: tenants, technicians, memberships, computers, sessions (the process
+//!   managers' look-ups, session lists and expiry);
+//! - `audit`: the human-readable audit trail;
+//! - `accounts`: per-computer account state, admin-group membership history (standing
+//!   privilege, as-of queries) and each agent's pending provisioning requests.
+//!
+//! Writers go through [`ReadModels`]; HTTP handlers read through [`ReadView`], a small pool of
+//! read-only connections to the same file (SQLite WAL lets them read while the writer writes).
+//! Both answer queries through [`Queries`].
 
+mod accounts;
+mod audit;
 mod directory;
+
+pub use accounts::*;
+pub use audit::*;
+pub use directory::*;
 
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::process::Lookup;
 use latchkey_domain::{AnyEvent, DecodeError};
 use latchkey_store::{Position, RecordedEvent};
-use rusqlite::{params, Connection, OptionalExtension};
-use std::path::Path;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
     #[error("read model database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A caller's cursor or filter is malformed (an HTTP 400, naming `field`).
+    #[error("{field}: {reason}")]
+    BadInput { field: &'static str, reason: String },
     #[error("event at position {position} cannot be read: {source}")]
     Decode {
         position: Position,
@@ -73,7 +90,30 @@ impl ReadModels {
              );",
         )?;
         conn.execute_batch(directory::SCHEMA)?;
+        conn.execute_batch(audit::SCHEMA)?;
+        conn.execute_batch(accounts::SCHEMA)?;
         Ok(Self { conn })
+    }
+
+    /// Queries on this (writer's) connection; tests and the CLI use it.
+    pub fn queries(&self) -> Queries<'_> {
+        Queries(&self.conn)
+    }
+
+    /// Every read-model row, table by table in a stable order, checkpoints excluded: two read
+    /// models built from the same events dump the same text (`latchkey replay` tests this).
+    pub fn dump(&self) -> Result<String, ProjectionError> {
+        dump(&self.conn)
+    }
+
+    /// Drops every row and both checkpoints, for a rebuild from the start of the log.
+    pub fn clear(&mut self) -> Result<(), ProjectionError> {
+        let tx = self.conn.transaction()?;
+        for table in tables(&tx)? {
+            tx.execute(&format!("DELETE FROM \"{table}\""), [])?;
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// The position of the last event applied, `None` before the first.
@@ -118,7 +158,11 @@ impl ReadModels {
             if last.is_some_and(|c| recorded.position <= c) {
                 continue;
             }
-            directory::apply(&tx, &decode(recorded)?)?;
+            let event = decode(recorded)?;
+            // The directory first: the others look names up in it.
+            directory::apply(&tx, &event)?;
+            audit::apply(&tx, recorded, &event)?;
+            accounts::apply(&tx, recorded, &event)?;
             last = Some(recorded.position);
             applied += 1;
         }
@@ -151,6 +195,99 @@ impl ReadModels {
         }
         Ok(out)
     }
+}
+
+/// Read-only access to the read models for query handlers.
+pub struct Queries<'a>(pub(crate) &'a Connection);
+
+impl Queries<'_> {
+    pub(crate) fn conn(&self) -> &Connection {
+        self.0
+    }
+}
+
+/// A pool of read-only connections to the read-model file.
+pub struct ReadView {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadView {
+    pub fn open(path: &Path) -> Result<Self, ProjectionError> {
+        let view = Self {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+        };
+        // Fail now, not at the first query, if the file cannot be read.
+        view.with(|_| Ok(()))?;
+        Ok(view)
+    }
+
+    /// Runs `f` on a pooled connection. Blocking: call it off the async executor.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(Queries<'_>) -> Result<T, ProjectionError>,
+    ) -> Result<T, ProjectionError> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn
+            }
+        };
+        // One read transaction, so a query made of several statements sees one state.
+        conn.execute_batch("BEGIN")?;
+        let result = f(Queries(&conn));
+        let ended = conn.execute_batch("COMMIT");
+        if ended.is_ok() {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        }
+        let value = result?;
+        ended?;
+        Ok(value)
+    }
+}
+
+fn tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut statement = conn.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
+         ORDER BY name",
+    )?;
+    let names = statement.query_map([], |row| row.get::<_, String>(0))?;
+    names.collect()
+}
+
+fn dump(conn: &Connection) -> Result<String, ProjectionError> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for table in tables(conn)? {
+        if table.ends_with("checkpoint") {
+            continue;
+        }
+        let _ = writeln!(out, "== {table}");
+        let mut statement = conn.prepare(&format!("SELECT * FROM \"{table}\""))?;
+        let columns = statement.column_count();
+        let mut rows: Vec<String> = statement
+            .query_map([], |row| {
+                let mut line = String::new();
+                for i in 0..columns {
+                    let value: rusqlite::types::Value = row.get(i)?;
+                    let _ = write!(line, "{value:?}\t");
+                }
+                Ok(line)
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        rows.sort();
+        for row in rows {
+            let _ = writeln!(out, "{row}");
+        }
+    }
+    Ok(out)
 }
 
 fn write_position(conn: &Connection, table: &str, position: Position) -> rusqlite::Result<()> {
