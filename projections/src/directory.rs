@@ -26,18 +26,35 @@ CREATE TABLE IF NOT EXISTS computers (
 CREATE INDEX IF NOT EXISTS computers_by_tenant ON computers (tenant_id);
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL, technician_id TEXT NOT NULL,
-    computer_id TEXT NOT NULL, account TEXT NOT NULL, status TEXT NOT NULL,
-    open INTEGER NOT NULL, expires_at TEXT NOT NULL
+    computer_id TEXT NOT NULL, account TEXT NOT NULL, login_mode TEXT NOT NULL,
+    status TEXT NOT NULL, open INTEGER NOT NULL,
+    checked_out_at TEXT NOT NULL, activated_at TEXT, closed_at TEXT, expires_at TEXT NOT NULL,
+    reason TEXT, ticket TEXT, check_in_reason TEXT, failure TEXT
 );
+CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (open, expires_at);
 CREATE INDEX IF NOT EXISTS sessions_by_technician ON sessions (technician_id, open);
 CREATE INDEX IF NOT EXISTS sessions_by_computer ON sessions (computer_id, open);
 CREATE INDEX IF NOT EXISTS sessions_by_tenant ON sessions (tenant_id, open);
 ";
 
-fn close_session(tx: &Transaction, id: String, status: &str) -> rusqlite::Result<usize> {
+/// Times are stored as RFC 3339 with microseconds and `Z`, so text order is time order.
+pub(crate) fn time(at: &chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+fn close_session(
+    tx: &Transaction,
+    id: String,
+    status: &str,
+    at: &chrono::DateTime<chrono::Utc>,
+    check_in_reason: Option<&str>,
+    failure: Option<&str>,
+) -> rusqlite::Result<usize> {
     tx.execute(
-        "UPDATE sessions SET status = ?2, open = 0 WHERE id = ?1",
-        params![id, status],
+        "UPDATE sessions SET status = ?2, open = 0, closed_at = ?3, check_in_reason = ?4,
+             failure = ?5
+         WHERE id = ?1 AND open = 1",
+        params![id, status, time(at), check_in_reason, failure],
     )
 }
 
@@ -105,29 +122,50 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
         AnyEvent::Session(SessionEvent::SessionCheckedOut(e)) => {
             tx.execute(
                 "INSERT OR REPLACE INTO sessions
-                     (id, tenant_id, technician_id, computer_id, account, status, open, expires_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'provisioning', 1, ?6)",
+                     (id, tenant_id, technician_id, computer_id, account, login_mode, status,
+                      open, checked_out_at, expires_at, reason, ticket)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'provisioning', 1, ?7, ?8, ?9, ?10)",
                 params![
                     e.session_id.to_string(),
                     e.tenant_id.to_string(),
                     e.technician_id.to_string(),
                     e.computer_id.to_string(),
                     e.account.as_str(),
-                    e.expires_at.to_rfc3339(),
+                    e.login_mode.as_str(),
+                    time(&e.at),
+                    time(&e.expires_at),
+                    e.reason.as_ref().map(|r| r.as_str()),
+                    e.ticket.as_ref().map(|t| t.as_str()),
                 ],
             )?;
         }
         AnyEvent::Session(SessionEvent::SessionActivated(e)) => {
             tx.execute(
-                "UPDATE sessions SET status = 'active' WHERE id = ?1 AND open = 1",
-                [e.session_id.to_string()],
+                "UPDATE sessions SET status = 'active', activated_at = ?2
+                 WHERE id = ?1 AND open = 1",
+                params![e.session_id.to_string(), time(&e.at)],
             )?;
         }
         AnyEvent::Session(SessionEvent::SessionProvisioningFailed(e)) => {
-            close_session(tx, e.session_id.to_string(), "failed")?;
+            close_session(
+                tx,
+                e.session_id.to_string(),
+                "failed",
+                &e.at,
+                None,
+                Some(e.reason.as_str()),
+            )?;
         }
         AnyEvent::Session(SessionEvent::SessionCheckedIn(e)) => {
-            close_session(tx, e.session_id.to_string(), "checked_in")?;
+            let reason = serde_json::to_value(e.reason).expect("an enum serialises");
+            close_session(
+                tx,
+                e.session_id.to_string(),
+                "checked_in",
+                &e.at,
+                reason.as_str(),
+                None,
+            )?;
         }
         _ => {}
     }
