@@ -173,6 +173,17 @@ pub enum AuthError {
     },
 }
 
+/// Why an enrollment token was refused. The messages never contain the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EnrollmentRefused {
+    #[error("the enrollment token is not valid")]
+    Unknown,
+    #[error("the enrollment token has already been used")]
+    Used,
+    #[error("the enrollment token has expired")]
+    Expired,
+}
+
 /// A new random token: its id and the whole token text, `lk_<id hex>_<secret base64url>`.
 /// Show the text once to whoever it is for; store only [`hash_token`] of it.
 pub fn generate_token() -> (TokenId, String) {
@@ -258,6 +269,15 @@ impl TokenStore {
                      name       TEXT NOT NULL,
                      issued_at  TEXT NOT NULL,
                      revoked_at TEXT
+                 ) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS enrollment_tokens (
+                     token_id    TEXT PRIMARY KEY NOT NULL,
+                     token_hash  BLOB NOT NULL,
+                     tenant_id   TEXT NOT NULL,
+                     issued_by   TEXT NOT NULL,
+                     issued_at   TEXT NOT NULL,
+                     expires_at  TEXT NOT NULL,
+                     used_at     TEXT
                  ) WITHOUT ROWID;",
         )
         .map_err(storage)?;
@@ -391,6 +411,100 @@ impl TokenStore {
             )
             .map_err(|e| self.storage(e))?;
         Ok(changed > 0)
+    }
+
+    /// Issues a one-time enrollment token for a computer of `tenant`, valid until
+    /// `expires_at`. Returns its id and text; only the hash is kept.
+    pub fn issue_enrollment(
+        &self,
+        tenant: TenantId,
+        issued_by: &str,
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(TokenId, String), AuthError> {
+        let (token_id, token) = generate_token();
+        self.db
+            .lock()
+            .execute(
+                "INSERT INTO enrollment_tokens
+                     (token_id, token_hash, tenant_id, issued_by, issued_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    token_id.to_string(),
+                    &hash_token(&token)[..],
+                    tenant.to_string(),
+                    issued_by,
+                    chrono::Utc::now().to_rfc3339(),
+                    expires_at.to_rfc3339(),
+                ],
+            )
+            .map_err(|e| self.storage(e))?;
+        Ok((token_id, token))
+    }
+
+    /// Uses up an enrollment token: the tenant it enrolls into, or why not. A token works once;
+    /// [`TokenStore::unredeem_enrollment`] gives it back if the enrollment then fails.
+    pub fn redeem_enrollment(
+        &self,
+        token: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Result<(TokenId, TenantId), EnrollmentRefused>, AuthError> {
+        let Ok(token_id) = parse_token(token) else {
+            return Ok(Err(EnrollmentRefused::Unknown));
+        };
+        let connection = self.db.lock();
+        let row: Option<(Vec<u8>, String, String, Option<String>)> = connection
+            .query_row(
+                "SELECT token_hash, tenant_id, expires_at, used_at FROM enrollment_tokens
+                 WHERE token_id = ?1",
+                params![token_id.to_string()],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+            )
+            .optional()
+            .map_err(|e| self.storage(e))?;
+        let Some((stored, tenant, expires_at, used_at)) = row else {
+            return Ok(Err(EnrollmentRefused::Unknown));
+        };
+        if !bool::from(stored.as_slice().ct_eq(&hash_token(token)[..])) {
+            return Ok(Err(EnrollmentRefused::Unknown));
+        }
+        if used_at.is_some() {
+            return Ok(Err(EnrollmentRefused::Used));
+        }
+        let expired = chrono::DateTime::parse_from_rfc3339(&expires_at)
+            .map(|e| e <= now)
+            .unwrap_or(true);
+        if expired {
+            return Ok(Err(EnrollmentRefused::Expired));
+        }
+        let tenant = Uuid::parse_str(&tenant).map_err(|e| {
+            self.storage(rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Text,
+                Box::new(e),
+            ))
+        })?;
+        let changed = connection
+            .execute(
+                "UPDATE enrollment_tokens SET used_at = ?2 WHERE token_id = ?1 AND used_at IS NULL",
+                params![token_id.to_string(), now.to_rfc3339()],
+            )
+            .map_err(|e| self.storage(e))?;
+        if changed == 0 {
+            return Ok(Err(EnrollmentRefused::Used));
+        }
+        Ok(Ok((token_id, TenantId(tenant))))
+    }
+
+    /// Gives back an enrollment token whose enrollment failed after it was redeemed.
+    pub fn unredeem_enrollment(&self, token_id: TokenId) -> Result<(), AuthError> {
+        self.db
+            .lock()
+            .execute(
+                "UPDATE enrollment_tokens SET used_at = NULL WHERE token_id = ?1",
+                params![token_id.to_string()],
+            )
+            .map_err(|e| self.storage(e))?;
+        Ok(())
     }
 
     /// Whether any unrevoked MSP admin token exists (if not, first start creates one).

@@ -12,5 +12,6 @@ pub mod commands;
 pub mod http;
 pub mod problem;
 pub mod runner;
+pub mod scheduler;
 pub mod secrets;
 mod sqlite;

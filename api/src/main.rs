@@ -7,10 +7,11 @@
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
 use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
-use latchkey_api::http::{self, Services};
+use latchkey_api::http::{self, IdempotencyStore, Services};
 use latchkey_api::runner::ProcessRunner;
+use latchkey_api::scheduler::Scheduler;
 use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
-use latchkey_projections::ReadModels;
+use latchkey_projections::{ReadModels, ReadView};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -126,16 +127,29 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let store = latchkey_store::open_url(&url)
         .await
         .map_err(|e| format!("--store {url}: {e}"))?;
-    let models = ReadModels::open(&args.data.join("read-models.db"))
+    let models_path = args.data.join("read-models.db");
+    let models = ReadModels::open(&models_path)
+        .map_err(|e| format!("--data {}: read models: {e}", args.data.display()))?;
+    let view = ReadView::open(&models_path)
         .map_err(|e| format!("--data {}: read models: {e}", args.data.display()))?;
     let key = secret_key(&args.data)?;
     // Opened now so a wrong key stops the server at start-up, not at the first rotation.
-    let _secrets =
+    let secrets =
         SecretStore::open(args.data.join("secrets.db"), &key).map_err(|e| e.to_string())?;
-    let runner = ProcessRunner::new(store.clone(), Arc::new(Mutex::new(models)));
+    let models = Arc::new(Mutex::new(models));
+    let runner = ProcessRunner::new(store.clone(), models.clone());
     let tokens = TokenStore::open(args.data.join("tokens.db")).map_err(|e| e.to_string())?;
+    let idempotency = IdempotencyStore::open(args.data.join("idempotency.db"))
+        .map_err(|e| format!("--data {}: idempotency keys: {e}", args.data.display()))?;
     let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;
-    let state = web::Data::new(Services { store, tokens });
+    let state = web::Data::new(Services {
+        store: store.clone(),
+        tokens,
+        view: Arc::new(view),
+        secrets,
+        idempotency,
+        progress: runner.progress(),
+    });
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -157,12 +171,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let handle = server.handle();
     let stopped_by: Arc<Mutex<Option<String>>> = Arc::default();
     let report = stopped_by.clone();
+    let scheduler = Scheduler::new(store, models);
     actix_web::rt::spawn(async move {
         // Without its process managers the server would accept check-outs it never
         // provisions, so it stops rather than limp on.
-        if let Err(e) = runner.run().await {
+        let result = tokio::select! {
+            result = runner.run() => result.map_err(|e| e.to_string()),
+            result = scheduler.run(std::time::Duration::from_secs(1)) => result.map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
             tracing::error!(error = %e, "the process managers stopped");
-            *report.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            *report.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
             handle.stop(true).await;
         }
     });

@@ -10,6 +10,7 @@ use latchkey_domain::session::Session;
 use latchkey_projections::{ProjectionError, ReadModels};
 use latchkey_store::{subscribe_all, EventStore, Position, RecordedEvent, StoreError, StreamName};
 use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
@@ -27,11 +28,28 @@ pub enum RunnerError {
 pub struct ProcessRunner {
     store: Arc<dyn EventStore>,
     models: Arc<Mutex<ReadModels>>,
+    progress: watch::Sender<Option<Position>>,
 }
 
 impl ProcessRunner {
     pub fn new(store: Arc<dyn EventStore>, models: Arc<Mutex<ReadModels>>) -> Self {
-        Self { store, models }
+        let checkpoint = models
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .checkpoint()
+            .ok()
+            .flatten();
+        Self {
+            store,
+            models,
+            progress: watch::Sender::new(checkpoint),
+        }
+    }
+
+    /// Follows the read models' checkpoint: it changes after every event the runner applied.
+    /// Long polls (the agents' request feed) wait on it.
+    pub fn progress(&self) -> watch::Receiver<Option<Position>> {
+        self.progress.subscribe()
     }
 
     fn with_models<T>(&self, f: impl FnOnce(&mut ReadModels) -> T) -> T {
@@ -75,6 +93,7 @@ impl ProcessRunner {
             let event = latchkey_projections::decode(recorded)?;
             react(&event, now, &*m)
         })?;
+        self.progress.send_replace(Some(recorded.position));
         let envelope = Envelope {
             actor: "system".into(),
             correlation_id: recorded.metadata.correlation_id,

@@ -1,15 +1,739 @@
-//! UNFINISHED: being written.
+//! The accounts read model: every Latchkey-managed account on every computer as its agent last
+//! verified it, the history of admin-group memberships (standing privilege, "who was an admin
+//! here at time T") and each agent's provisioning requests. It is a fold of the log and
+//! nothing else: no clock, no randomness, so a replay rebuilds the very same rows.
 
-use latchkey_domain::AnyEvent;
+use crate::directory::time;
+use crate::{ProjectionError, Queries};
+use chrono::{DateTime, Utc};
+use latchkey_domain::computer::{
+    AccountObservation, AccountOwner, ComputerEvent, Operation, Purpose,
+};
+use latchkey_domain::ids::{ComputerId, RequestId, SessionId, TechnicianId, TenantId};
+use latchkey_domain::names::{AccountName, FailureReason, GroupName, Hostname};
+use latchkey_domain::policy::LoginMode;
+use latchkey_domain::{AnyEvent, Timestamp};
 use latchkey_store::RecordedEvent;
-use rusqlite::Transaction;
+use rusqlite::{params, Row, Transaction};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
 
-pub(crate) const SCHEMA: &str = "";
+/// `managed_accounts`: one row per (computer, account) Latchkey ever asked for; the
+/// observation columns hold what the agent last verified, not what Latchkey wants.
+/// `admin_memberships`: one row per interval of an account being in an admin group, opened
+/// by a verified join and closed by a verified removal, deletion or an observation that the
+/// account is no longer in the group (`left_*` null while open). Positions are the log's.
+/// `provisioning_requests`: `status` is pending | failed | done | superseded; `open` mirrors
+/// the computer aggregate's open requests (a failed grant is closed, a failed revocation or
+/// clean-up stays open until it is retried, superseded or done).
+pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS managed_accounts (
+    computer_id TEXT NOT NULL, account TEXT NOT NULL, tenant_id TEXT,
+    owner TEXT NOT NULL, technician_id TEXT,
+    present INTEGER NOT NULL DEFAULT 0, groups TEXT NOT NULL DEFAULT '[]',
+    password_version INTEGER, last_rotated_at TEXT,
+    retiring INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,
+    offline_secret_generation INTEGER,
+    PRIMARY KEY (computer_id, account)
+);
+CREATE TABLE IF NOT EXISTS admin_memberships (
+    computer_id TEXT NOT NULL, account TEXT NOT NULL, admin_group TEXT NOT NULL,
+    session_id TEXT,
+    joined_at TEXT NOT NULL, joined_request INTEGER NOT NULL,
+    joined_commit INTEGER NOT NULL, joined_prepare INTEGER NOT NULL,
+    left_at TEXT, left_request INTEGER, left_event TEXT,
+    left_commit INTEGER, left_prepare INTEGER,
+    PRIMARY KEY (computer_id, account, admin_group, joined_commit, joined_prepare)
+);
+CREATE INDEX IF NOT EXISTS admin_memberships_by_computer
+    ON admin_memberships (computer_id, account, joined_at);
+CREATE INDEX IF NOT EXISTS admin_memberships_open ON admin_memberships (left_at, computer_id);
+CREATE TABLE IF NOT EXISTS provisioning_requests (
+    computer_id TEXT NOT NULL, request_id INTEGER NOT NULL, session_id TEXT,
+    purpose TEXT NOT NULL, account TEXT NOT NULL, operation TEXT NOT NULL,
+    status TEXT NOT NULL, open INTEGER NOT NULL, attempt INTEGER NOT NULL,
+    reason TEXT, failed_at TEXT, requested_at TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (computer_id, request_id)
+);
+CREATE INDEX IF NOT EXISTS provisioning_requests_by_status
+    ON provisioning_requests (status, computer_id, request_id);
+CREATE INDEX IF NOT EXISTS provisioning_requests_by_account
+    ON provisioning_requests (computer_id, account, open);
+";
+
+/// Where a provisioning request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProvisioningStatus {
+    /// Waiting for the agent (first attempt or a retry).
+    Pending,
+    /// The agent reported a failure; a revocation or clean-up waits for a retry.
+    Failed,
+    /// The agent carried it out and verified the result.
+    Done,
+    /// A later change made it pointless; it will never be carried out.
+    Superseded,
+}
+
+impl ProvisioningStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            ProvisioningStatus::Pending => "pending",
+            ProvisioningStatus::Failed => "failed",
+            ProvisioningStatus::Done => "done",
+            ProvisioningStatus::Superseded => "superseded",
+        }
+    }
+
+    fn parse(text: String) -> Result<Self, String> {
+        [
+            ProvisioningStatus::Pending,
+            ProvisioningStatus::Failed,
+            ProvisioningStatus::Done,
+            ProvisioningStatus::Superseded,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+        .ok_or_else(|| format!("unknown provisioning status '{text}'"))
+    }
+}
+
+/// A managed account on one computer, as the agent last verified it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ManagedAccountRow {
+    pub computer_id: ComputerId,
+    pub hostname: Hostname,
+    pub tenant_id: TenantId,
+    pub account: AccountName,
+    pub owner: AccountOwner,
+    /// The agent last saw the account on the machine.
+    pub present: bool,
+    /// The account's local groups as last verified.
+    pub groups: BTreeSet<GroupName>,
+    /// The password version the agent last verified.
+    pub password_version: Option<u32>,
+    /// When the agent last verified a password rotation.
+    pub last_rotated_at: Option<DateTime<Utc>>,
+    /// To be deleted as soon as no session uses it.
+    pub retiring: bool,
+    /// The agent verified its deletion and it has not been re-created since.
+    pub deleted: bool,
+    /// The generation of the offline TOTP secret in force, if any.
+    pub offline_secret_generation: Option<u32>,
+    /// The open sessions (provisioning or active) using this account on this computer.
+    pub open_sessions: Vec<SessionId>,
+}
+
+/// The revocation or clean-up request that would end a standing membership.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MembershipRemovalRequest {
+    pub request_id: u64,
+    pub operation: Operation,
+    pub status: ProvisioningStatus,
+    pub attempt: u32,
+}
+
+/// An admin-group membership that no open session accounts for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StandingPrivilege {
+    pub computer_id: ComputerId,
+    pub tenant_id: TenantId,
+    pub hostname: Hostname,
+    pub account: AccountName,
+    pub admin_group: GroupName,
+    pub joined_at: DateTime<Utc>,
+    /// The session the membership was granted for.
+    pub granted_for: Option<SessionId>,
+    /// When the last session using the account on this computer ended.
+    pub last_session_closed_at: Option<DateTime<Utc>>,
+    /// The oldest open request that would end the membership: pending (on its way) or
+    /// failed (stuck, waiting for a retry). `None`: nothing is under way to end it.
+    pub removal: Option<MembershipRemovalRequest>,
+}
+
+/// An account that was in an admin group on a computer at a given time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminAsOf {
+    pub account: AccountName,
+    pub admin_group: GroupName,
+    pub joined_at: DateTime<Utc>,
+    pub left_at: Option<DateTime<Utc>>,
+    /// The sessions on the computer with this account whose lifetime (check-out to close)
+    /// covers the time asked about; empty if the membership was lingering then.
+    pub sessions: Vec<SessionId>,
+}
+
+/// A request the agent has to carry out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingRequest {
+    pub request_id: u64,
+    pub attempt: u32,
+    pub session_id: Option<SessionId>,
+    pub purpose: Purpose,
+    pub operation: Operation,
+    pub requested_at: DateTime<Utc>,
+}
+
+/// A revocation or clean-up the agent failed to carry out, waiting for a retry ("stuck").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailedRequest {
+    pub computer_id: ComputerId,
+    pub tenant_id: TenantId,
+    pub hostname: Hostname,
+    pub request_id: u64,
+    pub session_id: Option<SessionId>,
+    pub purpose: Purpose,
+    /// The attempt that failed (1 for the first try).
+    pub attempt: u32,
+    pub reason: FailureReason,
+    pub failed_at: DateTime<Utc>,
+    pub operation: Operation,
+}
+
+/// The agent-verified result events, seen alike.
+enum Change<'a> {
+    Provisioned,
+    Rotated,
+    Added(&'a GroupName),
+    Removed(&'a GroupName),
+    Deleted,
+}
+
+struct Verified<'a> {
+    computer_id: ComputerId,
+    request_id: RequestId,
+    account: &'a AccountName,
+    verified: &'a AccountObservation,
+    at: &'a Timestamp,
+    change: Change<'a>,
+}
 
 pub(crate) fn apply(
-    _tx: &Transaction,
-    _recorded: &RecordedEvent,
-    _event: &AnyEvent,
+    tx: &Transaction,
+    recorded: &RecordedEvent,
+    event: &AnyEvent,
 ) -> rusqlite::Result<()> {
+    use ComputerEvent as E;
+    let AnyEvent::Computer(event) = event else {
+        return Ok(());
+    };
+    macro_rules! verified {
+        ($e:expr, $change:expr) => {
+            verified_result(
+                tx,
+                recorded,
+                Verified {
+                    computer_id: $e.computer_id,
+                    request_id: $e.request_id,
+                    account: &$e.account,
+                    verified: &$e.verified,
+                    at: &$e.at,
+                    change: $change,
+                },
+            )?
+        };
+    }
+    match event {
+        E::SessionAccessRequested(e) => {
+            // The aggregate keeps an account's first owner; a new session un-retires it.
+            tx.execute(
+                "INSERT INTO managed_accounts (computer_id, account, tenant_id, owner, technician_id)
+                 VALUES (?1, ?2, (SELECT tenant_id FROM computers WHERE id = ?1), ?3, ?4)
+                 ON CONFLICT (computer_id, account) DO UPDATE SET retiring = 0",
+                params![
+                    e.computer_id.to_string(),
+                    e.account.as_str(),
+                    e.owner.login_mode().as_str(),
+                    e.owner.technician().map(|t| t.to_string()),
+                ],
+            )?;
+        }
+        E::ProvisioningRequested(e) => {
+            tx.execute(
+                "INSERT OR REPLACE INTO provisioning_requests
+                     (computer_id, request_id, session_id, purpose, account, operation, status,
+                      open, attempt, requested_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 1, 1, ?7, ?7)",
+                params![
+                    e.computer_id.to_string(),
+                    e.request_id.0 as i64,
+                    e.session_id.map(|s| s.to_string()),
+                    purpose_text(e.purpose),
+                    e.operation.account().as_str(),
+                    operation_json(&e.operation),
+                    time(&e.at),
+                ],
+            )?;
+        }
+        E::ProvisioningRetried(e) => {
+            tx.execute(
+                "UPDATE provisioning_requests SET status = 'pending', attempt = ?3, updated_at = ?4
+                 WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
+                params![
+                    e.computer_id.to_string(),
+                    e.request_id.0 as i64,
+                    e.attempt,
+                    time(&e.at),
+                ],
+            )?;
+        }
+        E::ProvisioningSuperseded(e) => {
+            tx.execute(
+                "UPDATE provisioning_requests SET status = 'superseded', open = 0, updated_at = ?3
+                 WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
+                params![
+                    e.computer_id.to_string(),
+                    e.request_id.0 as i64,
+                    time(&e.at)
+                ],
+            )?;
+        }
+        E::ProvisioningFailed(e) => {
+            // A grant is never retried (its session fails instead), so it closes here.
+            tx.execute(
+                "UPDATE provisioning_requests
+                 SET status = 'failed', open = CASE WHEN purpose = 'grant' THEN 0 ELSE 1 END,
+                     attempt = ?3, reason = ?4, failed_at = ?5, updated_at = ?5
+                 WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
+                params![
+                    e.computer_id.to_string(),
+                    e.request_id.0 as i64,
+                    e.attempt,
+                    e.reason.as_str(),
+                    time(&e.at),
+                ],
+            )?;
+        }
+        E::AccountProvisioned(e) => verified!(e, Change::Provisioned),
+        E::PasswordRotated(e) => verified!(e, Change::Rotated),
+        E::AddedToAdminGroup(e) => verified!(e, Change::Added(&e.group)),
+        E::RemovedFromAdminGroup(e) => verified!(e, Change::Removed(&e.group)),
+        E::AccountDeleted(e) => verified!(e, Change::Deleted),
+        E::AccountRetirementStarted(e) => {
+            tx.execute(
+                "UPDATE managed_accounts SET retiring = 1 WHERE computer_id = ?1 AND account = ?2",
+                params![e.computer_id.to_string(), e.account.as_str()],
+            )?;
+        }
+        E::OfflineSecretIssued(e) => {
+            tx.execute(
+                "UPDATE managed_accounts SET offline_secret_generation = ?3
+                 WHERE computer_id = ?1 AND account = ?2",
+                params![e.computer_id.to_string(), e.account.as_str(), e.generation],
+            )?;
+        }
+        E::OfflineSecretRevoked(e) => {
+            tx.execute(
+                "UPDATE managed_accounts SET offline_secret_generation = NULL
+                 WHERE computer_id = ?1 AND account = ?2",
+                params![e.computer_id.to_string(), e.account.as_str()],
+            )?;
+        }
+        E::ComputerEnrolled(_)
+        | E::ComputerDecommissioned(_)
+        | E::ComputerJitPolicyOverridden(_)
+        | E::SessionAccessGranted(_)
+        | E::SessionAccessFailed(_)
+        | E::SessionAccessReleased(_)
+        | E::OfflineSecretDisclosed(_) => {}
+    }
     Ok(())
+}
+
+fn verified_result(
+    tx: &Transaction,
+    recorded: &RecordedEvent,
+    r: Verified<'_>,
+) -> rusqlite::Result<()> {
+    let computer = r.computer_id.to_string();
+    let account = r.account.as_str();
+    let request = r.request_id.0 as i64;
+    let at = time(r.at);
+    tx.execute(
+        "UPDATE provisioning_requests SET status = 'done', open = 0, updated_at = ?3
+         WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
+        params![computer, request, at],
+    )?;
+    let groups = serde_json::to_string(&r.verified.groups).expect("group names serialise");
+    let rotated = matches!(r.change, Change::Rotated);
+    let deleted = match r.change {
+        Change::Provisioned => Some(false),
+        Change::Deleted => Some(true),
+        Change::Rotated | Change::Added(_) | Change::Removed(_) => None,
+    };
+    tx.execute(
+        "UPDATE managed_accounts
+         SET present = ?3, groups = ?4, password_version = ?5,
+             last_rotated_at = CASE WHEN ?6 THEN ?7 ELSE last_rotated_at END,
+             deleted = COALESCE(?8, deleted)
+         WHERE computer_id = ?1 AND account = ?2",
+        params![
+            computer,
+            account,
+            r.verified.present,
+            groups,
+            r.verified.password_version,
+            rotated,
+            at,
+            deleted,
+        ],
+    )?;
+    if let Change::Added(group) = r.change {
+        tx.execute(
+            "INSERT INTO admin_memberships
+                 (computer_id, account, admin_group, session_id, joined_at, joined_request,
+                  joined_commit, joined_prepare)
+             SELECT ?1, ?2, ?3,
+                    (SELECT session_id FROM provisioning_requests
+                     WHERE computer_id = ?1 AND request_id = ?5),
+                    ?4, ?5, ?6, ?7
+             WHERE NOT EXISTS (SELECT 1 FROM admin_memberships
+                               WHERE computer_id = ?1 AND account = ?2 AND admin_group = ?3
+                                 AND left_at IS NULL)",
+            params![
+                computer,
+                account,
+                group.as_str(),
+                at,
+                request,
+                recorded.position.commit as i64,
+                recorded.position.prepare as i64,
+            ],
+        )?;
+    }
+    // Every verified observation is the truth about the machine: a membership it no longer
+    // shows has ended, whichever request revealed it.
+    let still_member = |group: &str| {
+        r.verified.present
+            && r.verified.groups.iter().any(|g| g.as_str() == group)
+            && !matches!(r.change, Change::Deleted)
+            && !matches!(r.change, Change::Removed(removed) if removed.as_str() == group)
+    };
+    let open: Vec<(String, i64, i64)> = {
+        let mut statement = tx.prepare_cached(
+            "SELECT admin_group, joined_commit, joined_prepare FROM admin_memberships
+             WHERE computer_id = ?1 AND account = ?2 AND left_at IS NULL",
+        )?;
+        let rows = statement.query_map(params![computer, account], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (group, commit, prepare) in open {
+        if still_member(&group) {
+            continue;
+        }
+        tx.execute(
+            "UPDATE admin_memberships
+             SET left_at = ?6, left_request = ?7, left_event = ?8, left_commit = ?9,
+                 left_prepare = ?10
+             WHERE computer_id = ?1 AND account = ?2 AND admin_group = ?3
+               AND joined_commit = ?4 AND joined_prepare = ?5",
+            params![
+                computer,
+                account,
+                group,
+                commit,
+                prepare,
+                at,
+                request,
+                recorded.event_type,
+                recorded.position.commit as i64,
+                recorded.position.prepare as i64,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+fn purpose_text(purpose: Purpose) -> &'static str {
+    match purpose {
+        Purpose::Grant => "grant",
+        Purpose::Revoke => "revoke",
+        Purpose::Cleanup => "cleanup",
+    }
+}
+
+fn parse_purpose(text: String) -> Result<Purpose, String> {
+    [Purpose::Grant, Purpose::Revoke, Purpose::Cleanup]
+        .into_iter()
+        .find(|p| purpose_text(*p) == text)
+        .ok_or_else(|| format!("unknown purpose '{text}'"))
+}
+
+fn operation_json(operation: &Operation) -> String {
+    serde_json::to_string(operation).expect("an operation serialises")
+}
+
+/// A column this module wrote from a domain value that no longer parses: the file was
+/// tampered with or written by another version. Reported, never guessed at.
+fn bad_column(column: usize, error: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        error.to_string().into(),
+    )
+}
+
+fn parsed<T, E: std::fmt::Display>(
+    row: &Row,
+    column: usize,
+    parse: impl FnOnce(String) -> Result<T, E>,
+) -> rusqlite::Result<T> {
+    let text: String = row.get(column)?;
+    parse(text).map_err(|e| bad_column(column, e))
+}
+
+fn parsed_opt<T, E: std::fmt::Display>(
+    row: &Row,
+    column: usize,
+    parse: impl FnOnce(String) -> Result<T, E>,
+) -> rusqlite::Result<Option<T>> {
+    let text: Option<String> = row.get(column)?;
+    text.map(parse)
+        .transpose()
+        .map_err(|e| bad_column(column, e))
+}
+
+fn uuid(text: String) -> Result<Uuid, uuid::Error> {
+    Uuid::parse_str(&text)
+}
+
+fn instant(text: String) -> Result<DateTime<Utc>, chrono::ParseError> {
+    DateTime::parse_from_rfc3339(&text).map(|t| t.with_timezone(&Utc))
+}
+
+fn operation(text: String) -> Result<Operation, serde_json::Error> {
+    serde_json::from_str(&text)
+}
+
+fn u64_at(row: &Row, column: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(column)?;
+    u64::try_from(value).map_err(|e| bad_column(column, e))
+}
+
+fn owner_at(row: &Row, kind: usize, technician: usize) -> rusqlite::Result<AccountOwner> {
+    let mode = parsed(row, kind, |t| t.parse::<LoginMode>())?;
+    let technician_id = parsed_opt(row, technician, uuid)?.map(TechnicianId);
+    match (mode, technician_id) {
+        (LoginMode::Shared, _) => Ok(AccountOwner::Shared),
+        (LoginMode::Named, Some(technician_id)) => Ok(AccountOwner::Named { technician_id }),
+        (LoginMode::Ephemeral, Some(technician_id)) => {
+            Ok(AccountOwner::Ephemeral { technician_id })
+        }
+        (mode, None) => Err(bad_column(
+            technician,
+            format!("a {mode} account needs a technician"),
+        )),
+    }
+}
+
+impl Queries<'_> {
+    /// Every managed account on the tenant's computers, with the open sessions using it,
+    /// ordered by hostname then account. Deleted accounts are included (`deleted`).
+    pub fn managed_accounts(
+        &self,
+        tenant: TenantId,
+    ) -> Result<Vec<ManagedAccountRow>, ProjectionError> {
+        let tenant = tenant.to_string();
+        let mut sessions: BTreeMap<(String, String), Vec<SessionId>> = BTreeMap::new();
+        {
+            let mut statement = self.conn().prepare_cached(
+                "SELECT s.computer_id, s.account, s.id
+                 FROM sessions s JOIN computers c ON c.id = s.computer_id
+                 WHERE c.tenant_id = ?1 AND s.open = 1
+                 ORDER BY s.id",
+            )?;
+            let rows = statement.query_map([&tenant], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    SessionId(parsed(row, 2, uuid)?),
+                ))
+            })?;
+            for row in rows {
+                let (computer, account, session) = row?;
+                sessions
+                    .entry((computer, account))
+                    .or_default()
+                    .push(session);
+            }
+        }
+        let mut statement = self.conn().prepare_cached(
+            "SELECT a.computer_id, c.hostname, c.tenant_id, a.account, a.owner, a.technician_id,
+                    a.present, a.groups, a.password_version, a.last_rotated_at, a.retiring,
+                    a.deleted, a.offline_secret_generation
+             FROM managed_accounts a JOIN computers c ON c.id = a.computer_id
+             WHERE c.tenant_id = ?1
+             ORDER BY c.hostname, a.computer_id, a.account",
+        )?;
+        let rows = statement.query_map([&tenant], |row| {
+            let key = (row.get::<_, String>(0)?, row.get::<_, String>(3)?);
+            Ok(ManagedAccountRow {
+                computer_id: ComputerId(parsed(row, 0, uuid)?),
+                hostname: parsed(row, 1, Hostname::parse)?,
+                tenant_id: TenantId(parsed(row, 2, uuid)?),
+                account: parsed(row, 3, AccountName::parse)?,
+                owner: owner_at(row, 4, 5)?,
+                present: row.get(6)?,
+                groups: parsed(row, 7, |t| serde_json::from_str(&t))?,
+                password_version: row.get(8)?,
+                last_rotated_at: parsed_opt(row, 9, instant)?,
+                retiring: row.get(10)?,
+                deleted: row.get(11)?,
+                offline_secret_generation: row.get(12)?,
+                open_sessions: sessions.get(&key).cloned().unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Admin-group memberships in force that no open session on their computer uses: the
+    /// list DESIGN.md §4 wants empty. A membership lingering after its last session closed
+    /// (removal pending or stuck) is listed until the agent verifies it gone.
+    pub fn standing_privilege(
+        &self,
+        tenant: Option<TenantId>,
+    ) -> Result<Vec<StandingPrivilege>, ProjectionError> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT m.computer_id, c.tenant_id, c.hostname, m.account, m.admin_group,
+                    m.joined_at, m.session_id,
+                    (SELECT MAX(s.closed_at) FROM sessions s
+                     WHERE s.computer_id = m.computer_id AND s.account = m.account),
+                    r.request_id, r.operation, r.status, r.attempt
+             FROM admin_memberships m
+             JOIN computers c ON c.id = m.computer_id
+             LEFT JOIN provisioning_requests r
+               ON r.computer_id = m.computer_id AND r.account = m.account
+              AND r.request_id = (
+                  SELECT MIN(q.request_id) FROM provisioning_requests q
+                  WHERE q.computer_id = m.computer_id AND q.account = m.account AND q.open = 1
+                    AND (json_extract(q.operation, '$.op') = 'delete_account'
+                         OR (json_extract(q.operation, '$.op') = 'remove_from_group'
+                             AND json_extract(q.operation, '$.group') = m.admin_group)))
+             WHERE m.left_at IS NULL
+               AND (?1 IS NULL OR c.tenant_id = ?1)
+               AND NOT EXISTS (SELECT 1 FROM sessions s
+                               WHERE s.computer_id = m.computer_id AND s.account = m.account
+                                 AND s.open = 1)
+             ORDER BY c.tenant_id, c.hostname, m.computer_id, m.account, m.admin_group",
+        )?;
+        let rows = statement.query_map([tenant.map(|t| t.to_string())], |row| {
+            let removal = match row.get::<_, Option<i64>>(8)? {
+                None => None,
+                Some(_) => Some(MembershipRemovalRequest {
+                    request_id: u64_at(row, 8)?,
+                    operation: parsed(row, 9, operation)?,
+                    status: parsed(row, 10, ProvisioningStatus::parse)?,
+                    attempt: row.get(11)?,
+                }),
+            };
+            Ok(StandingPrivilege {
+                computer_id: ComputerId(parsed(row, 0, uuid)?),
+                tenant_id: TenantId(parsed(row, 1, uuid)?),
+                hostname: parsed(row, 2, Hostname::parse)?,
+                account: parsed(row, 3, AccountName::parse)?,
+                admin_group: parsed(row, 4, GroupName::parse)?,
+                joined_at: parsed(row, 5, instant)?,
+                granted_for: parsed_opt(row, 6, uuid)?.map(SessionId),
+                last_session_closed_at: parsed_opt(row, 7, instant)?,
+                removal,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Which accounts were in an admin group on `computer` at `at` (joined at or before it,
+    /// not yet left), each with the sessions on that computer and account whose lifetime
+    /// covers `at`. Ordered by account, group and join time.
+    pub fn admins_as_of(
+        &self,
+        computer: ComputerId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<AdminAsOf>, ProjectionError> {
+        let (computer, at) = (computer.to_string(), time(&at));
+        let mut memberships = self.conn().prepare_cached(
+            "SELECT account, admin_group, joined_at, left_at FROM admin_memberships
+             WHERE computer_id = ?1 AND joined_at <= ?2 AND (left_at IS NULL OR left_at > ?2)
+             ORDER BY account, admin_group, joined_at",
+        )?;
+        let rows = memberships.query_map(params![computer, at], |row| {
+            Ok(AdminAsOf {
+                account: parsed(row, 0, AccountName::parse)?,
+                admin_group: parsed(row, 1, GroupName::parse)?,
+                joined_at: parsed(row, 2, instant)?,
+                left_at: parsed_opt(row, 3, instant)?,
+                sessions: Vec::new(),
+            })
+        })?;
+        let mut out: Vec<AdminAsOf> = rows.collect::<rusqlite::Result<_>>()?;
+        let mut sessions = self.conn().prepare_cached(
+            "SELECT id FROM sessions
+             WHERE computer_id = ?1 AND account = ?2 AND checked_out_at <= ?3
+               AND (closed_at IS NULL OR closed_at > ?3)
+             ORDER BY checked_out_at, id",
+        )?;
+        for admin in &mut out {
+            let ids = sessions.query_map(params![computer, admin.account.as_str(), at], |row| {
+                Ok(SessionId(parsed(row, 0, uuid)?))
+            })?;
+            admin.sessions = ids.collect::<rusqlite::Result<_>>()?;
+        }
+        Ok(out)
+    }
+
+    /// The requests the computer's agent has to carry out, in request order.
+    pub fn pending_requests(
+        &self,
+        computer: ComputerId,
+    ) -> Result<Vec<PendingRequest>, ProjectionError> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT request_id, attempt, session_id, purpose, operation, requested_at
+             FROM provisioning_requests
+             WHERE computer_id = ?1 AND status = 'pending' AND open = 1
+             ORDER BY request_id",
+        )?;
+        let rows = statement.query_map([computer.to_string()], |row| {
+            Ok(PendingRequest {
+                request_id: u64_at(row, 0)?,
+                attempt: row.get(1)?,
+                session_id: parsed_opt(row, 2, uuid)?.map(SessionId),
+                purpose: parsed(row, 3, parse_purpose)?,
+                operation: parsed(row, 4, operation)?,
+                requested_at: parsed(row, 5, instant)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Revocations and clean-ups that failed and wait for a retry, oldest failure first,
+    /// across all tenants or one.
+    pub fn failed_requests(
+        &self,
+        tenant: Option<TenantId>,
+    ) -> Result<Vec<FailedRequest>, ProjectionError> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT r.computer_id, c.tenant_id, c.hostname, r.request_id, r.session_id,
+                    r.purpose, r.attempt, r.reason, r.failed_at, r.operation
+             FROM provisioning_requests r JOIN computers c ON c.id = r.computer_id
+             WHERE r.status = 'failed' AND r.open = 1 AND (?1 IS NULL OR c.tenant_id = ?1)
+             ORDER BY r.failed_at, r.computer_id, r.request_id",
+        )?;
+        let rows = statement.query_map([tenant.map(|t| t.to_string())], |row| {
+            Ok(FailedRequest {
+                computer_id: ComputerId(parsed(row, 0, uuid)?),
+                tenant_id: TenantId(parsed(row, 1, uuid)?),
+                hostname: parsed(row, 2, Hostname::parse)?,
+                request_id: u64_at(row, 3)?,
+                session_id: parsed_opt(row, 4, uuid)?.map(SessionId),
+                purpose: parsed(row, 5, parse_purpose)?,
+                attempt: row.get(6)?,
+                reason: parsed(row, 7, FailureReason::parse)?,
+                failed_at: parsed(row, 8, instant)?,
+                operation: parsed(row, 9, operation)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }

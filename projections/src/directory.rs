@@ -6,7 +6,10 @@ use latchkey_domain::session::SessionEvent;
 use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::AnyEvent;
-use rusqlite::{params, Transaction};
+use crate::{ProjectionError, Queries};
+use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
+use rusqlite::{params, OptionalExtension, Transaction};
+use uuid::Uuid;
 
 pub(crate) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (
@@ -170,4 +173,236 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
         _ => {}
     }
     Ok(())
+}
+
+/// A tenant as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TenantRow {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub login_mode: String,
+}
+
+/// A technician as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TechnicianRow {
+    pub technician_id: TechnicianId,
+    pub username: String,
+    pub email: String,
+    pub offboarded: bool,
+}
+
+/// A computer as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ComputerRow {
+    pub computer_id: ComputerId,
+    pub tenant_id: TenantId,
+    pub hostname: String,
+    pub decommissioned: bool,
+}
+
+/// A session as listed (no credential: sessions never hold one).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionRow {
+    pub session_id: SessionId,
+    pub tenant_id: TenantId,
+    pub technician_id: TechnicianId,
+    pub computer_id: ComputerId,
+    pub account: String,
+    pub login_mode: String,
+    /// `provisioning`, `active`, `checked_in` or `failed`.
+    pub status: String,
+    pub open: bool,
+    pub checked_out_at: String,
+    pub activated_at: Option<String>,
+    pub closed_at: Option<String>,
+    pub expires_at: String,
+    pub reason: Option<String>,
+    pub ticket: Option<String>,
+    pub check_in_reason: Option<String>,
+    pub failure: Option<String>,
+}
+
+/// Which sessions to list; every field narrows the list.
+#[derive(Debug, Clone, Default)]
+pub struct SessionFilter {
+    pub tenant: Option<TenantId>,
+    pub technician: Option<TechnicianId>,
+    pub computer: Option<ComputerId>,
+    pub open_only: bool,
+    pub limit: u32,
+}
+
+fn uuid_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
+    let text: String = row.get(i)?;
+    Uuid::parse_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+const SESSION_COLUMNS: &str = "id, tenant_id, technician_id, computer_id, account, login_mode,
+    status, open, checked_out_at, activated_at, closed_at, expires_at, reason, ticket,
+    check_in_reason, failure";
+
+fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok(SessionRow {
+        session_id: SessionId(uuid_at(row, 0)?),
+        tenant_id: TenantId(uuid_at(row, 1)?),
+        technician_id: TechnicianId(uuid_at(row, 2)?),
+        computer_id: ComputerId(uuid_at(row, 3)?),
+        account: row.get(4)?,
+        login_mode: row.get(5)?,
+        status: row.get(6)?,
+        open: row.get(7)?,
+        checked_out_at: row.get(8)?,
+        activated_at: row.get(9)?,
+        closed_at: row.get(10)?,
+        expires_at: row.get(11)?,
+        reason: row.get(12)?,
+        ticket: row.get(13)?,
+        check_in_reason: row.get(14)?,
+        failure: row.get(15)?,
+    })
+}
+
+impl Queries<'_> {
+    pub fn tenants(&self) -> Result<Vec<TenantRow>, ProjectionError> {
+        let mut statement = self
+            .conn()
+            .prepare_cached("SELECT id, name, login_mode FROM tenants ORDER BY name, id")?;
+        let rows = statement.query_map([], |row| {
+            Ok(TenantRow {
+                tenant_id: TenantId(uuid_at(row, 0)?),
+                name: row.get(1)?,
+                login_mode: row.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn tenant_exists(&self, tenant: TenantId) -> Result<bool, ProjectionError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT 1 FROM tenants WHERE id = ?1")?
+            .exists([tenant.to_string()])?)
+    }
+
+    pub fn technician(
+        &self,
+        technician: TechnicianId,
+    ) -> Result<Option<TechnicianRow>, ProjectionError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT id, username, email, offboarded FROM technicians WHERE id = ?1")?
+            .query_row([technician.to_string()], technician_row)
+            .optional()?)
+    }
+
+    /// Technicians, all (`None`) or the current members of one tenant.
+    pub fn technicians(
+        &self,
+        tenant: Option<TenantId>,
+    ) -> Result<Vec<TechnicianRow>, ProjectionError> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT id, username, email, offboarded FROM technicians t
+             WHERE ?1 IS NULL OR EXISTS (SELECT 1 FROM memberships m
+                                         WHERE m.technician_id = t.id AND m.tenant_id = ?1)
+             ORDER BY username, id",
+        )?;
+        let rows = statement.query_map([tenant.map(|t| t.to_string())], technician_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Is the technician currently a member of the tenant?
+    pub fn is_member(
+        &self,
+        technician: TechnicianId,
+        tenant: TenantId,
+    ) -> Result<bool, ProjectionError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT 1 FROM memberships WHERE technician_id = ?1 AND tenant_id = ?2",
+            )?
+            .exists(params![technician.to_string(), tenant.to_string()])?)
+    }
+
+    pub fn computers(&self, tenant: TenantId) -> Result<Vec<ComputerRow>, ProjectionError> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT id, tenant_id, hostname, decommissioned FROM computers
+             WHERE tenant_id = ?1 ORDER BY hostname, id",
+        )?;
+        let rows = statement.query_map([tenant.to_string()], computer_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn computer(&self, computer: ComputerId) -> Result<Option<ComputerRow>, ProjectionError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT id, tenant_id, hostname, decommissioned FROM computers WHERE id = ?1",
+            )?
+            .query_row([computer.to_string()], computer_row)
+            .optional()?)
+    }
+
+    pub fn sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRow>, ProjectionError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions
+             WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 IS NULL OR technician_id = ?2)
+               AND (?3 IS NULL OR computer_id = ?3) AND (?4 = 0 OR open = 1)
+             ORDER BY checked_out_at DESC, id LIMIT ?5"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
+        let rows = statement.query_map(
+            params![
+                filter.tenant.map(|t| t.to_string()),
+                filter.technician.map(|t| t.to_string()),
+                filter.computer.map(|c| c.to_string()),
+                filter.open_only,
+                filter.limit.clamp(1, 1000),
+            ],
+            session_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn session(&self, session: SessionId) -> Result<Option<SessionRow>, ProjectionError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?1");
+        Ok(self
+            .conn()
+            .prepare_cached(&sql)?
+            .query_row([session.to_string()], session_row)
+            .optional()?)
+    }
+
+    /// Open sessions whose maximum length has run out at `now`: the expiry loop checks them in.
+    pub fn expired_sessions(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<SessionId>, ProjectionError> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT id FROM sessions WHERE open = 1 AND expires_at <= ?1 ORDER BY expires_at",
+        )?;
+        let rows = statement.query_map([time(&now)], |row| uuid_at(row, 0).map(SessionId))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn technician_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TechnicianRow> {
+    Ok(TechnicianRow {
+        technician_id: TechnicianId(uuid_at(row, 0)?),
+        username: row.get(1)?,
+        email: row.get(2)?,
+        offboarded: row.get(3)?,
+    })
+}
+
+fn computer_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ComputerRow> {
+    Ok(ComputerRow {
+        computer_id: ComputerId(uuid_at(row, 0)?),
+        tenant_id: TenantId(uuid_at(row, 1)?),
+        hostname: row.get(2)?,
+        decommissioned: row.get(3)?,
+    })
 }

@@ -68,7 +68,7 @@ pub fn decode(recorded: &RecordedEvent) -> Result<AnyEvent, ProjectionError> {
 impl ReadModels {
     pub fn open(path: &Path) -> Result<Self, ProjectionError> {
         let conn = Connection::open(path)?;
-        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL;")?;
+        conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         Self::init(conn)
     }
 

@@ -1,0 +1,794 @@
+//! Admin endpoints: tenants and their PAM settings (login mode, JIT policy), technicians and
+//! their tenant memberships, API tokens, enrollment tokens, computers, sessions to revoke, and
+//! the account-state views (managed accounts, standing privilege, stuck revocations).
+
+use super::idempotency::{idempotent, Reply};
+use super::{
+    actor, administered_tenant, forbidden, own_tenant, path_id, tenant_computer, visible_session,
+    visible_technician, visible_tenant, Params, Services,
+};
+use crate::auth::{Principal, Role};
+use crate::problem::{ApiError, JsonBody};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use latchkey_domain::computer::{Computer, ComputerCommand, OsKind};
+use latchkey_domain::ids::{ComputerId, TechnicianId, TenantId};
+use latchkey_domain::names::{Email, SharedAccountDigits, TenantName, Username};
+use latchkey_domain::policy::{JitPolicy, LoginMode};
+use latchkey_domain::session::{CheckInReason, Session, SessionCommand};
+use latchkey_domain::technician::{Technician, TechnicianCommand};
+use latchkey_domain::tenant::{Tenant, TenantCommand};
+use latchkey_projections::SessionFilter;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/tenants", web::post().to(create_tenant))
+        .route("/tenants", web::get().to(list_tenants))
+        .route("/tenants/{tenant_id}", web::get().to(get_tenant))
+        .route(
+            "/tenants/{tenant_id}/login-mode",
+            web::put().to(set_login_mode),
+        )
+        .route("/tenants/{tenant_id}/policy", web::put().to(set_policy))
+        .route(
+            "/tenants/{tenant_id}/technicians",
+            web::get().to(list_tenant_technicians),
+        )
+        .route(
+            "/tenants/{tenant_id}/technicians/{technician_id}",
+            web::put().to(join_tenant),
+        )
+        .route(
+            "/tenants/{tenant_id}/technicians/{technician_id}",
+            web::delete().to(leave_tenant),
+        )
+        .route(
+            "/tenants/{tenant_id}/enrollment-tokens",
+            web::post().to(create_enrollment_token),
+        )
+        .route(
+            "/tenants/{tenant_id}/computers",
+            web::get().to(list_computers),
+        )
+        .route(
+            "/tenants/{tenant_id}/computers/{computer_id}",
+            web::get().to(get_computer),
+        )
+        .route(
+            "/tenants/{tenant_id}/computers/{computer_id}/policy",
+            web::put().to(override_policy),
+        )
+        .route(
+            "/tenants/{tenant_id}/computers/{computer_id}/decommission",
+            web::post().to(decommission),
+        )
+        .route(
+            "/tenants/{tenant_id}/sessions",
+            web::get().to(list_sessions),
+        )
+        .route(
+            "/tenants/{tenant_id}/accounts",
+            web::get().to(managed_accounts),
+        )
+        .route(
+            "/tenants/{tenant_id}/standing-privilege",
+            web::get().to(standing_privilege),
+        )
+        .route(
+            "/tenants/{tenant_id}/stuck-requests",
+            web::get().to(stuck_requests),
+        )
+        .route("/technicians", web::post().to(create_technician))
+        .route("/technicians", web::get().to(list_technicians))
+        .route(
+            "/technicians/{technician_id}",
+            web::get().to(get_technician),
+        )
+        .route(
+            "/technicians/{technician_id}/offboard",
+            web::post().to(offboard),
+        )
+        .route("/sessions/{session_id}/revoke", web::post().to(revoke))
+        .route("/tokens", web::post().to(issue_token))
+        .route("/tokens/{token_id}", web::delete().to(revoke_token));
+}
+
+fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}
+
+fn random_digits() -> SharedAccountDigits {
+    SharedAccountDigits::parse(format!("{:04}", rand::random_range(0..10_000u32)))
+        .expect("four digits")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewTenant {
+    pub name: TenantName,
+    pub login_mode: LoginMode,
+    /// The secure default (`JitPolicy::default()`) when absent.
+    pub policy: Option<JitPolicy>,
+}
+
+#[derive(Serialize)]
+pub struct TenantView {
+    pub tenant_id: TenantId,
+    pub name: TenantName,
+    pub login_mode: LoginMode,
+    pub policy: JitPolicy,
+    pub shared_account: Option<String>,
+}
+
+fn tenant_view(tenant: &Tenant) -> Result<TenantView, ApiError> {
+    let t = tenant
+        .state()
+        .ok_or_else(|| ApiError::not_found("the tenant"))?;
+    Ok(TenantView {
+        tenant_id: t.tenant_id,
+        name: t.name.clone(),
+        login_mode: t.login_mode,
+        policy: t.policy.clone(),
+        shared_account: t.shared_account.as_ref().map(|a| a.to_string()),
+    })
+}
+
+async fn create_tenant(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    principal: Principal,
+    JsonBody(body): JsonBody<NewTenant>,
+) -> Result<HttpResponse, ApiError> {
+    if !principal.is_msp_admin() {
+        return Err(forbidden("only an MSP admin creates tenants"));
+    }
+    idempotent(&services, &req, &principal, || async {
+        let tenant_id = TenantId(Uuid::now_v7());
+        let command = TenantCommand::Register {
+            tenant_id,
+            name: body.name,
+            login_mode: body.login_mode,
+            policy: body.policy.unwrap_or_default(),
+            shared_account_digits: random_digits(),
+            by: actor(&principal),
+            at: now(),
+        };
+        let executed = services
+            .execute::<Tenant>(&principal, tenant_id.stream_name(), command)
+            .await?;
+        Reply::created(
+            tenant_view(&executed.state)?,
+            format!("/v1/tenants/{tenant_id}"),
+        )
+    })
+    .await
+}
+
+async fn list_tenants(
+    services: web::Data<Services>,
+    principal: Principal,
+) -> Result<HttpResponse, ApiError> {
+    let technician = principal.technician_id();
+    let all = services.query(|q| q.tenants()).await?;
+    let mut visible = Vec::new();
+    for tenant in all {
+        let id = tenant.tenant_id;
+        let shown = match technician {
+            Some(t) => services.query(move |q| q.is_member(t, id)).await?,
+            None => principal.can_read_tenant(id),
+        };
+        if shown {
+            visible.push(tenant);
+        }
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "tenants": visible })))
+}
+
+async fn get_tenant(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = visible_tenant(&services, &principal, &path).await?;
+    let loaded: Tenant = services.load(tenant.stream_name()).await?;
+    Ok(HttpResponse::Ok().json(tenant_view(&loaded)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewLoginMode {
+    login_mode: LoginMode,
+}
+
+async fn set_login_mode(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    principal: Principal,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<NewLoginMode>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = administered_tenant(&services, &principal, &path).await?;
+    idempotent(&services, &req, &principal, || async {
+        let command = TenantCommand::ChangeLoginMode {
+            login_mode: body.login_mode,
+            shared_account_digits: random_digits(),
+            by: actor(&principal),
+            at: now(),
+        };
+        let executed = services
+            .execute::<Tenant>(&principal, tenant.stream_name(), command)
+            .await?;
+        Reply::ok(tenant_view(&executed.state)?)
+    })
+    .await
+}
+
+async fn set_policy(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    principal: Principal,
+    path: web::Path<String>,
+    JsonBody(policy): JsonBody<JitPolicy>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = administered_tenant(&services, &principal, &path).await?;
+    idempotent(&services, &req, &principal, || async {
+        let command = TenantCommand::ChangeJitPolicy {
+            policy,
+            by: actor(&principal),
+            at: now(),
+        };
+        let executed = services
+            .execute::<Tenant>(&principal, tenant.stream_name(), command)
+            .await?;
+        Reply::ok(tenant_view(&executed.state)?)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTechnician {
+    username: Username,
+    email: Email,
+}
+
+#[derive(Serialize)]
+struct TechnicianView {
+    technician_id: TechnicianId,
+    username: Username,
+    email: Email,
+    tenants: Vec<TenantId>,
+    offboarded: bool,
+}
+
+fn technician_view(technician: &Technician) -> Result<TechnicianView, ApiError> {
+    let t = technician
+        .state()
+        .ok_or_else(|| ApiError::not_found("the technician"))?;
+    Ok(TechnicianView {
+        technician_id: t.technician_id,
+        username: t.username.clone(),
+        email: t.email.clone(),
+        tenants: t.tenants.iter().copied().collect(),
+        offboarded: t.offboarded,
+    })
+}
+
+async fn create_technician(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    principal: Principal,
+    JsonBody(body): JsonBody<NewTechnician>,
+) -> Result<HttpResponse, ApiError> {
+    if !principal.is_msp_admin() {
+        return Err(forbidden("only an MSP admin registers technicians"));
+    }
+    idempotent(&services, &req, &principal, || async {
+        let technician_id = TechnicianId(Uuid::now_v7());
+        let command = TechnicianCommand::Register {
+            technician_id,
+            username: body.username,
+            email: body.email,
+            by: actor(&principal),
+            at: now(),
+        };
+        let executed = services
+            .execute::<Technician>(&principal, technician_id.stream_name(), command)
+            .await?;
+        Reply::created(
+            technician_view(&executed.state)?,
+            format!("/v1/technicians/{technician_id}"),
+        )
+    })
+    .await
+}
+
+async fn list_technicians(
+    services: web::Data<Services>,
+    principal: Principal,
+) -> Result<HttpResponse, ApiError> {
+    let scope = if principal.can_read_all_tenants() {
+        None
+    } else if let Some(tenant) = own_tenant(&principal) {
+        Some(tenant)
+    } else {
+        return Err(forbidden(
+            "only admins and auditors list technicians; see your own at /v1/technicians/{id}",
+        ));
+    };
+    let rows = services.query(move |q| q.technicians(scope)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "technicians": rows })))
+}
+
+async fn list_tenant_technicians(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = visible_tenant(&services, &principal, &path).await?;
+    if principal.technician_id().is_some() {
+        return Err(forbidden("technicians do not list their colleagues"));
+    }
+    let rows = services.query(move |q| q.technicians(Some(tenant))).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "technicians": rows })))
+}
+
+async fn get_technician(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let technician = visible_technician(&services, &principal, &path).await?;
+    let loaded: Technician = services.load(technician.stream_name()).await?;
+    let mut view = technician_view(&loaded)?;
+    // A tenant-scoped reader learns nothing about the technician's other customers.
+    if let Some(own) = own_tenant(&principal) {
+        view.tenants.retain(|t| *t == own);
+    }
+    Ok(HttpResponse::Ok().json(view))
+}
+
+/// The technician for a membership change: any registered one for an MSP admin; a tenant
+/// admin adds or removes technicians they are told the id of (technicians are MSP staff).
+async fn registered_technician(
+    services: &web::Data<Services>,
+    raw: &str,
+) -> Result<TechnicianId, ApiError> {
+    let technician = TechnicianId(path_id(raw, "technician_id")?);
+    let loaded: Technician = services.load(technician.stream_name()).await?;
+    match loaded.state() {
+        Some(_) => Ok(technician),
+        None => Err(ApiError::not_found("the technician")),
+    }
+}
+
+async fn join_tenant(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, technician) = path.into_inner();
+    let tenant = administered_tenant(&services, &principal, &tenant).await?;
+    let technician = registered_technician(&services, &technician).await?;
+    let command = TechnicianCommand::JoinTenant {
+        tenant_id: tenant,
+        by: actor(&principal),
+        at: now(),
+    };
+    let executed = services
+        .execute::<Technician>(&principal, technician.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(technician_view(&executed.state)?))
+}
+
+async fn leave_tenant(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, technician) = path.into_inner();
+    let tenant = administered_tenant(&services, &principal, &tenant).await?;
+    let technician = registered_technician(&services, &technician).await?;
+    let command = TechnicianCommand::LeaveTenant {
+        tenant_id: tenant,
+        by: actor(&principal),
+        at: now(),
+    };
+    let executed = services
+        .execute::<Technician>(&principal, technician.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(technician_view(&executed.state)?))
+}
+
+async fn offboard(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let technician = visible_technician(&services, &principal, &path).await?;
+    if !principal.is_msp_admin() {
+        return Err(forbidden("only an MSP admin offboards technicians"));
+    }
+    let command = TechnicianCommand::Offboard {
+        by: actor(&principal),
+        at: now(),
+    };
+    let executed = services
+        .execute::<Technician>(&principal, technician.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(technician_view(&executed.state)?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewEnrollmentToken {
+    /// Minutes until the token expires: 1 to 10080 (7 days); 60 when absent.
+    expires_in_minutes: Option<u32>,
+}
+
+async fn create_enrollment_token(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<NewEnrollmentToken>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = administered_tenant(&services, &principal, &path).await?;
+    let minutes = body.expires_in_minutes.unwrap_or(60);
+    if !(1..=10_080).contains(&minutes) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-value",
+            "expires_in_minutes must be between 1 and 10080 (7 days)",
+        )
+        .with_field("expires_in_minutes"));
+    }
+    let expires_at = now() + chrono::Duration::minutes(minutes.into());
+    let issued_by = principal.name.clone();
+    let services2 = services.clone();
+    let (token_id, token) = web::block(move || {
+        services2
+            .tokens
+            .issue_enrollment(tenant, &issued_by, expires_at)
+    })
+    .await
+    .map_err(|e| super::internal("blocking pool", &e))?
+    .map_err(|e| super::internal("token store", &e))?;
+    tracing::info!(%tenant, %token_id, "enrollment token issued");
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "token_id": token_id,
+        "tenant_id": tenant,
+        "token": token,
+        "expires_at": expires_at,
+        "note": "shown once: give it to the agent (`latchkey-agent enroll --token …`)",
+    })))
+}
+
+async fn list_computers(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = visible_tenant(&services, &principal, &path).await?;
+    let rows = services.query(move |q| q.computers(tenant)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "computers": rows })))
+}
+
+#[derive(Serialize)]
+struct ComputerView {
+    computer_id: ComputerId,
+    tenant_id: TenantId,
+    hostname: String,
+    os: OsKind,
+    decommissioned: bool,
+    policy_override: Option<JitPolicy>,
+    accounts: Vec<AccountView>,
+}
+
+#[derive(Serialize)]
+struct AccountView {
+    account: String,
+    owner: latchkey_domain::computer::AccountOwner,
+    wanted: bool,
+    retiring: bool,
+    password_version: u32,
+    sessions: Vec<latchkey_domain::ids::SessionId>,
+    verified: Option<latchkey_domain::computer::AccountObservation>,
+}
+
+async fn get_computer(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, computer) = path.into_inner();
+    let tenant = visible_tenant(&services, &principal, &tenant).await?;
+    let computer = tenant_computer(&services, tenant, &computer).await?;
+    let loaded: Computer = services.load(computer.stream_name()).await?;
+    let profile = loaded
+        .profile
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the computer"))?;
+    // Technicians see the computer, not who else uses it.
+    let accounts = if principal.technician_id().is_some() {
+        Vec::new()
+    } else {
+        loaded
+            .accounts
+            .values()
+            .map(|a| AccountView {
+                account: a.name.to_string(),
+                owner: a.owner,
+                wanted: a.exists,
+                retiring: a.retiring,
+                password_version: a.password_version,
+                sessions: a.sessions.keys().copied().collect(),
+                verified: a.verified.clone(),
+            })
+            .collect()
+    };
+    Ok(HttpResponse::Ok().json(ComputerView {
+        computer_id: computer,
+        tenant_id: tenant,
+        hostname: profile.hostname.to_string(),
+        os: profile.os,
+        decommissioned: loaded.decommissioned,
+        policy_override: loaded.policy_override.clone(),
+        accounts,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyOverride {
+    /// The computer's own policy, or `null` to follow the tenant's again.
+    policy: Option<JitPolicy>,
+}
+
+async fn override_policy(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+    JsonBody(body): JsonBody<PolicyOverride>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, computer) = path.into_inner();
+    let tenant = administered_tenant(&services, &principal, &tenant).await?;
+    let computer = tenant_computer(&services, tenant, &computer).await?;
+    let command = ComputerCommand::OverrideJitPolicy {
+        policy: body.policy,
+        by: actor(&principal),
+        at: now(),
+    };
+    let executed = services
+        .execute::<Computer>(&principal, computer.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "computer_id": computer,
+        "policy_override": executed.state.policy_override,
+    })))
+}
+
+async fn decommission(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, computer) = path.into_inner();
+    let tenant = administered_tenant(&services, &principal, &tenant).await?;
+    let computer = tenant_computer(&services, tenant, &computer).await?;
+    let command = ComputerCommand::Decommission {
+        by: actor(&principal),
+        at: now(),
+    };
+    services
+        .execute::<Computer>(&principal, computer.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "computer_id": computer,
+        "decommissioned": true,
+    })))
+}
+
+async fn list_sessions(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = visible_tenant(&services, &principal, &path).await?;
+    let params = Params::parse(&req, &["open", "computer_id", "technician_id", "limit"])?;
+    let mut filter = SessionFilter {
+        tenant: Some(tenant),
+        technician: params.uuid("technician_id")?.map(TechnicianId),
+        computer: params.uuid("computer_id")?.map(ComputerId),
+        open_only: params.flag("open")?.unwrap_or(false),
+        limit: params.number("limit", 1000)?.unwrap_or(100) as u32,
+    };
+    // Technicians see their own sessions only.
+    if let Some(own) = principal.technician_id() {
+        filter.technician = Some(own);
+    }
+    let rows = services.query(move |q| q.sessions(&filter)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "sessions": rows })))
+}
+
+async fn revoke(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let session = visible_session(&services, &principal, &path).await?;
+    if !principal.can_administer_tenant(session.tenant_id) {
+        return Err(forbidden("only an admin of the tenant revokes sessions"));
+    }
+    let command = SessionCommand::CheckIn {
+        reason: CheckInReason::Revoked,
+        by: actor(&principal),
+        at: now(),
+    };
+    let executed = services
+        .execute::<Session>(&principal, session.session_id.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(super::technician::session_view(&executed.state)?))
+}
+
+async fn managed_accounts(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = readable_by_staff(&services, &principal, &path).await?;
+    let rows = services.query(move |q| q.managed_accounts(tenant)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "accounts": rows })))
+}
+
+async fn standing_privilege(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = readable_by_staff(&services, &principal, &path).await?;
+    let rows = services
+        .query(move |q| q.standing_privilege(Some(tenant)))
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "standing_privilege": rows })))
+}
+
+async fn stuck_requests(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = readable_by_staff(&services, &principal, &path).await?;
+    let rows = services
+        .query(move |q| q.failed_requests(Some(tenant)))
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "stuck_requests": rows })))
+}
+
+/// Admins and auditors of the tenant; technicians may see the tenant but not these views.
+async fn readable_by_staff(
+    services: &web::Data<Services>,
+    principal: &Principal,
+    raw: &str,
+) -> Result<TenantId, ApiError> {
+    let tenant = visible_tenant(services, principal, raw).await?;
+    if principal.can_read_tenant(tenant) {
+        Ok(tenant)
+    } else {
+        Err(forbidden("only the tenant's admins and auditors see this"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    /// `msp_admin`, `tenant_admin`, `technician` or `auditor` (agents get theirs by enrolling).
+    role: String,
+    tenant_id: Option<Uuid>,
+    technician_id: Option<Uuid>,
+    /// Who will hold it, an e-mail address, recorded as the actor of what they do. For a
+    /// technician token it is the technician's own address and may be left out.
+    name: Option<Email>,
+}
+
+async fn issue_token(
+    services: web::Data<Services>,
+    principal: Principal,
+    JsonBody(body): JsonBody<NewToken>,
+) -> Result<HttpResponse, ApiError> {
+    let missing = |field: &str| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-value",
+            format!("{field} is required for role {}", body.role),
+        )
+        .with_field(field)
+    };
+    let tenant = body.tenant_id.map(TenantId);
+    let (role, name) = match body.role.as_str() {
+        "msp_admin" => (Role::MspAdmin, body.name.clone()),
+        "tenant_admin" => (
+            Role::TenantAdmin {
+                tenant_id: tenant.ok_or_else(|| missing("tenant_id"))?,
+            },
+            body.name.clone(),
+        ),
+        "auditor" => (Role::Auditor { tenant_id: tenant }, body.name.clone()),
+        "technician" => {
+            let id = TechnicianId(body.technician_id.ok_or_else(|| missing("technician_id"))?);
+            let row = services.query(move |q| q.technician(id)).await?;
+            let row = row.ok_or_else(|| ApiError::not_found("the technician"))?;
+            let email = Email::parse(row.email).map_err(ApiError::from)?;
+            (Role::Technician { technician_id: id }, Some(email))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "role",
+                "role must be one of msp_admin, tenant_admin, technician, auditor",
+            ))
+        }
+    };
+    let name = name.ok_or_else(|| missing("name"))?;
+    // Who may issue what: MSP admins anything; a tenant admin only roles inside their tenant.
+    let allowed = match (&principal.role, &role) {
+        (Role::MspAdmin, _) => true,
+        (Role::TenantAdmin { tenant_id: own }, Role::TenantAdmin { tenant_id }) => own == tenant_id,
+        (Role::TenantAdmin { tenant_id: own }, Role::Auditor { tenant_id }) => {
+            *tenant_id == Some(*own)
+        }
+        (Role::TenantAdmin { tenant_id: own }, Role::Technician { technician_id }) => {
+            let (own, technician) = (*own, *technician_id);
+            services
+                .query(move |q| q.is_member(technician, own))
+                .await?
+        }
+        _ => false,
+    };
+    if !allowed {
+        return Err(forbidden(
+            "you may not issue a token for that role; ask an MSP admin",
+        ));
+    }
+    if let Some(tenant) = tenant.filter(|_| body.role != "technician") {
+        if !services.query(move |q| q.tenant_exists(tenant)).await? {
+            return Err(ApiError::not_found("the tenant"));
+        }
+    }
+    let kind = role.kind();
+    let services2 = services.clone();
+    let issued_name = name.to_string();
+    let token = web::block(move || services2.tokens.issue(role, &issued_name))
+        .await
+        .map_err(|e| super::internal("blocking pool", &e))?
+        .map_err(|e| super::internal("token store", &e))?;
+    tracing::info!(role = kind, holder = %name, by = %principal.name, "API token issued");
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "role": kind,
+        "name": name,
+        "token": token,
+        "note": "shown once; the server keeps only its hash",
+    })))
+}
+
+async fn revoke_token(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if !principal.is_msp_admin() {
+        return Err(forbidden("only an MSP admin revokes tokens"));
+    }
+    let token_id = path_id(&path, "token_id")?;
+    let services2 = services.clone();
+    let revoked = web::block(move || services2.tokens.revoke(token_id))
+        .await
+        .map_err(|e| super::internal("blocking pool", &e))?
+        .map_err(|e| super::internal("token store", &e))?;
+    if revoked {
+        tracing::info!(%token_id, by = %principal.name, "API token revoked");
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::not_found("the token"))
+    }
+}

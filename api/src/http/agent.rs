@@ -1,0 +1,280 @@
+//! Agent endpoints: enroll with a one-time token, receive the computer's provisioning
+//! requests, report what was verified on the machine.
+//!
+//! The request feed is a long poll: `GET /v1/agent/commands?wait=25` answers at once with
+//! every request the agent has not reported on yet, or waits up to `wait` seconds for one.
+//! It is resumable by construction: a request stays in the feed until the agent's result for
+//! it is recorded, so an agent that restarts or reconnects (to this server or another) gets
+//! exactly what it has not acknowledged, and requests are idempotent "ensure" operations.
+//! A rotation request carries the new password, generated here to the tenant's policy on
+//! first delivery and stored encrypted; every later delivery of the same request carries the
+//! same password.
+
+use super::{actor, forbidden, Params, Services};
+use crate::auth::{EnrollmentRefused, Principal, Role};
+use crate::problem::{ApiError, JsonBody};
+use crate::secrets::{self, Secret, SecretRef};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse};
+use latchkey_domain::computer::{AccountObservation, Computer, ComputerCommand, Operation, OsKind};
+use latchkey_domain::ids::{AgentKeyId, ComputerId, RequestId};
+use latchkey_domain::names::{AccountName, FailureReason, Hostname};
+use latchkey_domain::tenant::Tenant;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The longest a long poll waits.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/agent/enroll", web::post().to(enroll))
+        .route("/agent/commands", web::get().to(commands))
+        .route("/agent/results", web::post().to(report));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Enrollment {
+    token: String,
+    hostname: Hostname,
+    os: OsKind,
+}
+
+async fn enroll(
+    services: web::Data<Services>,
+    JsonBody(body): JsonBody<Enrollment>,
+) -> Result<HttpResponse, ApiError> {
+    let tokens = services.clone();
+    let token = body.token.clone();
+    let redeemed = web::block(move || tokens.tokens.redeem_enrollment(&token, chrono::Utc::now()))
+        .await
+        .map_err(|e| super::internal("blocking pool", &e))?
+        .map_err(|e| super::internal("token store", &e))?;
+    let (enrollment_id, tenant) = match redeemed {
+        Ok(found) => found,
+        Err(refused) => {
+            let status = match refused {
+                EnrollmentRefused::Unknown => StatusCode::UNAUTHORIZED,
+                EnrollmentRefused::Used | EnrollmentRefused::Expired => StatusCode::GONE,
+            };
+            return Err(
+                ApiError::new(status, "enrollment-refused", refused.to_string())
+                    .with_field("token"),
+            );
+        }
+    };
+    let computer_id = ComputerId(Uuid::now_v7());
+    let issued = {
+        let tokens = services.clone();
+        web::block(move || {
+            tokens
+                .tokens
+                .issue(Role::Agent { computer_id }, &format!("agent:{computer_id}"))
+        })
+        .await
+        .map_err(|e| super::internal("blocking pool", &e))?
+        .map_err(|e| super::internal("token store", &e))?
+    };
+    let agent_key = issued
+        .get(3..35)
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .map(AgentKeyId)
+        .ok_or_else(|| super::internal("token store", &"malformed agent token"))?;
+    let enrolling = Principal {
+        token_id: agent_key.0,
+        role: Role::Agent { computer_id },
+        name: format!("agent:{computer_id}"),
+    };
+    let command = ComputerCommand::Enroll {
+        computer_id,
+        tenant_id: tenant,
+        hostname: body.hostname,
+        os: body.os,
+        agent_key_id: agent_key,
+        by: actor(&enrolling),
+        at: chrono::Utc::now(),
+    };
+    if let Err(e) = services
+        .execute::<Computer>(&enrolling, computer_id.stream_name(), command)
+        .await
+    {
+        // Give the token back and drop the credential: nothing was enrolled.
+        let tokens = services.clone();
+        let _ = web::block(move || {
+            let _ = tokens.tokens.revoke(agent_key.0);
+            tokens.tokens.unredeem_enrollment(enrollment_id)
+        })
+        .await;
+        return Err(e);
+    }
+    tracing::info!(%computer_id, %tenant, "agent enrolled");
+    Ok(HttpResponse::Created().json(serde_json::json!({
+        "computer_id": computer_id,
+        "tenant_id": tenant,
+        "agent_token": issued,
+        "note": "the agent's credential, shown once; keep it in a 0600 file",
+    })))
+}
+
+fn own_computer(principal: &Principal) -> Result<ComputerId, ApiError> {
+    principal
+        .agent_computer_id()
+        .ok_or_else(|| forbidden("only an enrolled agent uses the agent endpoints"))
+}
+
+/// One provisioning request as the agent receives it.
+#[derive(Serialize)]
+struct AgentCommand {
+    request_id: RequestId,
+    attempt: u32,
+    operation: Operation,
+    /// For `rotate_password`: the password to set (the agent hashes it itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+}
+
+async fn commands(
+    services: web::Data<Services>,
+    req: actix_web::HttpRequest,
+    principal: Principal,
+) -> Result<HttpResponse, ApiError> {
+    let computer = own_computer(&principal)?;
+    let params = Params::parse(&req, &["wait"])?;
+    let wait = Duration::from_secs(params.number("wait", MAX_WAIT_SECONDS)?.unwrap_or(0));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut progress = services.progress.clone();
+    let pending = loop {
+        // Mark the current checkpoint as seen before querying, so a change that lands
+        // between the query and the wait still wakes us.
+        progress.borrow_and_update();
+        let pending = services
+            .query(move |q| q.pending_requests(computer))
+            .await?;
+        if !pending.is_empty() || tokio::time::Instant::now() >= deadline {
+            break pending;
+        }
+        match tokio::time::timeout_at(deadline, progress.changed()).await {
+            Ok(Ok(())) => continue,
+            // Timed out, or the runner is gone: answer with what there is (nothing).
+            _ => break pending,
+        }
+    };
+    let mut out = Vec::with_capacity(pending.len());
+    for request in pending {
+        let password = match &request.operation {
+            Operation::RotatePassword { account, version } => Some(
+                password_for(&services, computer, account, *version)
+                    .await?
+                    .expose()
+                    .to_owned(),
+            ),
+            _ => None,
+        };
+        out.push(AgentCommand {
+            request_id: RequestId(request.request_id),
+            attempt: request.attempt,
+            operation: request.operation,
+            password,
+        });
+    }
+    let mut response = HttpResponse::Ok().json(serde_json::json!({ "commands": out }));
+    response.headers_mut().insert(
+        actix_web::http::header::CACHE_CONTROL,
+        actix_web::http::header::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+/// The password of `version` of `account` on `computer`: generated to the effective policy on
+/// first use, then always the same.
+pub async fn password_for(
+    services: &web::Data<Services>,
+    computer: ComputerId,
+    account: &AccountName,
+    version: u32,
+) -> Result<Secret, ApiError> {
+    let reference = SecretRef::password(computer, account, version);
+    let lookup = services.clone();
+    let known = {
+        let reference = reference.clone();
+        web::block(move || lookup.secrets.get(&reference))
+            .await
+            .map_err(|e| super::internal("blocking pool", &e))?
+            .map_err(|e| super::internal("secret store", &e))?
+    };
+    if let Some(known) = known {
+        return Ok(known);
+    }
+    let state: Computer = services.load(computer.stream_name()).await?;
+    let profile = state
+        .profile
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the computer"))?;
+    let tenant: Tenant = services.load(profile.tenant_id.stream_name()).await?;
+    let tenant = tenant
+        .state()
+        .ok_or_else(|| ApiError::not_found("the tenant"))?;
+    let policy = state.effective_policy(&tenant.policy).password();
+    let services = services.clone();
+    web::block(move || {
+        services
+            .secrets
+            .put_if_absent(&reference, &secrets::generate_password(&policy))
+    })
+    .await
+    .map_err(|e| super::internal("blocking pool", &e))?
+    .map_err(|e| super::internal("secret store", &e))
+}
+
+/// What the agent reports about one request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, tag = "outcome", rename_all = "snake_case")]
+enum Report {
+    /// Done, and this is what the agent read back from the machine.
+    Succeeded {
+        request_id: u64,
+        verified: AccountObservation,
+    },
+    Failed {
+        request_id: u64,
+        reason: FailureReason,
+    },
+}
+
+async fn report(
+    services: web::Data<Services>,
+    principal: Principal,
+    JsonBody(report): JsonBody<Report>,
+) -> Result<HttpResponse, ApiError> {
+    let computer = own_computer(&principal)?;
+    let at = chrono::Utc::now();
+    let (request_id, command) = match report {
+        Report::Succeeded {
+            request_id,
+            verified,
+        } => (
+            RequestId(request_id),
+            ComputerCommand::ReportSucceeded {
+                request_id: RequestId(request_id),
+                verified,
+                at,
+            },
+        ),
+        Report::Failed { request_id, reason } => (
+            RequestId(request_id),
+            ComputerCommand::ReportFailed {
+                request_id: RequestId(request_id),
+                reason,
+                at,
+            },
+        ),
+    };
+    let executed = services
+        .execute::<Computer>(&principal, computer.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "request_id": request_id,
+        "recorded": executed.events.len(),
+    })))
+}

@@ -1,0 +1,407 @@
+//! The HTTP surface: routes under `/v1/`, the bearer-token extractor, and thin handlers that
+//! parse, authorize, call one command or query, and map the result. Rules live in the
+//! domain, orchestration in `commands`; nothing here decides anything itself.
+//!
+//! Authorization never reveals what the caller may not see: a tenant, computer, session or
+//! technician outside the caller's reach is answered with 404, exactly as if it did not
+//! exist; 403 is only for an action on something the caller may see but not change.
+
+mod admin;
+mod agent;
+mod auditor;
+mod idempotency;
+mod technician;
+
+use crate::auth::{Principal, TokenStore};
+use crate::commands::{self, CommandError, Envelope};
+use crate::problem::{payload_config, ApiError};
+use crate::secrets::SecretStore;
+use actix_web::dev::Payload;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, FromRequest, HttpRequest};
+use latchkey_domain::computer::Computer;
+use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
+use latchkey_domain::names::Email;
+use latchkey_domain::technician::Technician;
+use latchkey_domain::tenant::Tenant;
+use latchkey_domain::{Actor, Aggregate};
+use latchkey_projections::{ProjectionError, Queries, ReadView};
+use latchkey_store::{EventStore, Position, StreamName};
+use std::collections::HashMap;
+use std::future::{ready, Ready};
+use std::sync::Arc;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+pub use idempotency::IdempotencyStore;
+
+/// What every handler can reach.
+pub struct Services {
+    pub store: Arc<dyn EventStore>,
+    pub tokens: TokenStore,
+    /// Read-only access to the read models.
+    pub view: Arc<ReadView>,
+    pub secrets: SecretStore,
+    pub idempotency: IdempotencyStore,
+    /// The read models' checkpoint, advanced by the process runner after every event; long
+    /// polls wait on it.
+    pub progress: watch::Receiver<Option<Position>>,
+}
+
+impl Services {
+    /// Runs a read-model query off the async executor.
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(Queries<'_>) -> Result<T, ProjectionError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let view = self.view.clone();
+        web::block(move || view.with(f))
+            .await
+            .map_err(|e| internal("blocking pool", &e))?
+            .map_err(ApiError::from)
+    }
+
+    /// Runs one command through the one command path.
+    pub async fn execute<A>(
+        &self,
+        principal: &Principal,
+        stream: String,
+        command: A::Command,
+    ) -> Result<commands::Executed<A>, ApiError>
+    where
+        A: Aggregate,
+        A::Command: Clone,
+    {
+        let stream = stream_name(stream)?;
+        Ok(
+            commands::execute::<A, _>(&*self.store, &stream, &envelope(principal), |_| {
+                command.clone()
+            })
+            .await?,
+        )
+    }
+
+    /// An aggregate's current state, straight from its stream (always up to date, unlike the
+    /// read models).
+    pub async fn load<A: Aggregate>(&self, stream: String) -> Result<A, ApiError> {
+        Ok(commands::load::<A>(&*self.store, &stream_name(stream)?)
+            .await?
+            .state)
+    }
+}
+
+impl From<ProjectionError> for ApiError {
+    fn from(e: ProjectionError) -> Self {
+        match e {
+            ProjectionError::BadInput { field, reason } => ApiError::bad_request(field, reason),
+            other => internal("read models", &other),
+        }
+    }
+}
+
+/// Logs an internal failure under a fresh reference and returns the 500 naming only that.
+pub fn internal(what: &str, error: &dyn std::fmt::Display) -> ApiError {
+    let reference = Uuid::now_v7().to_string();
+    tracing::error!(%error, %reference, "{what} failed");
+    ApiError::internal(&reference)
+}
+
+impl FromRequest for Principal {
+    type Error = ApiError;
+    type Future = Ready<Result<Principal, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let Some(services) = req.app_data::<web::Data<Services>>() else {
+            return ready(Err(ApiError::internal("no-services")));
+        };
+        let bearer = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(bearer) = bearer else {
+            return ready(Err(ApiError::unauthorized()));
+        };
+        ready(match services.tokens.authenticate(bearer.trim()) {
+            Ok(Some(principal)) => Ok(principal),
+            Ok(None) => Err(ApiError::unauthorized()),
+            Err(e) => Err(internal("token store", &e)),
+        })
+    }
+}
+
+fn envelope(principal: &Principal) -> Envelope {
+    Envelope {
+        actor: principal.actor_string(),
+        correlation_id: Uuid::now_v7(),
+        causation_id: None,
+    }
+}
+
+/// The actor a person's command records: their e-mail if the token names one.
+pub fn actor(principal: &Principal) -> Actor {
+    if let Some(computer_id) = principal.agent_computer_id() {
+        return Actor::Agent { computer_id };
+    }
+    match Email::parse(principal.name.clone()) {
+        Ok(email) => Actor::User { email },
+        Err(_) => Actor::System,
+    }
+}
+
+fn stream_name(name: String) -> Result<StreamName, ApiError> {
+    StreamName::new(name).map_err(|e| ApiError::from(CommandError::Store(e)))
+}
+
+/// Parses a path id; a malformed one is a 400 naming the parameter.
+pub fn path_id(raw: &str, field: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw)
+        .map_err(|_| ApiError::bad_request(field, format!("{field} must be a UUID")))
+}
+
+pub fn forbidden(detail: &str) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", detail)
+}
+
+/// The tenant, if the caller may read it; otherwise 404 as if it did not exist.
+/// Technicians may "read" the tenants they are members of (to check out their computers).
+/// Checked against the streams, not the read models, so a tenant is usable the moment it is
+/// created.
+pub async fn visible_tenant(
+    services: &web::Data<Services>,
+    principal: &Principal,
+    raw: &str,
+) -> Result<TenantId, ApiError> {
+    let tenant = TenantId(path_id(raw, "tenant_id")?);
+    let visible = match principal.technician_id() {
+        Some(technician) => {
+            let loaded: Technician = services.load(technician.stream_name()).await?;
+            loaded
+                .state()
+                .is_some_and(|t| !t.offboarded && t.tenants.contains(&tenant))
+        }
+        None => principal.can_read_tenant(tenant),
+    };
+    let exists = visible && {
+        let loaded: Tenant = services.load(tenant.stream_name()).await?;
+        loaded.state().is_some()
+    };
+    if exists {
+        Ok(tenant)
+    } else {
+        Err(ApiError::not_found("the tenant"))
+    }
+}
+
+/// The tenant, if the caller may administer it (else 404 if they cannot even see it, 403 if
+/// they can see but not change it).
+pub async fn administered_tenant(
+    services: &web::Data<Services>,
+    principal: &Principal,
+    raw: &str,
+) -> Result<TenantId, ApiError> {
+    let tenant = visible_tenant(services, principal, raw).await?;
+    if principal.can_administer_tenant(tenant) {
+        Ok(tenant)
+    } else {
+        Err(forbidden("only an admin of this tenant may change it"))
+    }
+}
+
+/// A computer of a tenant the caller may see (404 otherwise, and for another tenant's).
+pub async fn tenant_computer(
+    services: &web::Data<Services>,
+    tenant: TenantId,
+    raw: &str,
+) -> Result<ComputerId, ApiError> {
+    let computer = ComputerId(path_id(raw, "computer_id")?);
+    let loaded: Computer = services.load(computer.stream_name()).await?;
+    match loaded.profile {
+        Some(profile) if profile.tenant_id == tenant => Ok(computer),
+        _ => Err(ApiError::not_found("the computer")),
+    }
+}
+
+/// A session the caller may see: their own as a technician, any of the tenant's as its admin
+/// or auditor. 404 for everything else.
+pub async fn visible_session(
+    services: &web::Data<Services>,
+    principal: &Principal,
+    raw: &str,
+) -> Result<latchkey_domain::session::SessionState, ApiError> {
+    let session_id = SessionId(path_id(raw, "session_id")?);
+    let session: latchkey_domain::session::Session =
+        services.load(session_id.stream_name()).await?;
+    let Some(state) = session.state() else {
+        return Err(ApiError::not_found("the session"));
+    };
+    let visible = match principal.technician_id() {
+        Some(technician) => technician == state.technician_id,
+        None => principal.can_read_tenant(state.tenant_id),
+    };
+    if visible {
+        Ok(state.clone())
+    } else {
+        Err(ApiError::not_found("the session"))
+    }
+}
+
+/// A technician the caller may see: MSP admins and all-tenant auditors see everyone; tenant
+/// admins and tenant auditors the members of their tenant; a technician themselves.
+pub async fn visible_technician(
+    services: &web::Data<Services>,
+    principal: &Principal,
+    raw: &str,
+) -> Result<TechnicianId, ApiError> {
+    let technician = TechnicianId(path_id(raw, "technician_id")?);
+    let visible = if principal.can_read_all_tenants() {
+        true
+    } else if let Some(own) = principal.technician_id() {
+        own == technician
+    } else {
+        match own_tenant(principal) {
+            Some(tenant) => {
+                services
+                    .query(move |q| q.is_member(technician, tenant))
+                    .await?
+            }
+            None => false,
+        }
+    };
+    let exists = visible
+        && services
+            .query(move |q| q.technician(technician).map(|t| t.is_some()))
+            .await?;
+    if exists {
+        Ok(technician)
+    } else {
+        Err(ApiError::not_found("the technician"))
+    }
+}
+
+/// The one tenant a tenant-scoped principal (tenant admin, tenant auditor) belongs to.
+pub fn own_tenant(principal: &Principal) -> Option<TenantId> {
+    use crate::auth::Role;
+    match principal.role {
+        Role::TenantAdmin { tenant_id } => Some(tenant_id),
+        Role::Auditor { tenant_id } => tenant_id,
+        _ => None,
+    }
+}
+
+/// Query-string parameters, each parsed with a 400 naming it when malformed, and unknown
+/// parameters refused (a typo must not silently widen a filter).
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn parse(req: &HttpRequest, allowed: &[&str]) -> Result<Self, ApiError> {
+        let mut map = HashMap::new();
+        for (key, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
+            if !allowed.contains(&key.as_ref()) {
+                return Err(ApiError::bad_request(
+                    &key,
+                    format!(
+                        "unknown query parameter `{key}`; expected one of: {}",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            if map.insert(key.to_string(), value.to_string()).is_some() {
+                return Err(ApiError::bad_request(&key, format!("`{key}` given twice")));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    pub fn text(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+
+    pub fn uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
+        self.0.get(name).map(|v| path_id(v, name)).transpose()
+    }
+
+    pub fn time(&self, name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+        self.0
+            .get(name)
+            .map(|v| {
+                chrono::DateTime::parse_from_rfc3339(v)
+                    .map(|t| t.with_timezone(&chrono::Utc))
+                    .map_err(|_| {
+                        ApiError::bad_request(
+                            name,
+                            format!("{name} must be an RFC 3339 time, e.g. 2026-11-23T09:00:00Z"),
+                        )
+                    })
+            })
+            .transpose()
+    }
+
+    pub fn number(&self, name: &str, max: u64) -> Result<Option<u64>, ApiError> {
+        self.0
+            .get(name)
+            .map(|v| match v.parse::<u64>() {
+                Ok(n) if n <= max => Ok(n),
+                _ => Err(ApiError::bad_request(
+                    name,
+                    format!("{name} must be a whole number from 0 to {max}"),
+                )),
+            })
+            .transpose()
+    }
+
+    pub fn flag(&self, name: &str) -> Result<Option<bool>, ApiError> {
+        self.0
+            .get(name)
+            .map(|v| match v.as_str() {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(ApiError::bad_request(
+                    name,
+                    format!("{name} must be true or false"),
+                )),
+            })
+            .transpose()
+    }
+
+    /// A global log position written `<commit>.<prepare>` (or just `<commit>`).
+    pub fn position(&self, name: &str) -> Result<Option<Position>, ApiError> {
+        self.0
+            .get(name)
+            .map(|v| {
+                parse_position(v).ok_or_else(|| {
+                    ApiError::bad_request(
+                        name,
+                        format!("{name} must be a log position like 42.42 (commit.prepare)"),
+                    )
+                })
+            })
+            .transpose()
+    }
+}
+
+pub fn parse_position(text: &str) -> Option<Position> {
+    let (commit, prepare) = match text.split_once('.') {
+        Some((c, p)) => (c.parse().ok()?, p.parse().ok()?),
+        None => {
+            let c = text.parse().ok()?;
+            (c, c)
+        }
+    };
+    Some(Position::new(commit, prepare))
+}
+
+pub fn format_position(position: Position) -> String {
+    format!("{}.{}", position.commit, position.prepare)
+}
+
+/// Registers the `/v1` routes and the JSON settings.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(payload_config()).service(
+        web::scope("/v1")
+            .configure(admin::routes)
+            .configure(technician::routes)
+            .configure(agent::routes)
+            .configure(auditor::routes),
+    );
+}

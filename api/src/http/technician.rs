@@ -1,0 +1,328 @@
+//! Technician endpoints: check out a computer, follow the session, reveal its credential
+//! (audited, only while active), get the offline TOTP secret (audited) and check in.
+
+use super::idempotency::{idempotent, Reply};
+use super::{actor, forbidden, tenant_computer, visible_session, visible_tenant, Services};
+use crate::auth::Principal;
+use crate::problem::{ApiError, JsonBody};
+use crate::secrets::{self, Secret, SecretRef};
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use latchkey_domain::computer::{Computer, ComputerCommand, ComputerEvent};
+use latchkey_domain::ids::{ComputerId, SessionId};
+use latchkey_domain::names::{AccountName, EphemeralDigits, Reason, TicketRef};
+use latchkey_domain::policy::SessionLength;
+use latchkey_domain::session::{
+    CheckInReason, CheckOut, Session, SessionCommand, SessionState, SessionStatus,
+};
+use latchkey_domain::technician::Technician;
+use latchkey_domain::tenant::Tenant;
+use latchkey_projections::SessionFilter;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/tenants/{tenant_id}/computers/{computer_id}/checkout",
+        web::post().to(check_out),
+    )
+    .route(
+        "/tenants/{tenant_id}/computers/{computer_id}/offline-secret",
+        web::post().to(offline_secret),
+    )
+    .route("/sessions", web::get().to(my_sessions))
+    .route("/sessions/{session_id}", web::get().to(get_session))
+    .route("/sessions/{session_id}/credential", web::post().to(reveal))
+    .route("/sessions/{session_id}/checkin", web::post().to(check_in));
+}
+
+#[derive(Serialize)]
+pub struct SessionView {
+    pub session_id: SessionId,
+    pub tenant_id: latchkey_domain::ids::TenantId,
+    pub technician_id: latchkey_domain::ids::TechnicianId,
+    pub computer_id: ComputerId,
+    pub login_mode: latchkey_domain::policy::LoginMode,
+    pub account: AccountName,
+    /// `provisioning`, `active`, `checked_in` or `failed`.
+    pub status: &'static str,
+    pub check_in_reason: Option<CheckInReason>,
+    pub failure: Option<String>,
+    pub checked_out_at: chrono::DateTime<chrono::Utc>,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn view(s: &SessionState) -> SessionView {
+    let (status, check_in_reason, failure) = match &s.status {
+        SessionStatus::Provisioning => ("provisioning", None, None),
+        SessionStatus::Active => ("active", None, None),
+        SessionStatus::CheckedIn(reason) => ("checked_in", Some(*reason), None),
+        SessionStatus::Failed(reason) => ("failed", None, Some(reason.to_string())),
+    };
+    SessionView {
+        session_id: s.session_id,
+        tenant_id: s.tenant_id,
+        technician_id: s.technician_id,
+        computer_id: s.computer_id,
+        login_mode: s.login_mode,
+        account: s.account.clone(),
+        status,
+        check_in_reason,
+        failure,
+        checked_out_at: s.checked_out_at,
+        expires_at: s.expires_at,
+    }
+}
+
+pub fn session_view(session: &Session) -> Result<SessionView, ApiError> {
+    session
+        .state()
+        .map(view)
+        .ok_or_else(|| ApiError::not_found("the session"))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CheckOutRequest {
+    reason: Option<Reason>,
+    ticket: Option<TicketRef>,
+    /// Shorter than the tenant's maximum session length if wanted; never longer.
+    duration_minutes: Option<u32>,
+}
+
+async fn check_out(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+    JsonBody(body): JsonBody<CheckOutRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, computer) = path.into_inner();
+    let tenant = visible_tenant(&services, &principal, &tenant).await?;
+    let computer = tenant_computer(&services, tenant, &computer).await?;
+    let Some(technician_id) = principal.technician_id() else {
+        return Err(forbidden("only a technician checks out a computer"));
+    };
+    let duration = body
+        .duration_minutes
+        .map(SessionLength::minutes)
+        .transpose()
+        .map_err(|e| ApiError::from(e).with_field("duration_minutes"))?;
+    idempotent(&services, &req, &principal, || async {
+        let tenant_state: Tenant = services.load(tenant.stream_name()).await?;
+        let technician: Technician = services.load(technician_id.stream_name()).await?;
+        let computer_state: Computer = services.load(computer.stream_name()).await?;
+        let (Some(tenant_state), Some(technician)) = (tenant_state.state(), technician.state())
+        else {
+            return Err(ApiError::not_found("the tenant"));
+        };
+        let session_id = SessionId(Uuid::now_v7());
+        let digits = EphemeralDigits::parse(format!(
+            "{:012}",
+            rand::random_range(0..1_000_000_000_000u64)
+        ))
+        .expect("twelve digits");
+        let command = SessionCommand::CheckOut(Box::new(CheckOut {
+            session_id,
+            tenant: tenant_state.clone(),
+            technician: technician.clone(),
+            computer: computer_state,
+            reason: body.reason,
+            ticket: body.ticket,
+            duration,
+            ephemeral_digits: digits,
+            by: actor(&principal),
+            at: chrono::Utc::now(),
+        }));
+        let executed = services
+            .execute::<Session>(&principal, session_id.stream_name(), command)
+            .await?;
+        Reply::created(
+            session_view(&executed.state)?,
+            format!("/v1/sessions/{session_id}"),
+        )
+    })
+    .await
+}
+
+async fn get_session(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let session = visible_session(&services, &principal, &path).await?;
+    Ok(HttpResponse::Ok().json(view(&session)))
+}
+
+/// A technician's own sessions, newest first.
+async fn my_sessions(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    principal: Principal,
+) -> Result<HttpResponse, ApiError> {
+    let Some(technician) = principal.technician_id() else {
+        return Err(forbidden(
+            "this lists a technician's own sessions; admins use /v1/tenants/{id}/sessions",
+        ));
+    };
+    let params = super::Params::parse(&req, &["open", "limit"])?;
+    let filter = SessionFilter {
+        technician: Some(technician),
+        open_only: params.flag("open")?.unwrap_or(false),
+        limit: params.number("limit", 1000)?.unwrap_or(100) as u32,
+        ..SessionFilter::default()
+    };
+    let rows = services.query(move |q| q.sessions(&filter)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "sessions": rows })))
+}
+
+/// The session's technician, and only them (admins can see the session, not its password).
+fn own_session(principal: &Principal, session: &SessionState) -> Result<(), ApiError> {
+    if principal.technician_id() == Some(session.technician_id) {
+        Ok(())
+    } else {
+        Err(forbidden("only the session's technician may do this"))
+    }
+}
+
+fn no_store(mut response: HttpResponse) -> HttpResponse {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
+}
+
+/// Reveals the session's current password: audited (`CredentialRevealed`), refused unless the
+/// session is active. Never stored for idempotent replay.
+async fn reveal(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let session = visible_session(&services, &principal, &path).await?;
+    own_session(&principal, &session)?;
+    let computer: Computer = services.load(session.computer_id.stream_name()).await?;
+    let version = computer
+        .accounts
+        .get(&session.account)
+        .and_then(|a| a.verified.as_ref()?.password_version)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "not-ready",
+                "the computer has not confirmed a password for this account yet",
+            )
+        })?;
+    let command = SessionCommand::RevealCredential {
+        password_version: version,
+        by: actor(&principal),
+        at: chrono::Utc::now(),
+    };
+    services
+        .execute::<Session>(&principal, session.session_id.stream_name(), command)
+        .await?;
+    let reference = SecretRef::password(session.computer_id, &session.account, version);
+    let services2 = services.clone();
+    let password = web::block(move || services2.secrets.get(&reference))
+        .await
+        .map_err(|e| super::internal("blocking pool", &e))?
+        .map_err(|e| super::internal("secret store", &e))?
+        .ok_or_else(|| super::internal("secret store", &"the rotated password is missing"))?;
+    tracing::info!(session = %session.session_id, account = %session.account, version, "credential revealed");
+    Ok(no_store(HttpResponse::Ok().json(serde_json::json!({
+        "session_id": session.session_id,
+        "account": session.account,
+        "password": password.expose(),
+        "password_version": version,
+        "expires_at": session.expires_at,
+    }))))
+}
+
+/// The technician's offline TOTP secret on this computer as an `otpauth://` URI and a QR
+/// code (SVG). Audited (`OfflineSecretDisclosed`).
+async fn offline_secret(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (tenant, computer) = path.into_inner();
+    let tenant = visible_tenant(&services, &principal, &tenant).await?;
+    let computer = tenant_computer(&services, tenant, &computer).await?;
+    let Some(technician_id) = principal.technician_id() else {
+        return Err(forbidden("offline secrets are a technician's own"));
+    };
+    let command = ComputerCommand::DiscloseOfflineSecret {
+        technician_id,
+        by: actor(&principal),
+        at: chrono::Utc::now(),
+    };
+    let executed = services
+        .execute::<Computer>(&principal, computer.stream_name(), command)
+        .await?;
+    let Some(ComputerEvent::OfflineSecretDisclosed(shown)) = executed.events.first() else {
+        return Err(super::internal("offline secret", &"no disclosure event"));
+    };
+    let hostname = executed
+        .state
+        .profile
+        .as_ref()
+        .map(|p| p.hostname.to_string())
+        .unwrap_or_default();
+    let secret = totp_secret(&services, computer, &shown.account, shown.generation).await?;
+    let label = secrets::totp_label(shown.account.as_str(), &hostname);
+    let uri = secrets::totp_uri(&secret, &label).map_err(|e| super::internal("totp", &e))?;
+    let qr = qrcode::QrCode::new(uri.expose().as_bytes())
+        .map_err(|e| super::internal("qr code", &e))?
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(200, 200)
+        .build();
+    Ok(no_store(HttpResponse::Ok().json(serde_json::json!({
+        "computer_id": computer,
+        "account": shown.account,
+        "generation": shown.generation,
+        "otpauth_uri": uri.expose(),
+        "qr_svg": qr,
+    }))))
+}
+
+/// The TOTP secret of (computer, account, generation), created on first use.
+pub async fn totp_secret(
+    services: &web::Data<Services>,
+    computer: ComputerId,
+    account: &AccountName,
+    generation: u32,
+) -> Result<Secret, ApiError> {
+    let reference = SecretRef::totp(computer, account, generation);
+    let services = services.clone();
+    web::block(move || {
+        services
+            .secrets
+            .put_if_absent(&reference, &secrets::generate_totp_secret())
+    })
+    .await
+    .map_err(|e| super::internal("blocking pool", &e))?
+    .map_err(|e| super::internal("secret store", &e))
+}
+
+async fn check_in(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let session = visible_session(&services, &principal, &path).await?;
+    own_session(&principal, &session)?;
+    idempotent(&services, &req, &principal, || async {
+        let command = SessionCommand::CheckIn {
+            reason: CheckInReason::Manual,
+            by: actor(&principal),
+            at: chrono::Utc::now(),
+        };
+        let executed = services
+            .execute::<Session>(&principal, session.session_id.stream_name(), command)
+            .await?;
+        Reply::ok(session_view(&executed.state)?)
+    })
+    .await
+}

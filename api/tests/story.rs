@@ -1,0 +1,435 @@
+//! The whole story through HTTP only, on the real `latchkey` binary: an MSP admin sets up a
+//! tenant, a technician and an enrollment token; a simulated agent enrolls and answers its
+//! provisioning requests over the agent endpoints; the technician checks out, reveals the
+//! credential and checks in; the audit trail tells the story. In named, shared and ephemeral
+//! modes (ephemeral with delete-on-check-in and with reuse-existing).
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+use support::Server;
+
+/// A computer as the simulated agent keeps it: accounts with their groups and the password
+/// (and version) last set.
+#[derive(Default)]
+struct Agent {
+    token: String,
+    accounts: BTreeMap<String, (BTreeSet<String>, Option<(u32, String)>)>,
+    /// Every operation applied, as `op account`.
+    log: Vec<String>,
+}
+
+impl Agent {
+    fn enroll(server: &Server, enrollment: &str, hostname: &str) -> (Agent, String) {
+        let body = json!({"token": enrollment, "hostname": hostname, "os": "windows"});
+        let (status, enrolled) =
+            server.json("POST", "/v1/agent/enroll", None, Some(&body.to_string()));
+        assert_eq!(status, 201, "{enrolled}");
+        let agent = Agent {
+            token: enrolled["agent_token"].as_str().unwrap().to_owned(),
+            ..Agent::default()
+        };
+        (agent, enrolled["computer_id"].as_str().unwrap().to_owned())
+    }
+
+    /// Polls once (waiting up to `wait` seconds), applies and reports everything received.
+    fn poll(&mut self, server: &Server, wait: u32) -> usize {
+        let (status, body) = server.json(
+            "GET",
+            &format!("/v1/agent/commands?wait={wait}"),
+            Some(&self.token),
+            None,
+        );
+        assert_eq!(status, 200, "{body}");
+        let commands = body["commands"].as_array().unwrap().clone();
+        for command in &commands {
+            let op = &command["operation"];
+            let kind = op["op"].as_str().unwrap();
+            let account = op["account"].as_str().unwrap().to_owned();
+            match kind {
+                "ensure_account" => {
+                    self.accounts.entry(account.clone()).or_default();
+                }
+                "rotate_password" => {
+                    let version = op["version"].as_u64().unwrap() as u32;
+                    let password = command["password"].as_str().expect("a password").to_owned();
+                    self.accounts.get_mut(&account).unwrap().1 = Some((version, password));
+                }
+                "add_to_group" => {
+                    let group = op["group"].as_str().unwrap().to_owned();
+                    self.accounts.get_mut(&account).unwrap().0.insert(group);
+                }
+                "remove_from_group" => {
+                    let group = op["group"].as_str().unwrap();
+                    self.accounts.get_mut(&account).unwrap().0.remove(group);
+                }
+                "delete_account" => {
+                    self.accounts.remove(&account);
+                }
+                other => panic!("unknown operation {other}"),
+            }
+            self.log.push(format!("{kind} {account}"));
+            let verified = match self.accounts.get(&account) {
+                Some((groups, password)) => json!({
+                    "present": true,
+                    "groups": groups,
+                    "password_version": password.as_ref().map(|p| p.0),
+                }),
+                None => json!({"present": false, "groups": [], "password_version": null}),
+            };
+            let report = json!({
+                "request_id": command["request_id"],
+                "outcome": "succeeded",
+                "verified": verified,
+            });
+            let (status, answer) = server.json(
+                "POST",
+                "/v1/agent/results",
+                Some(&self.token),
+                Some(&report.to_string()),
+            );
+            assert_eq!(status, 200, "{answer}");
+        }
+        commands.len()
+    }
+
+    /// Answers requests until `done` holds.
+    fn until(&mut self, server: &Server, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            self.poll(server, 1);
+        }
+        panic!("the flow did not settle; agent log: {:?}", self.log);
+    }
+
+    fn password(&self, account: &str) -> Option<&str> {
+        self.accounts.get(account)?.1.as_ref().map(|p| p.1.as_str())
+    }
+
+    fn groups(&self, account: &str) -> Option<&BTreeSet<String>> {
+        self.accounts.get(account).map(|a| &a.0)
+    }
+}
+
+struct Msp {
+    server: Server,
+    admin: String,
+    _data: tempfile::TempDir,
+}
+
+impl Msp {
+    fn start() -> Msp {
+        let data = tempfile::tempdir().unwrap();
+        let admin = latchkey_api::auth::generate_token().1;
+        let server = Server::start(
+            data.path(),
+            &[
+                ("LATCHKEY_ADMIN_TOKEN", &admin),
+                ("LATCHKEY_ADMIN_EMAIL", "admin@msp.example"),
+            ],
+        );
+        Msp {
+            server,
+            admin,
+            _data: data,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let body = (method != "GET").then(|| body.to_string());
+        self.server.json(method, path, Some(token), body.as_deref())
+    }
+
+    fn ok(&self, method: &str, path: &str, token: &str, body: Value) -> Value {
+        let (status, answer) = self.call(method, path, token, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {answer}"
+        );
+        answer
+    }
+
+    /// A tenant in `mode`, the technician nik in it with a token, and an enrolled computer.
+    fn setup(&self, mode: &str, hostname: &str) -> Setup {
+        let admin = &self.admin;
+        let tenant = self.ok(
+            "POST",
+            "/v1/tenants",
+            admin,
+            json!({"name": "customer-1", "login_mode": mode}),
+        );
+        let tenant_id = tenant["tenant_id"].as_str().unwrap().to_owned();
+        let nik = self.ok(
+            "POST",
+            "/v1/technicians",
+            admin,
+            json!({"username": "nik", "email": "nik@nikpot.com"}),
+        );
+        let nik_id = nik["technician_id"].as_str().unwrap().to_owned();
+        self.ok(
+            "PUT",
+            &format!("/v1/tenants/{tenant_id}/technicians/{nik_id}"),
+            admin,
+            json!({}),
+        );
+        let token = self.ok(
+            "POST",
+            "/v1/tokens",
+            admin,
+            json!({"role": "technician", "technician_id": nik_id}),
+        );
+        let nik_token = token["token"].as_str().unwrap().to_owned();
+        let enrollment = self.ok(
+            "POST",
+            &format!("/v1/tenants/{tenant_id}/enrollment-tokens"),
+            admin,
+            json!({}),
+        );
+        let (agent, computer_id) = Agent::enroll(
+            &self.server,
+            enrollment["token"].as_str().unwrap(),
+            hostname,
+        );
+        Setup {
+            tenant_id,
+            nik_token,
+            computer_id,
+            agent,
+            shared_account: tenant["shared_account"].as_str().map(str::to_owned),
+        }
+    }
+
+    fn set_policy(&self, tenant_id: &str, edit: impl FnOnce(&mut Value)) {
+        let tenant = self.ok(
+            "GET",
+            &format!("/v1/tenants/{tenant_id}"),
+            &self.admin,
+            json!({}),
+        );
+        let mut policy = tenant["policy"].clone();
+        edit(&mut policy);
+        self.ok(
+            "PUT",
+            &format!("/v1/tenants/{tenant_id}/policy"),
+            &self.admin,
+            policy,
+        );
+    }
+
+    fn session_status(&self, token: &str, session: &str) -> String {
+        let view = self.ok("GET", &format!("/v1/sessions/{session}"), token, json!({}));
+        view["status"].as_str().unwrap().to_owned()
+    }
+
+    fn check_out(&self, setup: &mut Setup) -> (String, String) {
+        let session = self.ok(
+            "POST",
+            &format!(
+                "/v1/tenants/{}/computers/{}/checkout",
+                setup.tenant_id, setup.computer_id
+            ),
+            &setup.nik_token,
+            json!({"reason": "printer driver", "ticket": "T-1001"}),
+        );
+        assert_eq!(session["status"], "provisioning");
+        let id = session["session_id"].as_str().unwrap().to_owned();
+        let token = setup.nik_token.clone();
+        setup.agent.until(&self.server, || {
+            self.session_status(&token, &id) == "active"
+        });
+        (id, session["account"].as_str().unwrap().to_owned())
+    }
+
+    fn reveal(&self, token: &str, session: &str) -> (u16, Value) {
+        self.call(
+            "POST",
+            &format!("/v1/sessions/{session}/credential"),
+            token,
+            json!({}),
+        )
+    }
+
+    fn check_in(&self, setup: &mut Setup, session: &str) {
+        let answer = self.ok(
+            "POST",
+            &format!("/v1/sessions/{session}/checkin"),
+            &setup.nik_token,
+            json!({}),
+        );
+        assert_eq!(answer["status"], "checked_in");
+        // The agent drains its revocation requests.
+        let token = setup.agent.token.clone();
+        setup.agent.until(&self.server, || {
+            let (_, body) =
+                self.server
+                    .json("GET", "/v1/agent/commands?wait=1", Some(&token), None);
+            body["commands"].as_array().is_some_and(|c| c.is_empty())
+        });
+    }
+
+    fn audit_sentences(&self, tenant_id: &str) -> Vec<String> {
+        let page = self.ok(
+            "GET",
+            &format!("/v1/audit?tenant_id={tenant_id}&limit=1000"),
+            &self.admin,
+            json!({}),
+        );
+        page["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["sentence"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Waits for the audit trail (a read model) to include `sentence`.
+    fn audit_shows(&self, tenant_id: &str, sentence: &str) -> Vec<String> {
+        for _ in 0..100 {
+            let sentences = self.audit_sentences(tenant_id);
+            if sentences.iter().any(|s| s == sentence) {
+                return sentences;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!(
+            "the audit trail never said {sentence:?}; it says {:#?}",
+            self.audit_sentences(tenant_id)
+        );
+    }
+}
+
+struct Setup {
+    tenant_id: String,
+    nik_token: String,
+    computer_id: String,
+    agent: Agent,
+    shared_account: Option<String>,
+}
+
+#[test]
+fn named_mode_story() {
+    let msp = Msp::start();
+    let mut setup = msp.setup("named", "W11-L-PASSWORD");
+    let (session, account) = msp.check_out(&mut setup);
+    assert_eq!(account, "msp-nik");
+    assert_eq!(
+        setup.agent.log,
+        [
+            "ensure_account msp-nik",
+            "rotate_password msp-nik",
+            "add_to_group msp-nik"
+        ],
+        "the account joins the admin group only after its password was rotated"
+    );
+    assert!(setup
+        .agent
+        .groups("msp-nik")
+        .unwrap()
+        .contains("Administrators"));
+
+    let (status, revealed) = msp.reveal(&setup.nik_token, &session);
+    assert_eq!(status, 200, "{revealed}");
+    assert_eq!(revealed["account"], "msp-nik");
+    assert_eq!(
+        revealed["password"].as_str(),
+        setup.agent.password("msp-nik"),
+        "the technician gets the password the computer was given"
+    );
+    // Nobody else may see it, not even the MSP admin.
+    let (status, _) = msp.reveal(&msp.admin, &session);
+    assert_eq!(status, 403);
+
+    let before = setup.agent.password("msp-nik").unwrap().to_owned();
+    msp.check_in(&mut setup, &session);
+    assert!(
+        setup.agent.log[3..].contains(&"remove_from_group msp-nik".to_owned()),
+        "{:?}",
+        setup.agent.log
+    );
+    assert!(setup.agent.groups("msp-nik").unwrap().is_empty());
+    assert_ne!(
+        setup.agent.password("msp-nik").unwrap(),
+        before,
+        "the password is rotated again at check-in"
+    );
+    let (status, refused) = msp.reveal(&setup.nik_token, &session);
+    assert_eq!(status, 422, "no credential after check-in: {refused}");
+
+    let sentences = msp.audit_shows(
+        &setup.tenant_id,
+        "nik@nikpot.com logged into the Desktop W11-L-PASSWORD with account msp-nik",
+    );
+    assert!(
+        sentences.iter().any(|s| s.contains("password")
+            && s.contains("nik@nikpot.com")
+            && s.contains("msp-nik")),
+        "the reveal is audited: {sentences:#?}"
+    );
+}
+
+#[test]
+fn shared_mode_story() {
+    let msp = Msp::start();
+    let mut setup = msp.setup("shared", "W10-local");
+    let shared = setup.shared_account.clone().expect("a shared account");
+    let (session, account) = msp.check_out(&mut setup);
+    assert_eq!(account, shared);
+    let (status, revealed) = msp.reveal(&setup.nik_token, &session);
+    assert_eq!(status, 200, "{revealed}");
+    assert_eq!(revealed["password"].as_str(), setup.agent.password(&shared));
+    msp.check_in(&mut setup, &session);
+    assert!(setup.agent.groups(&shared).unwrap().is_empty());
+    msp.audit_shows(
+        &setup.tenant_id,
+        &format!("nik@nikpot.com accessed workstation W10-local with account {shared}"),
+    );
+}
+
+#[test]
+fn ephemeral_mode_with_delete_on_check_in() {
+    let msp = Msp::start();
+    let mut setup = msp.setup("ephemeral", "W11-EPHEMERAL");
+    msp.set_policy(&setup.tenant_id, |p| {
+        p["on_check_in"] = json!("delete_account");
+        p["reuse_existing_account"] = json!(false);
+    });
+    let (session, account) = msp.check_out(&mut setup);
+    assert!(account.starts_with("nik_"), "{account}");
+    assert!(setup.agent.accounts.contains_key(&account));
+    msp.check_in(&mut setup, &session);
+    assert!(
+        !setup.agent.accounts.contains_key(&account),
+        "the ephemeral account is deleted at check-in: {:?}",
+        setup.agent.log
+    );
+    let (_, again) = msp.check_out(&mut setup);
+    assert_ne!(again, account, "a fresh account every time");
+}
+
+#[test]
+fn ephemeral_mode_reusing_the_existing_account() {
+    let msp = Msp::start();
+    let mut setup = msp.setup("ephemeral", "W11-REUSE");
+    msp.set_policy(&setup.tenant_id, |p| {
+        p["on_check_in"] = json!("remove_from_group");
+        p["reuse_existing_account"] = json!(true);
+    });
+    let (first, account) = msp.check_out(&mut setup);
+    msp.check_in(&mut setup, &first);
+    assert!(setup.agent.groups(&account).unwrap().is_empty());
+    let (second, again) = msp.check_out(&mut setup);
+    assert_eq!(again, account, "the kept account is reused");
+    assert!(setup
+        .agent
+        .groups(&account)
+        .unwrap()
+        .contains("Administrators"));
+    msp.check_in(&mut setup, &second);
+    assert!(
+        setup.agent.accounts.contains_key(&account),
+        "kept, not deleted"
+    );
+}

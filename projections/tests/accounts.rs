@@ -1,0 +1,682 @@
+//! The accounts read model follows what the computer aggregate decides and what its agent
+//! verifies: managed accounts, admin-group memberships (standing privilege, as-of queries)
+//! and the agent's pending and failed requests. The events come from the real aggregates,
+//! with a simulated agent answering the requests.
+
+use chrono::TimeZone;
+use latchkey_domain::computer::{
+    AccountObservation, AccountOwner, Computer, ComputerCommand, ComputerEvent, Operation, OsKind,
+    Purpose, RequestStatus,
+};
+use latchkey_domain::ids::{AgentKeyId, ComputerId, RequestId, SessionId, TechnicianId, TenantId};
+use latchkey_domain::names::{AccountName, Email, FailureReason, GroupName, Hostname};
+use latchkey_domain::policy::{CheckInAction, LoginMode};
+use latchkey_domain::session::{
+    CheckInReason, Session, SessionCheckedOut, SessionCommand, SessionEvent,
+};
+use latchkey_domain::{Actor, Aggregate, AnyEvent, Timestamp};
+use latchkey_projections::{
+    FailedRequest, MembershipRemovalRequest, ProvisioningStatus, Queries, ReadModels,
+};
+use latchkey_store::{EventMetadata, EventStore, ExpectedState, MemoryStore, NewEvent, StreamName};
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
+
+const TENANT: TenantId = TenantId(Uuid::from_u128(1));
+const OTHER_TENANT: TenantId = TenantId(Uuid::from_u128(2));
+const NIK: TechnicianId = TechnicianId(Uuid::from_u128(10));
+const ANN: TechnicianId = TechnicianId(Uuid::from_u128(11));
+const PC: ComputerId = ComputerId(Uuid::from_u128(100));
+const OTHER_PC: ComputerId = ComputerId(Uuid::from_u128(101));
+const S1: SessionId = SessionId(Uuid::from_u128(1001));
+const S2: SessionId = SessionId(Uuid::from_u128(1002));
+
+/// Minute `minutes` of the story.
+fn t(minutes: i64) -> Timestamp {
+    chrono::Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
+        + chrono::Duration::minutes(minutes)
+}
+
+fn admin() -> Actor {
+    Actor::User {
+        email: Email::parse("admin@msp.example").unwrap(),
+    }
+}
+
+fn acct(name: &str) -> AccountName {
+    AccountName::parse(name).unwrap()
+}
+
+fn administrators() -> GroupName {
+    GroupName::parse("Administrators").unwrap()
+}
+
+fn remove(account: &str) -> Operation {
+    Operation::RemoveFromGroup {
+        account: acct(account),
+        group: administrators(),
+    }
+}
+
+/// A check-out of `account` on PC at `at`, removing the account from the group at check-in.
+fn checked_out(
+    session_id: SessionId,
+    technician_id: TechnicianId,
+    account: &str,
+    account_owner: AccountOwner,
+    at: Timestamp,
+) -> SessionCheckedOut {
+    SessionCheckedOut {
+        session_id,
+        tenant_id: TENANT,
+        technician_id,
+        computer_id: PC,
+        login_mode: account_owner.login_mode(),
+        account: acct(account),
+        account_owner,
+        admin_group: administrators(),
+        on_check_in: CheckInAction::RemoveFromGroup,
+        rotate_on_check_in: true,
+        create_account: true,
+        reason: None,
+        ticket: None,
+        expires_at: at + chrono::Duration::hours(4),
+        by: admin(),
+        at,
+    }
+}
+
+fn named(session_id: SessionId, at: Timestamp) -> SessionCheckedOut {
+    let owner = AccountOwner::Named { technician_id: NIK };
+    checked_out(session_id, NIK, "msp-nik", owner, at)
+}
+
+fn shared(session_id: SessionId, technician_id: TechnicianId, at: Timestamp) -> SessionCheckedOut {
+    checked_out(
+        session_id,
+        technician_id,
+        "msp-1234",
+        AccountOwner::Shared,
+        at,
+    )
+}
+
+/// The machine's accounts as the simulated agent keeps them: groups and password version.
+type Machine = BTreeMap<AccountName, (BTreeSet<GroupName>, Option<u32>)>;
+
+/// One computer's story: commands go through the real aggregates, their events into the
+/// store, and every append is projected at once (so the read model is built in many small
+/// batches, as the live one is).
+struct Story {
+    store: MemoryStore,
+    models: ReadModels,
+    computer: Vec<ComputerEvent>,
+    sessions: BTreeMap<SessionId, Vec<SessionEvent>>,
+    machine: Machine,
+}
+
+impl Story {
+    async fn new() -> Self {
+        let mut story = Story {
+            store: MemoryStore::new(),
+            models: ReadModels::in_memory().unwrap(),
+            computer: Vec::new(),
+            sessions: BTreeMap::new(),
+            machine: Machine::new(),
+        };
+        story
+            .on_computer(ComputerCommand::Enroll {
+                computer_id: PC,
+                tenant_id: TENANT,
+                hostname: Hostname::parse("W11-L-PASSWORD").unwrap(),
+                os: OsKind::Windows,
+                agent_key_id: AgentKeyId(Uuid::from_u128(5)),
+                by: admin(),
+                at: t(0),
+            })
+            .await;
+        story
+    }
+
+    fn q(&self) -> Queries<'_> {
+        self.models.queries()
+    }
+
+    async fn append(&mut self, stream: String, events: Vec<AnyEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let batch = events
+            .iter()
+            .map(|event| NewEvent {
+                id: Uuid::now_v7(),
+                event_type: event.event_type().into(),
+                schema_version: event.schema_version(),
+                payload: serde_json::to_vec(&event.to_json()).unwrap(),
+                metadata: EventMetadata {
+                    actor: "system".into(),
+                    correlation_id: Uuid::now_v7(),
+                    causation_id: None,
+                },
+            })
+            .collect();
+        let stream = StreamName::new(stream).unwrap();
+        self.store
+            .append(&stream, ExpectedState::Any, batch)
+            .await
+            .unwrap();
+        let after = self.models.checkpoint().unwrap();
+        let new = self.store.read_all(after, 1000).await.unwrap();
+        self.models.apply(&new).unwrap();
+    }
+
+    fn computer_state(&self) -> Computer {
+        Computer::replay(&self.computer)
+    }
+
+    async fn on_computer(&mut self, command: ComputerCommand) -> Vec<ComputerEvent> {
+        let events = Computer::decide(&self.computer_state(), command).unwrap();
+        self.computer.extend(events.clone());
+        let any = events.iter().cloned().map(AnyEvent::Computer).collect();
+        self.append(PC.stream_name(), any).await;
+        // The process manager's part: a granted session becomes active.
+        for event in &events {
+            if let ComputerEvent::SessionAccessGranted(granted) = event {
+                let at = granted.at;
+                self.on_session(granted.session_id, SessionCommand::Activate { at })
+                    .await;
+            }
+        }
+        events
+    }
+
+    async fn on_session(&mut self, session: SessionId, command: SessionCommand) {
+        let history = self.sessions.entry(session).or_default();
+        let events = Session::decide(&Session::replay(history.iter()), command).unwrap();
+        history.extend(events.clone());
+        let any = events.into_iter().map(AnyEvent::Session).collect();
+        self.append(session.stream_name(), any).await;
+    }
+
+    async fn check_out(&mut self, checked_out: SessionCheckedOut) {
+        let (session, at, grant) = (
+            checked_out.session_id,
+            checked_out.at,
+            checked_out.access_grant(),
+        );
+        let history = self.sessions.entry(session).or_default();
+        history.push(checked_out.clone().into());
+        self.append(
+            session.stream_name(),
+            vec![AnyEvent::Session(checked_out.into())],
+        )
+        .await;
+        self.on_computer(ComputerCommand::GrantAccess { grant, at })
+            .await;
+    }
+
+    async fn check_in(&mut self, session: SessionId, at: Timestamp) {
+        let check_in = SessionCommand::CheckIn {
+            reason: CheckInReason::Manual,
+            by: admin(),
+            at,
+        };
+        self.on_session(session, check_in).await;
+        self.on_computer(ComputerCommand::ReleaseAccess {
+            session_id: session,
+            at,
+        })
+        .await;
+    }
+
+    /// The agent carries out request `request` and reports what it then sees.
+    async fn agent_succeeds(&mut self, request: u64, at: Timestamp) {
+        let operation = self.computer_state().open_requests[&RequestId(request)]
+            .operation
+            .clone();
+        let name = operation.account().clone();
+        match &operation {
+            Operation::EnsureAccount { .. } => {
+                self.machine.entry(name.clone()).or_default();
+            }
+            Operation::RotatePassword { version, .. } => {
+                self.machine.get_mut(&name).unwrap().1 = Some(*version);
+            }
+            Operation::AddToGroup { group, .. } => {
+                self.machine.get_mut(&name).unwrap().0.insert(group.clone());
+            }
+            Operation::RemoveFromGroup { group, .. } => {
+                if let Some((groups, _)) = self.machine.get_mut(&name) {
+                    groups.remove(group);
+                }
+            }
+            Operation::DeleteAccount { .. } => {
+                self.machine.remove(&name);
+            }
+        }
+        let verified = match self.machine.get(&name) {
+            Some((groups, version)) => AccountObservation {
+                present: true,
+                groups: groups.clone(),
+                password_version: *version,
+            },
+            None => AccountObservation::default(),
+        };
+        self.on_computer(ComputerCommand::ReportSucceeded {
+            request_id: RequestId(request),
+            verified,
+            at,
+        })
+        .await;
+    }
+
+    async fn agent_fails(&mut self, request: u64, why: &str, at: Timestamp) {
+        self.on_computer(ComputerCommand::ReportFailed {
+            request_id: RequestId(request),
+            reason: FailureReason::parse(why).unwrap(),
+            at,
+        })
+        .await;
+    }
+
+    /// The agent works through everything pending, including what its answers lead to.
+    async fn agent_answers_everything(&mut self, at: Timestamp) {
+        loop {
+            let state = self.computer_state();
+            let next = state
+                .open_requests
+                .values()
+                .find(|r| matches!(r.status, RequestStatus::Pending { .. }))
+                .map(|r| r.request_id.0);
+            match next {
+                Some(request) => self.agent_succeeds(request, at).await,
+                None => return,
+            }
+        }
+    }
+
+    async fn retry(&mut self, request: u64, at: Timestamp) {
+        self.on_computer(ComputerCommand::RetryRequest {
+            request_id: RequestId(request),
+            at,
+        })
+        .await;
+    }
+
+    fn pending(&self) -> Vec<(u64, u32, Operation)> {
+        self.q()
+            .pending_requests(PC)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.request_id, r.attempt, r.operation))
+            .collect()
+    }
+
+    /// (account, sessions) of each admin-group membership on PC at `at`.
+    fn admins_at(&self, at: Timestamp) -> Vec<(String, Vec<SessionId>)> {
+        self.q()
+            .admins_as_of(PC, at)
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.account.to_string(), a.sessions))
+            .collect()
+    }
+
+    fn standing(&self) -> Vec<String> {
+        self.q()
+            .standing_privilege(None)
+            .unwrap()
+            .into_iter()
+            .map(|s| format!("{} {} {}", s.hostname, s.account, s.admin_group))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn pending_requests_appear_and_disappear_as_the_agent_answers() {
+    let mut s = Story::new().await;
+    assert!(s.pending().is_empty());
+    s.check_out(named(S1, t(10))).await;
+
+    let pending = s.q().pending_requests(PC).unwrap();
+    assert_eq!(pending.len(), 2, "{pending:#?}");
+    assert_eq!(pending[0].request_id, 1);
+    assert_eq!(
+        pending[0].operation,
+        Operation::EnsureAccount {
+            account: acct("msp-nik")
+        }
+    );
+    assert_eq!(pending[0].session_id, Some(S1));
+    assert_eq!(pending[0].purpose, Purpose::Grant);
+    assert_eq!(pending[0].attempt, 1);
+    assert_eq!(pending[0].requested_at, t(10));
+    assert_eq!(
+        pending[1].operation,
+        Operation::RotatePassword {
+            account: acct("msp-nik"),
+            version: 1
+        }
+    );
+    assert!(
+        s.q().pending_requests(OTHER_PC).unwrap().is_empty(),
+        "requests belong to their computer"
+    );
+
+    s.agent_succeeds(1, t(11)).await;
+    assert_eq!(s.pending().iter().map(|p| p.0).collect::<Vec<_>>(), vec![2]);
+    s.agent_succeeds(2, t(11)).await;
+    let add = Operation::AddToGroup {
+        account: acct("msp-nik"),
+        group: administrators(),
+    };
+    assert_eq!(
+        s.pending(),
+        vec![(3, 1, add)],
+        "the join comes only after the rotation is verified"
+    );
+    s.agent_succeeds(3, t(12)).await;
+    assert!(s.pending().is_empty());
+
+    let accounts = s.q().managed_accounts(TENANT).unwrap();
+    assert_eq!(accounts.len(), 1);
+    let nik = &accounts[0];
+    assert_eq!(nik.computer_id, PC);
+    assert_eq!(nik.hostname.as_str(), "W11-L-PASSWORD");
+    assert_eq!(nik.account, acct("msp-nik"));
+    assert_eq!(nik.owner, AccountOwner::Named { technician_id: NIK });
+    assert!(nik.present && !nik.deleted && !nik.retiring);
+    assert_eq!(nik.groups, BTreeSet::from([administrators()]));
+    assert_eq!(nik.password_version, Some(1));
+    assert_eq!(nik.last_rotated_at, Some(t(11)));
+    assert_eq!(nik.offline_secret_generation, Some(1));
+    assert_eq!(nik.open_sessions, vec![S1]);
+    assert!(s.q().managed_accounts(OTHER_TENANT).unwrap().is_empty());
+    assert!(s.standing().is_empty(), "the open session accounts for it");
+}
+
+#[tokio::test]
+async fn a_failed_revocation_is_stuck_until_retried_and_then_pending_again() {
+    let mut s = Story::new().await;
+    s.check_out(named(S1, t(10))).await;
+    s.agent_answers_everything(t(11)).await;
+    s.check_in(S1, t(20)).await;
+    let ops: Vec<u64> = s.pending().iter().map(|p| p.0).collect();
+    assert_eq!(ops, vec![4, 5], "removal, then the rotation");
+
+    s.agent_fails(4, "gpasswd: group 'Administrators' is locked", t(21))
+        .await;
+    s.agent_succeeds(5, t(21)).await;
+    assert!(s.pending().is_empty(), "a failed revocation is not pending");
+    let failed = s.q().failed_requests(None).unwrap();
+    assert_eq!(
+        failed,
+        vec![FailedRequest {
+            computer_id: PC,
+            tenant_id: TENANT,
+            hostname: Hostname::parse("W11-L-PASSWORD").unwrap(),
+            request_id: 4,
+            session_id: Some(S1),
+            purpose: Purpose::Revoke,
+            attempt: 1,
+            reason: FailureReason::parse("gpasswd: group 'Administrators' is locked").unwrap(),
+            failed_at: t(21),
+            operation: remove("msp-nik"),
+        }]
+    );
+    assert_eq!(s.q().failed_requests(Some(TENANT)).unwrap(), failed);
+    assert!(s
+        .q()
+        .failed_requests(Some(OTHER_TENANT))
+        .unwrap()
+        .is_empty());
+    let standing = s.q().standing_privilege(Some(TENANT)).unwrap();
+    assert_eq!(standing.len(), 1, "the stuck removal leaves the membership");
+    assert_eq!(
+        standing[0].removal,
+        Some(MembershipRemovalRequest {
+            request_id: 4,
+            operation: remove("msp-nik"),
+            status: ProvisioningStatus::Failed,
+            attempt: 1,
+        })
+    );
+
+    s.retry(4, t(25)).await;
+    assert_eq!(s.pending(), vec![(4, 2, remove("msp-nik"))]);
+    assert!(s.q().failed_requests(None).unwrap().is_empty());
+    s.agent_fails(4, "still locked", t(26)).await;
+    let failed = s.q().failed_requests(None).unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!((failed[0].attempt, failed[0].failed_at), (2, t(26)));
+    assert_eq!(failed[0].reason.as_str(), "still locked");
+
+    s.retry(4, t(30)).await;
+    assert_eq!(s.pending(), vec![(4, 3, remove("msp-nik"))]);
+    s.agent_succeeds(4, t(31)).await;
+    assert!(s.pending().is_empty());
+    assert!(s.q().failed_requests(None).unwrap().is_empty());
+    assert!(s.standing().is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_grant_request_is_closed_not_stuck() {
+    let mut s = Story::new().await;
+    s.check_out(named(S1, t(10))).await;
+    s.agent_fails(1, "useradd: cannot lock /etc/passwd", t(11))
+        .await;
+    assert!(
+        s.q().failed_requests(None).unwrap().is_empty(),
+        "a grant is never retried: its session fails instead"
+    );
+    assert!(!s.pending().iter().any(|p| p.0 == 1));
+}
+
+#[tokio::test]
+async fn a_membership_left_after_check_in_is_standing_privilege_until_removed() {
+    let mut s = Story::new().await;
+    s.check_out(named(S1, t(10))).await;
+    s.agent_answers_everything(t(11)).await;
+    assert!(s.standing().is_empty());
+
+    s.check_in(S1, t(20)).await;
+    let standing = s.q().standing_privilege(None).unwrap();
+    assert_eq!(s.standing(), vec!["W11-L-PASSWORD msp-nik Administrators"]);
+    assert_eq!(standing[0].tenant_id, TENANT);
+    assert_eq!(standing[0].granted_for, Some(S1));
+    assert_eq!(standing[0].joined_at, t(11));
+    assert_eq!(standing[0].last_session_closed_at, Some(t(20)));
+    assert_eq!(
+        standing[0].removal.as_ref().map(|r| r.status),
+        Some(ProvisioningStatus::Pending)
+    );
+    assert_eq!(s.q().standing_privilege(Some(TENANT)).unwrap(), standing);
+    assert!(s
+        .q()
+        .standing_privilege(Some(OTHER_TENANT))
+        .unwrap()
+        .is_empty());
+
+    s.agent_succeeds(4, t(21)).await; // RemovedFromAdminGroup
+    assert!(s.standing().is_empty());
+    let nik = &s.q().managed_accounts(TENANT).unwrap()[0];
+    assert!(nik.groups.is_empty() && nik.present);
+    assert!(nik.open_sessions.is_empty());
+}
+
+#[tokio::test]
+async fn a_shared_account_kept_for_another_session_is_not_standing_privilege() {
+    let mut s = Story::new().await;
+    s.check_out(shared(S1, NIK, t(10))).await;
+    s.agent_answers_everything(t(11)).await;
+    s.check_out(shared(S2, ANN, t(15))).await;
+    s.agent_answers_everything(t(16)).await;
+    assert_eq!(
+        s.admins_at(t(18)),
+        vec![("msp-1234".to_owned(), vec![S1, S2])],
+        "one membership, used by both sessions"
+    );
+
+    s.check_in(S1, t(20)).await;
+    s.agent_answers_everything(t(21)).await;
+    assert!(s.standing().is_empty(), "ann's session still uses it");
+    assert_eq!(s.admins_at(t(25)), vec![("msp-1234".to_owned(), vec![S2])]);
+
+    s.check_in(S2, t(30)).await;
+    assert_eq!(s.standing(), vec!["W11-L-PASSWORD msp-1234 Administrators"]);
+    s.agent_answers_everything(t(31)).await;
+    assert!(s.standing().is_empty());
+    assert!(s.admins_at(t(32)).is_empty());
+}
+
+#[tokio::test]
+async fn admins_as_of_names_the_session_that_held_the_group() {
+    let mut s = Story::new().await;
+    s.check_out(named(S1, t(10))).await;
+    s.agent_succeeds(1, t(11)).await;
+    s.agent_succeeds(2, t(11)).await;
+    s.agent_succeeds(3, t(12)).await; // joined
+    s.check_in(S1, t(30)).await;
+    s.agent_answers_everything(t(31)).await; // removed
+    s.check_out(named(S2, t(40))).await;
+    s.agent_answers_everything(t(42)).await; // joined again
+
+    let nik = |sessions: Vec<SessionId>| vec![("msp-nik".to_owned(), sessions)];
+    assert!(s.admins_at(t(5)).is_empty(), "before any session");
+    assert!(
+        s.admins_at(t(11)).is_empty(),
+        "checked out, not yet in the group"
+    );
+    assert_eq!(s.admins_at(t(12)), nik(vec![S1]), "from the verified join");
+    assert_eq!(s.admins_at(t(20)), nik(vec![S1]));
+    assert_eq!(
+        s.admins_at(t(30) + chrono::Duration::seconds(30)),
+        nik(vec![]),
+        "checked in, the removal not yet verified: a member through no session"
+    );
+    assert!(s.admins_at(t(31)).is_empty(), "removed at 31");
+    assert!(s.admins_at(t(35)).is_empty());
+    assert!(
+        s.admins_at(t(41)).is_empty(),
+        "the second session has not joined yet"
+    );
+    assert_eq!(s.admins_at(t(50)), nik(vec![S2]));
+
+    let during = s.q().admins_as_of(PC, t(20)).unwrap();
+    assert_eq!(during[0].admin_group, administrators());
+    assert_eq!(
+        (during[0].joined_at, during[0].left_at),
+        (t(12), Some(t(31)))
+    );
+    let now = s.q().admins_as_of(PC, t(50)).unwrap();
+    assert_eq!((now[0].joined_at, now[0].left_at), (t(42), None));
+    assert!(s.q().admins_as_of(OTHER_PC, t(20)).unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_membership_the_agent_no_longer_sees_has_ended() {
+    let mut s = Story::new().await;
+    s.check_out(named(S1, t(10))).await;
+    s.agent_answers_everything(t(11)).await;
+    // Someone takes msp-nik out of Administrators by hand; the agent's next observation
+    // (the rotation at check-in, answered before the removal) shows it.
+    s.machine
+        .get_mut(&acct("msp-nik"))
+        .unwrap()
+        .0
+        .remove(&administrators());
+    s.check_in(S1, t(20)).await;
+    assert_eq!(s.standing().len(), 1);
+    s.agent_succeeds(5, t(21)).await; // the rotation
+    assert!(s.standing().is_empty(), "the verified observation ended it");
+    assert!(s.admins_at(t(22)).is_empty());
+    assert_eq!(s.pending().iter().map(|p| p.0).collect::<Vec<_>>(), vec![4]);
+    s.agent_succeeds(4, t(23)).await;
+    let history = s.q().admins_as_of(PC, t(15)).unwrap();
+    assert_eq!(
+        history[0].left_at,
+        Some(t(21)),
+        "it ended when it was seen gone"
+    );
+}
+
+#[tokio::test]
+async fn deleting_the_account_ends_its_membership_even_if_the_removal_failed() {
+    let mut s = Story::new().await;
+    let owner = AccountOwner::Ephemeral { technician_id: NIK };
+    let ephemeral = SessionCheckedOut {
+        on_check_in: CheckInAction::DeleteAccount,
+        login_mode: LoginMode::Ephemeral,
+        ..checked_out(S1, NIK, "nik_566054625600", owner, t(10))
+    };
+    s.check_out(ephemeral).await;
+    s.agent_answers_everything(t(11)).await;
+    s.check_in(S1, t(20)).await;
+    let ops: Vec<Operation> = s.pending().into_iter().map(|p| p.2).collect();
+    assert_eq!(ops.len(), 3, "remove, rotate, delete: {ops:#?}");
+    s.agent_fails(4, "gpasswd: group 'Administrators' is locked", t(21))
+        .await;
+    s.agent_succeeds(5, t(21)).await;
+    assert_eq!(s.standing().len(), 1);
+    s.agent_succeeds(6, t(22)).await; // AccountDeleted
+    assert!(s.standing().is_empty());
+    assert!(s.admins_at(t(23)).is_empty());
+
+    let account = &s.q().managed_accounts(TENANT).unwrap()[0];
+    assert_eq!(account.account, acct("nik_566054625600"));
+    assert_eq!(
+        account.owner,
+        AccountOwner::Ephemeral { technician_id: NIK }
+    );
+    assert!(account.deleted && !account.present);
+    assert!(account.groups.is_empty());
+    assert_eq!(
+        account.offline_secret_generation, None,
+        "ephemeral: online only"
+    );
+}
+
+#[tokio::test]
+async fn replaying_the_log_rebuilds_identical_read_models() {
+    let mut s = Story::new().await;
+    s.check_out(named(S1, t(10))).await;
+    s.agent_answers_everything(t(11)).await;
+    s.check_out(shared(S2, ANN, t(12))).await;
+    s.agent_answers_everything(t(13)).await;
+    s.check_in(S1, t(20)).await;
+    s.agent_fails(7, "locked", t(21)).await;
+    s.retry(7, t(22)).await;
+    s.agent_fails(7, "locked again", t(23)).await;
+    s.on_computer(ComputerCommand::Decommission {
+        by: admin(),
+        at: t(30),
+    })
+    .await;
+    let live = s.models.dump().unwrap();
+    for table in [
+        "== managed_accounts",
+        "== admin_memberships",
+        "== provisioning_requests",
+    ] {
+        assert!(live.contains(table), "{table} missing from\n{live}");
+    }
+    assert!(live.contains("msp-nik") && live.contains("msp-1234"));
+    assert_eq!(s.q().failed_requests(None).unwrap().len(), 1);
+
+    let all = s.store.read_all(None, 1000).await.unwrap();
+    assert_eq!(s.models.apply(&all).unwrap(), 0, "already applied");
+    assert_eq!(s.models.dump().unwrap(), live);
+
+    let mut rebuilt = ReadModels::in_memory().unwrap();
+    assert_eq!(rebuilt.apply(&all).unwrap(), all.len());
+    assert_eq!(
+        rebuilt.dump().unwrap(),
+        live,
+        "one batch or many, the same rows"
+    );
+
+    s.models.clear().unwrap();
+    assert_ne!(s.models.dump().unwrap(), live);
+    s.models.apply(&all).unwrap();
+    assert_eq!(s.models.dump().unwrap(), live, "cleared and replayed");
+}
