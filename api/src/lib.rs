@@ -8,9 +8,13 @@
 //! scheduler and the CLI's admin commands.
 
 pub mod auth;
+pub mod cli;
 pub mod commands;
+pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod problem;
+pub mod replay;
 pub mod runner;
 pub mod scheduler;
 pub mod secrets;

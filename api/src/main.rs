@@ -7,7 +7,9 @@
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
 use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
+use latchkey_api::config::{ConfigFile, Settings};
 use latchkey_api::http::{self, IdempotencyStore, Services};
+use latchkey_api::metrics::Metrics;
 use latchkey_api::runner::ProcessRunner;
 use latchkey_api::scheduler::Scheduler;
 use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
@@ -30,26 +32,52 @@ struct Cli {
 enum Command {
     /// Run the server on the embedded event store (no other server needed).
     Serve(ServeArgs),
+    /// Drop and rebuild every read model from the event log (stop the server first).
+    Replay(ReplayArgs),
+    #[command(flatten)]
+    Client(latchkey_api::cli::ClientCommand),
 }
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Address to listen on.
-    #[arg(long, env = "LATCHKEY_LISTEN", default_value = "127.0.0.1:8080")]
-    listen: String,
-    /// Directory for the embedded event store and other state.
-    #[arg(long, env = "LATCHKEY_DATA", default_value = "./data")]
-    data: PathBuf,
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "LATCHKEY_LISTEN")]
+    listen: Option<String>,
+    /// Directory for the embedded event store and other state [default: ./data].
+    #[arg(long, env = "LATCHKEY_DATA")]
+    data: Option<PathBuf>,
     /// Event store location; defaults to `embedded:<data>/events.db`.
     #[arg(long, env = "LATCHKEY_STORE")]
     store: Option<String>,
-    /// The e-mail address the first MSP admin token acts as (shown in the audit trail).
-    #[arg(
-        long,
-        env = "LATCHKEY_ADMIN_EMAIL",
-        default_value = "admin@latchkey.local"
-    )]
-    admin_email: String,
+    /// The e-mail address the first MSP admin token acts as (shown in the audit trail)
+    /// [default: admin@latchkey.local].
+    #[arg(long, env = "LATCHKEY_ADMIN_EMAIL")]
+    admin_email: Option<String>,
+    /// A TOML file with any of: listen, data, store, admin_email (flags and environment win).
+    #[arg(long, env = "LATCHKEY_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    fn settings(self) -> Result<Settings, String> {
+        let file = match &self.config {
+            Some(path) => ConfigFile::load(path)?,
+            None => ConfigFile::default(),
+        };
+        Ok(Settings::resolve(
+            self.listen,
+            self.data,
+            self.store,
+            self.admin_email,
+            file,
+        ))
+    }
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 /// The secret store's key: from `LATCHKEY_SECRET_KEY` (base64 of 32 bytes), or else from
@@ -114,19 +142,50 @@ fn bootstrap_admin(tokens: &TokenStore, email: &str) -> Result<Option<String>, S
         .map_err(|e| e.to_string())
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
+async fn open_store(
+    args: &Settings,
+) -> Result<(String, std::sync::Arc<dyn latchkey_store::EventStore>), String> {
     std::fs::create_dir_all(&args.data).map_err(|e| {
         format!(
             "--data {}: cannot create the directory: {e}",
             args.data.display()
         )
     })?;
-    let url = args
-        .store
-        .unwrap_or_else(|| format!("embedded:{}", args.data.join("events.db").display()));
+    let url = args.store_url();
     let store = latchkey_store::open_url(&url)
         .await
         .map_err(|e| format!("--store {url}: {e}"))?;
+    Ok((url, store))
+}
+
+async fn replay(args: ReplayArgs) -> Result<(), String> {
+    let settings = args.serve.settings()?;
+    let (url, store) = open_store(&settings).await?;
+    let path = settings.data.join("read-models.db");
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "replaying {bar:40} {pos}/{len} events ({per_sec}, {eta} left)",
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let applied = latchkey_api::replay::replay(&*store, &path, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await
+    .map_err(|e| format!("replay from {url} into {}: {e}", path.display()))?;
+    bar.finish();
+    println!(
+        "rebuilt the read models in {} from {applied} events",
+        path.display()
+    );
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let args = args.settings()?;
+    let (url, store) = open_store(&args).await?;
     let models_path = args.data.join("read-models.db");
     let models = ReadModels::open(&models_path)
         .map_err(|e| format!("--data {}: read models: {e}", args.data.display()))?;
@@ -150,10 +209,14 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         idempotency,
         progress: runner.progress(),
     });
+    let metrics = web::Data::new(Metrics::new());
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .app_data(metrics.clone())
+            .wrap(actix_web::middleware::from_fn(latchkey_api::metrics::track))
             .service(healthz)
+            .route("/metrics", web::get().to(latchkey_api::metrics::scrape))
             .configure(http::configure)
     })
     .bind(&args.listen)
@@ -203,6 +266,8 @@ async fn main() -> std::process::ExitCode {
         .init();
     let result = match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
+        Command::Replay(args) => replay(args).await,
+        Command::Client(command) => latchkey_api::cli::run(command).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

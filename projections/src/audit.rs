@@ -7,6 +7,9 @@
 //! Every event gets one line, except `TechnicianOffboarded`, which gets one line per tenant the
 //! technician was in (so each tenant's auditors see it), or a single tenant-less line if there
 //! were none. Lines are therefore keyed by (commit, prepare, line), `line` counting from 0.
+//! Two side tables remember what later computer events do not repeat: each provisioning
+//! request's session and operation (`audit_requests`) and whose each account is
+//! (`audit_account_owners`), so an agent's result is filed under its session and technician.
 
 use crate::{ProjectionError, Queries};
 use chrono::{DateTime, Utc};

@@ -1,13 +1,13 @@
 //! The directory read model: which tenants, technicians, computers and sessions exist, and
 //! which sessions are open. Process managers look up their fan-out here.
 
+use crate::{ProjectionError, Queries};
 use latchkey_domain::computer::ComputerEvent;
+use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::session::SessionEvent;
 use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::AnyEvent;
-use crate::{ProjectionError, Queries};
-use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use rusqlite::{params, OptionalExtension, Transaction};
 use uuid::Uuid;
 
@@ -293,7 +293,9 @@ impl Queries<'_> {
     ) -> Result<Option<TechnicianRow>, ProjectionError> {
         Ok(self
             .conn()
-            .prepare_cached("SELECT id, username, email, offboarded FROM technicians WHERE id = ?1")?
+            .prepare_cached(
+                "SELECT id, username, email, offboarded FROM technicians WHERE id = ?1",
+            )?
             .query_row([technician.to_string()], technician_row)
             .optional()?)
     }
@@ -374,6 +376,14 @@ impl Queries<'_> {
             .prepare_cached(&sql)?
             .query_row([session.to_string()], session_row)
             .optional()?)
+    }
+
+    /// How many sessions are open (provisioning or active).
+    pub fn open_session_count(&self) -> Result<u64, ProjectionError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT COUNT(*) FROM sessions WHERE open = 1")?
+            .query_row([], |row| row.get::<_, i64>(0))? as u64)
     }
 
     /// Open sessions whose maximum length has run out at `now`: the expiry loop checks them in.

@@ -95,6 +95,15 @@ impl ReadModels {
         Ok(Self { conn })
     }
 
+    /// Checkpoints the WAL into the main file and closes the database, so the file can be
+    /// moved (`latchkey replay`).
+    pub fn close(self) -> Result<(), ProjectionError> {
+        self.conn
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")?;
+        self.conn.close().map_err(|(_, e)| e)?;
+        Ok(())
+    }
+
     /// Queries on this (writer's) connection; tests and the CLI use it.
     pub fn queries(&self) -> Queries<'_> {
         Queries(&self.conn)
@@ -245,7 +254,10 @@ impl ReadView {
         let result = f(Queries(&conn));
         let ended = conn.execute_batch("COMMIT");
         if ended.is_ok() {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+            self.idle
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(conn);
         }
         let value = result?;
         ended?;
