@@ -3,6 +3,7 @@
 
 use latchkey_api::commands::{execute, load, Envelope};
 use latchkey_api::runner::ProcessRunner;
+use latchkey_api::scheduler::Scheduler;
 use latchkey_domain::computer::{
     AccountObservation, Computer, ComputerCommand, GrantStage, Operation, OsKind,
 };
@@ -114,13 +115,9 @@ async fn settle(store: &dyn EventStore, runner: &ProcessRunner, machine: &mut Ma
     panic!("the flow did not settle");
 }
 
-#[tokio::test]
-async fn a_named_session_is_provisioned_activated_and_revoked_through_the_runner() {
-    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
-    let s = store.as_ref();
-    let models = Arc::new(Mutex::new(ReadModels::in_memory().unwrap()));
-    let runner = ProcessRunner::new(store.clone(), models);
-    let now = chrono::Utc::now();
+/// Tenant customer-1 (named mode), nik in it, W11-L-PASSWORD enrolled, and nik checked out
+/// (session `SESSION`, not yet provisioned).
+async fn set_up_and_check_out(s: &dyn EventStore, now: chrono::DateTime<chrono::Utc>) {
     run::<Tenant>(
         s,
         TENANT.stream_name(),
@@ -202,7 +199,15 @@ async fn a_named_session_is_provisioned_activated_and_revoked_through_the_runner
         SessionCommand::CheckOut(Box::new(check_out)),
     )
     .await;
+}
 
+#[tokio::test]
+async fn a_named_session_is_provisioned_activated_and_revoked_through_the_runner() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let s = store.as_ref();
+    let models = Arc::new(Mutex::new(ReadModels::in_memory().unwrap()));
+    let runner = ProcessRunner::new(store.clone(), models);
+    set_up_and_check_out(s, chrono::Utc::now()).await;
     let mut machine = Machine::new();
     settle(s, &runner, &mut machine).await;
     let session = load::<Session>(s, &stream(SESSION.stream_name()))
@@ -248,4 +253,127 @@ async fn a_named_session_is_provisioned_activated_and_revoked_through_the_runner
         0,
         "the checkpoint is at the end"
     );
+}
+
+async fn status(s: &dyn EventStore) -> SessionStatus {
+    load::<Session>(s, &stream(SESSION.stream_name()))
+        .await
+        .unwrap()
+        .state
+        .state()
+        .unwrap()
+        .status
+        .clone()
+}
+
+#[tokio::test]
+async fn an_expired_session_is_checked_in_and_revoked_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("embedded:{}", dir.path().join("events.db").display());
+    let models_path = dir.path().join("read-models.db");
+    let now = chrono::Utc::now();
+    let mut machine = Machine::new();
+    {
+        let store = latchkey_store::open_url(&url).await.unwrap();
+        let models = Arc::new(Mutex::new(ReadModels::open(&models_path).unwrap()));
+        let runner = ProcessRunner::new(store.clone(), models);
+        set_up_and_check_out(store.as_ref(), now).await;
+        settle(store.as_ref(), &runner, &mut machine).await;
+        assert_eq!(status(store.as_ref()).await, SessionStatus::Active);
+    }
+    // The server restarts: everything is opened afresh from the files.
+    let store = latchkey_store::open_url(&url).await.unwrap();
+    let models = Arc::new(Mutex::new(ReadModels::open(&models_path).unwrap()));
+    let runner = ProcessRunner::new(store.clone(), models.clone());
+    let scheduler = Scheduler::new(store.clone(), models);
+    assert_eq!(
+        scheduler
+            .expire_due(now + chrono::Duration::minutes(5))
+            .await
+            .unwrap(),
+        0,
+        "not before its time"
+    );
+    let later = now + chrono::Duration::days(8);
+    assert_eq!(scheduler.expire_due(later).await.unwrap(), 1);
+    assert_eq!(
+        status(store.as_ref()).await,
+        SessionStatus::CheckedIn(CheckInReason::Expired)
+    );
+    settle(store.as_ref(), &runner, &mut machine).await;
+    let msp_nik = AccountName::parse("msp-nik").unwrap();
+    assert!(
+        machine[&msp_nik].0.is_empty(),
+        "the expired session's admin membership was revoked on the computer"
+    );
+    assert_eq!(scheduler.expire_due(later).await.unwrap(), 0, "once only");
+}
+
+#[tokio::test]
+async fn a_failed_revocation_is_retried_after_its_back_off_until_it_succeeds() {
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let s = store.as_ref();
+    let models = Arc::new(Mutex::new(ReadModels::in_memory().unwrap()));
+    let runner = ProcessRunner::new(store.clone(), models.clone());
+    let scheduler = Scheduler::new(store.clone(), models);
+    let now = chrono::Utc::now();
+    set_up_and_check_out(s, now).await;
+    let mut machine = Machine::new();
+    settle(s, &runner, &mut machine).await;
+    run::<Session>(
+        s,
+        SESSION.stream_name(),
+        SessionCommand::CheckIn {
+            reason: CheckInReason::Manual,
+            by: admin(),
+            at: now,
+        },
+    )
+    .await;
+    runner.run_until_idle().await.unwrap();
+    // The agent fails every request it has now (the removal from the group among them).
+    let computer = load::<Computer>(s, &stream(PC.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    let failed_at = chrono::Utc::now();
+    for id in computer.open_requests.keys() {
+        let command = ComputerCommand::ReportFailed {
+            request_id: *id,
+            reason: latchkey_domain::names::FailureReason::parse("msp-nik is logged in").unwrap(),
+            at: failed_at,
+        };
+        run::<Computer>(s, PC.stream_name(), command).await;
+    }
+    runner.run_until_idle().await.unwrap();
+    assert_eq!(
+        scheduler.retry_due(failed_at).await.unwrap(),
+        0,
+        "no retry before the back-off"
+    );
+    let retried = scheduler
+        .retry_due(failed_at + latchkey_api::scheduler::back_off(1))
+        .await
+        .unwrap();
+    assert!(
+        retried >= 1,
+        "the removal is retried once its back-off passed"
+    );
+    settle(s, &runner, &mut machine).await;
+    let msp_nik = AccountName::parse("msp-nik").unwrap();
+    assert!(machine[&msp_nik].0.is_empty(), "retried until done");
+    let computer = load::<Computer>(s, &stream(PC.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    assert!(computer.open_requests.is_empty());
+}
+
+#[test]
+fn back_off_doubles_up_to_ten_minutes() {
+    use latchkey_api::scheduler::back_off;
+    assert_eq!(back_off(1), chrono::Duration::seconds(5));
+    assert_eq!(back_off(2), chrono::Duration::seconds(10));
+    assert_eq!(back_off(4), chrono::Duration::seconds(40));
+    assert_eq!(back_off(30), chrono::Duration::minutes(10));
 }

@@ -117,24 +117,27 @@ impl Agent {
 struct Msp {
     server: Server,
     admin: String,
-    _data: tempfile::TempDir,
+    data: tempfile::TempDir,
 }
 
 impl Msp {
     fn start() -> Msp {
+        Self::start_with(&[])
+    }
+
+    fn start_with(env: &[(&str, &str)]) -> Msp {
         let data = tempfile::tempdir().unwrap();
         let admin = latchkey_api::auth::generate_token().1;
-        let server = Server::start(
-            data.path(),
-            &[
-                ("LATCHKEY_ADMIN_TOKEN", &admin),
-                ("LATCHKEY_ADMIN_EMAIL", "admin@msp.example"),
-            ],
-        );
+        let mut all = vec![
+            ("LATCHKEY_ADMIN_TOKEN", admin.as_str()),
+            ("LATCHKEY_ADMIN_EMAIL", "admin@msp.example"),
+        ];
+        all.extend_from_slice(env);
+        let server = Server::start(data.path(), &all);
         Msp {
             server,
             admin,
-            _data: data,
+            data,
         }
     }
 
@@ -432,4 +435,118 @@ fn ephemeral_mode_reusing_the_existing_account() {
         setup.agent.accounts.contains_key(&account),
         "kept, not deleted"
     );
+}
+
+/// Every file in the data directory (event log, read models, tokens, idempotency keys, the
+/// server's log), with their WAL files, as bytes.
+fn data_files(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .map(|p| (p.display().to_string(), std::fs::read(&p).unwrap()))
+        .collect()
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn no_password_or_totp_secret_in_the_log_the_read_models_or_the_server_log() {
+    let msp = Msp::start_with(&[("RUST_LOG", "debug")]);
+    let mut setup = msp.setup("named", "W11-L-PASSWORD");
+    let (session, _) = msp.check_out(&mut setup);
+    let (status, revealed) = msp.reveal(&setup.nik_token, &session);
+    assert_eq!(status, 200);
+    let password = revealed["password"].as_str().unwrap().to_owned();
+    let offline = msp.ok(
+        "POST",
+        &format!(
+            "/v1/tenants/{}/computers/{}/offline-secret",
+            setup.tenant_id, setup.computer_id
+        ),
+        &setup.nik_token,
+        json!({}),
+    );
+    let uri = offline["otpauth_uri"].as_str().unwrap();
+    assert!(uri.starts_with("otpauth://totp/"), "{uri}");
+    assert!(offline["qr_svg"].as_str().unwrap().contains("<svg"));
+    let totp_secret = uri
+        .split(['?', '&'])
+        .find_map(|part| part.strip_prefix("secret="))
+        .unwrap()
+        .to_owned();
+    assert!(totp_secret.len() >= 16, "{totp_secret}");
+    let first_password = setup.agent.password("msp-nik").unwrap().to_owned();
+    msp.check_in(&mut setup, &session);
+    let rotated = setup.agent.password("msp-nik").unwrap().to_owned();
+    msp.audit_shows(
+        &setup.tenant_id,
+        "nik@nikpot.com was shown the password of msp-nik on W11-L-PASSWORD",
+    );
+    let dir = msp.data.path().to_owned();
+    let log = msp.server.stop_and_keep(&dir);
+    assert!(
+        log.contains("credential revealed"),
+        "the log is real: {log:.300}"
+    );
+    let mut checked = 0;
+    for (name, bytes) in data_files(&dir) {
+        for secret in [&password, &first_password, &rotated, &totp_secret] {
+            assert!(!contains(&bytes, secret), "{name} holds a secret in clear");
+        }
+        checked += 1;
+    }
+    assert!(
+        checked >= 6,
+        "event log, read models, secrets, tokens, log: {checked}"
+    );
+}
+
+#[test]
+fn rebuilt_read_models_equal_the_live_ones() {
+    let msp = Msp::start();
+    let mut setup = msp.setup("shared", "W10-local");
+    let (first, _) = msp.check_out(&mut setup);
+    msp.check_in(&mut setup, &first);
+    let (second, _) = msp.check_out(&mut setup);
+    msp.reveal(&setup.nik_token, &second);
+    let dir = msp.data.path().to_owned();
+    msp.server.stop_and_keep(&dir);
+    let models = dir.join("read-models.db");
+    // The live read models, caught up with the log as the runner would on its next start.
+    let live = {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let url = format!("embedded:{}", dir.join("events.db").display());
+            let store = latchkey_store::open_url(&url).await.unwrap();
+            let mut live = latchkey_projections::ReadModels::open(&models).unwrap();
+            let rest = store
+                .read_all(live.checkpoint().unwrap(), 100_000)
+                .await
+                .unwrap();
+            live.apply(&rest).unwrap();
+            live.dump().unwrap()
+        })
+    };
+    assert!(
+        live.contains("accessed workstation W10-local"),
+        "{live:.500}"
+    );
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args(["replay", "--data"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(said.contains("rebuilt the read models"), "{said}");
+    let rebuilt = latchkey_projections::ReadModels::open(&models)
+        .unwrap()
+        .dump()
+        .unwrap();
+    assert_eq!(rebuilt, live);
 }

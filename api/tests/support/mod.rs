@@ -24,6 +24,7 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// Starts the server on `data`; its log (stderr) goes to `<data>/server.log`.
     pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
         command
@@ -33,7 +34,13 @@ impl Server {
             .env_remove("LATCHKEY_SECRET_KEY")
             .env_remove("LATCHKEY_ADMIN_TOKEN")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(data.join("server.log"))
+                    .expect("a log file in the data directory"),
+            ));
         for (k, v) in env {
             command.env(k, v);
         }
@@ -60,6 +67,12 @@ impl Server {
         let mut rest = String::new();
         let _ = self.stdout.read_to_string(&mut rest);
         rest
+    }
+
+    /// Stops the server and returns its log (`<data>/server.log`).
+    pub fn stop_and_keep(self, data: &Path) -> String {
+        self.stop();
+        std::fs::read_to_string(data.join("server.log")).unwrap_or_default()
     }
 
     /// Sends one request; returns the status, the content type and the body.
