@@ -8,7 +8,7 @@ use latchkey_domain::computer::Computer;
 use latchkey_domain::process::{react, Command};
 use latchkey_domain::session::Session;
 use latchkey_projections::{ProjectionError, ReadModels};
-use latchkey_store::{subscribe_all, EventStore, Position, RecordedEvent, StoreError, StreamName};
+use latchkey_store::{EventStore, Position, RecordedEvent, StoreError, StreamName};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
@@ -63,37 +63,85 @@ impl ProcessRunner {
     pub async fn run_until_idle(&self) -> Result<usize, RunnerError> {
         let mut handled = 0;
         loop {
-            let after = self.with_models(|m| m.process_checkpoint())?;
-            let page = self.store.read_all(after, 500).await?;
-            if page.is_empty() {
+            let batch = self.handle_batch().await?;
+            if batch == 0 {
                 return Ok(handled);
             }
-            for event in &page {
-                self.handle(event).await?;
-                handled += 1;
-            }
+            handled += batch;
         }
     }
 
     /// Follows the log for ever (until an error).
     pub async fn run(&self) -> Result<(), RunnerError> {
-        let after = self.with_models(|m| m.process_checkpoint())?;
-        let mut subscription = subscribe_all(self.store.clone(), after);
         loop {
-            let event = subscription.next().await?;
-            self.handle(&event).await?;
+            if self.handle_batch().await? == 0 {
+                let after = self.with_models(|m| m.process_checkpoint())?;
+                self.store.wait_for_events_after(after).await;
+            }
         }
     }
 
-    async fn handle(&self, recorded: &RecordedEvent) -> Result<(), RunnerError> {
+    /// Applies the next batch of events to the read models (one transaction), works out every
+    /// event's reactions against the read models as they were right after it, then carries the
+    /// reactions out: in order within each target stream, different streams concurrently (so
+    /// their appends share the store's group commits). Returns how many events it handled.
+    async fn handle_batch(&self) -> Result<usize, RunnerError> {
+        let after = self.with_models(|m| m.process_checkpoint())?;
+        let page = self.store.read_all(after, BATCH).await?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            return Ok(0);
+        };
         let now = chrono::Utc::now();
-        // The directory must include this event before the reactions look things up.
-        let reactions = self.with_models(|m| -> Result<Vec<Command>, ProjectionError> {
-            m.apply(std::slice::from_ref(recorded))?;
-            let event = latchkey_projections::decode(recorded)?;
-            react(&event, now, &*m)
+        let reactions = self.with_models(|m| -> Result<_, RunnerError> {
+            let applied = m.checkpoint()?;
+            // Events the read models already have (a crash came between applying them and
+            // reacting to them) are reacted to against the current read models.
+            let mut reactions = Vec::new();
+            for recorded in page
+                .iter()
+                .filter(|e| applied.is_some_and(|a| e.position <= a))
+            {
+                let event = latchkey_projections::decode(recorded)?;
+                reactions.push((recorded.clone(), react(&event, now, &m.queries())?));
+            }
+            let fresh = m.apply_with(&page, |recorded, event, queries| {
+                Ok::<_, ProjectionError>((recorded.clone(), react(event, now, &queries)?))
+            })?;
+            reactions.extend(fresh);
+            Ok(reactions)
         })?;
-        self.progress.send_replace(Some(recorded.position));
+        self.progress.send_replace(Some(last));
+        // Per target stream, in log order.
+        let mut by_stream: Vec<(String, Vec<(RecordedEvent, Command)>)> = Vec::new();
+        for (recorded, commands) in reactions {
+            for command in commands {
+                let target = match &command {
+                    Command::Computer { computer_id, .. } => computer_id.stream_name(),
+                    Command::Session { session_id, .. } => session_id.stream_name(),
+                };
+                match by_stream.iter_mut().find(|(s, _)| *s == target) {
+                    Some((_, list)) => list.push((recorded.clone(), command)),
+                    None => by_stream.push((target, vec![(recorded.clone(), command)])),
+                }
+            }
+        }
+        let streams = by_stream.into_iter().map(|(stream, commands)| async move {
+            for (recorded, command) in commands {
+                self.execute(&recorded, &stream, command).await?;
+            }
+            Ok::<_, RunnerError>(())
+        });
+        futures::future::try_join_all(streams).await?;
+        self.with_models(|m| m.set_process_checkpoint(last))?;
+        Ok(page.len())
+    }
+
+    async fn execute(
+        &self,
+        recorded: &RecordedEvent,
+        stream: &str,
+        reaction: Command,
+    ) -> Result<(), RunnerError> {
         let envelope = Envelope {
             actor: "system".into(),
             correlation_id: recorded.metadata.correlation_id,
@@ -103,36 +151,29 @@ impl ProcessRunner {
             position: recorded.position,
             source,
         };
-        for reaction in reactions {
-            match reaction {
-                Command::Computer {
-                    computer_id,
-                    command,
-                } => {
-                    let stream = stream_name(computer_id.stream_name()).map_err(failed)?;
-                    commands::execute::<Computer, _>(&*self.store, &stream, &envelope, |_| {
-                        command.clone()
-                    })
-                    .await
-                    .map_err(failed)?;
-                }
-                Command::Session {
-                    session_id,
-                    command,
-                } => {
-                    let stream = stream_name(session_id.stream_name()).map_err(failed)?;
-                    commands::execute::<Session, _>(&*self.store, &stream, &envelope, |_| {
-                        command.clone()
-                    })
-                    .await
-                    .map_err(failed)?;
-                }
+        let stream = stream_name(stream.to_owned()).map_err(failed)?;
+        match reaction {
+            Command::Computer { command, .. } => {
+                commands::execute::<Computer, _>(&*self.store, &stream, &envelope, |_| {
+                    command.clone()
+                })
+                .await
+                .map_err(failed)?;
+            }
+            Command::Session { command, .. } => {
+                commands::execute::<Session, _>(&*self.store, &stream, &envelope, |_| {
+                    command.clone()
+                })
+                .await
+                .map_err(failed)?;
             }
         }
-        self.with_models(|m| m.set_process_checkpoint(recorded.position))?;
         Ok(())
     }
 }
+
+/// Events handled per batch.
+const BATCH: usize = 256;
 
 fn stream_name(name: String) -> Result<StreamName, CommandError> {
     StreamName::new(name).map_err(CommandError::Store)

@@ -159,9 +159,22 @@ impl ReadModels {
     /// Applies events in global order, with the checkpoint, in one transaction. Events at or
     /// before the checkpoint are skipped, so a batch delivered twice changes nothing.
     pub fn apply(&mut self, events: &[RecordedEvent]) -> Result<usize, ProjectionError> {
+        Ok(self
+            .apply_with(events, |_, _, _| Ok::<_, ProjectionError>(()))?
+            .len())
+    }
+
+    /// Like [`ReadModels::apply`], and after each event is applied calls `then` with the event
+    /// and the read models as they are right after it (inside the transaction), e.g. for the
+    /// process managers' reactions. Returns `then`'s answers for the events applied.
+    pub fn apply_with<T, E: From<ProjectionError>>(
+        &mut self,
+        events: &[RecordedEvent],
+        mut then: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
+    ) -> Result<Vec<T>, E> {
         let checkpoint = self.checkpoint()?;
-        let tx = self.conn.transaction()?;
-        let mut applied = 0;
+        let tx = self.conn.transaction().map_err(ProjectionError::from)?;
+        let mut answers = Vec::new();
         let mut last = checkpoint;
         for recorded in events {
             if last.is_some_and(|c| recorded.position <= c) {
@@ -169,17 +182,27 @@ impl ReadModels {
             }
             let event = decode(recorded)?;
             // The directory first: the others look names up in it.
-            directory::apply(&tx, &event)?;
-            audit::apply(&tx, recorded, &event)?;
-            accounts::apply(&tx, recorded, &event)?;
+            let applied = directory::apply(&tx, &event)
+                .and_then(|()| audit::apply(&tx, recorded, &event))
+                .and_then(|()| accounts::apply(&tx, recorded, &event));
+            applied.map_err(ProjectionError::from)?;
+            answers.push(then(recorded, &event, Queries(&tx))?);
             last = Some(recorded.position);
-            applied += 1;
         }
-        if let Some(position) = last.filter(|_| applied > 0) {
-            write_position(&tx, "checkpoint", position)?;
+        if let Some(position) = last.filter(|_| !answers.is_empty()) {
+            write_position(&tx, "checkpoint", position).map_err(ProjectionError::from)?;
         }
-        tx.commit()?;
-        Ok(applied)
+        tx.commit().map_err(ProjectionError::from)?;
+        Ok(answers)
+    }
+}
+
+/// Read-only access to the read models for query handlers.
+pub struct Queries<'a>(pub(crate) &'a Connection);
+
+impl Queries<'_> {
+    pub(crate) fn conn(&self) -> &Connection {
+        self.0
     }
 
     fn ids<T>(
@@ -188,7 +211,7 @@ impl ReadModels {
         param: Uuid,
         make: fn(Uuid) -> T,
     ) -> Result<Vec<T>, ProjectionError> {
-        let mut statement = self.conn.prepare_cached(sql)?;
+        let mut statement = self.0.prepare_cached(sql)?;
         let rows = statement.query_map([param.to_string()], |row| row.get::<_, String>(0))?;
         let mut out = Vec::new();
         for row in rows {
@@ -203,15 +226,6 @@ impl ReadModels {
             out.push(make(id));
         }
         Ok(out)
-    }
-}
-
-/// Read-only access to the read models for query handlers.
-pub struct Queries<'a>(pub(crate) &'a Connection);
-
-impl Queries<'_> {
-    pub(crate) fn conn(&self) -> &Connection {
-        self.0
     }
 }
 
@@ -313,8 +327,8 @@ fn write_position(conn: &Connection, table: &str, position: Position) -> rusqlit
     Ok(())
 }
 
-/// The process managers' view.
-impl Lookup for ReadModels {
+/// The process managers' view, inside or outside a transaction.
+impl Lookup for Queries<'_> {
     type Error = ProjectionError;
 
     fn computers_of_tenant(&self, tenant: TenantId) -> Result<Vec<ComputerId>, ProjectionError> {
@@ -355,5 +369,29 @@ impl Lookup for ReadModels {
             computer.0,
             SessionId,
         )
+    }
+}
+
+impl Lookup for ReadModels {
+    type Error = ProjectionError;
+
+    fn computers_of_tenant(&self, tenant: TenantId) -> Result<Vec<ComputerId>, ProjectionError> {
+        self.queries().computers_of_tenant(tenant)
+    }
+
+    fn open_sessions_of_technician(
+        &self,
+        technician: TechnicianId,
+        tenant: Option<TenantId>,
+    ) -> Result<Vec<SessionId>, ProjectionError> {
+        self.queries()
+            .open_sessions_of_technician(technician, tenant)
+    }
+
+    fn open_sessions_on_computer(
+        &self,
+        computer: ComputerId,
+    ) -> Result<Vec<SessionId>, ProjectionError> {
+        self.queries().open_sessions_on_computer(computer)
     }
 }
