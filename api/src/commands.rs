@@ -5,6 +5,9 @@
 
 use latchkey_domain::{Aggregate, DecodeError, DomainError, Event};
 use latchkey_store::{EventMetadata, EventStore, ExpectedState, NewEvent, StoreError, StreamName};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// How often a command is re-decided after losing a race before it is reported as a conflict.
@@ -56,13 +59,76 @@ pub struct Executed<A: Aggregate> {
     pub attempts: usize,
 }
 
+/// Recent aggregate states by stream, so a command reads only the events appended since the
+/// state was cached instead of the whole stream (a computer's stream grows with every
+/// session). Always correct: streams only grow, so a cached state at revision r plus the
+/// events after r is the current state, whichever server appended them. Bounded: when full it
+/// starts again empty.
+pub struct StateCache {
+    entries: std::sync::Mutex<HashMap<String, (u64, Arc<dyn Any + Send + Sync>)>>,
+    capacity: usize,
+}
+
+impl StateCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: std::sync::Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    fn get<A: Aggregate + Send + Sync + 'static>(&self, stream: &StreamName) -> Option<(A, u64)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (revision, state) = entries.get(stream.as_str())?;
+        state
+            .downcast_ref::<A>()
+            .map(|state| (state.clone(), *revision))
+    }
+
+    fn put<A: Aggregate + Send + Sync + 'static>(
+        &self,
+        stream: &StreamName,
+        state: &A,
+        revision: u64,
+    ) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity && !entries.contains_key(stream.as_str()) {
+            entries.clear();
+        }
+        let newer = entries
+            .get(stream.as_str())
+            .is_none_or(|(cached, _)| *cached < revision);
+        if newer {
+            entries.insert(
+                stream.as_str().to_owned(),
+                (revision, Arc::new(state.clone())),
+            );
+        }
+    }
+}
+
 /// Folds a whole stream into its aggregate's state.
-pub async fn load<A: Aggregate>(
+pub async fn load<A: Aggregate + Send + Sync + 'static>(
     store: &dyn EventStore,
     stream: &StreamName,
 ) -> Result<Loaded<A>, CommandError> {
-    let mut state = A::default();
-    let mut revision = None;
+    load_cached(store, &StateCache::new(0), stream).await
+}
+
+/// [`load`], starting from the cached state if there is one.
+pub async fn load_cached<A: Aggregate + Send + Sync + 'static>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream: &StreamName,
+) -> Result<Loaded<A>, CommandError> {
+    let (mut state, mut revision) = match cache.get::<A>(stream) {
+        Some((state, revision)) => (state, Some(revision)),
+        None => (A::default(), None),
+    };
+    let cached = revision;
     loop {
         let from = revision.map_or(0, |r: u64| r + 1);
         let page = store.read_stream(stream, from, PAGE).await?;
@@ -89,6 +155,9 @@ pub async fn load<A: Aggregate>(
             revision = Some(recorded.revision);
         }
         if !full {
+            if let Some(revision) = revision.filter(|r| Some(*r) != cached) {
+                cache.put(stream, &state, revision);
+            }
             return Ok(Loaded { state, revision });
         }
     }
@@ -117,14 +186,29 @@ pub async fn execute<A, F>(
     store: &dyn EventStore,
     stream: &StreamName,
     envelope: &Envelope,
+    command: F,
+) -> Result<Executed<A>, CommandError>
+where
+    A: Aggregate + Send + Sync + 'static,
+    F: FnMut(&A) -> A::Command,
+{
+    execute_cached(store, &StateCache::new(0), stream, envelope, command).await
+}
+
+/// [`execute`] with a [`StateCache`].
+pub async fn execute_cached<A, F>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream: &StreamName,
+    envelope: &Envelope,
     mut command: F,
 ) -> Result<Executed<A>, CommandError>
 where
-    A: Aggregate,
+    A: Aggregate + Send + Sync + 'static,
     F: FnMut(&A) -> A::Command,
 {
     for attempt in 1..=MAX_ATTEMPTS {
-        let loaded = load::<A>(store, stream).await?;
+        let loaded = load_cached::<A>(store, cache, stream).await?;
         let events = A::decide(&loaded.state, command(&loaded.state))?;
         if events.is_empty() {
             return Ok(Executed {
@@ -139,8 +223,9 @@ where
         };
         let batch = events.iter().map(|e| to_new_event(e, envelope)).collect();
         match store.append(stream, expected, batch).await {
-            Ok(_) => {
+            Ok(written) => {
                 let state = events.iter().fold(loaded.state, A::evolve);
+                cache.put(stream, &state, written.next_expected_revision);
                 return Ok(Executed {
                     events,
                     state,
@@ -209,6 +294,36 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_cached_state_catches_up_with_events_another_writer_appended() {
+        let store = MemoryStore::new();
+        let cache = StateCache::new(10);
+        register(&store).await;
+        let (_, stream) = nik();
+        let first = load_cached::<Technician>(&store, &cache, &stream)
+            .await
+            .unwrap();
+        assert!(first.state.state().unwrap().tenants.is_empty());
+        // Another server (no shared cache) adds nik to a tenant.
+        let tenant = TenantId(Uuid::from_u128(1));
+        execute::<Technician, _>(&store, &stream, &envelope(), |_| {
+            TechnicianCommand::JoinTenant {
+                tenant_id: tenant,
+                by: admin(),
+                at: at(),
+            }
+        })
+        .await
+        .unwrap();
+        let cached = load_cached::<Technician>(&store, &cache, &stream)
+            .await
+            .unwrap();
+        let fresh = load::<Technician>(&store, &stream).await.unwrap();
+        assert_eq!(cached.revision, Some(1));
+        assert_eq!(cached.state, fresh.state);
+        assert!(cached.state.state().unwrap().tenants.contains(&tenant));
     }
 
     #[tokio::test]

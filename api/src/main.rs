@@ -196,7 +196,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let secrets =
         SecretStore::open(args.data.join("secrets.db"), &key).map_err(|e| e.to_string())?;
     let models = Arc::new(Mutex::new(models));
-    let runner = ProcessRunner::new(store.clone(), models.clone());
+    let cache = Arc::new(latchkey_api::commands::StateCache::new(100_000));
+    let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
     let tokens = TokenStore::open(args.data.join("tokens.db")).map_err(|e| e.to_string())?;
     let idempotency = IdempotencyStore::open(args.data.join("idempotency.db"))
         .map_err(|e| format!("--data {}: idempotency keys: {e}", args.data.display()))?;
@@ -208,6 +209,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         secrets,
         idempotency,
         progress: runner.progress(),
+        cache,
     });
     let metrics = web::Data::new(Metrics::new());
     let server = HttpServer::new(move || {

@@ -3,7 +3,7 @@
 //! commands through the one command path. Every reaction is idempotent, so after a crash the
 //! runner resumes from its checkpoint and may safely handle the last event again.
 
-use crate::commands::{self, CommandError, Envelope};
+use crate::commands::{self, CommandError, Envelope, StateCache};
 use latchkey_domain::computer::Computer;
 use latchkey_domain::process::{react, Command};
 use latchkey_domain::session::Session;
@@ -29,6 +29,7 @@ pub struct ProcessRunner {
     store: Arc<dyn EventStore>,
     models: Arc<Mutex<ReadModels>>,
     progress: watch::Sender<Option<Position>>,
+    cache: Arc<StateCache>,
 }
 
 impl ProcessRunner {
@@ -43,7 +44,14 @@ impl ProcessRunner {
             store,
             models,
             progress: watch::Sender::new(checkpoint),
+            cache: Arc::new(StateCache::new(0)),
         }
+    }
+
+    /// Shares an aggregate-state cache (the HTTP handlers').
+    pub fn with_cache(mut self, cache: Arc<StateCache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// Follows the read models' checkpoint: it changes after every event the runner applied.
@@ -154,16 +162,24 @@ impl ProcessRunner {
         let stream = stream_name(stream.to_owned()).map_err(failed)?;
         match reaction {
             Command::Computer { command, .. } => {
-                commands::execute::<Computer, _>(&*self.store, &stream, &envelope, |_| {
-                    command.clone()
-                })
+                commands::execute_cached::<Computer, _>(
+                    &*self.store,
+                    &self.cache,
+                    &stream,
+                    &envelope,
+                    |_| command.clone(),
+                )
                 .await
                 .map_err(failed)?;
             }
             Command::Session { command, .. } => {
-                commands::execute::<Session, _>(&*self.store, &stream, &envelope, |_| {
-                    command.clone()
-                })
+                commands::execute_cached::<Session, _>(
+                    &*self.store,
+                    &self.cache,
+                    &stream,
+                    &envelope,
+                    |_| command.clone(),
+                )
                 .await
                 .map_err(failed)?;
             }

@@ -46,8 +46,11 @@ fn stream(name: String) -> StreamName {
     StreamName::new(name).unwrap()
 }
 
-async fn run<A: Aggregate>(store: &dyn EventStore, name: String, command: A::Command)
-where
+async fn run<A: Aggregate + Send + Sync + 'static>(
+    store: &dyn EventStore,
+    name: String,
+    command: A::Command,
+) where
     A::Command: Clone,
 {
     execute::<A, _>(store, &stream(name), &envelope(), |_| command.clone())

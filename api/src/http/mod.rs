@@ -13,7 +13,7 @@ mod idempotency;
 mod technician;
 
 use crate::auth::{Principal, TokenStore};
-use crate::commands::{self, CommandError, Envelope};
+use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
 use crate::secrets::SecretStore;
 use actix_web::dev::Payload;
@@ -46,6 +46,8 @@ pub struct Services {
     /// The read models' checkpoint, advanced by the process runner after every event; long
     /// polls wait on it.
     pub progress: watch::Receiver<Option<Position>>,
+    /// Aggregate states, shared with the process runner.
+    pub cache: Arc<StateCache>,
 }
 
 impl Services {
@@ -69,24 +71,31 @@ impl Services {
         command: A::Command,
     ) -> Result<commands::Executed<A>, ApiError>
     where
-        A: Aggregate,
+        A: Aggregate + Send + Sync + 'static,
         A::Command: Clone,
     {
         let stream = stream_name(stream)?;
-        Ok(
-            commands::execute::<A, _>(&*self.store, &stream, &envelope(principal), |_| {
-                command.clone()
-            })
-            .await?,
+        Ok(commands::execute_cached::<A, _>(
+            &*self.store,
+            &self.cache,
+            &stream,
+            &envelope(principal),
+            |_| command.clone(),
         )
+        .await?)
     }
 
     /// An aggregate's current state, straight from its stream (always up to date, unlike the
     /// read models).
-    pub async fn load<A: Aggregate>(&self, stream: String) -> Result<A, ApiError> {
-        Ok(commands::load::<A>(&*self.store, &stream_name(stream)?)
-            .await?
-            .state)
+    pub async fn load<A: Aggregate + Send + Sync + 'static>(
+        &self,
+        stream: String,
+    ) -> Result<A, ApiError> {
+        Ok(
+            commands::load_cached::<A>(&*self.store, &self.cache, &stream_name(stream)?)
+                .await?
+                .state,
+        )
     }
 }
 
