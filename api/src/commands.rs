@@ -64,8 +64,11 @@ pub struct Executed<A: Aggregate> {
 /// session). Always correct: streams only grow, so a cached state at revision r plus the
 /// events after r is the current state, whichever server appended them. Bounded: when full it
 /// starts again empty.
+/// A cached state: the revision it is at, and the aggregate.
+type CachedState = (u64, Arc<dyn Any + Send + Sync>);
+
 pub struct StateCache {
-    entries: std::sync::Mutex<HashMap<String, (u64, Arc<dyn Any + Send + Sync>)>>,
+    entries: std::sync::Mutex<HashMap<String, CachedState>>,
     capacity: usize,
 }
 

@@ -10,12 +10,15 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use support::Server;
 
+/// An account's groups, and the password version and password last set.
+type Account = (BTreeSet<String>, Option<(u32, String)>);
+
 /// A computer as the simulated agent keeps it: accounts with their groups and the password
 /// (and version) last set.
 #[derive(Default)]
 struct Agent {
     token: String,
-    accounts: BTreeMap<String, (BTreeSet<String>, Option<(u32, String)>)>,
+    accounts: BTreeMap<String, Account>,
     /// Every operation applied, as `op account`.
     log: Vec<String>,
 }

@@ -169,6 +169,9 @@ async fn list_tenants(
     services: web::Data<Services>,
     principal: Principal,
 ) -> Result<HttpResponse, ApiError> {
+    if principal.agent_computer_id().is_some() {
+        return Err(forbidden("agents use the /v1/agent endpoints only"));
+    }
     let technician = principal.technician_id();
     let all = services.query(|q| q.tenants()).await?;
     let mut visible = Vec::new();
@@ -697,6 +700,32 @@ async fn issue_token(
     principal: Principal,
     JsonBody(body): JsonBody<NewToken>,
 ) -> Result<HttpResponse, ApiError> {
+    // The caller's right comes first, before anything is looked up, so the answer never
+    // depends on whether a technician or tenant exists. MSP admins issue any role. A tenant
+    // admin issues tenant-admin and auditor tokens of their own tenant only (another tenant
+    // is invisible: 404). Technician tokens are not tenant-scoped (technicians are MSP staff
+    // working across customers), so only an MSP admin issues them.
+    match (&principal.role, body.role.as_str()) {
+        (Role::MspAdmin, _) => {}
+        (Role::TenantAdmin { tenant_id: own }, "tenant_admin" | "auditor") => {
+            match body.tenant_id.map(TenantId) {
+                Some(tenant) if tenant == *own => {}
+                Some(_) => return Err(ApiError::not_found("the tenant")),
+                None if body.role == "auditor" => {
+                    return Err(forbidden(
+                        "a tenant admin issues auditor tokens of their own tenant only",
+                    ))
+                }
+                None => {}
+            }
+        }
+        (_, "msp_admin" | "tenant_admin" | "technician" | "auditor") => {
+            return Err(forbidden(
+                "you may not issue a token for that role; ask an MSP admin",
+            ))
+        }
+        _ => {}
+    }
     let missing = |field: &str| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -730,26 +759,6 @@ async fn issue_token(
         }
     };
     let name = name.ok_or_else(|| missing("name"))?;
-    // Who may issue what: MSP admins anything; a tenant admin only roles inside their tenant.
-    let allowed = match (&principal.role, &role) {
-        (Role::MspAdmin, _) => true,
-        (Role::TenantAdmin { tenant_id: own }, Role::TenantAdmin { tenant_id }) => own == tenant_id,
-        (Role::TenantAdmin { tenant_id: own }, Role::Auditor { tenant_id }) => {
-            *tenant_id == Some(*own)
-        }
-        (Role::TenantAdmin { tenant_id: own }, Role::Technician { technician_id }) => {
-            let (own, technician) = (*own, *technician_id);
-            services
-                .query(move |q| q.is_member(technician, own))
-                .await?
-        }
-        _ => false,
-    };
-    if !allowed {
-        return Err(forbidden(
-            "you may not issue a token for that role; ask an MSP admin",
-        ));
-    }
     if let Some(tenant) = tenant.filter(|_| body.role != "technician") {
         if !services.query(move |q| q.tenant_exists(tenant)).await? {
             return Err(ApiError::not_found("the tenant"));

@@ -227,19 +227,23 @@ pub async fn password_for(
     .map_err(|e| super::internal("secret store", &e))
 }
 
-/// What the agent reports about one request.
+/// What the agent reports about one request: `outcome` `succeeded` with what it `verified`
+/// on the machine, or `failed` with the `reason`. (A flat struct rather than a tagged enum,
+/// so a bad field is named in the problem.)
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, tag = "outcome", rename_all = "snake_case")]
-enum Report {
-    /// Done, and this is what the agent read back from the machine.
-    Succeeded {
-        request_id: u64,
-        verified: AccountObservation,
-    },
-    Failed {
-        request_id: u64,
-        reason: FailureReason,
-    },
+#[serde(deny_unknown_fields)]
+struct Report {
+    request_id: u64,
+    outcome: ReportOutcome,
+    verified: Option<AccountObservation>,
+    reason: Option<FailureReason>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum ReportOutcome {
+    Succeeded,
+    Failed,
 }
 
 async fn report(
@@ -249,26 +253,38 @@ async fn report(
 ) -> Result<HttpResponse, ApiError> {
     let computer = own_computer(&principal)?;
     let at = chrono::Utc::now();
-    let (request_id, command) = match report {
-        Report::Succeeded {
+    let request_id = RequestId(report.request_id);
+    let needs = |field: &str, outcome: &str| {
+        ApiError::bad_request(
+            field,
+            format!("{field} is required when outcome is {outcome}"),
+        )
+    };
+    let command = match (report.outcome, report.verified, report.reason) {
+        (ReportOutcome::Succeeded, Some(verified), None) => ComputerCommand::ReportSucceeded {
             request_id,
             verified,
-        } => (
-            RequestId(request_id),
-            ComputerCommand::ReportSucceeded {
-                request_id: RequestId(request_id),
-                verified,
-                at,
-            },
-        ),
-        Report::Failed { request_id, reason } => (
-            RequestId(request_id),
-            ComputerCommand::ReportFailed {
-                request_id: RequestId(request_id),
-                reason,
-                at,
-            },
-        ),
+            at,
+        },
+        (ReportOutcome::Failed, None, Some(reason)) => ComputerCommand::ReportFailed {
+            request_id,
+            reason,
+            at,
+        },
+        (ReportOutcome::Succeeded, None, _) => return Err(needs("verified", "succeeded")),
+        (ReportOutcome::Failed, _, None) => return Err(needs("reason", "failed")),
+        (ReportOutcome::Succeeded, _, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "reason",
+                "reason is only for outcome failed",
+            ))
+        }
+        (ReportOutcome::Failed, Some(_), _) => {
+            return Err(ApiError::bad_request(
+                "verified",
+                "verified is only for outcome succeeded",
+            ))
+        }
     };
     let executed = services
         .execute::<Computer>(&principal, computer.stream_name(), command)

@@ -62,6 +62,9 @@ pub struct IdempotencyStore {
     db: Durable,
 }
 
+/// request, status, body, location.
+type StoredRow = (String, Option<u16>, Option<String>, Option<String>);
+
 enum Claim {
     /// The key is new and now ours.
     Claimed,
@@ -101,7 +104,7 @@ impl IdempotencyStore {
         if inserted == 1 {
             return Ok(Claim::Claimed);
         }
-        let row: Option<(String, Option<u16>, Option<String>, Option<String>)> = conn
+        let row: Option<StoredRow> = conn
             .query_row(
                 "SELECT request, status, body, location FROM idempotency
                  WHERE token_id = ?1 AND key = ?2",
