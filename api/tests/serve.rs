@@ -85,3 +85,28 @@ fn a_malformed_secret_key_stops_the_start_with_the_variable_named() {
         "the key itself is never echoed: {stderr}"
     );
 }
+
+#[test]
+fn the_openapi_document_and_the_docs_page_describe_every_route() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let (status, document) = server.json("GET", "/openapi.json", None, None);
+    assert_eq!(status, 200);
+    assert_eq!(document["openapi"], "3.1.0");
+    let paths = document["paths"].as_object().unwrap();
+    let checkout = &paths["/v1/tenants/{tenant_id}/computers/{computer_id}/checkout"]["post"];
+    assert!(checkout["summary"].as_str().unwrap().contains("Check out"));
+    // The request body is the JSON Schema of the type the handler parses.
+    let body = &checkout["requestBody"]["content"]["application/json"]["schema"];
+    let name = body["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+    let schema = &document["components"]["schemas"][name];
+    assert!(schema["properties"]["ticket"].is_object(), "{schema}");
+    let policy = &paths["/v1/tenants/{tenant_id}/policy"]["put"]["requestBody"];
+    assert!(policy.to_string().contains("JitPolicy"), "{policy}");
+    let operations: usize = paths.values().map(|m| m.as_object().unwrap().len()).sum();
+    assert!(operations >= 35, "{operations}");
+    let (status, content_type, page) = server.request("GET", "/docs", None, None);
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/html"));
+    assert!(page.contains("/openapi.json"));
+}

@@ -3,12 +3,14 @@
 //! the account-state views (managed accounts, standing privilege, stuck revocations).
 
 use super::idempotency::{idempotent, Reply};
+use super::openapi::{Doc, Routes};
 use super::{
     actor, administered_tenant, forbidden, own_tenant, path_id, tenant_computer, visible_session,
     visible_technician, visible_tenant, Params, Services,
 };
 use crate::auth::{Principal, Role};
 use crate::problem::{ApiError, JsonBody};
+use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use latchkey_domain::computer::{Computer, ComputerCommand, OsKind};
@@ -22,76 +24,216 @@ use latchkey_projections::SessionFilter;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/tenants", web::post().to(create_tenant))
-        .route("/tenants", web::get().to(list_tenants))
-        .route("/tenants/{tenant_id}", web::get().to(get_tenant))
-        .route(
-            "/tenants/{tenant_id}/login-mode",
-            web::put().to(set_login_mode),
+pub fn routes(r: &mut Routes<'_>) {
+    const ADMINS: &str = "msp_admin; tenant_admin of this tenant";
+    const READERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all";
+    const MEMBERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all; \
+                           technicians who are members";
+    const SESSION_QUERY: &[(&str, &str)] = &[
+        ("open", "true: only provisioning or active sessions"),
+        ("computer_id", "only this computer's"),
+        ("technician_id", "only this technician's"),
+        ("limit", "at most this many (1-1000, default 100)"),
+    ];
+    r.add(
+        Method::POST,
+        "/tenants",
+        create_tenant,
+        Doc::new("Register a customer tenant", "msp_admin")
+            .body::<NewTenant>()
+            .answer(201, "the tenant"),
+    )
+    .add(
+        Method::GET,
+        "/tenants",
+        list_tenants,
+        Doc::new("List the tenants the caller may see", "everyone but agents"),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}",
+        get_tenant,
+        Doc::new("A tenant with its login mode and JIT policy", MEMBERS),
+    )
+    .add(
+        Method::PUT,
+        "/tenants/{tenant_id}/login-mode",
+        set_login_mode,
+        Doc::new(
+            "Change the technician login mode (named, shared, ephemeral)",
+            ADMINS,
         )
-        .route("/tenants/{tenant_id}/policy", web::put().to(set_policy))
-        .route(
-            "/tenants/{tenant_id}/technicians",
-            web::get().to(list_tenant_technicians),
+        .body::<NewLoginMode>(),
+    )
+    .add(
+        Method::PUT,
+        "/tenants/{tenant_id}/policy",
+        set_policy,
+        Doc::new("Replace the tenant's JIT policy", ADMINS).body::<JitPolicy>(),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}/technicians",
+        list_tenant_technicians,
+        Doc::new("The tenant's technicians", READERS),
+    )
+    .add(
+        Method::PUT,
+        "/tenants/{tenant_id}/technicians/{technician_id}",
+        join_tenant,
+        Doc::new("Let a technician work for the tenant", ADMINS),
+    )
+    .add(
+        Method::DELETE,
+        "/tenants/{tenant_id}/technicians/{technician_id}",
+        leave_tenant,
+        Doc::new(
+            "Stop a technician working for the tenant (their accounts are retired)",
+            ADMINS,
+        ),
+    )
+    .add(
+        Method::POST,
+        "/tenants/{tenant_id}/enrollment-tokens",
+        create_enrollment_token,
+        Doc::new(
+            "A one-time token for enrolling one computer's agent (shown once)",
+            ADMINS,
         )
-        .route(
-            "/tenants/{tenant_id}/technicians/{technician_id}",
-            web::put().to(join_tenant),
+        .body::<NewEnrollmentToken>()
+        .answer(201, "the token"),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}/computers",
+        list_computers,
+        Doc::new("The tenant's computers", MEMBERS),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}/computers/{computer_id}",
+        get_computer,
+        Doc::new(
+            "A computer with its managed accounts (accounts hidden from technicians)",
+            MEMBERS,
+        ),
+    )
+    .add(
+        Method::PUT,
+        "/tenants/{tenant_id}/computers/{computer_id}/policy",
+        override_policy,
+        Doc::new(
+            "Set (or clear with null) the computer's own JIT policy",
+            ADMINS,
         )
-        .route(
-            "/tenants/{tenant_id}/technicians/{technician_id}",
-            web::delete().to(leave_tenant),
+        .body::<PolicyOverride>(),
+    )
+    .add(
+        Method::POST,
+        "/tenants/{tenant_id}/computers/{computer_id}/decommission",
+        decommission,
+        Doc::new(
+            "Decommission the computer: its accounts are removed",
+            ADMINS,
+        ),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}/sessions",
+        list_sessions,
+        Doc::new(
+            "The tenant's sessions, newest first (technicians: their own)",
+            MEMBERS,
         )
-        .route(
-            "/tenants/{tenant_id}/enrollment-tokens",
-            web::post().to(create_enrollment_token),
+        .query(SESSION_QUERY),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}/accounts",
+        managed_accounts,
+        Doc::new(
+            "Managed accounts on every computer, as the agents verified them",
+            READERS,
+        ),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}/standing-privilege",
+        standing_privilege,
+        Doc::new(
+            "Admin-group memberships no open session explains (should be empty)",
+            READERS,
+        ),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}/stuck-requests",
+        stuck_requests,
+        Doc::new(
+            "Failed revocations and clean-ups waiting for their next retry",
+            READERS,
+        ),
+    )
+    .add(
+        Method::POST,
+        "/technicians",
+        create_technician,
+        Doc::new("Register a technician (MSP staff)", "msp_admin")
+            .body::<NewTechnician>()
+            .answer(201, "the technician"),
+    )
+    .add(
+        Method::GET,
+        "/technicians",
+        list_technicians,
+        Doc::new(
+            "Technicians (tenant-scoped callers: their tenant's)",
+            READERS,
+        ),
+    )
+    .add(
+        Method::GET,
+        "/technicians/{technician_id}",
+        get_technician,
+        Doc::new(
+            "A technician",
+            "msp_admin; auditor of all; the technician; tenant admins \
+                                  and auditors of a tenant they work for",
+        ),
+    )
+    .add(
+        Method::POST,
+        "/technicians/{technician_id}/offboard",
+        offboard,
+        Doc::new(
+            "Offboard a technician everywhere: sessions revoked, accounts retired",
+            "msp_admin",
+        ),
+    )
+    .add(
+        Method::POST,
+        "/sessions/{session_id}/revoke",
+        revoke,
+        Doc::new("Revoke a session now", ADMINS),
+    )
+    .add(
+        Method::POST,
+        "/tokens",
+        issue_token,
+        Doc::new(
+            "Issue an API token (shown once)",
+            "msp_admin (any role); tenant_admin \
+                  (tenant_admin or auditor of their tenant)",
         )
-        .route(
-            "/tenants/{tenant_id}/computers",
-            web::get().to(list_computers),
-        )
-        .route(
-            "/tenants/{tenant_id}/computers/{computer_id}",
-            web::get().to(get_computer),
-        )
-        .route(
-            "/tenants/{tenant_id}/computers/{computer_id}/policy",
-            web::put().to(override_policy),
-        )
-        .route(
-            "/tenants/{tenant_id}/computers/{computer_id}/decommission",
-            web::post().to(decommission),
-        )
-        .route(
-            "/tenants/{tenant_id}/sessions",
-            web::get().to(list_sessions),
-        )
-        .route(
-            "/tenants/{tenant_id}/accounts",
-            web::get().to(managed_accounts),
-        )
-        .route(
-            "/tenants/{tenant_id}/standing-privilege",
-            web::get().to(standing_privilege),
-        )
-        .route(
-            "/tenants/{tenant_id}/stuck-requests",
-            web::get().to(stuck_requests),
-        )
-        .route("/technicians", web::post().to(create_technician))
-        .route("/technicians", web::get().to(list_technicians))
-        .route(
-            "/technicians/{technician_id}",
-            web::get().to(get_technician),
-        )
-        .route(
-            "/technicians/{technician_id}/offboard",
-            web::post().to(offboard),
-        )
-        .route("/sessions/{session_id}/revoke", web::post().to(revoke))
-        .route("/tokens", web::post().to(issue_token))
-        .route("/tokens/{token_id}", web::delete().to(revoke_token));
+        .body::<NewToken>()
+        .answer(201, "the token"),
+    )
+    .add(
+        Method::DELETE,
+        "/tokens/{token_id}",
+        revoke_token,
+        Doc::new("Revoke an API token", "msp_admin").answer(204, "revoked"),
+    );
 }
 
 fn now() -> chrono::DateTime<chrono::Utc> {
@@ -103,7 +245,7 @@ fn random_digits() -> SharedAccountDigits {
         .expect("four digits")
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewTenant {
     pub name: TenantName,
@@ -198,7 +340,7 @@ async fn get_tenant(
     Ok(HttpResponse::Ok().json(tenant_view(&loaded)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewLoginMode {
     login_mode: LoginMode,
@@ -249,7 +391,7 @@ async fn set_policy(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTechnician {
     username: Username,
@@ -423,7 +565,7 @@ async fn offboard(
     Ok(HttpResponse::Ok().json(technician_view(&executed.state)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewEnrollmentToken {
     /// Minutes until the token expires: 1 to 10080 (7 days); 60 when absent.
@@ -541,7 +683,7 @@ async fn get_computer(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PolicyOverride {
     /// The computer's own policy, or `null` to follow the tenant's again.
@@ -683,7 +825,7 @@ async fn readable_by_staff(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     /// `msp_admin`, `tenant_admin`, `technician` or `auditor` (agents get theirs by enrolling).

@@ -10,10 +10,12 @@
 //! first delivery and stored encrypted; every later delivery of the same request carries the
 //! same password.
 
+use super::openapi::{Doc, Routes};
 use super::{actor, forbidden, Params, Services};
 use crate::auth::{EnrollmentRefused, Principal, Role};
 use crate::problem::{ApiError, JsonBody};
 use crate::secrets::{self, Secret, SecretRef};
+use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use latchkey_domain::computer::{AccountObservation, Computer, ComputerCommand, Operation, OsKind};
@@ -27,13 +29,45 @@ use uuid::Uuid;
 /// The longest a long poll waits.
 pub const MAX_WAIT_SECONDS: u64 = 60;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/agent/enroll", web::post().to(enroll))
-        .route("/agent/commands", web::get().to(commands))
-        .route("/agent/results", web::post().to(report));
+pub fn routes(r: &mut Routes<'_>) {
+    r.add(
+        Method::POST,
+        "/agent/enroll",
+        enroll,
+        Doc::new(
+            "Enroll this computer with a one-time token; returns the agent's credential",
+            "anyone holding an enrollment token",
+        )
+        .body::<Enrollment>()
+        .public()
+        .answer(201, "computer id and agent token (shown once)"),
+    )
+    .add(
+        Method::GET,
+        "/agent/commands",
+        commands,
+        Doc::new(
+            "Provisioning requests not yet reported on (long poll)",
+            "the computer's agent",
+        )
+        .query(&[(
+            "wait",
+            "seconds to wait for a request if there is none (0-60)",
+        )]),
+    )
+    .add(
+        Method::POST,
+        "/agent/results",
+        report,
+        Doc::new(
+            "Report a request's result and what was verified on the machine",
+            "the computer's agent",
+        )
+        .body::<Report>(),
+    );
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Enrollment {
     token: String,
@@ -230,7 +264,7 @@ pub async fn password_for(
 /// What the agent reports about one request: `outcome` `succeeded` with what it `verified`
 /// on the machine, or `failed` with the `reason`. (A flat struct rather than a tagged enum,
 /// so a bad field is named in the problem.)
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Report {
     request_id: u64,
@@ -239,7 +273,7 @@ struct Report {
     reason: Option<FailureReason>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
+#[derive(Deserialize, Clone, Copy, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum ReportOutcome {
     Succeeded,

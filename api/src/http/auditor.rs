@@ -6,9 +6,11 @@
 //! that tenant, and raw events of the tenant's own stream, its computers' and its sessions'
 //! streams. Technician streams span tenants and are shown to all-tenant readers only.
 
+use super::openapi::{Doc, Routes};
 use super::{forbidden, own_tenant, tenant_computer, visible_tenant, Params, Services};
 use crate::auth::Principal;
 use crate::problem::ApiError;
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
@@ -17,14 +19,68 @@ use latchkey_store::hash_chain::verify_after;
 use latchkey_store::{subscribe_all, Position, RecordedEvent, StreamName};
 use std::collections::HashMap;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/audit", web::get().to(audit_trail))
-        .route("/events", web::get().to(events))
-        .route("/verify", web::get().to(verify))
-        .route(
-            "/tenants/{tenant_id}/computers/{computer_id}/admins",
-            web::get().to(admins_as_of),
-        );
+pub fn routes(r: &mut Routes<'_>) {
+    const READERS: &str = "msp_admin; auditor; tenant_admin (their tenant only)";
+    r.add(
+        Method::GET,
+        "/audit",
+        audit_trail,
+        Doc::new(
+            "The audit trail, one sentence per event, oldest first",
+            READERS,
+        )
+        .query(&[
+            ("tenant_id", "only this tenant's"),
+            ("computer_id", "only this computer's"),
+            ("technician_id", "only this technician's"),
+            ("account", "only this account's"),
+            ("from", "RFC 3339 time, inclusive"),
+            ("to", "RFC 3339 time, exclusive"),
+            ("cursor", "next_cursor of the previous page"),
+            ("limit", "1-1000, default 100"),
+        ]),
+    )
+    .add(
+        Method::GET,
+        "/events",
+        events,
+        Doc::new(
+            "Raw events as NDJSON after a global position; follow=true streams live",
+            READERS,
+        )
+        .query(&[
+            ("after", "global position commit.prepare (exclusive)"),
+            ("limit", "at most this many (default 1000, max 10000)"),
+            (
+                "follow",
+                "true: keep the response open and stream new events",
+            ),
+        ])
+        .answer(200, "application/x-ndjson"),
+    )
+    .add(
+        Method::GET,
+        "/verify",
+        verify,
+        Doc::new(
+            "Verify the hash chain of one stream, or of the whole log",
+            READERS,
+        )
+        .query(&[(
+            "stream",
+            "e.g. computer-<id>; absent: every stream (all-tenant readers)",
+        )]),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}/computers/{computer_id}/admins",
+        admins_as_of,
+        Doc::new(
+            "Which accounts were in the admin group at a time, through which session",
+            "msp_admin; tenant_admin or auditor of this tenant; auditor of all",
+        )
+        .query(&[("at", "RFC 3339 time (default now)")]),
+    );
 }
 
 /// Who may read audit data and how far: `Ok(None)` all tenants, `Ok(Some(t))` one tenant.

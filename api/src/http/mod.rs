@@ -10,6 +10,7 @@ mod admin;
 mod agent;
 mod auditor;
 mod idempotency;
+pub mod openapi;
 mod technician;
 
 use crate::auth::{Principal, TokenStore};
@@ -404,13 +405,20 @@ pub fn format_position(position: Position) -> String {
     format!("{}.{}", position.commit, position.prepare)
 }
 
-/// Registers the `/v1` routes and the JSON settings.
+/// Every `/v1` route, registered and documented in one place.
+pub fn all_routes(routes: &mut openapi::Routes<'_>) {
+    admin::routes(routes);
+    technician::routes(routes);
+    agent::routes(routes);
+    auditor::routes(routes);
+}
+
+/// Registers the `/v1` routes, `/openapi.json`, `/docs` and the JSON settings.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(payload_config()).service(
-        web::scope("/v1")
-            .configure(admin::routes)
-            .configure(technician::routes)
-            .configure(agent::routes)
-            .configure(auditor::routes),
-    );
+    cfg.app_data(payload_config())
+        .route("/openapi.json", web::get().to(openapi::openapi_json))
+        .route("/docs", web::get().to(openapi::docs_page))
+        .service(web::scope("/v1").configure(|cfg| {
+            all_routes(&mut openapi::Routes::registering(cfg));
+        }));
 }

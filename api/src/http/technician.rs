@@ -2,10 +2,12 @@
 //! (audited, only while active), get the offline TOTP secret (audited) and check in.
 
 use super::idempotency::{idempotent, Reply};
+use super::openapi::{Doc, Routes};
 use super::{actor, forbidden, tenant_computer, visible_session, visible_tenant, Services};
 use crate::auth::Principal;
 use crate::problem::{ApiError, JsonBody};
 use crate::secrets::{self, Secret, SecretRef};
+use actix_web::http::Method;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use latchkey_domain::computer::{Computer, ComputerCommand, ComputerEvent};
@@ -21,19 +23,59 @@ use latchkey_projections::SessionFilter;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
+pub fn routes(r: &mut Routes<'_>) {
+    const TECHNICIAN: &str = "technician who is a member of the tenant";
+    const OWN: &str = "the session's technician";
+    r.add(
+        Method::POST,
         "/tenants/{tenant_id}/computers/{computer_id}/checkout",
-        web::post().to(check_out),
+        check_out,
+        Doc::new("Check out admin access to a computer", TECHNICIAN)
+            .body::<CheckOutRequest>()
+            .answer(201, "the session (provisioning)"),
     )
-    .route(
+    .add(
+        Method::POST,
         "/tenants/{tenant_id}/computers/{computer_id}/offline-secret",
-        web::post().to(offline_secret),
+        offline_secret,
+        Doc::new(
+            "Your offline TOTP secret on this computer: otpauth:// URI and QR code (audited)",
+            TECHNICIAN,
+        ),
     )
-    .route("/sessions", web::get().to(my_sessions))
-    .route("/sessions/{session_id}", web::get().to(get_session))
-    .route("/sessions/{session_id}/credential", web::post().to(reveal))
-    .route("/sessions/{session_id}/checkin", web::post().to(check_in));
+    .add(
+        Method::GET,
+        "/sessions",
+        my_sessions,
+        Doc::new("Your own sessions, newest first", "technician").query(&[
+            ("open", "true: only open ones"),
+            ("limit", "1-1000, default 100"),
+        ]),
+    )
+    .add(
+        Method::GET,
+        "/sessions/{session_id}",
+        get_session,
+        Doc::new(
+            "A session",
+            "its technician; admins and auditors of its tenant",
+        ),
+    )
+    .add(
+        Method::POST,
+        "/sessions/{session_id}/credential",
+        reveal,
+        Doc::new(
+            "Reveal the account's current password (audited; only while active)",
+            OWN,
+        ),
+    )
+    .add(
+        Method::POST,
+        "/sessions/{session_id}/checkin",
+        check_in,
+        Doc::new("Check in: access is taken away on the computer", OWN),
+    );
 }
 
 #[derive(Serialize)]
@@ -81,7 +123,7 @@ pub fn session_view(session: &Session) -> Result<SessionView, ApiError> {
         .ok_or_else(|| ApiError::not_found("the session"))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct CheckOutRequest {
     reason: Option<Reason>,
