@@ -288,6 +288,7 @@ async fn main() {
         .read_line(&mut line)
         .unwrap();
     let base = line.trim().replace("latchkey listening on ", "");
+    let _server = KillOnDrop(server);
     let api = Arc::new(Api {
         client: reqwest::Client::builder()
             .pool_max_idle_per_host(256)
@@ -321,7 +322,10 @@ async fn main() {
             })
             .collect();
         for task in tasks {
-            task.await.expect("a client finished");
+            if let Err(e) = task.await {
+                // Stop the server before reporting (the guard runs on this panic too).
+                panic!("a client failed: {e}");
+            }
         }
         let elapsed = started.elapsed().as_secs_f64();
         let mut requests = api.latencies.lock().await.clone();
@@ -339,6 +343,14 @@ async fn main() {
             percentile(&cycles, 0.99),
         );
     }
-    let _ = server.kill();
-    let _ = server.wait();
+}
+
+/// Stops the server however the benchmark ends (a panic included).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -888,9 +888,11 @@ async fn issue_token(
         "auditor" => (Role::Auditor { tenant_id: tenant }, body.name.clone()),
         "technician" => {
             let id = TechnicianId(body.technician_id.ok_or_else(|| missing("technician_id"))?);
-            let row = services.query(move |q| q.technician(id)).await?;
-            let row = row.ok_or_else(|| ApiError::not_found("the technician"))?;
-            let email = Email::parse(row.email).map_err(ApiError::from)?;
+            let loaded: Technician = services.load(id.stream_name()).await?;
+            let email = loaded
+                .state()
+                .map(|t| t.email.clone())
+                .ok_or_else(|| ApiError::not_found("the technician"))?;
             (Role::Technician { technician_id: id }, Some(email))
         }
         _ => {
@@ -902,7 +904,8 @@ async fn issue_token(
     };
     let name = name.ok_or_else(|| missing("name"))?;
     if let Some(tenant) = tenant.filter(|_| body.role != "technician") {
-        if !services.query(move |q| q.tenant_exists(tenant)).await? {
+        let loaded: Tenant = services.load(tenant.stream_name()).await?;
+        if loaded.state().is_none() {
             return Err(ApiError::not_found("the tenant"));
         }
     }
