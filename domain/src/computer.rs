@@ -1644,8 +1644,10 @@ pub(crate) mod tests {
         );
         c.grant(named_grant(1));
         let shown = Computer::decide(&c.state(), disclose(nik_id())).unwrap();
-        assert!(matches!(&shown[..], [ComputerEvent::OfflineSecretDisclosed(d)]
-            if d.account == acct("msp-nik") && d.generation == 1 && d.technician_id == nik_id()));
+        assert!(
+            matches!(&shown[..], [ComputerEvent::OfflineSecretDisclosed(d)]
+            if d.account == acct("msp-nik") && d.generation == 1 && d.technician_id == nik_id())
+        );
         assert_eq!(
             Computer::decide(&c.state(), disclose(ann_id())),
             Err(DomainError::NoOfflineSecret),
@@ -1653,8 +1655,10 @@ pub(crate) mod tests {
         );
         c.grant(shared_grant(2, nik_id()));
         let shared = Computer::decide(&c.state(), disclose(ann_id())).unwrap();
-        assert!(matches!(&shared[..], [ComputerEvent::OfflineSecretDisclosed(d)]
-            if d.account == acct("msp-1234") && d.technician_id == ann_id()));
+        assert!(
+            matches!(&shared[..], [ComputerEvent::OfflineSecretDisclosed(d)]
+            if d.account == acct("msp-1234") && d.technician_id == ann_id())
+        );
     }
 
     #[test]
