@@ -1,11 +1,11 @@
 //! The Latchkey server's application layer, shared by the `latchkey` binary and its tests.
 //!
-//! UNFINISHED (issue 3): built so far are the command path (`commands`), the process-manager
-//! runner over the directory read model (`runner`), the encrypted secret store with password
-//! and TOTP generation (`secrets`), hashed API tokens with roles (`auth`) and problem+json
-//! errors (`problem`). Not yet: the HTTP endpoints and the bearer extractor, the admin-token
-//! bootstrap in `serve`, the audit trail and account-state read models, `replay`, the expiry
-//! scheduler and the CLI's admin commands.
+//! - `commands`: the one command path (load with a state cache, decide, append, retry);
+//! - `http`: the REST API, its OpenAPI document and idempotency keys;
+//! - `runner`: the process managers over the read models; `scheduler`: expiry and retries;
+//! - `secrets`: the encrypted secret store; `auth`: hashed API and enrollment tokens;
+//! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
+//! - `cli`: the admin and auditor client commands; `config`: settings and the config file.
 
 pub mod auth;
 pub mod cli;

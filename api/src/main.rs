@@ -1,8 +1,5 @@
-//! `latchkey`: the server and (from issue 3 on) the admin CLI.
-//!
-//! UNFINISHED (issue 3): `serve` opens the event store, the read models and the secret store,
-//! runs the process managers and answers `/healthz`; the REST API and the CLI's admin
-//! commands are not built yet.
+//! `latchkey`: the server (`serve`), the read-model rebuild (`replay`), and the admin and
+//! auditor CLI that talks to a running server (see `latchkey --help`).
 
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
