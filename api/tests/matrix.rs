@@ -118,6 +118,11 @@ const OLD_RESULT: Option<&str> = Some(
 const USED_ENROLLMENT: Option<&str> =
     Some(r#"{"token":"{usedEnrollment}","hostname":"pc9","os":"windows"}"#);
 const SHARED_MODE: Option<&str> = Some(r#"{"login_mode":"shared"}"#);
+const INVENTORY: Option<&str> = Some(r#"{"group":"Administrators","members":["Administrator"]}"#);
+/// An offline login for an account no computer has: refused with 404 on both agents.
+const UNKNOWN_OFFLINE: Option<&str> = Some(
+    r#"{"login_id":"0190f1e2-0000-7000-8000-0000000000aa","account":"msp-nobody","technician_id":null,"generation":1,"used_at":"2026-11-23T10:00:00Z","until":"2026-11-23T11:00:00Z"}"#,
+);
 
 /// What every caller gets, row by row. Resources are A's unless the path says `{B}`,
 /// `{bob}` or `{sBob}` (B's tenant, technician and session). `{sAlf}` is TechA's active
@@ -149,6 +154,7 @@ const MATRIX: &[Row] = &[
     row("GET",    "/v1/tenants/{A}/accounts",                                None,            [401, 401, 200, 200, 200, 200, 403, 404, 404, 404, 404, 404]),
     row("GET",    "/v1/tenants/{A}/standing-privilege",                      None,            [401, 401, 200, 200, 200, 200, 403, 404, 404, 404, 404, 404]),
     row("GET",    "/v1/tenants/{A}/stuck-requests",                          None,            [401, 401, 200, 200, 200, 200, 403, 404, 404, 404, 404, 404]),
+    row("GET",    "/v1/tenants/{A}/drift",                                   None,            [401, 401, 200, 200, 200, 200, 403, 404, 404, 404, 404, 404]),
     // --- technicians ------------------------------------------------------------------------------------------------------------------------------
     row("POST",   "/v1/technicians",                                         NEW_TECHNICIAN,  [401, 401, 201, 403, 403, 403, 403, 403, 403, 403, 403, 403]),
     row("GET",    "/v1/technicians",                                         None,            [401, 401, 200, 200, 200, 200, 403, 403, 403, 403, 200, 200]),
@@ -181,6 +187,9 @@ const MATRIX: &[Row] = &[
     // --- agents (each about its own computer) ---------------------------------------------------------------------------------------------------
     row("GET",    "/v1/agent/commands",                                      None,            [401, 401, 403, 403, 403, 403, 403, 403, 200, 200, 403, 403]),
     row("POST",   "/v1/agent/results",                                       OLD_RESULT,      [401, 401, 403, 403, 403, 403, 403, 403, 200, 200, 403, 403]),
+    row("GET",    "/v1/agent/offline-secrets",                               None,            [401, 401, 403, 403, 403, 403, 403, 403, 200, 200, 403, 403]),
+    row("POST",   "/v1/agent/inventory",                                     INVENTORY,       [401, 401, 403, 403, 403, 403, 403, 403, 200, 200, 403, 403]),
+    row("POST",   "/v1/agent/offline-logins",                                UNKNOWN_OFFLINE, [401, 401, 403, 403, 403, 403, 403, 403, 404, 404, 403, 403]),
     row("POST",   "/v1/agent/enroll",                                        USED_ENROLLMENT, [410, 410, 410, 410, 410, 410, 410, 410, 410, 410, 410, 410]),
     // --- destructive, last --------------------------------------------------------------------------------------------------------------------------
     row("DELETE", "/v1/tenants/{A}/technicians/{joe}",                       None,            [401, 401, 200, 200, 403, 403, 403, 404, 404, 404, 404, 404]),

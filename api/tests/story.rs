@@ -553,3 +553,110 @@ fn rebuilt_read_models_equal_the_live_ones() {
         .unwrap();
     assert_eq!(rebuilt, live);
 }
+
+#[test]
+fn offline_secrets_offline_logins_and_the_admin_inventory_over_the_agent_endpoints() {
+    let msp = Msp::start();
+    let mut setup = msp.setup("named", "W11-L-PASSWORD");
+    let (session, _) = msp.check_out(&mut setup);
+    let agent = setup.agent.token.clone();
+    let secrets = msp.ok("GET", "/v1/agent/offline-secrets", &agent, json!({}));
+    assert_eq!(secrets["admin_group"], "Administrators");
+    assert!(secrets["max_session_minutes"].as_u64().unwrap() > 0);
+    let nik = &secrets["secrets"][0];
+    assert_eq!(nik["account"], "msp-nik");
+    assert_eq!(nik["username"], "nik");
+    let secret = nik["secret"].as_str().unwrap();
+    // The same secret the technician's authenticator gets.
+    let offline = msp.ok(
+        "POST",
+        &format!(
+            "/v1/tenants/{}/computers/{}/offline-secret",
+            setup.tenant_id, setup.computer_id
+        ),
+        &setup.nik_token,
+        json!({}),
+    );
+    assert!(offline["otpauth_uri"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("secret={secret}")));
+    msp.check_in(&mut setup, &session);
+
+    let login = json!({
+        "login_id": "0190f1e2-0000-7000-8000-000000000042",
+        "account": "msp-nik",
+        "technician_id": nik["technician_id"],
+        "generation": nik["generation"],
+        "used_at": "2026-11-23T10:00:00Z",
+        "until": "2026-11-23T11:00:00Z",
+    });
+    let first = msp.ok("POST", "/v1/agent/offline-logins", &agent, login.clone());
+    assert!(first["recorded"].as_u64().unwrap() >= 1);
+    let again = msp.ok("POST", "/v1/agent/offline-logins", &agent, login);
+    assert_eq!(again["recorded"], 0, "uploading it again changes nothing");
+    let before = setup.agent.password("msp-nik").unwrap().to_owned();
+    for _ in 0..50 {
+        setup.agent.poll(&msp.server, 1);
+        if setup.agent.password("msp-nik") != Some(before.as_str()) {
+            break;
+        }
+    }
+    assert_ne!(
+        setup.agent.password("msp-nik").unwrap(),
+        before,
+        "the server rotates the password once more after the offline login"
+    );
+
+    msp.ok(
+        "POST",
+        "/v1/agent/inventory",
+        &agent,
+        json!({"group": "Administrators", "members": ["Administrator", "msp-nik"]}),
+    );
+    let drift = loop_until(|| {
+        let drift = msp.ok(
+            "GET",
+            &format!("/v1/tenants/{}/drift", setup.tenant_id),
+            &msp.admin,
+            json!({}),
+        );
+        (drift["drift"].as_array().unwrap().len() == 2).then_some(drift)
+    });
+    let managed: Vec<_> = drift["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["member"].as_str().unwrap().to_owned(),
+                d["managed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        managed,
+        [
+            ("Administrator".to_owned(), false),
+            ("msp-nik".to_owned(), true)
+        ],
+        "no open session explains either admin"
+    );
+    let sentences = msp.audit_sentences(&setup.tenant_id);
+    assert!(
+        sentences
+            .iter()
+            .any(|s| s.starts_with("nik@nikpot.com logged in offline to W11-L-PASSWORD")),
+        "{sentences:#?}"
+    );
+}
+
+fn loop_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..100 {
+        if let Some(value) = f() {
+            return value;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("never happened");
+}

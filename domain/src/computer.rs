@@ -15,6 +15,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
@@ -298,6 +299,10 @@ pub struct Computer {
     pub last_request: u64,
     /// Sessions released before their grant arrived; a late grant for them does nothing.
     pub released_before_grant: BTreeSet<SessionId>,
+    /// Offline logins the agent has reported (by the agent's id for each), for idempotency.
+    pub offline_logins: BTreeSet<Uuid>,
+    /// The admin group's members as the agent last reported them.
+    pub inventory: Option<(GroupName, BTreeSet<String>)>,
 }
 
 impl Computer {
@@ -471,6 +476,24 @@ pub enum ComputerCommand {
         request_id: RequestId,
         at: Timestamp,
     },
+    /// The agent granted access offline after checking a technician's TOTP code, and
+    /// uploaded the record once it could reach the server. Latchkey then rotates the
+    /// account's password once more (the one the agent printed must not outlive the visit).
+    RecordOfflineLogin {
+        login_id: Uuid,
+        account: AccountName,
+        technician_id: Option<TechnicianId>,
+        generation: u32,
+        used_at: Timestamp,
+        until: Timestamp,
+        at: Timestamp,
+    },
+    /// The agent's periodic report of who is in the admin group on the machine.
+    ReportInventory {
+        group: GroupName,
+        members: BTreeSet<String>,
+        at: Timestamp,
+    },
     /// A technician asks for their offline TOTP secret on this computer (their named account's,
     /// or the shared account's). The caller checks that they work for the computer's tenant.
     DiscloseOfflineSecret {
@@ -641,6 +664,33 @@ pub struct OfflineSecretIssued {
     pub at: Timestamp,
 }
 
+/// The agent let someone in offline with the account's TOTP code, until `until`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineLoginRecorded {
+    pub computer_id: ComputerId,
+    /// The agent's id for this login (uploads are idempotent by it).
+    pub login_id: Uuid,
+    pub account: AccountName,
+    /// The named account's technician; `None` for the shared account.
+    pub technician_id: Option<TechnicianId>,
+    pub generation: u32,
+    pub used_at: Timestamp,
+    pub until: Timestamp,
+    pub at: Timestamp,
+}
+
+/// The members of the admin group on the machine, as the agent read them (recorded when
+/// they change). Members no open session explains are drift.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdminGroupInventoried {
+    pub computer_id: ComputerId,
+    pub group: GroupName,
+    pub members: BTreeSet<String>,
+    pub at: Timestamp,
+}
+
 /// A technician was shown an offline TOTP secret (as an `otpauth://` URI); the secret itself
 /// is never in an event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -686,6 +736,8 @@ domain_events!(
         OfflineSecretIssued = "OfflineSecretIssued" v 1,
         OfflineSecretRevoked = "OfflineSecretRevoked" v 1,
         OfflineSecretDisclosed = "OfflineSecretDisclosed" v 1,
+        OfflineLoginRecorded = "OfflineLoginRecorded" v 1,
+        AdminGroupInventoried = "AdminGroupInventoried" v 1,
     }
 );
 
@@ -1199,6 +1251,58 @@ impl Aggregate for Computer {
                 at,
             } => state.report_failed(request_id, reason, at),
             ComputerCommand::RetryRequest { request_id, at } => state.retry_request(request_id, at),
+            ComputerCommand::RecordOfflineLogin {
+                login_id,
+                account,
+                technician_id,
+                generation,
+                used_at,
+                until,
+                at,
+            } => {
+                if state.offline_logins.contains(&login_id) {
+                    return Ok(vec![]);
+                }
+                let managed = state
+                    .accounts
+                    .get(&account)
+                    .ok_or(DomainError::UnknownAccount {
+                        account: account.clone(),
+                    })?;
+                let exists = managed.exists;
+                let mut d = Decision::new(state, at)?;
+                d.emit(OfflineLoginRecorded {
+                    computer_id: d.computer_id,
+                    login_id,
+                    account: account.clone(),
+                    technician_id,
+                    generation,
+                    used_at,
+                    until,
+                    at,
+                });
+                if exists {
+                    d.rotate(None, Purpose::Cleanup, &account);
+                }
+                Ok(d.finish())
+            }
+            ComputerCommand::ReportInventory { group, members, at } => {
+                let computer_id = state.computer_id()?;
+                let unchanged = state
+                    .inventory
+                    .as_ref()
+                    .is_some_and(|(g, m)| *g == group && *m == members);
+                if unchanged {
+                    return Ok(vec![]);
+                }
+                Ok(vec![AdminGroupInventoried {
+                    computer_id,
+                    group,
+                    members,
+                    at,
+                }
+                .into()])
+            }
             ComputerCommand::DiscloseOfflineSecret {
                 technician_id,
                 by,
@@ -1410,6 +1514,12 @@ impl Aggregate for Computer {
                 }
             }
             E::OfflineSecretDisclosed(_) => {}
+            E::OfflineLoginRecorded(e) => {
+                state.offline_logins.insert(e.login_id);
+            }
+            E::AdminGroupInventoried(e) => {
+                state.inventory = Some((e.group.clone(), e.members.clone()));
+            }
         }
         state
     }
@@ -1628,6 +1738,67 @@ pub(crate) mod tests {
             [ComputerEvent::AddedToAdminGroup(_), ComputerEvent::SessionAccessGranted(g)]
                 if g.session_id == sid(1) && g.account == acct("msp-nik")
         ));
+    }
+
+    #[test]
+    fn an_uploaded_offline_login_is_recorded_once_and_the_password_rotated_again() {
+        let mut c = Timeline::enrolled();
+        c.grant_fully(named_grant(1), 1, 1);
+        let login = Uuid::from_u128(77);
+        let record = || ComputerCommand::RecordOfflineLogin {
+            login_id: login,
+            account: acct("msp-nik"),
+            technician_id: Some(nik_id()),
+            generation: 1,
+            used_at: t(30),
+            until: t(90),
+            at: t(95),
+        };
+        let events = c.run(record());
+        assert!(matches!(&events[0], ComputerEvent::OfflineLoginRecorded(e)
+            if e.login_id == login && e.account == acct("msp-nik")));
+        let rotations: Vec<_> = requested(&events)
+            .into_iter()
+            .filter(|(_, _, op)| matches!(op, Operation::RotatePassword { .. }))
+            .collect();
+        assert_eq!(
+            rotations.len(),
+            1,
+            "the printed password is rotated away: {events:?}"
+        );
+        assert_eq!(c.run(record()), vec![], "a second upload changes nothing");
+        let unknown = ComputerCommand::RecordOfflineLogin {
+            login_id: Uuid::from_u128(78),
+            account: acct("msp-ann"),
+            technician_id: None,
+            generation: 1,
+            used_at: t(30),
+            until: t(90),
+            at: t(95),
+        };
+        assert_eq!(
+            Computer::decide(&c.state(), unknown),
+            Err(DomainError::UnknownAccount {
+                account: acct("msp-ann")
+            })
+        );
+    }
+
+    #[test]
+    fn the_admin_group_inventory_is_recorded_when_it_changes() {
+        let mut c = Timeline::enrolled();
+        let report = |members: &[&str]| ComputerCommand::ReportInventory {
+            group: admins(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            at: t(5),
+        };
+        assert_eq!(c.run(report(&["Administrator"])).len(), 1);
+        assert_eq!(
+            c.run(report(&["Administrator"])),
+            vec![],
+            "unchanged: nothing new"
+        );
+        assert_eq!(c.run(report(&["Administrator", "intruder"])).len(), 1);
     }
 
     #[test]

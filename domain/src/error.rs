@@ -62,6 +62,8 @@ pub enum DomainError {
     UnknownRequest { request_id: RequestId },
     #[error("session {session_id} is not known on this computer")]
     UnknownSession { session_id: SessionId },
+    #[error("account {account} is not a Latchkey account on this computer")]
+    UnknownAccount { account: AccountName },
     #[error(transparent)]
     Invalid(#[from] InvalidValue),
 }
@@ -75,7 +77,8 @@ impl DomainError {
             | ComputerNotEnrolled
             | SessionNotFound
             | UnknownRequest { .. }
-            | UnknownSession { .. } => ErrorKind::NotFound,
+            | UnknownSession { .. }
+            | UnknownAccount { .. } => ErrorKind::NotFound,
             TenantAlreadyRegistered
             | TechnicianAlreadyRegistered
             | ComputerAlreadyEnrolled

@@ -28,6 +28,10 @@ use uuid::Uuid;
 /// the computer aggregate's open requests (a failed grant is closed, a failed revocation or
 /// clean-up stays open until it is retried, superseded or done).
 pub(crate) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS admin_inventory (
+    computer_id TEXT NOT NULL, admin_group TEXT NOT NULL, member TEXT NOT NULL,
+    reported_at TEXT NOT NULL, PRIMARY KEY (computer_id, member)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS managed_accounts (
     computer_id TEXT NOT NULL, account TEXT NOT NULL, tenant_id TEXT,
     owner TEXT NOT NULL, technician_id TEXT,
@@ -336,7 +340,22 @@ pub(crate) fn apply(
         | E::SessionAccessGranted(_)
         | E::SessionAccessFailed(_)
         | E::SessionAccessReleased(_)
-        | E::OfflineSecretDisclosed(_) => {}
+        | E::OfflineSecretDisclosed(_)
+        | E::OfflineLoginRecorded(_) => {}
+        E::AdminGroupInventoried(e) => {
+            let computer = e.computer_id.to_string();
+            tx.execute(
+                "DELETE FROM admin_inventory WHERE computer_id = ?1",
+                [&computer],
+            )?;
+            for member in &e.members {
+                tx.execute(
+                    "INSERT INTO admin_inventory (computer_id, admin_group, member, reported_at)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![computer, e.group.as_str(), member, time(&e.at)],
+                )?;
+            }
+        }
     }
     Ok(())
 }
@@ -732,6 +751,56 @@ impl Queries<'_> {
                 reason: parsed(row, 7, FailureReason::parse)?,
                 failed_at: parsed(row, 8, instant)?,
                 operation: parsed(row, 9, operation)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+/// A member of a computer's admin group, as the agent last reported it, that no open session
+/// explains: a Latchkey account that should have left the group (`managed`), or an account
+/// Latchkey does not manage (a built-in administrator, or one added by hand).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AdminDrift {
+    pub computer_id: ComputerId,
+    pub hostname: String,
+    pub admin_group: String,
+    pub member: String,
+    pub managed: bool,
+    pub reported_at: String,
+}
+
+impl Queries<'_> {
+    /// Admin-group members that no open session on the computer explains, per the agents'
+    /// latest inventories.
+    pub fn admin_drift(&self, tenant: TenantId) -> Result<Vec<AdminDrift>, ProjectionError> {
+        let mut statement = self.conn().prepare_cached(
+            "SELECT i.computer_id, c.hostname, i.admin_group, i.member, i.reported_at,
+                    EXISTS (SELECT 1 FROM managed_accounts m
+                            WHERE m.computer_id = i.computer_id AND m.account = i.member
+                              AND m.deleted = 0)
+             FROM admin_inventory i JOIN computers c ON c.id = i.computer_id
+             WHERE c.tenant_id = ?1
+               AND NOT EXISTS (SELECT 1 FROM sessions s
+                               WHERE s.computer_id = i.computer_id AND s.account = i.member
+                                 AND s.open = 1)
+             ORDER BY c.hostname, i.member",
+        )?;
+        let rows = statement.query_map([tenant.to_string()], |row| {
+            let computer: String = row.get(0)?;
+            Ok(AdminDrift {
+                computer_id: ComputerId(Uuid::parse_str(&computer).map_err(|e| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Text,
+                        Box::new(e),
+                    )
+                })?),
+                hostname: row.get(1)?,
+                admin_group: row.get(2)?,
+                member: row.get(3)?,
+                reported_at: row.get(4)?,
+                managed: row.get(5)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -850,6 +850,8 @@ fn computer_line(
         ComputerEvent::OfflineSecretIssued(e) => (e.computer_id, e.at),
         ComputerEvent::OfflineSecretRevoked(e) => (e.computer_id, e.at),
         ComputerEvent::OfflineSecretDisclosed(e) => (e.computer_id, e.at),
+        ComputerEvent::OfflineLoginRecorded(e) => (e.computer_id, e.at),
+        ComputerEvent::AdminGroupInventoried(e) => (e.computer_id, e.at),
     };
     let computer = names.computer(computer_id)?;
     let host = computer.hostname.as_str();
@@ -1157,6 +1159,39 @@ fn computer_line(
                 format!("{actor} disclosed {secret} to {email}")
             };
             about_account(actor, sentence, None, e.account.as_str())?.technician(e.technician_id)
+        }
+        ComputerEvent::OfflineLoginRecorded(e) => {
+            let who = match e.technician_id {
+                Some(t) => names.email(&t.to_string())?,
+                None => "a technician".to_owned(),
+            };
+            let sentence = format!(
+                "{who} logged in offline to {host} with account {} at {} using its offline \
+                 TOTP code (generation {}), granted until {}; Latchkey rotates its password \
+                 again",
+                e.account,
+                e.used_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                e.generation,
+                e.until.format("%Y-%m-%d %H:%M:%S UTC"),
+            );
+            let line = about_account(recorded_actor, sentence, None, e.account.as_str())?;
+            match e.technician_id {
+                Some(t) => line.technician(t),
+                None => line,
+            }
+        }
+        ComputerEvent::AdminGroupInventoried(e) => {
+            let members: Vec<&str> = e.members.iter().map(String::as_str).collect();
+            let sentence = format!(
+                "agent of {host} reported the members of {}: {}",
+                e.group,
+                if members.is_empty() {
+                    "none".to_owned()
+                } else {
+                    members.join(", ")
+                }
+            );
+            base(recorded_actor, sentence)
         }
     })
 }

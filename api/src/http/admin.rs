@@ -167,6 +167,15 @@ pub fn routes(r: &mut Routes<'_>) {
     )
     .add(
         Method::GET,
+        "/tenants/{tenant_id}/drift",
+        drift,
+        Doc::new(
+            "Admin-group members that no open session explains (agents' inventories)",
+            READERS,
+        ),
+    )
+    .add(
+        Method::GET,
         "/tenants/{tenant_id}/stuck-requests",
         stuck_requests,
         Doc::new(
@@ -797,6 +806,16 @@ async fn standing_privilege(
         .query(move |q| q.standing_privilege(Some(tenant)))
         .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "standing_privilege": rows })))
+}
+
+async fn drift(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = readable_by_staff(&services, &principal, &path).await?;
+    let rows = services.query(move |q| q.admin_drift(tenant)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "drift": rows })))
 }
 
 async fn stuck_requests(

@@ -64,6 +64,37 @@ pub fn routes(r: &mut Routes<'_>) {
             "the computer's agent",
         )
         .body::<Report>(),
+    )
+    .add(
+        Method::GET,
+        "/agent/offline-secrets",
+        offline_secrets,
+        Doc::new(
+            "The TOTP secrets in force on this computer, with the admin group and maximum \
+             session length, for offline login",
+            "the computer's agent",
+        ),
+    )
+    .add(
+        Method::POST,
+        "/agent/offline-logins",
+        offline_login,
+        Doc::new(
+            "Upload an offline login the agent granted (idempotent by login_id); the server \
+             then rotates the account's password again",
+            "the computer's agent",
+        )
+        .body::<OfflineLogin>(),
+    )
+    .add(
+        Method::POST,
+        "/agent/inventory",
+        inventory,
+        Doc::new(
+            "Report the members of the admin group on the machine (drift detection)",
+            "the computer's agent",
+        )
+        .body::<Inventory>(),
     );
 }
 
@@ -327,4 +358,149 @@ async fn report(
         "request_id": request_id,
         "recorded": executed.events.len(),
     })))
+}
+
+/// One offline secret as the agent keeps it.
+#[derive(Serialize)]
+struct AgentOfflineSecret {
+    account: AccountName,
+    /// The named account's technician (their username is what they type at the agent);
+    /// `None` for the shared account.
+    technician_id: Option<latchkey_domain::ids::TechnicianId>,
+    username: Option<String>,
+    generation: u32,
+    /// Base32, as in the technician's authenticator (SHA1, 6 digits, 30 s).
+    secret: String,
+}
+
+async fn offline_secrets(
+    services: web::Data<Services>,
+    principal: Principal,
+) -> Result<HttpResponse, ApiError> {
+    let computer = own_computer(&principal)?;
+    let state: Computer = services.load(computer.stream_name()).await?;
+    let profile = state
+        .profile
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the computer"))?;
+    let tenant: Tenant = services.load(profile.tenant_id.stream_name()).await?;
+    let tenant = tenant
+        .state()
+        .ok_or_else(|| ApiError::not_found("the tenant"))?;
+    let policy = state.effective_policy(&tenant.policy);
+    let mut secrets = Vec::new();
+    for account in state.accounts.values() {
+        let Some(generation) = account
+            .offline_secret
+            .filter(|_| account.exists && !account.retiring)
+        else {
+            continue;
+        };
+        let technician_id = account.owner.technician();
+        let username = match technician_id {
+            Some(id) => {
+                let technician: latchkey_domain::technician::Technician =
+                    services.load(id.stream_name()).await?;
+                technician.state().map(|t| t.username.to_string())
+            }
+            None => None,
+        };
+        let secret =
+            super::technician::totp_secret(&services, computer, &account.name, generation).await?;
+        secrets.push(AgentOfflineSecret {
+            account: account.name.clone(),
+            technician_id,
+            username,
+            generation,
+            secret: secret.expose().to_owned(),
+        });
+    }
+    let mut response = HttpResponse::Ok().json(serde_json::json!({
+        "admin_group": policy.admin_group(),
+        "max_session_minutes": policy.max_session().as_minutes(),
+        "secrets": secrets,
+    }));
+    response.headers_mut().insert(
+        actix_web::http::header::CACHE_CONTROL,
+        actix_web::http::header::HeaderValue::from_static("no-store"),
+    );
+    Ok(response)
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct OfflineLogin {
+    /// The agent's own id for this login; uploading it again changes nothing.
+    login_id: Uuid,
+    account: AccountName,
+    technician_id: Option<Uuid>,
+    generation: u32,
+    used_at: chrono::DateTime<chrono::Utc>,
+    until: chrono::DateTime<chrono::Utc>,
+}
+
+async fn offline_login(
+    services: web::Data<Services>,
+    principal: Principal,
+    JsonBody(body): JsonBody<OfflineLogin>,
+) -> Result<HttpResponse, ApiError> {
+    let computer = own_computer(&principal)?;
+    if body.until < body.used_at {
+        return Err(ApiError::bad_request(
+            "until",
+            "until must not be before used_at",
+        ));
+    }
+    let command = ComputerCommand::RecordOfflineLogin {
+        login_id: body.login_id,
+        account: body.account,
+        technician_id: body.technician_id.map(latchkey_domain::ids::TechnicianId),
+        generation: body.generation,
+        used_at: body.used_at,
+        until: body.until,
+        at: chrono::Utc::now(),
+    };
+    let executed = services
+        .execute::<Computer>(&principal, computer.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "login_id": body.login_id,
+        "recorded": executed.events.len(),
+    })))
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Inventory {
+    group: latchkey_domain::names::GroupName,
+    /// Local account names, at most 1000, each 1 to 64 characters.
+    members: std::collections::BTreeSet<String>,
+}
+
+async fn inventory(
+    services: web::Data<Services>,
+    principal: Principal,
+    JsonBody(body): JsonBody<Inventory>,
+) -> Result<HttpResponse, ApiError> {
+    let computer = own_computer(&principal)?;
+    let bad = body.members.len() > 1000
+        || body
+            .members
+            .iter()
+            .any(|m| m.is_empty() || m.chars().count() > 64 || m.chars().any(char::is_control));
+    if bad {
+        return Err(ApiError::bad_request(
+            "members",
+            "members must be at most 1000 names of 1 to 64 printable characters",
+        ));
+    }
+    let command = ComputerCommand::ReportInventory {
+        group: body.group,
+        members: body.members,
+        at: chrono::Utc::now(),
+    };
+    let executed = services
+        .execute::<Computer>(&principal, computer.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "changed": !executed.events.is_empty() })))
 }
