@@ -1,0 +1,70 @@
+//! The machine's local accounts, behind one trait so the daemon's logic is the same on every
+//! OS. The Linux backend (`linux`) drives the real shadow-utils with `--root`; the in-memory
+//! one (`memory`) is an extra fast backend for unit tests only.
+//!
+//! Every operation is an idempotent "ensure": creating an account that exists, adding a
+//! member already in the group, removing one who is not, deleting an absent account all
+//! succeed without change. What the agent reports is read back from the account files
+//! afterwards ([`AccountBackend::observe`]), never inferred from a tool's exit code.
+
+pub mod linux;
+pub mod memory;
+
+/// What the machine's files say about one account.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    pub present: bool,
+    /// Supplementary groups the account is a member of (from the group file), sorted.
+    pub groups: Vec<String>,
+    /// The password hash in the shadow file (`None` if absent, locked `!`/`*` kept as is).
+    pub password_hash: Option<String>,
+}
+
+/// Why an operation failed on the machine: a clear, secret-free reason for the server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OsError {
+    /// The tool is not installed or could not be started.
+    #[error("{tool} could not be run: {reason}")]
+    ToolMissing { tool: String, reason: String },
+    /// The tool ran and failed (its exit status and stderr, which never holds a secret here
+    /// because secrets are passed on stdin as hashes).
+    #[error("{tool} failed ({status}): {stderr}")]
+    ToolFailed {
+        tool: String,
+        status: String,
+        stderr: String,
+    },
+    #[error("group {group} does not exist on this machine")]
+    GroupMissing { group: String },
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+}
+
+/// The machine's accounts. Names are already validated by the server (`AccountName`,
+/// `GroupName`); implementations must still pass them as separate arguments, never through
+/// a shell.
+pub trait AccountBackend: Send + Sync {
+    /// Ensures the account exists (no password usable yet, no groups of its own beyond the
+    /// defaults).
+    fn ensure_account(&self, account: &str) -> Result<(), OsError>;
+    /// Sets the account's password to this crypt(3) hash (SHA-512 `$6$…`).
+    fn set_password_hash(&self, account: &str, hash: &str) -> Result<(), OsError>;
+    fn add_to_group(&self, account: &str, group: &str) -> Result<(), OsError>;
+    fn remove_from_group(&self, account: &str, group: &str) -> Result<(), OsError>;
+    /// Ensures the account is gone (its home directory too, if it has one).
+    fn delete_account(&self, account: &str) -> Result<(), OsError>;
+    /// Reads the account back from the account files.
+    fn observe(&self, account: &str) -> Result<Observed, OsError>;
+    /// The members of a group, from the group file (for the admin-group inventory).
+    fn group_members(&self, group: &str) -> Result<Vec<String>, OsError>;
+}
+
+/// Hashes a password for the shadow file: SHA-512 crypt (`$6$`) with a fresh random salt.
+pub fn hash_password(password: &str) -> String {
+    linux::hash_password(password)
+}
+
+/// Whether `password` matches a crypt(3) hash from the shadow file.
+pub fn password_matches(password: &str, hash: &str) -> bool {
+    linux::password_matches(password, hash)
+}
