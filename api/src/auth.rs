@@ -373,12 +373,15 @@ impl TokenStore {
         let row: Option<(Vec<u8>, String, String)> = self
             .db
             .lock()
-            .query_row(
+            .prepare_cached(
                 "SELECT token_hash, role, name FROM tokens
                  WHERE token_id = ?1 AND revoked_at IS NULL",
-                params![token_id.to_string()],
-                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
             )
+            .and_then(|mut statement| {
+                statement.query_row(params![token_id.to_string()], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                })
+            })
             .optional()
             .map_err(|e| self.storage(e))?;
         let Some((stored, role, name)) = row else {

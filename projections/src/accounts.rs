@@ -241,7 +241,7 @@ pub(crate) fn apply(
     match event {
         E::SessionAccessRequested(e) => {
             // The aggregate keeps an account's first owner; a new session un-retires it.
-            tx.execute(
+            crate::exec(tx, 
                 "INSERT INTO managed_accounts (computer_id, account, tenant_id, owner, technician_id)
                  VALUES (?1, ?2, (SELECT tenant_id FROM computers WHERE id = ?1), ?3, ?4)
                  ON CONFLICT (computer_id, account) DO UPDATE SET retiring = 0",
@@ -254,7 +254,8 @@ pub(crate) fn apply(
             )?;
         }
         E::ProvisioningRequested(e) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "INSERT OR REPLACE INTO provisioning_requests
                      (computer_id, request_id, session_id, purpose, account, operation, status,
                       open, attempt, requested_at, updated_at)
@@ -271,7 +272,8 @@ pub(crate) fn apply(
             )?;
         }
         E::ProvisioningRetried(e) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE provisioning_requests SET status = 'pending', attempt = ?3, updated_at = ?4
                  WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
                 params![
@@ -283,7 +285,8 @@ pub(crate) fn apply(
             )?;
         }
         E::ProvisioningSuperseded(e) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE provisioning_requests SET status = 'superseded', open = 0, updated_at = ?3
                  WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
                 params![
@@ -295,7 +298,8 @@ pub(crate) fn apply(
         }
         E::ProvisioningFailed(e) => {
             // A grant is never retried (its session fails instead), so it closes here.
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE provisioning_requests
                  SET status = 'failed', open = CASE WHEN purpose = 'grant' THEN 0 ELSE 1 END,
                      attempt = ?3, reason = ?4, failed_at = ?5, updated_at = ?5
@@ -315,20 +319,23 @@ pub(crate) fn apply(
         E::RemovedFromAdminGroup(e) => verified!(e, Change::Removed(&e.group)),
         E::AccountDeleted(e) => verified!(e, Change::Deleted),
         E::AccountRetirementStarted(e) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE managed_accounts SET retiring = 1 WHERE computer_id = ?1 AND account = ?2",
                 params![e.computer_id.to_string(), e.account.as_str()],
             )?;
         }
         E::OfflineSecretIssued(e) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE managed_accounts SET offline_secret_generation = ?3
                  WHERE computer_id = ?1 AND account = ?2",
                 params![e.computer_id.to_string(), e.account.as_str(), e.generation],
             )?;
         }
         E::OfflineSecretRevoked(e) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE managed_accounts SET offline_secret_generation = NULL
                  WHERE computer_id = ?1 AND account = ?2",
                 params![e.computer_id.to_string(), e.account.as_str()],
@@ -344,12 +351,14 @@ pub(crate) fn apply(
         | E::OfflineLoginRecorded(_) => {}
         E::AdminGroupInventoried(e) => {
             let computer = e.computer_id.to_string();
-            tx.execute(
+            crate::exec(
+                tx,
                 "DELETE FROM admin_inventory WHERE computer_id = ?1",
                 [&computer],
             )?;
             for member in &e.members {
-                tx.execute(
+                crate::exec(
+                    tx,
                     "INSERT INTO admin_inventory (computer_id, admin_group, member, reported_at)
                      VALUES (?1, ?2, ?3, ?4)",
                     params![computer, e.group.as_str(), member, time(&e.at)],
@@ -369,7 +378,8 @@ fn verified_result(
     let account = r.account.as_str();
     let request = r.request_id.0 as i64;
     let at = time(r.at);
-    tx.execute(
+    crate::exec(
+        tx,
         "UPDATE provisioning_requests SET status = 'done', open = 0, updated_at = ?3
          WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
         params![computer, request, at],
@@ -381,7 +391,8 @@ fn verified_result(
         Change::Deleted => Some(true),
         Change::Rotated | Change::Added(_) | Change::Removed(_) => None,
     };
-    tx.execute(
+    crate::exec(
+        tx,
         "UPDATE managed_accounts
          SET present = ?3, groups = ?4, password_version = ?5,
              last_rotated_at = CASE WHEN ?6 THEN ?7 ELSE last_rotated_at END,
@@ -399,7 +410,8 @@ fn verified_result(
         ],
     )?;
     if let Change::Added(group) = r.change {
-        tx.execute(
+        crate::exec(
+            tx,
             "INSERT INTO admin_memberships
                  (computer_id, account, admin_group, session_id, joined_at, joined_request,
                   joined_commit, joined_prepare)
@@ -443,7 +455,8 @@ fn verified_result(
         if still_member(&group) {
             continue;
         }
-        tx.execute(
+        crate::exec(
+            tx,
             "UPDATE admin_memberships
              SET left_at = ?6, left_request = ?7, left_event = ?8, left_commit = ?9,
                  left_prepare = ?10

@@ -251,7 +251,7 @@ impl Queries<'_> {
         // One more than asked for tells whether there is a next page.
         values.push(Value::Integer(i64::from(limit) + 1));
         sql.push_str(&format!(
-            " ORDER BY commit_position, prepare_position, line LIMIT ?{}",
+            " ORDER BY commit_position, prepare_position, line LIMIT (SELECT ?{})",
             values.len()
         ));
 
@@ -340,7 +340,8 @@ pub(crate) fn apply(
     for (number, line) in lines.into_iter().enumerate() {
         // A line already written stays as it was: it was built from the directory as of
         // its event, which is what a rebuild from the log reproduces.
-        tx.execute(
+        crate::exec(
+            tx,
             "INSERT OR IGNORE INTO audit_trail
                  (commit_position, prepare_position, line, event_id, stream, revision,
                   event_type, at, tenant_id, computer_id, technician_id, session_id, account,
@@ -377,7 +378,8 @@ fn time(at: &Timestamp) -> String {
 fn remember(tx: &Transaction, event: &ComputerEvent) -> rusqlite::Result<()> {
     match event {
         ComputerEvent::ProvisioningRequested(e) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "INSERT OR IGNORE INTO audit_requests
                      (computer_id, request_id, session_id, purpose, account, operation)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -405,7 +407,8 @@ fn remember_owner(
     account: &str,
     owner: &AccountOwner,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    crate::exec(
+        tx,
         "INSERT OR REPLACE INTO audit_account_owners (computer_id, account, technician_id)
          VALUES (?1, ?2, ?3)",
         params![

@@ -53,7 +53,8 @@ fn close_session(
     check_in_reason: Option<&str>,
     failure: Option<&str>,
 ) -> rusqlite::Result<usize> {
-    tx.execute(
+    crate::exec(
+        tx,
         "UPDATE sessions SET status = ?2, open = 0, closed_at = ?3, check_in_reason = ?4,
              failure = ?5
          WHERE id = ?1 AND open = 1",
@@ -64,7 +65,8 @@ fn close_session(
 pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> {
     match event {
         AnyEvent::Tenant(TenantEvent::TenantRegistered(e)) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "INSERT OR REPLACE INTO tenants (id, name, login_mode) VALUES (?1, ?2, ?3)",
                 params![
                     e.tenant_id.to_string(),
@@ -74,13 +76,15 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
             )?;
         }
         AnyEvent::Tenant(TenantEvent::LoginModeChanged(e)) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE tenants SET login_mode = ?2 WHERE id = ?1",
                 params![e.tenant_id.to_string(), e.to.as_str()],
             )?;
         }
         AnyEvent::Technician(TechnicianEvent::TechnicianRegistered(e)) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "INSERT OR REPLACE INTO technicians (id, username, email) VALUES (?1, ?2, ?3)",
                 params![
                     e.technician_id.to_string(),
@@ -90,24 +94,35 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
             )?;
         }
         AnyEvent::Technician(TechnicianEvent::TechnicianJoinedTenant(e)) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "INSERT OR IGNORE INTO memberships (technician_id, tenant_id) VALUES (?1, ?2)",
                 params![e.technician_id.to_string(), e.tenant_id.to_string()],
             )?;
         }
         AnyEvent::Technician(TechnicianEvent::TechnicianLeftTenant(e)) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "DELETE FROM memberships WHERE technician_id = ?1 AND tenant_id = ?2",
                 params![e.technician_id.to_string(), e.tenant_id.to_string()],
             )?;
         }
         AnyEvent::Technician(TechnicianEvent::TechnicianOffboarded(e)) => {
             let id = e.technician_id.to_string();
-            tx.execute("UPDATE technicians SET offboarded = 1 WHERE id = ?1", [&id])?;
-            tx.execute("DELETE FROM memberships WHERE technician_id = ?1", [&id])?;
+            crate::exec(
+                tx,
+                "UPDATE technicians SET offboarded = 1 WHERE id = ?1",
+                [&id],
+            )?;
+            crate::exec(
+                tx,
+                "DELETE FROM memberships WHERE technician_id = ?1",
+                [&id],
+            )?;
         }
         AnyEvent::Computer(ComputerEvent::ComputerEnrolled(e)) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "INSERT OR REPLACE INTO computers (id, tenant_id, hostname) VALUES (?1, ?2, ?3)",
                 params![
                     e.computer_id.to_string(),
@@ -117,13 +132,15 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
             )?;
         }
         AnyEvent::Computer(ComputerEvent::ComputerDecommissioned(e)) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE computers SET decommissioned = 1 WHERE id = ?1",
                 [e.computer_id.to_string()],
             )?;
         }
         AnyEvent::Session(SessionEvent::SessionCheckedOut(e)) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "INSERT OR REPLACE INTO sessions
                      (id, tenant_id, technician_id, computer_id, account, login_mode, status,
                       open, checked_out_at, expires_at, reason, ticket)
@@ -143,7 +160,8 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
             )?;
         }
         AnyEvent::Session(SessionEvent::SessionActivated(e)) => {
-            tx.execute(
+            crate::exec(
+                tx,
                 "UPDATE sessions SET status = 'active', activated_at = ?2
                  WHERE id = ?1 AND open = 1",
                 params![e.session_id.to_string(), time(&e.at)],
@@ -353,7 +371,7 @@ impl Queries<'_> {
             "SELECT {SESSION_COLUMNS} FROM sessions
              WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 IS NULL OR technician_id = ?2)
                AND (?3 IS NULL OR computer_id = ?3) AND (?4 = 0 OR open = 1)
-             ORDER BY checked_out_at DESC, id LIMIT ?5"
+             ORDER BY checked_out_at DESC, id LIMIT (SELECT ?5)"
         );
         let mut statement = self.conn().prepare_cached(&sql)?;
         let rows = statement.query_map(

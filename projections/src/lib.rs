@@ -77,6 +77,7 @@ impl ReadModels {
     }
 
     fn init(conn: Connection) -> Result<Self, ProjectionError> {
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS checkpoint (
                  id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -119,7 +120,7 @@ impl ReadModels {
     pub fn clear(&mut self) -> Result<(), ProjectionError> {
         let tx = self.conn.transaction()?;
         for table in tables(&tx)? {
-            tx.execute(&format!("DELETE FROM \"{table}\""), [])?;
+            crate::exec(&tx, &format!("DELETE FROM \"{table}\""), [])?;
         }
         tx.commit()?;
         Ok(())
@@ -143,16 +144,15 @@ impl ReadModels {
     fn position_in(&self, table: &str) -> Result<Option<Position>, ProjectionError> {
         Ok(self
             .conn
-            .query_row(
-                &format!("SELECT commit_position, prepare_position FROM {table} WHERE id = 1"),
-                [],
-                |row| {
-                    Ok(Position::new(
-                        row.get::<_, i64>(0)? as u64,
-                        row.get::<_, i64>(1)? as u64,
-                    ))
-                },
-            )
+            .prepare_cached(&format!(
+                "SELECT commit_position, prepare_position FROM {table} WHERE id = 1"
+            ))?
+            .query_row([], |row| {
+                Ok(Position::new(
+                    row.get::<_, i64>(0)? as u64,
+                    row.get::<_, i64>(1)? as u64,
+                ))
+            })
             .optional()?)
     }
 
@@ -260,13 +260,14 @@ impl ReadView {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 conn
             }
         };
         // One read transaction, so a query made of several statements sees one state.
-        conn.execute_batch("BEGIN")?;
+        exec(&conn, "BEGIN", [])?;
         let result = f(Queries(&conn));
-        let ended = conn.execute_batch("COMMIT");
+        let ended = exec(&conn, "COMMIT", []);
         if ended.is_ok() {
             self.idle
                 .lock()
@@ -316,8 +317,22 @@ fn dump(conn: &Connection) -> Result<String, ProjectionError> {
     Ok(out)
 }
 
+/// `execute` through the statement cache: the read models run the same few statements for
+/// every event, and parsing SQL each time was a large share of the server's CPU.
+pub(crate) fn exec<P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// Enough cached statements for every statement the read models use.
+const STATEMENT_CACHE: usize = 256;
+
 fn write_position(conn: &Connection, table: &str, position: Position) -> rusqlite::Result<()> {
-    conn.execute(
+    exec(
+        conn,
         &format!(
             "INSERT INTO {table} (id, commit_position, prepare_position) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET commit_position = ?1, prepare_position = ?2"

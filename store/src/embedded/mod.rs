@@ -27,7 +27,7 @@ use schema::sql_error;
 use writer::{AppendRequest, Counters};
 
 /// Idle read connections kept for reuse; more are opened under load and closed after.
-const MAX_IDLE_READERS: usize = 4;
+const MAX_IDLE_READERS: usize = 64;
 
 /// How long `wait_for_events_after` sleeps when the writer is gone and no commit can wake it.
 const DEAD_WRITER_POLL: Duration = Duration::from_millis(200);
