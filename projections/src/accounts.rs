@@ -241,7 +241,7 @@ pub(crate) fn apply(
     match event {
         E::SessionAccessRequested(e) => {
             // The aggregate keeps an account's first owner; a new session un-retires it.
-            crate::exec(tx, 
+            crate::exec(tx,
                 "INSERT INTO managed_accounts (computer_id, account, tenant_id, owner, technician_id)
                  VALUES (?1, ?2, (SELECT tenant_id FROM computers WHERE id = ?1), ?3, ?4)
                  ON CONFLICT (computer_id, account) DO UPDATE SET retiring = 0",
