@@ -1,9 +1,23 @@
-//! `latchkey-agent`: the endpoint agent (DESIGN.md §5).
+//! `latchkey-agent`: the endpoint agent (DESIGN.md §5). `enroll` once, then `run` as a
+//! service; `offline-login` is for a technician at the machine when the server is away.
 //!
-//! UNFINISHED (issue 4): enrollment, the command subscription, the shadow-utils backend and
-//! offline login are not built yet. Every subcommand says so and exits with status 2.
+//! Every error is one line naming the flag or cause and what to do, and a non-zero exit:
+//! 1 in general, 3 when the server refused the agent's credential (re-enroll; a service
+//! manager should not restart it), 2 for bad usage (clap's).
 
-use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use latchkey_agent::daemon::{self, RunConfig, RunError};
+use latchkey_agent::os::linux::LinuxShadow;
+use latchkey_agent::state::{StateDir, DEFAULT_STATE_DIR};
+use latchkey_agent::{enroll, offline};
+
+/// Exit status when the credential was refused.
+const EXIT_REVOKED: u8 = 3;
 
 #[derive(Parser)]
 #[command(name = "latchkey-agent", version, about = "Latchkey endpoint agent")]
@@ -14,20 +28,181 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Enroll this computer with a one-time token (not built yet).
-    Enroll,
-    /// Run the agent daemon (not built yet).
-    Run,
-    /// Grant access offline with a technician's TOTP code (not built yet).
-    OfflineLogin,
+    /// Enroll this computer with a one-time enrollment token.
+    Enroll(EnrollArgs),
+    /// Run the agent daemon: carry out this computer's provisioning requests.
+    Run(RunArgs),
+    /// Grant a technician admin access offline with their authenticator code.
+    OfflineLogin(OfflineArgs),
 }
 
-fn main() -> std::process::ExitCode {
-    let name = match Cli::parse().command {
-        Command::Enroll => "enroll",
-        Command::Run => "run",
-        Command::OfflineLogin => "offline-login",
+#[derive(Args)]
+struct StateArg {
+    /// The agent's state directory (credential, journal, offline secrets); kept 0700.
+    #[arg(long, env = "LATCHKEY_AGENT_STATE", default_value = DEFAULT_STATE_DIR)]
+    state: PathBuf,
+}
+
+#[derive(Args)]
+struct RootArg {
+    /// The root whose account files the shadow-utils change (`--root` of useradd and co).
+    #[arg(long, env = "LATCHKEY_AGENT_ROOT", default_value = "/")]
+    root: PathBuf,
+}
+
+#[derive(Args)]
+struct EnrollArgs {
+    /// The Latchkey server, e.g. https://latchkey.example.com
+    #[arg(long, env = "LATCHKEY_SERVER")]
+    server: String,
+    /// The one-time enrollment token from the MSP admin.
+    #[arg(long, env = "LATCHKEY_ENROLLMENT_TOKEN", hide_env_values = true)]
+    token: String,
+    #[command(flatten)]
+    state: StateArg,
+    /// This computer's name on the server (default: the kernel's hostname).
+    #[arg(long)]
+    hostname: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    state: StateArg,
+    #[command(flatten)]
+    root: RootArg,
+    /// The longest one poll for commands waits, in seconds (1-60).
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=60))]
+    poll_seconds: u64,
+    /// How often to report the admin group's members, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    inventory_seconds: u64,
+    /// How often to fetch the offline secrets, in seconds.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    secrets_seconds: u64,
+    /// The longest pause between retries while the server cannot be reached, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3_600))]
+    max_backoff_seconds: u64,
+    /// Test seam: abort right after applying this request id, before reporting it.
+    #[arg(long, hide = true)]
+    crash_before_reporting: Option<u64>,
+}
+
+#[derive(Args)]
+#[group(id = "who", required = true, multiple = false)]
+struct WhoArgs {
+    /// Your MSP username (your named account on this computer).
+    #[arg(long, group = "who")]
+    technician: Option<String>,
+    /// Use the customer's shared account.
+    #[arg(long, group = "who")]
+    shared: bool,
+}
+
+#[derive(Args)]
+struct OfflineArgs {
+    #[command(flatten)]
+    who: WhoArgs,
+    /// The 6-digit code your authenticator app shows for this computer.
+    #[arg(long)]
+    code: String,
+    #[command(flatten)]
+    state: StateArg,
+    #[command(flatten)]
+    root: RootArg,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match cli.command {
+        Command::Enroll(args) => run_enroll(args),
+        Command::Run(args) => run_daemon(args),
+        Command::OfflineLogin(args) => run_offline_login(args),
+    }
+}
+
+fn fail(command: &str, error: &dyn std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("latchkey-agent {command}: error: {error}");
+    ExitCode::from(code)
+}
+
+fn run_enroll(args: EnrollArgs) -> ExitCode {
+    match enroll::enroll(
+        &args.state.state,
+        &args.server,
+        &args.token,
+        args.hostname.as_deref(),
+    ) {
+        Ok(credential) => {
+            println!(
+                "enrolled {} as computer {} of tenant {} with {}; the credential is in {} (0600)",
+                credential.hostname,
+                credential.computer_id,
+                credential.tenant_id,
+                credential.server,
+                args.state
+                    .state
+                    .join(latchkey_agent::state::CREDENTIAL)
+                    .display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("enroll", &e, 1),
+    }
+}
+
+fn run_daemon(args: RunArgs) -> ExitCode {
+    let config = RunConfig {
+        state: args.state.state,
+        root: args.root.root,
+        poll_seconds: args.poll_seconds,
+        inventory_every: Duration::from_secs(args.inventory_seconds),
+        secrets_every: Duration::from_secs(args.secrets_seconds),
+        max_backoff: Duration::from_secs(args.max_backoff_seconds),
+        crash_before_reporting: args.crash_before_reporting,
     };
-    eprintln!("latchkey-agent {name}: not implemented yet (the agent is planned work)");
-    std::process::ExitCode::from(2)
+    match daemon::run(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ RunError::Revoked { .. }) => fail("run", &e, EXIT_REVOKED),
+        Err(e) => fail("run", &e, 1),
+    }
+}
+
+fn run_offline_login(args: OfflineArgs) -> ExitCode {
+    let who = match args.who.technician {
+        Some(name) => offline::Who::Technician(name),
+        None => offline::Who::Shared,
+    };
+    let state = match StateDir::open(&args.state.state) {
+        Ok(state) => state,
+        Err(e) => return fail("offline-login", &e, 1),
+    };
+    let backend = LinuxShadow::new(&args.root.root);
+    match offline::login(&state, &backend, &who, &args.code, chrono::Utc::now()) {
+        Ok(granted) => {
+            println!("offline access granted to {}", granted.account);
+            println!("account: {}", granted.account);
+            println!("password: {}", granted.password);
+            println!(
+                "admin until: {} (member of {})",
+                granted.until.format("%Y-%m-%d %H:%M:%S UTC"),
+                granted.group
+            );
+            println!(
+                "The password is shown once. This login ({}) is recorded and reported to \
+                 Latchkey when this computer is back online; the password is then rotated again.",
+                granted.login_id
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("offline-login", &e, 1),
+    }
 }
