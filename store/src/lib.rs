@@ -8,7 +8,10 @@ mod append_rules;
 pub mod conformance;
 pub mod embedded;
 pub mod hash_chain;
+#[cfg(feature = "kurrentdb")]
+pub mod kurrentdb;
 pub mod memory;
+pub mod postgres;
 mod sequence;
 pub mod subscription;
 
@@ -20,9 +23,8 @@ pub use memory::MemoryStore;
 pub use subscription::{subscribe_all, Subscription};
 
 /// The forms `open_url` accepts, for error messages.
-const ACCEPTED_URLS: &str =
-    "memory:, embedded:<path> or a plain file path (postgres:// and kurrentdb:// are not \
-     supported yet)";
+const ACCEPTED_URLS: &str = "memory:, embedded:<path>, a plain file path, \
+     postgres://user@host/db or kurrentdb://host:2113 (esdb:// also)";
 
 /// Opens the store a `--store` value names: `memory:` for an in-memory store,
 /// `embedded:<path>` or a plain filesystem path for the embedded SQLite store.
@@ -36,6 +38,13 @@ pub async fn open_url(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
                 .map_err(|e| StoreError::Unavailable(format!("opening the store failed: {e}")))??;
             Ok(Arc::new(store))
         }
+        Location::Postgres(url) => postgres::open(url).await,
+        #[cfg(feature = "kurrentdb")]
+        Location::Kurrent(url) => kurrentdb::open(url).await,
+        #[cfg(not(feature = "kurrentdb"))]
+        Location::Kurrent(_) => Err(StoreError::Unavailable(
+            "this build has no KurrentDB backend; build with `--features kurrentdb`".into(),
+        )),
     }
 }
 
@@ -43,6 +52,8 @@ pub async fn open_url(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
 enum Location<'a> {
     Memory,
     Embedded(&'a str),
+    Postgres(&'a str),
+    Kurrent(&'a str),
 }
 
 fn parse_url(url: &str) -> Result<Location<'_>, StoreError> {
@@ -61,13 +72,13 @@ fn parse_url(url: &str) -> Result<Location<'_>, StoreError> {
         };
     }
     if let Some((scheme, _)) = url.split_once("://") {
-        let what = match scheme {
-            "postgres" | "postgresql" | "kurrentdb" | "esdb" | "esdb+discover" => {
-                format!("the {scheme} event store backend is not supported yet")
+        return match scheme {
+            "postgres" | "postgresql" => Ok(Location::Postgres(url)),
+            "kurrentdb" | "kurrentdb+discover" | "esdb" | "esdb+discover" => {
+                Ok(Location::Kurrent(url))
             }
-            _ => format!("unknown event store scheme {scheme:?}"),
+            _ => Err(unsupported(&format!("unknown event store scheme {scheme:?}"))),
         };
-        return Err(unsupported(&what));
     }
     if url.is_empty() {
         return Err(unsupported("the event store location is empty"));
@@ -98,24 +109,21 @@ mod tests {
 
     #[test]
     fn unsupported_urls_say_what_is_accepted() {
-        for url in [
-            "postgres://localhost/latchkey",
-            "kurrentdb://localhost:2113",
-            "ftp://x",
-            "",
-            "embedded:",
-        ] {
+        for url in ["ftp://x", "", "embedded:"] {
             let message = parse_url(url).map(|_| ()).unwrap_err().to_string();
             assert!(
                 message.contains("memory:, embedded:<path>"),
                 "{url}: {message}"
             );
         }
-        let message = parse_url("postgres://x")
-            .map(|_| ())
-            .unwrap_err()
-            .to_string();
-        assert!(message.contains("not supported yet"), "{message}");
+        assert_eq!(
+            parse_url("postgres://localhost/latchkey").ok(),
+            Some(Location::Postgres("postgres://localhost/latchkey"))
+        );
+        assert_eq!(
+            parse_url("kurrentdb://localhost:2113").ok(),
+            Some(Location::Kurrent("kurrentdb://localhost:2113"))
+        );
     }
 
     #[tokio::test]
