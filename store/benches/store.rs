@@ -5,15 +5,28 @@
 //! directory (same disk as the repository) unless `LATCHKEY_BENCH_DIR` names another place;
 //! `LATCHKEY_BENCH_SECS` sets how long each append run lasts (default 5) and
 //! `LATCHKEY_BENCH_WRITERS` which writer counts run (default `1,16,64`).
+//!
+//! With `LATCHKEY_BENCH_POSTGRES_URL` (or `LATCHKEY_TEST_POSTGRES_URL`, which
+//! `scripts/test.sh` sets) naming a PostgreSQL server, the same runs go to the PostgreSQL
+//! store in a fresh database there, each beside two baselines: the same writers doing plain
+//! single-row INSERTs of the same rows, each its own transaction, into a table with the
+//! same columns and only a primary key ("raw INSERT"), and into one with the same columns
+//! and the same keys as the store's table ("raw INSERT, same keys").
+//!
+//! `cargo test --all-targets` runs this too, without cargo bench's `--bench` flag: then every
+//! run lasts 0.2 s by default, a smoke test rather than a measurement.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use latchkey_store::postgres::testing::{self, TestDatabase};
+use latchkey_store::postgres::{PostgresOptions, PostgresStore};
 use latchkey_store::{
     EmbeddedStore, EventMetadata, EventStore, ExpectedState, NewEvent, StreamName,
 };
+use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 const WRITER_COUNTS: [usize; 3] = [1, 16, 64];
@@ -21,10 +34,11 @@ const STREAMS_PER_WRITER: usize = 4;
 const READ_PAGE: usize = 1000;
 
 fn main() {
+    let measuring = std::env::args().any(|arg| arg == "--bench");
     let secs = std::env::var("LATCHKEY_BENCH_SECS")
         .ok()
         .and_then(|s| s.parse::<f64>().ok())
-        .unwrap_or(5.0);
+        .unwrap_or(if measuring { 5.0 } else { 0.2 });
     let run_for = Duration::from_secs_f64(secs);
     let parent = std::env::var_os("LATCHKEY_BENCH_DIR")
         .map(PathBuf::from)
@@ -77,7 +91,7 @@ fn main() {
             .collect(),
     };
     let mut rows = Vec::new();
-    for (writers, ids) in runs {
+    for &(writers, ids) in &runs {
         let before = store.writer_stats();
         let (events, elapsed) = runtime.block_on(append_for(&store, writers, ids, run_for));
         let after = store.writer_stats();
@@ -111,6 +125,189 @@ fn main() {
         size as f64 / 1048576.0
     );
     drop(store);
+
+    let postgres = std::env::var("LATCHKEY_BENCH_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .or_else(testing::server_url);
+    match postgres {
+        Some(server) => runtime.block_on(bench_postgres(&server, &runs, run_for)),
+        None => eprintln!(
+            "no PostgreSQL runs: set LATCHKEY_BENCH_POSTGRES_URL to a server's URL (a role \
+             that may CREATE DATABASE) to include them"
+        ),
+    }
+}
+
+/// The PostgreSQL runs, each beside its raw-INSERT baseline, then a catch-up read.
+async fn bench_postgres(server: &str, runs: &[(usize, Ids)], run_for: Duration) {
+    let db = TestDatabase::create_on(server).await;
+    let most_writers = runs.iter().map(|&(n, _)| n).max().unwrap_or(1);
+    let store = PostgresStore::connect_with(
+        db.url(),
+        PostgresOptions {
+            pool_size: most_writers,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("cannot open the PostgreSQL store: {e}"));
+    let raw = db.raw_connection().await;
+    raw.batch_execute(RAW_TABLES)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create the baseline tables: {e}"));
+    eprintln!("postgres: database {}; {run_for:?} per run", db.name());
+
+    let mut rows = Vec::new();
+    let mut ratios = Vec::new();
+    for &(writers, ids) in runs {
+        let (ours, ours_elapsed) = append_for(&store, writers, ids, run_for).await;
+        let (raw, raw_elapsed) =
+            raw_insert_for(db.url(), "bench_raw_events", writers, ids, run_for).await;
+        let (keyed, keyed_elapsed) =
+            raw_insert_for(db.url(), "bench_keyed_events", writers, ids, run_for).await;
+        let rate = |n: u64, elapsed: Duration| n as f64 / elapsed.as_secs_f64();
+        let ours_rate = rate(ours, ours_elapsed);
+        let raw_rate = rate(raw, raw_elapsed);
+        let keyed_rate = rate(keyed, keyed_elapsed);
+        let plural = if writers == 1 { "" } else { "s" };
+        rows.push(format!(
+            "| postgres append, {writers} writer{plural}, {} event ids | {ours} | {:.2} | \
+             {ours_rate:.0} |",
+            ids.label(),
+            ours_elapsed.as_secs_f64(),
+        ));
+        rows.push(format!(
+            "| raw INSERT, {writers} writer{plural} | {raw} | {:.2} | {raw_rate:.0} |",
+            raw_elapsed.as_secs_f64(),
+        ));
+        rows.push(format!(
+            "| raw INSERT, same keys, {writers} writer{plural} | {keyed} | {:.2} | \
+             {keyed_rate:.0} |",
+            keyed_elapsed.as_secs_f64(),
+        ));
+        eprintln!("{}", rows[rows.len() - 3..].join("\n"));
+        ratios.push(format!(
+            "- {writers} writer{plural}, {} ids: append at {:.0}% of raw INSERT, {:.0}% of raw \
+             INSERT with the same keys",
+            ids.label(),
+            100.0 * ours_rate / raw_rate.max(f64::MIN_POSITIVE),
+            100.0 * ours_rate / keyed_rate.max(f64::MIN_POSITIVE),
+        ));
+    }
+    let (events, elapsed) = read_everything(&store).await;
+    rows.push(format!(
+        "| postgres read $all, pages of {READ_PAGE} | {events} | {:.2} | {:.0} |",
+        elapsed.as_secs_f64(),
+        events as f64 / elapsed.as_secs_f64(),
+    ));
+
+    println!("\n| postgres run | events | seconds | events/s |");
+    println!("|---|---:|---:|---:|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!();
+    for ratio in ratios {
+        println!("{ratio}");
+    }
+    drop(store);
+}
+
+/// The baselines: the columns of the store's events table with a primary key and nothing
+/// else, and with the store's keys.
+const RAW_TABLES: &str = "
+    CREATE TABLE bench_raw_events (
+        transaction_id xid8        NOT NULL DEFAULT pg_current_xact_id(),
+        position       bigserial   PRIMARY KEY,
+        event_id       uuid        NOT NULL,
+        stream         text        NOT NULL,
+        revision       bigint      NOT NULL,
+        event_type     text        NOT NULL,
+        schema_version bigint      NOT NULL,
+        actor          text        NOT NULL,
+        correlation_id uuid        NOT NULL,
+        causation_id   uuid,
+        recorded_at    timestamptz NOT NULL,
+        prev_hash      bytea,
+        hash           bytea       NOT NULL,
+        payload        bytea       NOT NULL
+    );
+    CREATE TABLE bench_keyed_events (LIKE latchkey_store.events INCLUDING ALL);";
+
+/// The baseline INSERT into `{table}`.
+fn raw_insert(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (event_id, stream, revision, event_type, schema_version, actor, \
+         correlation_id, causation_id, recorded_at, prev_hash, hash, payload) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+    )
+}
+
+/// `writers` connections each INSERTing one row per transaction (autocommit) into `table`
+/// until `run_for` has passed; returns the rows inserted and the time taken.
+async fn raw_insert_for(
+    url: &str,
+    table: &str,
+    writers: usize,
+    ids: Ids,
+    run_for: Duration,
+) -> (u64, Duration) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..writers {
+        let (client, connection) = tokio_postgres::connect(url, NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect for the baseline: {e}"));
+        tokio::spawn(connection);
+        let insert = client
+            .prepare(&raw_insert(table))
+            .await
+            .unwrap_or_else(|e| panic!("cannot prepare the baseline INSERT: {e}"));
+        clients.push((client, insert));
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (writer, (client, insert)) in clients.into_iter().enumerate() {
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let stream = format!("session-raw-{}-{writer}", Uuid::new_v4().simple());
+            let hash = [7u8; 32];
+            let mut inserted = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let event = realistic_event(ids, inserted);
+                let revision = inserted as i64;
+                client
+                    .execute(
+                        &insert,
+                        &[
+                            &event.id,
+                            &stream,
+                            &revision,
+                            &event.event_type,
+                            &i64::from(event.schema_version),
+                            &event.metadata.actor,
+                            &event.metadata.correlation_id,
+                            &event.metadata.causation_id,
+                            &chrono::Utc::now(),
+                            &Some(&hash[..]),
+                            &&hash[..],
+                            &event.payload,
+                        ],
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("baseline INSERT failed: {e}"));
+                inserted += 1;
+            }
+            inserted
+        }));
+    }
+    tokio::time::sleep(run_for).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap_or_else(|e| panic!("baseline task: {e}"));
+    }
+    (total, started.elapsed())
 }
 
 /// How the benchmark's writers pick event ids. Random (v4) ids land all over the id index,
@@ -139,8 +336,8 @@ impl Ids {
 
 /// Runs `writers` tasks appending single-event batches to their own streams with `Exact`
 /// expectations until `run_for` has passed; returns the events appended and the time taken.
-async fn append_for(
-    store: &EmbeddedStore,
+async fn append_for<S: EventStore + Clone>(
+    store: &S,
     writers: usize,
     ids: Ids,
     run_for: Duration,
@@ -182,7 +379,7 @@ async fn append_for(
 }
 
 /// Reads the whole log the way a catch-up subscription does.
-async fn read_everything(store: &EmbeddedStore) -> (u64, Duration) {
+async fn read_everything(store: &impl EventStore) -> (u64, Duration) {
     let started = Instant::now();
     let mut after = None;
     let mut events = 0u64;

@@ -77,7 +77,9 @@ fn parse_url(url: &str) -> Result<Location<'_>, StoreError> {
             "kurrentdb" | "kurrentdb+discover" | "esdb" | "esdb+discover" => {
                 Ok(Location::Kurrent(url))
             }
-            _ => Err(unsupported(&format!("unknown event store scheme {scheme:?}"))),
+            _ => Err(unsupported(&format!(
+                "unknown event store scheme {scheme:?}"
+            ))),
         };
     }
     if url.is_empty() {
