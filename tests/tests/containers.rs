@@ -26,7 +26,9 @@ fn compose_names_existing_dockerfiles_that_build_real_binaries() {
         let word_after = |flag: &str| {
             let mut words = build.split_whitespace();
             words.find(|w| *w == flag);
-            words.next().unwrap_or_else(|| panic!("{dockerfile}: no {flag}"))
+            words
+                .next()
+                .unwrap_or_else(|| panic!("{dockerfile}: no {flag}"))
         };
         let (package, binary) = (word_after("-p"), word_after("--bin"));
         let manifest = root()
@@ -34,11 +36,20 @@ fn compose_names_existing_dockerfiles_that_build_real_binaries() {
             .join("Cargo.toml");
         let manifest = std::fs::read_to_string(&manifest)
             .unwrap_or_else(|e| panic!("{dockerfile}: {}: {e}", manifest.display()));
-        assert!(manifest.contains(&format!("name = \"{package}\"")), "{dockerfile}");
-        assert!(manifest.contains(&format!("name = \"{binary}\"")), "{dockerfile}");
+        assert!(
+            manifest.contains(&format!("name = \"{package}\"")),
+            "{dockerfile}"
+        );
+        assert!(
+            manifest.contains(&format!("name = \"{binary}\"")),
+            "{dockerfile}"
+        );
         for copied in text.lines().filter_map(|l| l.strip_prefix("COPY agent/")) {
             let file = copied.split_whitespace().next().unwrap();
-            assert!(root().join("agent").join(file).exists(), "{dockerfile}: {file}");
+            assert!(
+                root().join("agent").join(file).exists(),
+                "{dockerfile}: {file}"
+            );
         }
     }
     assert!(compose.contains("image: postgres:"));

@@ -66,7 +66,11 @@ impl Heads {
 
     fn learn(&self, stream: &StreamName, head: Option<Head>) {
         let mut heads = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if heads.len() >= MAX_CACHED_STREAMS && !heads.contains_key(stream) {
+        if let Some(known) = heads.get_mut(stream) {
+            *known = head;
+            return;
+        }
+        if heads.len() >= MAX_CACHED_STREAMS {
             heads.clear();
         }
         heads.insert(stream.clone(), head);
