@@ -151,8 +151,9 @@ async fn bench_postgres(server: &str, runs: &[(usize, Ids)], run_for: Duration) 
     )
     .await
     .unwrap_or_else(|e| panic!("cannot open the PostgreSQL store: {e}"));
-    let raw = db.raw_connection().await;
-    raw.batch_execute(RAW_TABLES)
+    let admin = db.raw_connection().await;
+    admin
+        .batch_execute(RAW_TABLES)
         .await
         .unwrap_or_else(|e| panic!("cannot create the baseline tables: {e}"));
     eprintln!("postgres: database {}; {run_for:?} per run", db.name());
@@ -211,6 +212,7 @@ async fn bench_postgres(server: &str, runs: &[(usize, Ids)], run_for: Duration) 
         println!("{ratio}");
     }
     drop(store);
+    db.drop_now().await;
 }
 
 /// The baselines: the columns of the store's events table with a primary key and nothing

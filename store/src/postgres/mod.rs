@@ -124,6 +124,7 @@ impl PostgresStore {
         let wakeups = Arc::new(Wakeups::default());
         let (shutdown, stopped) = watch::channel(());
         wakeups::spawn(config, Arc::clone(&wakeups), stopped);
+        wakeups.until_listening(CONNECT_TIMEOUT).await;
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,

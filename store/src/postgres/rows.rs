@@ -43,7 +43,9 @@ const COLUMN_NAMES: [&str; 14] = [
 /// The reader only sees transactions below the oldest one still running
 /// (`pg_snapshot_xmin`): every event that may still commit belongs to a transaction at or
 /// above it, so its position is above everything returned and no reader can pass it by.
-/// The snapshot is the statement's own, the one deciding which rows it sees.
+/// The snapshot is the statement's own, the one deciding which rows it sees. The price: any
+/// transaction holding an id, in any database of the server, holds readers back until it
+/// ends, so long transactions belong elsewhere.
 pub(super) const READ_ALL: &str = concat!(
     "SELECT ",
     columns!(),

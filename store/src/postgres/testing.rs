@@ -1,10 +1,23 @@
 //! Throw-away databases for the PostgreSQL tests and benchmark: each [`TestDatabase`] is a
-//! fresh, empty database on the server `LATCHKEY_TEST_POSTGRES_URL` names, dropped again
-//! with the value. This is test code: it panics on failure and must never be called from
-//! production paths.
+//! fresh, empty database on the server `LATCHKEY_TEST_POSTGRES_URL` names. This is test
+//! code: it panics on failure and must never be called from production paths.
+//!
+//! Databases are not dropped when a test ends: DROP DATABASE waits for a checkpoint while
+//! holding a transaction id, and a transaction id held that long keeps every other test's
+//! events from being read (see `rows::READ_ALL`) on the whole server. The throw-away
+//! cluster of `scripts/test.sh` goes with its databases; on another server, each new
+//! database first drops those left behind more than `LEFTOVER_AGE` ago.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio_postgres::NoTls;
 use uuid::Uuid;
+
+/// Test databases are named `latchkey_test_<seconds since the epoch>_<random>`.
+const PREFIX: &str = "latchkey_test_";
+
+/// How old a test database must be for a later test run to drop it.
+const LEFTOVER_AGE: Duration = Duration::from_secs(3600);
 
 /// The variable naming the server the tests create their databases on.
 pub const SERVER_URL_VAR: &str = "LATCHKEY_TEST_POSTGRES_URL";
@@ -51,8 +64,7 @@ pub fn url_with_database(url: &str, database: &str) -> String {
     out
 }
 
-/// A fresh database, dropped (with whatever connections are still open to it) when this
-/// value is.
+/// A fresh database on a test server.
 pub struct TestDatabase {
     server: String,
     name: String,
@@ -67,8 +79,16 @@ impl TestDatabase {
 
     /// Creates a database on the server `server_url` names.
     pub async fn create_on(server_url: &str) -> Self {
-        let name = format!("latchkey_test_{}", Uuid::new_v4().simple());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let name = format!(
+            "{PREFIX}{}_{}",
+            now.as_secs(),
+            &Uuid::new_v4().simple().to_string()[..12]
+        );
         let admin = connect(server_url).await;
+        drop_leftovers(&admin, now).await;
         admin
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
@@ -93,26 +113,43 @@ impl TestDatabase {
     pub async fn raw_connection(&self) -> tokio_postgres::Client {
         connect(&self.url).await
     }
+
+    /// Drops the database now, with whatever connections are still open to it. Only for
+    /// runs that nothing else shares the server with, such as the benchmark.
+    pub async fn drop_now(self) {
+        let admin = connect(&self.server).await;
+        let _ = admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await;
+    }
 }
 
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let drop_sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        // Drop may run inside a runtime, which cannot be blocked on; a thread of its own can.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async move {
-                let (client, connection) = tokio_postgres::connect(&server, NoTls).await.ok()?;
-                tokio::spawn(connection);
-                client.batch_execute(&drop_sql).await.ok()
-            })
-        });
-        // A database left behind on a throw-away server is harmless; don't fail for it.
-        let _ = dropped.join();
+/// Drops the test databases created more than `LEFTOVER_AGE` before `now`; failures only
+/// leave them for the next run.
+async fn drop_leftovers(admin: &tokio_postgres::Client, now: Duration) {
+    let Ok(rows) = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1)",
+            &[&PREFIX],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let created = name[PREFIX.len()..]
+            .split('_')
+            .next()
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|secs| secs + LEFTOVER_AGE.as_secs() < now.as_secs()) {
+            let _ = admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
     }
 }
 

@@ -30,6 +30,8 @@ pub(super) struct Wakeups {
     commits: watch::Sender<u64>,
     /// Asks the background connection to NOTIFY the other processes.
     announce: Notify,
+    /// Whether the background connection is LISTENing now.
+    listening: watch::Sender<bool>,
 }
 
 impl Wakeups {
@@ -47,6 +49,14 @@ impl Wakeups {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.commits.subscribe()
     }
+
+    /// Waits until the background connection listens, so that a store is told of other
+    /// processes' commits from the moment it is open; gives up after `patience` (the poll
+    /// still covers them).
+    pub async fn until_listening(&self, patience: Duration) {
+        let mut listening = self.listening.subscribe();
+        let _ = tokio::time::timeout(patience, listening.wait_for(|&yes| yes)).await;
+    }
 }
 
 /// Keeps one connection that LISTENs for other processes' commits and NOTIFYs ours, until
@@ -62,6 +72,7 @@ pub(super) fn spawn(
                 _ = shutdown.changed() => return,
                 () = listen_and_announce(&config, &wakeups) => {}
             }
+            wakeups.listening.send_replace(false);
             // Events may have been committed while we were not listening.
             wakeups.wake_local();
             tokio::select! {
@@ -94,6 +105,7 @@ async fn listen_and_announce(config: &tokio_postgres::Config, wakeups: &Wakeups)
         {
             return;
         }
+        wakeups.listening.send_replace(true);
         wakeups.wake_local();
         let notify = format!("NOTIFY {CHANNEL}");
         loop {
