@@ -243,12 +243,8 @@ async fn commands(
             password,
         });
     }
-    let mut response = HttpResponse::Ok().json(serde_json::json!({ "commands": out }));
-    response.headers_mut().insert(
-        actix_web::http::header::CACHE_CONTROL,
-        actix_web::http::header::HeaderValue::from_static("no-store"),
-    );
-    Ok(response)
+    let response = HttpResponse::Ok().json(serde_json::json!({ "commands": out }));
+    Ok(super::no_store(response))
 }
 
 /// The password of `version` of `account` on `computer`: generated to the effective policy on
@@ -415,16 +411,12 @@ async fn offline_secrets(
             secret: secret.expose().to_owned(),
         });
     }
-    let mut response = HttpResponse::Ok().json(serde_json::json!({
+    let response = HttpResponse::Ok().json(serde_json::json!({
         "admin_group": policy.admin_group(),
         "max_session_minutes": policy.max_session().as_minutes(),
         "secrets": secrets,
     }));
-    response.headers_mut().insert(
-        actix_web::http::header::CACHE_CONTROL,
-        actix_web::http::header::HeaderValue::from_static("no-store"),
-    );
-    Ok(response)
+    Ok(super::no_store(response))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]

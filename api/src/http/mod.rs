@@ -19,7 +19,7 @@ use crate::problem::{payload_config, ApiError};
 use crate::secrets::SecretStore;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use latchkey_domain::computer::Computer;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::names::Email;
@@ -167,6 +167,15 @@ fn stream_name(name: String) -> Result<StreamName, ApiError> {
 pub fn path_id(raw: &str, field: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw)
         .map_err(|_| ApiError::bad_request(field, format!("{field} must be a UUID")))
+}
+
+/// Marks a response that carries a secret as never to be cached.
+pub fn no_store(mut response: HttpResponse) -> HttpResponse {
+    response.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
+    response
 }
 
 pub fn forbidden(detail: &str) -> ApiError {

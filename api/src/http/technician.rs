@@ -3,12 +3,14 @@
 
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Routes};
-use super::{actor, forbidden, tenant_computer, visible_session, visible_tenant, Services};
+use super::{
+    actor, forbidden, no_store, tenant_computer, visible_session, visible_tenant, Services,
+};
 use crate::auth::Principal;
 use crate::problem::{ApiError, JsonBody};
 use crate::secrets::{self, Secret, SecretRef};
 use actix_web::http::Method;
-use actix_web::http::{header, StatusCode};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use latchkey_domain::computer::{Computer, ComputerCommand, ComputerEvent};
 use latchkey_domain::ids::{ComputerId, SessionId};
@@ -225,14 +227,6 @@ fn own_session(principal: &Principal, session: &SessionState) -> Result<(), ApiE
     } else {
         Err(forbidden("only the session's technician may do this"))
     }
-}
-
-fn no_store(mut response: HttpResponse) -> HttpResponse {
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    response
 }
 
 /// Reveals the session's current password: audited (`CredentialRevealed`), refused unless the
