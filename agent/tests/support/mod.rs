@@ -656,6 +656,13 @@ impl Agent {
         self.line("passwd", account).is_some()
     }
 
+    /// Whether `userdel` has finished with `account`: no line in passwd or shadow and no
+    /// group membership. (userdel rewrites the files one after another, so one file alone
+    /// can be read half-way through.)
+    pub fn is_gone(&self, account: &str) -> bool {
+        !self.has_account(account) && self.shadow_hash(account).is_none() && !self.is_admin(account)
+    }
+
     /// The members `/etc/group` lists for `group`.
     pub fn members(&self, group: &str) -> Vec<String> {
         self.line("group", group)
