@@ -14,7 +14,7 @@ use latchkey_domain::names::{AccountName, FailureReason, GroupName, Hostname};
 use latchkey_domain::policy::LoginMode;
 use latchkey_domain::{AnyEvent, Timestamp};
 use latchkey_store::RecordedEvent;
-use rusqlite::{params, Row, Transaction};
+use latchkey_store::sql::{params, Dialect, Row, Sql, SqlError};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
@@ -214,10 +214,10 @@ struct Verified<'a> {
 }
 
 pub(crate) fn apply(
-    tx: &Transaction,
+    tx: &dyn Sql,
     recorded: &RecordedEvent,
     event: &AnyEvent,
-) -> rusqlite::Result<()> {
+) -> latchkey_store::sql::Result<()> {
     use ComputerEvent as E;
     let AnyEvent::Computer(event) = event else {
         return Ok(());
@@ -256,10 +256,11 @@ pub(crate) fn apply(
         E::ProvisioningRequested(e) => {
             crate::exec(
                 tx,
-                "INSERT OR REPLACE INTO provisioning_requests
+                "INSERT INTO provisioning_requests
                      (computer_id, request_id, session_id, purpose, account, operation, status,
                       open, attempt, requested_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 1, 1, ?7, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 1, 1, ?7, ?7)
+                 ON CONFLICT (computer_id, request_id) DO NOTHING",
                 params![
                     e.computer_id.to_string(),
                     e.request_id.0 as i64,
@@ -370,10 +371,10 @@ pub(crate) fn apply(
 }
 
 fn verified_result(
-    tx: &Transaction,
+    tx: &dyn Sql,
     recorded: &RecordedEvent,
     r: Verified<'_>,
-) -> rusqlite::Result<()> {
+) -> latchkey_store::sql::Result<()> {
     let computer = r.computer_id.to_string();
     let account = r.account.as_str();
     let request = r.request_id.0 as i64;
@@ -449,7 +450,7 @@ fn verified_result(
         let rows = statement.query_map(params![computer, account], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?;
-        rows.collect::<rusqlite::Result<_>>()?
+        rows.collect::<latchkey_store::sql::Result<_>>()?
     };
     for (group, commit, prepare) in open {
         if still_member(&group) {
@@ -500,19 +501,15 @@ fn operation_json(operation: &Operation) -> String {
 
 /// A column this module wrote from a domain value that no longer parses: the file was
 /// tampered with or written by another version. Reported, never guessed at.
-fn bad_column(column: usize, error: impl std::fmt::Display) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        column,
-        rusqlite::types::Type::Text,
-        error.to_string().into(),
-    )
+fn bad_column(column: usize, error: impl std::fmt::Display) -> SqlError {
+    SqlError::column(column, error)
 }
 
 fn parsed<T, E: std::fmt::Display>(
     row: &Row,
     column: usize,
     parse: impl FnOnce(String) -> Result<T, E>,
-) -> rusqlite::Result<T> {
+) -> latchkey_store::sql::Result<T> {
     let text: String = row.get(column)?;
     parse(text).map_err(|e| bad_column(column, e))
 }
@@ -521,7 +518,7 @@ fn parsed_opt<T, E: std::fmt::Display>(
     row: &Row,
     column: usize,
     parse: impl FnOnce(String) -> Result<T, E>,
-) -> rusqlite::Result<Option<T>> {
+) -> latchkey_store::sql::Result<Option<T>> {
     let text: Option<String> = row.get(column)?;
     text.map(parse)
         .transpose()
@@ -540,12 +537,12 @@ fn operation(text: String) -> Result<Operation, serde_json::Error> {
     serde_json::from_str(&text)
 }
 
-fn u64_at(row: &Row, column: usize) -> rusqlite::Result<u64> {
+fn u64_at(row: &Row, column: usize) -> latchkey_store::sql::Result<u64> {
     let value: i64 = row.get(column)?;
     u64::try_from(value).map_err(|e| bad_column(column, e))
 }
 
-fn owner_at(row: &Row, kind: usize, technician: usize) -> rusqlite::Result<AccountOwner> {
+fn owner_at(row: &Row, kind: usize, technician: usize) -> latchkey_store::sql::Result<AccountOwner> {
     let mode = parsed(row, kind, |t| t.parse::<LoginMode>())?;
     let technician_id = parsed_opt(row, technician, uuid)?.map(TechnicianId);
     match (mode, technician_id) {
@@ -618,7 +615,7 @@ impl Queries<'_> {
                 open_sessions: sessions.get(&key).cloned().unwrap_or_default(),
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 
     /// Admin-group memberships in force that no open session on their computer uses: the
@@ -628,7 +625,18 @@ impl Queries<'_> {
         &self,
         tenant: Option<TenantId>,
     ) -> Result<Vec<StandingPrivilege>, ProjectionError> {
-        let mut statement = self.conn().prepare_cached(
+        // The operation column holds JSON; each database has its own way into it.
+        let (op, group) = match self.dialect() {
+            Dialect::Sqlite => (
+                "json_extract(q.operation, '$.op')",
+                "json_extract(q.operation, '$.group')",
+            ),
+            Dialect::Postgres => (
+                "(CAST(q.operation AS jsonb) ->> 'op')",
+                "(CAST(q.operation AS jsonb) ->> 'group')",
+            ),
+        };
+        let sql = format!(
             "SELECT m.computer_id, c.tenant_id, c.hostname, m.account, m.admin_group,
                     m.joined_at, m.session_id,
                     (SELECT MAX(s.closed_at) FROM sessions s
@@ -641,16 +649,16 @@ impl Queries<'_> {
               AND r.request_id = (
                   SELECT MIN(q.request_id) FROM provisioning_requests q
                   WHERE q.computer_id = m.computer_id AND q.account = m.account AND q.open = 1
-                    AND (json_extract(q.operation, '$.op') = 'delete_account'
-                         OR (json_extract(q.operation, '$.op') = 'remove_from_group'
-                             AND json_extract(q.operation, '$.group') = m.admin_group)))
+                    AND ({op} = 'delete_account'
+                         OR ({op} = 'remove_from_group' AND {group} = m.admin_group)))
              WHERE m.left_at IS NULL
                AND (?1 IS NULL OR c.tenant_id = ?1)
                AND NOT EXISTS (SELECT 1 FROM sessions s
                                WHERE s.computer_id = m.computer_id AND s.account = m.account
                                  AND s.open = 1)
-             ORDER BY c.tenant_id, c.hostname, m.computer_id, m.account, m.admin_group",
-        )?;
+             ORDER BY c.tenant_id, c.hostname, m.computer_id, m.account, m.admin_group"
+        );
+        let mut statement = self.conn().prepare_cached(&sql)?;
         let rows = statement.query_map([tenant.map(|t| t.to_string())], |row| {
             let removal = match row.get::<_, Option<i64>>(8)? {
                 None => None,
@@ -673,7 +681,7 @@ impl Queries<'_> {
                 removal,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 
     /// Which accounts were in an admin group on `computer` at `at` (joined at or before it,
@@ -699,7 +707,7 @@ impl Queries<'_> {
                 sessions: Vec::new(),
             })
         })?;
-        let mut out: Vec<AdminAsOf> = rows.collect::<rusqlite::Result<_>>()?;
+        let mut out: Vec<AdminAsOf> = rows.collect::<latchkey_store::sql::Result<_>>()?;
         let mut sessions = self.conn().prepare_cached(
             "SELECT id FROM sessions
              WHERE computer_id = ?1 AND account = ?2 AND checked_out_at <= ?3
@@ -710,7 +718,7 @@ impl Queries<'_> {
             let ids = sessions.query_map(params![computer, admin.account.as_str(), at], |row| {
                 Ok(SessionId(parsed(row, 0, uuid)?))
             })?;
-            admin.sessions = ids.collect::<rusqlite::Result<_>>()?;
+            admin.sessions = ids.collect::<latchkey_store::sql::Result<_>>()?;
         }
         Ok(out)
     }
@@ -736,7 +744,7 @@ impl Queries<'_> {
                 requested_at: parsed(row, 5, instant)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 
     /// Revocations and clean-ups that failed and wait for a retry, oldest failure first,
@@ -766,7 +774,7 @@ impl Queries<'_> {
                 operation: parsed(row, 9, operation)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 }
 
@@ -803,11 +811,7 @@ impl Queries<'_> {
             let computer: String = row.get(0)?;
             Ok(AdminDrift {
                 computer_id: ComputerId(Uuid::parse_str(&computer).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        0,
-                        rusqlite::types::Type::Text,
-                        Box::new(e),
-                    )
+                    SqlError::column(0, e)
                 })?),
                 hostname: row.get(1)?,
                 admin_group: row.get(2)?,
@@ -816,6 +820,6 @@ impl Queries<'_> {
                 managed: row.get(5)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 }

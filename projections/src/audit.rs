@@ -23,8 +23,7 @@ use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::{Actor, AnyEvent, Timestamp};
 use latchkey_store::{Position, RecordedEvent};
-use rusqlite::types::Value;
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+use latchkey_store::sql::{params, OptionalExtension, Row, Sql, SqlError, Value};
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -238,9 +237,9 @@ impl Queries<'_> {
             condition("at <", Value::Text(time(to)));
         }
         if let Some(after) = after {
-            values.push(Value::Integer(after.position.commit as i64));
-            values.push(Value::Integer(after.position.prepare as i64));
-            values.push(Value::Integer(i64::from(after.line)));
+            values.push(Value::Int(after.position.commit as i64));
+            values.push(Value::Int(after.position.prepare as i64));
+            values.push(Value::Int(i64::from(after.line)));
             let n = values.len();
             sql.push_str(&format!(
                 " AND (commit_position, prepare_position, line) > (?{}, ?{}, ?{n})",
@@ -249,7 +248,7 @@ impl Queries<'_> {
             ));
         }
         // One more than asked for tells whether there is a next page.
-        values.push(Value::Integer(i64::from(limit) + 1));
+        values.push(Value::Int(i64::from(limit) + 1));
         sql.push_str(&format!(
             " ORDER BY commit_position, prepare_position, line LIMIT (SELECT ?{})",
             values.len()
@@ -257,7 +256,7 @@ impl Queries<'_> {
 
         // Not cached: each combination of filters is its own statement.
         let mut statement = self.conn().prepare(&sql)?;
-        let rows = statement.query_map(rusqlite::params_from_iter(values), read_entry)?;
+        let rows = statement.query_map(values, read_entry)?;
         let mut entries = Vec::new();
         let mut last = None;
         for row in rows {
@@ -278,18 +277,18 @@ impl Queries<'_> {
     }
 }
 
-fn read_entry(row: &Row<'_>) -> rusqlite::Result<(AuditCursor, AuditEntry)> {
+fn read_entry(row: &Row) -> latchkey_store::sql::Result<(AuditCursor, AuditEntry)> {
     fn conversion(
         column: usize,
         e: impl std::error::Error + Send + Sync + 'static,
-    ) -> rusqlite::Error {
-        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    ) -> SqlError {
+        SqlError::column(column, e)
     }
     // Only `apply` writes these columns, always from a Uuid.
-    let uuid = |column: usize| -> rusqlite::Result<Uuid> {
+    let uuid = |column: usize| -> latchkey_store::sql::Result<Uuid> {
         Uuid::parse_str(&row.get::<_, String>(column)?).map_err(|e| conversion(column, e))
     };
-    let optional_uuid = |column: usize| -> rusqlite::Result<Option<Uuid>> {
+    let optional_uuid = |column: usize| -> latchkey_store::sql::Result<Option<Uuid>> {
         row.get::<_, Option<String>>(column)?
             .map(|text| Uuid::parse_str(&text).map_err(|e| conversion(column, e)))
             .transpose()
@@ -318,10 +317,10 @@ fn read_entry(row: &Row<'_>) -> rusqlite::Result<(AuditCursor, AuditEntry)> {
 }
 
 pub(crate) fn apply(
-    tx: &Transaction,
+    tx: &dyn Sql,
     recorded: &RecordedEvent,
     event: &AnyEvent,
-) -> rusqlite::Result<()> {
+) -> latchkey_store::sql::Result<()> {
     let names = Names(tx);
     let lines = match event {
         AnyEvent::Tenant(e) => vec![tenant_line(&names, recorded, e)?],
@@ -342,11 +341,12 @@ pub(crate) fn apply(
         // its event, which is what a rebuild from the log reproduces.
         crate::exec(
             tx,
-            "INSERT OR IGNORE INTO audit_trail
+            "INSERT INTO audit_trail
                  (commit_position, prepare_position, line, event_id, stream, revision,
                   event_type, at, tenant_id, computer_id, technician_id, session_id, account,
                   actor, sentence)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                 ON CONFLICT DO NOTHING",
             params![
                 recorded.position.commit as i64,
                 recorded.position.prepare as i64,
@@ -375,14 +375,15 @@ fn time(at: &Timestamp) -> String {
 
 /// What later events of a computer need to know about its provisioning requests and accounts,
 /// which their own payloads do not repeat.
-fn remember(tx: &Transaction, event: &ComputerEvent) -> rusqlite::Result<()> {
+fn remember(tx: &dyn Sql, event: &ComputerEvent) -> latchkey_store::sql::Result<()> {
     match event {
         ComputerEvent::ProvisioningRequested(e) => {
             crate::exec(
                 tx,
-                "INSERT OR IGNORE INTO audit_requests
+                "INSERT INTO audit_requests
                      (computer_id, request_id, session_id, purpose, account, operation)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT DO NOTHING",
                 params![
                     e.computer_id.to_string(),
                     e.request_id.0 as i64,
@@ -402,15 +403,16 @@ fn remember(tx: &Transaction, event: &ComputerEvent) -> rusqlite::Result<()> {
 }
 
 fn remember_owner(
-    tx: &Transaction,
+    tx: &dyn Sql,
     computer: ComputerId,
     account: &str,
     owner: &AccountOwner,
-) -> rusqlite::Result<()> {
+) -> latchkey_store::sql::Result<()> {
     crate::exec(
         tx,
-        "INSERT OR REPLACE INTO audit_account_owners (computer_id, account, technician_id)
-         VALUES (?1, ?2, ?3)",
+        "INSERT INTO audit_account_owners (computer_id, account, technician_id)
+         VALUES (?1, ?2, ?3)
+                 ON CONFLICT (computer_id, account) DO UPDATE SET technician_id = excluded.technician_id",
         params![
             computer.to_string(),
             account,
@@ -504,29 +506,29 @@ struct RequestFacts {
 
 /// Names for ids, from the directory (which already includes the event being described).
 /// Each falls back to the id itself if the directory does not know it.
-struct Names<'c>(&'c Connection);
+struct Names<'c>(&'c dyn Sql);
 
 impl Names<'_> {
-    fn text(&self, sql: &str, id: &str) -> rusqlite::Result<Option<String>> {
+    fn text(&self, sql: &str, id: &str) -> latchkey_store::sql::Result<Option<String>> {
         self.0
             .prepare_cached(sql)?
             .query_row([id], |row| row.get(0))
             .optional()
     }
 
-    fn tenant(&self, id: &str) -> rusqlite::Result<String> {
+    fn tenant(&self, id: &str) -> latchkey_store::sql::Result<String> {
         Ok(self
             .text("SELECT name FROM tenants WHERE id = ?1", id)?
             .unwrap_or_else(|| format!("tenant {id}")))
     }
 
-    fn email(&self, technician: &str) -> rusqlite::Result<String> {
+    fn email(&self, technician: &str) -> latchkey_store::sql::Result<String> {
         Ok(self
             .text("SELECT email FROM technicians WHERE id = ?1", technician)?
             .unwrap_or_else(|| format!("technician {technician}")))
     }
 
-    fn computer(&self, id: ComputerId) -> rusqlite::Result<ComputerName> {
+    fn computer(&self, id: ComputerId) -> latchkey_store::sql::Result<ComputerName> {
         let id = id.to_string();
         let found = self
             .0
@@ -544,7 +546,7 @@ impl Names<'_> {
         }))
     }
 
-    fn session(&self, id: &str) -> rusqlite::Result<Option<SessionFacts>> {
+    fn session(&self, id: &str) -> latchkey_store::sql::Result<Option<SessionFacts>> {
         self.0
             .prepare_cached(
                 "SELECT tenant_id, technician_id, computer_id, account, login_mode FROM sessions
@@ -566,7 +568,7 @@ impl Names<'_> {
         &self,
         computer: ComputerId,
         request: RequestId,
-    ) -> rusqlite::Result<Option<RequestFacts>> {
+    ) -> latchkey_store::sql::Result<Option<RequestFacts>> {
         self.0
             .prepare_cached(
                 "SELECT session_id, purpose, account, operation FROM audit_requests
@@ -590,7 +592,7 @@ impl Names<'_> {
         computer: ComputerId,
         session: Option<&str>,
         account: &str,
-    ) -> rusqlite::Result<Option<String>> {
+    ) -> latchkey_store::sql::Result<Option<String>> {
         if let Some(facts) = session.map(|s| self.session(s)).transpose()?.flatten() {
             return Ok(Some(facts.technician));
         }
@@ -608,7 +610,7 @@ impl Names<'_> {
     }
 
     /// The human-readable actor of an event that names it.
-    fn actor(&self, actor: &Actor) -> rusqlite::Result<String> {
+    fn actor(&self, actor: &Actor) -> latchkey_store::sql::Result<String> {
         Ok(match actor {
             Actor::User { email } => email.to_string(),
             Actor::Agent { computer_id } => agent(&self.computer(*computer_id)?.hostname),
@@ -618,7 +620,7 @@ impl Names<'_> {
 
     /// The human-readable actor of an event that does not name it, from its metadata
     /// (`user:<e-mail>`, `agent:<computer id>`, `system`).
-    fn recorded_actor(&self, recorded: &RecordedEvent) -> rusqlite::Result<String> {
+    fn recorded_actor(&self, recorded: &RecordedEvent) -> latchkey_store::sql::Result<String> {
         let raw = recorded.metadata.actor.as_str();
         if let Some(user) = raw.strip_prefix("user:") {
             return Ok(user.to_owned());
@@ -729,7 +731,7 @@ fn tenant_line(
     names: &Names<'_>,
     recorded: &RecordedEvent,
     event: &TenantEvent,
-) -> rusqlite::Result<Line> {
+) -> latchkey_store::sql::Result<Line> {
     Ok(match event {
         TenantEvent::TenantRegistered(e) => {
             let actor = names.actor(&e.by)?;
@@ -773,7 +775,7 @@ fn tenant_line(
     })
 }
 
-fn technician_lines(names: &Names<'_>, event: &TechnicianEvent) -> rusqlite::Result<Vec<Line>> {
+fn technician_lines(names: &Names<'_>, event: &TechnicianEvent) -> latchkey_store::sql::Result<Vec<Line>> {
     Ok(match event {
         TechnicianEvent::TechnicianRegistered(e) => {
             let actor = names.actor(&e.by)?;
@@ -830,7 +832,7 @@ fn computer_line(
     names: &Names<'_>,
     recorded: &RecordedEvent,
     event: &ComputerEvent,
-) -> rusqlite::Result<Line> {
+) -> latchkey_store::sql::Result<Line> {
     // Every computer event names its computer; the directory names it and its tenant.
     let (computer_id, at) = match event {
         ComputerEvent::ComputerEnrolled(e) => (e.computer_id, e.at),
@@ -865,7 +867,7 @@ fn computer_line(
             .computer(computer_id)
             .tenant_opt(computer.tenant.clone())
     };
-    let email_of = |technician: &Option<String>| -> rusqlite::Result<Option<String>> {
+    let email_of = |technician: &Option<String>| -> latchkey_store::sql::Result<Option<String>> {
         technician.as_deref().map(|t| names.email(t)).transpose()
     };
     // A line about one account of the computer, with its session and technician if known.
@@ -873,7 +875,7 @@ fn computer_line(
                          sentence: String,
                          session: Option<String>,
                          account: &str|
-     -> rusqlite::Result<Line> {
+     -> latchkey_store::sql::Result<Line> {
         let technician = names.technician_of(computer_id, session.as_deref(), account)?;
         Ok(base(actor, sentence)
             .session_opt(session)
@@ -1203,7 +1205,7 @@ fn session_line(
     names: &Names<'_>,
     recorded: &RecordedEvent,
     event: &SessionEvent,
-) -> rusqlite::Result<Line> {
+) -> latchkey_store::sql::Result<Line> {
     Ok(match event {
         SessionEvent::SessionCheckedOut(e) => {
             let actor = names.actor(&e.by)?;

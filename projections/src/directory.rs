@@ -8,7 +8,7 @@ use latchkey_domain::session::SessionEvent;
 use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::AnyEvent;
-use rusqlite::{params, OptionalExtension, Transaction};
+use latchkey_store::sql::{params, OptionalExtension, Row, Sql, SqlError};
 use uuid::Uuid;
 
 pub(crate) const SCHEMA: &str = "
@@ -46,13 +46,13 @@ pub(crate) fn time(at: &chrono::DateTime<chrono::Utc>) -> String {
 }
 
 fn close_session(
-    tx: &Transaction,
+    tx: &dyn Sql,
     id: String,
     status: &str,
     at: &chrono::DateTime<chrono::Utc>,
     check_in_reason: Option<&str>,
     failure: Option<&str>,
-) -> rusqlite::Result<usize> {
+) -> latchkey_store::sql::Result<usize> {
     crate::exec(
         tx,
         "UPDATE sessions SET status = ?2, open = 0, closed_at = ?3, check_in_reason = ?4,
@@ -62,12 +62,12 @@ fn close_session(
     )
 }
 
-pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> {
+pub(crate) fn apply(tx: &dyn Sql, event: &AnyEvent) -> latchkey_store::sql::Result<()> {
     match event {
         AnyEvent::Tenant(TenantEvent::TenantRegistered(e)) => {
             crate::exec(
                 tx,
-                "INSERT OR REPLACE INTO tenants (id, name, login_mode) VALUES (?1, ?2, ?3)",
+                "INSERT INTO tenants (id, name, login_mode) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
                 params![
                     e.tenant_id.to_string(),
                     e.name.as_str(),
@@ -85,7 +85,7 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
         AnyEvent::Technician(TechnicianEvent::TechnicianRegistered(e)) => {
             crate::exec(
                 tx,
-                "INSERT OR REPLACE INTO technicians (id, username, email) VALUES (?1, ?2, ?3)",
+                "INSERT INTO technicians (id, username, email) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
                 params![
                     e.technician_id.to_string(),
                     e.username.as_str(),
@@ -96,7 +96,7 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
         AnyEvent::Technician(TechnicianEvent::TechnicianJoinedTenant(e)) => {
             crate::exec(
                 tx,
-                "INSERT OR IGNORE INTO memberships (technician_id, tenant_id) VALUES (?1, ?2)",
+                "INSERT INTO memberships (technician_id, tenant_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 params![e.technician_id.to_string(), e.tenant_id.to_string()],
             )?;
         }
@@ -123,7 +123,7 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
         AnyEvent::Computer(ComputerEvent::ComputerEnrolled(e)) => {
             crate::exec(
                 tx,
-                "INSERT OR REPLACE INTO computers (id, tenant_id, hostname) VALUES (?1, ?2, ?3)",
+                "INSERT INTO computers (id, tenant_id, hostname) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
                 params![
                     e.computer_id.to_string(),
                     e.tenant_id.to_string(),
@@ -141,10 +141,11 @@ pub(crate) fn apply(tx: &Transaction, event: &AnyEvent) -> rusqlite::Result<()> 
         AnyEvent::Session(SessionEvent::SessionCheckedOut(e)) => {
             crate::exec(
                 tx,
-                "INSERT OR REPLACE INTO sessions
+                "INSERT INTO sessions
                      (id, tenant_id, technician_id, computer_id, account, login_mode, status,
                       open, checked_out_at, expires_at, reason, ticket)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'provisioning', 1, ?7, ?8, ?9, ?10)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'provisioning', 1, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (id) DO NOTHING",
                 params![
                     e.session_id.to_string(),
                     e.tenant_id.to_string(),
@@ -251,10 +252,10 @@ pub struct SessionFilter {
     pub limit: u32,
 }
 
-fn uuid_at(row: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Uuid> {
+fn uuid_at(row: &Row, i: usize) -> latchkey_store::sql::Result<Uuid> {
     let text: String = row.get(i)?;
     Uuid::parse_str(&text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+        SqlError::column(i, e)
     })
 }
 
@@ -262,7 +263,7 @@ const SESSION_COLUMNS: &str = "id, tenant_id, technician_id, computer_id, accoun
     status, open, checked_out_at, activated_at, closed_at, expires_at, reason, ticket,
     check_in_reason, failure";
 
-fn session_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+fn session_row(row: &Row) -> latchkey_store::sql::Result<SessionRow> {
     Ok(SessionRow {
         session_id: SessionId(uuid_at(row, 0)?),
         tenant_id: TenantId(uuid_at(row, 1)?),
@@ -288,14 +289,14 @@ impl Queries<'_> {
         let mut statement = self
             .conn()
             .prepare_cached("SELECT id, name, login_mode FROM tenants ORDER BY name, id")?;
-        let rows = statement.query_map([], |row| {
+        let rows = statement.query_map(params![], |row| {
             Ok(TenantRow {
                 tenant_id: TenantId(uuid_at(row, 0)?),
                 name: row.get(1)?,
                 login_mode: row.get(2)?,
             })
         })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 
     pub fn tenant_exists(&self, tenant: TenantId) -> Result<bool, ProjectionError> {
@@ -330,7 +331,7 @@ impl Queries<'_> {
              ORDER BY username, id",
         )?;
         let rows = statement.query_map([tenant.map(|t| t.to_string())], technician_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 
     /// Is the technician currently a member of the tenant?
@@ -353,7 +354,7 @@ impl Queries<'_> {
              WHERE tenant_id = ?1 ORDER BY hostname, id",
         )?;
         let rows = statement.query_map([tenant.to_string()], computer_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 
     pub fn computer(&self, computer: ComputerId) -> Result<Option<ComputerRow>, ProjectionError> {
@@ -384,7 +385,7 @@ impl Queries<'_> {
             ],
             session_row,
         )?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 
     pub fn session(&self, session: SessionId) -> Result<Option<SessionRow>, ProjectionError> {
@@ -401,7 +402,7 @@ impl Queries<'_> {
         Ok(self
             .conn()
             .prepare_cached("SELECT COUNT(*) FROM sessions WHERE open = 1")?
-            .query_row([], |row| row.get::<_, i64>(0))? as u64)
+            .query_row(params![], |row| row.get::<_, i64>(0))? as u64)
     }
 
     /// Open sessions whose maximum length has run out at `now`: the expiry loop checks them in.
@@ -413,11 +414,11 @@ impl Queries<'_> {
             "SELECT id FROM sessions WHERE open = 1 AND expires_at <= ?1 ORDER BY expires_at",
         )?;
         let rows = statement.query_map([time(&now)], |row| uuid_at(row, 0).map(SessionId))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
     }
 }
 
-fn technician_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TechnicianRow> {
+fn technician_row(row: &Row) -> latchkey_store::sql::Result<TechnicianRow> {
     Ok(TechnicianRow {
         technician_id: TechnicianId(uuid_at(row, 0)?),
         username: row.get(1)?,
@@ -426,7 +427,7 @@ fn technician_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TechnicianRow> {
     })
 }
 
-fn computer_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<ComputerRow> {
+fn computer_row(row: &Row) -> latchkey_store::sql::Result<ComputerRow> {
     Ok(ComputerRow {
         computer_id: ComputerId(uuid_at(row, 0)?),
         tenant_id: TenantId(uuid_at(row, 1)?),

@@ -24,8 +24,9 @@ pub use directory::*;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::process::Lookup;
 use latchkey_domain::{AnyEvent, DecodeError};
+use latchkey_store::sql::{self, params, Dialect, PgConnection, Sql, SqlError, SqlExt};
 use latchkey_store::{Position, RecordedEvent};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use uuid::Uuid;
@@ -33,7 +34,7 @@ use uuid::Uuid;
 #[derive(Debug, thiserror::Error)]
 pub enum ProjectionError {
     #[error("read model database: {0}")]
-    Sql(#[from] rusqlite::Error),
+    Sql(#[from] SqlError),
     /// A caller's cursor or filter is malformed (an HTTP 400, naming `field`).
     #[error("{field}: {reason}")]
     BadInput { field: &'static str, reason: String },
@@ -44,9 +45,34 @@ pub enum ProjectionError {
     },
 }
 
-/// The read-model database (one SQLite file, or in memory for tests).
+impl From<rusqlite::Error> for ProjectionError {
+    fn from(e: rusqlite::Error) -> Self {
+        ProjectionError::Sql(e.into())
+    }
+}
+
+/// The PostgreSQL schema the read models live in (`--store postgres://…`), beside the event
+/// store's own `latchkey_store` schema.
+pub const POSTGRES_SCHEMA: &str = "latchkey_read";
+
+/// The read-model database: one SQLite file (or in memory for tests), or the
+/// [`POSTGRES_SCHEMA`] schema of a PostgreSQL database shared by several servers.
 pub struct ReadModels {
-    conn: Connection,
+    db: Database,
+}
+
+enum Database {
+    Sqlite(Connection),
+    Postgres(PgConnection),
+}
+
+impl Database {
+    fn sql(&self) -> &dyn Sql {
+        match self {
+            Database::Sqlite(conn) => conn,
+            Database::Postgres(conn) => conn,
+        }
+    }
 }
 
 /// Decodes a stored event into the domain's terms.
@@ -65,6 +91,41 @@ pub fn decode(recorded: &RecordedEvent) -> Result<AnyEvent, ProjectionError> {
     AnyEvent::from_json(&recorded.event_type, recorded.schema_version, json).map_err(bad)
 }
 
+/// The checkpoint tables and every read model's tables, written for SQLite.
+fn schema() -> String {
+    [
+        "CREATE TABLE IF NOT EXISTS checkpoint (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             commit_position INTEGER NOT NULL,
+             prepare_position INTEGER NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS process_checkpoint (
+             id INTEGER PRIMARY KEY CHECK (id = 1),
+             commit_position INTEGER NOT NULL,
+             prepare_position INTEGER NOT NULL
+         );",
+        directory::SCHEMA,
+        audit::SCHEMA,
+        accounts::SCHEMA,
+    ]
+    .concat()
+}
+
+/// Creates the read-model tables on PostgreSQL, one server at a time (several may start at
+/// once on the same database).
+fn create_postgres_schema(conn: &PgConnection) -> Result<(), ProjectionError> {
+    let tx = conn.transaction()?;
+    tx.batch(&format!(
+        "SELECT pg_advisory_xact_lock({SCHEMA_LOCK}); {}",
+        sql::postgres_ddl(&schema())
+    ))?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The advisory lock key that serialises schema creation and read-model writers.
+const SCHEMA_LOCK: i64 = 0x6c6b_7265_6164; // "lkread"
+
 impl ReadModels {
     pub fn open(path: &Path) -> Result<Self, ProjectionError> {
         let conn = Connection::open(path)?;
@@ -76,84 +137,102 @@ impl ReadModels {
         Self::init(Connection::open_in_memory()?)
     }
 
+    /// The read models in the [`POSTGRES_SCHEMA`] schema of the database `url` names.
+    /// Blocking: call it off the async executor.
+    pub fn open_postgres(url: &str) -> Result<Self, ProjectionError> {
+        let conn = PgConnection::connect(url, POSTGRES_SCHEMA)?;
+        create_postgres_schema(&conn)?;
+        Ok(Self {
+            db: Database::Postgres(conn),
+        })
+    }
+
     fn init(conn: Connection) -> Result<Self, ProjectionError> {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS checkpoint (
-                 id INTEGER PRIMARY KEY CHECK (id = 1),
-                 commit_position INTEGER NOT NULL,
-                 prepare_position INTEGER NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS process_checkpoint (
-                 id INTEGER PRIMARY KEY CHECK (id = 1),
-                 commit_position INTEGER NOT NULL,
-                 prepare_position INTEGER NOT NULL
-             );",
-        )?;
-        conn.execute_batch(directory::SCHEMA)?;
-        conn.execute_batch(audit::SCHEMA)?;
-        conn.execute_batch(accounts::SCHEMA)?;
-        Ok(Self { conn })
+        conn.execute_batch(&schema())?;
+        Ok(Self {
+            db: Database::Sqlite(conn),
+        })
     }
 
     /// Checkpoints the WAL into the main file and closes the database, so the file can be
     /// moved (`latchkey replay`).
     pub fn close(self) -> Result<(), ProjectionError> {
-        self.conn
-            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")?;
-        self.conn.close().map_err(|(_, e)| e)?;
+        match self.db {
+            Database::Sqlite(conn) => {
+                conn.execute_batch(
+                    "PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;",
+                )?;
+                conn.close().map_err(|(_, e)| e)?;
+            }
+            Database::Postgres(_) => {}
+        }
         Ok(())
     }
 
     /// Queries on this (writer's) connection; tests and the CLI use it.
     pub fn queries(&self) -> Queries<'_> {
-        Queries(&self.conn)
+        Queries(self.db.sql())
     }
 
     /// Every read-model row, table by table in a stable order, checkpoints excluded: two read
     /// models built from the same events dump the same text (`latchkey replay` tests this).
     pub fn dump(&self) -> Result<String, ProjectionError> {
-        dump(&self.conn)
+        dump(self.db.sql())
     }
 
     /// Drops every row and both checkpoints, for a rebuild from the start of the log.
     pub fn clear(&mut self) -> Result<(), ProjectionError> {
-        let tx = self.conn.transaction()?;
-        for table in tables(&tx)? {
-            crate::exec(&tx, &format!("DELETE FROM \"{table}\""), [])?;
+        self.in_transaction(|db| {
+            for table in db.tables()? {
+                crate::exec(db, &format!("DELETE FROM \"{table}\""), params![])?;
+            }
+            Ok::<_, ProjectionError>(())
+        })
+    }
+
+    /// Runs `f` in one transaction, committed if it returns `Ok`. On PostgreSQL the
+    /// transaction first takes the read models' write lock, so two servers never apply the
+    /// same events at once (the second then finds them applied and skips them).
+    fn in_transaction<T, E: From<ProjectionError>>(
+        &mut self,
+        f: impl FnOnce(&dyn Sql) -> Result<T, E>,
+    ) -> Result<T, E> {
+        match &mut self.db {
+            Database::Sqlite(conn) => {
+                let tx = conn.transaction().map_err(ProjectionError::from)?;
+                let value = f(&*tx)?;
+                tx.commit().map_err(ProjectionError::from)?;
+                Ok(value)
+            }
+            Database::Postgres(conn) => {
+                let tx = conn.transaction().map_err(ProjectionError::from)?;
+                tx.batch(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
+                    .map_err(ProjectionError::from)?;
+                let value = f(&*tx)?;
+                tx.commit().map_err(ProjectionError::from)?;
+                Ok(value)
+            }
         }
-        tx.commit()?;
-        Ok(())
     }
 
     /// The position of the last event applied, `None` before the first.
     pub fn checkpoint(&self) -> Result<Option<Position>, ProjectionError> {
-        self.position_in("checkpoint")
+        position_in(self.db.sql(), "checkpoint")
     }
 
     /// The position of the last event the process managers have fully handled.
     pub fn process_checkpoint(&self) -> Result<Option<Position>, ProjectionError> {
-        self.position_in("process_checkpoint")
+        position_in(self.db.sql(), "process_checkpoint")
     }
 
     /// Records that the process managers have handled every event up to `position`.
     pub fn set_process_checkpoint(&self, position: Position) -> Result<(), ProjectionError> {
-        Ok(write_position(&self.conn, "process_checkpoint", position)?)
-    }
-
-    fn position_in(&self, table: &str) -> Result<Option<Position>, ProjectionError> {
-        Ok(self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT commit_position, prepare_position FROM {table} WHERE id = 1"
-            ))?
-            .query_row([], |row| {
-                Ok(Position::new(
-                    row.get::<_, i64>(0)? as u64,
-                    row.get::<_, i64>(1)? as u64,
-                ))
-            })
-            .optional()?)
+        Ok(write_position(
+            self.db.sql(),
+            "process_checkpoint",
+            position,
+        )?)
     }
 
     /// Applies events in global order, with the checkpoint, in one transaction. Events at or
@@ -172,37 +251,56 @@ impl ReadModels {
         events: &[RecordedEvent],
         mut then: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
     ) -> Result<Vec<T>, E> {
-        let checkpoint = self.checkpoint()?;
-        let tx = self.conn.transaction().map_err(ProjectionError::from)?;
-        let mut answers = Vec::new();
-        let mut last = checkpoint;
-        for recorded in events {
-            if last.is_some_and(|c| recorded.position <= c) {
-                continue;
+        self.in_transaction(|tx| {
+            // Read inside the transaction: on PostgreSQL another server may have moved it.
+            let checkpoint = position_in(tx, "checkpoint")?;
+            let mut answers = Vec::new();
+            let mut last = checkpoint;
+            for recorded in events {
+                if last.is_some_and(|c| recorded.position <= c) {
+                    continue;
+                }
+                let event = decode(recorded)?;
+                // The directory first: the others look names up in it.
+                let applied = directory::apply(tx, &event)
+                    .and_then(|()| audit::apply(tx, recorded, &event))
+                    .and_then(|()| accounts::apply(tx, recorded, &event));
+                applied.map_err(ProjectionError::from)?;
+                answers.push(then(recorded, &event, Queries(tx))?);
+                last = Some(recorded.position);
             }
-            let event = decode(recorded)?;
-            // The directory first: the others look names up in it.
-            let applied = directory::apply(&tx, &event)
-                .and_then(|()| audit::apply(&tx, recorded, &event))
-                .and_then(|()| accounts::apply(&tx, recorded, &event));
-            applied.map_err(ProjectionError::from)?;
-            answers.push(then(recorded, &event, Queries(&tx))?);
-            last = Some(recorded.position);
-        }
-        if let Some(position) = last.filter(|_| !answers.is_empty()) {
-            write_position(&tx, "checkpoint", position).map_err(ProjectionError::from)?;
-        }
-        tx.commit().map_err(ProjectionError::from)?;
-        Ok(answers)
+            if let Some(position) = last.filter(|_| !answers.is_empty()) {
+                write_position(tx, "checkpoint", position).map_err(ProjectionError::from)?;
+            }
+            Ok(answers)
+        })
     }
 }
 
+fn position_in(db: &dyn Sql, table: &str) -> Result<Option<Position>, ProjectionError> {
+    Ok(db.one(
+        &format!("SELECT commit_position, prepare_position FROM {table} WHERE id = 1"),
+        params![],
+        |row| {
+            Ok(Position::new(
+                row.get::<_, i64>(0)? as u64,
+                row.get::<_, i64>(1)? as u64,
+            ))
+        },
+    )?)
+}
+
 /// Read-only access to the read models for query handlers.
-pub struct Queries<'a>(pub(crate) &'a Connection);
+pub struct Queries<'a>(pub(crate) &'a dyn Sql);
 
 impl Queries<'_> {
-    pub(crate) fn conn(&self) -> &Connection {
+    pub(crate) fn conn(&self) -> &dyn Sql {
         self.0
+    }
+
+    /// Which database the read models are in, for the rare query that must differ.
+    pub(crate) fn dialect(&self) -> Dialect {
+        self.0.dialect()
     }
 
     fn ids<T>(
@@ -211,39 +309,62 @@ impl Queries<'_> {
         param: Uuid,
         make: fn(Uuid) -> T,
     ) -> Result<Vec<T>, ProjectionError> {
-        let mut statement = self.0.prepare_cached(sql)?;
-        let rows = statement.query_map([param.to_string()], |row| row.get::<_, String>(0))?;
-        let mut out = Vec::new();
-        for row in rows {
+        Ok(self.0.map(sql, params![param.to_string()], |row| {
             // Only this module writes these columns, always from a Uuid.
-            let id = Uuid::parse_str(&row?).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Text,
-                    Box::new(e),
-                )
-            })?;
-            out.push(make(id));
-        }
-        Ok(out)
+            let id = Uuid::parse_str(&row.get::<_, String>(0)?)
+                .map_err(|e| SqlError::column(0, e))?;
+            Ok(make(id))
+        })?)
     }
 }
 
-/// A pool of read-only connections to the read-model file.
+/// A pool of read-only connections to the read models.
 pub struct ReadView {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    location: ViewLocation,
+    idle: Mutex<Vec<Database>>,
+}
+
+enum ViewLocation {
+    Sqlite(PathBuf),
+    Postgres(String),
 }
 
 impl ReadView {
+    /// Reads the SQLite file at `path`.
     pub fn open(path: &Path) -> Result<Self, ProjectionError> {
+        Self::at(ViewLocation::Sqlite(path.to_owned()))
+    }
+
+    /// Reads the [`POSTGRES_SCHEMA`] schema of the database `url` names. Blocking.
+    pub fn open_postgres(url: &str) -> Result<Self, ProjectionError> {
+        Self::at(ViewLocation::Postgres(url.to_owned()))
+    }
+
+    fn at(location: ViewLocation) -> Result<Self, ProjectionError> {
         let view = Self {
-            path: path.to_owned(),
+            location,
             idle: Mutex::new(Vec::new()),
         };
-        // Fail now, not at the first query, if the file cannot be read.
+        // Fail now, not at the first query, if the database cannot be read.
         view.with(|_| Ok(()))?;
         Ok(view)
+    }
+
+    fn connect(&self) -> Result<Database, ProjectionError> {
+        Ok(match &self.location {
+            ViewLocation::Sqlite(path) => {
+                let conn = Connection::open_with_flags(
+                    path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                conn.busy_timeout(std::time::Duration::from_secs(5))?;
+                conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+                Database::Sqlite(conn)
+            }
+            ViewLocation::Postgres(url) => {
+                Database::Postgres(PgConnection::connect(url, POSTGRES_SCHEMA)?)
+            }
+        })
     }
 
     /// Runs `f` on a pooled connection. Blocking: call it off the async executor.
@@ -252,27 +373,26 @@ impl ReadView {
         f: impl FnOnce(Queries<'_>) -> Result<T, ProjectionError>,
     ) -> Result<T, ProjectionError> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => {
-                let conn = Connection::open_with_flags(
-                    &self.path,
-                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )?;
-                conn.busy_timeout(std::time::Duration::from_secs(5))?;
-                conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-                conn
-            }
+        let db = match pooled {
+            Some(db) => db,
+            None => self.connect()?,
         };
         // One read transaction, so a query made of several statements sees one state.
-        exec(&conn, "BEGIN", [])?;
-        let result = f(Queries(&conn));
-        let ended = exec(&conn, "COMMIT", []);
-        if ended.is_ok() {
-            self.idle
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(conn);
+        let (result, ended) = match &db {
+            Database::Sqlite(conn) => {
+                exec(conn, "BEGIN", params![])?;
+                let result = f(Queries(conn));
+                (result, exec(conn, "COMMIT", params![]).map(|_| ()))
+            }
+            Database::Postgres(conn) => {
+                let tx = conn.read_transaction()?;
+                let result = f(Queries(&*tx));
+                (result, tx.commit())
+            }
+        };
+        let broken = matches!(&db, Database::Postgres(conn) if conn.is_closed());
+        if ended.is_ok() && !broken {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(db);
         }
         let value = result?;
         ended?;
@@ -280,35 +400,21 @@ impl ReadView {
     }
 }
 
-fn tables(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let mut statement = conn.prepare(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'
-         ORDER BY name",
-    )?;
-    let names = statement.query_map([], |row| row.get::<_, String>(0))?;
-    names.collect()
-}
-
-fn dump(conn: &Connection) -> Result<String, ProjectionError> {
+fn dump(db: &dyn Sql) -> Result<String, ProjectionError> {
     use std::fmt::Write;
     let mut out = String::new();
-    for table in tables(conn)? {
+    for table in db.tables()? {
         if table.ends_with("checkpoint") {
             continue;
         }
         let _ = writeln!(out, "== {table}");
-        let mut statement = conn.prepare(&format!("SELECT * FROM \"{table}\""))?;
-        let columns = statement.column_count();
-        let mut rows: Vec<String> = statement
-            .query_map([], |row| {
-                let mut line = String::new();
-                for i in 0..columns {
-                    let value: rusqlite::types::Value = row.get(i)?;
-                    let _ = write!(line, "{value:?}\t");
-                }
-                Ok(line)
-            })?
-            .collect::<rusqlite::Result<_>>()?;
+        let mut rows: Vec<String> = db.map(&format!("SELECT * FROM \"{table}\""), params![], |row| {
+            let mut line = String::new();
+            for value in row.values() {
+                let _ = write!(line, "{value:?}\t");
+            }
+            Ok(line)
+        })?;
         rows.sort();
         for row in rows {
             let _ = writeln!(out, "{row}");
@@ -319,20 +425,16 @@ fn dump(conn: &Connection) -> Result<String, ProjectionError> {
 
 /// `execute` through the statement cache: the read models run the same few statements for
 /// every event, and parsing SQL each time was a large share of the server's CPU.
-pub(crate) fn exec<P: rusqlite::Params>(
-    conn: &Connection,
-    sql: &str,
-    params: P,
-) -> rusqlite::Result<usize> {
-    conn.prepare_cached(sql)?.execute(params)
+pub(crate) fn exec<P: sql::Params>(db: &dyn Sql, sql: &str, params: P) -> sql::Result<usize> {
+    db.prepare_cached(sql)?.execute(params)
 }
 
 /// Enough cached statements for every statement the read models use.
 const STATEMENT_CACHE: usize = 256;
 
-fn write_position(conn: &Connection, table: &str, position: Position) -> rusqlite::Result<()> {
+fn write_position(db: &dyn Sql, table: &str, position: Position) -> sql::Result<()> {
     exec(
-        conn,
+        db,
         &format!(
             "INSERT INTO {table} (id, commit_position, prepare_position) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET commit_position = ?1, prepare_position = ?2"

@@ -13,6 +13,7 @@ pub mod kurrentdb;
 pub mod memory;
 pub mod postgres;
 mod sequence;
+pub mod sql;
 pub mod subscription;
 
 use std::sync::Arc;
