@@ -117,3 +117,8 @@ for arg in "$@"; do
   esac
 done
 cargo test "${scope[@]}" "${targets[@]}" "$@"
+
+# The read-model tests once more, on PostgreSQL (the run above used SQLite).
+if [[ $# == 0 ]]; then
+  LATCHKEY_TEST_READ_MODELS=postgres cargo test -p latchkey-projections --tests
+fi

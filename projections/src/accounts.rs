@@ -13,8 +13,8 @@ use latchkey_domain::ids::{ComputerId, RequestId, SessionId, TechnicianId, Tenan
 use latchkey_domain::names::{AccountName, FailureReason, GroupName, Hostname};
 use latchkey_domain::policy::LoginMode;
 use latchkey_domain::{AnyEvent, Timestamp};
-use latchkey_store::RecordedEvent;
 use latchkey_store::sql::{params, Dialect, Row, Sql, SqlError};
+use latchkey_store::RecordedEvent;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
@@ -416,10 +416,10 @@ fn verified_result(
             "INSERT INTO admin_memberships
                  (computer_id, account, admin_group, session_id, joined_at, joined_request,
                   joined_commit, joined_prepare)
-             SELECT ?1, ?2, ?3,
+             SELECT CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT),
                     (SELECT session_id FROM provisioning_requests
                      WHERE computer_id = ?1 AND request_id = ?5),
-                    ?4, ?5, ?6, ?7
+                    CAST(?4 AS TEXT), CAST(?5 AS BIGINT), CAST(?6 AS BIGINT), CAST(?7 AS BIGINT)
              WHERE NOT EXISTS (SELECT 1 FROM admin_memberships
                                WHERE computer_id = ?1 AND account = ?2 AND admin_group = ?3
                                  AND left_at IS NULL)",
@@ -542,7 +542,11 @@ fn u64_at(row: &Row, column: usize) -> latchkey_store::sql::Result<u64> {
     u64::try_from(value).map_err(|e| bad_column(column, e))
 }
 
-fn owner_at(row: &Row, kind: usize, technician: usize) -> latchkey_store::sql::Result<AccountOwner> {
+fn owner_at(
+    row: &Row,
+    kind: usize,
+    technician: usize,
+) -> latchkey_store::sql::Result<AccountOwner> {
     let mode = parsed(row, kind, |t| t.parse::<LoginMode>())?;
     let technician_id = parsed_opt(row, technician, uuid)?.map(TechnicianId);
     match (mode, technician_id) {
@@ -652,7 +656,7 @@ impl Queries<'_> {
                     AND ({op} = 'delete_account'
                          OR ({op} = 'remove_from_group' AND {group} = m.admin_group)))
              WHERE m.left_at IS NULL
-               AND (?1 IS NULL OR c.tenant_id = ?1)
+               AND (CAST(?1 AS TEXT) IS NULL OR c.tenant_id = ?1)
                AND NOT EXISTS (SELECT 1 FROM sessions s
                                WHERE s.computer_id = m.computer_id AND s.account = m.account
                                  AND s.open = 1)
@@ -757,7 +761,7 @@ impl Queries<'_> {
             "SELECT r.computer_id, c.tenant_id, c.hostname, r.request_id, r.session_id,
                     r.purpose, r.attempt, r.reason, r.failed_at, r.operation
              FROM provisioning_requests r JOIN computers c ON c.id = r.computer_id
-             WHERE r.status = 'failed' AND r.open = 1 AND (?1 IS NULL OR c.tenant_id = ?1)
+             WHERE r.status = 'failed' AND r.open = 1 AND (CAST(?1 AS TEXT) IS NULL OR c.tenant_id = ?1)
              ORDER BY r.failed_at, r.computer_id, r.request_id",
         )?;
         let rows = statement.query_map([tenant.map(|t| t.to_string())], |row| {
@@ -810,9 +814,9 @@ impl Queries<'_> {
         let rows = statement.query_map([tenant.to_string()], |row| {
             let computer: String = row.get(0)?;
             Ok(AdminDrift {
-                computer_id: ComputerId(Uuid::parse_str(&computer).map_err(|e| {
-                    SqlError::column(0, e)
-                })?),
+                computer_id: ComputerId(
+                    Uuid::parse_str(&computer).map_err(|e| SqlError::column(0, e))?,
+                ),
                 hostname: row.get(1)?,
                 admin_group: row.get(2)?,
                 member: row.get(3)?,

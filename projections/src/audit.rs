@@ -22,8 +22,8 @@ use latchkey_domain::session::{CheckInReason, SessionEvent};
 use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::{Actor, AnyEvent, Timestamp};
-use latchkey_store::{Position, RecordedEvent};
 use latchkey_store::sql::{params, OptionalExtension, Row, Sql, SqlError, Value};
+use latchkey_store::{Position, RecordedEvent};
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -250,7 +250,7 @@ impl Queries<'_> {
         // One more than asked for tells whether there is a next page.
         values.push(Value::Int(i64::from(limit) + 1));
         sql.push_str(&format!(
-            " ORDER BY commit_position, prepare_position, line LIMIT (SELECT ?{})",
+            " ORDER BY commit_position, prepare_position, line LIMIT ?{}",
             values.len()
         ));
 
@@ -278,10 +278,7 @@ impl Queries<'_> {
 }
 
 fn read_entry(row: &Row) -> latchkey_store::sql::Result<(AuditCursor, AuditEntry)> {
-    fn conversion(
-        column: usize,
-        e: impl std::error::Error + Send + Sync + 'static,
-    ) -> SqlError {
+    fn conversion(column: usize, e: impl std::error::Error + Send + Sync + 'static) -> SqlError {
         SqlError::column(column, e)
     }
     // Only `apply` writes these columns, always from a Uuid.
@@ -775,7 +772,10 @@ fn tenant_line(
     })
 }
 
-fn technician_lines(names: &Names<'_>, event: &TechnicianEvent) -> latchkey_store::sql::Result<Vec<Line>> {
+fn technician_lines(
+    names: &Names<'_>,
+    event: &TechnicianEvent,
+) -> latchkey_store::sql::Result<Vec<Line>> {
     Ok(match event {
         TechnicianEvent::TechnicianRegistered(e) => {
             let actor = names.actor(&e.by)?;

@@ -254,9 +254,7 @@ pub struct SessionFilter {
 
 fn uuid_at(row: &Row, i: usize) -> latchkey_store::sql::Result<Uuid> {
     let text: String = row.get(i)?;
-    Uuid::parse_str(&text).map_err(|e| {
-        SqlError::column(i, e)
-    })
+    Uuid::parse_str(&text).map_err(|e| SqlError::column(i, e))
 }
 
 const SESSION_COLUMNS: &str = "id, tenant_id, technician_id, computer_id, account, login_mode,
@@ -326,7 +324,7 @@ impl Queries<'_> {
     ) -> Result<Vec<TechnicianRow>, ProjectionError> {
         let mut statement = self.conn().prepare_cached(
             "SELECT id, username, email, offboarded FROM technicians t
-             WHERE ?1 IS NULL OR EXISTS (SELECT 1 FROM memberships m
+             WHERE CAST(?1 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM memberships m
                                          WHERE m.technician_id = t.id AND m.tenant_id = ?1)
              ORDER BY username, id",
         )?;
@@ -370,9 +368,9 @@ impl Queries<'_> {
     pub fn sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionRow>, ProjectionError> {
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM sessions
-             WHERE (?1 IS NULL OR tenant_id = ?1) AND (?2 IS NULL OR technician_id = ?2)
-               AND (?3 IS NULL OR computer_id = ?3) AND (?4 = 0 OR open = 1)
-             ORDER BY checked_out_at DESC, id LIMIT (SELECT ?5)"
+             WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR technician_id = ?2)
+               AND (CAST(?3 AS TEXT) IS NULL OR computer_id = ?3) AND (?4 = 0 OR open = 1)
+             ORDER BY checked_out_at DESC, id LIMIT ?5"
         );
         let mut statement = self.conn().prepare_cached(&sql)?;
         let rows = statement.query_map(

@@ -311,8 +311,8 @@ impl Queries<'_> {
     ) -> Result<Vec<T>, ProjectionError> {
         Ok(self.0.map(sql, params![param.to_string()], |row| {
             // Only this module writes these columns, always from a Uuid.
-            let id = Uuid::parse_str(&row.get::<_, String>(0)?)
-                .map_err(|e| SqlError::column(0, e))?;
+            let id =
+                Uuid::parse_str(&row.get::<_, String>(0)?).map_err(|e| SqlError::column(0, e))?;
             Ok(make(id))
         })?)
     }
@@ -408,13 +408,14 @@ fn dump(db: &dyn Sql) -> Result<String, ProjectionError> {
             continue;
         }
         let _ = writeln!(out, "== {table}");
-        let mut rows: Vec<String> = db.map(&format!("SELECT * FROM \"{table}\""), params![], |row| {
-            let mut line = String::new();
-            for value in row.values() {
-                let _ = write!(line, "{value:?}\t");
-            }
-            Ok(line)
-        })?;
+        let mut rows: Vec<String> =
+            db.map(&format!("SELECT * FROM \"{table}\""), params![], |row| {
+                let mut line = String::new();
+                for value in row.values() {
+                    let _ = write!(line, "{value:?}\t");
+                }
+                Ok(line)
+            })?;
         rows.sort();
         for row in rows {
             let _ = writeln!(out, "{row}");

@@ -3,6 +3,8 @@
 //! and the agent's pending and failed requests. The events come from the real aggregates,
 //! with a simulated agent answering the requests.
 
+mod backend;
+
 use chrono::TimeZone;
 use latchkey_domain::computer::{
     AccountObservation, AccountOwner, Computer, ComputerCommand, ComputerEvent, Operation, OsKind,
@@ -119,7 +121,7 @@ impl Story {
     async fn new() -> Self {
         let mut story = Story {
             store: MemoryStore::new(),
-            models: ReadModels::in_memory().unwrap(),
+            models: backend::fresh().await,
             computer: Vec::new(),
             sessions: BTreeMap::new(),
             machine: Machine::new(),
@@ -667,7 +669,7 @@ async fn replaying_the_log_rebuilds_identical_read_models() {
     assert_eq!(s.models.apply(&all).unwrap(), 0, "already applied");
     assert_eq!(s.models.dump().unwrap(), live);
 
-    let mut rebuilt = ReadModels::in_memory().unwrap();
+    let mut rebuilt = backend::fresh().await;
     assert_eq!(rebuilt.apply(&all).unwrap(), all.len());
     assert_eq!(
         rebuilt.dump().unwrap(),

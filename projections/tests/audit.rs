@@ -2,6 +2,8 @@
 //! agent's included), each filter, cursor paging, and a trail that a second delivery or a
 //! rebuild from the log leaves unchanged.
 
+mod backend;
+
 use chrono::TimeZone;
 use latchkey_domain::computer::{
     AccessGrant, AccountObservation, AccountOwner, Computer, ComputerCommand, ComputerEvent,
@@ -415,7 +417,7 @@ async fn world() -> Log {
 }
 
 async fn built(log: &Log) -> ReadModels {
-    let mut models = ReadModels::in_memory().unwrap();
+    let mut models = backend::fresh().await;
     models.apply(&log.events().await).unwrap();
     models
 }
@@ -974,7 +976,7 @@ async fn a_malformed_cursor_is_rejected_naming_the_cursor() {
 async fn applying_the_same_events_twice_changes_nothing() {
     let log = world().await;
     let events = log.events().await;
-    let mut models = ReadModels::in_memory().unwrap();
+    let mut models = backend::fresh().await;
     models.apply(&events).unwrap();
     let before = models.dump().unwrap();
     let trail = everything(&models);
@@ -987,7 +989,7 @@ async fn applying_the_same_events_twice_changes_nothing() {
 
     // One event at a time (as the live server applies them) and a rebuild after clearing
     // give the same trail as one batch.
-    let mut one_by_one = ReadModels::in_memory().unwrap();
+    let mut one_by_one = backend::fresh().await;
     for event in &events {
         one_by_one.apply(std::slice::from_ref(event)).unwrap();
     }

@@ -1,6 +1,8 @@
 //! The directory read model answers the process managers' look-ups, and applies each event
 //! exactly once across redelivery and reopening.
 
+mod backend;
+
 use chrono::TimeZone;
 use latchkey_domain::computer::{ComputerEnrolled, OsKind};
 use latchkey_domain::ids::{AgentKeyId, ComputerId, SessionId, TechnicianId, TenantId};
@@ -152,7 +154,7 @@ async fn everything(store: &MemoryStore) -> Vec<RecordedEvent> {
 async fn the_directory_answers_the_process_managers_lookups() {
     let store = MemoryStore::new();
     story(&store).await;
-    let mut models = ReadModels::in_memory().unwrap();
+    let mut models = backend::fresh().await;
     assert_eq!(models.apply(&everything(&store).await).unwrap(), 5);
     assert_eq!(models.computers_of_tenant(TENANT).unwrap(), vec![PC]);
     assert_eq!(

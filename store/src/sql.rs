@@ -8,8 +8,8 @@
 //! PostgreSQL cannot infer a parameter's type. Schemas are written for SQLite and translated
 //! by [`postgres_ddl`] (64-bit integers, byte-order text comparison like SQLite's).
 //!
-//! The PostgreSQL side uses the blocking `postgres` client: call it from blocking threads
-//! (`spawn_blocking`, `web::block`), never from an async task.
+//! The PostgreSQL side is `tokio-postgres` driven by one background thread of its own, with
+//! each call waited for on the caller's thread: like SQLite calls, they block that thread.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,9 +29,11 @@ pub enum SqlError {
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     #[error("{}", postgres_message(.0))]
-    Postgres(#[from] postgres::Error),
+    Postgres(#[from] tokio_postgres::Error),
     #[error("column {index}: {reason}")]
     Column { index: usize, reason: String },
+    #[error("the PostgreSQL driver thread failed: {0}")]
+    Driver(String),
     #[error("the query returned no row")]
     NoRows,
 }
@@ -52,14 +54,16 @@ impl SqlError {
                 e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
                     || e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
             }
-            SqlError::Postgres(e) => e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION),
+            SqlError::Postgres(e) => {
+                e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+            }
             _ => false,
         }
     }
 }
 
 /// The server's own message, not just "db error".
-fn postgres_message(e: &postgres::Error) -> String {
+fn postgres_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("PostgreSQL: {}: {}", db.code().code(), db.message()),
         None => format!("PostgreSQL: {e}"),
@@ -371,7 +375,11 @@ impl Statement<'_> {
     }
 
     /// The first row turned into a `T`; [`SqlError::NoRows`] if there is none.
-    pub fn query_row<P: Params, T>(&mut self, params: P, f: impl FnOnce(&Row) -> Result<T>) -> Result<T> {
+    pub fn query_row<P: Params, T>(
+        &mut self,
+        params: P,
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<T> {
         match self.run_query(params)?.first() {
             Some(row) => f(row),
             None => Err(SqlError::NoRows),
@@ -465,7 +473,7 @@ impl Sql for rusqlite::Connection {
 // ---------------------------------------------------------------------------------------
 // PostgreSQL
 
-use postgres::types::{IsNull, ToSql as PgToSql, Type};
+use tokio_postgres::types::{IsNull, ToSql as PgToSql, Type};
 
 impl PgToSql for Value {
     fn to_sql(
@@ -495,19 +503,27 @@ impl PgToSql for Value {
         true
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
-fn postgres_row(row: &postgres::Row) -> Result<Row, SqlError> {
+fn postgres_row(row: &tokio_postgres::Row) -> Result<Row, SqlError> {
     let mut values = Vec::with_capacity(row.len());
     for (i, column) in row.columns().iter().enumerate() {
         let value = match *column.type_() {
             Type::INT8 => row.try_get::<_, Option<i64>>(i)?.map(Value::Int),
-            Type::INT4 => row.try_get::<_, Option<i32>>(i)?.map(|v| Value::Int(v.into())),
-            Type::INT2 => row.try_get::<_, Option<i16>>(i)?.map(|v| Value::Int(v.into())),
-            Type::BOOL => row.try_get::<_, Option<bool>>(i)?.map(|v| Value::Int(v.into())),
+            Type::INT4 => row
+                .try_get::<_, Option<i32>>(i)?
+                .map(|v| Value::Int(v.into())),
+            Type::INT2 => row
+                .try_get::<_, Option<i16>>(i)?
+                .map(|v| Value::Int(v.into())),
+            Type::BOOL => row
+                .try_get::<_, Option<bool>>(i)?
+                .map(|v| Value::Int(v.into())),
             Type::FLOAT8 => row.try_get::<_, Option<f64>>(i)?.map(Value::Real),
-            Type::FLOAT4 => row.try_get::<_, Option<f32>>(i)?.map(|v| Value::Real(v.into())),
+            Type::FLOAT4 => row
+                .try_get::<_, Option<f32>>(i)?
+                .map(|v| Value::Real(v.into())),
             Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
                 row.try_get::<_, Option<String>>(i)?.map(Value::Text)
             }
@@ -588,17 +604,44 @@ pub struct PgConnection {
 }
 
 struct PgInner {
-    client: postgres::Client,
-    statements: HashMap<String, postgres::Statement>,
+    client: tokio_postgres::Client,
+    statements: HashMap<String, tokio_postgres::Statement>,
+}
+
+/// The runtime that drives every [`PgConnection`]'s socket. Calls wait for their answers
+/// with a plain blocking wait, so a connection can be used from any thread, an async task's
+/// included (like a SQLite connection, it then blocks that thread for the call).
+fn driver() -> &'static tokio::runtime::Runtime {
+    static DRIVER: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    DRIVER.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("latchkey-sql-postgres")
+            .enable_all()
+            .build()
+            .expect("cannot start the PostgreSQL driver thread")
+    })
+}
+
+/// Waits for `future` on this thread, whatever runtime it belongs to.
+fn wait<F: std::future::Future>(future: F) -> F::Output {
+    futures::executor::block_on(future)
 }
 
 impl PgConnection {
     /// Connects to `url` and works in `schema` (created if missing) from then on.
     pub fn connect(url: &str, schema: &str) -> Result<Self, SqlError> {
-        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
-        client.batch_execute(&format!(
+        let url = url.to_owned();
+        let connected = wait(driver().spawn(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            // A failed connection shows as errors on the next call and as `is_closed`.
+            tokio::spawn(connection);
+            Ok::<_, tokio_postgres::Error>(client)
+        }));
+        let client = connected.map_err(|e| SqlError::Driver(e.to_string()))??;
+        wait(client.batch_execute(&format!(
             "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
-        ))?;
+        )))?;
         Ok(Self {
             inner: RefCell::new(PgInner {
                 client,
@@ -630,21 +673,14 @@ impl PgConnection {
         self.inner.borrow().client.is_closed()
     }
 
-    fn with<T>(
-        &self,
-        sql: &str,
-        f: impl FnOnce(&mut postgres::Client, &postgres::Statement) -> Result<T, postgres::Error>,
-    ) -> Result<T, SqlError> {
+    fn statement(&self, sql: &str) -> Result<tokio_postgres::Statement, SqlError> {
         let mut inner = self.inner.borrow_mut();
-        let statement = match inner.statements.get(sql) {
-            Some(statement) => statement.clone(),
-            None => {
-                let statement = inner.client.prepare(&postgres_placeholders(sql))?;
-                inner.statements.insert(sql.to_owned(), statement.clone());
-                statement
-            }
-        };
-        Ok(f(&mut inner.client, &statement)?)
+        if let Some(statement) = inner.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = wait(inner.client.prepare(&postgres_placeholders(sql)))?;
+        inner.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
     }
 }
 
@@ -693,23 +729,22 @@ impl Sql for PgConnection {
     }
 
     fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize, SqlError> {
+        let statement = self.statement(sql)?;
         let values = postgres_values(params);
-        let changed = self.with(sql, |client, statement| {
-            client.execute(statement, &as_postgres(&values))
-        })?;
-        Ok(changed as usize)
+        let inner = self.inner.borrow();
+        Ok(wait(inner.client.execute(&statement, &as_postgres(&values)))? as usize)
     }
 
     fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, SqlError> {
+        let statement = self.statement(sql)?;
         let values = postgres_values(params);
-        let rows = self.with(sql, |client, statement| {
-            client.query(statement, &as_postgres(&values))
-        })?;
+        let inner = self.inner.borrow();
+        let rows = wait(inner.client.query(&statement, &as_postgres(&values)))?;
         rows.iter().map(postgres_row).collect()
     }
 
     fn batch(&self, sql: &str) -> Result<(), SqlError> {
-        Ok(self.inner.borrow_mut().client.batch_execute(sql)?)
+        Ok(wait(self.inner.borrow().client.batch_execute(sql))?)
     }
 }
 
