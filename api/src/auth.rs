@@ -3,14 +3,14 @@
 //! A token is shown once, when issued; this module must never store, log or put in an error a
 //! token (or its secret part) in clear. Only its SHA-256 is stored, compared in constant time.
 
-use crate::sqlite::Durable;
+use crate::sqlite::{Durable, Place};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use latchkey_domain::ids::{ComputerId, TechnicianId, TenantId};
 use rand::RngExt;
-use rusqlite::{params, Connection, OptionalExtension};
+use latchkey_store::sql::{params, OptionalExtension, Sql, SqlError};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -162,7 +162,7 @@ pub enum AuthError {
     Storage {
         path: PathBuf,
         #[source]
-        source: rusqlite::Error,
+        source: SqlError,
     },
     #[error("token store {path}: token {token_id} has an unreadable role: {source}")]
     CorruptRole {
@@ -253,14 +253,15 @@ impl fmt::Debug for TokenStore {
 
 impl TokenStore {
     /// Opens (or creates) the store at `path`.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, AuthError> {
-        let path = path.as_ref().to_path_buf();
+    pub fn open(place: impl Into<Place>) -> Result<Self, AuthError> {
+        let place = place.into();
+        let path = place.path();
         let storage = |source| AuthError::Storage {
             path: path.clone(),
             source,
         };
         let db = Durable::open(
-            path.clone(),
+            place,
             "CREATE TABLE IF NOT EXISTS tokens (
                      token_id   TEXT PRIMARY KEY NOT NULL,
                      token_hash BLOB NOT NULL,
@@ -288,7 +289,7 @@ impl TokenStore {
         self.db.path()
     }
 
-    fn storage(&self, source: rusqlite::Error) -> AuthError {
+    fn storage(&self, source: SqlError) -> AuthError {
         AuthError::Storage {
             path: self.db.path().to_path_buf(),
             source,
@@ -297,7 +298,7 @@ impl TokenStore {
 
     fn insert(
         &self,
-        connection: &Connection,
+        connection: &dyn Sql,
         token_id: TokenId,
         token: &str,
         role: &Role,
@@ -326,7 +327,7 @@ impl TokenStore {
     pub fn issue(&self, role: Role, name: &str) -> Result<String, AuthError> {
         let (token_id, token) = generate_token();
         let connection = self.db.lock();
-        self.insert(&connection, token_id, &token, &role, name)?;
+        self.insert(&*connection, token_id, &token, &role, name)?;
         Ok(token)
     }
 
@@ -337,30 +338,35 @@ impl TokenStore {
     pub fn insert_known(&self, token: &str, role: Role, name: &str) -> Result<TokenId, AuthError> {
         let token_id =
             parse_token(token).map_err(|reason| AuthError::InvalidKnownToken { reason })?;
-        let connection = self.db.lock();
-        let existing: Option<(Vec<u8>, Option<String>)> = connection
-            .query_row(
-                "SELECT token_hash, revoked_at FROM tokens WHERE token_id = ?1",
-                params![token_id.to_string()],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.storage(e))?;
-        match existing {
-            None => {
-                self.insert(&connection, token_id, token, &role, name)?;
-                Ok(token_id)
-            }
-            Some((stored, revoked_at)) => {
-                if !bool::from(stored.as_slice().ct_eq(&hash_token(token)[..])) {
-                    Err(AuthError::KnownTokenConflict { token_id })
-                } else if revoked_at.is_some() {
-                    Err(AuthError::KnownTokenRevoked { token_id })
-                } else {
-                    Ok(token_id)
+        // One transaction, so servers starting together on one database agree.
+        self.db.transaction(
+            |e| self.storage(e),
+            |connection| {
+                let existing: Option<(Vec<u8>, Option<String>)> = connection
+                    .query_row(
+                        "SELECT token_hash, revoked_at FROM tokens WHERE token_id = ?1",
+                        params![token_id.to_string()],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(|e| self.storage(e))?;
+                match existing {
+                    None => {
+                        self.insert(connection, token_id, token, &role, name)?;
+                        Ok(token_id)
+                    }
+                    Some((stored, revoked_at)) => {
+                        if !bool::from(stored.as_slice().ct_eq(&hash_token(token)[..])) {
+                            Err(AuthError::KnownTokenConflict { token_id })
+                        } else if revoked_at.is_some() {
+                            Err(AuthError::KnownTokenRevoked { token_id })
+                        } else {
+                            Ok(token_id)
+                        }
+                    }
                 }
-            }
-        }
+            },
+        )
     }
 
     /// The principal a bearer token stands for. `Ok(None)` for a malformed, unknown, revoked or
@@ -480,11 +486,7 @@ impl TokenStore {
             return Ok(Err(EnrollmentRefused::Expired));
         }
         let tenant = Uuid::parse_str(&tenant).map_err(|e| {
-            self.storage(rusqlite::Error::FromSqlConversionFailure(
-                1,
-                rusqlite::types::Type::Text,
-                Box::new(e),
-            ))
+            self.storage(SqlError::column(1, e))
         })?;
         let changed = connection
             .execute(
@@ -517,7 +519,7 @@ impl TokenStore {
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM tokens
                                 WHERE role_kind = 'msp_admin' AND revoked_at IS NULL)",
-                [],
+                params![],
                 |row| row.get(0),
             )
             .map_err(|e| self.storage(e))

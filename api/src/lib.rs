@@ -18,4 +18,4 @@ pub mod replay;
 pub mod runner;
 pub mod scheduler;
 pub mod secrets;
-mod sqlite;
+pub mod sqlite;

@@ -10,6 +10,7 @@ use latchkey_api::metrics::Metrics;
 use latchkey_api::runner::ProcessRunner;
 use latchkey_api::scheduler::Scheduler;
 use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
+use latchkey_api::sqlite::Place;
 use latchkey_projections::{ReadModels, ReadView};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -180,32 +181,69 @@ async fn replay(args: ReplayArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The PostgreSQL URL when the event store is PostgreSQL: the read models and the token,
+/// secret and idempotency tables then live in that database too, shared by every server.
+fn shared_database(url: &str) -> Option<&str> {
+    (url.starts_with("postgres://") || url.starts_with("postgresql://")).then_some(url)
+}
+
+/// The advisory lock whose holder runs the process managers and the scheduler.
+const LEADER_LOCK: i64 = 0x6c6b_6c65_6164; // "lklead"
+
+/// How often a server that is not the leader polls the shared read models' checkpoint (it
+/// wakes its agents' long polls) and tries to become the leader.
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+const LEADER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let args = args.settings()?;
     let (url, store) = open_store(&args).await?;
-    let models_path = args.data.join("read-models.db");
-    let models = ReadModels::open(&models_path)
-        .map_err(|e| format!("--data {}: read models: {e}", args.data.display()))?;
-    let view = ReadView::open(&models_path)
-        .map_err(|e| format!("--data {}: read models: {e}", args.data.display()))?;
+    let shared = shared_database(&url).map(str::to_owned);
+    let read_models_error = |e: latchkey_projections::ProjectionError| match &shared {
+        Some(_) => format!("--store: read models in PostgreSQL: {e}"),
+        None => format!("--data {}: read models: {e}", args.data.display()),
+    };
+    let (models, view) = match &shared {
+        Some(url) => (
+            ReadModels::open_postgres(url).map_err(read_models_error)?,
+            ReadView::open_postgres(url).map_err(read_models_error)?,
+        ),
+        None => {
+            let path = args.data.join("read-models.db");
+            (
+                ReadModels::open(&path).map_err(read_models_error)?,
+                ReadView::open(&path).map_err(read_models_error)?,
+            )
+        }
+    };
+    let place = |file: &str| match &shared {
+        Some(url) => Place::Postgres(url.clone()),
+        None => Place::File(args.data.join(file)),
+    };
     let key = secret_key(&args.data)?;
     // Opened now so a wrong key stops the server at start-up, not at the first rotation.
-    let secrets =
-        SecretStore::open(args.data.join("secrets.db"), &key).map_err(|e| e.to_string())?;
+    let secrets = SecretStore::open(place("secrets.db"), &key).map_err(|e| e.to_string())?;
     let models = Arc::new(Mutex::new(models));
     let cache = Arc::new(latchkey_api::commands::StateCache::new(100_000));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
-    let tokens = TokenStore::open(args.data.join("tokens.db")).map_err(|e| e.to_string())?;
-    let idempotency = IdempotencyStore::open(args.data.join("idempotency.db"))
-        .map_err(|e| format!("--data {}: idempotency keys: {e}", args.data.display()))?;
+    let tokens = TokenStore::open(place("tokens.db")).map_err(|e| e.to_string())?;
+    let idempotency = IdempotencyStore::open(place("idempotency.db"))
+        .map_err(|e| format!("idempotency keys: {e}"))?;
     let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;
+    let view = Arc::new(view);
+    // Alone, the runner tells when the read models move; sharing them, every server follows
+    // their checkpoint, whoever the leader is.
+    let progress = match &shared {
+        Some(_) => follow_checkpoint(view.clone()),
+        None => runner.progress(),
+    };
     let state = web::Data::new(Services {
         store: store.clone(),
         tokens,
-        view: Arc::new(view),
+        view,
         secrets,
         idempotency,
-        progress: runner.progress(),
+        progress,
         cache,
     });
     let metrics = web::Data::new(Metrics::new());
@@ -237,9 +275,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     actix_web::rt::spawn(async move {
         // Without its process managers the server would accept check-outs it never
         // provisions, so it stops rather than limp on.
-        let result = tokio::select! {
-            result = runner.run() => result.map_err(|e| e.to_string()),
-            result = scheduler.run(std::time::Duration::from_secs(1)) => result.map_err(|e| e.to_string()),
+        let result = match shared {
+            None => run_process_managers(&runner, &scheduler).await,
+            Some(url) => lead(&url, &runner, &scheduler).await,
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "the process managers stopped");
@@ -253,6 +291,58 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Some(e) => Err(format!("the process managers stopped: {e}")),
         None => Ok(()),
     }
+}
+
+async fn run_process_managers(runner: &ProcessRunner, scheduler: &Scheduler) -> Result<(), String> {
+    tokio::select! {
+        result = runner.run() => result.map_err(|e| e.to_string()),
+        result = scheduler.run(std::time::Duration::from_secs(1)) => result.map_err(|e| e.to_string()),
+    }
+}
+
+/// Waits to become the leader of the servers sharing the database, then runs the process
+/// managers for as long as the leadership lasts. Losing it (the lock's connection broke) stops
+/// the server: another one may be leading by then, and a restart rejoins as a follower.
+async fn lead(url: &str, runner: &ProcessRunner, scheduler: &Scheduler) -> Result<(), String> {
+    let mut leadership = latchkey_store::postgres::leader::Leadership::acquire(
+        url,
+        LEADER_LOCK,
+        LEADER_RETRY,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tracing::info!("this server leads: it runs the process managers and the scheduler");
+    tokio::select! {
+        result = run_process_managers(runner, scheduler) => result,
+        () = leadership.lost() => Err("lost the connection holding the leadership".into()),
+    }
+}
+
+/// Follows the shared read models' checkpoint from a thread of its own (the queries block).
+fn follow_checkpoint(
+    view: Arc<ReadView>,
+) -> tokio::sync::watch::Receiver<Option<latchkey_store::Position>> {
+    let (sender, receiver) = tokio::sync::watch::channel(None);
+    std::thread::Builder::new()
+        .name("latchkey-follow".into())
+        .spawn(move || loop {
+            match view.with(|q| q.checkpoint()) {
+                Ok(position) => {
+                    sender.send_if_modified(|seen| {
+                        let moved = *seen != position;
+                        *seen = position;
+                        moved
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the read models' checkpoint"),
+            }
+            if sender.is_closed() {
+                return;
+            }
+            std::thread::sleep(FOLLOW_INTERVAL);
+        })
+        .expect("cannot start the checkpoint follower thread");
+    receiver
 }
 
 #[actix_web::main]

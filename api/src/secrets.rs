@@ -2,7 +2,7 @@
 //! and kept encrypted (XChaCha20-Poly1305, key from configuration) in their own SQLite file.
 //! Nothing here may ever put a secret value in the event log, a log line, a `Debug` or an error.
 
-use crate::sqlite::Durable;
+use crate::sqlite::{Durable, Place};
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -11,7 +11,7 @@ use latchkey_domain::names::AccountName;
 use latchkey_domain::policy::PasswordPolicy;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::RngExt;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use latchkey_store::sql::{params, OptionalExtension, Sql, SqlError};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use zeroize::{Zeroize, Zeroizing};
@@ -86,7 +86,7 @@ pub enum SecretError {
     Storage {
         path: PathBuf,
         #[source]
-        source: rusqlite::Error,
+        source: SqlError,
     },
 }
 
@@ -310,14 +310,15 @@ impl fmt::Debug for SecretStore {
 impl SecretStore {
     /// Opens (or creates) the store at `path`. Fails with [`SecretError::WrongKey`] if the
     /// store was created with another key.
-    pub fn open(path: impl AsRef<Path>, key: &Key) -> Result<Self, SecretError> {
-        let path = path.as_ref().to_path_buf();
+    pub fn open(place: impl Into<Place>, key: &Key) -> Result<Self, SecretError> {
+        let place = place.into();
+        let path = place.path();
         let storage = |source| SecretError::Storage {
             path: path.clone(),
             source,
         };
         let db = Durable::open(
-            path.clone(),
+            place,
             "CREATE TABLE IF NOT EXISTS secrets (
                      reference  TEXT PRIMARY KEY NOT NULL,
                      nonce      BLOB NOT NULL,
@@ -342,7 +343,7 @@ impl SecretStore {
         self.db.path()
     }
 
-    fn storage(&self, source: rusqlite::Error) -> SecretError {
+    fn storage(&self, source: SqlError) -> SecretError {
         SecretError::Storage {
             path: self.db.path().to_path_buf(),
             source,
@@ -350,41 +351,40 @@ impl SecretStore {
     }
 
     fn check_key(&self) -> Result<(), SecretError> {
-        let mut connection = self.db.lock();
-        let tx = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.storage(e))?;
-        let stored: Option<(Vec<u8>, Vec<u8>)> = tx
-            .query_row(
-                "SELECT nonce, ciphertext FROM key_check WHERE id = 1",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.storage(e))?;
-        match stored {
-            Some((nonce, ciphertext)) => {
-                let plain = self
-                    .decrypt_raw(KEY_CHECK_REFERENCE, &nonce, &ciphertext)
-                    .ok_or_else(|| SecretError::WrongKey {
-                        path: self.db.path().to_path_buf(),
-                    })?;
-                if plain.as_slice() != KEY_CHECK_VALUE {
-                    return Err(SecretError::WrongKey {
-                        path: self.db.path().to_path_buf(),
-                    });
+        self.db.transaction(|e| self.storage(e), |tx| {
+            let stored: Option<(Vec<u8>, Vec<u8>)> = tx
+                .query_row(
+                    "SELECT nonce, ciphertext FROM key_check WHERE id = 1",
+                    params![],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .map_err(|e| self.storage(e))?;
+            match stored {
+                Some((nonce, ciphertext)) => {
+                    let plain = self
+                        .decrypt_raw(KEY_CHECK_REFERENCE, &nonce, &ciphertext)
+                        .ok_or_else(|| SecretError::WrongKey {
+                            path: self.db.path().to_path_buf(),
+                        })?;
+                    if plain.as_slice() != KEY_CHECK_VALUE {
+                        return Err(SecretError::WrongKey {
+                            path: self.db.path().to_path_buf(),
+                        });
+                    }
+                }
+                None => {
+                    let (nonce, ciphertext) =
+                        self.encrypt_raw(KEY_CHECK_REFERENCE, KEY_CHECK_VALUE)?;
+                    tx.execute(
+                        "INSERT INTO key_check (id, nonce, ciphertext) VALUES (1, ?1, ?2)",
+                        params![nonce, ciphertext],
+                    )
+                    .map_err(|e| self.storage(e))?;
                 }
             }
-            None => {
-                let (nonce, ciphertext) = self.encrypt_raw(KEY_CHECK_REFERENCE, KEY_CHECK_VALUE)?;
-                tx.execute(
-                    "INSERT INTO key_check (id, nonce, ciphertext) VALUES (1, ?1, ?2)",
-                    params![nonce, ciphertext],
-                )
-                .map_err(|e| self.storage(e))?;
-            }
-        }
-        tx.commit().map_err(|e| self.storage(e))
+            Ok(())
+        })
     }
 
     fn encrypt_raw(
@@ -456,33 +456,30 @@ impl SecretStore {
         reference: &SecretRef,
         secret: &Secret,
     ) -> Result<Secret, SecretError> {
-        let mut connection = self.db.lock();
-        let tx = connection
-            .transaction_with_behavior(TransactionBehavior::Immediate)
+        self.db.transaction(|e| self.storage(e), |tx| {
+            if let Some(stored) = self.read(tx, reference)? {
+                return Ok(stored);
+            }
+            let (nonce, ciphertext) =
+                self.encrypt_raw(reference.as_str(), secret.expose().as_bytes())?;
+            tx.execute(
+                "INSERT INTO secrets (reference, nonce, ciphertext) VALUES (?1, ?2, ?3)",
+                params![reference.as_str(), nonce, ciphertext],
+            )
             .map_err(|e| self.storage(e))?;
-        if let Some(stored) = self.read(&tx, reference)? {
-            return Ok(stored);
-        }
-        let (nonce, ciphertext) =
-            self.encrypt_raw(reference.as_str(), secret.expose().as_bytes())?;
-        tx.execute(
-            "INSERT INTO secrets (reference, nonce, ciphertext) VALUES (?1, ?2, ?3)",
-            params![reference.as_str(), nonce, ciphertext],
-        )
-        .map_err(|e| self.storage(e))?;
-        tx.commit().map_err(|e| self.storage(e))?;
-        Ok(secret.clone())
+            Ok(secret.clone())
+        })
     }
 
     /// The secret stored under `reference`, if any.
     pub fn get(&self, reference: &SecretRef) -> Result<Option<Secret>, SecretError> {
         let connection = self.db.lock();
-        self.read(&connection, reference)
+        self.read(&*connection, reference)
     }
 
     fn read(
         &self,
-        connection: &Connection,
+        connection: &dyn Sql,
         reference: &SecretRef,
     ) -> Result<Option<Secret>, SecretError> {
         let row: Option<(Vec<u8>, Vec<u8>)> = connection

@@ -1,19 +1,92 @@
-//! The server's own small SQLite files (tokens, secrets): opened one way — WAL, a sync on
-//! every commit, a bounded wait for a lock — and shared between threads behind one lock.
-//! One place, so none of them is ever less durable than the others.
+//! The server's own small databases (tokens, secrets, idempotency keys): a SQLite file per
+//! server (WAL, a sync on every commit, a bounded wait for a lock), or with
+//! `--store postgres://…` tables in the [`POSTGRES_SCHEMA`] schema of that database, shared
+//! by every server on it. One place, so none of them is ever less durable than the others.
 
+use latchkey_store::sql::{self, PgConnection, Sql, SqlError};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+/// The PostgreSQL schema of the token, secret and idempotency tables.
+pub const POSTGRES_SCHEMA: &str = "latchkey_api";
+
+/// The advisory lock that serialises schema creation and each store's read-then-write
+/// transactions across servers (SQLite's `BEGIN IMMEDIATE` does the same within a file).
+const LOCK: i64 = 0x6c6b_6170_6900; // "lkapi"
+
+/// Where a store lives: its own SQLite file, or the shared PostgreSQL database.
+#[derive(Debug, Clone)]
+pub enum Place {
+    File(PathBuf),
+    Postgres(String),
+}
+
+impl From<PathBuf> for Place {
+    fn from(path: PathBuf) -> Self {
+        Place::File(path)
+    }
+}
+
+impl From<&PathBuf> for Place {
+    fn from(path: &PathBuf) -> Self {
+        Place::File(path.clone())
+    }
+}
+
+impl From<&Path> for Place {
+    fn from(path: &Path) -> Self {
+        Place::File(path.to_owned())
+    }
+}
+
+impl Place {
+    /// The file, or a description of the PostgreSQL schema (never the URL: it may hold a
+    /// password), for messages.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Place::File(path) => path.clone(),
+            Place::Postgres(_) => PathBuf::from(format!("(PostgreSQL schema {POSTGRES_SCHEMA})")),
+        }
+    }
+}
+
 pub struct Durable {
+    /// The file, or a description of the PostgreSQL schema, for messages.
     path: PathBuf,
-    connection: Mutex<Connection>,
+    connection: Mutex<Database>,
+}
+
+enum Database {
+    Sqlite(Connection),
+    Postgres(PgConnection),
+}
+
+/// The connection while it is locked; statements run on it through [`Sql`].
+pub struct Locked<'a>(MutexGuard<'a, Database>);
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = dyn Sql;
+
+    fn deref(&self) -> &(dyn Sql + 'static) {
+        match &*self.0 {
+            Database::Sqlite(conn) => conn,
+            Database::Postgres(conn) => conn,
+        }
+    }
 }
 
 impl Durable {
-    /// Opens (or creates) the file and applies `schema` (idempotent DDL).
-    pub fn open(path: PathBuf, schema: &str) -> rusqlite::Result<Self> {
+    /// Opens (or creates) the store and applies `schema` (idempotent DDL, written for SQLite).
+    /// Blocking.
+    pub fn open(place: Place, schema: &str) -> Result<Self, SqlError> {
+        match place {
+            Place::File(path) => Self::open_file(path, schema),
+            Place::Postgres(url) => Self::open_postgres(&url, schema),
+        }
+    }
+
+    fn open_file(path: PathBuf, schema: &str) -> Result<Self, SqlError> {
         let connection = Connection::open(&path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
@@ -21,7 +94,23 @@ impl Durable {
         connection.execute_batch(schema)?;
         Ok(Self {
             path,
-            connection: Mutex::new(connection),
+            connection: Mutex::new(Database::Sqlite(connection)),
+        })
+    }
+
+    /// Connects to the PostgreSQL database `url` names and applies `schema` there (translated
+    /// by [`sql::postgres_ddl`]).
+    fn open_postgres(url: &str, schema: &str) -> Result<Self, SqlError> {
+        let connection = PgConnection::connect(url, POSTGRES_SCHEMA)?;
+        let tx = connection.transaction()?;
+        tx.batch(&format!(
+            "SELECT pg_advisory_xact_lock({LOCK}); {}",
+            sql::postgres_ddl(schema)
+        ))?;
+        tx.commit()?;
+        Ok(Self {
+            path: Place::Postgres(String::new()).path(),
+            connection: Mutex::new(Database::Postgres(connection)),
         })
     }
 
@@ -29,11 +118,42 @@ impl Durable {
         &self.path
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written (statements are
-        // atomic, transactions roll back on drop), so a poisoned lock is still safe to use.
-        self.connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    pub fn lock(&self) -> Locked<'_> {
+        // A panic while holding the lock cannot leave the database half-written (statements
+        // are atomic, transactions roll back on drop), so a poisoned lock is still safe to use.
+        Locked(
+            self.connection
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    }
+
+    /// Runs `f` in one transaction that no other writer of this store interleaves with (on
+    /// any server), committed if `f` returns `Ok`; `storage` turns a database failure into
+    /// the caller's error.
+    pub fn transaction<T, E>(
+        &self,
+        storage: impl Fn(SqlError) -> E,
+        f: impl FnOnce(&dyn Sql) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut locked = self.lock();
+        match &mut *locked.0 {
+            Database::Sqlite(conn) => {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(|e| storage(e.into()))?;
+                let value = f(&*tx)?;
+                tx.commit().map_err(|e| storage(e.into()))?;
+                Ok(value)
+            }
+            Database::Postgres(conn) => {
+                let tx = conn.transaction().map_err(&storage)?;
+                tx.batch(&format!("SELECT pg_advisory_xact_lock({LOCK})"))
+                    .map_err(&storage)?;
+                let value = f(&*tx)?;
+                tx.commit().map_err(&storage)?;
+                Ok(value)
+            }
+        }
     }
 }

@@ -298,6 +298,11 @@ impl Queries<'_> {
         self.0
     }
 
+    /// The position of the last event applied to the read models, `None` before the first.
+    pub fn checkpoint(&self) -> Result<Option<Position>, ProjectionError> {
+        position_in(self.0, "checkpoint")
+    }
+
     /// Which database the read models are in, for the rare query that must differ.
     pub(crate) fn dialect(&self) -> Dialect {
         self.0.dialect()

@@ -340,6 +340,16 @@ impl<'a> dyn Sql + 'a {
     pub fn prepare<'s>(&'s self, sql: &'s str) -> Result<Statement<'s>> {
         self.prepare_cached(sql)
     }
+
+    /// The first row of `sql` turned into a `T`; [`SqlError::NoRows`] if there is none.
+    pub fn query_row<P: Params, T>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row) -> Result<T>,
+    ) -> Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
 }
 
 impl Statement<'_> {
@@ -597,6 +607,9 @@ pub fn postgres_ddl(sql: &str) -> String {
     out.replace("WITHOUT ROWID", "")
 }
 
+/// The advisory lock key under which schemas are created.
+const SCHEMA_LOCK: i64 = 0x6c6b_7363_6865; // "lksche"
+
 /// A PostgreSQL connection with its prepared statements, working in one schema. Used
 /// directly, each statement commits on its own; [`PgConnection::transaction`] groups them.
 pub struct PgConnection {
@@ -631,16 +644,30 @@ fn wait<F: std::future::Future>(future: F) -> F::Output {
 impl PgConnection {
     /// Connects to `url` and works in `schema` (created if missing) from then on.
     pub fn connect(url: &str, schema: &str) -> Result<Self, SqlError> {
-        let url = url.to_owned();
+        // The URL may hold a password: errors never echo it.
+        let mut config: tokio_postgres::Config = url.parse()?;
+        if config.get_application_name().is_none() {
+            config.application_name("latchkey");
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
         let connected = wait(driver().spawn(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
             // A failed connection shows as errors on the next call and as `is_closed`.
             tokio::spawn(connection);
             Ok::<_, tokio_postgres::Error>(client)
         }));
         let client = connected.map_err(|e| SqlError::Driver(e.to_string()))??;
+        // Quietly (no NOTICE for a schema that exists) and one server at a time (two
+        // servers starting together would both try to create it).
         wait(client.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+            "SET client_min_messages TO warning;
+             BEGIN;
+             SELECT pg_advisory_xact_lock({SCHEMA_LOCK});
+             CREATE SCHEMA IF NOT EXISTS {schema};
+             COMMIT;
+             SET search_path TO {schema}"
         )))?;
         Ok(Self {
             inner: RefCell::new(PgInner {

@@ -8,12 +8,11 @@
 use super::Services;
 use crate::auth::Principal;
 use crate::problem::ApiError;
-use crate::sqlite::Durable;
+use crate::sqlite::{Durable, Place};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
-use rusqlite::{params, OptionalExtension};
+use latchkey_store::sql::{params, OptionalExtension, SqlError};
 use std::future::Future;
-use std::path::Path;
 
 pub const HEADER: &str = "Idempotency-Key";
 
@@ -77,9 +76,9 @@ enum Claim {
 }
 
 impl IdempotencyStore {
-    pub fn open(path: impl AsRef<Path>) -> rusqlite::Result<Self> {
+    pub fn open(place: impl Into<Place>) -> Result<Self, SqlError> {
         let db = Durable::open(
-            path.as_ref().to_path_buf(),
+            place.into(),
             "CREATE TABLE IF NOT EXISTS idempotency (
                  token_id TEXT NOT NULL,
                  key TEXT NOT NULL,
@@ -94,11 +93,11 @@ impl IdempotencyStore {
         Ok(Self { db })
     }
 
-    fn claim(&self, token: &str, key: &str, request: &str) -> rusqlite::Result<Claim> {
+    fn claim(&self, token: &str, key: &str, request: &str) -> Result<Claim, SqlError> {
         let conn = self.db.lock();
         let inserted = conn.execute(
-            "INSERT OR IGNORE INTO idempotency (token_id, key, request, created_at)
-             VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO idempotency (token_id, key, request, created_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             params![token, key, request, chrono::Utc::now().to_rfc3339()],
         )?;
         if inserted == 1 {
@@ -124,7 +123,7 @@ impl IdempotencyStore {
         })
     }
 
-    fn finish(&self, token: &str, key: &str, reply: &Reply) -> rusqlite::Result<()> {
+    fn finish(&self, token: &str, key: &str, reply: &Reply) -> Result<(), SqlError> {
         self.db.lock().execute(
             "UPDATE idempotency SET status = ?3, body = ?4, location = ?5
              WHERE token_id = ?1 AND key = ?2",
@@ -139,7 +138,7 @@ impl IdempotencyStore {
         Ok(())
     }
 
-    fn release(&self, token: &str, key: &str) -> rusqlite::Result<()> {
+    fn release(&self, token: &str, key: &str) -> Result<(), SqlError> {
         self.db.lock().execute(
             "DELETE FROM idempotency WHERE token_id = ?1 AND key = ?2 AND status IS NULL",
             params![token, key],
@@ -180,7 +179,7 @@ where
     };
     let token = principal.token_id.to_string();
     let request = format!("{} {}", req.method(), req.path());
-    let store = |e: rusqlite::Error| super::internal("idempotency store", &e);
+    let store = |e: SqlError| super::internal("idempotency store", &e);
     let claim = {
         let (services, token, key, request) =
             (services.clone(), token.clone(), key.clone(), request);

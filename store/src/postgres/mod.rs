@@ -5,6 +5,7 @@
 //! transaction committed, nor hand out an event while one before it may still commit.
 
 mod append;
+pub mod leader;
 mod rows;
 mod schema;
 pub mod testing;
