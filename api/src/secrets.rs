@@ -759,7 +759,7 @@ mod tests {
 
         // Even past the start-up check (a store without its key-check row), the record
         // itself does not decrypt under another key.
-        Connection::open(&path)
+        rusqlite::Connection::open(&path)
             .expect("raw open")
             .execute("DELETE FROM key_check", [])
             .expect("delete key check");
@@ -778,7 +778,7 @@ mod tests {
         store
             .put_if_absent(&password_ref(1), &Secret::new("password-one-1111".into()))
             .expect("put");
-        Connection::open(&path)
+        rusqlite::Connection::open(&path)
             .expect("raw open")
             .execute(
                 "UPDATE secrets SET reference = ?1 WHERE reference = ?2",

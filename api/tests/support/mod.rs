@@ -27,10 +27,16 @@ impl Server {
     /// Starts the server on `data`; its log (stderr) goes to `<data>/server.log` if the
     /// directory exists already.
     pub fn start(data: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_with_args(data, &[], env)
+    }
+
+    /// [`Server::start`] with more arguments for `latchkey serve` (e.g. `--store URL`).
+    pub fn start_with_args(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
+            .args(args)
             .env_remove("LATCHKEY_STORE")
             .env_remove("LATCHKEY_SECRET_KEY")
             .env_remove("LATCHKEY_ADMIN_TOKEN")
