@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use latchkey_domain::ids::{ComputerId, TechnicianId, TenantId};
-use rand::RngExt;
 use latchkey_store::sql::{params, OptionalExtension, Sql, SqlError};
+use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -485,9 +485,7 @@ impl TokenStore {
         if expired {
             return Ok(Err(EnrollmentRefused::Expired));
         }
-        let tenant = Uuid::parse_str(&tenant).map_err(|e| {
-            self.storage(SqlError::column(1, e))
-        })?;
+        let tenant = Uuid::parse_str(&tenant).map_err(|e| self.storage(SqlError::column(1, e)))?;
         let changed = connection
             .execute(
                 "UPDATE enrollment_tokens SET used_at = ?2 WHERE token_id = ?1 AND used_at IS NULL",

@@ -7,6 +7,7 @@ use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
 use latchkey_api::config::{ConfigFile, Settings};
 use latchkey_api::http::{self, IdempotencyStore, Services};
 use latchkey_api::metrics::Metrics;
+use latchkey_api::replay::Target;
 use latchkey_api::runner::ProcessRunner;
 use latchkey_api::scheduler::Scheduler;
 use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
@@ -167,17 +168,24 @@ async fn replay(args: ReplayArgs) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?,
     );
-    let applied = latchkey_api::replay::replay(&*store, &path, |done, total| {
+    let (target, place) = match shared_database(&url) {
+        Some(database) => (
+            Target::Postgres(database),
+            format!(
+                "PostgreSQL schema {}",
+                latchkey_projections::POSTGRES_SCHEMA
+            ),
+        ),
+        None => (Target::File(&path), path.display().to_string()),
+    };
+    let applied = latchkey_api::replay::replay(&*store, target, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })
     .await
-    .map_err(|e| format!("replay from {url} into {}: {e}", path.display()))?;
+    .map_err(|e| format!("replay into {place}: {e}"))?;
     bar.finish();
-    println!(
-        "rebuilt the read models in {} from {applied} events",
-        path.display()
-    );
+    println!("rebuilt the read models in {place} from {applied} events");
     Ok(())
 }
 
@@ -304,13 +312,10 @@ async fn run_process_managers(runner: &ProcessRunner, scheduler: &Scheduler) -> 
 /// managers for as long as the leadership lasts. Losing it (the lock's connection broke) stops
 /// the server: another one may be leading by then, and a restart rejoins as a follower.
 async fn lead(url: &str, runner: &ProcessRunner, scheduler: &Scheduler) -> Result<(), String> {
-    let mut leadership = latchkey_store::postgres::leader::Leadership::acquire(
-        url,
-        LEADER_LOCK,
-        LEADER_RETRY,
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let mut leadership =
+        latchkey_store::postgres::leader::Leadership::acquire(url, LEADER_LOCK, LEADER_RETRY)
+            .await
+            .map_err(|e| e.to_string())?;
     tracing::info!("this server leads: it runs the process managers and the scheduler");
     tokio::select! {
         result = run_process_managers(runner, scheduler) => result,

@@ -9,9 +9,9 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use latchkey_domain::ids::ComputerId;
 use latchkey_domain::names::AccountName;
 use latchkey_domain::policy::PasswordPolicy;
+use latchkey_store::sql::{params, OptionalExtension, Sql, SqlError};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::RngExt;
-use latchkey_store::sql::{params, OptionalExtension, Sql, SqlError};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use zeroize::{Zeroize, Zeroizing};
@@ -351,40 +351,43 @@ impl SecretStore {
     }
 
     fn check_key(&self) -> Result<(), SecretError> {
-        self.db.transaction(|e| self.storage(e), |tx| {
-            let stored: Option<(Vec<u8>, Vec<u8>)> = tx
-                .query_row(
-                    "SELECT nonce, ciphertext FROM key_check WHERE id = 1",
-                    params![],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(|e| self.storage(e))?;
-            match stored {
-                Some((nonce, ciphertext)) => {
-                    let plain = self
-                        .decrypt_raw(KEY_CHECK_REFERENCE, &nonce, &ciphertext)
-                        .ok_or_else(|| SecretError::WrongKey {
-                            path: self.db.path().to_path_buf(),
-                        })?;
-                    if plain.as_slice() != KEY_CHECK_VALUE {
-                        return Err(SecretError::WrongKey {
-                            path: self.db.path().to_path_buf(),
-                        });
+        self.db.transaction(
+            |e| self.storage(e),
+            |tx| {
+                let stored: Option<(Vec<u8>, Vec<u8>)> = tx
+                    .query_row(
+                        "SELECT nonce, ciphertext FROM key_check WHERE id = 1",
+                        params![],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()
+                    .map_err(|e| self.storage(e))?;
+                match stored {
+                    Some((nonce, ciphertext)) => {
+                        let plain = self
+                            .decrypt_raw(KEY_CHECK_REFERENCE, &nonce, &ciphertext)
+                            .ok_or_else(|| SecretError::WrongKey {
+                                path: self.db.path().to_path_buf(),
+                            })?;
+                        if plain.as_slice() != KEY_CHECK_VALUE {
+                            return Err(SecretError::WrongKey {
+                                path: self.db.path().to_path_buf(),
+                            });
+                        }
+                    }
+                    None => {
+                        let (nonce, ciphertext) =
+                            self.encrypt_raw(KEY_CHECK_REFERENCE, KEY_CHECK_VALUE)?;
+                        tx.execute(
+                            "INSERT INTO key_check (id, nonce, ciphertext) VALUES (1, ?1, ?2)",
+                            params![nonce, ciphertext],
+                        )
+                        .map_err(|e| self.storage(e))?;
                     }
                 }
-                None => {
-                    let (nonce, ciphertext) =
-                        self.encrypt_raw(KEY_CHECK_REFERENCE, KEY_CHECK_VALUE)?;
-                    tx.execute(
-                        "INSERT INTO key_check (id, nonce, ciphertext) VALUES (1, ?1, ?2)",
-                        params![nonce, ciphertext],
-                    )
-                    .map_err(|e| self.storage(e))?;
-                }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
     }
 
     fn encrypt_raw(
@@ -456,19 +459,22 @@ impl SecretStore {
         reference: &SecretRef,
         secret: &Secret,
     ) -> Result<Secret, SecretError> {
-        self.db.transaction(|e| self.storage(e), |tx| {
-            if let Some(stored) = self.read(tx, reference)? {
-                return Ok(stored);
-            }
-            let (nonce, ciphertext) =
-                self.encrypt_raw(reference.as_str(), secret.expose().as_bytes())?;
-            tx.execute(
-                "INSERT INTO secrets (reference, nonce, ciphertext) VALUES (?1, ?2, ?3)",
-                params![reference.as_str(), nonce, ciphertext],
-            )
-            .map_err(|e| self.storage(e))?;
-            Ok(secret.clone())
-        })
+        self.db.transaction(
+            |e| self.storage(e),
+            |tx| {
+                if let Some(stored) = self.read(tx, reference)? {
+                    return Ok(stored);
+                }
+                let (nonce, ciphertext) =
+                    self.encrypt_raw(reference.as_str(), secret.expose().as_bytes())?;
+                tx.execute(
+                    "INSERT INTO secrets (reference, nonce, ciphertext) VALUES (?1, ?2, ?3)",
+                    params![reference.as_str(), nonce, ciphertext],
+                )
+                .map_err(|e| self.storage(e))?;
+                Ok(secret.clone())
+            },
+        )
     }
 
     /// The secret stored under `reference`, if any.

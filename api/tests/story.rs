@@ -315,9 +315,26 @@ struct Setup {
     shared_account: Option<String>,
 }
 
+/// A fresh PostgreSQL database (on `LATCHKEY_TEST_POSTGRES_URL`) for a server's event store,
+/// read models and token, secret and idempotency tables.
+fn postgres_database() -> latchkey_store::postgres::testing::TestDatabase {
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(latchkey_store::postgres::testing::TestDatabase::create())
+}
+
 #[test]
 fn named_mode_story() {
-    let msp = Msp::start();
+    named_story(Msp::start());
+}
+
+#[test]
+fn named_mode_story_on_postgres() {
+    let database = postgres_database();
+    named_story(Msp::start_with(&[("LATCHKEY_STORE", database.url())]));
+}
+
+fn named_story(msp: Msp) {
     let mut setup = msp.setup("named", "W11-L-PASSWORD");
     let (session, account) = msp.check_out(&mut setup);
     assert_eq!(account, "msp-nik");
@@ -509,49 +526,92 @@ fn no_password_or_totp_secret_in_the_log_the_read_models_or_the_server_log() {
     );
 }
 
-#[test]
-fn rebuilt_read_models_equal_the_live_ones() {
-    let msp = Msp::start();
+/// A short story that leaves rows in every read model.
+fn some_history(msp: &Msp) {
     let mut setup = msp.setup("shared", "W10-local");
     let (first, _) = msp.check_out(&mut setup);
     msp.check_in(&mut setup, &first);
     let (second, _) = msp.check_out(&mut setup);
     msp.reveal(&setup.nik_token, &second);
-    let dir = msp.data.path().to_owned();
-    msp.server.stop_and_keep(&dir);
-    let models = dir.join("read-models.db");
-    // The live read models, caught up with the log as the runner would on its next start.
-    let live = {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async {
-            let url = format!("embedded:{}", dir.join("events.db").display());
-            let store = latchkey_store::open_url(&url).await.unwrap();
-            let mut live = latchkey_projections::ReadModels::open(&models).unwrap();
-            let rest = store
-                .read_all(live.checkpoint().unwrap(), 100_000)
-                .await
-                .unwrap();
-            live.apply(&rest).unwrap();
-            live.dump().unwrap()
-        })
-    };
-    assert!(
-        live.contains("accessed workstation W10-local"),
-        "{live:.500}"
-    );
+}
+
+/// Runs `latchkey replay` with `args` and checks that it says it rebuilt the read models.
+fn replay(args: &[&str], data: &std::path::Path) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
-        .args(["replay", "--data"])
-        .arg(&dir)
+        .arg("replay")
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env_remove("LATCHKEY_STORE")
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(said.contains("rebuilt the read models"), "{said}");
+}
+
+/// The read models caught up with the whole log (as the runner would on its next start),
+/// dumped.
+fn caught_up_dump(store_url: &str, mut models: latchkey_projections::ReadModels) -> String {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = latchkey_store::open_url(store_url).await.unwrap();
+        let rest = store
+            .read_all(models.checkpoint().unwrap(), 100_000)
+            .await
+            .unwrap();
+        models.apply(&rest).unwrap();
+        models.dump().unwrap()
+    })
+}
+
+#[test]
+fn rebuilt_read_models_equal_the_live_ones() {
+    let msp = Msp::start();
+    some_history(&msp);
+    let dir = msp.data.path().to_owned();
+    msp.server.stop_and_keep(&dir);
+    let models = dir.join("read-models.db");
+    let url = format!("embedded:{}", dir.join("events.db").display());
+    let live = caught_up_dump(
+        &url,
+        latchkey_projections::ReadModels::open(&models).unwrap(),
+    );
+    assert!(
+        live.contains("accessed workstation W10-local"),
+        "{live:.500}"
+    );
+    replay(&[], &dir);
     let rebuilt = latchkey_projections::ReadModels::open(&models)
         .unwrap()
         .dump()
         .unwrap();
     assert_eq!(rebuilt, live);
+}
+
+#[test]
+fn rebuilt_read_models_equal_the_live_ones_on_postgres() {
+    let database = postgres_database();
+    let msp = Msp::start_with(&[("LATCHKEY_STORE", database.url())]);
+    some_history(&msp);
+    let dir = msp.data.path().to_owned();
+    msp.server.stop_and_keep(&dir);
+    let open = || latchkey_projections::ReadModels::open_postgres(database.url()).unwrap();
+    let live = caught_up_dump(database.url(), open());
+    let process_checkpoint = open().process_checkpoint().unwrap();
+    assert!(
+        live.contains("accessed workstation W10-local"),
+        "{live:.500}"
+    );
+    replay(&["--store", database.url()], &dir);
+    let rebuilt = open();
+    assert_eq!(rebuilt.dump().unwrap(), live);
+    assert_eq!(
+        rebuilt.process_checkpoint().unwrap(),
+        process_checkpoint,
+        "the process managers' checkpoint is carried over"
+    );
+    assert!(process_checkpoint.is_some());
 }
 
 #[test]

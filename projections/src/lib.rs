@@ -140,11 +140,41 @@ impl ReadModels {
     /// The read models in the [`POSTGRES_SCHEMA`] schema of the database `url` names.
     /// Blocking: call it off the async executor.
     pub fn open_postgres(url: &str) -> Result<Self, ProjectionError> {
-        let conn = PgConnection::connect(url, POSTGRES_SCHEMA)?;
+        Self::open_postgres_schema(url, POSTGRES_SCHEMA)
+    }
+
+    /// The read models in another schema (a rebuild's, before it replaces the live one).
+    pub fn open_postgres_schema(url: &str, schema: &str) -> Result<Self, ProjectionError> {
+        let conn = PgConnection::connect(url, schema)?;
         create_postgres_schema(&conn)?;
         Ok(Self {
             db: Database::Postgres(conn),
         })
+    }
+
+    /// Makes the read models rebuilt in `rebuilt` the live ones, in one transaction: the
+    /// process managers' checkpoint is carried over from the live ones, which are dropped.
+    pub fn replace_postgres(url: &str, rebuilt: &str) -> Result<(), ProjectionError> {
+        let conn = PgConnection::connect(url, POSTGRES_SCHEMA)?;
+        let tx = conn.transaction()?;
+        tx.batch(&format!(
+            "SELECT pg_advisory_xact_lock({SCHEMA_LOCK});
+             INSERT INTO {rebuilt}.process_checkpoint
+                 SELECT * FROM {POSTGRES_SCHEMA}.process_checkpoint
+             ON CONFLICT (id) DO UPDATE SET commit_position = excluded.commit_position,
+                                            prepare_position = excluded.prepare_position;
+             DROP SCHEMA {POSTGRES_SCHEMA} CASCADE;
+             ALTER SCHEMA {rebuilt} RENAME TO {POSTGRES_SCHEMA};"
+        ))?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops a schema a rebuild left behind.
+    pub fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), ProjectionError> {
+        let conn = PgConnection::connect(url, POSTGRES_SCHEMA)?;
+        conn.batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+        Ok(())
     }
 
     fn init(conn: Connection) -> Result<Self, ProjectionError> {
