@@ -579,8 +579,9 @@ struct Tech {
     token: String,
 }
 
-/// One request of the concurrent phase and its answer.
+/// One request of the concurrent phase and its answer (all of it shown when a rule fails).
 #[derive(Debug)]
+#[allow(dead_code)] // `node`, `path` and `body` are read through `Debug` only
 struct Record {
     what: &'static str,
     node: &'static str,
