@@ -646,7 +646,7 @@ fn technician_worker(
     records: &Mutex<Vec<Record>>,
     problems: &Mutex<Vec<String>>,
 ) -> Worked {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1) * 7919);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((i as u64 + 1) * 7919));
     let record = |what: &'static str, node: &Node, path: &str, answer: &Answer| {
         records
             .lock()
