@@ -54,6 +54,8 @@ impl Place {
 pub struct Durable {
     /// The file, or a description of the PostgreSQL schema, for messages.
     path: PathBuf,
+    /// The PostgreSQL URL, to reconnect.
+    url: Option<String>,
     connection: Mutex<Database>,
 }
 
@@ -94,6 +96,7 @@ impl Durable {
         connection.execute_batch(schema)?;
         Ok(Self {
             path,
+            url: None,
             connection: Mutex::new(Database::Sqlite(connection)),
         })
     }
@@ -110,6 +113,7 @@ impl Durable {
         tx.commit()?;
         Ok(Self {
             path: Place::Postgres(String::new()).path(),
+            url: Some(url.to_owned()),
             connection: Mutex::new(Database::Postgres(connection)),
         })
     }
@@ -121,11 +125,20 @@ impl Durable {
     pub fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock cannot leave the database half-written (statements
         // are atomic, transactions roll back on drop), so a poisoned lock is still safe to use.
-        Locked(
-            self.connection
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-        )
+        let mut locked = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A PostgreSQL connection that broke (the database restarted) is replaced; if that
+        // fails too, the broken one stays and this call's statements report the error.
+        if let (Database::Postgres(conn), Some(url)) = (&*locked, &self.url) {
+            if conn.is_closed() {
+                if let Ok(fresh) = PgConnection::connect(url, POSTGRES_SCHEMA) {
+                    *locked = Database::Postgres(fresh);
+                }
+            }
+        }
+        Locked(locked)
     }
 
     /// Runs `f` in one transaction that no other writer of this store interleaves with (on

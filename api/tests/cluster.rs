@@ -101,11 +101,14 @@ impl Node {
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-        if let Some(body) = &body {
-            head.push_str(&format!(
+        match &body {
+            Some(body) => head.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
                 body.len()
-            ));
+            )),
+            // HTTP/1.0 has no chunked bodies: a body-less POST says so.
+            None if method != "GET" => head.push_str("Content-Length: 0\r\n"),
+            None => {}
         }
         head.push_str("\r\n");
         stream.write_all(head.as_bytes()).map_err(|e| fail(&e))?;
@@ -1172,6 +1175,10 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
             }
             Ok(open)
         });
+        eprintln!(
+            "cluster: {} sessions open after the load: {open_accounts:?}",
+            open_accounts.len()
+        );
         paused.store(true, Ordering::SeqCst);
         {
             let machines: Vec<_> = agents.iter().map(|a| a.lock().unwrap()).collect();
@@ -1377,6 +1384,18 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
             node.name
         );
     }
+
+    let mut by_mode: BTreeMap<String, usize> = BTreeMap::new();
+    for row in &settled.sessions {
+        *by_mode.entry(text(&row["login_mode"])).or_default() += 1;
+    }
+    eprintln!(
+        "cluster: {} sessions by login mode {by_mode:?}; {} of {} concurrent mode changes \
+         changed the mode",
+        settled.sessions.len(),
+        events.len() - 4,
+        changes.len()
+    );
 
     // The managed accounts are what the agents verified on their machines.
     for machine in &machines {

@@ -353,11 +353,22 @@ impl Queries<'_> {
     }
 }
 
-/// A pool of read-only connections to the read models.
+/// A pool of read-only connections to the read models, at most [`VIEW_CONNECTIONS`] open.
 pub struct ReadView {
     location: ViewLocation,
-    idle: Mutex<Vec<Database>>,
+    pool: Mutex<Pool>,
+    returned: std::sync::Condvar,
 }
+
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Database>,
+    /// Connections open, idle or in use.
+    open: usize,
+}
+
+/// Connections a [`ReadView`] opens at most; further readers wait for one to be free.
+pub const VIEW_CONNECTIONS: usize = 16;
 
 enum ViewLocation {
     Sqlite(PathBuf),
@@ -378,7 +389,8 @@ impl ReadView {
     fn at(location: ViewLocation) -> Result<Self, ProjectionError> {
         let view = Self {
             location,
-            idle: Mutex::new(Vec::new()),
+            pool: Mutex::default(),
+            returned: std::sync::Condvar::new(),
         };
         // Fail now, not at the first query, if the database cannot be read.
         view.with(|_| Ok(()))?;
@@ -402,18 +414,45 @@ impl ReadView {
         })
     }
 
-    /// Runs `f` on a pooled connection. Blocking: call it off the async executor.
-    pub fn with<T>(
-        &self,
+    /// An idle connection, a new one if fewer than [`VIEW_CONNECTIONS`] are open, or else the
+    /// next one given back.
+    fn take(&self) -> Result<Database, ProjectionError> {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(db) = pool.idle.pop() {
+                return Ok(db);
+            }
+            if pool.open < VIEW_CONNECTIONS {
+                pool.open += 1;
+                drop(pool);
+                let connected = self.connect();
+                if connected.is_err() {
+                    self.give_back(None);
+                }
+                return connected;
+            }
+            pool = self.returned.wait(pool).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Returns a connection to the pool, or `None` for one that was closed or broke.
+    fn give_back(&self, db: Option<Database>) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        match db {
+            Some(db) => pool.idle.push(db),
+            None => pool.open -= 1,
+        }
+        self.returned.notify_one();
+    }
+
+    /// Runs `f` in one read transaction on `db`, so a query made of several statements sees
+    /// one state. The outer error: the transaction did not start; then `f`'s answer and how
+    /// the transaction ended.
+    fn in_read_transaction<T>(
+        db: &Database,
         f: impl FnOnce(Queries<'_>) -> Result<T, ProjectionError>,
-    ) -> Result<T, ProjectionError> {
-        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let db = match pooled {
-            Some(db) => db,
-            None => self.connect()?,
-        };
-        // One read transaction, so a query made of several statements sees one state.
-        let (result, ended) = match &db {
+    ) -> Result<(Result<T, ProjectionError>, sql::Result<()>), ProjectionError> {
+        Ok(match db {
             Database::Sqlite(conn) => {
                 exec(conn, "BEGIN", params![])?;
                 let result = f(Queries(conn));
@@ -424,11 +463,24 @@ impl ReadView {
                 let result = f(Queries(&*tx));
                 (result, tx.commit())
             }
-        };
-        let broken = matches!(&db, Database::Postgres(conn) if conn.is_closed());
-        if ended.is_ok() && !broken {
-            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(db);
-        }
+        })
+    }
+
+    fn broken(db: &Database) -> bool {
+        matches!(db, Database::Postgres(conn) if conn.is_closed())
+    }
+
+    /// Runs `f` on a pooled connection. Blocking: call it off the async executor.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(Queries<'_>) -> Result<T, ProjectionError>,
+    ) -> Result<T, ProjectionError> {
+        let db = self.take()?;
+        let outcome = Self::in_read_transaction(&db, f);
+        // A connection whose transaction did not end cleanly, or that broke, is not reused.
+        let reusable = matches!(outcome, Ok((_, Ok(())))) && !Self::broken(&db);
+        self.give_back(reusable.then_some(db));
+        let (result, ended) = outcome?;
         let value = result?;
         ended?;
         Ok(value)

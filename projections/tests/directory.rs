@@ -225,3 +225,44 @@ async fn events_are_applied_once_across_redelivery_and_reopening() {
     assert_eq!(models.checkpoint().unwrap(), Some(events[4].position));
     assert_eq!(models.computers_of_tenant(TENANT).unwrap(), vec![PC]);
 }
+
+#[tokio::test]
+async fn a_read_view_opens_at_most_its_connection_limit_and_serves_every_reader() {
+    let store = MemoryStore::new();
+    story(&store).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("read-models.db");
+    ReadModels::open(&path)
+        .unwrap()
+        .apply(&everything(&store).await)
+        .unwrap();
+    let view = std::sync::Arc::new(latchkey_projections::ReadView::open(&path).unwrap());
+    let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let readers: Vec<_> = (0..3 * latchkey_projections::VIEW_CONNECTIONS)
+        .map(|_| {
+            let (view, inside, most) = (view.clone(), inside.clone(), most.clone());
+            std::thread::spawn(move || {
+                view.with(|q| {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let now = inside.fetch_add(1, SeqCst) + 1;
+                    most.fetch_max(now, SeqCst);
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    let computers = q.computers_of_tenant(TENANT);
+                    inside.fetch_sub(1, SeqCst);
+                    computers
+                })
+                .unwrap()
+            })
+        })
+        .collect();
+    for reader in readers {
+        assert_eq!(reader.join().unwrap(), vec![PC]);
+    }
+    let most = most.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most <= latchkey_projections::VIEW_CONNECTIONS,
+        "{most} readers at once"
+    );
+    assert!(most > 1, "readers share the pool at once");
+}
