@@ -30,8 +30,9 @@ const GROUP: &str = "Administrators";
 const ADMIN_EMAIL: &str = "admin@msp.example";
 const MODES: [&str; 3] = ["named", "shared", "ephemeral"];
 /// Check-outs per technician thread in the concurrent phase.
-const ROUNDS: usize = 6;
-/// Login-mode changes per admin thread in the concurrent phase.
+const ROUNDS: usize = 8;
+/// Admin threads changing the login mode in the concurrent phase, and changes per thread.
+const MODE_CHANGERS: usize = 3;
 const MODE_CHANGES: usize = 6;
 const SHORT: Duration = Duration::from_secs(30);
 
@@ -553,11 +554,12 @@ impl Agent {
         }
     }
 
-    /// Serves the feed until both servers have had nothing for it twice in a row.
+    /// Serves the feed until every server in `nodes` has had nothing for it for a second
+    /// and a half.
     fn drain(&mut self, nodes: &[&Node], limit: Duration) {
         let deadline = Instant::now() + limit;
-        let mut quiet = 0;
-        while quiet < 2 {
+        let mut quiet_since: Option<Instant> = None;
+        loop {
             assert!(
                 Instant::now() < deadline,
                 "the request feed of {} never ran dry; agent log: {:?}",
@@ -566,9 +568,15 @@ impl Agent {
             );
             let mut held = 0;
             for node in nodes {
-                held += self.poll(node, 1).unwrap_or_else(|e| panic!("{e}"));
+                held += self.poll(node, 0).unwrap_or_else(|e| panic!("{e}"));
             }
-            quiet = if held == 0 { quiet + 1 } else { 0 };
+            match quiet_since {
+                _ if held > 0 => quiet_since = None,
+                None => quiet_since = Some(Instant::now()),
+                Some(since) if since.elapsed() >= Duration::from_millis(1500) => return,
+                Some(_) => {}
+            }
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 }
@@ -763,6 +771,8 @@ struct ModeChange {
     actor: String,
     target: &'static str,
     status: u16,
+    sent: Instant,
+    answered: Instant,
 }
 
 fn mode_worker(
@@ -779,6 +789,7 @@ fn mode_worker(
         let target = MODES[(c + k + 1) % 3];
         let node = &nodes[(c + k) % 2];
         let body = json!({ "login_mode": target });
+        let sent = Instant::now();
         let answer = node
             .send("PUT", &path, Some(token), Some(&body), &[], SHORT)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -796,9 +807,11 @@ fn mode_worker(
             actor: format!("user:{email}"),
             target,
             status: answer.status,
+            sent,
+            answered: Instant::now(),
         });
         // Pacing only: spreads the changes over the check-outs.
-        std::thread::sleep(Duration::from_millis(60));
+        std::thread::sleep(Duration::from_millis(40));
     }
     changes
 }
@@ -1067,7 +1080,7 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
     // 2. The concurrent phase: four technicians check out and in, two admins flip the login
     // mode, two agents serve their feeds; every request goes to A or B.
     let mut mode_tokens = Vec::new();
-    for c in 0..2 {
+    for c in 0..MODE_CHANGERS {
         let mut mine = Vec::new();
         for k in 0..MODE_CHANGES {
             let email = format!("mode-{c}-{k}@msp.example");
@@ -1176,7 +1189,7 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
             Ok(open)
         });
         eprintln!(
-            "cluster: {} sessions open after the load: {open_accounts:?}",
+            "cluster: {} accounts held by open sessions after the load: {open_accounts:?}",
             open_accounts.len()
         );
         paused.store(true, Ordering::SeqCst);
@@ -1368,6 +1381,52 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
         assert!(
             made <= usize::from(change.status == 200),
             "{change:?} made {made} events"
+        );
+    }
+    // Linearizable: the events' order agrees with real time (a change answered before another
+    // was sent comes first), and a change that succeeded without an event found the tenant
+    // already in its target mode at some moment while it ran.
+    let makers: Vec<Option<&ModeChange>> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            (i >= 4).then(|| {
+                changes
+                    .iter()
+                    .find(|c| e["metadata"]["actor"] == c.actor.as_str())
+                    .unwrap()
+            })
+        })
+        .collect();
+    for (i, earlier) in makers.iter().enumerate() {
+        for later in &makers[i + 1..] {
+            if let (Some(earlier), Some(later)) = (earlier, later) {
+                assert!(
+                    later.answered > earlier.sent,
+                    "{later:?} was answered before {earlier:?} was sent, yet its event comes \
+                     after"
+                );
+            }
+        }
+    }
+    for change in changes.iter().filter(|c| c.status == 200) {
+        if makers.iter().flatten().any(|m| m.actor == change.actor) {
+            continue;
+        }
+        // `j` events applied when the change read the tenant.
+        let plausible = (0..=events.len()).any(|j| {
+            let mode = match j {
+                0 => "named".to_owned(),
+                _ => text(&events[j - 1]["payload"]["to"]),
+            };
+            let before = j == 0 || makers[j - 1].is_none_or(|m| m.sent < change.answered);
+            let after = j == events.len() || makers[j].is_some_and(|m| m.answered > change.sent);
+            mode == change.target && before && after
+        });
+        assert!(
+            plausible,
+            "{change:?} succeeded without an event, but the tenant was never in that mode while \
+             it ran: {events:#?}"
         );
     }
     let successful = changes.iter().filter(|c| c.status == 200).count();

@@ -32,11 +32,10 @@ impl Leadership {
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
         loop {
-            match Self::try_once(&config, key).await {
-                Ok(Some(leadership)) => return Ok(leadership),
-                // Held by another server, or the database is unreachable or restarting:
-                // either way, try again later.
-                Ok(None) | Err(_) => {}
+            // Held by another server, or the database is unreachable or restarting: either
+            // way, try again later.
+            if let Ok(Some(leadership)) = Self::try_once(&config, key).await {
+                return Ok(leadership);
             }
             tokio::time::sleep(retry).await;
         }
