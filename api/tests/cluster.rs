@@ -816,6 +816,15 @@ fn mode_worker(
     changes
 }
 
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Runs an agent until `stop`, polling A and B in turn; it skips its turn while `paused`.
 fn agent_worker(
     first: usize,
@@ -1077,7 +1086,7 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
         !agent.in_group("msp-alice")
     });
 
-    // 2. The concurrent phase: four technicians check out and in, two admins flip the login
+    // 2. The concurrent phase: four technicians check out and in, three admins flip the login
     // mode, two agents serve their feeds; every request goes to A or B.
     let mut mode_tokens = Vec::new();
     for c in 0..MODE_CHANGERS {
@@ -1101,6 +1110,9 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
     let agents = [Mutex::new(pc1), Mutex::new(pc2)];
     let load_started = Instant::now();
     let (worked, changes, agent_errors) = std::thread::scope(|scope| {
+        // However this closure ends (a failed assertion too), the agent threads stop, so the
+        // scope can end.
+        let _stop_agents = StopOnDrop(&stop);
         let agent_threads: Vec<_> = agents
             .iter()
             .enumerate()
@@ -1140,6 +1152,29 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
             "cluster: concurrent requests took {:?}",
             load_started.elapsed()
         );
+
+        // The answers under load.
+        {
+            let records = records.lock().unwrap();
+            let server_errors: Vec<&Record> = records.iter().filter(|r| r.status >= 500).collect();
+            assert!(
+                server_errors.is_empty(),
+                "5xx under load: {server_errors:#?}"
+            );
+            let refused: Vec<&Record> = records.iter().filter(|r| !r.allowed()).collect();
+            assert!(
+                refused.is_empty(),
+                "answers outside 2xx / 409 problem: {refused:#?}"
+            );
+            let problems = problems.lock().unwrap();
+            assert!(problems.is_empty(), "{problems:#?}");
+            let check_outs = records.iter().filter(|r| r.what == "check-out").count();
+            let conflicts = records.iter().filter(|r| r.status == 409).count();
+            eprintln!(
+                "cluster: {} requests, {check_outs} check-outs, {conflicts} answered 409",
+                records.len()
+            );
+        }
 
         // Admin rights only where an open session explains them: once no session is
         // provisioning and no revocation is outstanding, the machines' admin groups hold
@@ -1264,29 +1299,9 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
     let [pc1, pc2] = agents.map(|a| a.into_inner().unwrap());
     let mut machines = [pc1, pc2];
 
-    // The answers under load.
-    let records = records.into_inner().unwrap();
-    let server_errors: Vec<&Record> = records.iter().filter(|r| r.status >= 500).collect();
-    assert!(
-        server_errors.is_empty(),
-        "5xx under load: {server_errors:#?}"
-    );
-    let refused: Vec<&Record> = records.iter().filter(|r| !r.allowed()).collect();
-    assert!(
-        refused.is_empty(),
-        "answers outside 2xx / 409 problem: {refused:#?}"
-    );
-    let problems = problems.into_inner().unwrap();
-    assert!(problems.is_empty(), "{problems:#?}");
     assert!(
         agent_errors.is_empty(),
         "the agents were refused: {agent_errors:#?}"
-    );
-    let check_outs = records.iter().filter(|r| r.what == "check-out").count();
-    let conflicts = records.iter().filter(|r| r.status == 409).count();
-    eprintln!(
-        "cluster: {} requests, {check_outs} check-outs, {conflicts} answered 409",
-        records.len()
     );
 
     // Nothing left for the agents, on either server.
