@@ -380,3 +380,94 @@ fn back_off_doubles_up_to_ten_minutes() {
     assert_eq!(back_off(4), chrono::Duration::seconds(40));
     assert_eq!(back_off(30), chrono::Duration::minutes(10));
 }
+
+/// The agent feed answers from the computer's stream, not the read models: the read models
+/// are frozen here (no runner) after the first requests were projected, yet a reported
+/// request is not handed out again and the next one appears at once. With several servers
+/// the read models of the server an agent asks can lag behind its own report.
+#[actix_web::test]
+async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
+    use actix_web::test as web_test;
+    use latchkey_api::auth::{Role, TokenStore};
+    use latchkey_api::http::{self, IdempotencyStore, Services};
+    use latchkey_api::secrets::{Key, SecretStore};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let s = store.as_ref();
+    let path = dir.path().join("read-models.db");
+    let models = Arc::new(Mutex::new(ReadModels::open(&path).unwrap()));
+    let runner = ProcessRunner::new(store.clone(), models.clone());
+    set_up_and_check_out(s, chrono::Utc::now()).await;
+    runner.run_until_idle().await.unwrap();
+    let requested = |computer: &Computer| -> Vec<u64> {
+        computer.open_requests.keys().map(|id| id.0).collect()
+    };
+    let computer = load::<Computer>(s, &stream(PC.stream_name()))
+        .await
+        .unwrap()
+        .state;
+    assert_eq!(requested(&computer), [1, 2], "ensure the account, rotate");
+
+    let tokens = TokenStore::open(dir.path().join("tokens.db")).unwrap();
+    let agent = tokens
+        .issue(Role::Agent { computer_id: PC }, "agent of W11-L-PASSWORD")
+        .unwrap();
+    let services = actix_web::web::Data::new(Services {
+        store: store.clone(),
+        tokens,
+        view: Arc::new(latchkey_projections::ReadView::open(&path).unwrap()),
+        secrets: SecretStore::open(dir.path().join("secrets.db"), &Key::generate()).unwrap(),
+        idempotency: IdempotencyStore::open(dir.path().join("idempotency.db")).unwrap(),
+        progress: runner.progress(),
+        cache: Arc::new(latchkey_api::commands::StateCache::new(100)),
+    });
+    let app = web_test::init_service(
+        actix_web::App::new()
+            .app_data(services)
+            .configure(http::configure),
+    )
+    .await;
+    let feed = || {
+        web_test::TestRequest::get()
+            .uri("/v1/agent/commands")
+            .insert_header(("Authorization", format!("Bearer {agent}")))
+            .to_request()
+    };
+    let ids = |body: serde_json::Value| -> Vec<u64> {
+        body["commands"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["request_id"].as_u64().unwrap())
+            .collect()
+    };
+    let first: serde_json::Value = web_test::call_and_read_body_json(&app, feed()).await;
+    assert_eq!(ids(first), [1, 2]);
+
+    let report = web_test::TestRequest::post()
+        .uri("/v1/agent/results")
+        .insert_header(("Authorization", format!("Bearer {agent}")))
+        .set_json(serde_json::json!({
+            "request_id": 1,
+            "outcome": "succeeded",
+            "verified": { "present": true, "groups": [], "password_version": null },
+        }))
+        .to_request();
+    let answer = web_test::call_service(&app, report).await;
+    assert_eq!(answer.status(), 200);
+    let pending_in_read_models = models
+        .lock()
+        .unwrap()
+        .queries()
+        .pending_requests(PC)
+        .unwrap()
+        .len();
+    assert_eq!(pending_in_read_models, 2, "the read models have not moved");
+    let after: serde_json::Value = web_test::call_and_read_body_json(&app, feed()).await;
+    assert_eq!(
+        ids(after),
+        [2],
+        "request 1 is done, whatever the read models say"
+    );
+}

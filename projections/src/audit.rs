@@ -247,10 +247,12 @@ impl Queries<'_> {
                 n - 1
             ));
         }
-        // One more than asked for tells whether there is a next page.
+        // One more than asked for tells whether there is a next page. `(SELECT …)` keeps
+        // SQLite on its cached plan (a bound LIMIT makes it plan again); the CAST gives
+        // PostgreSQL the parameter's type.
         values.push(Value::Int(i64::from(limit) + 1));
         sql.push_str(&format!(
-            " ORDER BY commit_position, prepare_position, line LIMIT ?{}",
+            " ORDER BY commit_position, prepare_position, line LIMIT (SELECT CAST(?{} AS BIGINT))",
             values.len()
         ));
 

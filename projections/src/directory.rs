@@ -370,7 +370,7 @@ impl Queries<'_> {
             "SELECT {SESSION_COLUMNS} FROM sessions
              WHERE (CAST(?1 AS TEXT) IS NULL OR tenant_id = ?1) AND (CAST(?2 AS TEXT) IS NULL OR technician_id = ?2)
                AND (CAST(?3 AS TEXT) IS NULL OR computer_id = ?3) AND (?4 = 0 OR open = 1)
-             ORDER BY checked_out_at DESC, id LIMIT ?5"
+             ORDER BY checked_out_at DESC, id LIMIT (SELECT CAST(?5 AS BIGINT))"
         );
         let mut statement = self.conn().prepare_cached(&sql)?;
         let rows = statement.query_map(

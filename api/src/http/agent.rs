@@ -18,7 +18,9 @@ use crate::secrets::{self, Secret, SecretRef};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use latchkey_domain::computer::{AccountObservation, Computer, ComputerCommand, Operation, OsKind};
+use latchkey_domain::computer::{
+    AccountObservation, Computer, ComputerCommand, Operation, OsKind, RequestStatus,
+};
 use latchkey_domain::ids::{AgentKeyId, ComputerId, RequestId};
 use latchkey_domain::names::{AccountName, FailureReason, Hostname};
 use latchkey_domain::tenant::Tenant;
@@ -210,12 +212,23 @@ async fn commands(
     let deadline = tokio::time::Instant::now() + wait;
     let mut progress = services.progress.clone();
     let pending = loop {
-        // Mark the current checkpoint as seen before querying, so a change that lands
-        // between the query and the wait still wakes us.
+        // Mark the current checkpoint as seen before reading, so a change that lands
+        // between the read and the wait still wakes us.
         progress.borrow_and_update();
-        let pending = services
-            .query(move |q| q.pending_requests(computer))
-            .await?;
+        // From the computer's stream, not the read models: a request the agent has just
+        // reported (to any server) is never handed out again, and a new one is seen as soon
+        // as it is written. The read models' progress only says when to look again.
+        let state: Computer = services.load(computer.stream_name()).await?;
+        let pending: Vec<(RequestId, u32, Operation)> = state
+            .open_requests
+            .into_values()
+            .filter_map(|request| match request.status {
+                RequestStatus::Pending { attempt } => {
+                    Some((request.request_id, attempt, request.operation))
+                }
+                RequestStatus::Failed { .. } => None,
+            })
+            .collect();
         if !pending.is_empty() || tokio::time::Instant::now() >= deadline {
             break pending;
         }
@@ -226,8 +239,8 @@ async fn commands(
         }
     };
     let mut out = Vec::with_capacity(pending.len());
-    for request in pending {
-        let password = match &request.operation {
+    for (request_id, attempt, operation) in pending {
+        let password = match &operation {
             Operation::RotatePassword { account, version } => Some(
                 password_for(&services, computer, account, *version)
                     .await?
@@ -237,9 +250,9 @@ async fn commands(
             _ => None,
         };
         out.push(AgentCommand {
-            request_id: RequestId(request.request_id),
-            attempt: request.attempt,
-            operation: request.operation,
+            request_id,
+            attempt,
+            operation,
             password,
         });
     }
