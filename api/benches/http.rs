@@ -274,9 +274,15 @@ async fn main() {
         .collect();
     let data = tempfile::tempdir().unwrap();
     let admin = latchkey_api::auth::generate_token().1;
-    let mut server = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+    let mut server = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    server
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-        .arg(data.path())
+        .arg(data.path());
+    // Another event store (a postgres:// URL puts everything in that database).
+    if let Ok(store) = std::env::var("LATCHKEY_BENCH_STORE") {
+        server.args(["--store", &store]);
+    }
+    let mut server = server
         .env("LATCHKEY_ADMIN_TOKEN", &admin)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

@@ -245,6 +245,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Some(_) => follow_checkpoint(view.clone()),
         None => runner.progress(),
     };
+    let from = view.with(|q| q.checkpoint()).map_err(read_models_error)?;
+    let (log_head, follow) = latchkey_api::runner::follow_log(store.clone(), from);
+    actix_web::rt::spawn(follow);
     let state = web::Data::new(Services {
         store: store.clone(),
         tokens,
@@ -252,6 +255,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         secrets,
         idempotency,
         progress,
+        log_head,
         cache,
     });
     let metrics = web::Data::new(Metrics::new());

@@ -191,6 +191,57 @@ impl ProcessRunner {
 /// Events handled per batch.
 const BATCH: usize = 256;
 
+/// Follows the end of the event log from `from` on: the position of the newest event,
+/// updated as soon as the store reports new events (on PostgreSQL, appended by any server).
+/// Long polls that read streams (the agents' request feed) wait on it. Spawn the returned
+/// future; it ends when every receiver is gone.
+pub fn follow_log(
+    store: Arc<dyn EventStore>,
+    from: Option<Position>,
+) -> (
+    watch::Receiver<Option<Position>>,
+    impl std::future::Future<Output = ()>,
+) {
+    let (sender, receiver) = watch::channel(from);
+    let follow = async move {
+        let mut head = from;
+        loop {
+            match store.read_all(head, FOLLOW_PAGE).await {
+                Ok(page) => {
+                    if let Some(last) = page.last() {
+                        head = Some(last.position);
+                        // More may follow: read on before telling anyone.
+                        if page.len() == FOLLOW_PAGE {
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the end of the event log");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+            sender.send_if_modified(|seen| {
+                let moved = *seen != head;
+                *seen = head;
+                moved
+            });
+            if sender.is_closed() {
+                return;
+            }
+            tokio::select! {
+                () = store.wait_for_events_after(head) => {}
+                () = sender.closed() => return,
+            }
+        }
+    };
+    (receiver, follow)
+}
+
+/// Events read per page while following the end of the log.
+const FOLLOW_PAGE: usize = 1000;
+
 fn stream_name(name: String) -> Result<StreamName, CommandError> {
     StreamName::new(name).map_err(CommandError::Store)
 }

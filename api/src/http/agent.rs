@@ -210,14 +210,14 @@ async fn commands(
     let params = Params::parse(&req, &["wait"])?;
     let wait = Duration::from_secs(params.number("wait", MAX_WAIT_SECONDS)?.unwrap_or(0));
     let deadline = tokio::time::Instant::now() + wait;
-    let mut progress = services.progress.clone();
+    let mut log_head = services.log_head.clone();
     let pending = loop {
-        // Mark the current checkpoint as seen before reading, so a change that lands
-        // between the read and the wait still wakes us.
-        progress.borrow_and_update();
+        // Mark the log's end as seen before reading, so an event that lands between the
+        // read and the wait still wakes us.
+        log_head.borrow_and_update();
         // From the computer's stream, not the read models: a request the agent has just
         // reported (to any server) is never handed out again, and a new one is seen as soon
-        // as it is written. The read models' progress only says when to look again.
+        // as it is written.
         let state: Computer = services.load(computer.stream_name()).await?;
         let pending: Vec<(RequestId, u32, Operation)> = state
             .open_requests
@@ -232,7 +232,7 @@ async fn commands(
         if !pending.is_empty() || tokio::time::Instant::now() >= deadline {
             break pending;
         }
-        match tokio::time::timeout_at(deadline, progress.changed()).await {
+        match tokio::time::timeout_at(deadline, log_head.changed()).await {
             Ok(Ok(())) => continue,
             // Timed out, or the runner is gone: answer with what there is (nothing).
             _ => break pending,

@@ -44,9 +44,11 @@ pub struct Services {
     pub view: Arc<ReadView>,
     pub secrets: SecretStore,
     pub idempotency: IdempotencyStore,
-    /// The read models' checkpoint, advanced by the process runner after every event; long
-    /// polls wait on it.
+    /// The read models' checkpoint (for metrics).
     pub progress: watch::Receiver<Option<Position>>,
+    /// The newest event's position ([`crate::runner::follow_log`]); long polls that read
+    /// streams wait on it.
+    pub log_head: watch::Receiver<Option<Position>>,
     /// Aggregate states, shared with the process runner.
     pub cache: Arc<StateCache>,
 }
