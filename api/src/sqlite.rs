@@ -56,8 +56,14 @@ pub struct Durable {
     path: PathBuf,
     /// The PostgreSQL URL, to reconnect.
     url: Option<String>,
-    connection: Mutex<Database>,
+    /// One SQLite connection; a few PostgreSQL ones, so requests on different threads do
+    /// not queue for one network round trip after another.
+    connections: Vec<Mutex<Database>>,
+    next: std::sync::atomic::AtomicUsize,
 }
+
+/// PostgreSQL connections each store keeps.
+const POSTGRES_CONNECTIONS: usize = 4;
 
 enum Database {
     Sqlite(Connection),
@@ -97,7 +103,8 @@ impl Durable {
         Ok(Self {
             path,
             url: None,
-            connection: Mutex::new(Database::Sqlite(connection)),
+            connections: vec![Mutex::new(Database::Sqlite(connection))],
+            next: Default::default(),
         })
     }
 
@@ -111,10 +118,16 @@ impl Durable {
             sql::postgres_ddl(schema)
         ))?;
         tx.commit()?;
+        let mut connections = vec![Mutex::new(Database::Postgres(connection))];
+        for _ in 1..POSTGRES_CONNECTIONS {
+            let more = PgConnection::connect(url, POSTGRES_SCHEMA)?;
+            connections.push(Mutex::new(Database::Postgres(more)));
+        }
         Ok(Self {
             path: Place::Postgres(String::new()).path(),
             url: Some(url.to_owned()),
-            connection: Mutex::new(Database::Postgres(connection)),
+            connections,
+            next: Default::default(),
         })
     }
 
@@ -125,10 +138,14 @@ impl Durable {
     pub fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock cannot leave the database half-written (statements
         // are atomic, transactions roll back on drop), so a poisoned lock is still safe to use.
-        let mut locked = self
-            .connection
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A free connection if there is one, else wait for the next in turn.
+        let free = self.connections.iter().find_map(|c| c.try_lock().ok());
+        let mut locked = free.unwrap_or_else(|| {
+            let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.connections[turn % self.connections.len()]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+        });
         // A PostgreSQL connection that broke (the database restarted) is replaced; if that
         // fails too, the broken one stays and this call's statements report the error.
         if let (Database::Postgres(conn), Some(url)) = (&*locked, &self.url) {
