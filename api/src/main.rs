@@ -198,9 +198,10 @@ fn shared_database(url: &str) -> Option<&str> {
 /// The advisory lock whose holder runs the process managers and the scheduler.
 const LEADER_LOCK: i64 = 0x6c6b_6c65_6164; // "lklead"
 
-/// How often a server that is not the leader polls the shared read models' checkpoint (it
-/// wakes its agents' long polls) and tries to become the leader.
-const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+/// How often a server on a shared database reads the read models' checkpoint (for
+/// `/metrics`; the agents' long polls follow the event log itself).
+const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a server that is not the leader tries to become it.
 const LEADER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -239,7 +240,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .map_err(|e| format!("idempotency keys: {e}"))?;
     let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;
     let view = Arc::new(view);
-    // Alone, the runner tells when the read models move; sharing them, every server follows
+    // Alone, the runner tells when the read models move; sharing them, every server reads
     // their checkpoint, whoever the leader is.
     let progress = match &shared {
         Some(_) => follow_checkpoint(view.clone()),
