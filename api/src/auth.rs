@@ -3,7 +3,7 @@
 //! A token is shown once, when issued; this module must never store, log or put in an error a
 //! token (or its secret part) in clear. Only its SHA-256 is stored, compared in constant time.
 
-use crate::sqlite::{Durable, Place};
+use crate::storage::{Durable, Place};
 use std::fmt;
 use std::path::{Path, PathBuf};
 

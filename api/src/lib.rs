@@ -5,7 +5,8 @@
 //! - `runner`: the process managers over the read models; `scheduler`: expiry and retries;
 //! - `secrets`: the encrypted secret store; `auth`: hashed API and enrollment tokens;
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
-//! - `cli`: the admin and auditor client commands; `config`: settings and the config file.
+//! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
+//! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL).
 
 pub mod auth;
 pub mod cli;
@@ -18,4 +19,4 @@ pub mod replay;
 pub mod runner;
 pub mod scheduler;
 pub mod secrets;
-pub mod sqlite;
+pub mod storage;

@@ -11,7 +11,7 @@ use latchkey_api::replay::Target;
 use latchkey_api::runner::ProcessRunner;
 use latchkey_api::scheduler::Scheduler;
 use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
-use latchkey_api::sqlite::Place;
+use latchkey_api::storage::Place;
 use latchkey_projections::{ReadModels, ReadView};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -2,7 +2,7 @@
 //! and kept encrypted (XChaCha20-Poly1305, key from configuration) in their own SQLite file.
 //! Nothing here may ever put a secret value in the event log, a log line, a `Debug` or an error.
 
-use crate::sqlite::{Durable, Place};
+use crate::storage::{Durable, Place};
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};

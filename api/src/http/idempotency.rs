@@ -8,7 +8,7 @@
 use super::Services;
 use crate::auth::Principal;
 use crate::problem::ApiError;
-use crate::sqlite::{Durable, Place};
+use crate::storage::{Durable, Place};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use latchkey_store::sql::{params, OptionalExtension, SqlError};
