@@ -599,15 +599,10 @@ async fn create_enrollment_token(
     }
     let expires_at = now() + chrono::Duration::minutes(minutes.into());
     let issued_by = principal.name.clone();
-    let services2 = services.clone();
-    let (token_id, token) = web::block(move || {
-        services2
-            .tokens
-            .issue_enrollment(tenant, &issued_by, expires_at)
+    let (token_id, token) = super::blocking(&services, "token store", move |s| {
+        s.tokens.issue_enrollment(tenant, &issued_by, expires_at)
     })
-    .await
-    .map_err(|e| super::internal("blocking pool", &e))?
-    .map_err(|e| super::internal("token store", &e))?;
+    .await?;
     tracing::info!(%tenant, %token_id, "enrollment token issued");
     Ok(HttpResponse::Created().json(serde_json::json!({
         "token_id": token_id,
@@ -929,12 +924,11 @@ async fn issue_token(
         }
     }
     let kind = role.kind();
-    let services2 = services.clone();
     let issued_name = name.to_string();
-    let token = web::block(move || services2.tokens.issue(role, &issued_name))
-        .await
-        .map_err(|e| super::internal("blocking pool", &e))?
-        .map_err(|e| super::internal("token store", &e))?;
+    let token = super::blocking(&services, "token store", move |s| {
+        s.tokens.issue(role, &issued_name)
+    })
+    .await?;
     tracing::info!(role = kind, holder = %name, by = %principal.name, "API token issued");
     Ok(HttpResponse::Created().json(serde_json::json!({
         "role": kind,
@@ -953,11 +947,8 @@ async fn revoke_token(
         return Err(forbidden("only an MSP admin revokes tokens"));
     }
     let token_id = path_id(&path, "token_id")?;
-    let services2 = services.clone();
-    let revoked = web::block(move || services2.tokens.revoke(token_id))
-        .await
-        .map_err(|e| super::internal("blocking pool", &e))?
-        .map_err(|e| super::internal("token store", &e))?;
+    let revoked =
+        super::blocking(&services, "token store", move |s| s.tokens.revoke(token_id)).await?;
     if revoked {
         tracing::info!(%token_id, by = %principal.name, "API token revoked");
         Ok(HttpResponse::NoContent().finish())

@@ -112,12 +112,11 @@ async fn enroll(
     services: web::Data<Services>,
     JsonBody(body): JsonBody<Enrollment>,
 ) -> Result<HttpResponse, ApiError> {
-    let tokens = services.clone();
     let token = body.token.clone();
-    let redeemed = web::block(move || tokens.tokens.redeem_enrollment(&token, chrono::Utc::now()))
-        .await
-        .map_err(|e| super::internal("blocking pool", &e))?
-        .map_err(|e| super::internal("token store", &e))?;
+    let redeemed = super::blocking(&services, "token store", move |s| {
+        s.tokens.redeem_enrollment(&token, chrono::Utc::now())
+    })
+    .await?;
     let (enrollment_id, tenant) = match redeemed {
         Ok(found) => found,
         Err(refused) => {
@@ -132,17 +131,11 @@ async fn enroll(
         }
     };
     let computer_id = ComputerId(Uuid::now_v7());
-    let issued = {
-        let tokens = services.clone();
-        web::block(move || {
-            tokens
-                .tokens
-                .issue(Role::Agent { computer_id }, &format!("agent:{computer_id}"))
-        })
-        .await
-        .map_err(|e| super::internal("blocking pool", &e))?
-        .map_err(|e| super::internal("token store", &e))?
-    };
+    let issued = super::blocking(&services, "token store", move |s| {
+        s.tokens
+            .issue(Role::Agent { computer_id }, &format!("agent:{computer_id}"))
+    })
+    .await?;
     let agent_key = issued
         .get(3..35)
         .and_then(|id| Uuid::parse_str(id).ok())
@@ -167,10 +160,9 @@ async fn enroll(
         .await
     {
         // Give the token back and drop the credential: nothing was enrolled.
-        let tokens = services.clone();
-        let _ = web::block(move || {
-            let _ = tokens.tokens.revoke(agent_key.0);
-            tokens.tokens.unredeem_enrollment(enrollment_id)
+        let _ = super::blocking(&services, "token store", move |s| {
+            let _ = s.tokens.revoke(agent_key.0);
+            s.tokens.unredeem_enrollment(enrollment_id)
         })
         .await;
         return Err(e);
@@ -269,13 +261,9 @@ pub async fn password_for(
     version: u32,
 ) -> Result<Secret, ApiError> {
     let reference = SecretRef::password(computer, account, version);
-    let lookup = services.clone();
     let known = {
         let reference = reference.clone();
-        web::block(move || lookup.secrets.get(&reference))
-            .await
-            .map_err(|e| super::internal("blocking pool", &e))?
-            .map_err(|e| super::internal("secret store", &e))?
+        super::blocking(services, "secret store", move |s| s.secrets.get(&reference)).await?
     };
     if let Some(known) = known {
         return Ok(known);
@@ -290,15 +278,11 @@ pub async fn password_for(
         .state()
         .ok_or_else(|| ApiError::not_found("the tenant"))?;
     let policy = state.effective_policy(&tenant.policy).password();
-    let services = services.clone();
-    web::block(move || {
-        services
-            .secrets
+    super::blocking(services, "secret store", move |s| {
+        s.secrets
             .put_if_absent(&reference, &secrets::generate_password(&policy))
     })
     .await
-    .map_err(|e| super::internal("blocking pool", &e))?
-    .map_err(|e| super::internal("secret store", &e))
 }
 
 /// What the agent reports about one request: `outcome` `succeeded` with what it `verified`

@@ -57,6 +57,9 @@ impl Reply {
     }
 }
 
+/// What a failure of this store is logged as.
+const STORE: &str = "idempotency store";
+
 pub struct IdempotencyStore {
     db: Durable,
 }
@@ -179,14 +182,12 @@ where
     };
     let token = principal.token_id.to_string();
     let request = format!("{} {}", req.method(), req.path());
-    let store = |e: SqlError| super::internal("idempotency store", &e);
     let claim = {
-        let (services, token, key, request) =
-            (services.clone(), token.clone(), key.clone(), request);
-        web::block(move || services.idempotency.claim(&token, &key, &request))
-            .await
-            .map_err(|e| super::internal("blocking pool", &e))?
-            .map_err(store)?
+        let (token, key) = (token.clone(), key.clone());
+        super::blocking(services, STORE, move |s| {
+            s.idempotency.claim(&token, &key, &request)
+        })
+        .await?
     };
     match claim {
         Claim::Done(reply) => return Ok(reply.into_response(true)),
@@ -208,23 +209,19 @@ where
         }
         Claim::Claimed => {}
     }
-    let result = handler().await;
-    let services = services.clone();
-    match result {
+    match handler().await {
         Ok(reply) => {
-            let stored = web::block(move || {
-                services
-                    .idempotency
-                    .finish(&token, &key, &reply)
-                    .map(|()| reply)
+            let stored = super::blocking(services, STORE, move |s| {
+                s.idempotency.finish(&token, &key, &reply).map(|()| reply)
             })
-            .await
-            .map_err(|e| super::internal("blocking pool", &e))?
-            .map_err(store)?;
+            .await?;
             Ok(stored.into_response(false))
         }
         Err(e) => {
-            let _ = web::block(move || services.idempotency.release(&token, &key)).await;
+            let _ = super::blocking(services, STORE, move |s| {
+                s.idempotency.release(&token, &key)
+            })
+            .await;
             Err(e)
         }
     }

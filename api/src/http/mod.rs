@@ -112,6 +112,24 @@ impl From<ProjectionError> for ApiError {
 }
 
 /// Logs an internal failure under a fresh reference and returns the 500 naming only that.
+/// Runs `f`, a call to the token, secret or idempotency store, off the async executor. A
+/// failure is a 500 whose log line names `what` (never the data).
+pub async fn blocking<T, E>(
+    services: &web::Data<Services>,
+    what: &'static str,
+    f: impl FnOnce(&Services) -> Result<T, E> + Send + 'static,
+) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let services = services.clone();
+    web::block(move || f(&services))
+        .await
+        .map_err(|e| internal("blocking pool", &e))?
+        .map_err(|e| internal(what, &e))
+}
+
 pub fn internal(what: &str, error: &dyn std::fmt::Display) -> ApiError {
     let reference = Uuid::now_v7().to_string();
     tracing::error!(%error, %reference, "{what} failed");

@@ -259,12 +259,11 @@ async fn reveal(
         .execute::<Session>(&principal, session.session_id.stream_name(), command)
         .await?;
     let reference = SecretRef::password(session.computer_id, &session.account, version);
-    let services2 = services.clone();
-    let password = web::block(move || services2.secrets.get(&reference))
-        .await
-        .map_err(|e| super::internal("blocking pool", &e))?
-        .map_err(|e| super::internal("secret store", &e))?
-        .ok_or_else(|| super::internal("secret store", &"the rotated password is missing"))?;
+    let password = super::blocking(&services, "secret store", move |s| {
+        s.secrets.get(&reference)
+    })
+    .await?
+    .ok_or_else(|| super::internal("secret store", &"the rotated password is missing"))?;
     tracing::info!(session = %session.session_id, account = %session.account, version, "credential revealed");
     Ok(no_store(HttpResponse::Ok().json(serde_json::json!({
         "session_id": session.session_id,
@@ -330,15 +329,11 @@ pub async fn totp_secret(
     generation: u32,
 ) -> Result<Secret, ApiError> {
     let reference = SecretRef::totp(computer, account, generation);
-    let services = services.clone();
-    web::block(move || {
-        services
-            .secrets
+    super::blocking(services, "secret store", move |s| {
+        s.secrets
             .put_if_absent(&reference, &secrets::generate_totp_secret())
     })
     .await
-    .map_err(|e| super::internal("blocking pool", &e))?
-    .map_err(|e| super::internal("secret store", &e))
 }
 
 async fn check_in(
