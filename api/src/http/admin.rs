@@ -786,9 +786,10 @@ async fn managed_accounts(
     principal: Principal,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = readable_by_staff(&services, &principal, &path).await?;
-    let rows = services.query(move |q| q.managed_accounts(tenant)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "accounts": rows })))
+    staff_view(&services, &principal, &path, "accounts", |q, tenant| {
+        q.managed_accounts(tenant)
+    })
+    .await
 }
 
 async fn standing_privilege(
@@ -796,11 +797,14 @@ async fn standing_privilege(
     principal: Principal,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = readable_by_staff(&services, &principal, &path).await?;
-    let rows = services
-        .query(move |q| q.standing_privilege(Some(tenant)))
-        .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "standing_privilege": rows })))
+    staff_view(
+        &services,
+        &principal,
+        &path,
+        "standing_privilege",
+        |q, tenant| q.standing_privilege(Some(tenant)),
+    )
+    .await
 }
 
 async fn drift(
@@ -808,9 +812,10 @@ async fn drift(
     principal: Principal,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = readable_by_staff(&services, &principal, &path).await?;
-    let rows = services.query(move |q| q.admin_drift(tenant)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "drift": rows })))
+    staff_view(&services, &principal, &path, "drift", |q, tenant| {
+        q.admin_drift(tenant)
+    })
+    .await
 }
 
 async fn stuck_requests(
@@ -818,11 +823,30 @@ async fn stuck_requests(
     principal: Principal,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let tenant = readable_by_staff(&services, &principal, &path).await?;
-    let rows = services
-        .query(move |q| q.failed_requests(Some(tenant)))
-        .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "stuck_requests": rows })))
+    staff_view(
+        &services,
+        &principal,
+        &path,
+        "stuck_requests",
+        |q, tenant| q.failed_requests(Some(tenant)),
+    )
+    .await
+}
+
+/// One of the tenant's views for its admins and auditors: `query`'s rows as `{ key: rows }`.
+async fn staff_view<T: serde::Serialize + Send + 'static>(
+    services: &web::Data<Services>,
+    principal: &Principal,
+    path: &str,
+    key: &'static str,
+    query: fn(
+        latchkey_projections::Queries<'_>,
+        TenantId,
+    ) -> Result<T, latchkey_projections::ProjectionError>,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = readable_by_staff(services, principal, path).await?;
+    let rows = services.query(move |q| query(q, tenant)).await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ key: rows })))
 }
 
 /// Admins and auditors of the tenant; technicians may see the tenant but not these views.
