@@ -47,6 +47,31 @@ stop_postgres() {
   fi
 }
 
+# A throw-away CA and a server certificate for 127.0.0.1 signed by it, so the tests talk TLS
+# to the cluster (every connection prefers TLS) and check the certificate against the CA.
+make_certificates() {
+  if ! command -v openssl >/dev/null 2>&1; then
+    echo "test.sh: openssl is needed for the test cluster's TLS certificate (on Debian:" \
+      "apt-get install openssl)" >&2
+    exit 1
+  fi
+  local dir="$PG_TMP/tls"
+  mkdir -p "$dir"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=latchkey test CA" \
+    -keyout "$dir/ca.key" -out "$dir/ca.crt" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$dir/server.key" -out "$dir/server.csr" >/dev/null 2>&1
+  printf 'basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$dir/ext"
+  openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+    -CAcreateserial -days 2 -extfile "$dir/ext" -out "$dir/server.crt" >/dev/null 2>&1
+  chmod 600 "$dir/server.key"
+  if [[ -n "$PG_USER" ]]; then
+    chown -R "$PG_USER" "$dir"
+  fi
+  export LATCHKEY_POSTGRES_CA="$dir/ca.crt"
+  export LATCHKEY_TEST_POSTGRES_TLS=1
+}
+
 start_postgres() {
   if ! PG_BIN="$(find_pg_bin)"; then
     echo "test.sh: PostgreSQL's initdb and pg_ctl were not found (on Debian: apt-get install" \
@@ -75,6 +100,7 @@ start_postgres() {
   if [[ -n "$PG_USER" ]]; then
     chown "$PG_USER" "$PG_TMP/sock"
   fi
+  make_certificates
 
   # A random free port on loopback; pg_ctl fails if another process took it meanwhile.
   local attempt port
@@ -84,7 +110,8 @@ start_postgres() {
       continue
     fi
     if as_pg_user "$PG_BIN/pg_ctl" -D "$PG_TMP/data" -l "$PG_TMP/postgres.log" -w -t 60 \
-      -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_TMP/sock -c max_connections=300" \
+      -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_TMP/sock -c max_connections=300 \
+          -c ssl=on -c ssl_cert_file=$PG_TMP/tls/server.crt -c ssl_key_file=$PG_TMP/tls/server.key" \
       start >/dev/null; then
       export LATCHKEY_TEST_POSTGRES_URL="postgres://$superuser@127.0.0.1:$port/postgres"
       echo "test.sh: PostgreSQL $("$PG_BIN/pg_ctl" --version | awk '{print $3}') for the" \

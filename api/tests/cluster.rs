@@ -24,6 +24,7 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use support::machine::Machine;
 use support::Server;
 
 const GROUP: &str = "Administrators";
@@ -334,28 +335,17 @@ impl Drop for Proc {
 // ---------------------------------------------------------------------------------------
 // The simulated agent
 
-/// An account on the simulated machine: its groups and the password version last set.
-type Account = (BTreeSet<String>, Option<u32>);
-
-/// A computer's agent, played over the agent endpoints: it applies each request to an
-/// in-memory machine and reports what it then sees there, like `latchkey-agent` does; like
-/// it, it remembers which requests it has reported (a feed may deliver one again while the
-/// read models catch up) and never applies those twice.
+/// A computer's agent, played over the agent endpoints: its [`Machine`] applies each request
+/// and reads back what it then sees there, like `latchkey-agent` does; like it, the agent
+/// remembers which requests it has reported (a feed may deliver one again while the read
+/// models catch up) and never applies those twice.
 #[derive(Debug)]
 struct Agent {
     token: String,
     computer_id: String,
-    accounts: BTreeMap<String, Account>,
-    /// Current password of each account.
-    passwords: BTreeMap<String, String>,
-    /// The password each rotation request was first delivered with.
-    delivered: BTreeMap<u64, String>,
+    machine: Machine,
     /// Requests reported and recorded.
     done: BTreeSet<u64>,
-    /// Every operation applied, as `op account`.
-    log: Vec<String>,
-    /// What the server asked that no consistent server would ask.
-    problems: Vec<String>,
 }
 
 impl Agent {
@@ -373,37 +363,9 @@ impl Agent {
         Agent {
             token: enrolled["agent_token"].as_str().unwrap().to_owned(),
             computer_id: enrolled["computer_id"].as_str().unwrap().to_owned(),
-            accounts: BTreeMap::new(),
-            passwords: BTreeMap::new(),
-            delivered: BTreeMap::new(),
+            machine: Machine::default(),
             done: BTreeSet::new(),
-            log: Vec::new(),
-            problems: Vec::new(),
         }
-    }
-
-    fn observation(&self, account: &str) -> Value {
-        match self.accounts.get(account) {
-            Some((groups, version)) => {
-                json!({"present": true, "groups": groups, "password_version": version})
-            }
-            None => json!({"present": false, "groups": [], "password_version": null}),
-        }
-    }
-
-    fn in_group(&self, account: &str) -> bool {
-        self.accounts
-            .get(account)
-            .is_some_and(|(groups, _)| groups.contains(GROUP))
-    }
-
-    /// The accounts in the admin group on this machine.
-    fn admins(&self) -> BTreeSet<String> {
-        self.accounts
-            .iter()
-            .filter(|(_, (groups, _))| groups.contains(GROUP))
-            .map(|(name, _)| name.clone())
-            .collect()
     }
 
     /// One long poll on `node` (waiting up to `wait` seconds); applies and reports every
@@ -435,76 +397,11 @@ impl Agent {
             if self.done.contains(&id) {
                 continue;
             }
-            let op = &command["operation"];
-            let kind = op["op"].as_str().unwrap_or_default().to_owned();
-            let account = op["account"].as_str().unwrap_or_default().to_owned();
-            let mut failure = None;
-            match kind.as_str() {
-                "ensure_account" => {
-                    self.accounts.entry(account.clone()).or_default();
-                }
-                "rotate_password" => {
-                    let version = op["version"].as_u64().unwrap_or_default() as u32;
-                    let password = command["password"].as_str().unwrap_or_default().to_owned();
-                    if password.is_empty() {
-                        self.problems
-                            .push(format!("request {id} from {}: no password", node.name));
-                    }
-                    match self.delivered.get(&id) {
-                        Some(first) if *first != password => self.problems.push(format!(
-                            "request {id} ({kind} {account}) came again from {} with another \
-                             password",
-                            node.name
-                        )),
-                        Some(_) => {}
-                        None => {
-                            self.delivered.insert(id, password.clone());
-                        }
-                    }
-                    match self.accounts.get_mut(&account) {
-                        Some(a) => {
-                            a.1 = Some(version);
-                            self.passwords.insert(account.clone(), password);
-                        }
-                        None => failure = Some(format!("account {account} does not exist")),
-                    }
-                }
-                "add_to_group" => {
-                    let group = op["group"].as_str().unwrap_or_default().to_owned();
-                    match self.accounts.get_mut(&account) {
-                        Some(a) => {
-                            a.0.insert(group);
-                        }
-                        None => failure = Some(format!("account {account} does not exist")),
-                    }
-                }
-                "remove_from_group" => {
-                    let group = op["group"].as_str().unwrap_or_default();
-                    if let Some(a) = self.accounts.get_mut(&account) {
-                        a.0.remove(group);
-                    }
-                }
-                "delete_account" => {
-                    self.accounts.remove(&account);
-                    self.passwords.remove(&account);
-                }
-                other => failure = Some(format!("unknown operation {other}")),
+            let known = self.machine.problems.len();
+            let report = self.machine.report(command);
+            for problem in &mut self.machine.problems[known..] {
+                problem.push_str(&format!(" (from {})", node.name));
             }
-            if let Some(why) = &failure {
-                self.problems.push(format!(
-                    "request {id} ({kind} {account}) from {}: {why}",
-                    node.name
-                ));
-            }
-            self.log.push(format!("{kind} {account}"));
-            let report = match failure {
-                None => json!({
-                    "request_id": id,
-                    "outcome": "succeeded",
-                    "verified": self.observation(&account),
-                }),
-                Some(reason) => json!({"request_id": id, "outcome": "failed", "reason": reason}),
-            };
             let answer = node.send(
                 "POST",
                 "/v1/agent/results",
@@ -544,7 +441,7 @@ impl Agent {
             assert!(
                 Instant::now() < deadline,
                 "{what}: not so within {limit:?}; agent log: {:?}",
-                self.log
+                self.machine.log
             );
             let node = nodes[turn % nodes.len()];
             if let Err(e) = self.poll(node, 1) {
@@ -564,7 +461,7 @@ impl Agent {
                 Instant::now() < deadline,
                 "the request feed of {} never ran dry; agent log: {:?}",
                 self.computer_id,
-                self.log
+                self.machine.log
             );
             let mut held = 0;
             for node in nodes {
@@ -1063,7 +960,11 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
     pc1.serve_until(&[&nb, &na], SHORT, "the warm-up session is active", |_| {
         na.session_status(&alice.token, &warm_up) == "active"
     });
-    assert!(pc1.in_group("msp-alice"), "{:?}", pc1.log);
+    assert!(
+        pc1.machine.in_group("msp-alice", GROUP),
+        "{:?}",
+        pc1.machine.log
+    );
     let revealed = nb.ok(
         "POST",
         &format!("/v1/sessions/{warm_up}/credential"),
@@ -1072,7 +973,7 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
     );
     assert_eq!(
         revealed["password"].as_str(),
-        pc1.passwords.get("msp-alice").map(String::as_str),
+        pc1.machine.password("msp-alice"),
         "B reveals the password the machine was given"
     );
     let checked_in = na.ok(
@@ -1083,7 +984,7 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
     );
     assert_eq!(checked_in["status"], "checked_in");
     pc1.serve_until(&[&na, &nb], SHORT, "msp-alice leaves the group", |agent| {
-        !agent.in_group("msp-alice")
+        !agent.machine.in_group("msp-alice", GROUP)
     });
 
     // 2. The concurrent phase: four technicians check out and in, three admins flip the login
@@ -1305,10 +1206,11 @@ fn two_servers_on_one_database_agree_under_concurrent_load() {
     );
 
     // Nothing left for the agents, on either server.
-    for machine in &mut machines {
-        machine.drain(&[&na, &nb], SHORT);
+    for agent in &mut machines {
+        agent.drain(&[&na, &nb], SHORT);
+        let machine = &agent.machine;
         assert!(machine.problems.is_empty(), "{:#?}", machine.problems);
-        assert!(machine.admins().is_empty(), "{:?}", machine.accounts);
+        assert!(machine.members(GROUP).is_empty(), "{:?}", machine.accounts);
     }
 
     // 3. Convergence: A and B give the same answers, twice in a row, and the audit trail
@@ -1585,7 +1487,7 @@ fn the_other_server_takes_over_when_the_leader_is_killed() {
         None,
     );
     agent.serve_until(&[&na], SHORT, "msp-nik leaves the group", |agent| {
-        !agent.in_group("msp-nik")
+        !agent.machine.in_group("msp-nik", GROUP)
     });
 
     // B joins: same tokens, same data.
@@ -1600,7 +1502,7 @@ fn the_other_server_takes_over_when_the_leader_is_killed() {
     });
 
     // The agent long-polls A; a check-out through B is in flight; A is killed.
-    let password_before = agent.passwords.get("msp-nik").cloned();
+    let password_before = agent.machine.password("msp-nik").map(str::to_owned);
     let (mut agent, long_poll, in_flight, poll_ended_after_kill, killed_at) =
         std::thread::scope(|scope| {
             let na = &na;
@@ -1643,13 +1545,13 @@ fn the_other_server_takes_over_when_the_leader_is_killed() {
         killed_at.elapsed()
     );
     assert!(
-        agent.in_group("msp-nik") && agent.in_group("msp-ana"),
+        agent.machine.in_group("msp-nik", GROUP) && agent.machine.in_group("msp-ana", GROUP),
         "{:?}",
-        agent.log
+        agent.machine.log
     );
     assert_ne!(
-        agent.passwords.get("msp-nik"),
-        password_before.as_ref(),
+        agent.machine.password("msp-nik"),
+        password_before.as_deref(),
         "msp-nik got a new password before this session"
     );
     let revealed = nb.ok(
@@ -1660,11 +1562,11 @@ fn the_other_server_takes_over_when_the_leader_is_killed() {
     );
     assert_eq!(
         revealed["password"].as_str(),
-        agent.passwords.get("msp-ana").map(String::as_str)
+        agent.machine.password("msp-ana")
     );
 
     // Check-ins through B: the access is taken away on the machine.
-    let log_before = agent.log.len();
+    let log_before = agent.machine.log.len();
     for (tech, session) in [(nik, &in_flight), (ana, &after_kill)] {
         let answer = nb.ok(
             "POST",
@@ -1675,17 +1577,21 @@ fn the_other_server_takes_over_when_the_leader_is_killed() {
         assert_eq!(answer["status"], "checked_in");
     }
     agent.serve_until(&[&nb], SHORT, "both accounts leave the group", |agent| {
-        agent.admins().is_empty()
+        agent.machine.members(GROUP).is_empty()
     });
     agent.drain(&[&nb], SHORT);
-    let revocations = &agent.log[log_before..];
+    let revocations = &agent.machine.log[log_before..];
     for account in ["msp-nik", "msp-ana"] {
         for op in ["remove_from_group", "rotate_password"] {
             let wanted = format!("{op} {account}");
             assert!(revocations.contains(&wanted), "{wanted}: {revocations:?}");
         }
     }
-    assert!(agent.problems.is_empty(), "{:#?}", agent.problems);
+    assert!(
+        agent.machine.problems.is_empty(),
+        "{:#?}",
+        agent.machine.problems
+    );
     for (tech, session) in [(nik, &in_flight), (ana, &after_kill)] {
         assert_eq!(nb.session_status(&tech.token, session), "checked_in");
     }

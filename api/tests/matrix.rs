@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
+use support::agent::Agent;
 use support::Server;
 
 // ---------------------------------------------------------------------------------------------
@@ -229,98 +230,6 @@ fn is_server_bug(row: &Row, who: Who) -> bool {
     SERVER_BUGS
         .iter()
         .any(|(m, p, w, _)| *m == row.method && *p == row.path && *w == who)
-}
-
-// ---------------------------------------------------------------------------------------------
-// A simulated agent
-// ---------------------------------------------------------------------------------------------
-
-/// The accounts of a computer as its simulated agent keeps them: groups and password version.
-struct Agent {
-    token: String,
-    accounts: BTreeMap<String, (Vec<String>, Option<u64>)>,
-}
-
-impl Agent {
-    fn enroll(server: &Server, enrollment: &str, hostname: &str) -> (Agent, String) {
-        let body = json!({"token": enrollment, "hostname": hostname, "os": "windows"});
-        let (status, enrolled) =
-            server.json("POST", "/v1/agent/enroll", None, Some(&body.to_string()));
-        assert_eq!(status, 201, "enrolling {hostname}: {enrolled}");
-        let agent = Agent {
-            token: enrolled["agent_token"].as_str().unwrap().to_owned(),
-            accounts: BTreeMap::new(),
-        };
-        (agent, enrolled["computer_id"].as_str().unwrap().to_owned())
-    }
-
-    /// Polls once (waiting up to `wait` seconds), applies and reports everything received.
-    fn poll(&mut self, server: &Server, wait: u32) -> usize {
-        let path = format!("/v1/agent/commands?wait={wait}");
-        let (status, body) = server.json("GET", &path, Some(&self.token), None);
-        assert_eq!(status, 200, "{body}");
-        let commands = body["commands"].as_array().unwrap().clone();
-        for command in &commands {
-            let op = &command["operation"];
-            let account = op["account"].as_str().unwrap().to_owned();
-            match op["op"].as_str().unwrap() {
-                "ensure_account" => {
-                    self.accounts.entry(account.clone()).or_default();
-                }
-                "rotate_password" => {
-                    self.accounts.entry(account.clone()).or_default().1 = op["version"].as_u64();
-                }
-                "add_to_group" => {
-                    let group = op["group"].as_str().unwrap().to_owned();
-                    let groups = &mut self.accounts.entry(account.clone()).or_default().0;
-                    if !groups.contains(&group) {
-                        groups.push(group);
-                    }
-                }
-                "remove_from_group" => {
-                    let group = op["group"].as_str().unwrap();
-                    if let Some(a) = self.accounts.get_mut(&account) {
-                        a.0.retain(|g| g != group);
-                    }
-                }
-                "delete_account" => {
-                    self.accounts.remove(&account);
-                }
-                other => panic!("unknown operation {other}"),
-            }
-            let verified = match self.accounts.get(&account) {
-                Some((groups, version)) => {
-                    json!({"present": true, "groups": groups, "password_version": version})
-                }
-                None => json!({"present": false, "groups": [], "password_version": null}),
-            };
-            let report = json!({
-                "request_id": command["request_id"],
-                "outcome": "succeeded",
-                "verified": verified,
-            });
-            let (status, answer) = server.json(
-                "POST",
-                "/v1/agent/results",
-                Some(&self.token),
-                Some(&report.to_string()),
-            );
-            assert_eq!(status, 200, "{answer}");
-        }
-        commands.len()
-    }
-
-    /// Answers requests until `done` holds, then until nothing is pending.
-    fn settle(&mut self, server: &Server, mut done: impl FnMut() -> bool) {
-        for _ in 0..100 {
-            if done() {
-                while self.poll(server, 0) > 0 {}
-                return;
-            }
-            self.poll(server, 1);
-        }
-        panic!("the agent's requests did not settle");
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,9 +442,10 @@ impl World {
             text(&w.ok("POST", &path, &admin, json!({})), "token")
         };
         let used_enrollment = enrollment(&a);
-        let (mut agent_a, c_a) = Agent::enroll(&w.server, &used_enrollment, "alpha-pc1");
-        let (_, c_dec) = Agent::enroll(&w.server, &enrollment(&a), "alpha-pc2");
-        let (mut agent_b, c_b) = Agent::enroll(&w.server, &enrollment(&b), "bravo-pc1");
+        let mut agent_a = Agent::enroll(&w.server, &used_enrollment, "alpha-pc1");
+        let c_dec = Agent::enroll(&w.server, &enrollment(&a), "alpha-pc2").computer_id;
+        let mut agent_b = Agent::enroll(&w.server, &enrollment(&b), "bravo-pc1");
+        let (c_a, c_b) = (agent_a.computer_id.clone(), agent_b.computer_id.clone());
         tokens.insert(AgentA, agent_a.token.clone());
         tokens.insert(AgentB, agent_b.token.clone());
 
@@ -550,8 +460,10 @@ impl World {
         let s_bob = check_out(&tokens[&TechB], &b, &c_b);
         let active =
             |sessions: &[&String]| sessions.iter().all(|s| w.session_status(s) == "active");
-        agent_a.settle(&w.server, || active(&[&s_alf, &s_ada, &s_rev]));
-        agent_b.settle(&w.server, || active(&[&s_bob]));
+        agent_a.until(&w.server, 100, || active(&[&s_alf, &s_ada, &s_rev]));
+        agent_a.drain(&w.server);
+        agent_b.until(&w.server, 100, || active(&[&s_bob]));
+        agent_b.drain(&w.server);
 
         // The read models have caught up: every session is listed as active.
         for (tenant, count) in [(&a, 3), (&b, 1)] {

@@ -7,115 +7,8 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
+use support::agent::{self, Agent};
 use support::Server;
-
-/// An account's groups, and the password version and password last set.
-type Account = (BTreeSet<String>, Option<(u32, String)>);
-
-/// A computer as the simulated agent keeps it: accounts with their groups and the password
-/// (and version) last set.
-#[derive(Default)]
-struct Agent {
-    token: String,
-    accounts: BTreeMap<String, Account>,
-    /// Every operation applied, as `op account`.
-    log: Vec<String>,
-}
-
-impl Agent {
-    fn enroll(server: &Server, enrollment: &str, hostname: &str) -> (Agent, String) {
-        let body = json!({"token": enrollment, "hostname": hostname, "os": "windows"});
-        let (status, enrolled) =
-            server.json("POST", "/v1/agent/enroll", None, Some(&body.to_string()));
-        assert_eq!(status, 201, "{enrolled}");
-        let agent = Agent {
-            token: enrolled["agent_token"].as_str().unwrap().to_owned(),
-            ..Agent::default()
-        };
-        (agent, enrolled["computer_id"].as_str().unwrap().to_owned())
-    }
-
-    /// Polls once (waiting up to `wait` seconds), applies and reports everything received.
-    fn poll(&mut self, server: &Server, wait: u32) -> usize {
-        let (status, body) = server.json(
-            "GET",
-            &format!("/v1/agent/commands?wait={wait}"),
-            Some(&self.token),
-            None,
-        );
-        assert_eq!(status, 200, "{body}");
-        let commands = body["commands"].as_array().unwrap().clone();
-        for command in &commands {
-            let op = &command["operation"];
-            let kind = op["op"].as_str().unwrap();
-            let account = op["account"].as_str().unwrap().to_owned();
-            match kind {
-                "ensure_account" => {
-                    self.accounts.entry(account.clone()).or_default();
-                }
-                "rotate_password" => {
-                    let version = op["version"].as_u64().unwrap() as u32;
-                    let password = command["password"].as_str().expect("a password").to_owned();
-                    self.accounts.get_mut(&account).unwrap().1 = Some((version, password));
-                }
-                "add_to_group" => {
-                    let group = op["group"].as_str().unwrap().to_owned();
-                    self.accounts.get_mut(&account).unwrap().0.insert(group);
-                }
-                "remove_from_group" => {
-                    let group = op["group"].as_str().unwrap();
-                    self.accounts.get_mut(&account).unwrap().0.remove(group);
-                }
-                "delete_account" => {
-                    self.accounts.remove(&account);
-                }
-                other => panic!("unknown operation {other}"),
-            }
-            self.log.push(format!("{kind} {account}"));
-            let verified = match self.accounts.get(&account) {
-                Some((groups, password)) => json!({
-                    "present": true,
-                    "groups": groups,
-                    "password_version": password.as_ref().map(|p| p.0),
-                }),
-                None => json!({"present": false, "groups": [], "password_version": null}),
-            };
-            let report = json!({
-                "request_id": command["request_id"],
-                "outcome": "succeeded",
-                "verified": verified,
-            });
-            let (status, answer) = server.json(
-                "POST",
-                "/v1/agent/results",
-                Some(&self.token),
-                Some(&report.to_string()),
-            );
-            assert_eq!(status, 200, "{answer}");
-        }
-        commands.len()
-    }
-
-    /// Answers requests until `done` holds.
-    fn until(&mut self, server: &Server, mut done: impl FnMut() -> bool) {
-        for _ in 0..200 {
-            if done() {
-                return;
-            }
-            self.poll(server, 1);
-        }
-        panic!("the flow did not settle; agent log: {:?}", self.log);
-    }
-
-    fn password(&self, account: &str) -> Option<&str> {
-        self.accounts.get(account)?.1.as_ref().map(|p| p.1.as_str())
-    }
-
-    fn groups(&self, account: &str) -> Option<&BTreeSet<String>> {
-        self.accounts.get(account).map(|a| &a.0)
-    }
-}
 
 struct Msp {
     server: Server,
@@ -194,7 +87,7 @@ impl Msp {
             admin,
             json!({}),
         );
-        let (agent, computer_id) = Agent::enroll(
+        let agent = Agent::enroll(
             &self.server,
             enrollment["token"].as_str().unwrap(),
             hostname,
@@ -202,7 +95,6 @@ impl Msp {
         Setup {
             tenant_id,
             nik_token,
-            computer_id,
             agent,
             shared_account: tenant["shared_account"].as_str().map(str::to_owned),
         }
@@ -235,7 +127,7 @@ impl Msp {
             "POST",
             &format!(
                 "/v1/tenants/{}/computers/{}/checkout",
-                setup.tenant_id, setup.computer_id
+                setup.tenant_id, setup.agent.computer_id
             ),
             &setup.nik_token,
             json!({"reason": "printer driver", "ticket": "T-1001"}),
@@ -243,7 +135,7 @@ impl Msp {
         assert_eq!(session["status"], "provisioning");
         let id = session["session_id"].as_str().unwrap().to_owned();
         let token = setup.nik_token.clone();
-        setup.agent.until(&self.server, || {
+        setup.agent.until(&self.server, 200, || {
             self.session_status(&token, &id) == "active"
         });
         (id, session["account"].as_str().unwrap().to_owned())
@@ -268,11 +160,8 @@ impl Msp {
         assert_eq!(answer["status"], "checked_in");
         // The agent drains its revocation requests.
         let token = setup.agent.token.clone();
-        setup.agent.until(&self.server, || {
-            let (_, body) =
-                self.server
-                    .json("GET", "/v1/agent/commands?wait=1", Some(&token), None);
-            body["commands"].as_array().is_some_and(|c| c.is_empty())
+        setup.agent.until(&self.server, 200, || {
+            agent::feed(&self.server, &token, 1).is_empty()
         });
     }
 
@@ -310,7 +199,6 @@ impl Msp {
 struct Setup {
     tenant_id: String,
     nik_token: String,
-    computer_id: String,
     agent: Agent,
     shared_account: Option<String>,
 }
@@ -339,7 +227,7 @@ fn named_story(msp: Msp) {
     let (session, account) = msp.check_out(&mut setup);
     assert_eq!(account, "msp-nik");
     assert_eq!(
-        setup.agent.log,
+        setup.agent.machine.log,
         [
             "ensure_account msp-nik",
             "rotate_password msp-nik",
@@ -349,6 +237,7 @@ fn named_story(msp: Msp) {
     );
     assert!(setup
         .agent
+        .machine
         .groups("msp-nik")
         .unwrap()
         .contains("Administrators"));
@@ -358,23 +247,23 @@ fn named_story(msp: Msp) {
     assert_eq!(revealed["account"], "msp-nik");
     assert_eq!(
         revealed["password"].as_str(),
-        setup.agent.password("msp-nik"),
+        setup.agent.machine.password("msp-nik"),
         "the technician gets the password the computer was given"
     );
     // Nobody else may see it, not even the MSP admin.
     let (status, _) = msp.reveal(&msp.admin, &session);
     assert_eq!(status, 403);
 
-    let before = setup.agent.password("msp-nik").unwrap().to_owned();
+    let before = setup.agent.machine.password("msp-nik").unwrap().to_owned();
     msp.check_in(&mut setup, &session);
     assert!(
-        setup.agent.log[3..].contains(&"remove_from_group msp-nik".to_owned()),
+        setup.agent.machine.log[3..].contains(&"remove_from_group msp-nik".to_owned()),
         "{:?}",
-        setup.agent.log
+        setup.agent.machine.log
     );
-    assert!(setup.agent.groups("msp-nik").unwrap().is_empty());
+    assert!(setup.agent.machine.groups("msp-nik").unwrap().is_empty());
     assert_ne!(
-        setup.agent.password("msp-nik").unwrap(),
+        setup.agent.machine.password("msp-nik").unwrap(),
         before,
         "the password is rotated again at check-in"
     );
@@ -402,9 +291,12 @@ fn shared_mode_story() {
     assert_eq!(account, shared);
     let (status, revealed) = msp.reveal(&setup.nik_token, &session);
     assert_eq!(status, 200, "{revealed}");
-    assert_eq!(revealed["password"].as_str(), setup.agent.password(&shared));
+    assert_eq!(
+        revealed["password"].as_str(),
+        setup.agent.machine.password(&shared)
+    );
     msp.check_in(&mut setup, &session);
-    assert!(setup.agent.groups(&shared).unwrap().is_empty());
+    assert!(setup.agent.machine.groups(&shared).unwrap().is_empty());
     msp.audit_shows(
         &setup.tenant_id,
         &format!("nik@nikpot.com accessed workstation W10-local with account {shared}"),
@@ -421,12 +313,12 @@ fn ephemeral_mode_with_delete_on_check_in() {
     });
     let (session, account) = msp.check_out(&mut setup);
     assert!(account.starts_with("nik_"), "{account}");
-    assert!(setup.agent.accounts.contains_key(&account));
+    assert!(setup.agent.machine.has(&account));
     msp.check_in(&mut setup, &session);
     assert!(
-        !setup.agent.accounts.contains_key(&account),
+        !setup.agent.machine.has(&account),
         "the ephemeral account is deleted at check-in: {:?}",
-        setup.agent.log
+        setup.agent.machine.log
     );
     let (_, again) = msp.check_out(&mut setup);
     assert_ne!(again, account, "a fresh account every time");
@@ -442,19 +334,17 @@ fn ephemeral_mode_reusing_the_existing_account() {
     });
     let (first, account) = msp.check_out(&mut setup);
     msp.check_in(&mut setup, &first);
-    assert!(setup.agent.groups(&account).unwrap().is_empty());
+    assert!(setup.agent.machine.groups(&account).unwrap().is_empty());
     let (second, again) = msp.check_out(&mut setup);
     assert_eq!(again, account, "the kept account is reused");
     assert!(setup
         .agent
+        .machine
         .groups(&account)
         .unwrap()
         .contains("Administrators"));
     msp.check_in(&mut setup, &second);
-    assert!(
-        setup.agent.accounts.contains_key(&account),
-        "kept, not deleted"
-    );
+    assert!(setup.agent.machine.has(&account), "kept, not deleted");
 }
 
 /// Every file in the data directory (event log, read models, tokens, idempotency keys, the
@@ -486,7 +376,7 @@ fn no_password_or_totp_secret_in_the_log_the_read_models_or_the_server_log() {
         "POST",
         &format!(
             "/v1/tenants/{}/computers/{}/offline-secret",
-            setup.tenant_id, setup.computer_id
+            setup.tenant_id, setup.agent.computer_id
         ),
         &setup.nik_token,
         json!({}),
@@ -500,9 +390,9 @@ fn no_password_or_totp_secret_in_the_log_the_read_models_or_the_server_log() {
         .unwrap()
         .to_owned();
     assert!(totp_secret.len() >= 16, "{totp_secret}");
-    let first_password = setup.agent.password("msp-nik").unwrap().to_owned();
+    let first_password = setup.agent.machine.password("msp-nik").unwrap().to_owned();
     msp.check_in(&mut setup, &session);
-    let rotated = setup.agent.password("msp-nik").unwrap().to_owned();
+    let rotated = setup.agent.machine.password("msp-nik").unwrap().to_owned();
     msp.audit_shows(
         &setup.tenant_id,
         "nik@nikpot.com was shown the password of msp-nik on W11-L-PASSWORD",
@@ -632,7 +522,7 @@ fn offline_secrets_offline_logins_and_the_admin_inventory_over_the_agent_endpoin
         "POST",
         &format!(
             "/v1/tenants/{}/computers/{}/offline-secret",
-            setup.tenant_id, setup.computer_id
+            setup.tenant_id, setup.agent.computer_id
         ),
         &setup.nik_token,
         json!({}),
@@ -655,15 +545,15 @@ fn offline_secrets_offline_logins_and_the_admin_inventory_over_the_agent_endpoin
     assert!(first["recorded"].as_u64().unwrap() >= 1);
     let again = msp.ok("POST", "/v1/agent/offline-logins", &agent, login);
     assert_eq!(again["recorded"], 0, "uploading it again changes nothing");
-    let before = setup.agent.password("msp-nik").unwrap().to_owned();
+    let before = setup.agent.machine.password("msp-nik").unwrap().to_owned();
     for _ in 0..50 {
         setup.agent.poll(&msp.server, 1);
-        if setup.agent.password("msp-nik") != Some(before.as_str()) {
+        if setup.agent.machine.password("msp-nik") != Some(before.as_str()) {
             break;
         }
     }
     assert_ne!(
-        setup.agent.password("msp-nik").unwrap(),
+        setup.agent.machine.password("msp-nik").unwrap(),
         before,
         "the server rotates the password once more after the offline login"
     );

@@ -652,8 +652,9 @@ impl PgConnection {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
+        let tls = crate::postgres::tls::connector().map_err(|e| SqlError::Driver(e.to_string()))?;
         let connected = wait(driver().spawn(async move {
-            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            let (client, connection) = config.connect(tls).await?;
             // A failed connection shows as errors on the next call and as `is_closed`.
             tokio::spawn(connection);
             Ok::<_, tokio_postgres::Error>(client)

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod agent;
+pub mod machine;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;

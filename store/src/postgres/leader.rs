@@ -7,7 +7,7 @@ use super::CONNECT_TIMEOUT;
 use crate::StoreError;
 use std::str::FromStr;
 use std::time::Duration;
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// Held leadership. [`Leadership::lost`] completes if the connection holding the lock ends.
 pub struct Leadership {
@@ -31,10 +31,11 @@ impl Leadership {
         // Notice a silently vanished peer within about a minute.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
+        let tls = super::tls::connector()?;
         loop {
             // Held by another server, or the database is unreachable or restarting: either
             // way, try again later.
-            if let Ok(Some(leadership)) = Self::try_once(&config, key).await {
+            if let Ok(Some(leadership)) = Self::try_once(&config, &tls, key).await {
                 return Ok(leadership);
             }
             tokio::time::sleep(retry).await;
@@ -43,9 +44,10 @@ impl Leadership {
 
     async fn try_once(
         config: &tokio_postgres::Config,
+        tls: &MakeRustlsConnect,
         key: i64,
     ) -> Result<Option<Self>, tokio_postgres::Error> {
-        let (client, connection) = config.connect(NoTls).await?;
+        let (client, connection) = config.connect(tls.clone()).await?;
         let connection = tokio::spawn(async move {
             let _ = connection.await;
         });

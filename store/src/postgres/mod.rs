@@ -9,6 +9,7 @@ pub mod leader;
 mod rows;
 mod schema;
 pub mod testing;
+pub mod tls;
 mod wakeups;
 
 use std::str::FromStr;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::watch;
-use tokio_postgres::NoTls;
 
 use crate::api::{
     AppendResult, EventStore, ExpectedState, NewEvent, Position, RecordedEvent, StoreError,
@@ -78,8 +78,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`), creating or
-    /// upgrading the store's tables. TLS is not supported: use it on loopback or a private
-    /// network.
+    /// upgrading the store's tables. TLS as the URL's `sslmode` says (see [`tls`]).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, PostgresOptions::default()).await
     }
@@ -102,7 +101,7 @@ impl PostgresStore {
         let where_ = describe(&config);
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls::connector()?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -10,7 +10,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 /// Test databases are named `latchkey_test_<seconds since the epoch>_<random>`.
@@ -154,7 +153,8 @@ async fn drop_leftovers(admin: &tokio_postgres::Client, now: Duration) {
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
+    let tls = super::tls::connector().expect("the TLS connector for the test server");
+    let (client, connection) = tokio_postgres::connect(url, tls)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL server: {e:?}"));
     tokio::spawn(async move {

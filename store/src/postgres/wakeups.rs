@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// The channel every store on one database listens and notifies on.
 const CHANNEL: &str = "latchkey_store_events";
@@ -85,7 +85,10 @@ pub(super) fn spawn(
 
 /// Runs until the connection fails.
 async fn listen_and_announce(config: &tokio_postgres::Config, wakeups: &Wakeups) {
-    let Ok((client, mut connection)) = config.connect(NoTls).await else {
+    let Ok(tls) = super::tls::connector() else {
+        return;
+    };
+    let Ok((client, mut connection)) = config.connect(tls).await else {
         return;
     };
     let receive = async {

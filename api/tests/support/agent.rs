@@ -1,0 +1,76 @@
+//! A simulated agent on one [`Server`], over the agent endpoints: it enrolls with a one-time
+//! enrollment token, polls its request feed and answers every request from its [`Machine`].
+
+use super::machine::Machine;
+use super::Server;
+use serde_json::{json, Value};
+
+pub struct Agent {
+    pub token: String,
+    pub computer_id: String,
+    pub machine: Machine,
+}
+
+impl Agent {
+    pub fn enroll(server: &Server, enrollment: &str, hostname: &str) -> Agent {
+        let body = json!({"token": enrollment, "hostname": hostname, "os": "windows"});
+        let (status, enrolled) =
+            server.json("POST", "/v1/agent/enroll", None, Some(&body.to_string()));
+        assert_eq!(status, 201, "enrolling {hostname}: {enrolled}");
+        Agent {
+            token: enrolled["agent_token"].as_str().unwrap().to_owned(),
+            computer_id: enrolled["computer_id"].as_str().unwrap().to_owned(),
+            machine: Machine::default(),
+        }
+    }
+
+    /// Polls once (waiting up to `wait` seconds), applies and reports everything received;
+    /// returns how many requests the feed held. Panics at a request no consistent server
+    /// would send (see [`Machine::problems`]).
+    pub fn poll(&mut self, server: &Server, wait: u32) -> usize {
+        let commands = feed(server, &self.token, wait);
+        for command in &commands {
+            let report = self.machine.report(command);
+            assert!(
+                self.machine.problems.is_empty(),
+                "{:#?}",
+                self.machine.problems
+            );
+            let (status, answer) = server.json(
+                "POST",
+                "/v1/agent/results",
+                Some(&self.token),
+                Some(&report.to_string()),
+            );
+            assert_eq!(status, 200, "{answer}");
+        }
+        commands.len()
+    }
+
+    /// Answers requests until `done` holds, polling at most `rounds` times.
+    pub fn until(&mut self, server: &Server, rounds: usize, mut done: impl FnMut() -> bool) {
+        for _ in 0..rounds {
+            if done() {
+                return;
+            }
+            self.poll(server, 1);
+        }
+        panic!(
+            "the agent's requests did not settle; agent log: {:?}",
+            self.machine.log
+        );
+    }
+
+    /// Answers requests until the feed is empty.
+    pub fn drain(&mut self, server: &Server) {
+        while self.poll(server, 0) > 0 {}
+    }
+}
+
+/// The requests in the feed of the agent with `token` (waiting up to `wait` seconds for one).
+pub fn feed(server: &Server, token: &str, wait: u32) -> Vec<Value> {
+    let path = format!("/v1/agent/commands?wait={wait}");
+    let (status, body) = server.json("GET", &path, Some(token), None);
+    assert_eq!(status, 200, "{body}");
+    body["commands"].as_array().unwrap().clone()
+}
