@@ -4,14 +4,14 @@
 //! with a simulated agent answering the requests.
 
 mod backend;
+mod support;
 
-use chrono::TimeZone;
 use latchkey_domain::computer::{
-    AccountObservation, AccountOwner, Computer, ComputerCommand, ComputerEvent, Operation, OsKind,
-    Purpose, RequestStatus,
+    AccountObservation, AccountOwner, Computer, ComputerCommand, ComputerEvent, Operation, Purpose,
+    RequestStatus,
 };
-use latchkey_domain::ids::{AgentKeyId, ComputerId, RequestId, SessionId, TechnicianId, TenantId};
-use latchkey_domain::names::{AccountName, Email, FailureReason, GroupName, Hostname};
+use latchkey_domain::ids::{RequestId, SessionId, TechnicianId};
+use latchkey_domain::names::{AccountName, FailureReason, GroupName, Hostname};
 use latchkey_domain::policy::{CheckInAction, LoginMode};
 use latchkey_domain::session::{
     CheckInReason, Session, SessionCheckedOut, SessionCommand, SessionEvent,
@@ -20,87 +20,28 @@ use latchkey_domain::{Actor, Aggregate, AnyEvent, Timestamp};
 use latchkey_projections::{
     FailedRequest, MembershipRemovalRequest, ProvisioningStatus, Queries, ReadModels,
 };
-use latchkey_store::{EventMetadata, EventStore, ExpectedState, MemoryStore, NewEvent, StreamName};
+use latchkey_store::{EventStore, MemoryStore};
 use std::collections::{BTreeMap, BTreeSet};
+use support::{
+    account, admin, administrators, all_events, append, at, checked_out, enroll, nik_on_w11, ANA,
+    CUSTOMER_1, CUSTOMER_2, NIK, W10, W11,
+};
 use uuid::Uuid;
 
-const TENANT: TenantId = TenantId(Uuid::from_u128(1));
-const OTHER_TENANT: TenantId = TenantId(Uuid::from_u128(2));
-const NIK: TechnicianId = TechnicianId(Uuid::from_u128(10));
-const ANN: TechnicianId = TechnicianId(Uuid::from_u128(11));
-const PC: ComputerId = ComputerId(Uuid::from_u128(100));
-const OTHER_PC: ComputerId = ComputerId(Uuid::from_u128(101));
 const S1: SessionId = SessionId(Uuid::from_u128(1001));
 const S2: SessionId = SessionId(Uuid::from_u128(1002));
 
-/// Minute `minutes` of the story.
-fn t(minutes: i64) -> Timestamp {
-    chrono::Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
-        + chrono::Duration::minutes(minutes)
-}
-
-fn admin() -> Actor {
-    Actor::User {
-        email: Email::parse("admin@msp.example").unwrap(),
-    }
-}
-
-fn acct(name: &str) -> AccountName {
-    AccountName::parse(name).unwrap()
-}
-
-fn administrators() -> GroupName {
-    GroupName::parse("Administrators").unwrap()
-}
-
-fn remove(account: &str) -> Operation {
+fn remove(name: &str) -> Operation {
     Operation::RemoveFromGroup {
-        account: acct(account),
+        account: account(name),
         group: administrators(),
     }
 }
 
-/// A check-out of `account` on PC at `at`, removing the account from the group at check-in.
-fn checked_out(
-    session_id: SessionId,
-    technician_id: TechnicianId,
-    account: &str,
-    account_owner: AccountOwner,
-    at: Timestamp,
-) -> SessionCheckedOut {
-    SessionCheckedOut {
-        session_id,
-        tenant_id: TENANT,
-        technician_id,
-        computer_id: PC,
-        login_mode: account_owner.login_mode(),
-        account: acct(account),
-        account_owner,
-        admin_group: administrators(),
-        on_check_in: CheckInAction::RemoveFromGroup,
-        rotate_on_check_in: true,
-        create_account: true,
-        reason: None,
-        ticket: None,
-        expires_at: at + chrono::Duration::hours(4),
-        by: admin(),
-        at,
-    }
-}
-
-fn named(session_id: SessionId, at: Timestamp) -> SessionCheckedOut {
-    let owner = AccountOwner::Named { technician_id: NIK };
-    checked_out(session_id, NIK, "msp-nik", owner, at)
-}
-
+/// The admin checks `technician_id` out of W11 with the shared account msp-1234.
 fn shared(session_id: SessionId, technician_id: TechnicianId, at: Timestamp) -> SessionCheckedOut {
-    checked_out(
-        session_id,
-        technician_id,
-        "msp-1234",
-        AccountOwner::Shared,
-        at,
-    )
+    let cast = (CUSTOMER_1, technician_id, W11);
+    checked_out(session_id, cast, LoginMode::Shared, "msp-1234", admin(), at)
 }
 
 /// The machine's accounts as the simulated agent keeps them: groups and password version.
@@ -127,15 +68,7 @@ impl Story {
             machine: Machine::new(),
         };
         story
-            .on_computer(ComputerCommand::Enroll {
-                computer_id: PC,
-                tenant_id: TENANT,
-                hostname: Hostname::parse("W11-L-PASSWORD").unwrap(),
-                os: OsKind::Windows,
-                agent_key_id: AgentKeyId(Uuid::from_u128(5)),
-                by: admin(),
-                at: t(0),
-            })
+            .on_computer(enroll(W11, CUSTOMER_1, "W11-L-PASSWORD", 0))
             .await;
         story
     }
@@ -148,25 +81,7 @@ impl Story {
         if events.is_empty() {
             return;
         }
-        let batch = events
-            .iter()
-            .map(|event| NewEvent {
-                id: Uuid::now_v7(),
-                event_type: event.event_type().into(),
-                schema_version: event.schema_version(),
-                payload: serde_json::to_vec(&event.to_json()).unwrap(),
-                metadata: EventMetadata {
-                    actor: "system".into(),
-                    correlation_id: Uuid::now_v7(),
-                    causation_id: None,
-                },
-            })
-            .collect();
-        let stream = StreamName::new(stream).unwrap();
-        self.store
-            .append(&stream, ExpectedState::Any, batch)
-            .await
-            .unwrap();
+        append(&self.store, stream, &Actor::System, events).await;
         let after = self.models.checkpoint().unwrap();
         let new = self.store.read_all(after, 1000).await.unwrap();
         self.models.apply(&new).unwrap();
@@ -180,7 +95,7 @@ impl Story {
         let events = Computer::decide(&self.computer_state(), command).unwrap();
         self.computer.extend(events.clone());
         let any = events.iter().cloned().map(AnyEvent::Computer).collect();
-        self.append(PC.stream_name(), any).await;
+        self.append(W11.stream_name(), any).await;
         // The process manager's part: a granted session becomes active.
         for event in &events {
             if let ComputerEvent::SessionAccessGranted(granted) = event {
@@ -307,17 +222,17 @@ impl Story {
 
     fn pending(&self) -> Vec<(u64, u32, Operation)> {
         self.q()
-            .pending_requests(PC)
+            .pending_requests(W11)
             .unwrap()
             .into_iter()
             .map(|r| (r.request_id, r.attempt, r.operation))
             .collect()
     }
 
-    /// (account, sessions) of each admin-group membership on PC at `at`.
+    /// (account, sessions) of each admin-group membership on W11 at `at`.
     fn admins_at(&self, at: Timestamp) -> Vec<(String, Vec<SessionId>)> {
         self.q()
-            .admins_as_of(PC, at)
+            .admins_as_of(W11, at)
             .unwrap()
             .into_iter()
             .map(|a| (a.account.to_string(), a.sessions))
@@ -338,38 +253,38 @@ impl Story {
 async fn pending_requests_appear_and_disappear_as_the_agent_answers() {
     let mut s = Story::new().await;
     assert!(s.pending().is_empty());
-    s.check_out(named(S1, t(10))).await;
+    s.check_out(nik_on_w11(S1, at(10))).await;
 
-    let pending = s.q().pending_requests(PC).unwrap();
+    let pending = s.q().pending_requests(W11).unwrap();
     assert_eq!(pending.len(), 2, "{pending:#?}");
     assert_eq!(pending[0].request_id, 1);
     assert_eq!(
         pending[0].operation,
         Operation::EnsureAccount {
-            account: acct("msp-nik")
+            account: account("msp-nik")
         }
     );
     assert_eq!(pending[0].session_id, Some(S1));
     assert_eq!(pending[0].purpose, Purpose::Grant);
     assert_eq!(pending[0].attempt, 1);
-    assert_eq!(pending[0].requested_at, t(10));
+    assert_eq!(pending[0].requested_at, at(10));
     assert_eq!(
         pending[1].operation,
         Operation::RotatePassword {
-            account: acct("msp-nik"),
+            account: account("msp-nik"),
             version: 1
         }
     );
     assert!(
-        s.q().pending_requests(OTHER_PC).unwrap().is_empty(),
+        s.q().pending_requests(W10).unwrap().is_empty(),
         "requests belong to their computer"
     );
 
-    s.agent_succeeds(1, t(11)).await;
+    s.agent_succeeds(1, at(11)).await;
     assert_eq!(s.pending().iter().map(|p| p.0).collect::<Vec<_>>(), vec![2]);
-    s.agent_succeeds(2, t(11)).await;
+    s.agent_succeeds(2, at(11)).await;
     let add = Operation::AddToGroup {
-        account: acct("msp-nik"),
+        account: account("msp-nik"),
         group: administrators(),
     };
     assert_eq!(
@@ -377,62 +292,58 @@ async fn pending_requests_appear_and_disappear_as_the_agent_answers() {
         vec![(3, 1, add)],
         "the join comes only after the rotation is verified"
     );
-    s.agent_succeeds(3, t(12)).await;
+    s.agent_succeeds(3, at(12)).await;
     assert!(s.pending().is_empty());
 
-    let accounts = s.q().managed_accounts(TENANT).unwrap();
+    let accounts = s.q().managed_accounts(CUSTOMER_1).unwrap();
     assert_eq!(accounts.len(), 1);
     let nik = &accounts[0];
-    assert_eq!(nik.computer_id, PC);
+    assert_eq!(nik.computer_id, W11);
     assert_eq!(nik.hostname.as_str(), "W11-L-PASSWORD");
-    assert_eq!(nik.account, acct("msp-nik"));
+    assert_eq!(nik.account, account("msp-nik"));
     assert_eq!(nik.owner, AccountOwner::Named { technician_id: NIK });
     assert!(nik.present && !nik.deleted && !nik.retiring);
     assert_eq!(nik.groups, BTreeSet::from([administrators()]));
     assert_eq!(nik.password_version, Some(1));
-    assert_eq!(nik.last_rotated_at, Some(t(11)));
+    assert_eq!(nik.last_rotated_at, Some(at(11)));
     assert_eq!(nik.offline_secret_generation, Some(1));
     assert_eq!(nik.open_sessions, vec![S1]);
-    assert!(s.q().managed_accounts(OTHER_TENANT).unwrap().is_empty());
+    assert!(s.q().managed_accounts(CUSTOMER_2).unwrap().is_empty());
     assert!(s.standing().is_empty(), "the open session accounts for it");
 }
 
 #[tokio::test]
 async fn a_failed_revocation_is_stuck_until_retried_and_then_pending_again() {
     let mut s = Story::new().await;
-    s.check_out(named(S1, t(10))).await;
-    s.agent_answers_everything(t(11)).await;
-    s.check_in(S1, t(20)).await;
+    s.check_out(nik_on_w11(S1, at(10))).await;
+    s.agent_answers_everything(at(11)).await;
+    s.check_in(S1, at(20)).await;
     let ops: Vec<u64> = s.pending().iter().map(|p| p.0).collect();
     assert_eq!(ops, vec![4, 5], "removal, then the rotation");
 
-    s.agent_fails(4, "gpasswd: group 'Administrators' is locked", t(21))
+    s.agent_fails(4, "gpasswd: group 'Administrators' is locked", at(21))
         .await;
-    s.agent_succeeds(5, t(21)).await;
+    s.agent_succeeds(5, at(21)).await;
     assert!(s.pending().is_empty(), "a failed revocation is not pending");
     let failed = s.q().failed_requests(None).unwrap();
     assert_eq!(
         failed,
         vec![FailedRequest {
-            computer_id: PC,
-            tenant_id: TENANT,
+            computer_id: W11,
+            tenant_id: CUSTOMER_1,
             hostname: Hostname::parse("W11-L-PASSWORD").unwrap(),
             request_id: 4,
             session_id: Some(S1),
             purpose: Purpose::Revoke,
             attempt: 1,
             reason: FailureReason::parse("gpasswd: group 'Administrators' is locked").unwrap(),
-            failed_at: t(21),
+            failed_at: at(21),
             operation: remove("msp-nik"),
         }]
     );
-    assert_eq!(s.q().failed_requests(Some(TENANT)).unwrap(), failed);
-    assert!(s
-        .q()
-        .failed_requests(Some(OTHER_TENANT))
-        .unwrap()
-        .is_empty());
-    let standing = s.q().standing_privilege(Some(TENANT)).unwrap();
+    assert_eq!(s.q().failed_requests(Some(CUSTOMER_1)).unwrap(), failed);
+    assert!(s.q().failed_requests(Some(CUSTOMER_2)).unwrap().is_empty());
+    let standing = s.q().standing_privilege(Some(CUSTOMER_1)).unwrap();
     assert_eq!(standing.len(), 1, "the stuck removal leaves the membership");
     assert_eq!(
         standing[0].removal,
@@ -444,18 +355,18 @@ async fn a_failed_revocation_is_stuck_until_retried_and_then_pending_again() {
         })
     );
 
-    s.retry(4, t(25)).await;
+    s.retry(4, at(25)).await;
     assert_eq!(s.pending(), vec![(4, 2, remove("msp-nik"))]);
     assert!(s.q().failed_requests(None).unwrap().is_empty());
-    s.agent_fails(4, "still locked", t(26)).await;
+    s.agent_fails(4, "still locked", at(26)).await;
     let failed = s.q().failed_requests(None).unwrap();
     assert_eq!(failed.len(), 1);
-    assert_eq!((failed[0].attempt, failed[0].failed_at), (2, t(26)));
+    assert_eq!((failed[0].attempt, failed[0].failed_at), (2, at(26)));
     assert_eq!(failed[0].reason.as_str(), "still locked");
 
-    s.retry(4, t(30)).await;
+    s.retry(4, at(30)).await;
     assert_eq!(s.pending(), vec![(4, 3, remove("msp-nik"))]);
-    s.agent_succeeds(4, t(31)).await;
+    s.agent_succeeds(4, at(31)).await;
     assert!(s.pending().is_empty());
     assert!(s.q().failed_requests(None).unwrap().is_empty());
     assert!(s.standing().is_empty());
@@ -464,8 +375,8 @@ async fn a_failed_revocation_is_stuck_until_retried_and_then_pending_again() {
 #[tokio::test]
 async fn a_failed_grant_request_is_closed_not_stuck() {
     let mut s = Story::new().await;
-    s.check_out(named(S1, t(10))).await;
-    s.agent_fails(1, "useradd: cannot lock /etc/passwd", t(11))
+    s.check_out(nik_on_w11(S1, at(10))).await;
+    s.agent_fails(1, "useradd: cannot lock /etc/passwd", at(11))
         .await;
     assert!(
         s.q().failed_requests(None).unwrap().is_empty(),
@@ -477,31 +388,34 @@ async fn a_failed_grant_request_is_closed_not_stuck() {
 #[tokio::test]
 async fn a_membership_left_after_check_in_is_standing_privilege_until_removed() {
     let mut s = Story::new().await;
-    s.check_out(named(S1, t(10))).await;
-    s.agent_answers_everything(t(11)).await;
+    s.check_out(nik_on_w11(S1, at(10))).await;
+    s.agent_answers_everything(at(11)).await;
     assert!(s.standing().is_empty());
 
-    s.check_in(S1, t(20)).await;
+    s.check_in(S1, at(20)).await;
     let standing = s.q().standing_privilege(None).unwrap();
     assert_eq!(s.standing(), vec!["W11-L-PASSWORD msp-nik Administrators"]);
-    assert_eq!(standing[0].tenant_id, TENANT);
+    assert_eq!(standing[0].tenant_id, CUSTOMER_1);
     assert_eq!(standing[0].granted_for, Some(S1));
-    assert_eq!(standing[0].joined_at, t(11));
-    assert_eq!(standing[0].last_session_closed_at, Some(t(20)));
+    assert_eq!(standing[0].joined_at, at(11));
+    assert_eq!(standing[0].last_session_closed_at, Some(at(20)));
     assert_eq!(
         standing[0].removal.as_ref().map(|r| r.status),
         Some(ProvisioningStatus::Pending)
     );
-    assert_eq!(s.q().standing_privilege(Some(TENANT)).unwrap(), standing);
+    assert_eq!(
+        s.q().standing_privilege(Some(CUSTOMER_1)).unwrap(),
+        standing
+    );
     assert!(s
         .q()
-        .standing_privilege(Some(OTHER_TENANT))
+        .standing_privilege(Some(CUSTOMER_2))
         .unwrap()
         .is_empty());
 
-    s.agent_succeeds(4, t(21)).await; // RemovedFromAdminGroup
+    s.agent_succeeds(4, at(21)).await; // RemovedFromAdminGroup
     assert!(s.standing().is_empty());
-    let nik = &s.q().managed_accounts(TENANT).unwrap()[0];
+    let nik = &s.q().managed_accounts(CUSTOMER_1).unwrap()[0];
     assert!(nik.groups.is_empty() && nik.present);
     assert!(nik.open_sessions.is_empty());
 }
@@ -509,95 +423,95 @@ async fn a_membership_left_after_check_in_is_standing_privilege_until_removed() 
 #[tokio::test]
 async fn a_shared_account_kept_for_another_session_is_not_standing_privilege() {
     let mut s = Story::new().await;
-    s.check_out(shared(S1, NIK, t(10))).await;
-    s.agent_answers_everything(t(11)).await;
-    s.check_out(shared(S2, ANN, t(15))).await;
-    s.agent_answers_everything(t(16)).await;
+    s.check_out(shared(S1, NIK, at(10))).await;
+    s.agent_answers_everything(at(11)).await;
+    s.check_out(shared(S2, ANA, at(15))).await;
+    s.agent_answers_everything(at(16)).await;
     assert_eq!(
-        s.admins_at(t(18)),
+        s.admins_at(at(18)),
         vec![("msp-1234".to_owned(), vec![S1, S2])],
         "one membership, used by both sessions"
     );
 
-    s.check_in(S1, t(20)).await;
-    s.agent_answers_everything(t(21)).await;
-    assert!(s.standing().is_empty(), "ann's session still uses it");
-    assert_eq!(s.admins_at(t(25)), vec![("msp-1234".to_owned(), vec![S2])]);
+    s.check_in(S1, at(20)).await;
+    s.agent_answers_everything(at(21)).await;
+    assert!(s.standing().is_empty(), "ana's session still uses it");
+    assert_eq!(s.admins_at(at(25)), vec![("msp-1234".to_owned(), vec![S2])]);
 
-    s.check_in(S2, t(30)).await;
+    s.check_in(S2, at(30)).await;
     assert_eq!(s.standing(), vec!["W11-L-PASSWORD msp-1234 Administrators"]);
-    s.agent_answers_everything(t(31)).await;
+    s.agent_answers_everything(at(31)).await;
     assert!(s.standing().is_empty());
-    assert!(s.admins_at(t(32)).is_empty());
+    assert!(s.admins_at(at(32)).is_empty());
 }
 
 #[tokio::test]
 async fn admins_as_of_names_the_session_that_held_the_group() {
     let mut s = Story::new().await;
-    s.check_out(named(S1, t(10))).await;
-    s.agent_succeeds(1, t(11)).await;
-    s.agent_succeeds(2, t(11)).await;
-    s.agent_succeeds(3, t(12)).await; // joined
-    s.check_in(S1, t(30)).await;
-    s.agent_answers_everything(t(31)).await; // removed
-    s.check_out(named(S2, t(40))).await;
-    s.agent_answers_everything(t(42)).await; // joined again
+    s.check_out(nik_on_w11(S1, at(10))).await;
+    s.agent_succeeds(1, at(11)).await;
+    s.agent_succeeds(2, at(11)).await;
+    s.agent_succeeds(3, at(12)).await; // joined
+    s.check_in(S1, at(30)).await;
+    s.agent_answers_everything(at(31)).await; // removed
+    s.check_out(nik_on_w11(S2, at(40))).await;
+    s.agent_answers_everything(at(42)).await; // joined again
 
     let nik = |sessions: Vec<SessionId>| vec![("msp-nik".to_owned(), sessions)];
-    assert!(s.admins_at(t(5)).is_empty(), "before any session");
+    assert!(s.admins_at(at(5)).is_empty(), "before any session");
     assert!(
-        s.admins_at(t(11)).is_empty(),
+        s.admins_at(at(11)).is_empty(),
         "checked out, not yet in the group"
     );
-    assert_eq!(s.admins_at(t(12)), nik(vec![S1]), "from the verified join");
-    assert_eq!(s.admins_at(t(20)), nik(vec![S1]));
+    assert_eq!(s.admins_at(at(12)), nik(vec![S1]), "from the verified join");
+    assert_eq!(s.admins_at(at(20)), nik(vec![S1]));
     assert_eq!(
-        s.admins_at(t(30) + chrono::Duration::seconds(30)),
+        s.admins_at(at(30) + chrono::Duration::seconds(30)),
         nik(vec![]),
         "checked in, the removal not yet verified: a member through no session"
     );
-    assert!(s.admins_at(t(31)).is_empty(), "removed at 31");
-    assert!(s.admins_at(t(35)).is_empty());
+    assert!(s.admins_at(at(31)).is_empty(), "removed at 31");
+    assert!(s.admins_at(at(35)).is_empty());
     assert!(
-        s.admins_at(t(41)).is_empty(),
+        s.admins_at(at(41)).is_empty(),
         "the second session has not joined yet"
     );
-    assert_eq!(s.admins_at(t(50)), nik(vec![S2]));
+    assert_eq!(s.admins_at(at(50)), nik(vec![S2]));
 
-    let during = s.q().admins_as_of(PC, t(20)).unwrap();
+    let during = s.q().admins_as_of(W11, at(20)).unwrap();
     assert_eq!(during[0].admin_group, administrators());
     assert_eq!(
         (during[0].joined_at, during[0].left_at),
-        (t(12), Some(t(31)))
+        (at(12), Some(at(31)))
     );
-    let now = s.q().admins_as_of(PC, t(50)).unwrap();
-    assert_eq!((now[0].joined_at, now[0].left_at), (t(42), None));
-    assert!(s.q().admins_as_of(OTHER_PC, t(20)).unwrap().is_empty());
+    let now = s.q().admins_as_of(W11, at(50)).unwrap();
+    assert_eq!((now[0].joined_at, now[0].left_at), (at(42), None));
+    assert!(s.q().admins_as_of(W10, at(20)).unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn a_membership_the_agent_no_longer_sees_has_ended() {
     let mut s = Story::new().await;
-    s.check_out(named(S1, t(10))).await;
-    s.agent_answers_everything(t(11)).await;
+    s.check_out(nik_on_w11(S1, at(10))).await;
+    s.agent_answers_everything(at(11)).await;
     // Someone takes msp-nik out of Administrators by hand; the agent's next observation
     // (the rotation at check-in, answered before the removal) shows it.
     s.machine
-        .get_mut(&acct("msp-nik"))
+        .get_mut(&account("msp-nik"))
         .unwrap()
         .0
         .remove(&administrators());
-    s.check_in(S1, t(20)).await;
+    s.check_in(S1, at(20)).await;
     assert_eq!(s.standing().len(), 1);
-    s.agent_succeeds(5, t(21)).await; // the rotation
+    s.agent_succeeds(5, at(21)).await; // the rotation
     assert!(s.standing().is_empty(), "the verified observation ended it");
-    assert!(s.admins_at(t(22)).is_empty());
+    assert!(s.admins_at(at(22)).is_empty());
     assert_eq!(s.pending().iter().map(|p| p.0).collect::<Vec<_>>(), vec![4]);
-    s.agent_succeeds(4, t(23)).await;
-    let history = s.q().admins_as_of(PC, t(15)).unwrap();
+    s.agent_succeeds(4, at(23)).await;
+    let history = s.q().admins_as_of(W11, at(15)).unwrap();
     assert_eq!(
         history[0].left_at,
-        Some(t(21)),
+        Some(at(21)),
         "it ended when it was seen gone"
     );
 }
@@ -605,27 +519,32 @@ async fn a_membership_the_agent_no_longer_sees_has_ended() {
 #[tokio::test]
 async fn deleting_the_account_ends_its_membership_even_if_the_removal_failed() {
     let mut s = Story::new().await;
-    let owner = AccountOwner::Ephemeral { technician_id: NIK };
     let ephemeral = SessionCheckedOut {
         on_check_in: CheckInAction::DeleteAccount,
-        login_mode: LoginMode::Ephemeral,
-        ..checked_out(S1, NIK, "nik_566054625600", owner, t(10))
+        ..checked_out(
+            S1,
+            (CUSTOMER_1, NIK, W11),
+            LoginMode::Ephemeral,
+            "nik_566054625600",
+            admin(),
+            at(10),
+        )
     };
     s.check_out(ephemeral).await;
-    s.agent_answers_everything(t(11)).await;
-    s.check_in(S1, t(20)).await;
+    s.agent_answers_everything(at(11)).await;
+    s.check_in(S1, at(20)).await;
     let ops: Vec<Operation> = s.pending().into_iter().map(|p| p.2).collect();
     assert_eq!(ops.len(), 3, "remove, rotate, delete: {ops:#?}");
-    s.agent_fails(4, "gpasswd: group 'Administrators' is locked", t(21))
+    s.agent_fails(4, "gpasswd: group 'Administrators' is locked", at(21))
         .await;
-    s.agent_succeeds(5, t(21)).await;
+    s.agent_succeeds(5, at(21)).await;
     assert_eq!(s.standing().len(), 1);
-    s.agent_succeeds(6, t(22)).await; // AccountDeleted
+    s.agent_succeeds(6, at(22)).await; // AccountDeleted
     assert!(s.standing().is_empty());
-    assert!(s.admins_at(t(23)).is_empty());
+    assert!(s.admins_at(at(23)).is_empty());
 
-    let account = &s.q().managed_accounts(TENANT).unwrap()[0];
-    assert_eq!(account.account, acct("nik_566054625600"));
+    let account = &s.q().managed_accounts(CUSTOMER_1).unwrap()[0];
+    assert_eq!(account.account, support::account("nik_566054625600"));
     assert_eq!(
         account.owner,
         AccountOwner::Ephemeral { technician_id: NIK }
@@ -641,17 +560,17 @@ async fn deleting_the_account_ends_its_membership_even_if_the_removal_failed() {
 #[tokio::test]
 async fn replaying_the_log_rebuilds_identical_read_models() {
     let mut s = Story::new().await;
-    s.check_out(named(S1, t(10))).await;
-    s.agent_answers_everything(t(11)).await;
-    s.check_out(shared(S2, ANN, t(12))).await;
-    s.agent_answers_everything(t(13)).await;
-    s.check_in(S1, t(20)).await;
-    s.agent_fails(7, "locked", t(21)).await;
-    s.retry(7, t(22)).await;
-    s.agent_fails(7, "locked again", t(23)).await;
+    s.check_out(nik_on_w11(S1, at(10))).await;
+    s.agent_answers_everything(at(11)).await;
+    s.check_out(shared(S2, ANA, at(12))).await;
+    s.agent_answers_everything(at(13)).await;
+    s.check_in(S1, at(20)).await;
+    s.agent_fails(7, "locked", at(21)).await;
+    s.retry(7, at(22)).await;
+    s.agent_fails(7, "locked again", at(23)).await;
     s.on_computer(ComputerCommand::Decommission {
         by: admin(),
-        at: t(30),
+        at: at(30),
     })
     .await;
     let live = s.models.dump().unwrap();
@@ -665,7 +584,7 @@ async fn replaying_the_log_rebuilds_identical_read_models() {
     assert!(live.contains("msp-nik") && live.contains("msp-1234"));
     assert_eq!(s.q().failed_requests(None).unwrap().len(), 1);
 
-    let all = s.store.read_all(None, 1000).await.unwrap();
+    let all = all_events(&s.store).await;
     assert_eq!(s.models.apply(&all).unwrap(), 0, "already applied");
     assert_eq!(s.models.dump().unwrap(), live);
 

@@ -3,43 +3,34 @@
 //! rebuild from the log leaves unchanged.
 
 mod backend;
+mod support;
 
-use chrono::TimeZone;
 use latchkey_domain::computer::{
-    AccessGrant, AccountObservation, AccountOwner, Computer, ComputerCommand, ComputerEvent,
-    Operation, OsKind, RequestStatus,
+    AccessGrant, AccountObservation, Computer, ComputerCommand, ComputerEvent, Operation,
+    RequestStatus,
 };
-use latchkey_domain::ids::{AgentKeyId, ComputerId, SessionId, TechnicianId, TenantId};
-use latchkey_domain::names::{
-    AccountName, Email, FailureReason, GroupName, Hostname, Reason, TenantName, TicketRef, Username,
-};
+use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
+use latchkey_domain::names::{Email, FailureReason, GroupName, Reason, TicketRef, Username};
 use latchkey_domain::policy::{CheckInAction, JitPolicy, LoginMode};
 use latchkey_domain::session::{
     CheckInReason, CredentialRevealed, SessionActivated, SessionCheckedIn, SessionCheckedOut,
 };
-use latchkey_domain::technician::{
-    TechnicianJoinedTenant, TechnicianOffboarded, TechnicianRegistered,
-};
-use latchkey_domain::tenant::{LoginModeChanged, SharedAccountAssigned, TenantRegistered};
-use latchkey_domain::{Actor, Aggregate, AnyEvent, Timestamp};
+use latchkey_domain::technician::{TechnicianOffboarded, TechnicianRegistered};
+use latchkey_domain::tenant::{LoginModeChanged, SharedAccountAssigned};
+use latchkey_domain::{Actor, Aggregate, AnyEvent};
 use latchkey_projections::{AuditEntry, AuditFilter, ProjectionError, ReadModels};
-use latchkey_store::{
-    EventMetadata, EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StreamName,
-};
+use latchkey_store::MemoryStore;
 use std::collections::{BTreeSet, HashMap};
+use support::{
+    account, admin, all_events, append, at, checked_out, enroll, nik_on_w11, register_technician,
+    register_tenant, user, ADMIN, ANA, CUSTOMER_1, CUSTOMER_2, NIK, W10, W11,
+};
 use uuid::Uuid;
 
-const CUSTOMER_1: TenantId = TenantId(Uuid::from_u128(1));
-const CUSTOMER_2: TenantId = TenantId(Uuid::from_u128(2));
-const NIK: TechnicianId = TechnicianId(Uuid::from_u128(10));
-const ANA: TechnicianId = TechnicianId(Uuid::from_u128(11));
-const W11: ComputerId = ComputerId(Uuid::from_u128(100));
-const W10: ComputerId = ComputerId(Uuid::from_u128(101));
 const NIK_ON_W11: SessionId = SessionId(Uuid::from_u128(1000));
 const NIK_ON_W10: SessionId = SessionId(Uuid::from_u128(1001));
 const ANA_ON_W11: SessionId = SessionId(Uuid::from_u128(1002));
 
-const ADMIN: &str = "admin@msp.example";
 const NIK_EMAIL: &str = "nik@nikpot.com";
 const ANA_EMAIL: &str = "ana@msp.example";
 
@@ -48,24 +39,6 @@ const NAMED_SENTENCE: &str =
 const SHARED_SENTENCE: &str = "nik@nikpot.com accessed workstation W10-local with account msp-1234";
 const LOGIN_MODE_SENTENCE: &str =
     "admin@msp.example changed the technician login mode of customer-1 from named to shared";
-
-fn at(minute: i64) -> Timestamp {
-    chrono::Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap() + chrono::Duration::minutes(minute)
-}
-
-fn user(email: &str) -> Actor {
-    Actor::User {
-        email: Email::parse(email).unwrap(),
-    }
-}
-
-fn account(name: &str) -> AccountName {
-    AccountName::parse(name).unwrap()
-}
-
-fn administrators() -> GroupName {
-    GroupName::parse("Administrators").unwrap()
-}
 
 /// What a faithful agent reads back after carrying out `operation`.
 fn observed(operation: &Operation) -> AccountObservation {
@@ -98,32 +71,9 @@ impl Log {
         }
     }
 
-    async fn append(&self, stream: String, actor: &str, event: AnyEvent) {
-        let new = NewEvent {
-            id: Uuid::now_v7(),
-            event_type: event.event_type().into(),
-            schema_version: event.schema_version(),
-            payload: serde_json::to_vec(&event.to_json()).unwrap(),
-            metadata: EventMetadata {
-                actor: actor.into(),
-                correlation_id: Uuid::now_v7(),
-                causation_id: None,
-            },
-        };
-        self.store
-            .append(
-                &StreamName::new(stream).unwrap(),
-                ExpectedState::Any,
-                vec![new],
-            )
-            .await
-            .unwrap();
-    }
-
     async fn tenant(&self, id: TenantId, event: impl Into<latchkey_domain::tenant::TenantEvent>) {
-        let actor = format!("user:{ADMIN}");
-        self.append(id.stream_name(), &actor, AnyEvent::Tenant(event.into()))
-            .await;
+        let event = AnyEvent::Tenant(event.into());
+        append(&self.store, id.stream_name(), &admin(), vec![event]).await;
     }
 
     async fn technician(
@@ -131,26 +81,25 @@ impl Log {
         id: TechnicianId,
         event: impl Into<latchkey_domain::technician::TechnicianEvent>,
     ) {
-        let actor = format!("user:{ADMIN}");
-        self.append(id.stream_name(), &actor, AnyEvent::Technician(event.into()))
-            .await;
+        let event = AnyEvent::Technician(event.into());
+        append(&self.store, id.stream_name(), &admin(), vec![event]).await;
     }
 
     async fn session(
         &self,
         id: SessionId,
-        actor: &str,
+        by: &Actor,
         event: impl Into<latchkey_domain::session::SessionEvent>,
     ) {
-        self.append(id.stream_name(), actor, AnyEvent::Session(event.into()))
-            .await;
+        let event = AnyEvent::Session(event.into());
+        append(&self.store, id.stream_name(), by, vec![event]).await;
     }
 
     /// Decides `command` on the computer's current state and appends the events.
     async fn computer(
         &mut self,
         id: ComputerId,
-        actor: &str,
+        by: &Actor,
         command: ComputerCommand,
     ) -> Vec<ComputerEvent> {
         let state = self.computers.entry(id).or_default();
@@ -159,8 +108,8 @@ impl Log {
             *state = Computer::evolve(std::mem::take(state), event);
         }
         for event in &events {
-            self.append(id.stream_name(), actor, AnyEvent::Computer(event.clone()))
-                .await;
+            let event = AnyEvent::Computer(event.clone());
+            append(&self.store, id.stream_name(), by, vec![event]).await;
         }
         events
     }
@@ -168,7 +117,7 @@ impl Log {
     /// The agent carries out every pending request and reports what it verified, until none
     /// is left.
     async fn agent_works(&mut self, id: ComputerId, minute: i64) {
-        let agent = format!("agent:{id}");
+        let agent = Actor::Agent { computer_id: id };
         loop {
             let pending = self.computers[&id]
                 .open_requests
@@ -187,56 +136,9 @@ impl Log {
         }
     }
 
-    async fn register_tenant(&self, id: TenantId, name: &str, mode: LoginMode, minute: i64) {
-        let registered = TenantRegistered {
-            tenant_id: id,
-            name: TenantName::parse(name).unwrap(),
-            login_mode: mode,
-            policy: JitPolicy::default(),
-            by: user(ADMIN),
-            at: at(minute),
-        };
-        self.tenant(id, registered).await;
-    }
-
-    async fn register_technician(
-        &self,
-        id: TechnicianId,
-        username: &str,
-        email: &str,
-        tenants: &[TenantId],
-        minute: i64,
-    ) {
-        let registered = TechnicianRegistered {
-            technician_id: id,
-            username: Username::parse(username).unwrap(),
-            email: Email::parse(email).unwrap(),
-            by: user(ADMIN),
-            at: at(minute),
-        };
-        self.technician(id, registered).await;
-        for tenant in tenants {
-            let joined = TechnicianJoinedTenant {
-                technician_id: id,
-                tenant_id: *tenant,
-                by: user(ADMIN),
-                at: at(minute),
-            };
-            self.technician(id, joined).await;
-        }
-    }
-
     async fn enroll(&mut self, id: ComputerId, tenant: TenantId, hostname: &str, minute: i64) {
-        let command = ComputerCommand::Enroll {
-            computer_id: id,
-            tenant_id: tenant,
-            hostname: Hostname::parse(hostname).unwrap(),
-            os: OsKind::Windows,
-            agent_key_id: AgentKeyId(Uuid::from_u128(id.0.as_u128() + 5)),
-            by: user(ADMIN),
-            at: at(minute),
-        };
-        self.computer(id, &format!("user:{ADMIN}"), command).await;
+        self.computer(id, &admin(), enroll(id, tenant, hostname, minute))
+            .await;
     }
 
     /// A technician checks out a computer, the agent provisions the account and the session
@@ -252,47 +154,31 @@ impl Log {
         why: Option<(&str, &str)>,
         minute: i64,
     ) {
-        let owner = match mode {
-            LoginMode::Named => AccountOwner::Named {
-                technician_id: technician,
-            },
-            LoginMode::Shared => AccountOwner::Shared,
-            LoginMode::Ephemeral => AccountOwner::Ephemeral {
-                technician_id: technician,
-            },
-        };
         let checked_out = SessionCheckedOut {
-            session_id: session,
-            tenant_id: tenant,
-            technician_id: technician,
-            computer_id: computer,
-            login_mode: mode,
-            account: account(name),
-            account_owner: owner,
-            admin_group: administrators(),
-            on_check_in: CheckInAction::RemoveFromGroup,
-            rotate_on_check_in: true,
-            create_account: true,
             reason: why.map(|(r, _)| Reason::parse(r).unwrap()),
             ticket: why.map(|(_, t)| TicketRef::parse(t).unwrap()),
-            expires_at: at(minute + 60),
-            by: user(email),
-            at: at(minute),
+            ..checked_out(
+                session,
+                (tenant, technician, computer),
+                mode,
+                name,
+                user(email),
+                at(minute),
+            )
         };
         let grant: AccessGrant = checked_out.access_grant();
-        self.session(session, &format!("user:{email}"), checked_out)
-            .await;
+        self.session(session, &user(email), checked_out).await;
         let command = ComputerCommand::GrantAccess {
             grant,
             at: at(minute),
         };
-        self.computer(computer, "system", command).await;
+        self.computer(computer, &Actor::System, command).await;
         self.agent_works(computer, minute + 1).await;
         let activated = SessionActivated {
             session_id: session,
             at: at(minute + 1),
         };
-        self.session(session, "system", activated).await;
+        self.session(session, &Actor::System, activated).await;
     }
 
     async fn check_in(
@@ -303,28 +189,20 @@ impl Log {
         by: Actor,
         minute: i64,
     ) {
-        let actor = match &by {
-            Actor::User { email } => format!("user:{email}"),
-            _ => "system".to_owned(),
-        };
         let checked_in = SessionCheckedIn {
             session_id: session,
             computer_id: computer,
             reason,
-            by,
+            by: by.clone(),
             at: at(minute),
         };
-        self.session(session, &actor, checked_in).await;
+        self.session(session, &by, checked_in).await;
         let command = ComputerCommand::ReleaseAccess {
             session_id: session,
             at: at(minute),
         };
-        self.computer(computer, "system", command).await;
+        self.computer(computer, &Actor::System, command).await;
         self.agent_works(computer, minute).await;
-    }
-
-    async fn events(&self) -> Vec<RecordedEvent> {
-        self.store.read_all(None, 10_000).await.unwrap()
     }
 }
 
@@ -332,20 +210,24 @@ impl Log {
 /// (W10-local). nik works for both, ana for customer-1. Minutes 0 to 99 of one morning.
 async fn world() -> Log {
     let mut log = Log::new();
-    log.register_tenant(CUSTOMER_1, "customer-1", LoginMode::Named, 0)
-        .await;
-    log.register_tenant(CUSTOMER_2, "customer-2", LoginMode::Shared, 1)
-        .await;
+    register_tenant(&log.store, CUSTOMER_1, "customer-1", LoginMode::Named, 0).await;
+    register_tenant(&log.store, CUSTOMER_2, "customer-2", LoginMode::Shared, 1).await;
     let assigned = SharedAccountAssigned {
         tenant_id: CUSTOMER_2,
         account: account("msp-1234"),
         at: at(1),
     };
     log.tenant(CUSTOMER_2, assigned).await;
-    log.register_technician(NIK, "nik", NIK_EMAIL, &[CUSTOMER_1, CUSTOMER_2], 2)
-        .await;
-    log.register_technician(ANA, "ana", ANA_EMAIL, &[CUSTOMER_1], 3)
-        .await;
+    register_technician(
+        &log.store,
+        NIK,
+        "nik",
+        NIK_EMAIL,
+        &[CUSTOMER_1, CUSTOMER_2],
+        2,
+    )
+    .await;
+    register_technician(&log.store, ANA, "ana", ANA_EMAIL, &[CUSTOMER_1], 3).await;
     log.enroll(W11, CUSTOMER_1, "W11-L-PASSWORD", 4).await;
     log.enroll(W10, CUSTOMER_2, "W10-local", 5).await;
 
@@ -368,8 +250,7 @@ async fn world() -> Log {
         by: user(NIK_EMAIL),
         at: at(15),
     };
-    log.session(NIK_ON_W11, &format!("user:{NIK_EMAIL}"), revealed)
-        .await;
+    log.session(NIK_ON_W11, &user(NIK_EMAIL), revealed).await;
     log.check_in(NIK_ON_W11, W11, CheckInReason::Manual, user(NIK_EMAIL), 20)
         .await;
 
@@ -401,7 +282,7 @@ async fn world() -> Log {
         tenant_id: CUSTOMER_1,
         from: LoginMode::Named,
         to: LoginMode::Shared,
-        by: user(ADMIN),
+        by: admin(),
         at: at(50),
     };
     log.tenant(CUSTOMER_1, changed).await;
@@ -409,7 +290,7 @@ async fn world() -> Log {
     let offboarded = TechnicianOffboarded {
         technician_id: NIK,
         tenants: vec![CUSTOMER_1, CUSTOMER_2],
-        by: user(ADMIN),
+        by: admin(),
         at: at(99),
     };
     log.technician(NIK, offboarded).await;
@@ -418,7 +299,7 @@ async fn world() -> Log {
 
 async fn built(log: &Log) -> ReadModels {
     let mut models = backend::fresh().await;
-    models.apply(&log.events().await).unwrap();
+    models.apply(&all_events(&log.store).await).unwrap();
     models
 }
 
@@ -481,10 +362,15 @@ async fn a_shared_session_reads_accessed_workstation() {
 #[tokio::test]
 async fn an_ephemeral_session_uses_the_named_wording() {
     let mut log = Log::new();
-    log.register_tenant(CUSTOMER_1, "customer-1", LoginMode::Ephemeral, 0)
-        .await;
-    log.register_technician(NIK, "nik", NIK_EMAIL, &[CUSTOMER_1], 1)
-        .await;
+    register_tenant(
+        &log.store,
+        CUSTOMER_1,
+        "customer-1",
+        LoginMode::Ephemeral,
+        0,
+    )
+    .await;
+    register_technician(&log.store, NIK, "nik", NIK_EMAIL, &[CUSTOMER_1], 1).await;
     log.enroll(W11, CUSTOMER_1, "W11-L-PASSWORD", 2).await;
     log.check_out(
         NIK_ON_W11,
@@ -520,7 +406,7 @@ async fn changing_the_login_mode_reads_as_the_design_says() {
 #[tokio::test]
 async fn every_event_gets_a_line_and_the_agents_results_name_the_agent() {
     let log = world().await;
-    let events = log.events().await;
+    let events = all_events(&log.store).await;
     let models = built(&log).await;
     let all = everything(&models);
 
@@ -601,10 +487,8 @@ async fn every_event_gets_a_line_and_the_agents_results_name_the_agent() {
 #[tokio::test]
 async fn an_agents_failure_and_its_retry_are_explained() {
     let mut log = Log::new();
-    log.register_tenant(CUSTOMER_1, "customer-1", LoginMode::Named, 0)
-        .await;
-    log.register_technician(NIK, "nik", NIK_EMAIL, &[CUSTOMER_1], 1)
-        .await;
+    register_tenant(&log.store, CUSTOMER_1, "customer-1", LoginMode::Named, 0).await;
+    register_technician(&log.store, NIK, "nik", NIK_EMAIL, &[CUSTOMER_1], 1).await;
     log.enroll(W11, CUSTOMER_1, "W11-L-PASSWORD", 2).await;
     log.check_out(
         NIK_ON_W11,
@@ -620,16 +504,15 @@ async fn an_agents_failure_and_its_retry_are_explained() {
         session_id: NIK_ON_W11,
         computer_id: W11,
         reason: CheckInReason::Revoked,
-        by: user(ADMIN),
+        by: admin(),
         at: at(10),
     };
-    log.session(NIK_ON_W11, &format!("user:{ADMIN}"), checked_in)
-        .await;
+    log.session(NIK_ON_W11, &admin(), checked_in).await;
     let release = ComputerCommand::ReleaseAccess {
         session_id: NIK_ON_W11,
         at: at(10),
     };
-    let released = log.computer(W11, "system", release).await;
+    let released = log.computer(W11, &Actor::System, release).await;
     let first = released
         .iter()
         .find_map(|e| match e {
@@ -642,12 +525,13 @@ async fn an_agents_failure_and_its_retry_are_explained() {
         reason: FailureReason::parse("msp-nik is logged in").unwrap(),
         at: at(11),
     };
-    log.computer(W11, &format!("agent:{W11}"), failed).await;
+    log.computer(W11, &Actor::Agent { computer_id: W11 }, failed)
+        .await;
     let retry = ComputerCommand::RetryRequest {
         request_id: first,
         at: at(12),
     };
-    log.computer(W11, "system", retry).await;
+    log.computer(W11, &Actor::System, retry).await;
 
     let models = built(&log).await;
     let all = everything(&models);
@@ -975,7 +859,7 @@ async fn a_malformed_cursor_is_rejected_naming_the_cursor() {
 #[tokio::test]
 async fn applying_the_same_events_twice_changes_nothing() {
     let log = world().await;
-    let events = log.events().await;
+    let events = all_events(&log.store).await;
     let mut models = backend::fresh().await;
     models.apply(&events).unwrap();
     let before = models.dump().unwrap();
@@ -1017,12 +901,9 @@ async fn entries_serialise_with_their_position_and_ids() {
 #[tokio::test]
 async fn admin_changes_failures_and_clean_ups_read_clearly() {
     let mut log = Log::new();
-    log.register_tenant(CUSTOMER_1, "customer-1", LoginMode::Named, 0)
-        .await;
-    log.register_technician(NIK, "nik", NIK_EMAIL, &[CUSTOMER_1], 1)
-        .await;
-    log.register_technician(ANA, "ana", ANA_EMAIL, &[CUSTOMER_1], 1)
-        .await;
+    register_tenant(&log.store, CUSTOMER_1, "customer-1", LoginMode::Named, 0).await;
+    register_technician(&log.store, NIK, "nik", NIK_EMAIL, &[CUSTOMER_1], 1).await;
+    register_technician(&log.store, ANA, "ana", ANA_EMAIL, &[CUSTOMER_1], 1).await;
     log.enroll(W11, CUSTOMER_1, "W11-L-PASSWORD", 2).await;
     let mut strict = JitPolicy::default().fields().clone();
     strict.max_session_minutes = latchkey_domain::policy::SessionLength::minutes(30).unwrap();
@@ -1031,23 +912,22 @@ async fn admin_changes_failures_and_clean_ups_read_clearly() {
     let changed = latchkey_domain::tenant::JitPolicyChanged {
         tenant_id: CUSTOMER_1,
         policy: strict.clone(),
-        by: user(ADMIN),
+        by: admin(),
         at: at(3),
     };
     log.tenant(CUSTOMER_1, changed).await;
-    let admin = format!("user:{ADMIN}");
     let set = ComputerCommand::OverrideJitPolicy {
         policy: Some(strict),
-        by: user(ADMIN),
+        by: admin(),
         at: at(4),
     };
-    log.computer(W11, &admin, set).await;
+    log.computer(W11, &admin(), set).await;
     let cleared = ComputerCommand::OverrideJitPolicy {
         policy: None,
-        by: user(ADMIN),
+        by: admin(),
         at: at(5),
     };
-    log.computer(W11, &admin, cleared).await;
+    log.computer(W11, &admin(), cleared).await;
 
     // nik's check-in fails to take msp-nik out of the group; his next check-out makes the
     // failed removal pointless.
@@ -1066,27 +946,27 @@ async fn admin_changes_failures_and_clean_ups_read_clearly() {
         by: user(NIK_EMAIL),
         at: at(12),
     };
-    log.computer(W11, &format!("user:{NIK_EMAIL}"), disclose)
-        .await;
+    log.computer(W11, &user(NIK_EMAIL), disclose).await;
     let checked_in = SessionCheckedIn {
         session_id: NIK_ON_W11,
         computer_id: W11,
         reason: CheckInReason::Manual,
-        by: user(ADMIN),
+        by: admin(),
         at: at(20),
     };
-    log.session(NIK_ON_W11, &admin, checked_in).await;
+    log.session(NIK_ON_W11, &admin(), checked_in).await;
     let release = ComputerCommand::ReleaseAccess {
         session_id: NIK_ON_W11,
         at: at(20),
     };
-    log.computer(W11, "system", release).await;
+    log.computer(W11, &Actor::System, release).await;
     let failed = ComputerCommand::ReportFailed {
         request_id: latchkey_domain::ids::RequestId(4),
         reason: FailureReason::parse("msp-nik is logged in").unwrap(),
         at: at(21),
     };
-    log.computer(W11, &format!("agent:{W11}"), failed).await;
+    log.computer(W11, &Actor::Agent { computer_id: W11 }, failed)
+        .await;
     log.agent_works(W11, 21).await;
     log.check_out(
         NIK_ON_W10,
@@ -1102,57 +982,40 @@ async fn admin_changes_failures_and_clean_ups_read_clearly() {
         request_id: latchkey_domain::ids::RequestId(4),
         at: at(31),
     };
-    log.computer(W11, "system", retry).await;
+    log.computer(W11, &Actor::System, retry).await;
     log.check_in(NIK_ON_W10, W11, CheckInReason::Revoked, Actor::System, 40)
         .await;
 
     let left = latchkey_domain::technician::TechnicianLeftTenant {
         technician_id: ANA,
         tenant_id: CUSTOMER_1,
-        by: user(ADMIN),
+        by: admin(),
         at: at(50),
     };
     log.technician(ANA, left).await;
     let offboarded = TechnicianOffboarded {
         technician_id: ANA,
         tenants: vec![],
-        by: user(ADMIN),
+        by: admin(),
         at: at(51),
     };
     log.technician(ANA, offboarded).await;
 
     let decommission = ComputerCommand::Decommission {
-        by: user(ADMIN),
+        by: admin(),
         at: at(60),
     };
-    log.computer(W11, &admin, decommission).await;
+    log.computer(W11, &admin(), decommission).await;
     log.agent_works(W11, 61).await;
 
     // A check-out that comes too late for the computer.
-    let late = SessionCheckedOut {
-        session_id: ANA_ON_W11,
-        tenant_id: CUSTOMER_1,
-        technician_id: NIK,
-        computer_id: W11,
-        login_mode: LoginMode::Named,
-        account: account("msp-nik"),
-        account_owner: AccountOwner::Named { technician_id: NIK },
-        admin_group: administrators(),
-        on_check_in: CheckInAction::RemoveFromGroup,
-        rotate_on_check_in: true,
-        create_account: true,
-        reason: None,
-        ticket: None,
-        expires_at: at(130),
-        by: user(ADMIN),
-        at: at(70),
-    };
+    let late = nik_on_w11(ANA_ON_W11, at(70));
     let grant = late.access_grant();
-    log.session(ANA_ON_W11, &admin, late).await;
+    log.session(ANA_ON_W11, &admin(), late).await;
     let refused = log
         .computer(
             W11,
-            "system",
+            &Actor::System,
             ComputerCommand::GrantAccess { grant, at: at(70) },
         )
         .await;
@@ -1169,16 +1032,21 @@ async fn admin_changes_failures_and_clean_ups_read_clearly() {
         reason,
         at: at(71),
     };
-    log.session(ANA_ON_W11, "system", provisioning_failed).await;
+    log.session(ANA_ON_W11, &Actor::System, provisioning_failed)
+        .await;
     let release = ComputerCommand::ReleaseAccess {
         session_id: ANA_ON_W11,
         at: at(71),
     };
-    log.computer(W11, "system", release).await;
+    log.computer(W11, &Actor::System, release).await;
 
     let models = built(&log).await;
     let all = everything(&models);
-    assert_eq!(all.len(), log.events().await.len(), "one line per event");
+    assert_eq!(
+        all.len(),
+        all_events(&log.store).await.len(),
+        "one line per event"
+    );
     let said = sentences(&all);
     for expected in [
         "admin@msp.example changed the JIT policy of customer-1 to: provisioning on, admin group \
@@ -1248,7 +1116,7 @@ async fn a_page_holds_at_most_a_thousand_lines() {
             technician_id: TechnicianId(Uuid::from_u128(10_000 + n)),
             username: Username::parse(format!("tech{n}")).unwrap(),
             email: Email::parse(format!("tech{n}@msp.example")).unwrap(),
-            by: user(ADMIN),
+            by: admin(),
             at: at(0),
         };
         log.technician(TechnicianId(Uuid::from_u128(10_000 + n)), registered)

@@ -2,152 +2,33 @@
 //! exactly once across redelivery and reopening.
 
 mod backend;
+mod support;
 
-use chrono::TimeZone;
-use latchkey_domain::computer::{ComputerEnrolled, OsKind};
-use latchkey_domain::ids::{AgentKeyId, ComputerId, SessionId, TechnicianId, TenantId};
-use latchkey_domain::names::{AccountName, Email, GroupName, Hostname, TenantName, Username};
-use latchkey_domain::policy::{CheckInAction, JitPolicy, LoginMode};
+use latchkey_domain::computer::Computer;
+use latchkey_domain::ids::SessionId;
+use latchkey_domain::policy::LoginMode;
 use latchkey_domain::process::Lookup;
-use latchkey_domain::session::{CheckInReason, SessionCheckedIn, SessionCheckedOut};
-use latchkey_domain::technician::{TechnicianJoinedTenant, TechnicianRegistered};
-use latchkey_domain::tenant::TenantRegistered;
-use latchkey_domain::{Actor, AnyEvent, Timestamp};
+use latchkey_domain::session::{CheckInReason, SessionCheckedIn};
+use latchkey_domain::{Aggregate, AnyEvent};
 use latchkey_projections::ReadModels;
-use latchkey_store::{
-    EventMetadata, EventStore, ExpectedState, MemoryStore, NewEvent, RecordedEvent, StreamName,
+use latchkey_store::MemoryStore;
+use support::{
+    admin, all_events, append, at, enroll, nik_on_w11, register_technician, register_tenant,
+    CUSTOMER_1, CUSTOMER_2, NIK, W11,
 };
 use uuid::Uuid;
 
-const TENANT: TenantId = TenantId(Uuid::from_u128(1));
-const NIK: TechnicianId = TechnicianId(Uuid::from_u128(10));
-const PC: ComputerId = ComputerId(Uuid::from_u128(100));
 const SESSION: SessionId = SessionId(Uuid::from_u128(1000));
 
-fn at() -> Timestamp {
-    chrono::Utc.with_ymd_and_hms(2026, 11, 23, 9, 0, 0).unwrap()
-}
-
-fn admin() -> Actor {
-    Actor::User {
-        email: Email::parse("admin@msp.example").unwrap(),
-    }
-}
-
-async fn append(store: &MemoryStore, stream: String, event: AnyEvent) {
-    let stream = StreamName::new(stream).unwrap();
-    let new = NewEvent {
-        id: Uuid::now_v7(),
-        event_type: event.event_type().into(),
-        schema_version: event.schema_version(),
-        payload: serde_json::to_vec(&event.to_json()).unwrap(),
-        metadata: EventMetadata {
-            actor: "user:admin@msp.example".into(),
-            correlation_id: Uuid::now_v7(),
-            causation_id: None,
-        },
-    };
-    store
-        .append(&stream, ExpectedState::Any, vec![new])
-        .await
-        .unwrap();
-}
-
 async fn story(store: &MemoryStore) {
-    append(
-        store,
-        TENANT.stream_name(),
-        AnyEvent::Tenant(
-            TenantRegistered {
-                tenant_id: TENANT,
-                name: TenantName::parse("customer-1").unwrap(),
-                login_mode: LoginMode::Named,
-                policy: JitPolicy::default(),
-                by: admin(),
-                at: at(),
-            }
-            .into(),
-        ),
-    )
-    .await;
-    append(
-        store,
-        NIK.stream_name(),
-        AnyEvent::Technician(
-            TechnicianRegistered {
-                technician_id: NIK,
-                username: Username::parse("nik").unwrap(),
-                email: Email::parse("nik@nikpot.com").unwrap(),
-                by: admin(),
-                at: at(),
-            }
-            .into(),
-        ),
-    )
-    .await;
-    append(
-        store,
-        NIK.stream_name(),
-        AnyEvent::Technician(
-            TechnicianJoinedTenant {
-                technician_id: NIK,
-                tenant_id: TENANT,
-                by: admin(),
-                at: at(),
-            }
-            .into(),
-        ),
-    )
-    .await;
-    append(
-        store,
-        PC.stream_name(),
-        AnyEvent::Computer(
-            ComputerEnrolled {
-                computer_id: PC,
-                tenant_id: TENANT,
-                hostname: Hostname::parse("W11-L-PASSWORD").unwrap(),
-                os: OsKind::Windows,
-                agent_key_id: AgentKeyId(Uuid::from_u128(5)),
-                by: admin(),
-                at: at(),
-            }
-            .into(),
-        ),
-    )
-    .await;
-    append(
-        store,
-        SESSION.stream_name(),
-        AnyEvent::Session(
-            SessionCheckedOut {
-                session_id: SESSION,
-                tenant_id: TENANT,
-                technician_id: NIK,
-                computer_id: PC,
-                login_mode: LoginMode::Named,
-                account: AccountName::parse("msp-nik").unwrap(),
-                account_owner: latchkey_domain::computer::AccountOwner::Named {
-                    technician_id: NIK,
-                },
-                admin_group: GroupName::parse("Administrators").unwrap(),
-                on_check_in: CheckInAction::RemoveFromGroup,
-                rotate_on_check_in: true,
-                create_account: true,
-                reason: None,
-                ticket: None,
-                expires_at: at() + chrono::Duration::hours(1),
-                by: admin(),
-                at: at(),
-            }
-            .into(),
-        ),
-    )
-    .await;
-}
-
-async fn everything(store: &MemoryStore) -> Vec<RecordedEvent> {
-    store.read_all(None, 1000).await.unwrap()
+    register_tenant(store, CUSTOMER_1, "customer-1", LoginMode::Named, 0).await;
+    register_technician(store, NIK, "nik", "nik@nikpot.com", &[CUSTOMER_1], 0).await;
+    let command = enroll(W11, CUSTOMER_1, "W11-L-PASSWORD", 0);
+    let enrolled = Computer::decide(&Computer::default(), command).unwrap();
+    let events = enrolled.into_iter().map(AnyEvent::Computer).collect();
+    append(store, W11.stream_name(), &admin(), events).await;
+    let checked_out = AnyEvent::Session(nik_on_w11(SESSION, at(0)).into());
+    append(store, SESSION.stream_name(), &admin(), vec![checked_out]).await;
 }
 
 #[tokio::test]
@@ -155,46 +36,42 @@ async fn the_directory_answers_the_process_managers_lookups() {
     let store = MemoryStore::new();
     story(&store).await;
     let mut models = backend::fresh().await;
-    assert_eq!(models.apply(&everything(&store).await).unwrap(), 5);
-    assert_eq!(models.computers_of_tenant(TENANT).unwrap(), vec![PC]);
+    assert_eq!(models.apply(&all_events(&store).await).unwrap(), 5);
+    assert_eq!(models.computers_of_tenant(CUSTOMER_1).unwrap(), vec![W11]);
     assert_eq!(
         models.open_sessions_of_technician(NIK, None).unwrap(),
         vec![SESSION]
     );
     assert_eq!(
         models
-            .open_sessions_of_technician(NIK, Some(TENANT))
+            .open_sessions_of_technician(NIK, Some(CUSTOMER_1))
             .unwrap(),
         vec![SESSION]
     );
-    let elsewhere = TenantId(Uuid::from_u128(2));
     assert!(models
-        .open_sessions_of_technician(NIK, Some(elsewhere))
+        .open_sessions_of_technician(NIK, Some(CUSTOMER_2))
         .unwrap()
         .is_empty());
-    assert_eq!(models.open_sessions_on_computer(PC).unwrap(), vec![SESSION]);
-
-    append(
-        &store,
-        SESSION.stream_name(),
-        AnyEvent::Session(
-            SessionCheckedIn {
-                session_id: SESSION,
-                computer_id: PC,
-                reason: CheckInReason::Manual,
-                by: admin(),
-                at: at(),
-            }
-            .into(),
-        ),
-    )
-    .await;
     assert_eq!(
-        models.apply(&everything(&store).await).unwrap(),
+        models.open_sessions_on_computer(W11).unwrap(),
+        vec![SESSION]
+    );
+
+    let checked_in = SessionCheckedIn {
+        session_id: SESSION,
+        computer_id: W11,
+        reason: CheckInReason::Manual,
+        by: admin(),
+        at: at(0),
+    };
+    let event = AnyEvent::Session(checked_in.into());
+    append(&store, SESSION.stream_name(), &admin(), vec![event]).await;
+    assert_eq!(
+        models.apply(&all_events(&store).await).unwrap(),
         1,
         "only the new event"
     );
-    assert!(models.open_sessions_on_computer(PC).unwrap().is_empty());
+    assert!(models.open_sessions_on_computer(W11).unwrap().is_empty());
     assert!(models
         .open_sessions_of_technician(NIK, None)
         .unwrap()
@@ -205,7 +82,7 @@ async fn the_directory_answers_the_process_managers_lookups() {
 async fn events_are_applied_once_across_redelivery_and_reopening() {
     let store = MemoryStore::new();
     story(&store).await;
-    let events = everything(&store).await;
+    let events = all_events(&store).await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("read-models.db");
     {
@@ -223,7 +100,7 @@ async fn events_are_applied_once_across_redelivery_and_reopening() {
     );
     assert_eq!(models.apply(&events).unwrap(), 0);
     assert_eq!(models.checkpoint().unwrap(), Some(events[4].position));
-    assert_eq!(models.computers_of_tenant(TENANT).unwrap(), vec![PC]);
+    assert_eq!(models.computers_of_tenant(CUSTOMER_1).unwrap(), vec![W11]);
 }
 
 #[tokio::test]
@@ -234,7 +111,7 @@ async fn a_read_view_opens_at_most_its_connection_limit_and_serves_every_reader(
     let path = dir.path().join("read-models.db");
     ReadModels::open(&path)
         .unwrap()
-        .apply(&everything(&store).await)
+        .apply(&all_events(&store).await)
         .unwrap();
     let view = std::sync::Arc::new(latchkey_projections::ReadView::open(&path).unwrap());
     let inside = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -248,7 +125,7 @@ async fn a_read_view_opens_at_most_its_connection_limit_and_serves_every_reader(
                     let now = inside.fetch_add(1, SeqCst) + 1;
                     most.fetch_max(now, SeqCst);
                     std::thread::sleep(std::time::Duration::from_millis(20));
-                    let computers = q.computers_of_tenant(TENANT);
+                    let computers = q.computers_of_tenant(CUSTOMER_1);
                     inside.fetch_sub(1, SeqCst);
                     computers
                 })
@@ -257,7 +134,7 @@ async fn a_read_view_opens_at_most_its_connection_limit_and_serves_every_reader(
         })
         .collect();
     for reader in readers {
-        assert_eq!(reader.join().unwrap(), vec![PC]);
+        assert_eq!(reader.join().unwrap(), vec![W11]);
     }
     let most = most.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
