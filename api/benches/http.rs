@@ -7,8 +7,11 @@
 //! `LATCHKEY_BENCH_LEVELS`, default `1,16,64`). Each client is one technician with one
 //! computer (named mode), so clients do not queue behind each other's computers.
 
+#[path = "../tests/support/machine.rs"]
+mod machine;
+
+use machine::Machine;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -50,52 +53,6 @@ impl Api {
     }
 }
 
-#[derive(Default)]
-struct Machine {
-    accounts: BTreeMap<String, (BTreeSet<String>, Option<u64>)>,
-}
-
-impl Machine {
-    /// Applies one agent command; returns its operation name and the verified observation.
-    fn apply(&mut self, command: &Value) -> (String, Value) {
-        let op = &command["operation"];
-        let kind = op["op"].as_str().unwrap().to_owned();
-        let account = op["account"].as_str().unwrap().to_owned();
-        match kind.as_str() {
-            "ensure_account" => {
-                self.accounts.entry(account.clone()).or_default();
-            }
-            "rotate_password" => {
-                let entry = self.accounts.entry(account.clone()).or_default();
-                entry.1 = op["version"].as_u64();
-            }
-            "add_to_group" => {
-                let group = op["group"].as_str().unwrap().to_owned();
-                self.accounts
-                    .entry(account.clone())
-                    .or_default()
-                    .0
-                    .insert(group);
-            }
-            "remove_from_group" => {
-                if let Some(a) = self.accounts.get_mut(&account) {
-                    a.0.remove(op["group"].as_str().unwrap());
-                }
-            }
-            _ => {
-                self.accounts.remove(&account);
-            }
-        }
-        let verified = match self.accounts.get(&account) {
-            Some((groups, version)) => {
-                json!({"present": true, "groups": groups, "password_version": version})
-            }
-            None => json!({"present": false, "groups": [], "password_version": null}),
-        };
-        (kind, verified)
-    }
-}
-
 struct Client {
     tenant: String,
     computer: String,
@@ -117,12 +74,7 @@ impl Client {
             .await;
         let mut done = Vec::new();
         for command in feed["commands"].as_array().unwrap() {
-            let (kind, verified) = self.machine.apply(command);
-            let report = json!({
-                "request_id": command["request_id"],
-                "outcome": "succeeded",
-                "verified": verified,
-            });
+            let report = self.machine.answer(command);
             api.call(
                 reqwest::Method::POST,
                 "/v1/agent/results",
@@ -130,7 +82,7 @@ impl Client {
                 Some(report),
             )
             .await;
-            done.push(kind);
+            done.push(command["operation"]["op"].as_str().unwrap().to_owned());
         }
         done
     }

@@ -44,6 +44,14 @@ impl Machine {
         }
     }
 
+    /// [`Machine::report`], panicking at a request no consistent server would send (see
+    /// [`Machine::problems`]).
+    pub fn answer(&mut self, command: &Value) -> Value {
+        let report = self.report(command);
+        assert!(self.problems.is_empty(), "{:#?}", self.problems);
+        report
+    }
+
     /// Applies one request of the feed; returns what the machine then shows of the account
     /// (the report's `verified`), or why it could not be done.
     pub fn apply(&mut self, command: &Value) -> Result<Value, String> {
@@ -52,7 +60,7 @@ impl Machine {
         let kind = op["op"].as_str().unwrap_or_default().to_owned();
         let account = op["account"].as_str().unwrap_or_default().to_owned();
         if kind == "rotate_password" {
-            self.check_password(id, &kind, &account, command["password"].as_str());
+            self.check_password(id, &account, command["password"].as_str());
         }
         let done = self.change(&kind, &account, op, command["password"].as_str());
         self.log.push(format!("{kind} {account}"));
@@ -67,7 +75,7 @@ impl Machine {
     }
 
     /// Records a rotation without a password, or delivered again with another one.
-    fn check_password(&mut self, id: &Value, kind: &str, account: &str, password: Option<&str>) {
+    fn check_password(&mut self, id: &Value, account: &str, password: Option<&str>) {
         let password = password.unwrap_or_default();
         if password.is_empty() {
             self.problems.push(format!("request {id}: no password"));
@@ -75,7 +83,7 @@ impl Machine {
         let Some(number) = id.as_u64() else { return };
         match self.delivered.get(&number) {
             Some(first) if first != password => self.problems.push(format!(
-                "request {id} ({kind} {account}) came again with another password"
+                "request {id} (rotate_password {account}) came again with another password"
             )),
             Some(_) => {}
             None => {

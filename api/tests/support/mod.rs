@@ -1,5 +1,6 @@
 //! Starting the real `latchkey` binary on loopback and talking HTTP/1.0 to it, for the
-//! end-to-end tests of this crate.
+//! end-to-end tests of this crate; a simulated agent ([`agent`]) answering its requests from
+//! an in-memory machine ([`machine`]).
 
 #![allow(dead_code)] // each test file uses part of it
 
