@@ -4,6 +4,7 @@
 //!
 //! It must never put a secret (token, password, TOTP secret) into an error or a log line.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use latchkey_domain::computer::AccountObservation;
@@ -37,12 +38,27 @@ pub enum ClientError {
     BadAnswer { what: &'static str, reason: String },
 }
 
-/// A server's base URL, checked once: `http` or `https`, with a host.
+/// The server's base URL, checked once: `http` or `https`, with a host. Several URLs,
+/// comma-separated, name servers sharing one database: the agent uses one and moves to the
+/// next when it cannot be reached.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServerUrl(Url);
+pub struct ServerUrl(Vec<Url>);
 
 impl ServerUrl {
     pub fn parse(text: &str) -> Result<Self, String> {
+        let mut urls = Vec::new();
+        for part in text.split(',') {
+            urls.push(
+                Self::parse_one(part).map_err(|reason| match text.contains(',') {
+                    true => format!("'{}': {reason}", part.trim()),
+                    false => reason,
+                })?,
+            );
+        }
+        Ok(Self(urls))
+    }
+
+    fn parse_one(text: &str) -> Result<Url, String> {
         let url = Url::parse(text.trim()).map_err(|e| format!("not a URL ({e})"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!(
@@ -56,17 +72,26 @@ impl ServerUrl {
         if url.query().is_some() || url.fragment().is_some() {
             return Err("the URL must not have a query or fragment".into());
         }
-        Ok(Self(url))
+        Ok(url)
     }
 
-    /// Without a trailing slash, as stored in the credential.
-    pub fn as_str(&self) -> &str {
-        self.0.as_str().trim_end_matches('/')
+    /// Each URL without a trailing slash, comma-separated, as stored in the credential.
+    pub fn as_str(&self) -> String {
+        let urls: Vec<&str> = self.0.iter().map(base).collect();
+        urls.join(",")
     }
 
-    fn endpoint(&self, path: &str) -> String {
-        format!("{}/v1/agent/{path}", self.as_str())
+    fn len(&self) -> usize {
+        self.0.len()
     }
+
+    fn endpoint(&self, server: usize, path: &str) -> String {
+        format!("{}/v1/agent/{path}", base(&self.0[server]))
+    }
+}
+
+fn base(url: &Url) -> &str {
+    url.as_str().trim_end_matches('/')
 }
 
 /// What the server answers to an enrollment.
@@ -175,6 +200,8 @@ pub struct OfflineLogin {
 /// The server, as one agent (or one enrolling computer) sees it.
 pub struct Client {
     server: ServerUrl,
+    /// Which of the servers answered last; the next call starts there.
+    current: AtomicUsize,
     token: Option<String>,
     http: Http,
 }
@@ -196,11 +223,12 @@ impl Client {
             .user_agent(concat!("latchkey-agent/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Unreachable {
-                url: server.as_str().to_owned(),
+                url: server.as_str(),
                 reason: format!("cannot set up HTTP: {e}"),
             })?;
         Ok(Self {
             server,
+            current: AtomicUsize::new(0),
             token,
             http,
         })
@@ -212,17 +240,19 @@ impl Client {
 
     pub fn enroll(&self, token: &str, hostname: &str, os: &str) -> Result<Enrolled, ClientError> {
         let body = serde_json::json!({"token": token, "hostname": hostname, "os": os});
-        let request = self.http.post(self.server.endpoint("enroll")).json(&body);
-        self.expect(request, "the enrollment", StatusCode::CREATED)
+        self.call("enroll", "the enrollment", StatusCode::CREATED, |url| {
+            self.http.post(url).json(&body)
+        })
     }
 
     /// Waits up to `wait` seconds for requests not yet reported on.
     pub fn commands(&self, wait: u64) -> Result<Vec<DeliveredCommand>, ClientError> {
-        let request = self
-            .authorized(self.http.get(self.server.endpoint("commands")))
-            .query(&[("wait", wait)])
-            .timeout(REQUEST_TIMEOUT + Duration::from_secs(wait));
-        let answer: Commands = self.expect(request, "the command poll", StatusCode::OK)?;
+        let answer: Commands =
+            self.call("commands", "the command poll", StatusCode::OK, |url| {
+                self.authorized(self.http.get(url))
+                    .query(&[("wait", wait)])
+                    .timeout(REQUEST_TIMEOUT + Duration::from_secs(wait))
+            })?;
         Ok(answer.commands)
     }
 
@@ -231,33 +261,40 @@ impl Client {
             request_id,
             outcome,
         };
-        let request = self
-            .authorized(self.http.post(self.server.endpoint("results")))
-            .json(&body);
-        self.expect::<serde_json::Value>(request, "a result report", StatusCode::OK)
-            .map(drop)
+        self.call::<serde_json::Value>("results", "a result report", StatusCode::OK, |url| {
+            self.authorized(self.http.post(url)).json(&body)
+        })
+        .map(drop)
     }
 
     pub fn offline_secrets(&self) -> Result<OfflineSecrets, ClientError> {
-        let request = self.authorized(self.http.get(self.server.endpoint("offline-secrets")));
-        self.expect(request, "the offline secrets request", StatusCode::OK)
+        self.call(
+            "offline-secrets",
+            "the offline secrets request",
+            StatusCode::OK,
+            |url| self.authorized(self.http.get(url)),
+        )
     }
 
     pub fn offline_login(&self, login: &OfflineLogin) -> Result<(), ClientError> {
-        let request = self
-            .authorized(self.http.post(self.server.endpoint("offline-logins")))
-            .json(login);
-        self.expect::<serde_json::Value>(request, "an offline login upload", StatusCode::OK)
-            .map(drop)
+        self.call::<serde_json::Value>(
+            "offline-logins",
+            "an offline login upload",
+            StatusCode::OK,
+            |url| self.authorized(self.http.post(url)).json(login),
+        )
+        .map(drop)
     }
 
     pub fn inventory(&self, group: &str, members: &[String]) -> Result<(), ClientError> {
         let body = serde_json::json!({"group": group, "members": members});
-        let request = self
-            .authorized(self.http.post(self.server.endpoint("inventory")))
-            .json(&body);
-        self.expect::<serde_json::Value>(request, "the admin group inventory", StatusCode::OK)
-            .map(drop)
+        self.call::<serde_json::Value>(
+            "inventory",
+            "the admin group inventory",
+            StatusCode::OK,
+            |url| self.authorized(self.http.post(url)).json(&body),
+        )
+        .map(drop)
     }
 
     fn authorized(&self, request: RequestBuilder) -> RequestBuilder {
@@ -267,14 +304,60 @@ impl Client {
         }
     }
 
-    fn expect<T: DeserializeOwned>(
+    /// Sends the request `build` makes for an endpoint URL to the server that answered last,
+    /// and to the next ones in turn while a server cannot be reached or answers that it is
+    /// unavailable (502, 503, 504). A request the server may have carried out before its
+    /// answer was lost is sent again; every agent request is safe to repeat.
+    fn call<T: DeserializeOwned>(
         &self,
-        request: RequestBuilder,
+        path: &str,
+        what: &'static str,
+        expected: StatusCode,
+        build: impl Fn(String) -> RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let count = self.server.len();
+        let first = self.current.load(Ordering::Relaxed) % count;
+        let mut last = None;
+        for step in 0..count {
+            let index = (first + step) % count;
+            match self.judge(
+                build(self.server.endpoint(index, path)).send(),
+                index,
+                what,
+                expected,
+            ) {
+                Err(e @ ClientError::Unreachable { .. }) => last = Some(e),
+                Err(
+                    e @ ClientError::Refused {
+                        status: 502..=504, ..
+                    },
+                ) if step + 1 < count => last = Some(e),
+                answer => {
+                    if index != first {
+                        tracing::warn!(
+                            from = base(&self.server.0[first]),
+                            to = base(&self.server.0[index]),
+                            reason = %last.as_ref().map_or(String::new(), ToString::to_string),
+                            "moved to another server"
+                        );
+                        self.current.store(index, Ordering::Relaxed);
+                    }
+                    return answer;
+                }
+            }
+        }
+        Err(last.expect("at least one server"))
+    }
+
+    fn judge<T: DeserializeOwned>(
+        &self,
+        sent: Result<Response, reqwest::Error>,
+        server: usize,
         what: &'static str,
         expected: StatusCode,
     ) -> Result<T, ClientError> {
-        let response = request.send().map_err(|e| ClientError::Unreachable {
-            url: self.server.as_str().to_owned(),
+        let response = sent.map_err(|e| ClientError::Unreachable {
+            url: base(&self.server.0[server]).to_owned(),
             reason: describe(&e),
         })?;
         let status = response.status();
@@ -346,7 +429,7 @@ mod tests {
         assert_eq!(
             ServerUrl::parse("http://127.0.0.1:8080/base/")
                 .unwrap()
-                .endpoint("enroll"),
+                .endpoint(0, "enroll"),
             "http://127.0.0.1:8080/base/v1/agent/enroll"
         );
         for bad in [
@@ -355,9 +438,65 @@ mod tests {
             "http://",
             "not a url",
             "http://x/?a=1",
+            "http://a:8080,ftp://b",
+            "http://a:8080,",
         ] {
             assert!(ServerUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn several_servers_are_comma_separated_and_each_is_checked() {
+        let servers = ServerUrl::parse(" http://a:8080/ , https://b.example/x/").unwrap();
+        assert_eq!(servers.as_str(), "http://a:8080,https://b.example/x");
+        assert_eq!(
+            servers.endpoint(1, "commands"),
+            "https://b.example/x/v1/agent/commands"
+        );
+        let bad = ServerUrl::parse("http://a:8080,ftp://b").unwrap_err();
+        assert!(bad.contains("'ftp://b'"), "{bad}");
+    }
+
+    #[test]
+    fn an_unreachable_server_is_passed_over_for_the_next_one() {
+        // A listener that answers every request with 200 and no commands.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let good = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                use std::io::{Read, Write};
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf);
+                let body = r#"{"commands":[]}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        // Nothing listens on the first one (bound, then closed).
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let servers = ServerUrl::parse(&format!("http://{dead},http://{good}")).unwrap();
+        let client = Client::with_token(servers, "lk_test".into()).unwrap();
+        assert!(client.commands(0).unwrap().is_empty());
+        assert_eq!(
+            client.current.load(Ordering::Relaxed),
+            1,
+            "it stays with the one that answered"
+        );
+        // With no server reachable, the error names the last one tried.
+        let alone = ServerUrl::parse(&format!("http://{dead}")).unwrap();
+        let error = Client::with_token(alone, "lk_test".into())
+            .unwrap()
+            .commands(0)
+            .unwrap_err();
+        assert!(matches!(error, ClientError::Unreachable { .. }), "{error}");
+        assert!(error.to_string().contains(&dead.to_string()), "{error}");
     }
 
     #[test]

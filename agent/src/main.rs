@@ -52,7 +52,9 @@ struct RootArg {
 
 #[derive(Args)]
 struct EnrollArgs {
-    /// The Latchkey server, e.g. https://latchkey.example.com
+    /// The Latchkey server, e.g. https://latchkey.example.com. Servers sharing one
+    /// database may be listed comma-separated: the agent moves to the next one when the one
+    /// it uses cannot be reached.
     #[arg(long, env = "LATCHKEY_SERVER")]
     server: String,
     /// The one-time enrollment token from the MSP admin.

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+/// The secret-store key of servers sharing a database (base64 of 32 bytes; tests only).
+pub const SHARED_KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
+
 /// The admin group of the default JIT policy, created in every throw-away root.
 pub const ADMIN_GROUP: &str = "Administrators";
 
@@ -98,6 +101,11 @@ impl Server {
     /// Starts the server on `data`, listening on `listen` (`127.0.0.1:0` for any port); its
     /// log goes to `<data>/server.log`.
     pub fn start(data: &Path, admin: &str, listen: &str) -> Server {
+        Self::start_with(data, admin, listen, &[])
+    }
+
+    /// [`Server::start`] with more environment (e.g. `LATCHKEY_STORE`).
+    pub fn start_with(data: &Path, admin: &str, listen: &str, env: &[(&str, &str)]) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -110,6 +118,7 @@ impl Server {
             .env_remove("LATCHKEY_SECRET_KEY")
             .env("LATCHKEY_ADMIN_TOKEN", admin)
             .env("LATCHKEY_ADMIN_EMAIL", "admin@msp.example")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
@@ -170,6 +179,37 @@ impl Msp {
                 .build()
                 .unwrap(),
         }
+    }
+
+    /// Two servers on one PostgreSQL database (`store`, a `postgres://` URL) with the same
+    /// secret key: the MSP talks to the first, which starts first and so leads; the second
+    /// is returned with its data directory.
+    pub fn start_pair(store: &str) -> (Msp, Server, tempfile::TempDir) {
+        let env = [
+            ("LATCHKEY_STORE", store),
+            ("LATCHKEY_SECRET_KEY", SHARED_KEY),
+        ];
+        let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let admin = admin_token();
+        let server = Server::start_with(first.path(), &admin, "127.0.0.1:0", &env);
+        let other = Server::start_with(second.path(), &admin, "127.0.0.1:0", &env);
+        let msp = Msp {
+            addr: server.addr.clone(),
+            server: Some(server),
+            admin,
+            data: first,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        (msp, other, second)
+    }
+
+    /// From now on the MSP talks to `server` (another server on the same database).
+    pub fn switch_to(&mut self, server: Server) {
+        self.addr = server.addr.clone();
+        self.server = Some(server);
     }
 
     pub fn url(&self) -> String {
