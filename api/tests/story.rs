@@ -480,6 +480,16 @@ fn rebuilt_read_models_equal_the_live_ones() {
 }
 
 #[test]
+fn replay_on_a_postgres_database_no_server_used_yet_builds_empty_read_models() {
+    let database = postgres_database();
+    let dir = tempfile::tempdir().unwrap();
+    replay(&["--store", database.url()], dir.path());
+    let models = latchkey_projections::ReadModels::open_postgres(database.url()).unwrap();
+    assert_eq!(models.checkpoint().unwrap(), None);
+    assert!(models.dump().unwrap().contains("== audit_trail"));
+}
+
+#[test]
 fn rebuilt_read_models_equal_the_live_ones_on_postgres() {
     let database = postgres_database();
     let msp = Msp::start_with(&[("LATCHKEY_STORE", database.url())]);

@@ -156,6 +156,8 @@ impl ReadModels {
     /// process managers' checkpoint is carried over from the live ones, which are dropped.
     pub fn replace_postgres(url: &str, rebuilt: &str) -> Result<(), ProjectionError> {
         let conn = PgConnection::connect(url, POSTGRES_SCHEMA)?;
+        // The live tables may not exist yet (no server ever ran on this database).
+        create_postgres_schema(&conn)?;
         let tx = conn.transaction()?;
         tx.batch(&format!(
             "SELECT pg_advisory_xact_lock({SCHEMA_LOCK});
