@@ -71,7 +71,7 @@ impl ProcessRunner {
     pub async fn run_until_idle(&self) -> Result<usize, RunnerError> {
         let mut handled = 0;
         loop {
-            let batch = self.handle_batch().await?;
+            let (batch, _) = self.handle_batch().await?;
             if batch == 0 {
                 return Ok(handled);
             }
@@ -82,8 +82,10 @@ impl ProcessRunner {
     /// Follows the log for ever (until an error).
     pub async fn run(&self) -> Result<(), RunnerError> {
         loop {
-            if self.handle_batch().await? == 0 {
-                let after = self.with_models(|m| m.process_checkpoint())?;
+            let (handled, after) = self.handle_batch().await?;
+            // A short batch was the end of the log: wait for more (at once if some came
+            // meanwhile) instead of reading again only to find nothing.
+            if handled < BATCH {
                 self.store.wait_for_events_after(after).await;
             }
         }
@@ -92,12 +94,13 @@ impl ProcessRunner {
     /// Applies the next batch of events to the read models (one transaction), works out every
     /// event's reactions against the read models as they were right after it, then carries the
     /// reactions out: in order within each target stream, different streams concurrently (so
-    /// their appends share the store's group commits). Returns how many events it handled.
-    async fn handle_batch(&self) -> Result<usize, RunnerError> {
+    /// their appends share the store's group commits). Returns how many events it handled and
+    /// the process managers' checkpoint after them.
+    async fn handle_batch(&self) -> Result<(usize, Option<Position>), RunnerError> {
         let after = self.with_models(|m| m.process_checkpoint())?;
         let page = self.store.read_all(after, BATCH).await?;
         let Some(last) = page.last().map(|e| e.position) else {
-            return Ok(0);
+            return Ok((0, after));
         };
         let now = chrono::Utc::now();
         let reactions = self.with_models(|m| -> Result<_, RunnerError> {
@@ -141,7 +144,7 @@ impl ProcessRunner {
         });
         futures::future::try_join_all(streams).await?;
         self.with_models(|m| m.set_process_checkpoint(last))?;
-        Ok(page.len())
+        Ok((page.len(), Some(last)))
     }
 
     async fn execute(
