@@ -237,8 +237,9 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// The issued API tokens, in their own SQLite file: id, SHA-256 of the token, role, name,
-/// issue and revocation time. Thread-safe.
+/// The issued API tokens, in their own SQLite file or the shared PostgreSQL schema
+/// (`crate::storage`): id, SHA-256 of the token, role, name, issue and revocation time.
+/// Thread-safe.
 pub struct TokenStore {
     db: Durable,
 }

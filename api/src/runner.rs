@@ -61,7 +61,7 @@ impl ProcessRunner {
     }
 
     fn with_models<T>(&self, f: impl FnOnce(&mut ReadModels) -> T) -> T {
-        // A panic elsewhere while holding the lock leaves the SQLite file consistent (every
+        // A panic elsewhere while holding the lock leaves the database consistent (every
         // write is one transaction), so the data behind a poisoned lock is still good.
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut models)

@@ -1,5 +1,6 @@
 //! Secrets (DESIGN.md §3): random passwords and offline TOTP secrets, generated with a CSPRNG
-//! and kept encrypted (XChaCha20-Poly1305, key from configuration) in their own SQLite file.
+//! and kept encrypted (XChaCha20-Poly1305, key from configuration) in their own SQLite file or
+//! the shared PostgreSQL schema (`crate::storage`).
 //! Nothing here may ever put a secret value in the event log, a log line, a `Debug` or an error.
 
 use crate::storage::{Durable, Place};
@@ -289,8 +290,9 @@ fn associated_data(reference: &str) -> Vec<u8> {
 const KEY_CHECK_REFERENCE: &str = "latchkey:key-check";
 const KEY_CHECK_VALUE: &[u8] = b"latchkey secret store key check";
 
-/// Encrypted secrets at rest in their own SQLite file (WAL, synchronous=FULL). Each record
-/// is XChaCha20-Poly1305 with a random 192-bit nonce and its reference as associated data.
+/// Encrypted secrets at rest in their own SQLite file (WAL, synchronous=FULL) or in
+/// PostgreSQL. Each record is XChaCha20-Poly1305 with a random 192-bit nonce and its
+/// reference as associated data.
 ///
 /// UNFINISHED: per-tenant keys and tenant deletion by destroying its key (crypto-shredding,
 /// DESIGN.md §3) are not built; one key covers the whole store.

@@ -1,6 +1,7 @@
 //! Read models built from the global event order (DESIGN.md §4). Each batch of events and the
-//! checkpoint after it are written in one SQLite transaction, so a crash never applies an
-//! event twice or skips one. Read models hold no secret and can be rebuilt from the log.
+//! checkpoint after it are written in one transaction (SQLite, or PostgreSQL when several
+//! servers share them), so a crash never applies an event twice or skips one. Read models
+//! hold no secret and can be rebuilt from the log.
 //!
 //! The read models, each applied in the same transaction as the checkpoint:
 //! - `directory`: tenants, technicians, memberships, computers, sessions (the process
@@ -10,8 +11,9 @@
 //!   privilege, as-of queries) and each agent's pending provisioning requests.
 //!
 //! Writers go through [`ReadModels`]; HTTP handlers read through [`ReadView`], a small pool of
-//! read-only connections to the same file (SQLite WAL lets them read while the writer writes).
-//! Both answer queries through [`Queries`].
+//! read-only connections to the same database (SQLite WAL, or PostgreSQL snapshots, let them
+//! read while the writer writes). Both answer queries through [`Queries`], and all SQL goes
+//! through `latchkey_store::sql`, which runs it on either database.
 
 mod accounts;
 mod audit;

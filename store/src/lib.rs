@@ -2,6 +2,8 @@
 //! (expected stream state, idempotent event ids, a global order, catch-up-then-live
 //! subscriptions), its backends, and the conformance suite every backend must pass.
 //! Nothing above this crate knows which backend it talks to; nothing here knows the domain.
+//! `sql` is the read side's small SQL interface over SQLite and PostgreSQL (the read models
+//! and the server's own tables use it).
 
 pub mod api;
 mod append_rules;
