@@ -56,18 +56,20 @@ pub struct Durable {
     path: PathBuf,
     /// The PostgreSQL URL, to reconnect.
     url: Option<String>,
-    /// One SQLite connection; a few PostgreSQL ones, so requests on different threads do
-    /// not queue for one network round trip after another.
+    /// One SQLite connection; up to a few PostgreSQL ones, opened as concurrent requests
+    /// need them, so they do not queue for one network round trip after another. The first
+    /// is always open.
     connections: Vec<Mutex<Database>>,
-    next: std::sync::atomic::AtomicUsize,
 }
 
-/// PostgreSQL connections each store keeps.
+/// PostgreSQL connections each store opens at most.
 const POSTGRES_CONNECTIONS: usize = 4;
 
 enum Database {
     Sqlite(Connection),
     Postgres(PgConnection),
+    /// A PostgreSQL slot not needed yet.
+    Unopened,
 }
 
 /// The connection while it is locked; statements run on it through [`Sql`].
@@ -80,6 +82,7 @@ impl std::ops::Deref for Locked<'_> {
         match &*self.0 {
             Database::Sqlite(conn) => conn,
             Database::Postgres(conn) => conn,
+            Database::Unopened => unreachable!("`Durable::lock` hands out open connections only"),
         }
     }
 }
@@ -104,7 +107,6 @@ impl Durable {
             path,
             url: None,
             connections: vec![Mutex::new(Database::Sqlite(connection))],
-            next: Default::default(),
         })
     }
 
@@ -119,15 +121,11 @@ impl Durable {
         ))?;
         tx.commit()?;
         let mut connections = vec![Mutex::new(Database::Postgres(connection))];
-        for _ in 1..POSTGRES_CONNECTIONS {
-            let more = PgConnection::connect(url, POSTGRES_SCHEMA)?;
-            connections.push(Mutex::new(Database::Postgres(more)));
-        }
+        connections.extend((1..POSTGRES_CONNECTIONS).map(|_| Mutex::new(Database::Unopened)));
         Ok(Self {
             path: Place::Postgres(String::new()).path(),
             url: Some(url.to_owned()),
             connections,
-            next: Default::default(),
         })
     }
 
@@ -136,18 +134,38 @@ impl Durable {
     }
 
     pub fn lock(&self) -> Locked<'_> {
+        // A free open connection; else a free slot opened now; else wait for the first.
+        let free_open = self.connections.iter().find_map(|slot| {
+            slot.try_lock()
+                .ok()
+                .filter(|db| !matches!(**db, Database::Unopened))
+        });
+        if let Some(locked) = free_open {
+            return self.checked(locked);
+        }
+        if let Some(url) = &self.url {
+            for slot in &self.connections {
+                if let Ok(mut locked) = slot.try_lock() {
+                    if matches!(*locked, Database::Unopened) {
+                        if let Ok(fresh) = PgConnection::connect(url, POSTGRES_SCHEMA) {
+                            *locked = Database::Postgres(fresh);
+                            return Locked(locked);
+                        }
+                    }
+                }
+            }
+        }
         // A panic while holding the lock cannot leave the database half-written (statements
         // are atomic, transactions roll back on drop), so a poisoned lock is still safe to use.
-        // A free connection if there is one, else wait for the next in turn.
-        let free = self.connections.iter().find_map(|c| c.try_lock().ok());
-        let mut locked = free.unwrap_or_else(|| {
-            let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.connections[turn % self.connections.len()]
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-        });
-        // A PostgreSQL connection that broke (the database restarted) is replaced; if that
-        // fails too, the broken one stays and this call's statements report the error.
+        let first = self.connections[0]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.checked(first)
+    }
+
+    /// A PostgreSQL connection that broke (the database restarted) is replaced; if that fails
+    /// too, the broken one stays and this call's statements report the error.
+    fn checked<'a>(&self, mut locked: MutexGuard<'a, Database>) -> Locked<'a> {
         if let (Database::Postgres(conn), Some(url)) = (&*locked, &self.url) {
             if conn.is_closed() {
                 if let Ok(fresh) = PgConnection::connect(url, POSTGRES_SCHEMA) {
@@ -184,6 +202,7 @@ impl Durable {
                 tx.commit().map_err(&storage)?;
                 Ok(value)
             }
+            Database::Unopened => unreachable!("`Durable::lock` hands out open connections only"),
         }
     }
 }
