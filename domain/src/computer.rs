@@ -385,6 +385,24 @@ impl Computer {
         }
     }
 
+    /// Whether `account` is in `group` on the machine, or will be once the open requests have
+    /// run: what the agent last verified, then each open request in order.
+    fn may_be_member(&self, account: &ManagedAccount, group: &GroupName) -> bool {
+        let verified = account
+            .verified
+            .as_ref()
+            .is_some_and(|seen| seen.present && seen.groups.contains(group));
+        self.open_requests
+            .values()
+            .filter(|r| r.operation.account() == &account.name)
+            .fold(verified, |member, r| match &r.operation {
+                Operation::AddToGroup { group: g, .. } if g == group => true,
+                Operation::RemoveFromGroup { group: g, .. } if g == group => false,
+                Operation::DeleteAccount { .. } => false,
+                _ => member,
+            })
+    }
+
     /// Does a session other than `except` hold (or is about to hold) `group` through `account`?
     fn group_needed(
         &self,
@@ -949,8 +967,11 @@ impl Computer {
             && account.exists
             && (grant.on_check_in == CheckInAction::DeleteAccount || account.retiring);
         let had_membership = grant.stage.holds_membership();
-        let remove_from_group =
-            had_membership && !self.group_needed(account, &grant.admin_group, Some(session_id));
+        // Out of the group unless another session still needs it: also when this session
+        // never got there but the account is (or is about to be) a member anyway, through a
+        // join requested for a session released earlier while this one still needed it.
+        let remove_from_group = !self.group_needed(account, &grant.admin_group, Some(session_id))
+            && (had_membership || self.may_be_member(account, &grant.admin_group));
         // A session that never reached the group never saw a password: nothing to rotate.
         let rotate = had_membership && (grant.rotate_on_check_in || deleting);
         let outcome = if deleting {
@@ -1679,6 +1700,66 @@ pub(crate) mod tests {
         Operation::DeleteAccount {
             account: acct(account),
         }
+    }
+
+    /// Found by the simulation's proptest: nik has two sessions on one computer, both waiting
+    /// for the join. The second is checked in; the first still needs the group, so nothing is
+    /// removed. Then the first's join fails. The second's join is still queued, and when it
+    /// runs nik would be an admin with no session left, unless the first's release removes
+    /// him after it.
+    #[test]
+    fn a_join_queued_for_a_released_session_is_undone_when_the_last_session_goes() {
+        let mut c = Timeline::enrolled();
+        c.grant(named_grant(1)); // requests 1 (ensure), 2 (rotate v1)
+        c.succeed(1, seen(true, &[], None));
+        c.grant(named_grant(2)); // requests 3 (ensure), 4 (rotate v2)
+        let first_join = c.succeed(2, seen(true, &[], Some(1)));
+        assert_eq!(
+            requested(&first_join),
+            [(5, Purpose::Grant, add("msp-nik"))]
+        );
+        c.succeed(3, seen(true, &[], Some(1)));
+        let second_join = c.succeed(4, seen(true, &[], Some(2)));
+        assert_eq!(
+            requested(&second_join),
+            [(6, Purpose::Grant, add("msp-nik"))]
+        );
+
+        let released = c.release(2);
+        assert!(
+            released
+                .iter()
+                .any(|e| matches!(e, ComputerEvent::SessionAccessReleased(r)
+                if r.outcome == ReleaseOutcome::KeptForOtherSessions)),
+            "session 1 still needs the group: {released:?}"
+        );
+        assert!(!requested(&released)
+            .iter()
+            .any(|(_, _, op)| *op == remove("msp-nik")));
+
+        c.fail(5, "the group is locked");
+        let last = c.release(1);
+        assert_eq!(
+            requested(&last),
+            [(8, Purpose::Revoke, remove("msp-nik"))],
+            "request 6 (session 2's join) may still run, so the account must leave after it"
+        );
+        // The agent runs the join, then the removal: no admin left.
+        c.succeed(6, seen(true, &["Administrators"], Some(2)));
+        c.succeed(7, seen(true, &["Administrators"], Some(3)));
+        c.succeed(8, seen(true, &[], Some(3)));
+        assert!(c.state().open_requests.is_empty());
+    }
+
+    #[test]
+    fn a_session_that_never_joined_removes_nothing_when_no_join_is_queued() {
+        let mut c = Timeline::enrolled();
+        c.grant(named_grant(1));
+        c.succeed(1, seen(true, &[], None));
+        c.succeed(2, seen(true, &[], Some(1)));
+        c.fail(3, "the group is locked");
+        let released = c.release(1);
+        assert!(requested(&released).is_empty(), "{released:?}");
     }
 
     #[test]
