@@ -7,15 +7,9 @@ mod support;
 
 use support::{wait_for, Agent, Msp};
 
-fn postgres_database() -> latchkey_store::postgres::testing::TestDatabase {
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(latchkey_store::postgres::testing::TestDatabase::create())
-}
-
 #[test]
 fn the_agent_moves_to_the_other_server_when_its_server_dies() {
-    let database = postgres_database();
+    let database = latchkey_store::postgres::testing::TestDatabase::create_blocking();
     let (mut msp, other, _other_data) = Msp::start_pair(database.url());
     let setup = msp.setup("named");
     let mut agent = Agent::new("W11-FAILOVER");

@@ -206,9 +206,7 @@ struct Setup {
 /// A fresh PostgreSQL database (on `LATCHKEY_TEST_POSTGRES_URL`) for a server's event store,
 /// read models and token, secret and idempotency tables.
 fn postgres_database() -> latchkey_store::postgres::testing::TestDatabase {
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(latchkey_store::postgres::testing::TestDatabase::create())
+    latchkey_store::postgres::testing::TestDatabase::create_blocking()
 }
 
 #[test]

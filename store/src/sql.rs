@@ -354,15 +354,11 @@ impl<'a> dyn Sql + 'a {
 
 impl Statement<'_> {
     fn run_query<P: Params>(&self, params: P) -> Result<Vec<Row>> {
-        let values = params.into_values();
-        let refs: Vec<&dyn ToValue> = values.iter().map(|v| v as &dyn ToValue).collect();
-        self.db.query(self.sql, &refs)
+        with_refs(params, |refs| self.db.query(self.sql, refs))
     }
 
     pub fn execute<P: Params>(&mut self, params: P) -> Result<usize> {
-        let values = params.into_values();
-        let refs: Vec<&dyn ToValue> = values.iter().map(|v| v as &dyn ToValue).collect();
-        self.db.execute(self.sql, &refs)
+        with_refs(params, |refs| self.db.execute(self.sql, refs))
     }
 
     /// Every row, each turned into a `T` by `f`.
@@ -395,6 +391,13 @@ impl Statement<'_> {
             None => Err(SqlError::NoRows),
         }
     }
+}
+
+/// Calls `f` with `params` as the slice [`Sql`] takes.
+fn with_refs<P: Params, T>(params: P, f: impl FnOnce(&[&dyn ToValue]) -> T) -> T {
+    let values = params.into_values();
+    let refs: Vec<&dyn ToValue> = values.iter().map(|v| v as &dyn ToValue).collect();
+    f(&refs)
 }
 
 /// `.optional()` on a single-row answer: no row is `None`, not an error.
@@ -441,10 +444,6 @@ impl From<rusqlite::types::Value> for Value {
     }
 }
 
-fn sqlite_params(params: &[&dyn ToValue]) -> Vec<Value> {
-    params.iter().map(|p| p.to_value()).collect()
-}
-
 /// Statements go through rusqlite's statement cache (size it with
 /// `set_prepared_statement_cache_capacity`). A `Transaction` derefs to its `Connection`.
 impl Sql for rusqlite::Connection {
@@ -453,14 +452,14 @@ impl Sql for rusqlite::Connection {
     }
 
     fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize, SqlError> {
-        let values = sqlite_params(params);
+        let values = params.into_values();
         Ok(self
             .prepare_cached(sql)?
             .execute(rusqlite::params_from_iter(values.iter()))?)
     }
 
     fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, SqlError> {
-        let values = sqlite_params(params);
+        let values = params.into_values();
         let mut statement = self.prepare_cached(sql)?;
         let columns = statement.column_count();
         let mut rows = statement.query(rusqlite::params_from_iter(values.iter()))?;
@@ -743,10 +742,6 @@ impl std::ops::Deref for PgTransaction<'_> {
     }
 }
 
-fn postgres_values(params: &[&dyn ToValue]) -> Vec<Value> {
-    params.iter().map(|p| p.to_value()).collect()
-}
-
 fn as_postgres(values: &[Value]) -> Vec<&(dyn PgToSql + Sync)> {
     values.iter().map(|v| v as &(dyn PgToSql + Sync)).collect()
 }
@@ -758,14 +753,14 @@ impl Sql for PgConnection {
 
     fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize, SqlError> {
         let statement = self.statement(sql)?;
-        let values = postgres_values(params);
+        let values = params.into_values();
         let inner = self.inner.borrow();
         Ok(wait(inner.client.execute(&statement, &as_postgres(&values)))? as usize)
     }
 
     fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, SqlError> {
         let statement = self.statement(sql)?;
-        let values = postgres_values(params);
+        let values = params.into_values();
         let inner = self.inner.borrow();
         let rows = wait(inner.client.query(&statement, &as_postgres(&values)))?;
         rows.iter().map(postgres_row).collect()

@@ -23,7 +23,7 @@ use latchkey_domain::computer::{
 };
 use latchkey_domain::ids::{AgentKeyId, ComputerId, RequestId};
 use latchkey_domain::names::{AccountName, FailureReason, Hostname};
-use latchkey_domain::tenant::Tenant;
+use latchkey_domain::tenant::{Tenant, TenantState};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
@@ -268,15 +268,7 @@ pub async fn password_for(
     if let Some(known) = known {
         return Ok(known);
     }
-    let state: Computer = services.load(computer.stream_name()).await?;
-    let profile = state
-        .profile
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("the computer"))?;
-    let tenant: Tenant = services.load(profile.tenant_id.stream_name()).await?;
-    let tenant = tenant
-        .state()
-        .ok_or_else(|| ApiError::not_found("the tenant"))?;
+    let (state, tenant) = computer_and_tenant(services, computer).await?;
     let policy = state.effective_policy(&tenant.policy).password();
     super::blocking(services, "secret store", move |s| {
         s.secrets
@@ -353,6 +345,24 @@ async fn report(
     })))
 }
 
+/// The computer and its tenant (for the computer's effective policy), both current.
+async fn computer_and_tenant(
+    services: &web::Data<Services>,
+    computer: ComputerId,
+) -> Result<(Computer, TenantState), ApiError> {
+    let state: Computer = services.load(computer.stream_name()).await?;
+    let profile = state
+        .profile
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the computer"))?;
+    let tenant: Tenant = services.load(profile.tenant_id.stream_name()).await?;
+    let tenant = tenant
+        .state()
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("the tenant"))?;
+    Ok((state, tenant))
+}
+
 /// One offline secret as the agent keeps it.
 #[derive(Serialize)]
 struct AgentOfflineSecret {
@@ -371,15 +381,7 @@ async fn offline_secrets(
     principal: Principal,
 ) -> Result<HttpResponse, ApiError> {
     let computer = own_computer(&principal)?;
-    let state: Computer = services.load(computer.stream_name()).await?;
-    let profile = state
-        .profile
-        .as_ref()
-        .ok_or_else(|| ApiError::not_found("the computer"))?;
-    let tenant: Tenant = services.load(profile.tenant_id.stream_name()).await?;
-    let tenant = tenant
-        .state()
-        .ok_or_else(|| ApiError::not_found("the tenant"))?;
+    let (state, tenant) = computer_and_tenant(&services, computer).await?;
     let policy = state.effective_policy(&tenant.policy);
     let mut secrets = Vec::new();
     for account in state.accounts.values() {

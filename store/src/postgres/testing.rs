@@ -76,6 +76,15 @@ impl TestDatabase {
         Self::create_on(&required_server_url()).await
     }
 
+    /// [`TestDatabase::create`] for tests without an async runtime (on a runtime of its own).
+    pub fn create_blocking() -> Self {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to create the test database")
+            .block_on(Self::create())
+    }
+
     /// Creates a database on the server `server_url` names.
     pub async fn create_on(server_url: &str) -> Self {
         let now = SystemTime::now()
