@@ -72,8 +72,34 @@ impl Settings {
     }
 }
 
+/// A store URL fit for a log line or an error message: a password in it (`postgres://user:
+/// password@host/db`) is replaced by `***`.
+pub fn redacted_store_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => match parsed.set_password(Some("***")) {
+            Ok(()) => parsed.to_string(),
+            Err(()) => "(a store URL that cannot be shown)".into(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_password_in_a_store_url_is_never_shown() {
+        let shown = redacted_store_url("postgres://latchkey:s3cret-pw@db.example:5432/latchkey");
+        assert!(!shown.contains("s3cret-pw"), "{shown}");
+        assert_eq!(shown, "postgres://latchkey:***@db.example:5432/latchkey");
+        for plain in [
+            "postgres://latchkey@127.0.0.1:5432/db",
+            "embedded:/var/lib/latchkey/events.db",
+            "memory:",
+        ] {
+            assert_eq!(redacted_store_url(plain), plain);
+        }
+    }
     use super::*;
 
     #[test]

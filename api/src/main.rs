@@ -151,9 +151,10 @@ async fn open_store(
         )
     })?;
     let url = args.store_url();
-    let store = latchkey_store::open_url(&url)
-        .await
-        .map_err(|e| format!("--store {url}: {e}"))?;
+    let store = latchkey_store::open_url(&url).await.map_err(|e| {
+        let shown = latchkey_api::config::redacted_store_url(&url);
+        format!("--store {shown}: {e}")
+    })?;
     Ok((url, store))
 }
 
@@ -279,7 +280,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         // Printed once, to the terminal only: the server keeps just its hash.
         println!("MSP admin API token (shown once; keep it safe): {token}");
     }
-    tracing::info!(store = %url, "event store open");
+    tracing::info!(store = %latchkey_api::config::redacted_store_url(&url), "event store open");
     let server = server.run();
     let handle = server.handle();
     let stopped_by: Arc<Mutex<Option<String>>> = Arc::default();
