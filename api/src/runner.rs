@@ -96,30 +96,23 @@ impl ProcessRunner {
     /// reactions out: in order within each target stream, different streams concurrently (so
     /// their appends share the store's group commits). Returns how many events it handled and
     /// the process managers' checkpoint after them.
+    ///
+    /// The process managers' checkpoint is kept by the read models' writer and written with
+    /// the next batch's transaction, or on its own once the log has nothing new.
     async fn handle_batch(&self) -> Result<(usize, Option<Position>), RunnerError> {
         let after = self.with_models(|m| m.process_checkpoint())?;
         let page = self.store.read_all(after, BATCH).await?;
         let Some(last) = page.last().map(|e| e.position) else {
+            self.with_models(|m| m.write_handled())?;
             return Ok((0, after));
         };
         let now = chrono::Utc::now();
-        let reactions = self.with_models(|m| -> Result<_, RunnerError> {
-            let applied = m.checkpoint()?;
-            // Events the read models already have (a crash came between applying them and
-            // reacting to them) are reacted to against the current read models.
-            let mut reactions = Vec::new();
-            for recorded in page
-                .iter()
-                .filter(|e| applied.is_some_and(|a| e.position <= a))
-            {
-                let event = latchkey_projections::decode(recorded)?;
-                reactions.push((recorded.clone(), react(&event, now, &m.queries())?));
-            }
-            let fresh = m.apply_with(&page, |recorded, event, queries| {
+        // Events the read models already have (a crash came between applying them and
+        // reacting to them) are reacted to against the current read models.
+        let reactions = self.with_models(|m| {
+            m.apply_and_react(&page, |recorded, event, queries| {
                 Ok::<_, ProjectionError>((recorded.clone(), react(event, now, &queries)?))
-            })?;
-            reactions.extend(fresh);
-            Ok(reactions)
+            })
         })?;
         self.progress.send_replace(Some(last));
         // Per target stream, in log order.
@@ -143,7 +136,7 @@ impl ProcessRunner {
             Ok::<_, RunnerError>(())
         });
         futures::future::try_join_all(streams).await?;
-        self.with_models(|m| m.set_process_checkpoint(last))?;
+        self.with_models(|m| m.handled(last));
         Ok((page.len(), Some(last)))
     }
 

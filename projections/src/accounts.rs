@@ -241,7 +241,7 @@ pub(crate) fn apply(
     match event {
         E::SessionAccessRequested(e) => {
             // The aggregate keeps an account's first owner; a new session un-retires it.
-            crate::exec(tx,
+            crate::exec_later(tx,
                 "INSERT INTO managed_accounts (computer_id, account, tenant_id, owner, technician_id)
                  VALUES (?1, ?2, (SELECT tenant_id FROM computers WHERE id = ?1), ?3, ?4)
                  ON CONFLICT (computer_id, account) DO UPDATE SET retiring = 0",
@@ -254,7 +254,7 @@ pub(crate) fn apply(
             )?;
         }
         E::ProvisioningRequested(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "INSERT INTO provisioning_requests
                      (computer_id, request_id, session_id, purpose, account, operation, status,
@@ -273,7 +273,7 @@ pub(crate) fn apply(
             )?;
         }
         E::ProvisioningRetried(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE provisioning_requests SET status = 'pending', attempt = ?3, updated_at = ?4
                  WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
@@ -286,7 +286,7 @@ pub(crate) fn apply(
             )?;
         }
         E::ProvisioningSuperseded(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE provisioning_requests SET status = 'superseded', open = 0, updated_at = ?3
                  WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
@@ -299,7 +299,7 @@ pub(crate) fn apply(
         }
         E::ProvisioningFailed(e) => {
             // A grant is never retried (its session fails instead), so it closes here.
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE provisioning_requests
                  SET status = 'failed', open = CASE WHEN purpose = 'grant' THEN 0 ELSE 1 END,
@@ -320,14 +320,14 @@ pub(crate) fn apply(
         E::RemovedFromAdminGroup(e) => verified!(e, Change::Removed(&e.group)),
         E::AccountDeleted(e) => verified!(e, Change::Deleted),
         E::AccountRetirementStarted(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE managed_accounts SET retiring = 1 WHERE computer_id = ?1 AND account = ?2",
                 params![e.computer_id.to_string(), e.account.as_str()],
             )?;
         }
         E::OfflineSecretIssued(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE managed_accounts SET offline_secret_generation = ?3
                  WHERE computer_id = ?1 AND account = ?2",
@@ -335,7 +335,7 @@ pub(crate) fn apply(
             )?;
         }
         E::OfflineSecretRevoked(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE managed_accounts SET offline_secret_generation = NULL
                  WHERE computer_id = ?1 AND account = ?2",
@@ -352,13 +352,13 @@ pub(crate) fn apply(
         | E::OfflineLoginRecorded(_) => {}
         E::AdminGroupInventoried(e) => {
             let computer = e.computer_id.to_string();
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "DELETE FROM admin_inventory WHERE computer_id = ?1",
                 [&computer],
             )?;
             for member in &e.members {
-                crate::exec(
+                crate::exec_later(
                     tx,
                     "INSERT INTO admin_inventory (computer_id, admin_group, member, reported_at)
                      VALUES (?1, ?2, ?3, ?4)",
@@ -379,7 +379,7 @@ fn verified_result(
     let account = r.account.as_str();
     let request = r.request_id.0 as i64;
     let at = time(r.at);
-    crate::exec(
+    crate::exec_later(
         tx,
         "UPDATE provisioning_requests SET status = 'done', open = 0, updated_at = ?3
          WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
@@ -392,7 +392,7 @@ fn verified_result(
         Change::Deleted => Some(true),
         Change::Rotated | Change::Added(_) | Change::Removed(_) => None,
     };
-    crate::exec(
+    crate::exec_later(
         tx,
         "UPDATE managed_accounts
          SET present = ?3, groups = ?4, password_version = ?5,
@@ -411,7 +411,7 @@ fn verified_result(
         ],
     )?;
     if let Change::Added(group) = r.change {
-        crate::exec(
+        crate::exec_later(
             tx,
             "INSERT INTO admin_memberships
                  (computer_id, account, admin_group, session_id, joined_at, joined_request,
@@ -435,48 +435,43 @@ fn verified_result(
         )?;
     }
     // Every verified observation is the truth about the machine: a membership it no longer
-    // shows has ended, whichever request revealed it.
-    let still_member = |group: &str| {
-        r.verified.present
-            && r.verified.groups.iter().any(|g| g.as_str() == group)
-            && !matches!(r.change, Change::Deleted)
-            && !matches!(r.change, Change::Removed(removed) if removed.as_str() == group)
+    // shows has ended, whichever request revealed it. One statement, which the caller need
+    // not wait for: the groups the account is still verified in are passed as a JSON list.
+    let still_in: Vec<&str> = if r.verified.present && !matches!(r.change, Change::Deleted) {
+        r.verified
+            .groups
+            .iter()
+            .map(|g| g.as_str())
+            .filter(|g| !matches!(r.change, Change::Removed(removed) if removed.as_str() == *g))
+            .collect()
+    } else {
+        Vec::new()
     };
-    let open: Vec<(String, i64, i64)> = {
-        let mut statement = tx.prepare_cached(
-            "SELECT admin_group, joined_commit, joined_prepare FROM admin_memberships
-             WHERE computer_id = ?1 AND account = ?2 AND left_at IS NULL",
-        )?;
-        let rows = statement.query_map(params![computer, account], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?;
-        rows.collect::<latchkey_store::sql::Result<_>>()?
+    let still_in = serde_json::to_string(&still_in).expect("group names serialise");
+    let groups = match tx.dialect() {
+        Dialect::Sqlite => "SELECT value FROM json_each(?8)",
+        Dialect::Postgres => "SELECT jsonb_array_elements_text(CAST(CAST(?8 AS TEXT) AS jsonb))",
     };
-    for (group, commit, prepare) in open {
-        if still_member(&group) {
-            continue;
-        }
-        crate::exec(
-            tx,
+    crate::exec_later(
+        tx,
+        &format!(
             "UPDATE admin_memberships
-             SET left_at = ?6, left_request = ?7, left_event = ?8, left_commit = ?9,
-                 left_prepare = ?10
-             WHERE computer_id = ?1 AND account = ?2 AND admin_group = ?3
-               AND joined_commit = ?4 AND joined_prepare = ?5",
-            params![
-                computer,
-                account,
-                group,
-                commit,
-                prepare,
-                at,
-                request,
-                recorded.event_type,
-                recorded.position.commit as i64,
-                recorded.position.prepare as i64,
-            ],
-        )?;
-    }
+             SET left_at = ?3, left_request = ?4, left_event = ?5, left_commit = ?6,
+                 left_prepare = ?7
+             WHERE computer_id = ?1 AND account = ?2 AND left_at IS NULL
+               AND admin_group NOT IN ({groups})"
+        ),
+        params![
+            computer,
+            account,
+            at,
+            request,
+            recorded.event_type,
+            recorded.position.commit as i64,
+            recorded.position.prepare as i64,
+            still_in,
+        ],
+    )?;
     Ok(())
 }
 

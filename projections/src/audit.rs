@@ -10,13 +10,16 @@
 //! Two side tables remember what later computer events do not repeat: each provisioning
 //! request's session and operation (`audit_requests`) and whose each account is
 //! (`audit_account_owners`), so an agent's result is filed under its session and technician.
+//! The writer keeps what it looks up in a [`NameCache`], so a line usually costs no read.
 
+use crate::recent::Recent;
 use crate::{ProjectionError, Queries};
 use chrono::{DateTime, Utc};
 use latchkey_domain::computer::{
     AccountOwner, ComputerEvent, Operation, OsKind, Purpose, ReleaseOutcome, RetireReason,
 };
 use latchkey_domain::ids::{ComputerId, RequestId, SessionId, TechnicianId, TenantId};
+use latchkey_domain::names::AccountName;
 use latchkey_domain::policy::{CheckInAction, JitPolicy, LoginMode};
 use latchkey_domain::session::{CheckInReason, SessionEvent};
 use latchkey_domain::technician::TechnicianEvent;
@@ -25,6 +28,7 @@ use latchkey_domain::{Actor, AnyEvent, Timestamp};
 use latchkey_store::sql::{params, OptionalExtension, Row, Sql, SqlError, Value};
 use latchkey_store::{Position, RecordedEvent};
 use serde::Serialize;
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -317,20 +321,21 @@ fn read_entry(row: &Row) -> latchkey_store::sql::Result<(AuditCursor, AuditEntry
 
 pub(crate) fn apply(
     tx: &dyn Sql,
+    cache: &NameCache,
     recorded: &RecordedEvent,
     event: &AnyEvent,
 ) -> latchkey_store::sql::Result<()> {
-    let names = Names(tx);
+    let names = Names { db: tx, cache };
     let lines = match event {
         AnyEvent::Tenant(e) => vec![tenant_line(&names, recorded, e)?],
         AnyEvent::Technician(e) => technician_lines(&names, e)?,
         AnyEvent::Computer(e) => {
-            remember(tx, e)?;
+            remember(tx, cache, e)?;
             vec![computer_line(&names, recorded, e)?]
         }
         AnyEvent::Session(e) => {
             if let SessionEvent::SessionCheckedOut(e) = e {
-                remember_owner(tx, e.computer_id, e.account.as_str(), &e.account_owner)?;
+                remember_owner(tx, cache, e.computer_id, &e.account, &e.account_owner)?;
             }
             vec![session_line(&names, recorded, e)?]
         }
@@ -338,7 +343,7 @@ pub(crate) fn apply(
     for (number, line) in lines.into_iter().enumerate() {
         // A line already written stays as it was: it was built from the directory as of
         // its event, which is what a rebuild from the log reproduces.
-        crate::exec(
+        crate::exec_later(
             tx,
             "INSERT INTO audit_trail
                  (commit_position, prepare_position, line, event_id, stream, revision,
@@ -374,27 +379,42 @@ fn time(at: &Timestamp) -> String {
 
 /// What later events of a computer need to know about its provisioning requests and accounts,
 /// which their own payloads do not repeat.
-fn remember(tx: &dyn Sql, event: &ComputerEvent) -> latchkey_store::sql::Result<()> {
+fn remember(
+    tx: &dyn Sql,
+    cache: &NameCache,
+    event: &ComputerEvent,
+) -> latchkey_store::sql::Result<()> {
     match event {
         ComputerEvent::ProvisioningRequested(e) => {
-            crate::exec(
+            let computer = e.computer_id.to_string();
+            let facts = RequestFacts {
+                session: e.session_id.map(|s| s.to_string()),
+                purpose: purpose_name(e.purpose).to_owned(),
+                account: e.operation.account().as_str().to_owned(),
+                operation: operation_text(&e.operation),
+            };
+            crate::exec_later(
                 tx,
                 "INSERT INTO audit_requests
                      (computer_id, request_id, session_id, purpose, account, operation)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT DO NOTHING",
                 params![
-                    e.computer_id.to_string(),
+                    computer,
                     e.request_id.0 as i64,
-                    e.session_id.map(|s| s.to_string()),
-                    purpose_name(e.purpose),
-                    e.operation.account().as_str(),
-                    operation_text(&e.operation),
+                    facts.session,
+                    facts.purpose,
+                    facts.account,
+                    facts.operation,
                 ],
             )?;
+            cache
+                .requests
+                .borrow_mut()
+                .insert_new((computer, e.request_id.0 as i64), facts);
         }
         ComputerEvent::SessionAccessRequested(e) => {
-            remember_owner(tx, e.computer_id, e.account.as_str(), &e.owner)?;
+            remember_owner(tx, cache, e.computer_id, &e.account, &e.owner)?;
         }
         _ => {}
     }
@@ -403,21 +423,24 @@ fn remember(tx: &dyn Sql, event: &ComputerEvent) -> latchkey_store::sql::Result<
 
 fn remember_owner(
     tx: &dyn Sql,
+    cache: &NameCache,
     computer: ComputerId,
-    account: &str,
+    account: &AccountName,
     owner: &AccountOwner,
 ) -> latchkey_store::sql::Result<()> {
-    crate::exec(
+    let (computer, account) = (computer.to_string(), account.as_str().to_owned());
+    let technician = owner.technician().map(|t| t.to_string());
+    crate::exec_later(
         tx,
         "INSERT INTO audit_account_owners (computer_id, account, technician_id)
          VALUES (?1, ?2, ?3)
                  ON CONFLICT (computer_id, account) DO UPDATE SET technician_id = excluded.technician_id",
-        params![
-            computer.to_string(),
-            account,
-            owner.technician().map(|t| t.to_string())
-        ],
+        params![computer, account, technician],
     )?;
+    cache
+        .owners
+        .borrow_mut()
+        .insert((computer, account), technician);
     Ok(())
 }
 
@@ -481,64 +504,155 @@ impl Line {
 }
 
 /// A computer as the audit trail names it.
-struct ComputerName {
-    hostname: String,
-    tenant: Option<String>,
+#[derive(Clone)]
+pub(crate) struct ComputerName {
+    pub(crate) hostname: String,
+    pub(crate) tenant: Option<String>,
 }
 
 /// A session as the directory knows it.
-struct SessionFacts {
-    tenant: String,
-    technician: String,
-    computer: String,
-    account: String,
-    login_mode: String,
+#[derive(Clone)]
+pub(crate) struct SessionFacts {
+    pub(crate) tenant: String,
+    pub(crate) technician: String,
+    pub(crate) computer: String,
+    pub(crate) account: String,
+    pub(crate) login_mode: String,
 }
 
 /// A provisioning request as it was made.
-struct RequestFacts {
+#[derive(Clone)]
+pub(crate) struct RequestFacts {
     session: Option<String>,
     purpose: String,
     account: String,
     operation: String,
 }
 
-/// Names for ids, from the directory (which already includes the event being described).
-/// Each falls back to the id itself if the directory does not know it.
-struct Names<'c>(&'c dyn Sql);
+/// Entries each kind of name the writer remembers holds at most.
+const REMEMBERED: usize = 32_768;
+
+/// What the read models' writer remembers of the rows the audit sentences are built from: the
+/// names of tenants, technicians and computers, the facts of sessions and provisioning
+/// requests, and the owners of accounts. None of them changes once written (an owner is
+/// replaced, never edited), so each is learnt from the event that writes the row, in the
+/// same transaction, or read from the database once; a line then costs no look-up.
+///
+/// It is only right while nobody else writes the read models: [`crate::ReadModels`] forgets
+/// it all when the checkpoint in the database is not the one it left there (another server
+/// applied events, or `latchkey replay` rebuilt them) and when a transaction of its own fails.
+pub(crate) struct NameCache {
+    tenants: RefCell<Recent<String, String>>,
+    emails: RefCell<Recent<String, String>>,
+    computers: RefCell<Recent<String, ComputerName>>,
+    sessions: RefCell<Recent<String, SessionFacts>>,
+    requests: RefCell<Recent<(String, i64), RequestFacts>>,
+    /// `None`: the account has no owning technician (the shared account).
+    owners: RefCell<Recent<(String, String), Option<String>>>,
+}
+
+impl Default for NameCache {
+    fn default() -> Self {
+        Self {
+            tenants: RefCell::new(Recent::new(REMEMBERED)),
+            emails: RefCell::new(Recent::new(REMEMBERED)),
+            computers: RefCell::new(Recent::new(REMEMBERED)),
+            sessions: RefCell::new(Recent::new(REMEMBERED)),
+            requests: RefCell::new(Recent::new(REMEMBERED)),
+            owners: RefCell::new(Recent::new(REMEMBERED)),
+        }
+    }
+}
+
+impl NameCache {
+    pub(crate) fn forget(&self) {
+        self.tenants.borrow_mut().clear();
+        self.emails.borrow_mut().clear();
+        self.computers.borrow_mut().clear();
+        self.sessions.borrow_mut().clear();
+        self.requests.borrow_mut().clear();
+        self.owners.borrow_mut().clear();
+    }
+
+    // What the directory writes, as it writes it. The directory keeps the first row for an
+    // id (`ON CONFLICT DO NOTHING`), and so does the cache.
+
+    pub(crate) fn tenant_registered(&self, id: String, name: String) {
+        self.tenants.borrow_mut().insert_new(id, name);
+    }
+
+    pub(crate) fn technician_registered(&self, id: String, email: String) {
+        self.emails.borrow_mut().insert_new(id, email);
+    }
+
+    pub(crate) fn computer_enrolled(&self, id: String, computer: ComputerName) {
+        self.computers.borrow_mut().insert_new(id, computer);
+    }
+
+    pub(crate) fn session_checked_out(&self, id: String, facts: SessionFacts) {
+        self.sessions.borrow_mut().insert_new(id, facts);
+    }
+}
+
+/// Names for ids, from the directory (which already includes the event being described),
+/// remembered in the writer's [`NameCache`]. Each falls back to the id itself if the
+/// directory does not know it.
+struct Names<'c> {
+    db: &'c dyn Sql,
+    cache: &'c NameCache,
+}
+
+/// The remembered value for `key`, else the one `read` finds in the database (remembered).
+fn remembered<K: std::hash::Hash + Eq, V: Clone>(
+    cache: &RefCell<Recent<K, V>>,
+    key: K,
+    read: impl FnOnce() -> latchkey_store::sql::Result<Option<V>>,
+) -> latchkey_store::sql::Result<Option<V>> {
+    if let Some(value) = cache.borrow_mut().get(&key) {
+        return Ok(Some(value));
+    }
+    let found = read()?;
+    if let Some(value) = &found {
+        cache.borrow_mut().insert_new(key, value.clone());
+    }
+    Ok(found)
+}
 
 impl Names<'_> {
     fn text(&self, sql: &str, id: &str) -> latchkey_store::sql::Result<Option<String>> {
-        self.0
+        self.db
             .prepare_cached(sql)?
             .query_row([id], |row| row.get(0))
             .optional()
     }
 
     fn tenant(&self, id: &str) -> latchkey_store::sql::Result<String> {
-        Ok(self
-            .text("SELECT name FROM tenants WHERE id = ?1", id)?
-            .unwrap_or_else(|| format!("tenant {id}")))
+        let name = remembered(&self.cache.tenants, id.to_owned(), || {
+            self.text("SELECT name FROM tenants WHERE id = ?1", id)
+        })?;
+        Ok(name.unwrap_or_else(|| format!("tenant {id}")))
     }
 
     fn email(&self, technician: &str) -> latchkey_store::sql::Result<String> {
-        Ok(self
-            .text("SELECT email FROM technicians WHERE id = ?1", technician)?
-            .unwrap_or_else(|| format!("technician {technician}")))
+        let email = remembered(&self.cache.emails, technician.to_owned(), || {
+            self.text("SELECT email FROM technicians WHERE id = ?1", technician)
+        })?;
+        Ok(email.unwrap_or_else(|| format!("technician {technician}")))
     }
 
     fn computer(&self, id: ComputerId) -> latchkey_store::sql::Result<ComputerName> {
         let id = id.to_string();
-        let found = self
-            .0
-            .prepare_cached("SELECT hostname, tenant_id FROM computers WHERE id = ?1")?
-            .query_row([&id], |row| {
-                Ok(ComputerName {
-                    hostname: row.get(0)?,
-                    tenant: row.get(1)?,
+        let found = remembered(&self.cache.computers, id.clone(), || {
+            self.db
+                .prepare_cached("SELECT hostname, tenant_id FROM computers WHERE id = ?1")?
+                .query_row([&id], |row| {
+                    Ok(ComputerName {
+                        hostname: row.get(0)?,
+                        tenant: row.get(1)?,
+                    })
                 })
-            })
-            .optional()?;
+                .optional()
+        })?;
         Ok(found.unwrap_or(ComputerName {
             hostname: format!("computer {id}"),
             tenant: None,
@@ -546,21 +660,23 @@ impl Names<'_> {
     }
 
     fn session(&self, id: &str) -> latchkey_store::sql::Result<Option<SessionFacts>> {
-        self.0
-            .prepare_cached(
-                "SELECT tenant_id, technician_id, computer_id, account, login_mode FROM sessions
-                 WHERE id = ?1",
-            )?
-            .query_row([id], |row| {
-                Ok(SessionFacts {
-                    tenant: row.get(0)?,
-                    technician: row.get(1)?,
-                    computer: row.get(2)?,
-                    account: row.get(3)?,
-                    login_mode: row.get(4)?,
+        remembered(&self.cache.sessions, id.to_owned(), || {
+            self.db
+                .prepare_cached(
+                    "SELECT tenant_id, technician_id, computer_id, account, login_mode
+                     FROM sessions WHERE id = ?1",
+                )?
+                .query_row([id], |row| {
+                    Ok(SessionFacts {
+                        tenant: row.get(0)?,
+                        technician: row.get(1)?,
+                        computer: row.get(2)?,
+                        account: row.get(3)?,
+                        login_mode: row.get(4)?,
+                    })
                 })
-            })
-            .optional()
+                .optional()
+        })
     }
 
     fn request(
@@ -568,20 +684,27 @@ impl Names<'_> {
         computer: ComputerId,
         request: RequestId,
     ) -> latchkey_store::sql::Result<Option<RequestFacts>> {
-        self.0
-            .prepare_cached(
-                "SELECT session_id, purpose, account, operation FROM audit_requests
-                 WHERE computer_id = ?1 AND request_id = ?2",
-            )?
-            .query_row(params![computer.to_string(), request.0 as i64], |row| {
-                Ok(RequestFacts {
-                    session: row.get(0)?,
-                    purpose: row.get(1)?,
-                    account: row.get(2)?,
-                    operation: row.get(3)?,
-                })
-            })
-            .optional()
+        let computer = computer.to_string();
+        remembered(
+            &self.cache.requests,
+            (computer.clone(), request.0 as i64),
+            || {
+                self.db
+                    .prepare_cached(
+                        "SELECT session_id, purpose, account, operation FROM audit_requests
+                         WHERE computer_id = ?1 AND request_id = ?2",
+                    )?
+                    .query_row(params![computer, request.0 as i64], |row| {
+                        Ok(RequestFacts {
+                            session: row.get(0)?,
+                            purpose: row.get(1)?,
+                            account: row.get(2)?,
+                            operation: row.get(3)?,
+                        })
+                    })
+                    .optional()
+            },
+        )
     }
 
     /// The technician a computer's account belongs to: the session's, or the account's owner
@@ -595,17 +718,23 @@ impl Names<'_> {
         if let Some(facts) = session.map(|s| self.session(s)).transpose()?.flatten() {
             return Ok(Some(facts.technician));
         }
-        Ok(self
-            .0
-            .prepare_cached(
-                "SELECT technician_id FROM audit_account_owners
-                 WHERE computer_id = ?1 AND account = ?2",
-            )?
-            .query_row(params![computer.to_string(), account], |row| {
-                row.get::<_, Option<String>>(0)
-            })
-            .optional()?
-            .flatten())
+        let computer = computer.to_string();
+        let owner = remembered(
+            &self.cache.owners,
+            (computer.clone(), account.to_owned()),
+            || {
+                self.db
+                    .prepare_cached(
+                        "SELECT technician_id FROM audit_account_owners
+                         WHERE computer_id = ?1 AND account = ?2",
+                    )?
+                    .query_row(params![computer, account], |row| {
+                        row.get::<_, Option<String>>(0)
+                    })
+                    .optional()
+            },
+        )?;
+        Ok(owner.flatten())
     }
 
     /// The human-readable actor of an event that names it.
