@@ -30,6 +30,9 @@ pub struct ProcessRunner {
     models: Arc<Mutex<ReadModels>>,
     progress: watch::Sender<Option<Position>>,
     cache: Arc<StateCache>,
+    /// Set while a batch's transaction runs, and for good if it failed: a batch read after a
+    /// failed one must not be applied (the read models would skip the failed one's events).
+    failed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ProcessRunner {
@@ -45,6 +48,7 @@ impl ProcessRunner {
             models,
             progress: watch::Sender::new(checkpoint),
             cache: Arc::new(StateCache::new(0)),
+            failed: Arc::default(),
         }
     }
 
@@ -65,6 +69,29 @@ impl ProcessRunner {
         // write is one transaction), so the data behind a poisoned lock is still good.
         let mut models = self.models.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut models)
+    }
+
+    /// `f` on the read models on a thread of the blocking pool: their database calls block,
+    /// and the thread that runs the runner also drives other tasks (the log follower, the
+    /// event store's connections), which must not wait for them.
+    fn off_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ReadModels) -> T + Send + 'static,
+    ) -> impl std::future::Future<Output = T> {
+        let models = self.models.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut models = models.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut models)
+        });
+        async move {
+            match task.await {
+                Ok(value) => value,
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(e) => panic!("the read models' task did not finish: {e}"),
+                },
+            }
+        }
     }
 
     /// Handles every event written so far; returns how many it handled.
@@ -91,31 +118,115 @@ impl ProcessRunner {
         }
     }
 
-    /// Applies the next batch of events to the read models (one transaction), works out every
-    /// event's reactions against the read models as they were right after it, then carries the
-    /// reactions out: in order within each target stream, different streams concurrently (so
-    /// their appends share the store's group commits). Returns how many events it handled and
-    /// the process managers' checkpoint after them.
+    /// Handles the events after the process managers' checkpoint, a batch at a time: each
+    /// batch is applied to the read models in one transaction, every event's reactions
+    /// worked out against the read models as they were right after it, then the reactions
+    /// carried out: in order within each target stream, different streams concurrently (so
+    /// their appends share the store's group commits). Returns how many events it handled
+    /// and the process managers' checkpoint after them.
     ///
-    /// The process managers' checkpoint is kept by the read models' writer and written with
-    /// the next batch's transaction, or on its own once the log has nothing new.
+    /// Three things overlap: a batch's reactions are carried out while its transaction
+    /// commits, and meanwhile the next batch is read and applied (its reactions wait for
+    /// the first batch's), until the log has nothing more. A reaction may thus be carried
+    /// out before its event's transaction committed; if that fails, the runner stops and
+    /// its next start handles those events again, as after a crash (reactions are
+    /// idempotent). The process managers' checkpoint is kept by the read models' writer
+    /// and written with a later batch's transaction, or on its own once the log has
+    /// nothing new.
     async fn handle_batch(&self) -> Result<(usize, Option<Position>), RunnerError> {
         let after = self.with_models(|m| m.process_checkpoint())?;
-        let page = self.store.read_all(after, BATCH).await?;
-        let Some(last) = page.last().map(|e| e.position) else {
-            self.with_models(|m| m.write_handled())?;
+        let Some(mut batch) = self.next_batch(after).await? else {
+            self.off_thread(|m| m.write_handled()).await?;
             return Ok((0, after));
         };
+        let mut handled = 0;
+        loop {
+            let (done, committed, next) = futures::future::join3(
+                self.carry_out(batch.reactions),
+                batch.committed,
+                self.next_batch(Some(batch.last)),
+            )
+            .await;
+            committed?;
+            done?;
+            self.with_models(|m| m.handled(batch.last));
+            handled += batch.count;
+            match next? {
+                Some(next) => batch = next,
+                None => return Ok((handled, Some(batch.last))),
+            }
+        }
+    }
+
+    /// Reads the events after `after` and applies them to the read models, working out each
+    /// one's reactions; `None` when there are none. Returns as soon as the reactions are
+    /// known: the batch's `committed` ends with its transaction.
+    async fn next_batch(&self, after: Option<Position>) -> Result<Option<Batch>, RunnerError> {
+        let page = self.store.read_all(after, BATCH).await?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            return Ok(None);
+        };
+        let count = page.len();
         let now = chrono::Utc::now();
+        let (reacted, reactions) = tokio::sync::oneshot::channel();
+        let failed = self.failed.clone();
         // Events the read models already have (a crash came between applying them and
-        // reacting to them) are reacted to against the current read models.
-        let reactions = self.with_models(|m| {
-            m.apply_and_react(&page, |recorded, event, queries| {
-                Ok::<_, ProjectionError>((recorded.clone(), react(event, now, &queries)?))
-            })
-        })?;
-        self.progress.send_replace(Some(last));
-        // Per target stream, in log order.
+        // reacting to them) are reacted to against the current read models. The previous
+        // batch's transaction has ended when this one gets the read models.
+        let applied = self.off_thread(move |m| {
+            use std::sync::atomic::Ordering;
+            // Set until this batch has committed: a panic leaves it set too.
+            if failed.swap(true, Ordering::SeqCst) {
+                return Err(ProjectionError::Sql(latchkey_store::sql::SqlError::Driver(
+                    "an earlier batch's transaction failed".into(),
+                )));
+            }
+            let applied = m.apply_and_react_early(
+                &page,
+                |recorded, event, queries| {
+                    Ok::<_, ProjectionError>((recorded.clone(), react(event, now, &queries)?))
+                },
+                |reactions| {
+                    let _ = reacted.send(reactions);
+                },
+            );
+            if applied.is_ok() {
+                failed.store(false, Ordering::SeqCst);
+            }
+            applied
+        });
+        let progress = self.progress.clone();
+        let committed: CommitFuture = Box::pin(async move {
+            applied.await?;
+            progress.send_replace(Some(last));
+            Ok(())
+        });
+        let reactions = match reactions.await {
+            Ok(reactions) => reactions,
+            // The transaction failed before the last event was reacted to.
+            Err(_) => {
+                committed.await?;
+                return Err(RunnerError::Projection(ProjectionError::Sql(
+                    latchkey_store::sql::SqlError::Driver(
+                        "the read models' transaction ended without its reactions".into(),
+                    ),
+                )));
+            }
+        };
+        Ok(Some(Batch {
+            count,
+            last,
+            reactions,
+            committed,
+        }))
+    }
+
+    /// Carries out a batch's reactions: per target stream in log order, different streams
+    /// concurrently.
+    async fn carry_out(
+        &self,
+        reactions: Vec<(RecordedEvent, Vec<Command>)>,
+    ) -> Result<(), RunnerError> {
         let mut by_stream: Vec<(String, Vec<(RecordedEvent, Command)>)> = Vec::new();
         for (recorded, commands) in reactions {
             for command in commands {
@@ -136,8 +247,7 @@ impl ProcessRunner {
             Ok::<_, RunnerError>(())
         });
         futures::future::try_join_all(streams).await?;
-        self.with_models(|m| m.handled(last));
-        Ok((page.len(), Some(last)))
+        Ok(())
     }
 
     async fn execute(
@@ -183,6 +293,18 @@ impl ProcessRunner {
         Ok(())
     }
 }
+
+/// A batch of events being applied to the read models, with each one's reactions.
+struct Batch {
+    count: usize,
+    last: Position,
+    reactions: Vec<(RecordedEvent, Vec<Command>)>,
+    /// Ends when the batch's transaction has committed (or failed).
+    committed: CommitFuture,
+}
+
+type CommitFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RunnerError>> + Send>>;
 
 /// Events handled per batch.
 const BATCH: usize = 256;

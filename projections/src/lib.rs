@@ -182,6 +182,11 @@ impl ReadModels {
     pub fn open_postgres_schema(url: &str, schema: &str) -> Result<Self, ProjectionError> {
         let conn = PgConnection::connect(url, schema)?;
         create_postgres_schema(&conn)?;
+        // The writer's commits do not wait for the disk, as the SQLite read models' do not
+        // (`synchronous = NORMAL`): read models are rebuilt from the log, and a crash of the
+        // database can only lose the last transactions whole, rows and checkpoint together,
+        // which are then applied again. The event log's own commits stay durable.
+        conn.batch("SET synchronous_commit TO off")?;
         Ok(Self {
             db: Database::Postgres(conn),
             memory: Memory::default(),
@@ -337,7 +342,7 @@ impl ReadModels {
         if self.memory.process.get() == Some(Some(handled)) {
             return Ok(());
         }
-        self.write(&[], false, |_, _, _| Ok::<(), ProjectionError>(()))
+        self.write(&[], false, |_, _, _| Ok::<(), ProjectionError>(()), |_| ())
             .map(|_| ())
     }
 
@@ -357,7 +362,7 @@ impl ReadModels {
         events: &[RecordedEvent],
         then: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
     ) -> Result<Vec<T>, E> {
-        self.write(events, false, then)
+        self.write(events, false, then, |_| ())
     }
 
     /// The process managers' batch, in one transaction: calls `react` for every event of
@@ -371,19 +376,41 @@ impl ReadModels {
         events: &[RecordedEvent],
         react: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
     ) -> Result<Vec<T>, E> {
-        self.write(events, true, react)
+        self.write(events, true, react, |_| ())
+    }
+
+    /// [`ReadModels::apply_and_react`] that hands `react`'s answers to `reacted` as soon as
+    /// the last event is reacted to, before the transaction commits, so the caller can act
+    /// on them while it does. If the commit then fails, the caller has acted on reactions to
+    /// events the read models do not have yet: it must be able to act on them again once
+    /// they are applied (the process managers' reactions are idempotent).
+    pub fn apply_and_react_early<T, E: From<ProjectionError>>(
+        &mut self,
+        events: &[RecordedEvent],
+        react: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
+        reacted: impl FnOnce(Vec<T>),
+    ) -> Result<(), E> {
+        let mut reacted = Some(reacted);
+        self.write(events, true, react, |answers| {
+            if let Some(reacted) = reacted.take() {
+                reacted(std::mem::take(answers));
+            }
+        })
+        .map(|_| ())
     }
 
     /// One write transaction: reads both checkpoints (forgetting the remembered names if the
     /// read models' checkpoint is not the one this writer left), calls `then` for the events
     /// at or before it if `also_applied`, applies the rest, each followed by `then`, writes
-    /// the checkpoint and what [`ReadModels::handled`] noted, and commits. Returns `then`'s
-    /// answers, in order.
+    /// the checkpoint and what [`ReadModels::handled`] noted, shows `then`'s answers to
+    /// `before_commit`, and commits. Returns `then`'s answers (what `before_commit` left of
+    /// them), in order.
     fn write<T, E: From<ProjectionError>>(
         &mut self,
         events: &[RecordedEvent],
         also_applied: bool,
         mut then: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
+        before_commit: impl FnOnce(&mut Vec<T>),
     ) -> Result<Vec<T>, E> {
         let handled = self.memory.handled;
         let mut memory = std::mem::take(&mut self.memory);
@@ -424,6 +451,7 @@ impl ReadModels {
                     .map_err(ProjectionError::from)?;
                 process_after = Some(handled);
             }
+            before_commit(&mut answers);
             Ok((answers, last, process_after))
         });
         match outcome {

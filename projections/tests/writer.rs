@@ -265,3 +265,29 @@ async fn events_another_writer_applied_are_reacted_to_not_applied_again() {
         "each applied once"
     );
 }
+
+#[tokio::test]
+async fn reactions_can_be_handed_out_before_the_transaction_commits() {
+    let store = MemoryStore::new();
+    office(&store).await;
+    let events = all_events(&store).await;
+    let (mut writer, open, _guard) = backend::shared().await;
+    let other = open();
+    let mut handed = None;
+    writer
+        .apply_and_react_early(
+            &events,
+            |recorded, _, _| Ok::<_, ProjectionError>(recorded.position),
+            |positions| {
+                assert_eq!(other.checkpoint().unwrap(), None, "not committed yet");
+                handed = Some(positions);
+            },
+        )
+        .unwrap();
+    let positions: Vec<_> = events.iter().map(|e| e.position).collect();
+    assert_eq!(handed, Some(positions));
+    assert_eq!(
+        other.checkpoint().unwrap(),
+        events.last().map(|e| e.position)
+    );
+}
