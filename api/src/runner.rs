@@ -125,7 +125,8 @@ impl ProcessRunner {
     /// their appends share the store's group commits). Returns how many events it handled
     /// and the process managers' checkpoint after them.
     ///
-    /// Three things overlap: a batch's reactions are carried out while its transaction
+    /// On PostgreSQL, where every call to the read models waits for the network, three
+    /// things overlap: a batch's reactions are carried out while its transaction
     /// commits, and meanwhile the next batch is read and applied (its reactions wait for
     /// the first batch's), until the log has nothing more. A reaction may thus be carried
     /// out before its event's transaction committed; if that fails, the runner stops and
@@ -134,7 +135,11 @@ impl ProcessRunner {
     /// and written with a later batch's transaction, or on its own once the log has
     /// nothing new.
     async fn handle_batch(&self) -> Result<(usize, Option<Position>), RunnerError> {
-        let after = self.with_models(|m| m.process_checkpoint())?;
+        let (after, on_server) = self
+            .with_models(|m| Ok::<_, ProjectionError>((m.process_checkpoint()?, m.on_server())))?;
+        if !on_server {
+            return self.handle_batch_in_turn(after).await;
+        }
         let Some(mut batch) = self.next_batch(after).await? else {
             self.off_thread(|m| m.write_handled()).await?;
             return Ok((0, after));
@@ -156,6 +161,32 @@ impl ProcessRunner {
                 None => return Ok((handled, Some(batch.last))),
             }
         }
+    }
+
+    /// [`ProcessRunner::handle_batch`] for read models whose calls are short (SQLite): one
+    /// batch, each step after the other, on the runner's own thread. Moving such calls to
+    /// another thread to overlap them costs more than it saves.
+    async fn handle_batch_in_turn(
+        &self,
+        after: Option<Position>,
+    ) -> Result<(usize, Option<Position>), RunnerError> {
+        let page = self.store.read_all(after, BATCH).await?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            self.with_models(|m| m.write_handled())?;
+            return Ok((0, after));
+        };
+        let now = chrono::Utc::now();
+        // Events the read models already have (a crash came between applying them and
+        // reacting to them) are reacted to against the current read models.
+        let reactions = self.with_models(|m| {
+            m.apply_and_react(&page, |recorded, event, queries| {
+                Ok::<_, ProjectionError>((recorded.clone(), react(event, now, &queries)?))
+            })
+        })?;
+        self.progress.send_replace(Some(last));
+        self.carry_out(reactions).await?;
+        self.with_models(|m| m.handled(last));
+        Ok((page.len(), Some(last)))
     }
 
     /// Reads the events after `after` and applies them to the read models, working out each

@@ -530,7 +530,7 @@ pub(crate) struct RequestFacts {
 }
 
 /// Entries each kind of name the writer remembers holds at most.
-const REMEMBERED: usize = 32_768;
+const REMEMBERED: usize = 16_384;
 
 /// What the read models' writer remembers of the rows the audit sentences are built from: the
 /// names of tenants, technicians and computers, the facts of sessions and provisioning

@@ -244,6 +244,12 @@ impl ReadModels {
         Ok(())
     }
 
+    /// Whether the read models are on a database server (PostgreSQL), so that every call
+    /// waits for the network, rather than in a local SQLite file.
+    pub fn on_server(&self) -> bool {
+        matches!(self.db, Database::Postgres(_))
+    }
+
     /// Queries on this (writer's) connection; tests and the CLI use it.
     pub fn queries(&self) -> Queries<'_> {
         Queries(self.db.sql())
