@@ -6,7 +6,8 @@
 //! - `secrets`: the encrypted secret store; `auth`: hashed API and enrollment tokens;
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
 //! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
-//! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL).
+//! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);
+//! - `wakeups`: long polls wait on their own stream and are woken by its events only.
 
 pub mod auth;
 pub mod cli;
@@ -20,3 +21,4 @@ pub mod runner;
 pub mod scheduler;
 pub mod secrets;
 pub mod storage;
+pub mod wakeups;

@@ -248,8 +248,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         None => runner.progress(),
     };
     let from = view.with(|q| q.checkpoint()).map_err(read_models_error)?;
-    let (log_head, follow) = latchkey_api::runner::follow_log(store.clone(), from);
-    actix_web::rt::spawn(follow);
+    let wakeups = Arc::new(latchkey_api::wakeups::StreamWakeups::new());
+    actix_web::rt::spawn(latchkey_api::runner::follow_log(
+        store.clone(),
+        from,
+        wakeups.clone(),
+    ));
     let state = web::Data::new(Services {
         store: store.clone(),
         tokens,
@@ -257,7 +261,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         secrets,
         idempotency,
         progress,
-        log_head,
+        wakeups,
         cache,
     });
     let metrics = web::Data::new(Metrics::new());

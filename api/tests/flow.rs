@@ -420,7 +420,7 @@ async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
         secrets: SecretStore::open(dir.path().join("secrets.db"), &Key::generate()).unwrap(),
         idempotency: IdempotencyStore::open(dir.path().join("idempotency.db")).unwrap(),
         progress: runner.progress(),
-        log_head: tokio::sync::watch::channel(None).1,
+        wakeups: Arc::new(latchkey_api::wakeups::StreamWakeups::new()),
         cache: Arc::new(latchkey_api::commands::StateCache::new(100)),
     });
     let app = web_test::init_service(

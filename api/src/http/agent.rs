@@ -202,34 +202,39 @@ async fn commands(
     let params = Params::parse(&req, &["wait"])?;
     let wait = Duration::from_secs(params.number("wait", MAX_WAIT_SECONDS)?.unwrap_or(0));
     let deadline = tokio::time::Instant::now() + wait;
-    let mut log_head = services.log_head.clone();
+    let stream = computer.stream_name();
+    // Woken by events on this computer's stream only (not registered when not waiting).
+    let waiter = (!wait.is_zero()).then(|| services.wakeups.wait_on(&stream));
     let pending = loop {
-        // Mark the log's end as seen before reading, so an event that lands between the
-        // read and the wait still wakes us.
-        log_head.borrow_and_update();
+        // Listen before reading, so an event that lands between the read and the wait still
+        // wakes us.
+        let mut woken = waiter.as_ref().map(|w| Box::pin(w.notified()));
+        if let Some(woken) = woken.as_mut() {
+            woken.as_mut().enable();
+        }
         // From the computer's stream, not the read models: a request the agent has just
         // reported (to any server) is never handed out again, and a new one is seen as soon
         // as it is written.
-        let state: Computer = services.load(computer.stream_name()).await?;
+        let state: Computer = services.load(stream.clone()).await?;
         let pending: Vec<(RequestId, u32, Operation)> = state
             .open_requests
-            .into_values()
+            .values()
             .filter_map(|request| match request.status {
                 RequestStatus::Pending { attempt } => {
-                    Some((request.request_id, attempt, request.operation))
+                    Some((request.request_id, attempt, request.operation.clone()))
                 }
                 RequestStatus::Failed { .. } => None,
             })
             .collect();
-        if !pending.is_empty() || tokio::time::Instant::now() >= deadline {
+        drop(state);
+        let Some(woken) = woken.filter(|_| pending.is_empty()) else {
             break pending;
-        }
-        match tokio::time::timeout_at(deadline, log_head.changed()).await {
-            Ok(Ok(())) => continue,
-            // Timed out, or the runner is gone: answer with what there is (nothing).
-            _ => break pending,
+        };
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            break pending; // nothing came
         }
     };
+    drop(waiter);
     let mut out = Vec::with_capacity(pending.len());
     for (request_id, attempt, operation) in pending {
         let password = match &operation {

@@ -17,6 +17,7 @@ use crate::auth::{Principal, TokenStore};
 use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
 use crate::secrets::SecretStore;
+use crate::wakeups::StreamWakeups;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
@@ -46,9 +47,8 @@ pub struct Services {
     pub idempotency: IdempotencyStore,
     /// The read models' checkpoint (for metrics).
     pub progress: watch::Receiver<Option<Position>>,
-    /// The newest event's position ([`crate::runner::follow_log`]); long polls that read
-    /// streams wait on it.
-    pub log_head: watch::Receiver<Option<Position>>,
+    /// Long polls wait here on their stream; [`crate::runner::follow_log`] wakes them.
+    pub wakeups: Arc<StreamWakeups>,
     /// Aggregate states, shared with the process runner.
     pub cache: Arc<StateCache>,
 }

@@ -29,7 +29,13 @@ impl Agent {
     /// would send (see [`Machine::problems`]).
     pub fn poll(&mut self, server: &Server, wait: u32) -> usize {
         let commands = feed(server, &self.token, wait);
-        for command in &commands {
+        self.report(server, &commands);
+        commands.len()
+    }
+
+    /// Applies `commands` (from the feed) and reports each to `server`.
+    pub fn report(&mut self, server: &Server, commands: &[Value]) {
+        for command in commands {
             let report = self.machine.answer(command);
             let (status, answer) = server.json(
                 "POST",
@@ -39,7 +45,6 @@ impl Agent {
             );
             assert_eq!(status, 200, "{answer}");
         }
-        commands.len()
     }
 
     /// Answers requests until `done` holds, polling at most `rounds` times.

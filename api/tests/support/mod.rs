@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod machine;
+pub mod msp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
