@@ -215,7 +215,9 @@ async fn commands(
         // From the computer's stream, not the read models: a request the agent has just
         // reported (to any server) is never handed out again, and a new one is seen as soon
         // as it is written.
-        let state: Computer = services.load(stream.clone()).await?;
+        // Boxed, here and below: the handler's future lives as long as the poll waits, and
+        // an idle poll should hold as little memory as possible.
+        let state: Computer = Box::pin(services.load(stream.clone())).await?;
         let pending: Vec<(RequestId, u32, Operation)> = state
             .open_requests
             .values()
@@ -239,7 +241,7 @@ async fn commands(
     for (request_id, attempt, operation) in pending {
         let password = match &operation {
             Operation::RotatePassword { account, version } => Some(
-                password_for(&services, computer, account, *version)
+                Box::pin(password_for(&services, computer, account, *version))
                     .await?
                     .expose()
                     .to_owned(),

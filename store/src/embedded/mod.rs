@@ -176,7 +176,6 @@ fn read_events(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
-    max_count: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut statement = conn
         .prepare_cached(sql)
@@ -184,7 +183,9 @@ fn read_events(
     let mut rows = statement
         .query(params)
         .map_err(|e| sql_error("cannot read events", e))?;
-    let mut events = Vec::with_capacity(max_count.min(1024));
+    // Grown as rows come, not sized to the page: most reads (a cached aggregate catching up)
+    // find no event at all, and a page-sized buffer per read cost 180 KiB a time.
+    let mut events = Vec::new();
     while let Some(row) = rows
         .next()
         .map_err(|e| sql_error("cannot read events", e))?
@@ -238,7 +239,6 @@ impl EventStore for EmbeddedStore {
                     clamp(from_revision),
                     clamp(max_count as u64)
                 ],
-                max_count,
             )
         })
         .await
@@ -260,7 +260,6 @@ impl EventStore for EmbeddedStore {
                 conn,
                 rows::READ_ALL,
                 rusqlite::params![first, clamp(max_count as u64)],
-                max_count,
             )
         })
         .await
