@@ -130,3 +130,45 @@ fn an_agent_waiting_on_one_server_gets_a_request_written_through_another_at_once
         "the join, and no request already reported through B"
     );
 }
+
+/// The event feed: the requests at once (none yet), then each change as it comes: the
+/// check-out's ensure and rotate (with the password), the join once both are reported, and
+/// nothing left once that is. After the agent's credential is revoked, the next change ends
+/// the feed instead of sending requests (and passwords) to it.
+#[test]
+fn the_event_feed_pushes_every_change_and_ends_when_the_credential_is_revoked() {
+    let msp = Msp::start();
+    let mut setup = msp.setup("named", "PC-X");
+    let mut feed = agent::EventFeed::open(&msp.server, &setup.agent.token);
+    assert_eq!(feed.commands(), Vec::<Value>::new());
+    metric_reaches(&msp, "latchkey_agent_polls_waiting", 1.0);
+
+    msp.start_check_out(&setup.nik_token, &setup.tenant_id, &setup.agent.computer_id);
+    let first = feed.commands();
+    assert_eq!(operations(&first), ["ensure_account", "rotate_password"]);
+    assert!(first[1]["password"].as_str().is_some_and(|p| !p.is_empty()));
+    setup.agent.report(&msp.server, &first);
+    // Reports come one by one: the feed may first show the rotation alone.
+    let mut next = feed.commands();
+    if operations(&next) == ["rotate_password"] {
+        next = feed.commands();
+    }
+    assert_eq!(operations(&next), ["add_to_group"]);
+    setup.agent.report(&msp.server, &next);
+    assert_eq!(feed.commands(), Vec::<Value>::new());
+
+    let token_id = &setup.agent.token[3..35];
+    let (status, _) = msp.server.json(
+        "DELETE",
+        &format!("/v1/tokens/{token_id}"),
+        Some(&msp.admin),
+        None,
+    );
+    assert_eq!(status, 204);
+    let session = msp.start_check_out(&setup.nik_token, &setup.tenant_id, &setup.agent.computer_id);
+    assert!(session["session_id"].is_string());
+    let (event, data) = feed.next().expect("an end event");
+    assert_eq!(event, "end", "{data}");
+    assert_eq!(data["reason"], "the agent's credential was revoked");
+    assert_eq!(feed.next(), None, "the feed is closed");
+}
