@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS admin_memberships (
 CREATE INDEX IF NOT EXISTS admin_memberships_by_computer
     ON admin_memberships (computer_id, account, joined_at);
 CREATE INDEX IF NOT EXISTS admin_memberships_open ON admin_memberships (left_at, computer_id);
+CREATE INDEX IF NOT EXISTS admin_memberships_open_by_account
+    ON admin_memberships (computer_id, account, admin_group) WHERE left_at IS NULL;
 CREATE TABLE IF NOT EXISTS provisioning_requests (
     computer_id TEXT NOT NULL, request_id INTEGER NOT NULL, session_id TEXT,
     purpose TEXT NOT NULL, account TEXT NOT NULL, operation TEXT NOT NULL,
