@@ -4,6 +4,7 @@
 //! - `http`: the REST API, its OpenAPI document and idempotency keys;
 //! - `runner`: the process managers over the read models; `scheduler`: expiry and retries;
 //! - `secrets`: the encrypted secret store; `auth`: hashed API and enrollment tokens;
+//! - `snapshots`: stored states of long streams, so a restart does not fold years of events;
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
 //! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
 //! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);
@@ -20,5 +21,6 @@ pub mod replay;
 pub mod runner;
 pub mod scheduler;
 pub mod secrets;
+pub mod snapshots;
 pub mod storage;
 pub mod wakeups;

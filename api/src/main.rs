@@ -234,7 +234,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // Opened now so a wrong key stops the server at start-up, not at the first rotation.
     let secrets = SecretStore::open(place("secrets.db"), &key).map_err(|e| e.to_string())?;
     let models = Arc::new(Mutex::new(models));
-    let cache = Arc::new(latchkey_api::commands::StateCache::new(100_000));
+    let snapshots = latchkey_api::snapshots::SnapshotStore::open(place("snapshots.db"))
+        .map_err(|e| format!("snapshots: {e}"))?;
+    let cache =
+        Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
     let tokens = TokenStore::open(place("tokens.db")).map_err(|e| e.to_string())?;
     let idempotency = IdempotencyStore::open(place("idempotency.db"))

@@ -16,7 +16,7 @@ use latchkey_domain::policy::{JitPolicy, LoginMode};
 use latchkey_domain::session::{CheckInReason, CheckOut, Session, SessionCommand, SessionStatus};
 use latchkey_domain::technician::{Technician, TechnicianCommand};
 use latchkey_domain::tenant::{Tenant, TenantCommand};
-use latchkey_domain::{Actor, Aggregate};
+use latchkey_domain::Actor;
 use latchkey_projections::ReadModels;
 use latchkey_store::{EventStore, MemoryStore, StreamName};
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,7 +46,7 @@ fn stream(name: String) -> StreamName {
     StreamName::new(name).unwrap()
 }
 
-async fn run<A: Aggregate + Send + Sync + 'static>(
+async fn run<A: latchkey_api::commands::Stored>(
     store: &dyn EventStore,
     name: String,
     command: A::Command,

@@ -207,7 +207,7 @@ pub enum ReleaseOutcome {
 }
 
 /// How far a session's access on this computer has come.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GrantStage {
     /// Account ensured and password rotated, waiting for the agent.
     Preparing {
@@ -229,7 +229,7 @@ impl GrantStage {
 }
 
 /// A session's access on this computer, with the policy it was checked out under.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub session_id: SessionId,
     pub technician_id: TechnicianId,
@@ -241,7 +241,7 @@ pub struct Grant {
 }
 
 /// A Latchkey account on this computer, as Latchkey wants it to be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManagedAccount {
     pub name: AccountName,
     pub owner: AccountOwner,
@@ -260,14 +260,14 @@ pub struct ManagedAccount {
     pub verified: Option<AccountObservation>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestStatus {
     Pending { attempt: u32 },
     Failed { attempt: u32, reason: FailureReason },
 }
 
 /// A request the agent has not yet completed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenRequest {
     pub request_id: RequestId,
     pub session_id: Option<SessionId>,
@@ -276,7 +276,7 @@ pub struct OpenRequest {
     pub status: RequestStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputerProfile {
     pub computer_id: ComputerId,
     pub tenant_id: TenantId,
@@ -284,6 +284,11 @@ pub struct ComputerProfile {
     pub os: OsKind,
     pub agent_key_id: AgentKeyId,
 }
+
+/// The form of [`Computer`] kept in snapshots (see the server's command path): bump it
+/// whenever the state's fields or their meaning change, so older snapshots are ignored and the
+/// state is folded from the events again.
+pub const SNAPSHOT_VERSION: u32 = 1;
 
 /// How many released sessions a computer remembers. A grant or release is repeated only when
 /// the process-manager runner handles its last batch of events again after a crash, and a
@@ -293,7 +298,7 @@ pub const RELEASED_KEPT: usize = 256;
 
 /// The last [`RELEASED_KEPT`] sessions released, oldest first (a small, flat list: the state
 /// is cloned for every command).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecentlyReleased(std::collections::VecDeque<SessionId>);
 
 impl RecentlyReleased {
@@ -320,7 +325,7 @@ impl RecentlyReleased {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Computer {
     /// `None` until enrolled.
     pub profile: Option<ComputerProfile>,
@@ -2264,6 +2269,30 @@ pub(crate) mod tests {
             (600, 0),
             "each new account continued after the versions of those forgotten before it"
         );
+    }
+
+    /// The server keeps snapshots of this state as JSON: what is read back must be the state,
+    /// with open grants, pending and failed requests, released sessions and accounts.
+    #[test]
+    fn the_state_reads_back_equal_from_its_snapshot_form() {
+        let mut c = Timeline::enrolled();
+        c.grant_fully(shared_grant(1, nik_id()), 1, 1);
+        c.grant(shared_grant(2, ann_id()));
+        c.release(1);
+        let revocation = c
+            .state()
+            .open_requests
+            .values()
+            .find(|r| r.purpose == Purpose::Revoke)
+            .map(|r| r.request_id.0)
+            .unwrap();
+        c.fail(revocation, "chpasswd failed");
+        let state = c.state();
+        assert!(!state.grants.is_empty() && !state.open_requests.is_empty());
+        assert!(!state.released.is_empty() && state.failed_requests().count() == 1);
+        let stored = serde_json::to_string(&state).unwrap();
+        let read: Computer = serde_json::from_str(&stored).unwrap();
+        assert_eq!(read, state);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::names::Email;
 use latchkey_domain::technician::Technician;
 use latchkey_domain::tenant::Tenant;
-use latchkey_domain::{Actor, Aggregate};
+use latchkey_domain::Actor;
 use latchkey_projections::{ProjectionError, Queries, ReadView};
 use latchkey_store::{EventStore, Position, StreamName};
 use std::collections::HashMap;
@@ -74,7 +74,7 @@ impl Services {
         command: A::Command,
     ) -> Result<commands::Executed<A>, ApiError>
     where
-        A: Aggregate + Send + Sync + 'static,
+        A: commands::Stored,
         A::Command: Clone,
     {
         let stream = stream_name(stream)?;
@@ -90,10 +90,7 @@ impl Services {
 
     /// An aggregate's current state, straight from its stream (always up to date, unlike the
     /// read models).
-    pub async fn load<A: Aggregate + Send + Sync + 'static>(
-        &self,
-        stream: String,
-    ) -> Result<A, ApiError> {
+    pub async fn load<A: commands::Stored>(&self, stream: String) -> Result<A, ApiError> {
         Ok(
             commands::load_cached::<A>(&*self.store, &self.cache, &stream_name(stream)?)
                 .await?
