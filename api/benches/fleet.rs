@@ -122,9 +122,14 @@ async fn main() {
     let store = std::env::var("LATCHKEY_BENCH_STORE")
         .map(|url| latchkey_api::config::redacted_store_url(&url))
         .unwrap_or_else(|_| "embedded (SQLite)".into());
+    let history_note = match settings.history {
+        Some(sessions) => format!("; history to {sessions} sessions per computer"),
+        None => String::new(),
+    };
     println!(
-        "fleet benchmark: store {store}; open-files limit {nofile}; {} active clients; {} s of \
-         cycles per N{}",
+        "fleet benchmark: store {store}; open-files limit {nofile}; idle N {:?}; {} active \
+         clients; {} s of cycles per N{history_note}{}",
+        settings.idle,
         settings.active,
         settings.seconds,
         if settings.measuring {

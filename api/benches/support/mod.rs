@@ -14,7 +14,7 @@ use machine::Machine;
 use serde_json::{json, Value};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -46,6 +46,11 @@ impl Server {
         // Another event store (a postgres:// URL puts everything in that database).
         if let Ok(store) = std::env::var("LATCHKEY_BENCH_STORE") {
             server.args(["--store", &store]);
+            // The secret store is then in the database too: every server of this run must
+            // have the same key (unless LATCHKEY_SECRET_KEY gives one, which they inherit).
+            if std::env::var_os("LATCHKEY_SECRET_KEY").is_none() {
+                server.env("LATCHKEY_SECRET_KEY", run_key());
+            }
         }
         let mut server = server
             .env("LATCHKEY_ADMIN_TOKEN", admin)
@@ -62,7 +67,9 @@ impl Server {
         let child = KillOnDrop(server);
         assert!(
             line.starts_with("latchkey listening on "),
-            "latchkey did not start: {line:?}"
+            "latchkey did not start (its error is above). On a database an earlier run used, \
+             the secret-store key differs: use a fresh database, or set LATCHKEY_SECRET_KEY \
+             for every run"
         );
         let base = line.trim().replace("latchkey listening on ", "");
         Server {
@@ -80,6 +87,17 @@ impl Server {
             .parse()
             .expect("the server listens on an IP address")
     }
+}
+
+/// A secret-store key for every server of this run.
+fn run_key() -> &'static str {
+    static KEY: OnceLock<String> = OnceLock::new();
+    KEY.get_or_init(|| {
+        latchkey_api::secrets::Key::generate()
+            .to_base64()
+            .expose()
+            .to_owned()
+    })
 }
 
 /// Stops the server however the benchmark ends (a panic included).
