@@ -23,13 +23,17 @@
 //!    sessions per computer so far, the server's memory and CPU.
 //!
 //! `LATCHKEY_BENCH_STORE=postgres://…` runs every server with everything in that database (as
-//! the HTTP benchmark does); each server's tenant is new, the database is not emptied.
+//! the HTTP benchmark does); each server's tenant is new, the database is not emptied. Every
+//! server of a run gets the same secret-store key, so use a fresh database for each run (or set
+//! `LATCHKEY_SECRET_KEY`). `LATCHKEY_BENCH_BIN` runs another `latchkey` binary (to compare
+//! builds) instead of the one Cargo built.
 //!
 //! Agent connections past the first 25,000 are bound to the source addresses 127.0.0.2,
 //! 127.0.0.3, … (one address has about 28,000 ephemeral ports). The open-files limit is raised
 //! before any server starts, so the servers inherit it: the soft limit to the hard one, and as
-//! root both to 1,048,576. An agent that cannot connect, or whose first poll is not answered
-//! within 30 s, is counted as failed and the benchmark goes on with the rest.
+//! root both to 1,048,576 (a hard limit the process may not raise caps N: agents past the
+//! limit less 512 are not started). An agent that cannot connect, or whose first poll is not
+//! answered within 30 s, is counted as failed and the benchmark goes on with the rest.
 //!
 //! `cargo test --all-targets` runs this too, without cargo bench's `--bench` flag: then it is
 //! a smoke test of a few seconds (N = 0 and 20, 2 s of cycles, no history, unless the

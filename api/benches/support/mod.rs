@@ -37,9 +37,14 @@ pub struct Server {
 
 impl Server {
     /// Starts the server with `admin` as its MSP admin token and waits until it listens.
+    /// `LATCHKEY_BENCH_BIN` names another `latchkey` binary to run instead of the one Cargo
+    /// built with the benchmark.
     pub fn start(admin: &str) -> Server {
         let data = tempfile::tempdir().unwrap();
-        let mut server = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+        // Another build of the server (an older one, to compare), or the one Cargo built.
+        let binary = std::env::var_os("LATCHKEY_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_latchkey").into());
+        let mut server = Command::new(binary);
         server
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data.path());
