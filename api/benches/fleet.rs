@@ -13,14 +13,16 @@
 //! 2. **Active cycles beside them.** `LATCHKEY_FLEET_ACTIVE` clients (default 4; each one
 //!    technician with one computer in the same tenant) run full cycles, exactly as the HTTP
 //!    benchmark does, for `LATCHKEY_FLEET_SECONDS` (default 20): cycles/s, check-out → active
-//!    latency, the server's CPU (100% = one core) and memory.
+//!    latency, the server's CPU (100% = one core) and memory. Beside them the CPU of this
+//!    benchmark process (the client) and of every other process (the database on PostgreSQL,
+//!    and whatever else runs on the machine: on a shared machine, read this column first).
 //! 3. **Enrollment versus tenant size.** For the largest N, the enrollment rate per block of
 //!    `LATCHKEY_FLEET_BLOCK` (default 1,000) computers, and the first 100 against the last 100.
 //!
 //! 4. **History** (`LATCHKEY_FLEET_HISTORY=10000`, off by default), on a server of its own with
 //!    no idle agents: the active clients cycle until each of their computers has had that many
 //!    sessions. One row per `LATCHKEY_FLEET_INTERVAL` seconds (default 60): cycles/s in it,
-//!    sessions per computer so far, the server's memory and CPU.
+//!    sessions per computer so far, the server's memory and CPU, the other processes' CPU.
 //!
 //! `LATCHKEY_BENCH_STORE=postgres://…` runs every server with everything in that database (as
 //! the HTTP benchmark does); each server's tenant is new, the database is not emptied. Every
@@ -209,6 +211,8 @@ struct Run {
     to_active: Vec<u64>,
     server_cpu: f64,
     client_cpu: f64,
+    /// Every other process (the database, anything else running), 100 = one core.
+    other_cpu: f64,
     /// Idle polls answered during the cycles (60 s timeouts; more means early wake-ups).
     answered: u64,
     first_error: Option<String>,
@@ -271,6 +275,7 @@ async fn fleet_run(settings: &Settings, admin: &str, n: usize, nofile: u64) -> (
         to_active: active.to_active,
         server_cpu: active.server_cpu,
         client_cpu: active.client_cpu,
+        other_cpu: active.other_cpu,
         answered,
         first_error,
     };
@@ -625,6 +630,8 @@ struct Active {
     /// CPU over the run, 100 = one core.
     server_cpu: f64,
     client_cpu: f64,
+    /// Every other process (the database, anything else running), 100 = one core.
+    other_cpu: f64,
 }
 
 /// Runs `clients` through full cycles for `seconds`; panics if any cycle fails.
@@ -632,6 +639,7 @@ async fn run_active(api: &Arc<Api>, clients: Vec<Client>, seconds: f64, pid: u32
     let to_active: Arc<Mutex<Vec<u64>>> = Arc::default();
     let server = CpuClock::start(pid);
     let client = CpuClock::start(std::process::id());
+    let machine = CpuClock::machine();
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds);
     let tasks: Vec<_> = clients
@@ -655,6 +663,7 @@ async fn run_active(api: &Arc<Api>, clients: Vec<Client>, seconds: f64, pid: u32
     let elapsed = started.elapsed().as_secs_f64();
     let server_cpu = server.percent();
     let client_cpu = client.percent();
+    let other_cpu = (machine.percent() - server_cpu - client_cpu).max(0.0);
     let mut to_active = to_active.lock().await.clone();
     to_active.sort_unstable();
     api.latencies.lock().await.clear();
@@ -663,6 +672,7 @@ async fn run_active(api: &Arc<Api>, clients: Vec<Client>, seconds: f64, pid: u32
         elapsed,
         server_cpu,
         client_cpu,
+        other_cpu,
     }
 }
 
@@ -702,8 +712,8 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
         settings.interval.as_secs_f64()
     );
     println!();
-    println!("| until | cycles/s | sessions per computer | check-out → active p50 | p99 | server CPU | server RSS |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| until | cycles/s | sessions per computer | check-out → active p50 | p99 | server CPU | other CPU | server RSS |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let started = Instant::now();
     let total = |done: &[AtomicU64]| done.iter().map(|d| d.load(Ordering::SeqCst)).sum::<u64>();
     // Cycles/s of each row, and the server's RSS after the first one.
@@ -712,6 +722,8 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
     let mut last_total = 0;
     loop {
         let clock = CpuClock::start(server.pid);
+        let client = CpuClock::start(std::process::id());
+        let machine = CpuClock::machine();
         let from = Instant::now();
         let all_done = async {
             while !tasks.iter().all(|t| t.is_finished()) {
@@ -730,14 +742,16 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
         latencies.sort_unstable();
         api.latencies.lock().await.clear();
         let rss = rss_kib(server.pid);
+        let server_cpu = clock.percent();
         first_rss.get_or_insert(rss);
         println!(
-            "| {:.0} s{} | {rate:.1} | {least}–{most} | {:.1} ms | {:.1} ms | {:.0}% | {:.1} MiB |",
+            "| {:.0} s{} | {rate:.1} | {least}–{most} | {:.1} ms | {:.1} ms | {:.0}% | {:.0}% | {:.1} MiB |",
             started.elapsed().as_secs_f64(),
             if finished { " (end)" } else { "" },
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),
-            clock.percent(),
+            server_cpu,
+            (machine.percent() - server_cpu - client.percent()).max(0.0),
             mib(rss),
         );
         rates.push(rate);
@@ -833,12 +847,12 @@ fn print_active(runs: &[Run]) {
     println!("Active cycles beside the idle polls");
     println!();
     println!(
-        "| N | polls held | cycles | cycles/s | check-out → active p50 | p99 | server CPU | client CPU | server RSS at end | idle polls answered | agents lost |"
+        "| N | polls held | cycles | cycles/s | check-out → active p50 | p99 | server CPU | client CPU | other CPU | server RSS at end | idle polls answered | agents lost |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in runs {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} ms | {:.1} ms | {:.0}% | {:.0}% | {:.1} MiB | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.1} ms | {:.1} ms | {:.0}% | {:.0}% | {:.0}% | {:.1} MiB | {} | {} |",
             run.n,
             run.held,
             run.cycles,
@@ -847,6 +861,7 @@ fn print_active(runs: &[Run]) {
             percentile(&run.to_active, 0.99),
             run.server_cpu,
             run.client_cpu,
+            run.other_cpu,
             mib(run.rss_end),
             run.answered,
             run.lost,
@@ -927,9 +942,28 @@ fn ticks_per_second() -> f64 {
     }
 }
 
-/// CPU used by a process since `start`, as a share of wall time (100 = one core).
+/// Busy CPU time of the whole machine (every core), in clock ticks: `/proc/stat` less idle
+/// and I/O wait.
+fn machine_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    // user nice system idle iowait irq softirq steal …
+    cpu.split_whitespace()
+        .skip(1)
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
+}
+
+/// CPU used by a process (or the whole machine) since `start`, as a share of wall time
+/// (100 = one core).
 struct CpuClock {
-    pid: u32,
+    /// `None` for the whole machine.
+    pid: Option<u32>,
     ticks: u64,
     at: Instant,
 }
@@ -937,14 +971,26 @@ struct CpuClock {
 impl CpuClock {
     fn start(pid: u32) -> CpuClock {
         CpuClock {
-            pid,
+            pid: Some(pid),
             ticks: cpu_ticks(pid),
             at: Instant::now(),
         }
     }
 
+    fn machine() -> CpuClock {
+        CpuClock {
+            pid: None,
+            ticks: machine_ticks(),
+            at: Instant::now(),
+        }
+    }
+
     fn percent(&self) -> f64 {
-        let used = cpu_ticks(self.pid).saturating_sub(self.ticks) as f64 / ticks_per_second();
+        let now = match self.pid {
+            Some(pid) => cpu_ticks(pid),
+            None => machine_ticks(),
+        };
+        let used = now.saturating_sub(self.ticks) as f64 / ticks_per_second();
         used / self.at.elapsed().as_secs_f64() * 100.0
     }
 }
