@@ -213,6 +213,8 @@ struct Run {
     client_cpu: f64,
     /// Every other process (the database, anything else running), 100 = one core.
     other_cpu: f64,
+    /// Server CPU per cycle, ms.
+    cpu_per_cycle: f64,
     /// Idle polls answered during the cycles (60 s timeouts; more means early wake-ups).
     answered: u64,
     first_error: Option<String>,
@@ -225,7 +227,7 @@ async fn fleet_run(settings: &Settings, admin: &str, n: usize, nofile: u64) -> (
     let tenant = create_tenant(&api, admin).await;
     let rss_start = rss_kib(server.pid);
     eprintln!("N = {n}: enrolling");
-    let enrolled = enroll_fleet(&api, admin, &tenant, n, settings.block).await;
+    let enrolled = enroll_fleet(&api, admin, &tenant, n, settings.block, server.pid).await;
     let rss_enrolled = rss_kib(server.pid);
     eprintln!("N = {n}: opening the idle agents' long polls");
     let room = nofile.saturating_sub(FD_RESERVE) as usize;
@@ -276,6 +278,7 @@ async fn fleet_run(settings: &Settings, admin: &str, n: usize, nofile: u64) -> (
         server_cpu: active.server_cpu,
         client_cpu: active.client_cpu,
         other_cpu: active.other_cpu,
+        cpu_per_cycle: active.cpu_per_cycle,
         answered,
         first_error,
     };
@@ -300,11 +303,20 @@ struct Block {
     last: usize,
     tokens_per_s: f64,
     enrollments_per_s: f64,
+    /// Server CPU per enrollment, ms.
+    cpu_ms: f64,
     /// Enroll request latencies, microseconds, sorted.
     latencies: Vec<u64>,
 }
 
-async fn enroll_fleet(api: &Api, admin: &str, tenant: &str, n: usize, block: usize) -> Enrolled {
+async fn enroll_fleet(
+    api: &Api,
+    admin: &str,
+    tenant: &str,
+    n: usize,
+    block: usize,
+    pid: u32,
+) -> Enrolled {
     let mut enrolled = Enrolled {
         agent_tokens: Vec::with_capacity(n),
         times: Vec::with_capacity(n),
@@ -321,6 +333,7 @@ async fn enroll_fleet(api: &Api, admin: &str, tenant: &str, n: usize, block: usi
             .await;
         let tokens_per_s = tokens.len() as f64 / started.elapsed().as_secs_f64();
         let started = Instant::now();
+        let cpu = CpuClock::start(pid);
         let done: Vec<(String, Instant, Instant)> =
             futures::stream::iter(tokens.iter().zip(first..end))
                 .map(|(token, i)| async move {
@@ -332,6 +345,7 @@ async fn enroll_fleet(api: &Api, admin: &str, tenant: &str, n: usize, block: usi
                 .collect()
                 .await;
         let enrollments_per_s = done.len() as f64 / started.elapsed().as_secs_f64();
+        let cpu_ms = cpu.seconds() * 1000.0 / done.len() as f64;
         let mut latencies: Vec<u64> = done
             .iter()
             .map(|(_, sent, answered)| (*answered - *sent).as_micros() as u64)
@@ -346,6 +360,7 @@ async fn enroll_fleet(api: &Api, admin: &str, tenant: &str, n: usize, block: usi
             last: end - 1,
             tokens_per_s,
             enrollments_per_s,
+            cpu_ms,
             latencies,
         });
         if reported.elapsed() > Duration::from_secs(10) {
@@ -632,6 +647,8 @@ struct Active {
     client_cpu: f64,
     /// Every other process (the database, anything else running), 100 = one core.
     other_cpu: f64,
+    /// Server CPU per cycle, ms.
+    cpu_per_cycle: f64,
 }
 
 /// Runs `clients` through full cycles for `seconds`; panics if any cycle fails.
@@ -664,6 +681,8 @@ async fn run_active(api: &Arc<Api>, clients: Vec<Client>, seconds: f64, pid: u32
     let server_cpu = server.percent();
     let client_cpu = client.percent();
     let other_cpu = (machine.percent() - server_cpu - client_cpu).max(0.0);
+    let cycles = to_active.lock().await.len();
+    let cpu_per_cycle = server.seconds() * 1000.0 / cycles.max(1) as f64;
     let mut to_active = to_active.lock().await.clone();
     to_active.sort_unstable();
     api.latencies.lock().await.clear();
@@ -673,6 +692,7 @@ async fn run_active(api: &Arc<Api>, clients: Vec<Client>, seconds: f64, pid: u32
         server_cpu,
         client_cpu,
         other_cpu,
+        cpu_per_cycle,
     }
 }
 
@@ -712,11 +732,11 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
         settings.interval.as_secs_f64()
     );
     println!();
-    println!("| until | cycles/s | sessions per computer | check-out → active p50 | p99 | server CPU | other CPU | server RSS |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| until | cycles/s | sessions per computer | check-out → active p50 | p99 | server CPU | server CPU per cycle | other CPU | server RSS |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let started = Instant::now();
     let total = |done: &[AtomicU64]| done.iter().map(|d| d.load(Ordering::SeqCst)).sum::<u64>();
-    // Cycles/s of each row, and the server's RSS after the first one.
+    // Cycles/s and server CPU per cycle of each row, and the server's RSS after the first.
     let mut rates = Vec::new();
     let mut first_rss = None;
     let mut last_total = 0;
@@ -734,7 +754,8 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
             .await
             .is_ok();
         let now = total(&done);
-        let rate = (now - last_total) as f64 / from.elapsed().as_secs_f64();
+        let cycles = now - last_total;
+        let rate = cycles as f64 / from.elapsed().as_secs_f64();
         last_total = now;
         let least = done.iter().map(|d| d.load(Ordering::SeqCst)).min().unwrap();
         let most = done.iter().map(|d| d.load(Ordering::SeqCst)).max().unwrap();
@@ -743,18 +764,20 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
         api.latencies.lock().await.clear();
         let rss = rss_kib(server.pid);
         let server_cpu = clock.percent();
+        let cpu_per_cycle = clock.seconds() * 1000.0 / cycles.max(1) as f64;
         first_rss.get_or_insert(rss);
         println!(
-            "| {:.0} s{} | {rate:.1} | {least}–{most} | {:.1} ms | {:.1} ms | {:.0}% | {:.0}% | {:.1} MiB |",
+            "| {:.0} s{} | {rate:.1} | {least}–{most} | {:.1} ms | {:.1} ms | {:.0}% | {:.1} ms | {:.0}% | {:.1} MiB |",
             started.elapsed().as_secs_f64(),
             if finished { " (end)" } else { "" },
             percentile(&latencies, 0.50),
             percentile(&latencies, 0.99),
             server_cpu,
+            cpu_per_cycle,
             (machine.percent() - server_cpu - client.percent()).max(0.0),
             mib(rss),
         );
-        rates.push(rate);
+        rates.push((rate, cpu_per_cycle));
         // A client that is done has reached its sessions, or failed: then stop here.
         for task in tasks.iter_mut().filter(|t| t.is_finished()) {
             if let Err(e) = task.await {
@@ -768,16 +791,18 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
     }
     let elapsed = started.elapsed().as_secs_f64();
     // The last row is usually a partial one.
-    let last_full = rates[rates.len().saturating_sub(2)];
+    let (first_rate, first_cpu) = rates[0];
+    let (last_rate, last_cpu) = rates[rates.len().saturating_sub(2)];
     println!();
     println!(
-        "{} cycles in {elapsed:.0} s ({:.1} cycles/s overall); first row {:.1} cycles/s, last \
-         full row {last_full:.1} cycles/s ({:.0}% of the first); server RSS {:.1} MiB after the \
-         first row, {:.1} MiB at the end",
+        "{} cycles in {elapsed:.0} s ({:.1} cycles/s overall). First row {first_rate:.1} \
+         cycles/s at {first_cpu:.1} ms of server CPU per cycle; last full row {last_rate:.1} \
+         cycles/s ({:.0}% of the first) at {last_cpu:.1} ms per cycle ({:.0}% of the first). \
+         Server RSS {:.1} MiB after the first row, {:.1} MiB at the end",
         total(&done),
         total(&done) as f64 / elapsed,
-        rates[0],
-        last_full / rates[0] * 100.0,
+        last_rate / first_rate * 100.0,
+        last_cpu / first_cpu * 100.0,
         mib(first_rss.unwrap_or(0)),
         mib(rss_kib(server.pid)),
     );
@@ -847,12 +872,12 @@ fn print_active(runs: &[Run]) {
     println!("Active cycles beside the idle polls");
     println!();
     println!(
-        "| N | polls held | cycles | cycles/s | check-out → active p50 | p99 | server CPU | client CPU | other CPU | server RSS at end | idle polls answered | agents lost |"
+        "| N | polls held | cycles | cycles/s | check-out → active p50 | p99 | server CPU | server CPU per cycle | client CPU | other CPU | server RSS at end | idle polls answered | agents lost |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for run in runs {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} ms | {:.1} ms | {:.0}% | {:.0}% | {:.0}% | {:.1} MiB | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.1} ms | {:.1} ms | {:.0}% | {:.1} ms | {:.0}% | {:.0}% | {:.1} MiB | {} | {} |",
             run.n,
             run.held,
             run.cycles,
@@ -860,6 +885,7 @@ fn print_active(runs: &[Run]) {
             percentile(&run.to_active, 0.50),
             percentile(&run.to_active, 0.99),
             run.server_cpu,
+            run.cpu_per_cycle,
             run.client_cpu,
             run.other_cpu,
             mib(run.rss_end),
@@ -878,15 +904,16 @@ fn print_enrollment(n: usize, enrolled: &Enrolled, block: usize) {
         "Enrollment versus tenant size (N = {n}; per block of {block}: its tokens issued, then its enrollments, {ENROLL_CONCURRENCY} at a time)"
     );
     println!();
-    println!("| computers | tokens/s | enrollments/s | enroll p50 | enroll p99 |");
-    println!("|---:|---:|---:|---:|---:|");
+    println!("| computers | tokens/s | enrollments/s | server CPU per enrollment | enroll p50 | enroll p99 |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for b in &enrolled.blocks {
         println!(
-            "| {}–{} | {:.0} | {:.0} | {:.2} ms | {:.2} ms |",
+            "| {}–{} | {:.0} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms |",
             b.first + 1,
             b.last + 1,
             b.tokens_per_s,
             b.enrollments_per_s,
+            b.cpu_ms,
             percentile(&b.latencies, 0.50),
             percentile(&b.latencies, 0.99),
         );
@@ -985,13 +1012,17 @@ impl CpuClock {
         }
     }
 
-    fn percent(&self) -> f64 {
+    /// CPU seconds used since the start.
+    fn seconds(&self) -> f64 {
         let now = match self.pid {
             Some(pid) => cpu_ticks(pid),
             None => machine_ticks(),
         };
-        let used = now.saturating_sub(self.ticks) as f64 / ticks_per_second();
-        used / self.at.elapsed().as_secs_f64() * 100.0
+        now.saturating_sub(self.ticks) as f64 / ticks_per_second()
+    }
+
+    fn percent(&self) -> f64 {
+        self.seconds() / self.at.elapsed().as_secs_f64() * 100.0
     }
 }
 
