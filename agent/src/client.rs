@@ -300,6 +300,8 @@ impl Client {
             server: base(&self.server.0[server]).to_owned(),
             silence: self.feed_silence,
             body: BufReader::new(response),
+            name: String::new(),
+            data: None,
         }))
     }
 
@@ -442,13 +444,12 @@ impl Client {
 
 /// What the event feed brings.
 #[derive(Debug)]
-enum FeedEvent {
+pub enum FeedNews {
     /// Every request not yet reported on, in order (the long poll's answer): the whole list
     /// each time, which may still name requests reported since the server sent it.
     Commands(Vec<DeliveredCommand>),
-    /// The server is closing the feed, and says why: the credential was revoked, or it
-    /// failed inside and the agent should reconnect.
-    End { reason: String },
+    /// A keep-alive: the connection is alive and nothing changed.
+    KeepAlive,
 }
 
 /// An open event feed (`text/event-stream`), read event by event.
@@ -457,6 +458,9 @@ pub struct Feed {
     server: String,
     silence: Duration,
     body: BufReader<Response>,
+    /// The event being read: its name and its data lines so far.
+    name: String,
+    data: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -471,62 +475,77 @@ impl Feed {
         &self.server
     }
 
-    /// Waits for the next list of requests not yet reported on. An error once the feed is
-    /// over, as for any other call: [`ClientError::Unauthorized`] when the server ended it
-    /// because the credential was revoked; [`ClientError::Unreachable`] when it ended it
-    /// otherwise (to be reconnected), closed it, stayed silent for longer than two
-    /// keep-alives (a dead connection) or could not be read; [`ClientError::BadAnswer`] for
-    /// an event this agent cannot read.
-    pub fn next_commands(&mut self) -> Result<Vec<DeliveredCommand>, ClientError> {
-        match self.next_event()? {
-            FeedEvent::Commands(commands) => Ok(commands),
-            // The server's reasons are "the agent's credential was revoked" and "server
-            // error; reconnect". Anything else is reconnected too: were the credential
-            // refused after all, the next connection's 401 says so.
-            FeedEvent::End { reason } if reason.contains("revoked") => {
-                Err(ClientError::Unauthorized { detail: reason })
-            }
-            FeedEvent::End { reason } => {
-                Err(self.over(format!("the server ended the event feed: {reason}")))
-            }
-        }
-    }
-
-    /// Waits for the next event, skipping keep-alive comments and events this agent does not
-    /// know.
-    fn next_event(&mut self) -> Result<FeedEvent, ClientError> {
-        // The `text/event-stream` format: `field: value` lines, an empty line ends an event;
-        // lines starting with `:` are comments (the keep-alives).
-        let (mut name, mut data) = (String::new(), None::<String>);
+    /// Waits for the next list of requests or keep-alive; events this agent does not know
+    /// are passed over. An error once the feed is over, as for any other call:
+    /// [`ClientError::Unauthorized`] when the server ended it because the credential was
+    /// revoked; [`ClientError::Unreachable`] when it ended it otherwise (to be reconnected),
+    /// closed it, stayed silent for longer than two keep-alives (a dead connection) or could
+    /// not be read; [`ClientError::BadAnswer`] for an event this agent cannot read.
+    pub fn next_news(&mut self) -> Result<FeedNews, ClientError> {
+        // The `text/event-stream` format: `field: value` lines, an empty line ends an event,
+        // lines starting with `:` are comments (the server's keep-alives).
         loop {
             let line = self.line()?;
+            if line.starts_with(':') {
+                return Ok(FeedNews::KeepAlive);
+            }
             if line.is_empty() {
-                if let Some(data) = data.take() {
-                    if let Some(event) = self.decode(&name, &data)? {
-                        return Ok(event);
+                let name = std::mem::take(&mut self.name);
+                let Some(data) = self.data.take() else {
+                    continue; // no data, no event
+                };
+                let bad = |e: serde_json::Error| ClientError::BadAnswer {
+                    what: "the event feed",
+                    reason: format!("its {name} event: {e}"),
+                };
+                match name.as_str() {
+                    "commands" => {
+                        let commands: Commands = serde_json::from_str(&data).map_err(bad)?;
+                        return Ok(FeedNews::Commands(commands.commands));
+                    }
+                    "end" => {
+                        let end: EndData = serde_json::from_str(&data).map_err(bad)?;
+                        return Err(self.ended(end.reason));
+                    }
+                    other => {
+                        tracing::debug!(
+                            event = other,
+                            "passing over an event this agent does not know"
+                        );
+                        continue;
                     }
                 }
-                name.clear();
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
             }
             let (field, value) = match line.split_once(':') {
                 Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
                 None => (line.as_str(), ""),
             };
             match field {
-                "event" => value.clone_into(&mut name),
-                "data" => match &mut data {
+                "event" => value.clone_into(&mut self.name),
+                "data" => match &mut self.data {
+                    Some(data) if data.len() + value.len() >= MAX_FEED_LINE as usize => {
+                        return Err(self.over(format!(
+                            "an event of the event feed is longer than {MAX_FEED_LINE} bytes"
+                        )));
+                    }
                     Some(data) => {
                         data.push('\n');
                         data.push_str(value);
                     }
-                    None => data = Some(value.to_owned()),
+                    None => self.data = Some(value.to_owned()),
                 },
                 _ => {} // id, retry and fields unknown to the format: not used here
             }
+        }
+    }
+
+    /// The error for the server's `end` event. Its reasons are "the agent's credential was
+    /// revoked" and "server error; reconnect". Any other is reconnected too: were the
+    /// credential refused after all, the next connection's 401 would say so.
+    fn ended(&self, reason: String) -> ClientError {
+        match reason.contains("revoked") {
+            true => ClientError::Unauthorized { detail: reason },
+            false => self.over(format!("the server ended the event feed: {reason}")),
         }
     }
 
@@ -555,27 +574,6 @@ impl Feed {
         String::from_utf8(line).map_err(|_| ClientError::BadAnswer {
             what: "the event feed",
             reason: "a line is not UTF-8".into(),
-        })
-    }
-
-    fn decode(&self, name: &str, data: &str) -> Result<Option<FeedEvent>, ClientError> {
-        let bad = |e: serde_json::Error| ClientError::BadAnswer {
-            what: "the event feed",
-            reason: format!("its {name} event: {e}"),
-        };
-        Ok(match name {
-            "commands" => {
-                let commands: Commands = serde_json::from_str(data).map_err(bad)?;
-                Some(FeedEvent::Commands(commands.commands))
-            }
-            "end" => {
-                let end: EndData = serde_json::from_str(data).map_err(bad)?;
-                Some(FeedEvent::End { reason: end.reason })
-            }
-            other => {
-                tracing::debug!(event = other, "skipping an event this agent does not know");
-                None
-            }
         })
     }
 
@@ -777,6 +775,13 @@ mod tests {
         (addr, received, release)
     }
 
+    fn listed(news: FeedNews) -> Vec<DeliveredCommand> {
+        match news {
+            FeedNews::Commands(commands) => commands,
+            FeedNews::KeepAlive => panic!("a keep-alive, not a commands event"),
+        }
+    }
+
     fn client(addr: std::net::SocketAddr) -> Client {
         let server = ServerUrl::parse(&format!("http://{addr}")).unwrap();
         Client::with_token(server, "lk_test".into()).unwrap()
@@ -791,7 +796,7 @@ mod tests {
             "\r\n\r\n",
             "event: news\ndata: {\"not\": \"for this agent\"}\n\n",
             "event: commands\n\n",
-            "event: commands\ndata: {\"commands\":\ndata: []}\n\n",
+            "event: commands\ndata: {\"commands\":\n: keep-alive\ndata: []}\n\n",
             "event: end\ndata: {\"reason\":\"server error; reconnect\"}\n\n",
         );
         let second = "event: end\ndata: {\"reason\":\"the agent's credential was revoked\"}\n\n";
@@ -805,28 +810,31 @@ mod tests {
 
         let mut feed = client.feed().unwrap().expect("a feed");
         assert_eq!(requests.recv().unwrap(), "GET /v1/agent/feed HTTP/1.1");
-        let commands = feed.next_commands().unwrap();
+        assert!(matches!(feed.next_news().unwrap(), FeedNews::KeepAlive));
+        let commands = listed(feed.next_news().unwrap());
         assert_eq!(commands.len(), 1);
         assert_eq!((commands[0].request_id, commands[0].attempt), (1, 2));
         assert_eq!(commands[0].operation["account"], "msp-nik");
-        // The unknown event and the one without data are passed over; data lines are joined.
-        assert!(feed.next_commands().unwrap().is_empty());
-        let ended = feed.next_commands().unwrap_err();
+        // The unknown event and the one without data are passed over; data lines are joined,
+        // also around a keep-alive.
+        assert!(matches!(feed.next_news().unwrap(), FeedNews::KeepAlive));
+        assert!(listed(feed.next_news().unwrap()).is_empty());
+        let ended = feed.next_news().unwrap_err();
         assert!(
             matches!(&ended, ClientError::Unreachable { reason, .. } if reason.contains("server error; reconnect")),
             "{ended}"
         );
 
         let mut feed = client.feed().unwrap().expect("a feed");
-        let revoked = feed.next_commands().unwrap_err();
+        let revoked = feed.next_news().unwrap_err();
         assert!(
             matches!(&revoked, ClientError::Unauthorized { detail } if detail == "the agent's credential was revoked"),
             "{revoked}"
         );
 
         let mut feed = client.feed().unwrap().expect("a feed");
-        assert!(feed.next_commands().unwrap().is_empty());
-        let closed = feed.next_commands().unwrap_err();
+        assert!(listed(feed.next_news().unwrap()).is_empty());
+        let closed = feed.next_news().unwrap_err();
         assert!(
             matches!(&closed, ClientError::Unreachable { reason, url } if reason.contains("closed") && url == &format!("http://{addr}")),
             "{closed}"
@@ -868,16 +876,17 @@ mod tests {
     #[test]
     fn a_feed_silent_for_longer_than_two_keep_alives_is_a_dead_connection() {
         let (addr, _requests, release) = stub(vec![event_stream(
-            "event: commands\ndata: {\"commands\":[]}\n\n",
+            ": keep-alive\n\nevent: commands\ndata: {\"commands\":[]}\n\n",
             true,
         )]);
         let mut client = client(addr);
         assert_eq!(FEED_SILENCE, 2 * FEED_HEARTBEAT);
         client.feed_silence = Duration::from_millis(300);
         let mut feed = client.feed().unwrap().expect("a feed");
-        assert!(feed.next_commands().unwrap().is_empty());
+        assert!(matches!(feed.next_news().unwrap(), FeedNews::KeepAlive));
+        assert!(listed(feed.next_news().unwrap()).is_empty());
         // The server holds the connection open and sends nothing more.
-        let silent = feed.next_commands().unwrap_err();
+        let silent = feed.next_news().unwrap_err();
         assert!(
             matches!(&silent, ClientError::Unreachable { reason, .. } if reason.contains("not even a keep-alive")),
             "{silent}"

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::client::{Client, ClientError, DeliveredCommand, Feed, ServerUrl};
+use crate::client::{Client, ClientError, DeliveredCommand, Feed, FeedNews, ServerUrl};
 use crate::executor::Executor;
 use crate::journal::{CommandKey, Journal, Status, Step};
 use crate::offline;
@@ -156,8 +156,8 @@ struct Daemon<'a> {
     polling_until: Option<Instant>,
 }
 
-/// One list of requests from the event feed, or why the feed is over.
-type Heard = Result<Vec<DeliveredCommand>, ClientError>;
+/// What the event feed brought, or why it is over.
+type Heard = Result<FeedNews, ClientError>;
 
 /// How long the daemon long-polls a server without the event feed before trying it again.
 const FEED_RETRY: Duration = Duration::from_secs(600);
@@ -200,17 +200,21 @@ impl Daemon<'_> {
             self.feed = Some(listen(feed)?);
         }
         let feed = self.feed.as_ref().expect("the feed is open");
-        let commands = match feed.recv_timeout(wait) {
-            Ok(heard) => heard?,
-            Err(RecvTimeoutError::Timeout) => return Ok(()), // time for a chore
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(ClientError::Unreachable {
-                    url: self.client.server().as_str(),
-                    reason: "the event feed's reader stopped".into(),
-                })
+        let until = Instant::now() + wait;
+        loop {
+            match feed.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(Ok(FeedNews::Commands(commands))) => return self.carry_out(&commands),
+                Ok(Ok(FeedNews::KeepAlive)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => return Ok(()), // time for a chore
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(ClientError::Unreachable {
+                        url: self.client.server().as_str(),
+                        reason: "the event feed's reader stopped".into(),
+                    })
+                }
             }
-        };
-        self.carry_out(&commands)
+        }
     }
 
     /// Carries out and reports each request in order, except those the journal says were
@@ -336,8 +340,9 @@ impl Daemon<'_> {
 }
 
 /// Reads the event feed on a thread of its own, so that the daemon keeps its timers while the
-/// feed is quiet. The thread ends after passing on the error that ends the feed, or at its
-/// next event once the daemon has let go of the receiver.
+/// feed is quiet. The thread ends after passing on the error that ends the feed, or once the
+/// daemon has let go of the receiver, at the next event or keep-alive (so a feed the daemon
+/// gave up on is closed within a heartbeat).
 fn listen(mut feed: Feed) -> Result<Receiver<Heard>, ClientError> {
     // One list at a time: the daemon carries out one before it reads the next.
     let (sender, heard) = mpsc::sync_channel(1);
@@ -345,7 +350,7 @@ fn listen(mut feed: Feed) -> Result<Receiver<Heard>, ClientError> {
     std::thread::Builder::new()
         .name("event-feed".into())
         .spawn(move || loop {
-            let next = feed.next_commands();
+            let next = feed.next_news();
             let over = next.is_err();
             if sender.send(next).is_err() || over {
                 return;
@@ -373,6 +378,7 @@ fn tolerate(result: Result<(), ClientError>, chore: &str) -> Result<(), ClientEr
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -389,11 +395,19 @@ mod tests {
         body: String,
     }
 
+    /// How the stub answers one request.
+    enum Reply {
+        /// The whole response; the connection is closed after it.
+        Whole(String),
+        /// The response's head and first events, then a keep-alive every 50 ms until the
+        /// client closes the connection, which sets the flag.
+        KeepingAlive(String, Arc<AtomicBool>),
+    }
+
     /// A server on loopback that answers each request with `answer(request, everything seen
-    /// before it)` (the whole response, written before the connection is closed), each
-    /// connection on a thread of its own; returns its URL and what it saw.
+    /// before it)`, each connection on a thread of its own; returns its URL and what it saw.
     fn stub(
-        answer: impl Fn(&Seen, &[Seen]) -> String + Send + Sync + 'static,
+        answer: impl Fn(&Seen, &[Seen]) -> Reply + Send + Sync + 'static,
     ) -> (String, Arc<Mutex<Vec<Seen>>>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -437,24 +451,38 @@ mod tests {
                         log.push(request);
                         reply
                     };
-                    let _ = stream.write_all(reply.as_bytes());
+                    match reply {
+                        Reply::Whole(text) => {
+                            let _ = stream.write_all(text.as_bytes());
+                        }
+                        Reply::KeepingAlive(text, closed) => {
+                            let mut sent = stream.write_all(text.as_bytes());
+                            let start = Instant::now();
+                            while sent.is_ok() && start.elapsed() < Duration::from_secs(60) {
+                                std::thread::sleep(Duration::from_millis(50));
+                                sent = stream.write_all(b": keep-alive\n\n");
+                            }
+                            closed.store(sent.is_err(), Ordering::SeqCst);
+                        }
+                    }
                 });
             }
         });
         (url, seen)
     }
 
-    fn json(status: &str, body: &str) -> String {
-        format!(
+    fn json(status: &str, body: &str) -> Reply {
+        Reply::Whole(format!(
             "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
             body.len()
-        )
+        ))
     }
 
-    fn events(body: &str) -> String {
-        format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{body}"
-        )
+    const EVENT_STREAM: &str =
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+
+    fn events(body: &str) -> Reply {
+        Reply::Whole(format!("{EVENT_STREAM}{body}"))
     }
 
     fn commands_event(commands: &[serde_json::Value]) -> String {
@@ -475,7 +503,7 @@ mod tests {
     }
 
     /// Answers the chores' requests the way a server without offline secrets would.
-    fn chore(request: &Seen) -> Option<String> {
+    fn chore(request: &Seen) -> Option<Reply> {
         match (request.method.as_str(), request.target.as_str()) {
             ("GET", "/v1/agent/offline-secrets") => {
                 Some(json("404 Not Found", r#"{"detail":"none"}"#))
@@ -639,5 +667,35 @@ mod tests {
             1,
             "the feed is asked for once, not before every poll"
         );
+    }
+
+    #[test]
+    fn a_feed_the_daemon_lets_go_of_is_closed_at_its_next_keep_alive() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let flag = closed.clone();
+        let (url, _seen) = stub(move |_, _| {
+            Reply::KeepingAlive(
+                format!("{EVENT_STREAM}{}", commands_event(&[])),
+                flag.clone(),
+            )
+        });
+        let client = Client::with_token(ServerUrl::parse(&url).unwrap(), "lk_test".into()).unwrap();
+        let heard = listen(client.feed().unwrap().expect("a feed")).unwrap();
+        let first = heard.recv().unwrap();
+        assert!(
+            matches!(&first, Ok(FeedNews::Commands(c)) if c.is_empty()),
+            "{first:?}"
+        );
+        // The daemon gives up on the feed (say, a report failed): its reader thread must not
+        // keep the connection open.
+        drop(heard);
+        let start = Instant::now();
+        while !closed.load(Ordering::SeqCst) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the feed is still open"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
