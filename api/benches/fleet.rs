@@ -37,6 +37,9 @@
 //! limit less 512 are not started). An agent that cannot connect, or whose first poll is not
 //! answered within 30 s, is counted as failed and the benchmark goes on with the rest.
 //!
+//! `LATCHKEY_FLEET_FEED=sse` has the idle agents hold the event feed (`GET /v1/agent/feed`,
+//! server-sent events) instead of long polls.
+//!
 //! `cargo test --all-targets` runs this too, without cargo bench's `--bench` flag: then it is
 //! a smoke test of a few seconds (N = 0 and 20, 2 s of cycles, no history, unless the
 //! variables say otherwise) that checks every agent held its poll and every cycle succeeded.
@@ -82,6 +85,8 @@ struct Settings {
     interval: Duration,
     block: usize,
     per_source: usize,
+    /// Idle agents hold the event feed (`LATCHKEY_FLEET_FEED=sse`) instead of long polls.
+    sse: bool,
 }
 
 impl Settings {
@@ -117,6 +122,11 @@ impl Settings {
             per_source: (number("LATCHKEY_FLEET_PER_SOURCE", CONNECTIONS_PER_SOURCE as f64)
                 as usize)
                 .max(1),
+            sse: match var("LATCHKEY_FLEET_FEED").as_deref().map(str::trim) {
+                None | Some("" | "poll") => false,
+                Some("sse") => true,
+                Some(other) => panic!("LATCHKEY_FLEET_FEED={other}: poll or sse"),
+            },
         }
     }
 }
@@ -236,6 +246,7 @@ async fn fleet_run(settings: &Settings, admin: &str, n: usize, nofile: u64) -> (
         enrolled.agent_tokens.clone(),
         room,
         settings.per_source,
+        settings.sse,
     )
     .await;
     fleet.opened(n).await;
@@ -440,6 +451,7 @@ impl Fleet {
         agent_tokens: Vec<String>,
         room: usize,
         per_source: usize,
+        sse: bool,
     ) -> Fleet {
         let stats = Arc::new(FleetStats::default());
         if agent_tokens.len() > room {
@@ -458,7 +470,7 @@ impl Fleet {
             let permits = permits.clone();
             tasks.spawn(async move {
                 let permit = permits.acquire_owned().await.unwrap();
-                idle_agent(i, server, &token, permit, &stats, per_source).await;
+                idle_agent(i, server, &token, permit, &stats, per_source, sse).await;
             });
         }
         Fleet { tasks, stats }
@@ -519,6 +531,7 @@ async fn idle_agent(
     permit: OwnedSemaphorePermit,
     stats: &FleetStats,
     per_source: usize,
+    sse: bool,
 ) {
     let fail = |why: String| async move {
         stats.failed.fetch_add(1, Ordering::SeqCst);
@@ -551,6 +564,9 @@ async fn idle_agent(
         stats.opened.fetch_add(1, Ordering::SeqCst);
         drop(permit);
         let _connected = Held::new(&stats.connected);
+        if sse {
+            return hold_feed(&mut sender, &host, &auth, stats).await;
+        }
         loop {
             let answer = {
                 let _outstanding = Held::new(&stats.outstanding);
@@ -599,6 +615,55 @@ async fn connect(
     let stream = socket.connect(server).await?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Holds `GET /v1/agent/feed` (server-sent events) until it ends: the first event must be
+/// an empty `commands` list, every later chunk a keep-alive. Returns why it ended.
+async fn hold_feed(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    host: &HeaderValue,
+    auth: &HeaderValue,
+    stats: &FleetStats,
+) -> String {
+    if let Err(e) = sender.ready().await {
+        return format!("not ready: {e}");
+    }
+    let request = hyper::Request::get("/v1/agent/feed")
+        .header(HOST, host)
+        .header(AUTHORIZATION, auth)
+        .body(Empty::new())
+        .unwrap();
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => return format!("feed: {e}"),
+    };
+    if !response.status().is_success() {
+        return format!("feed: {}", response.status());
+    }
+    let mut body = response.into_body();
+    let mut first = true;
+    let _outstanding = Held::new(&stats.outstanding);
+    loop {
+        let chunk = match body.frame().await {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Some(Err(e)) => return format!("feed: {e}"),
+            None => return "the feed ended".into(),
+        };
+        let text = String::from_utf8_lossy(&chunk);
+        if first {
+            first = false;
+            if !text.contains(r#""commands":[]"#) {
+                return format!("the feed opened with {text}");
+            }
+            stats.answered.fetch_add(1, Ordering::SeqCst);
+        } else if text.contains("event: commands") {
+            stats.commands.fetch_add(1, Ordering::SeqCst);
+            return "an idle agent was given commands".into();
+        }
+    }
 }
 
 /// One `GET /v1/agent/commands?wait=…`; returns how many commands it gave.
@@ -815,9 +880,20 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
+/// What each idle agent holds, as `LATCHKEY_FLEET_FEED` says.
+fn idle_request() -> &'static str {
+    match std::env::var("LATCHKEY_FLEET_FEED").as_deref() {
+        Ok("sse") => "GET /v1/agent/feed (server-sent events)",
+        _ => "GET /v1/agent/commands?wait=60",
+    }
+}
+
 fn print_idle(runs: &[Run]) {
     println!();
-    println!("Idle agents: N enrolled, each holding GET /v1/agent/commands?wait=60 on its own connection");
+    println!(
+        "Idle agents: N enrolled, each holding {} on its own connection",
+        idle_request()
+    );
     println!();
     println!(
         "| N | polls held | failed | RSS at start | RSS enrolled | RSS polls held | KiB per connection | KiB per agent | slope vs previous N | settle |"
