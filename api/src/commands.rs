@@ -588,46 +588,9 @@ mod tests {
         );
     }
 
-    /// A store where every append loses the race, to see the give-up path.
-    struct AlwaysBehind(MemoryStore);
-
-    #[async_trait]
-    impl EventStore for AlwaysBehind {
-        async fn append(
-            &self,
-            stream: &StreamName,
-            expected: ExpectedState,
-            _: Vec<NewEvent>,
-        ) -> Result<AppendResult, StoreError> {
-            Err(StoreError::WrongExpectedState {
-                stream: stream.clone(),
-                expected,
-                actual: Some(99),
-            })
-        }
-        async fn read_stream(
-            &self,
-            stream: &StreamName,
-            from: u64,
-            max: usize,
-        ) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.0.read_stream(stream, from, max).await
-        }
-        async fn read_all(
-            &self,
-            after: Option<Position>,
-            max: usize,
-        ) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.0.read_all(after, max).await
-        }
-        async fn wait_for_events_after(&self, after: Option<Position>) {
-            self.0.wait_for_events_after(after).await
-        }
-    }
-
     #[tokio::test]
     async fn a_command_that_keeps_losing_the_race_is_reported_as_contended() {
-        let store = AlwaysBehind(MemoryStore::new());
+        let store = TestStore::always_behind();
         let (id, stream) = nik();
         let mut decided = 0;
         let err = execute::<Technician, _>(&store, &stream, &envelope(), |_| {
@@ -655,24 +618,45 @@ mod tests {
         );
     }
 
-    /// A store that counts the events it hands out from streams.
-    struct Counting(MemoryStore, std::sync::atomic::AtomicUsize);
+    /// A memory store for the tests: it counts the events it hands out from streams, and
+    /// with `behind` every append loses the race (to see the give-up path).
+    #[derive(Default)]
+    struct TestStore {
+        inner: MemoryStore,
+        read: std::sync::atomic::AtomicUsize,
+        behind: bool,
+    }
 
-    impl Counting {
+    impl TestStore {
+        fn always_behind() -> Self {
+            Self {
+                behind: true,
+                ..Self::default()
+            }
+        }
+
+        /// Events read from streams since the last call.
         fn taken(&self) -> usize {
-            self.1.swap(0, std::sync::atomic::Ordering::SeqCst)
+            self.read.swap(0, std::sync::atomic::Ordering::SeqCst)
         }
     }
 
     #[async_trait]
-    impl EventStore for Counting {
+    impl EventStore for TestStore {
         async fn append(
             &self,
             stream: &StreamName,
             expected: ExpectedState,
             events: Vec<NewEvent>,
         ) -> Result<AppendResult, StoreError> {
-            self.0.append(stream, expected, events).await
+            if self.behind {
+                return Err(StoreError::WrongExpectedState {
+                    stream: stream.clone(),
+                    expected,
+                    actual: Some(99),
+                });
+            }
+            self.inner.append(stream, expected, events).await
         }
         async fn read_stream(
             &self,
@@ -680,8 +664,8 @@ mod tests {
             from: u64,
             max: usize,
         ) -> Result<Vec<RecordedEvent>, StoreError> {
-            let page = self.0.read_stream(stream, from, max).await?;
-            self.1
+            let page = self.inner.read_stream(stream, from, max).await?;
+            self.read
                 .fetch_add(page.len(), std::sync::atomic::Ordering::SeqCst);
             Ok(page)
         }
@@ -690,10 +674,10 @@ mod tests {
             after: Option<Position>,
             max: usize,
         ) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.0.read_all(after, max).await
+            self.inner.read_all(after, max).await
         }
         async fn wait_for_events_after(&self, after: Option<Position>) {
-            self.0.wait_for_events_after(after).await
+            self.inner.wait_for_events_after(after).await
         }
     }
 
@@ -752,7 +736,7 @@ mod tests {
     async fn a_cold_load_of_a_long_stream_reads_only_the_events_after_its_snapshot() {
         use latchkey_domain::computer::Computer;
         let dir = tempfile::tempdir().unwrap();
-        let store = Counting(MemoryStore::new(), Default::default());
+        let store = TestStore::default();
         let stream = long_computer(&store, SNAPSHOT_EVERY as usize + 20).await;
         store.taken();
         let full = load::<Computer>(&store, &stream).await.unwrap();
@@ -782,7 +766,7 @@ mod tests {
     async fn a_snapshot_that_does_not_match_the_log_or_the_state_form_is_ignored() {
         use latchkey_domain::computer::Computer;
         let dir = tempfile::tempdir().unwrap();
-        let store = Counting(MemoryStore::new(), Default::default());
+        let store = TestStore::default();
         let stream = long_computer(&store, 30).await;
         let full = load::<Computer>(&store, &stream).await.unwrap();
         let wrong_state = Computer::default().encode().unwrap();
