@@ -4,6 +4,7 @@
 //!
 //! It must never put a secret (token, password, TOTP secret) into an error or a log line.
 
+use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,6 +19,14 @@ use uuid::Uuid;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request may take beyond the long poll's own wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often the server's event feed sends a keep-alive (the server's `FEED_HEARTBEAT`).
+pub const FEED_HEARTBEAT: Duration = Duration::from_secs(25);
+/// An event feed on which nothing (no event, no keep-alive) arrived for this long, two
+/// heartbeats, is taken for a dead connection. It also bounds the wait for the feed's answer.
+pub const FEED_SILENCE: Duration = Duration::from_secs(2 * FEED_HEARTBEAT.as_secs());
+/// The longest line of the event feed this agent reads (a `commands` event is one line of
+/// JSON; thousands of requests stay far below it).
+const MAX_FEED_LINE: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -204,6 +213,8 @@ pub struct Client {
     current: AtomicUsize,
     token: Option<String>,
     http: Http,
+    /// How long the event feed may stay silent ([`FEED_SILENCE`]; shorter in tests).
+    feed_silence: Duration,
 }
 
 impl Client {
@@ -231,6 +242,7 @@ impl Client {
             current: AtomicUsize::new(0),
             token,
             http,
+            feed_silence: FEED_SILENCE,
         })
     }
 
@@ -254,6 +266,43 @@ impl Client {
                     .timeout(REQUEST_TIMEOUT + Duration::from_secs(wait))
             })?;
         Ok(answer.commands)
+    }
+
+    /// Opens the event feed (`GET /v1/agent/feed`), which pushes the requests not yet
+    /// reported on; `None` when the server has none (an older server answers 404), so the
+    /// caller long-polls [`Client::commands`] instead.
+    pub fn feed(&self) -> Result<Option<Feed>, ClientError> {
+        let what = "the event feed";
+        let opened = self.exchange("feed", what, StatusCode::OK, |url| {
+            self.authorized(self.http.get(url))
+                .header(reqwest::header::ACCEPT, "text/event-stream")
+                // A blocking response applies this to every read of its body too: the
+                // longest the feed may stay silent.
+                .timeout(self.feed_silence)
+        });
+        let (response, server) = match opened {
+            Ok(opened) => opened,
+            Err(ClientError::Refused { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !content_type.starts_with("text/event-stream") {
+            return Err(ClientError::BadAnswer {
+                what,
+                reason: format!("its content type is {content_type:?}, not text/event-stream"),
+            });
+        }
+        Ok(Some(Feed {
+            server: base(&self.server.0[server]).to_owned(),
+            silence: self.feed_silence,
+            body: BufReader::new(response),
+            name: String::new(),
+            data: None,
+        }))
     }
 
     pub fn report(&self, request_id: u64, outcome: &Outcome) -> Result<(), ClientError> {
@@ -304,10 +353,8 @@ impl Client {
         }
     }
 
-    /// Sends the request `build` makes for an endpoint URL to the server that answered last,
-    /// and to the next ones in turn while a server cannot be reached or answers that it is
-    /// unavailable (502, 503, 504). A request the server may have carried out before its
-    /// answer was lost is sent again; every agent request is safe to repeat.
+    /// Sends the request `build` makes for an endpoint URL (see [`Client::exchange`]) and
+    /// reads the answer's JSON.
     fn call<T: DeserializeOwned>(
         &self,
         path: &str,
@@ -315,6 +362,25 @@ impl Client {
         expected: StatusCode,
         build: impl Fn(String) -> RequestBuilder,
     ) -> Result<T, ClientError> {
+        let (response, _) = self.exchange(path, what, expected, build)?;
+        response.json().map_err(|e| ClientError::BadAnswer {
+            what,
+            reason: describe(&e),
+        })
+    }
+
+    /// Sends the request `build` makes for an endpoint URL to the server that answered last,
+    /// and to the next ones in turn while a server cannot be reached or answers that it is
+    /// unavailable (502, 503, 504). A request the server may have carried out before its
+    /// answer was lost is sent again; every agent request is safe to repeat. Returns the
+    /// answer with the `expected` status and which server gave it.
+    fn exchange(
+        &self,
+        path: &str,
+        what: &'static str,
+        expected: StatusCode,
+        build: impl Fn(String) -> RequestBuilder,
+    ) -> Result<(Response, usize), ClientError> {
         let count = self.server.len();
         let first = self.current.load(Ordering::Relaxed) % count;
         let mut last = None;
@@ -342,30 +408,27 @@ impl Client {
                         );
                         self.current.store(index, Ordering::Relaxed);
                     }
-                    return answer;
+                    return answer.map(|response| (response, index));
                 }
             }
         }
         Err(last.expect("at least one server"))
     }
 
-    fn judge<T: DeserializeOwned>(
+    fn judge(
         &self,
         sent: Result<Response, reqwest::Error>,
         server: usize,
         what: &'static str,
         expected: StatusCode,
-    ) -> Result<T, ClientError> {
+    ) -> Result<Response, ClientError> {
         let response = sent.map_err(|e| ClientError::Unreachable {
             url: base(&self.server.0[server]).to_owned(),
             reason: describe(&e),
         })?;
         let status = response.status();
         if status == expected {
-            return response.json().map_err(|e| ClientError::BadAnswer {
-                what,
-                reason: describe(&e),
-            });
+            return Ok(response);
         }
         let detail = problem_detail(response);
         if status == StatusCode::UNAUTHORIZED {
@@ -376,6 +439,164 @@ impl Client {
             what,
             detail,
         })
+    }
+}
+
+/// What the event feed brings.
+#[derive(Debug)]
+pub enum FeedNews {
+    /// Every request not yet reported on, in order (the long poll's answer): the whole list
+    /// each time, which may still name requests reported since the server sent it.
+    Commands(Vec<DeliveredCommand>),
+    /// A keep-alive: the connection is alive and nothing changed.
+    KeepAlive,
+}
+
+/// An open event feed (`text/event-stream`), read event by event.
+pub struct Feed {
+    /// The server's base URL, for errors.
+    server: String,
+    silence: Duration,
+    body: BufReader<Response>,
+    /// The event being read: its name and its data lines so far.
+    name: String,
+    data: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EndData {
+    #[serde(default)]
+    reason: String,
+}
+
+impl Feed {
+    /// The server this feed comes from.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Waits for the next list of requests or keep-alive; events this agent does not know
+    /// are passed over. An error once the feed is over, as for any other call:
+    /// [`ClientError::Unauthorized`] when the server ended it because the credential was
+    /// revoked; [`ClientError::Unreachable`] when it ended it otherwise (to be reconnected),
+    /// closed it, stayed silent for longer than two keep-alives (a dead connection) or could
+    /// not be read; [`ClientError::BadAnswer`] for an event this agent cannot read.
+    pub fn next_news(&mut self) -> Result<FeedNews, ClientError> {
+        // The `text/event-stream` format: `field: value` lines, an empty line ends an event,
+        // lines starting with `:` are comments (the server's keep-alives).
+        loop {
+            let line = self.line()?;
+            if line.starts_with(':') {
+                return Ok(FeedNews::KeepAlive);
+            }
+            if line.is_empty() {
+                let name = std::mem::take(&mut self.name);
+                let Some(data) = self.data.take() else {
+                    continue; // no data, no event
+                };
+                let bad = |e: serde_json::Error| ClientError::BadAnswer {
+                    what: "the event feed",
+                    reason: format!("its {name} event: {e}"),
+                };
+                match name.as_str() {
+                    "commands" => {
+                        let commands: Commands = serde_json::from_str(&data).map_err(bad)?;
+                        return Ok(FeedNews::Commands(commands.commands));
+                    }
+                    "end" => {
+                        let end: EndData = serde_json::from_str(&data).map_err(bad)?;
+                        return Err(self.ended(end.reason));
+                    }
+                    other => {
+                        tracing::debug!(
+                            event = other,
+                            "passing over an event this agent does not know"
+                        );
+                        continue;
+                    }
+                }
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+                None => (line.as_str(), ""),
+            };
+            match field {
+                "event" => value.clone_into(&mut self.name),
+                "data" => match &mut self.data {
+                    Some(data) if data.len() + value.len() >= MAX_FEED_LINE as usize => {
+                        return Err(self.over(format!(
+                            "an event of the event feed is longer than {MAX_FEED_LINE} bytes"
+                        )));
+                    }
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => self.data = Some(value.to_owned()),
+                },
+                _ => {} // id, retry and fields unknown to the format: not used here
+            }
+        }
+    }
+
+    /// The error for the server's `end` event. Its reasons are "the agent's credential was
+    /// revoked" and "server error; reconnect". Any other is reconnected too: were the
+    /// credential refused after all, the next connection's 401 would say so.
+    fn ended(&self, reason: String) -> ClientError {
+        match reason.contains("revoked") {
+            true => ClientError::Unauthorized { detail: reason },
+            false => self.over(format!("the server ended the event feed: {reason}")),
+        }
+    }
+
+    /// One line without its end (LF or CRLF).
+    fn line(&mut self) -> Result<String, ClientError> {
+        let mut line = Vec::new();
+        let read = (&mut self.body)
+            .take(MAX_FEED_LINE)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| self.dead(&e))?;
+        if read == 0 {
+            return Err(self.over("the server closed the event feed".into()));
+        }
+        if line.last() != Some(&b'\n') {
+            return Err(match read as u64 {
+                MAX_FEED_LINE => self.over(format!(
+                    "a line of the event feed is longer than {MAX_FEED_LINE} bytes"
+                )),
+                _ => self.over("the server closed the event feed mid-line".into()),
+            });
+        }
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        String::from_utf8(line).map_err(|_| ClientError::BadAnswer {
+            what: "the event feed",
+            reason: "a line is not UTF-8".into(),
+        })
+    }
+
+    fn dead(&self, error: &std::io::Error) -> ClientError {
+        let timed_out = error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<reqwest::Error>())
+            .is_some_and(reqwest::Error::is_timeout)
+            || error.kind() == std::io::ErrorKind::TimedOut;
+        match timed_out {
+            true => self.over(format!(
+                "nothing came on the event feed for {} s, not even a keep-alive",
+                self.silence.as_secs_f64()
+            )),
+            false => self.over(format!("reading the event feed: {error}")),
+        }
+    }
+
+    fn over(&self, reason: String) -> ClientError {
+        ClientError::Unreachable {
+            url: self.server.clone(),
+            reason,
+        }
     }
 }
 
@@ -497,6 +718,180 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, ClientError::Unreachable { .. }), "{error}");
         assert!(error.to_string().contains(&dead.to_string()), "{error}");
+    }
+
+    /// One answer of [`stub`]: the bytes to write, then whether to keep the connection open
+    /// (until the test ends) rather than close it.
+    struct Reply {
+        text: String,
+        hold: bool,
+    }
+
+    fn event_stream(body: &str, hold: bool) -> Reply {
+        Reply {
+            text: format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n{body}"),
+            hold,
+        }
+    }
+
+    /// A server on loopback answering its connections' requests with `replies`, one each, in
+    /// order; returns its address, the request lines it received, and a sender that keeps
+    /// held connections open until dropped.
+    fn stub(
+        replies: Vec<Reply>,
+    ) -> (
+        std::net::SocketAddr,
+        std::sync::mpsc::Receiver<String>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (requests, received) = std::sync::mpsc::channel();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut open = Vec::new();
+            for (reply, stream) in replies.into_iter().zip(listener.incoming()) {
+                let mut stream = stream.unwrap();
+                let mut head = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                head.read_line(&mut line).unwrap();
+                let _ = requests.send(line.trim_end().to_owned());
+                loop {
+                    let mut header = String::new();
+                    if head.read_line(&mut header).unwrap() == 0 || header.trim().is_empty() {
+                        break;
+                    }
+                }
+                stream.write_all(reply.text.as_bytes()).unwrap();
+                if reply.hold {
+                    open.push(stream);
+                }
+            }
+            // Held connections stay open until the test lets go (or a minute passes).
+            let _ = held.recv_timeout(Duration::from_secs(60));
+            drop(open);
+        });
+        (addr, received, release)
+    }
+
+    fn listed(news: FeedNews) -> Vec<DeliveredCommand> {
+        match news {
+            FeedNews::Commands(commands) => commands,
+            FeedNews::KeepAlive => panic!("a keep-alive, not a commands event"),
+        }
+    }
+
+    fn client(addr: std::net::SocketAddr) -> Client {
+        let server = ServerUrl::parse(&format!("http://{addr}")).unwrap();
+        Client::with_token(server, "lk_test".into()).unwrap()
+    }
+
+    #[test]
+    fn the_event_feed_is_read_event_by_event() {
+        let first = concat!(
+            ": keep-alive\n\n",
+            "event: commands\r\n",
+            r#"data: {"commands":[{"request_id":1,"attempt":2,"operation":{"op":"ensure_account","account":"msp-nik"}}]}"#,
+            "\r\n\r\n",
+            "event: news\ndata: {\"not\": \"for this agent\"}\n\n",
+            "event: commands\n\n",
+            "event: commands\ndata: {\"commands\":\n: keep-alive\ndata: []}\n\n",
+            "event: end\ndata: {\"reason\":\"server error; reconnect\"}\n\n",
+        );
+        let second = "event: end\ndata: {\"reason\":\"the agent's credential was revoked\"}\n\n";
+        let third = "event: commands\ndata: {\"commands\":[]}\n\nevent: comm";
+        let (addr, requests, _release) = stub(vec![
+            event_stream(first, false),
+            event_stream(second, false),
+            event_stream(third, false),
+        ]);
+        let client = client(addr);
+
+        let mut feed = client.feed().unwrap().expect("a feed");
+        assert_eq!(requests.recv().unwrap(), "GET /v1/agent/feed HTTP/1.1");
+        assert!(matches!(feed.next_news().unwrap(), FeedNews::KeepAlive));
+        let commands = listed(feed.next_news().unwrap());
+        assert_eq!(commands.len(), 1);
+        assert_eq!((commands[0].request_id, commands[0].attempt), (1, 2));
+        assert_eq!(commands[0].operation["account"], "msp-nik");
+        // The unknown event and the one without data are passed over; data lines are joined,
+        // also around a keep-alive.
+        assert!(matches!(feed.next_news().unwrap(), FeedNews::KeepAlive));
+        assert!(listed(feed.next_news().unwrap()).is_empty());
+        let ended = feed.next_news().unwrap_err();
+        assert!(
+            matches!(&ended, ClientError::Unreachable { reason, .. } if reason.contains("server error; reconnect")),
+            "{ended}"
+        );
+
+        let mut feed = client.feed().unwrap().expect("a feed");
+        let revoked = feed.next_news().unwrap_err();
+        assert!(
+            matches!(&revoked, ClientError::Unauthorized { detail } if detail == "the agent's credential was revoked"),
+            "{revoked}"
+        );
+
+        let mut feed = client.feed().unwrap().expect("a feed");
+        assert!(listed(feed.next_news().unwrap()).is_empty());
+        let closed = feed.next_news().unwrap_err();
+        assert!(
+            matches!(&closed, ClientError::Unreachable { reason, url } if reason.contains("closed") && url == &format!("http://{addr}")),
+            "{closed}"
+        );
+    }
+
+    #[test]
+    fn a_server_without_the_event_feed_says_so_and_other_refusals_are_errors() {
+        let problem = |status: &str| {
+            Reply {
+            text: format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/problem+json\r\ncontent-length: 19\r\nconnection: close\r\n\r\n{{\"detail\":\"no way\"}}"
+            ),
+            hold: false,
+        }
+        };
+        let (addr, _requests, _release) = stub(vec![
+            problem("404 Not Found"),
+            problem("401 Unauthorized"),
+            Reply {
+                text: "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}".into(),
+                hold: false,
+            },
+        ]);
+        let client = client(addr);
+        assert!(client.feed().unwrap().is_none(), "404: an older server");
+        let refused = client.feed().err().expect("401 is an error");
+        assert!(
+            matches!(&refused, ClientError::Unauthorized { detail } if detail == "no way"),
+            "{refused}"
+        );
+        let json = client.feed().err().expect("not an event stream");
+        assert!(
+            matches!(&json, ClientError::BadAnswer { reason, .. } if reason.contains("application/json")),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_feed_silent_for_longer_than_two_keep_alives_is_a_dead_connection() {
+        let (addr, _requests, release) = stub(vec![event_stream(
+            ": keep-alive\n\nevent: commands\ndata: {\"commands\":[]}\n\n",
+            true,
+        )]);
+        let mut client = client(addr);
+        assert_eq!(FEED_SILENCE, 2 * FEED_HEARTBEAT);
+        client.feed_silence = Duration::from_millis(300);
+        let mut feed = client.feed().unwrap().expect("a feed");
+        assert!(matches!(feed.next_news().unwrap(), FeedNews::KeepAlive));
+        assert!(listed(feed.next_news().unwrap()).is_empty());
+        // The server holds the connection open and sends nothing more.
+        let silent = feed.next_news().unwrap_err();
+        assert!(
+            matches!(&silent, ClientError::Unreachable { reason, .. } if reason.contains("not even a keep-alive")),
+            "{silent}"
+        );
+        drop(release);
     }
 
     #[test]

@@ -73,7 +73,9 @@ struct RunArgs {
     state: StateArg,
     #[command(flatten)]
     root: RootArg,
-    /// The longest one poll for commands waits, in seconds (1-60).
+    /// The longest the daemon waits for requests before a round of its own, in seconds
+    /// (1-60): a long poll's wait on a server without the event feed; on the event feed, how
+    /// often it looks for buffered offline logins to upload.
     #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u64).range(1..=60))]
     poll_seconds: u64,
     /// How often to report the admin group's members, in seconds.

@@ -119,7 +119,7 @@ fn shared_mode_survives_server_restarts_while_the_agent_is_connected() {
 
     let (session, account) = msp.check_out(&setup, &agent);
     assert_eq!(account, shared);
-    // The agent is in its long poll: the server goes away and comes back on the same data.
+    // The agent holds its event feed: the server goes away and comes back on the same data.
     msp.stop_server();
     msp.start_server();
     let password = msp.reveal(&setup, &session);

@@ -409,6 +409,16 @@ impl TokenStore {
         }))
     }
 
+    /// Whether the token still authenticates (not revoked): long-lived connections opened
+    /// with it (the agents' event feed) check again while they last.
+    pub fn is_live(&self, token_id: TokenId) -> Result<bool, AuthError> {
+        self.db
+            .lock()
+            .prepare_cached("SELECT 1 FROM tokens WHERE token_id = ?1 AND revoked_at IS NULL")
+            .and_then(|mut statement| statement.exists(params![token_id.to_string()]))
+            .map_err(|e| self.storage(e))
+    }
+
     /// Revokes a token: it no longer authenticates, for good. Returns whether a live token was
     /// revoked (`false` if unknown or already revoked).
     pub fn revoke(&self, token_id: TokenId) -> Result<bool, AuthError> {

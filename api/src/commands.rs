@@ -3,6 +3,7 @@
 //! HTTP handlers, process managers and the expiry scheduler all go through here; none of
 //! them appends by itself. It never logs an event body.
 
+use crate::snapshots::{Snapshot, SnapshotStore};
 use latchkey_domain::{Aggregate, DecodeError, DomainError, Event};
 use latchkey_store::{EventMetadata, EventStore, ExpectedState, NewEvent, StoreError, StreamName};
 use std::any::Any;
@@ -59,79 +60,241 @@ pub struct Executed<A: Aggregate> {
     pub attempts: usize,
 }
 
+/// Aggregates whose streams grow long keep snapshots of their state (see [`crate::snapshots`]).
+/// The default is none: only what overrides [`Snapshots::VERSION`] is snapshotted.
+pub trait Snapshots: Aggregate + Sized {
+    /// The form of the stored state; `None`: never snapshotted.
+    const VERSION: Option<u32> = None;
+
+    fn encode(&self) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decode(_: &[u8]) -> Option<Self> {
+        None
+    }
+}
+
+impl Snapshots for latchkey_domain::tenant::Tenant {}
+impl Snapshots for latchkey_domain::technician::Technician {}
+impl Snapshots for latchkey_domain::session::Session {}
+
+impl Snapshots for latchkey_domain::computer::Computer {
+    const VERSION: Option<u32> = Some(latchkey_domain::computer::SNAPSHOT_VERSION);
+
+    fn encode(&self) -> Option<Vec<u8>> {
+        serde_json::to_vec(self).ok()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        serde_json::from_slice(bytes).ok()
+    }
+}
+
+/// What the command path can load, execute and cache.
+pub trait Stored: Snapshots + Send + Sync + 'static {}
+impl<A: Snapshots + Send + Sync + 'static> Stored for A {}
+
+/// A snapshot is taken when a stream has grown by this many events since the last one.
+pub const SNAPSHOT_EVERY: u64 = 500;
+
+/// A cached state: the revision it is at, the aggregate, and the revision of the stream's
+/// last snapshot (if it has one).
+#[derive(Clone)]
+struct CachedState {
+    revision: u64,
+    state: Arc<dyn Any + Send + Sync>,
+    snapshot: Option<u64>,
+}
+
 /// Recent aggregate states by stream, so a command reads only the events appended since the
 /// state was cached instead of the whole stream (a computer's stream grows with every
-/// session). Always correct: streams only grow, so a cached state at revision r plus the
-/// events after r is the current state, whichever server appended them. Bounded: when full it
-/// starts again empty.
-/// A cached state: the revision it is at, and the aggregate.
-type CachedState = (u64, Arc<dyn Any + Send + Sync>);
-
+/// session); and, behind it, the snapshots of long streams, so a cold load (after a restart)
+/// does not fold the whole stream either. Always correct: streams only grow, so a state at
+/// revision r plus the events after r is the current state, whichever server appended them.
+/// Bounded: two generations of at most half the capacity each; when the newer one fills up,
+/// the older one is dropped, so what was used recently stays.
 pub struct StateCache {
-    entries: std::sync::Mutex<HashMap<String, CachedState>>,
+    generations: std::sync::Mutex<[HashMap<String, CachedState>; 2]>,
     capacity: usize,
+    snapshots: Option<Arc<SnapshotStore>>,
 }
 
 impl StateCache {
     pub fn new(capacity: usize) -> Self {
         Self {
-            entries: std::sync::Mutex::new(HashMap::new()),
+            generations: std::sync::Mutex::new([HashMap::new(), HashMap::new()]),
             capacity,
+            snapshots: None,
         }
     }
 
-    fn get<A: Aggregate + Send + Sync + 'static>(&self, stream: &StreamName) -> Option<(A, u64)> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let (revision, state) = entries.get(stream.as_str())?;
-        state
-            .downcast_ref::<A>()
-            .map(|state| (state.clone(), *revision))
+    /// Reads and keeps snapshots of long streams in `snapshots`.
+    pub fn with_snapshots(mut self, snapshots: SnapshotStore) -> Self {
+        self.snapshots = Some(Arc::new(snapshots));
+        self
     }
 
-    fn put<A: Aggregate + Send + Sync + 'static>(
+    fn entry(&self, stream: &StreamName) -> Option<CachedState> {
+        let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(found) = generations[0].get(stream.as_str()) {
+            return Some(found.clone());
+        }
+        // Used again: back into the newer generation.
+        let found = generations[1].remove(stream.as_str())?;
+        Self::insert(&mut generations, self.capacity, stream, found.clone());
+        Some(found)
+    }
+
+    fn insert(
+        generations: &mut [HashMap<String, CachedState>; 2],
+        capacity: usize,
+        stream: &StreamName,
+        entry: CachedState,
+    ) {
+        if generations[0].len() >= capacity.div_ceil(2)
+            && !generations[0].contains_key(stream.as_str())
+        {
+            generations[1] = std::mem::take(&mut generations[0]);
+        }
+        generations[0].insert(stream.as_str().to_owned(), entry);
+    }
+
+    fn get<A: Stored>(&self, stream: &StreamName) -> Option<(A, u64, Option<u64>)> {
+        let entry = self.entry(stream)?;
+        entry
+            .state
+            .downcast_ref::<A>()
+            .map(|state| (state.clone(), entry.revision, entry.snapshot))
+    }
+
+    fn put<A: Stored>(&self, stream: &StreamName, state: &A, revision: u64, snapshot: Option<u64>) {
+        if self.capacity == 0 {
+            return;
+        }
+        let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        let (newer, snapshot) = match generations[0]
+            .get(stream.as_str())
+            .or_else(|| generations[1].get(stream.as_str()))
+        {
+            Some(cached) => (
+                cached.revision < revision
+                    || (cached.revision == revision && snapshot > cached.snapshot),
+                snapshot.max(cached.snapshot),
+            ),
+            None => (true, snapshot),
+        };
+        if newer {
+            let entry = CachedState {
+                revision,
+                state: Arc::new(state.clone()),
+                snapshot,
+            };
+            generations[1].remove(stream.as_str());
+            Self::insert(&mut generations, self.capacity, stream, entry);
+        }
+    }
+
+    /// The stored snapshot of `stream`, if it is of `A`'s current form. Errors are logged and
+    /// answered with `None`: the state is then folded from the events.
+    async fn snapshot<A: Stored>(&self, stream: &StreamName) -> Option<(A, u64, Uuid)> {
+        let version = A::VERSION?;
+        let snapshots = self.snapshots.clone()?;
+        let name = stream.as_str().to_owned();
+        let found = tokio::task::spawn_blocking(move || snapshots.get(&name)).await;
+        match found {
+            Ok(Ok(Some(snapshot))) if snapshot.version == version => {
+                let state = A::decode(&snapshot.state)?;
+                Some((state, snapshot.revision, snapshot.event_id))
+            }
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!(%stream, error = %e, "cannot read the stream's snapshot");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "cannot read the stream's snapshot");
+                None
+            }
+        }
+    }
+
+    /// Keeps a snapshot of `state` at `revision` (the event `event_id`), in the background.
+    fn take_snapshot<A: Stored>(
         &self,
         stream: &StreamName,
         state: &A,
         revision: u64,
+        event_id: Uuid,
     ) {
-        if self.capacity == 0 {
+        let (Some(version), Some(snapshots)) = (A::VERSION, self.snapshots.clone()) else {
             return;
-        }
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(stream.as_str()) {
-            entries.clear();
-        }
-        let newer = entries
-            .get(stream.as_str())
-            .is_none_or(|(cached, _)| *cached < revision);
-        if newer {
-            entries.insert(
-                stream.as_str().to_owned(),
-                (revision, Arc::new(state.clone())),
-            );
-        }
+        };
+        let Some(encoded) = state.encode() else {
+            return;
+        };
+        let name = stream.as_str().to_owned();
+        let snapshot = Snapshot {
+            version,
+            revision,
+            event_id,
+            state: encoded,
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = snapshots.put(&name, &snapshot) {
+                tracing::warn!(stream = %name, error = %e, "cannot keep the stream's snapshot");
+            }
+        });
+    }
+}
+
+/// The state from the stream's snapshot, if it has one of `A`'s current form that belongs to
+/// this log: the event it names is read back and must be there, with that id.
+async fn from_snapshot<A: Stored>(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    stream: &StreamName,
+) -> Result<Option<(A, u64)>, CommandError> {
+    let Some((state, at, event_id)) = cache.snapshot::<A>(stream).await else {
+        return Ok(None);
+    };
+    let there = store.read_stream(stream, at, 1).await?;
+    if there
+        .first()
+        .is_some_and(|e| e.revision == at && e.id == event_id)
+    {
+        Ok(Some((state, at)))
+    } else {
+        tracing::warn!(%stream, "the stream's snapshot does not match the log; folding the events");
+        Ok(None)
     }
 }
 
 /// Folds a whole stream into its aggregate's state.
-pub async fn load<A: Aggregate + Send + Sync + 'static>(
+pub async fn load<A: Stored>(
     store: &dyn EventStore,
     stream: &StreamName,
 ) -> Result<Loaded<A>, CommandError> {
     load_cached(store, &StateCache::new(0), stream).await
 }
 
-/// [`load`], starting from the cached state if there is one.
-pub async fn load_cached<A: Aggregate + Send + Sync + 'static>(
+/// [`load`], starting from the cached state if there is one, else from the stream's snapshot
+/// if it has one; takes a snapshot when the stream has grown [`SNAPSHOT_EVERY`] events since
+/// its last one.
+pub async fn load_cached<A: Stored>(
     store: &dyn EventStore,
     cache: &StateCache,
     stream: &StreamName,
 ) -> Result<Loaded<A>, CommandError> {
-    let (mut state, mut revision) = match cache.get::<A>(stream) {
-        Some((state, revision)) => (state, Some(revision)),
-        None => (A::default(), None),
+    let (mut state, mut revision, mut snapshot) = match cache.get::<A>(stream) {
+        Some((state, revision, snapshot)) => (state, Some(revision), snapshot),
+        None => match from_snapshot::<A>(store, cache, stream).await? {
+            Some((state, revision)) => (state, Some(revision), Some(revision)),
+            None => (A::default(), None, None),
+        },
     };
     let cached = revision;
+    let mut last_event = None;
     loop {
         let from = revision.map_or(0, |r: u64| r + 1);
         let page = store.read_stream(stream, from, PAGE).await?;
@@ -156,10 +319,18 @@ pub async fn load_cached<A: Aggregate + Send + Sync + 'static>(
                 })?;
             state = A::evolve(state, &event);
             revision = Some(recorded.revision);
+            last_event = Some(recorded.id);
         }
         if !full {
-            if let Some(revision) = revision.filter(|r| Some(*r) != cached) {
-                cache.put(stream, &state, revision);
+            let mut took = false;
+            if let (Some(at), Some(event_id)) = (revision, last_event) {
+                if at + 1 >= snapshot.map_or(0, |s| s + 1) + SNAPSHOT_EVERY {
+                    cache.take_snapshot(stream, &state, at, event_id);
+                    (snapshot, took) = (Some(at), true);
+                }
+            }
+            if let Some(revision) = revision.filter(|r| took || Some(*r) != cached) {
+                cache.put(stream, &state, revision, snapshot);
             }
             return Ok(Loaded { state, revision });
         }
@@ -192,7 +363,7 @@ pub async fn execute<A, F>(
     command: F,
 ) -> Result<Executed<A>, CommandError>
 where
-    A: Aggregate + Send + Sync + 'static,
+    A: Stored,
     F: FnMut(&A) -> A::Command,
 {
     execute_cached(store, &StateCache::new(0), stream, envelope, command).await
@@ -207,7 +378,7 @@ pub async fn execute_cached<A, F>(
     mut command: F,
 ) -> Result<Executed<A>, CommandError>
 where
-    A: Aggregate + Send + Sync + 'static,
+    A: Stored,
     F: FnMut(&A) -> A::Command,
 {
     for attempt in 1..=MAX_ATTEMPTS {
@@ -228,7 +399,7 @@ where
         match store.append(stream, expected, batch).await {
             Ok(written) => {
                 let state = events.iter().fold(loaded.state, A::evolve);
-                cache.put(stream, &state, written.next_expected_revision);
+                cache.put(stream, &state, written.next_expected_revision, None);
                 return Ok(Executed {
                     events,
                     state,
@@ -417,46 +588,9 @@ mod tests {
         );
     }
 
-    /// A store where every append loses the race, to see the give-up path.
-    struct AlwaysBehind(MemoryStore);
-
-    #[async_trait]
-    impl EventStore for AlwaysBehind {
-        async fn append(
-            &self,
-            stream: &StreamName,
-            expected: ExpectedState,
-            _: Vec<NewEvent>,
-        ) -> Result<AppendResult, StoreError> {
-            Err(StoreError::WrongExpectedState {
-                stream: stream.clone(),
-                expected,
-                actual: Some(99),
-            })
-        }
-        async fn read_stream(
-            &self,
-            stream: &StreamName,
-            from: u64,
-            max: usize,
-        ) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.0.read_stream(stream, from, max).await
-        }
-        async fn read_all(
-            &self,
-            after: Option<Position>,
-            max: usize,
-        ) -> Result<Vec<RecordedEvent>, StoreError> {
-            self.0.read_all(after, max).await
-        }
-        async fn wait_for_events_after(&self, after: Option<Position>) {
-            self.0.wait_for_events_after(after).await
-        }
-    }
-
     #[tokio::test]
     async fn a_command_that_keeps_losing_the_race_is_reported_as_contended() {
-        let store = AlwaysBehind(MemoryStore::new());
+        let store = TestStore::always_behind();
         let (id, stream) = nik();
         let mut decided = 0;
         let err = execute::<Technician, _>(&store, &stream, &envelope(), |_| {
@@ -482,5 +616,227 @@ mod tests {
             decided, MAX_ATTEMPTS,
             "each attempt decided again on fresh state"
         );
+    }
+
+    /// A memory store for the tests: it counts the events it hands out from streams, and
+    /// with `behind` every append loses the race (to see the give-up path).
+    #[derive(Default)]
+    struct TestStore {
+        inner: MemoryStore,
+        read: std::sync::atomic::AtomicUsize,
+        behind: bool,
+    }
+
+    impl TestStore {
+        fn always_behind() -> Self {
+            Self {
+                behind: true,
+                ..Self::default()
+            }
+        }
+
+        /// Events read from streams since the last call.
+        fn taken(&self) -> usize {
+            self.read.swap(0, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl EventStore for TestStore {
+        async fn append(
+            &self,
+            stream: &StreamName,
+            expected: ExpectedState,
+            events: Vec<NewEvent>,
+        ) -> Result<AppendResult, StoreError> {
+            if self.behind {
+                return Err(StoreError::WrongExpectedState {
+                    stream: stream.clone(),
+                    expected,
+                    actual: Some(99),
+                });
+            }
+            self.inner.append(stream, expected, events).await
+        }
+        async fn read_stream(
+            &self,
+            stream: &StreamName,
+            from: u64,
+            max: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            let page = self.inner.read_stream(stream, from, max).await?;
+            self.read
+                .fetch_add(page.len(), std::sync::atomic::Ordering::SeqCst);
+            Ok(page)
+        }
+        async fn read_all(
+            &self,
+            after: Option<Position>,
+            max: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_all(after, max).await
+        }
+        async fn wait_for_events_after(&self, after: Option<Position>) {
+            self.inner.wait_for_events_after(after).await
+        }
+    }
+
+    /// A computer whose stream holds `events` events (its enrollment, then inventories).
+    async fn long_computer(store: &dyn EventStore, events: usize) -> StreamName {
+        use latchkey_domain::computer::{Computer, ComputerCommand, OsKind};
+        use latchkey_domain::ids::{AgentKeyId, ComputerId};
+        let computer_id = ComputerId(Uuid::from_u128(7));
+        let stream = StreamName::new(computer_id.stream_name()).unwrap();
+        let enroll = ComputerCommand::Enroll {
+            computer_id,
+            tenant_id: TenantId(Uuid::from_u128(1)),
+            hostname: latchkey_domain::names::Hostname::parse("W11-L-PASSWORD").unwrap(),
+            os: OsKind::Windows,
+            agent_key_id: AgentKeyId(Uuid::from_u128(8)),
+            by: admin(),
+            at: at(),
+        };
+        execute::<Computer, _>(store, &stream, &envelope(), |_| enroll.clone())
+            .await
+            .unwrap();
+        for n in 1..events {
+            // The members change every time, so every report is an event.
+            let members: std::collections::BTreeSet<String> =
+                [format!("member-{n}")].into_iter().collect();
+            let group = latchkey_domain::names::GroupName::parse("Administrators").unwrap();
+            execute::<Computer, _>(store, &stream, &envelope(), |_| {
+                ComputerCommand::ReportInventory {
+                    group: group.clone(),
+                    members: members.clone(),
+                    at: at(),
+                }
+            })
+            .await
+            .unwrap();
+        }
+        stream
+    }
+
+    fn snapshot_store(dir: &tempfile::TempDir) -> SnapshotStore {
+        SnapshotStore::open(dir.path().join("snapshots.db")).unwrap()
+    }
+
+    /// Waits for the background write of a snapshot of `stream`.
+    async fn snapshot_of(store: &SnapshotStore, stream: &StreamName) -> Snapshot {
+        for _ in 0..500 {
+            if let Some(snapshot) = store.get(stream.as_str()).unwrap() {
+                return snapshot;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("no snapshot of {stream} was kept");
+    }
+
+    #[tokio::test]
+    async fn a_cold_load_of_a_long_stream_reads_only_the_events_after_its_snapshot() {
+        use latchkey_domain::computer::Computer;
+        let dir = tempfile::tempdir().unwrap();
+        let store = TestStore::default();
+        let stream = long_computer(&store, SNAPSHOT_EVERY as usize + 20).await;
+        store.taken();
+        let full = load::<Computer>(&store, &stream).await.unwrap();
+        assert_eq!(store.taken(), SNAPSHOT_EVERY as usize + 20);
+
+        // A server loads it and keeps a snapshot.
+        let running = StateCache::new(10).with_snapshots(snapshot_store(&dir));
+        load_cached::<Computer>(&store, &running, &stream)
+            .await
+            .unwrap();
+        let kept = snapshot_of(&snapshot_store(&dir), &stream).await;
+        assert_eq!(kept.revision, SNAPSHOT_EVERY + 19);
+
+        // After a restart (an empty cache), a load reads the snapshot's own event (to check
+        // it belongs to this log) and nothing before it.
+        store.taken();
+        let restarted = StateCache::new(10).with_snapshots(snapshot_store(&dir));
+        let loaded = load_cached::<Computer>(&store, &restarted, &stream)
+            .await
+            .unwrap();
+        assert_eq!(store.taken(), 1);
+        assert_eq!(loaded.state, full.state);
+        assert_eq!(loaded.revision, full.revision);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_that_does_not_match_the_log_or_the_state_form_is_ignored() {
+        use latchkey_domain::computer::Computer;
+        let dir = tempfile::tempdir().unwrap();
+        let store = TestStore::default();
+        let stream = long_computer(&store, 30).await;
+        let full = load::<Computer>(&store, &stream).await.unwrap();
+        let wrong_state = Computer::default().encode().unwrap();
+        let version = <Computer as Snapshots>::VERSION.unwrap();
+        let event_10 = store.read_stream(&stream, 10, 1).await.unwrap()[0].id;
+        for bad in [
+            // Another log (a restored backup): the event at the revision is another one.
+            Snapshot {
+                version,
+                revision: 10,
+                event_id: Uuid::from_u128(99),
+                state: wrong_state.clone(),
+            },
+            // Beyond the end of this log.
+            Snapshot {
+                version,
+                revision: 1000,
+                event_id: Uuid::from_u128(99),
+                state: wrong_state.clone(),
+            },
+            // An older form of the state.
+            Snapshot {
+                version: version + 1,
+                revision: 10,
+                event_id: event_10,
+                state: wrong_state.clone(),
+            },
+        ] {
+            snapshot_store(&dir).put(stream.as_str(), &bad).unwrap();
+            let cold = StateCache::new(10).with_snapshots(snapshot_store(&dir));
+            let loaded = load_cached::<Computer>(&store, &cold, &stream)
+                .await
+                .unwrap();
+            assert_eq!(
+                loaded.state, full.state,
+                "snapshot at {} of version {}",
+                bad.revision, bad.version
+            );
+            let _ = std::fs::remove_file(dir.path().join("snapshots.db"));
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_what_was_used_recently_when_it_is_full() {
+        let cache = StateCache::new(4);
+        let state = Technician::default();
+        let name = |n: u32| StreamName::new(format!("technician-{n}")).unwrap();
+        for n in 0..4 {
+            cache.put(&name(n), &state, 1, None);
+        }
+        // Stream 0 is used again; then new streams push the others out.
+        assert!(cache.get::<Technician>(&name(0)).is_some());
+        for n in 4..6 {
+            cache.put(&name(n), &state, 1, None);
+        }
+        assert!(
+            cache.get::<Technician>(&name(0)).is_some(),
+            "used recently: kept"
+        );
+        assert!(
+            cache.get::<Technician>(&name(1)).is_none(),
+            "not used since: dropped"
+        );
+        let held: usize = cache
+            .generations
+            .lock()
+            .unwrap()
+            .iter()
+            .map(HashMap::len)
+            .sum();
+        assert!(held <= 4, "never more than the capacity: {held}");
     }
 }

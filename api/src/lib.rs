@@ -4,9 +4,11 @@
 //! - `http`: the REST API, its OpenAPI document and idempotency keys;
 //! - `runner`: the process managers over the read models; `scheduler`: expiry and retries;
 //! - `secrets`: the encrypted secret store; `auth`: hashed API and enrollment tokens;
+//! - `snapshots`: stored states of long streams, so a restart does not fold years of events;
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
 //! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
-//! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL).
+//! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);
+//! - `wakeups`: long polls wait on their own stream and are woken by its events only.
 
 pub mod auth;
 pub mod cli;
@@ -19,4 +21,6 @@ pub mod replay;
 pub mod runner;
 pub mod scheduler;
 pub mod secrets;
+pub mod snapshots;
 pub mod storage;
+pub mod wakeups;

@@ -234,7 +234,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     // Opened now so a wrong key stops the server at start-up, not at the first rotation.
     let secrets = SecretStore::open(place("secrets.db"), &key).map_err(|e| e.to_string())?;
     let models = Arc::new(Mutex::new(models));
-    let cache = Arc::new(latchkey_api::commands::StateCache::new(100_000));
+    let snapshots = latchkey_api::snapshots::SnapshotStore::open(place("snapshots.db"))
+        .map_err(|e| format!("snapshots: {e}"))?;
+    let cache =
+        Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
     let tokens = TokenStore::open(place("tokens.db")).map_err(|e| e.to_string())?;
     let idempotency = IdempotencyStore::open(place("idempotency.db"))
@@ -248,8 +251,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         None => runner.progress(),
     };
     let from = view.with(|q| q.checkpoint()).map_err(read_models_error)?;
-    let (log_head, follow) = latchkey_api::runner::follow_log(store.clone(), from);
-    actix_web::rt::spawn(follow);
+    let wakeups = Arc::new(latchkey_api::wakeups::StreamWakeups::new());
+    actix_web::rt::spawn(latchkey_api::runner::follow_log(
+        store.clone(),
+        from,
+        wakeups.clone(),
+    ));
     let state = web::Data::new(Services {
         store: store.clone(),
         tokens,
@@ -257,7 +264,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         secrets,
         idempotency,
         progress,
-        log_head,
+        wakeups,
         cache,
     });
     let metrics = web::Data::new(Metrics::new());

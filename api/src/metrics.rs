@@ -37,6 +37,8 @@ pub struct Metrics {
     open_sessions: Gauge,
     standing_privilege: Gauge,
     stuck_requests: Gauge,
+    polls_waiting: Gauge,
+    poll_wakeups: Gauge,
 }
 
 impl Default for Metrics {
@@ -56,6 +58,8 @@ impl Metrics {
         let open_sessions = Gauge::default();
         let standing_privilege = Gauge::default();
         let stuck_requests = Gauge::default();
+        let polls_waiting = Gauge::default();
+        let poll_wakeups = Gauge::default();
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         registry.register(
             "http_request_duration_seconds",
@@ -82,6 +86,17 @@ impl Metrics {
             "Failed revocations and clean-ups waiting for a retry",
             stuck_requests.clone(),
         );
+        registry.register(
+            "agent_polls_waiting",
+            "Agents' long polls waiting for an event on their computer",
+            polls_waiting.clone(),
+        );
+        // A gauge set from the wake-up counter at scrape time (it only grows).
+        registry.register(
+            "agent_poll_wakeups",
+            "Wake-ups delivered to waiting long polls since start",
+            poll_wakeups.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -90,6 +105,8 @@ impl Metrics {
             open_sessions,
             standing_privilege,
             stuck_requests,
+            polls_waiting,
+            poll_wakeups,
         }
     }
 
@@ -132,6 +149,8 @@ pub async fn scrape(metrics: web::Data<Metrics>, services: web::Data<Services>) 
     metrics
         .read_model_position
         .set(position.map_or(0, |p| p.commit as i64));
+    metrics.polls_waiting.set(services.wakeups.waiting() as i64);
+    metrics.poll_wakeups.set(services.wakeups.woken() as i64);
     let figures = services
         .query(|q| {
             let open = q.open_session_count()?;

@@ -4,6 +4,7 @@
 //! runner resumes from its checkpoint and may safely handle the last event again.
 
 use crate::commands::{self, CommandError, Envelope, StateCache};
+use crate::wakeups::StreamWakeups;
 use latchkey_domain::computer::Computer;
 use latchkey_domain::process::{react, Command};
 use latchkey_domain::session::Session;
@@ -337,55 +338,48 @@ struct Batch {
 type CommitFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RunnerError>> + Send>>;
 
-/// Events handled per batch.
+/// Events handled per batch. A crash may make the runner handle its last batch again, so a
+/// computer must remember at least as many released sessions as a batch can release.
 const BATCH: usize = 256;
+const _: () = assert!(BATCH <= latchkey_domain::computer::RELEASED_KEPT);
 
-/// Follows the end of the event log from `from` on: the position of the newest event,
-/// updated as soon as the store reports new events (on PostgreSQL, appended by any server).
-/// Long polls that read streams (the agents' request feed) wait on it. Spawn the returned
-/// future; it ends when every receiver is gone.
-pub fn follow_log(
+/// Follows the end of the event log from `from` on and wakes the waiters of each new event's
+/// stream ([`StreamWakeups`]), and only those: the agents' long polls wait on their own
+/// computer's stream. It learns of new events from the store (on PostgreSQL, appended by any
+/// server: the notification says only that the log moved, and the events themselves say which
+/// streams, so a lost or coalesced notification can never lose a wake-up). Spawn it; it runs
+/// for as long as the server.
+pub async fn follow_log(
     store: Arc<dyn EventStore>,
     from: Option<Position>,
-) -> (
-    watch::Receiver<Option<Position>>,
-    impl std::future::Future<Output = ()>,
+    wakeups: Arc<StreamWakeups>,
 ) {
-    let (sender, receiver) = watch::channel(from);
-    let follow = async move {
-        let mut head = from;
-        loop {
-            match store.read_all(head, FOLLOW_PAGE).await {
-                Ok(page) => {
-                    if let Some(last) = page.last() {
-                        head = Some(last.position);
-                        // More may follow: read on before telling anyone.
-                        if page.len() == FOLLOW_PAGE {
-                            continue;
-                        }
+    let mut head = from;
+    loop {
+        match store.read_all(head, FOLLOW_PAGE).await {
+            Ok(page) => {
+                // Once per stream and page: a command appends its events together.
+                let streams: std::collections::HashSet<&str> =
+                    page.iter().map(|e| e.stream.as_str()).collect();
+                for stream in streams {
+                    wakeups.wake(stream);
+                }
+                if let Some(last) = page.last() {
+                    head = Some(last.position);
+                    // More may follow: read on before waiting.
+                    if page.len() == FOLLOW_PAGE {
+                        continue;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the end of the event log");
-                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                    continue;
-                }
             }
-            sender.send_if_modified(|seen| {
-                let moved = *seen != head;
-                *seen = head;
-                moved
-            });
-            if sender.is_closed() {
-                return;
-            }
-            tokio::select! {
-                () = store.wait_for_events_after(head) => {}
-                () = sender.closed() => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the end of the event log");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
             }
         }
-    };
-    (receiver, follow)
+        store.wait_for_events_after(head).await;
+    }
 }
 
 /// Events read per page while following the end of the log.

@@ -16,7 +16,7 @@ use latchkey_domain::policy::{JitPolicy, LoginMode};
 use latchkey_domain::session::{CheckInReason, CheckOut, Session, SessionCommand, SessionStatus};
 use latchkey_domain::technician::{Technician, TechnicianCommand};
 use latchkey_domain::tenant::{Tenant, TenantCommand};
-use latchkey_domain::{Actor, Aggregate};
+use latchkey_domain::Actor;
 use latchkey_projections::ReadModels;
 use latchkey_store::{EventStore, MemoryStore, StreamName};
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,7 +46,7 @@ fn stream(name: String) -> StreamName {
     StreamName::new(name).unwrap()
 }
 
-async fn run<A: Aggregate + Send + Sync + 'static>(
+async fn run<A: latchkey_api::commands::Stored>(
     store: &dyn EventStore,
     name: String,
     command: A::Command,
@@ -420,7 +420,7 @@ async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
         secrets: SecretStore::open(dir.path().join("secrets.db"), &Key::generate()).unwrap(),
         idempotency: IdempotencyStore::open(dir.path().join("idempotency.db")).unwrap(),
         progress: runner.progress(),
-        log_head: tokio::sync::watch::channel(None).1,
+        wakeups: Arc::new(latchkey_api::wakeups::StreamWakeups::new()),
         cache: Arc::new(latchkey_api::commands::StateCache::new(100)),
     });
     let app = web_test::init_service(

@@ -207,7 +207,7 @@ pub enum ReleaseOutcome {
 }
 
 /// How far a session's access on this computer has come.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum GrantStage {
     /// Account ensured and password rotated, waiting for the agent.
     Preparing {
@@ -219,7 +219,6 @@ pub enum GrantStage {
     },
     Granted,
     Failed,
-    Released,
 }
 
 impl GrantStage {
@@ -230,7 +229,7 @@ impl GrantStage {
 }
 
 /// A session's access on this computer, with the policy it was checked out under.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub session_id: SessionId,
     pub technician_id: TechnicianId,
@@ -242,7 +241,7 @@ pub struct Grant {
 }
 
 /// A Latchkey account on this computer, as Latchkey wants it to be.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManagedAccount {
     pub name: AccountName,
     pub owner: AccountOwner,
@@ -261,14 +260,14 @@ pub struct ManagedAccount {
     pub verified: Option<AccountObservation>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RequestStatus {
     Pending { attempt: u32 },
     Failed { attempt: u32, reason: FailureReason },
 }
 
 /// A request the agent has not yet completed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenRequest {
     pub request_id: RequestId,
     pub session_id: Option<SessionId>,
@@ -277,7 +276,7 @@ pub struct OpenRequest {
     pub status: RequestStatus,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComputerProfile {
     pub computer_id: ComputerId,
     pub tenant_id: TenantId,
@@ -286,19 +285,66 @@ pub struct ComputerProfile {
     pub agent_key_id: AgentKeyId,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The form of [`Computer`] kept in snapshots (see the server's command path): bump it
+/// whenever the state's fields or their meaning change, so older snapshots are ignored and the
+/// state is folded from the events again.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// How many released sessions a computer remembers. A grant or release is repeated only when
+/// the process-manager runner handles its last batch of events again after a crash, and a
+/// batch (at most this many events) cannot release more sessions than it holds events; the
+/// runner checks its batch size against this at compile time.
+pub const RELEASED_KEPT: usize = 256;
+
+/// The last [`RELEASED_KEPT`] sessions released, oldest first (a small, flat list: the state
+/// is cloned for every command).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecentlyReleased(std::collections::VecDeque<SessionId>);
+
+impl RecentlyReleased {
+    pub fn contains(&self, session: SessionId) -> bool {
+        self.0.contains(&session)
+    }
+
+    fn push(&mut self, session: SessionId) {
+        if self.contains(session) {
+            return;
+        }
+        if self.0.len() == RELEASED_KEPT {
+            self.0.pop_front();
+        }
+        self.0.push_back(session);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Computer {
     /// `None` until enrolled.
     pub profile: Option<ComputerProfile>,
     pub decommissioned: bool,
     pub policy_override: Option<JitPolicy>,
     pub accounts: BTreeMap<AccountName, ManagedAccount>,
+    /// Sessions whose access is being set up or is in force here; a released session leaves
+    /// this map (for [`Computer::released`]), so the state does not grow with the past.
     pub grants: BTreeMap<SessionId, Grant>,
     /// Requests pending or failed; completed and superseded ones leave this map.
     pub open_requests: BTreeMap<RequestId, OpenRequest>,
     pub last_request: u64,
-    /// Sessions released before their grant arrived; a late grant for them does nothing.
-    pub released_before_grant: BTreeSet<SessionId>,
+    /// The sessions released most recently (also those released before their grant arrived):
+    /// a repeated grant or release for one of them does nothing.
+    pub released: RecentlyReleased,
+    /// The highest password version and offline-secret generation of the accounts deleted
+    /// and forgotten: an account created again under the same name continues after them, so
+    /// no version or generation is ever used twice (the secret store keys on them).
+    pub forgotten_versions: (u32, u32),
     /// Offline logins the agent has reported (by the agent's id for each), for idempotency.
     pub offline_logins: BTreeSet<Uuid>,
     /// The admin group's members as the agent last reported them.
@@ -355,9 +401,7 @@ impl Computer {
 
     /// Sessions whose access is being set up or is in force here.
     pub fn open_sessions(&self) -> impl Iterator<Item = &Grant> {
-        self.grants
-            .values()
-            .filter(|g| !matches!(g.stage, GrantStage::Released))
+        self.grants.values()
     }
 
     /// Revocation and clean-up requests that failed and wait for a retry (a failed grant
@@ -418,6 +462,30 @@ impl Computer {
                     .get(session)
                     .is_some_and(|grant| grant.stage.holds_membership())
         })
+    }
+
+    /// Forgets an account that is gone from the machine and that nothing refers to any more
+    /// (no session, no open request, no offline secret), keeping its highest password version
+    /// and secret generation so a later account of the same name continues after them. An
+    /// ephemeral account per session would otherwise stay in the state for ever.
+    fn forget_if_gone(&mut self, name: &AccountName) {
+        let Some(account) = self.accounts.get(name) else {
+            return;
+        };
+        let referred = self
+            .open_requests
+            .values()
+            .any(|r| r.operation.account() == name);
+        let gone = !account.exists
+            && account.sessions.is_empty()
+            && account.offline_secret.is_none()
+            && account.verified.as_ref().is_some_and(|seen| !seen.present);
+        if gone && !referred {
+            let (versions, generations) = &mut self.forgotten_versions;
+            *versions = (*versions).max(account.password_version);
+            *generations = (*generations).max(account.offline_generations);
+            self.accounts.remove(name);
+        }
     }
 
     fn computer_id(&self) -> Result<ComputerId, DomainError> {
@@ -800,7 +868,8 @@ impl Decision {
         self.state
             .accounts
             .get(account)
-            .map_or(1, |a| a.password_version + 1)
+            .map_or(self.state.forgotten_versions.0, |a| a.password_version)
+            + 1
     }
 
     fn rotate(&mut self, session_id: Option<SessionId>, purpose: Purpose, account: &AccountName) {
@@ -875,9 +944,7 @@ impl Computer {
         at: Timestamp,
     ) -> Result<Vec<ComputerEvent>, DomainError> {
         let mut d = Decision::new(self, at)?;
-        if self.grants.contains_key(&grant.session_id)
-            || self.released_before_grant.contains(&grant.session_id)
-        {
+        if self.grants.contains_key(&grant.session_id) || self.released.contains(grant.session_id) {
             return Ok(vec![]);
         }
         let session_id = grant.session_id;
@@ -946,7 +1013,7 @@ impl Computer {
     ) -> Result<Vec<ComputerEvent>, DomainError> {
         let mut d = Decision::new(self, at)?;
         let Some(grant) = self.grants.get(&session_id) else {
-            if self.released_before_grant.contains(&session_id) {
+            if self.released.contains(session_id) {
                 return Ok(vec![]);
             }
             d.emit(SessionAccessReleased {
@@ -958,9 +1025,6 @@ impl Computer {
             });
             return Ok(d.finish());
         };
-        if grant.stage == GrantStage::Released {
-            return Ok(vec![]);
-        }
         let account = &self.accounts[&grant.account];
         let others_remain = account.sessions.keys().any(|s| *s != session_id);
         let deleting = !others_remain
@@ -1096,7 +1160,10 @@ impl Computer {
             }),
         }
         if let (Purpose::Grant, Some(session_id)) = (request.purpose, request.session_id) {
-            let grant = &d.state.grants[&session_id];
+            // A session released meanwhile has no grant left to move on.
+            let Some(grant) = d.state.grants.get(&session_id) else {
+                return Ok(d.finish());
+            };
             match &grant.stage {
                 GrantStage::Preparing { pending } if pending.is_empty() => {
                     let op = Operation::AddToGroup {
@@ -1142,10 +1209,10 @@ impl Computer {
             at,
         });
         if let (Purpose::Grant, Some(session_id)) = (request.purpose, request.session_id) {
-            let stage = &self.grants[&session_id].stage;
+            let stage = self.grants.get(&session_id).map(|g| &g.stage);
             if matches!(
                 stage,
-                GrantStage::Preparing { .. } | GrantStage::Joining { .. }
+                Some(GrantStage::Preparing { .. } | GrantStage::Joining { .. })
             ) {
                 d.access_failed(session_id, why);
             }
@@ -1361,6 +1428,7 @@ impl Aggregate for Computer {
             E::ComputerDecommissioned(_) => state.decommissioned = true,
             E::ComputerJitPolicyOverridden(e) => state.policy_override = e.policy.clone(),
             E::SessionAccessRequested(e) => {
+                let (versions, generations) = state.forgotten_versions;
                 let account =
                     state
                         .accounts
@@ -1370,10 +1438,10 @@ impl Aggregate for Computer {
                             owner: e.owner,
                             exists: false,
                             sessions: BTreeMap::new(),
-                            password_version: 0,
+                            password_version: versions,
                             retiring: false,
                             offline_secret: None,
-                            offline_generations: 0,
+                            offline_generations: generations,
                             verified: None,
                         });
                 account.sessions.insert(e.session_id, e.admin_group.clone());
@@ -1496,6 +1564,9 @@ impl Aggregate for Computer {
                 if let Some(a) = state.accounts.get_mut(account) {
                     a.verified = Some(verified.clone());
                 }
+                if matches!(event, E::AccountDeleted(_)) {
+                    state.forget_if_gone(account);
+                }
             }
             E::SessionAccessGranted(e) => {
                 if let Some(grant) = state.grants.get_mut(&e.session_id) {
@@ -1511,12 +1582,8 @@ impl Aggregate for Computer {
                 if let Some(a) = e.account.as_ref().and_then(|a| state.accounts.get_mut(a)) {
                     a.sessions.remove(&e.session_id);
                 }
-                match state.grants.get_mut(&e.session_id) {
-                    Some(grant) => grant.stage = GrantStage::Released,
-                    None => {
-                        state.released_before_grant.insert(e.session_id);
-                    }
-                }
+                state.grants.remove(&e.session_id);
+                state.released.push(e.session_id);
             }
             E::AccountRetirementStarted(e) => {
                 if let Some(a) = state.accounts.get_mut(&e.account) {
@@ -2049,6 +2116,209 @@ pub(crate) mod tests {
         );
         assert!(!c.state().accounts[&acct("nik_566054625600")].exists);
         assert_eq!(c.state().reusable_account(nik_id()), None);
+    }
+
+    #[test]
+    fn an_account_created_again_after_being_forgotten_continues_its_password_versions() {
+        let mut c = Timeline::enrolled();
+        let ephemeral = |session| AccessGrant {
+            account: acct("nik_566054625600"),
+            owner: AccountOwner::Ephemeral {
+                technician_id: nik_id(),
+            },
+            on_check_in: CheckInAction::DeleteAccount,
+            ..named_grant(session)
+        };
+        let next = c.grant_fully(ephemeral(1), 1, 1);
+        c.release(1);
+        c.succeed(next, seen(true, &[], Some(1)));
+        c.succeed(next + 1, seen(true, &[], Some(2)));
+        c.succeed(next + 2, seen(false, &[], None));
+        assert!(
+            !c.state().accounts.contains_key(&acct("nik_566054625600")),
+            "a deleted account nothing refers to is forgotten"
+        );
+        let events = c.grant(ephemeral(2));
+        assert_eq!(
+            requested(&events)[1].2,
+            rotate("nik_566054625600", 3),
+            "version 1 and 2 were this name's before: the secret store must not hand them out again"
+        );
+    }
+
+    /// Drives a computer through `sessions` full check-out/check-in cycles with an agent that
+    /// does everything asked; `grant` makes session n's grant. Folds the state directly (not
+    /// through the test harness, which replays the whole stream per command).
+    fn cycle_sessions(
+        sessions: u128,
+        grant: impl Fn(u128) -> AccessGrant,
+        mut after_each: impl FnMut(u128, &Computer),
+    ) -> Computer {
+        let mut state = Computer::replay(&[enrolled("W11-L-PASSWORD")]);
+        let mut machine: BTreeMap<AccountName, (BTreeSet<String>, Option<u32>)> = BTreeMap::new();
+        let run = |state: &mut Computer, command| {
+            for event in Computer::decide(state, command).unwrap() {
+                *state = Computer::evolve(std::mem::take(state), &event);
+            }
+        };
+        for n in 1..=sessions {
+            run(
+                &mut state,
+                ComputerCommand::GrantAccess {
+                    grant: grant(n),
+                    at: t(1),
+                },
+            );
+            let release = ComputerCommand::ReleaseAccess {
+                session_id: sid(n),
+                at: t(3),
+            };
+            for command in [None, Some(release)] {
+                if let Some(command) = command {
+                    run(&mut state, command);
+                }
+                while let Some(request) = state.open_requests.values().next().cloned() {
+                    let name = request.operation.account().clone();
+                    match &request.operation {
+                        Operation::EnsureAccount { .. } => {
+                            machine.entry(name.clone()).or_default();
+                        }
+                        Operation::RotatePassword { version, .. } => {
+                            machine.get_mut(&name).unwrap().1 = Some(*version)
+                        }
+                        Operation::AddToGroup { group, .. } => {
+                            machine.get_mut(&name).unwrap().0.insert(group.to_string());
+                        }
+                        Operation::RemoveFromGroup { group, .. } => {
+                            machine.get_mut(&name).unwrap().0.remove(group.as_str());
+                        }
+                        Operation::DeleteAccount { .. } => {
+                            machine.remove(&name);
+                        }
+                    }
+                    let verified = match machine.get(&name) {
+                        Some((groups, version)) => {
+                            let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+                            seen(true, &groups, *version)
+                        }
+                        None => seen(false, &[], None),
+                    };
+                    let request_id = request.request_id;
+                    run(
+                        &mut state,
+                        ComputerCommand::ReportSucceeded {
+                            request_id,
+                            verified,
+                            at: t(2),
+                        },
+                    );
+                }
+            }
+            after_each(n, &state);
+        }
+        state
+    }
+
+    #[test]
+    fn a_computers_state_does_not_grow_with_its_past() {
+        let shape = |c: &Computer| {
+            (
+                c.grants.len(),
+                c.released.len(),
+                c.accounts.len(),
+                c.open_requests.len(),
+            )
+        };
+        let mut at_kept = None;
+        let named = cycle_sessions(RELEASED_KEPT as u128 + 100, named_grant, |n, c| {
+            if n == RELEASED_KEPT as u128 {
+                at_kept = Some(shape(c));
+            }
+        });
+        assert_eq!(shape(&named), (0, RELEASED_KEPT, 1, 0));
+        assert_eq!(
+            at_kept,
+            Some(shape(&named)),
+            "the 100 sessions after the first 256 added nothing"
+        );
+        assert_eq!(
+            named.accounts[&acct("msp-nik")].password_version,
+            2 * (RELEASED_KEPT as u32 + 100)
+        );
+
+        let ephemeral = cycle_sessions(
+            300,
+            |n| AccessGrant {
+                account: acct(&format!("nik_{n:012}")),
+                owner: AccountOwner::Ephemeral {
+                    technician_id: nik_id(),
+                },
+                on_check_in: CheckInAction::DeleteAccount,
+                ..named_grant(n)
+            },
+            |_, c| {
+                assert!(
+                    c.accounts.is_empty(),
+                    "each session's account is forgotten once deleted"
+                )
+            },
+        );
+        assert_eq!(shape(&ephemeral), (0, RELEASED_KEPT, 0, 0));
+        assert_eq!(
+            ephemeral.forgotten_versions,
+            (600, 0),
+            "each new account continued after the versions of those forgotten before it"
+        );
+    }
+
+    /// The server keeps snapshots of this state as JSON: what is read back must be the state,
+    /// with open grants, pending and failed requests, released sessions and accounts.
+    #[test]
+    fn the_state_reads_back_equal_from_its_snapshot_form() {
+        let mut c = Timeline::enrolled();
+        c.grant_fully(shared_grant(1, nik_id()), 1, 1);
+        c.grant(shared_grant(2, ann_id()));
+        c.release(1);
+        let revocation = c
+            .state()
+            .open_requests
+            .values()
+            .find(|r| r.purpose == Purpose::Revoke)
+            .map(|r| r.request_id.0)
+            .unwrap();
+        c.fail(revocation, "chpasswd failed");
+        let state = c.state();
+        assert!(!state.grants.is_empty() && !state.open_requests.is_empty());
+        assert!(!state.released.is_empty() && state.failed_requests().count() == 1);
+        let stored = serde_json::to_string(&state).unwrap();
+        let read: Computer = serde_json::from_str(&stored).unwrap();
+        assert_eq!(read, state);
+    }
+
+    #[test]
+    fn a_grant_or_release_repeated_for_a_recently_released_session_does_nothing() {
+        let state = cycle_sessions(RELEASED_KEPT as u128, named_grant, |_, _| {});
+        let oldest_kept = 1;
+        let again = Computer::decide(
+            &state,
+            ComputerCommand::GrantAccess {
+                grant: named_grant(oldest_kept),
+                at: t(9),
+            },
+        );
+        assert_eq!(
+            again.unwrap(),
+            vec![],
+            "no second grant for a released session"
+        );
+        let again = Computer::decide(
+            &state,
+            ComputerCommand::ReleaseAccess {
+                session_id: sid(oldest_kept),
+                at: t(9),
+            },
+        );
+        assert_eq!(again.unwrap(), vec![], "no second release");
     }
 
     #[test]

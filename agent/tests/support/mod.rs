@@ -408,6 +408,32 @@ impl Msp {
         status == 200 && body["commands"].as_array().is_some_and(Vec::is_empty)
     }
 
+    /// The server's `/metrics` (Prometheus text).
+    pub fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .expect("the server answers /metrics");
+        assert_eq!(response.status(), 200);
+        response.text().unwrap()
+    }
+
+    /// One figure of `/metrics`: the sum of the samples of `name` whose labels include every
+    /// one of `labels` (`route="/v1/agent/feed"`, …); 0 if there are none.
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        self.metrics()
+            .lines()
+            .filter_map(|line| {
+                let (sample, value) = line.rsplit_once(' ')?;
+                let rest = sample.strip_prefix(name)?;
+                let matches = (rest.is_empty() || rest.starts_with('{'))
+                    && labels.iter().all(|label| rest.contains(label));
+                matches.then(|| value.parse::<f64>().ok()).flatten()
+            })
+            .sum()
+    }
+
     pub fn audit_sentences(&self, tenant_id: &str) -> Vec<String> {
         let page = self.ok(
             "GET",
@@ -512,7 +538,8 @@ impl Agent {
         self.run();
     }
 
-    /// Starts the daemon with short waits, its output appended to the agent's log.
+    /// Starts the daemon with short waits (unless `run_flags` set them), its output appended
+    /// to the agent's log.
     pub fn run(&mut self) {
         assert!(self.daemon.is_none(), "the daemon is running already");
         let log = std::fs::OpenOptions::new()
@@ -527,16 +554,17 @@ impl Agent {
             .arg(self.state())
             .arg("--root")
             .arg(self.root())
-            .args([
-                "--poll-seconds",
-                "2",
-                "--inventory-seconds",
-                "1",
-                "--secrets-seconds",
-                "2",
-                "--max-backoff-seconds",
-                "1",
-            ])
+            .args(
+                [
+                    ("--poll-seconds", "2"),
+                    ("--inventory-seconds", "1"),
+                    ("--secrets-seconds", "2"),
+                    ("--max-backoff-seconds", "1"),
+                ]
+                .into_iter()
+                .filter(|(flag, _)| !self.run_flags.iter().any(|f| f == flag))
+                .flat_map(|(flag, value)| [flag, value]),
+            )
             .args(&self.run_flags)
             .env("LATCHKEY_AGENT_LOG", "info")
             .stdout(Stdio::from(log.try_clone().unwrap()))

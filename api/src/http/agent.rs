@@ -58,6 +58,17 @@ pub fn routes(r: &mut Routes<'_>) {
         )]),
     )
     .add(
+        Method::GET,
+        "/agent/feed",
+        feed,
+        Doc::new(
+            "Provisioning requests not yet reported on, pushed as server-sent events \
+             (text/event-stream): a `commands` event at once and whenever they change, a \
+             keep-alive comment every 25 s, an `end` event when the credential is revoked",
+            "the computer's agent",
+        ),
+    )
+    .add(
         Method::POST,
         "/agent/results",
         report,
@@ -202,39 +213,66 @@ async fn commands(
     let params = Params::parse(&req, &["wait"])?;
     let wait = Duration::from_secs(params.number("wait", MAX_WAIT_SECONDS)?.unwrap_or(0));
     let deadline = tokio::time::Instant::now() + wait;
-    let mut log_head = services.log_head.clone();
+    let stream = computer.stream_name();
+    // Woken by events on this computer's stream only (not registered when not waiting).
+    let waiter = (!wait.is_zero()).then(|| services.wakeups.wait_on(&stream));
     let pending = loop {
-        // Mark the log's end as seen before reading, so an event that lands between the
-        // read and the wait still wakes us.
-        log_head.borrow_and_update();
-        // From the computer's stream, not the read models: a request the agent has just
-        // reported (to any server) is never handed out again, and a new one is seen as soon
-        // as it is written.
-        let state: Computer = services.load(computer.stream_name()).await?;
-        let pending: Vec<(RequestId, u32, Operation)> = state
-            .open_requests
-            .into_values()
-            .filter_map(|request| match request.status {
-                RequestStatus::Pending { attempt } => {
-                    Some((request.request_id, attempt, request.operation))
-                }
-                RequestStatus::Failed { .. } => None,
-            })
-            .collect();
-        if !pending.is_empty() || tokio::time::Instant::now() >= deadline {
-            break pending;
+        // Listen before reading, so an event that lands between the read and the wait still
+        // wakes us.
+        let mut woken = waiter.as_ref().map(|w| Box::pin(w.notified()));
+        if let Some(woken) = woken.as_mut() {
+            woken.as_mut().enable();
         }
-        match tokio::time::timeout_at(deadline, log_head.changed()).await {
-            Ok(Ok(())) => continue,
-            // Timed out, or the runner is gone: answer with what there is (nothing).
-            _ => break pending,
+        // Boxed, here and below: the handler's future lives as long as the poll waits, and
+        // an idle poll should hold as little memory as possible.
+        let pending = Box::pin(pending_requests(&services, &stream)).await?;
+        let Some(woken) = woken.filter(|_| pending.is_empty()) else {
+            break pending;
+        };
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            break pending; // nothing came
         }
     };
+    drop(waiter);
+    let out = Box::pin(with_passwords(&services, computer, pending)).await?;
+    let response = HttpResponse::Ok().json(serde_json::json!({ "commands": out }));
+    Ok(super::no_store(response))
+}
+
+/// A request the agent has not reported on yet: id, attempt and operation.
+type Pending = (RequestId, u32, Operation);
+
+/// The computer's requests the agent has not reported on, from the computer's stream, not
+/// the read models: a request the agent has just reported (to any server) is never handed
+/// out again, and a new one is seen as soon as it is written. Failed ones wait for a retry.
+async fn pending_requests(
+    services: &web::Data<Services>,
+    stream: &str,
+) -> Result<Vec<Pending>, ApiError> {
+    let state: Computer = services.load(stream.to_owned()).await?;
+    Ok(state
+        .open_requests
+        .values()
+        .filter_map(|request| match request.status {
+            RequestStatus::Pending { attempt } => {
+                Some((request.request_id, attempt, request.operation.clone()))
+            }
+            RequestStatus::Failed { .. } => None,
+        })
+        .collect())
+}
+
+/// The requests as the agent receives them: a rotation carries its password.
+async fn with_passwords(
+    services: &web::Data<Services>,
+    computer: ComputerId,
+    pending: Vec<Pending>,
+) -> Result<Vec<AgentCommand>, ApiError> {
     let mut out = Vec::with_capacity(pending.len());
     for (request_id, attempt, operation) in pending {
         let password = match &operation {
             Operation::RotatePassword { account, version } => Some(
-                password_for(&services, computer, account, *version)
+                password_for(services, computer, account, *version)
                     .await?
                     .expose()
                     .to_owned(),
@@ -248,8 +286,129 @@ async fn commands(
             password,
         });
     }
-    let response = HttpResponse::Ok().json(serde_json::json!({ "commands": out }));
+    Ok(out)
+}
+
+/// How often the event feed sends a keep-alive comment and checks the agent's credential
+/// again.
+pub const FEED_HEARTBEAT: Duration = Duration::from_secs(25);
+
+/// The event feed: one long-lived `text/event-stream` response per agent. It sends a
+/// `commands` event (the same body as the long poll) at once and whenever the requests not
+/// yet reported on change, a keep-alive comment every [`FEED_HEARTBEAT`], and an `end` event
+/// before it closes because the agent's credential no longer holds. The response is carried
+/// by a task of its own, so the request itself is freed once the answer has started: an idle
+/// agent costs its connection and this small task, no request state.
+async fn feed(
+    services: web::Data<Services>,
+    req: actix_web::HttpRequest,
+    principal: Principal,
+) -> Result<HttpResponse, ApiError> {
+    let computer = own_computer(&principal)?;
+    Params::parse(&req, &[])?;
+    let (events, body) = tokio::sync::mpsc::channel::<web::Bytes>(1);
+    actix_web::rt::spawn(run_feed(services, computer, principal.token_id, events));
+    let body = futures::stream::unfold(body, |mut body| async move {
+        let chunk = body.recv().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), body))
+    });
+    let response = HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(body);
     Ok(super::no_store(response))
+}
+
+fn sse(event: &str, data: &serde_json::Value) -> web::Bytes {
+    web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+async fn run_feed(
+    services: web::Data<Services>,
+    computer: ComputerId,
+    token: crate::auth::TokenId,
+    events: tokio::sync::mpsc::Sender<web::Bytes>,
+) {
+    let stream = computer.stream_name();
+    let waiter = services.wakeups.wait_on(&stream);
+    let mut sent: Option<Vec<(RequestId, u32)>> = None;
+    let end = |reason: &str| sse("end", &serde_json::json!({ "reason": reason }));
+    loop {
+        let mut woken = std::pin::pin!(waiter.notified());
+        woken.as_mut().enable();
+        let next = match Box::pin(changed_commands(&services, computer, token, &mut sent)).await {
+            Ok(Some(next)) => Some(next),
+            Ok(None) => None,
+            Err(FeedEnd::Credential) => {
+                let _ = events.send(end("the agent's credential was revoked")).await;
+                return;
+            }
+            Err(FeedEnd::Failed) => {
+                let _ = events.send(end("server error; reconnect")).await;
+                return;
+            }
+        };
+        if let Some(next) = next {
+            if events.send(next).await.is_err() {
+                return; // the agent went away
+            }
+        }
+        // Keep listening across keep-alives: a wake-up is never lost while one is sent.
+        loop {
+            tokio::select! {
+                () = woken.as_mut() => break,
+                () = tokio::time::sleep(FEED_HEARTBEAT) => {
+                    if !token_live(&services, token).await {
+                        let _ = events.send(end("the agent's credential was revoked")).await;
+                        return;
+                    }
+                    if events.send(web::Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                        return;
+                    }
+                }
+                () = events.closed() => return,
+            }
+        }
+    }
+}
+
+enum FeedEnd {
+    Credential,
+    Failed,
+}
+
+async fn token_live(services: &web::Data<Services>, token: crate::auth::TokenId) -> bool {
+    super::blocking(services, "token store", move |s| s.tokens.is_live(token))
+        .await
+        .unwrap_or(false)
+}
+
+/// The `commands` event to send if the requests not yet reported on differ from what was
+/// `sent` last (always on the first call).
+async fn changed_commands(
+    services: &web::Data<Services>,
+    computer: ComputerId,
+    token: crate::auth::TokenId,
+    sent: &mut Option<Vec<(RequestId, u32)>>,
+) -> Result<Option<web::Bytes>, FeedEnd> {
+    let pending = pending_requests(services, &computer.stream_name())
+        .await
+        .map_err(|_| FeedEnd::Failed)?;
+    let now: Vec<(RequestId, u32)> = pending.iter().map(|(id, a, _)| (*id, *a)).collect();
+    if sent.as_ref() == Some(&now) {
+        return Ok(None);
+    }
+    // A commands event may carry passwords: only while the credential holds.
+    if !token_live(services, token).await {
+        return Err(FeedEnd::Credential);
+    }
+    let out = with_passwords(services, computer, pending)
+        .await
+        .map_err(|_| FeedEnd::Failed)?;
+    *sent = Some(now);
+    Ok(Some(sse(
+        "commands",
+        &serde_json::json!({ "commands": out }),
+    )))
 }
 
 /// The password of `version` of `account` on `computer`: generated to the effective policy on

@@ -17,6 +17,7 @@ use crate::auth::{Principal, TokenStore};
 use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
 use crate::secrets::SecretStore;
+use crate::wakeups::StreamWakeups;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
@@ -25,7 +26,7 @@ use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::names::Email;
 use latchkey_domain::technician::Technician;
 use latchkey_domain::tenant::Tenant;
-use latchkey_domain::{Actor, Aggregate};
+use latchkey_domain::Actor;
 use latchkey_projections::{ProjectionError, Queries, ReadView};
 use latchkey_store::{EventStore, Position, StreamName};
 use std::collections::HashMap;
@@ -46,9 +47,8 @@ pub struct Services {
     pub idempotency: IdempotencyStore,
     /// The read models' checkpoint (for metrics).
     pub progress: watch::Receiver<Option<Position>>,
-    /// The newest event's position ([`crate::runner::follow_log`]); long polls that read
-    /// streams wait on it.
-    pub log_head: watch::Receiver<Option<Position>>,
+    /// Long polls wait here on their stream; [`crate::runner::follow_log`] wakes them.
+    pub wakeups: Arc<StreamWakeups>,
     /// Aggregate states, shared with the process runner.
     pub cache: Arc<StateCache>,
 }
@@ -74,7 +74,7 @@ impl Services {
         command: A::Command,
     ) -> Result<commands::Executed<A>, ApiError>
     where
-        A: Aggregate + Send + Sync + 'static,
+        A: commands::Stored,
         A::Command: Clone,
     {
         let stream = stream_name(stream)?;
@@ -90,10 +90,7 @@ impl Services {
 
     /// An aggregate's current state, straight from its stream (always up to date, unlike the
     /// read models).
-    pub async fn load<A: Aggregate + Send + Sync + 'static>(
-        &self,
-        stream: String,
-    ) -> Result<A, ApiError> {
+    pub async fn load<A: commands::Stored>(&self, stream: String) -> Result<A, ApiError> {
         Ok(
             commands::load_cached::<A>(&*self.store, &self.cache, &stream_name(stream)?)
                 .await?

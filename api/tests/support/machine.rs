@@ -3,10 +3,11 @@
 //! (`GET /v1/agent/commands`) as `latchkey-agent` does and gives the result to send to
 //! `POST /v1/agent/results`, with the account as the machine now shows it.
 //!
-//! No transport here: the tests drive it with their own HTTP clients, and the HTTP benchmark
-//! includes this file on its own (`#[path]`), so it uses nothing else of `support`.
+//! No transport here: the tests drive it with their own HTTP clients, and the benchmarks
+//! include this file on its own (`#[path]`, from `benches/support`), so it uses nothing else
+//! of `support`.
 
-#![allow(dead_code)] // each test file and the benchmark use part of it
+#![allow(dead_code)] // each test file and the benchmarks use part of it
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};

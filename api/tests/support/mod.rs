@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod machine;
+pub mod msp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -90,7 +91,8 @@ impl Server {
         std::fs::read_to_string(data.join("server.log")).unwrap_or_default()
     }
 
-    /// Sends one request; returns the status, the content type and the body.
+    /// Sends one request; returns the status, the content type and the body. An event stream
+    /// (`text/event-stream`) never ends by itself: its body here is its first event.
     pub fn request(
         &self,
         method: &str,
@@ -98,6 +100,29 @@ impl Server {
         token: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String, String) {
+        let mut reader = self.send(method, path, token, body);
+        let (status, content_type) = read_head(&mut reader);
+        let mut body = String::new();
+        if content_type.starts_with("text/event-stream") {
+            while !body.ends_with("\n\n") {
+                if reader.read_line(&mut body).unwrap_or(0) == 0 {
+                    break;
+                }
+            }
+        } else {
+            reader.read_to_string(&mut body).unwrap();
+        }
+        (status, content_type, body)
+    }
+
+    /// Sends one HTTP/1.0 request; returns the connection to read the answer from.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> BufReader<TcpStream> {
         let mut stream = TcpStream::connect(&self.addr).expect("server accepts connections");
         let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", self.addr);
         if let Some(token) = token {
@@ -114,23 +139,7 @@ impl Server {
         if let Some(body) = body {
             stream.write_all(body.as_bytes()).unwrap();
         }
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("no status in {head:?}"));
-        let content_type = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-type: ")
-                    .map(str::to_owned)
-            })
-            .unwrap_or_default();
-        (status, content_type, body.to_owned())
+        BufReader::new(stream)
     }
 
     pub fn json(
@@ -146,4 +155,28 @@ impl Server {
             serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
         )
     }
+}
+
+/// Reads an answer's status line and headers; returns the status and the content type.
+pub fn read_head(reader: &mut impl BufRead) -> (u16, String) {
+    let mut status = None;
+    let mut content_type = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+            break;
+        }
+        match status {
+            None => {
+                status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+                assert!(status.is_some(), "no status in {line:?}");
+            }
+            Some(_) => {
+                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-type: ") {
+                    content_type = value.trim().to_owned();
+                }
+            }
+        }
+    }
+    (status.expect("an answer"), content_type)
 }

@@ -29,6 +29,11 @@ use writer::{AppendRequest, Counters};
 /// Idle read connections kept for reuse; more are opened under load and closed after.
 const MAX_IDLE_READERS: usize = 64;
 
+/// Reads running at once, each on a connection of its own; more wait their turn. Without a
+/// bound, a burst of reads (thousands of agents reconnecting at once) opened a connection
+/// and a blocking thread per read, until the process ran out of file descriptors.
+const MAX_READERS: usize = 64;
+
 /// How long `wait_for_events_after` sleeps when the writer is gone and no commit can wake it.
 const DEAD_WRITER_POLL: Duration = Duration::from_millis(200);
 
@@ -58,6 +63,10 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     head: watch::Receiver<u64>,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per read running; see [`MAX_READERS`].
+    reading: tokio::sync::Semaphore,
+    /// Read connections opened so far (the first one included).
+    readers_opened: std::sync::atomic::AtomicUsize,
     counters: Arc<Counters>,
 }
 
@@ -94,6 +103,8 @@ impl EmbeddedStore {
                 writer: Some(writer),
                 head: head_rx,
                 readers: Mutex::new(vec![reader]),
+                reading: tokio::sync::Semaphore::new(MAX_READERS),
+                readers_opened: std::sync::atomic::AtomicUsize::new(1),
                 counters,
             }),
         })
@@ -115,6 +126,12 @@ impl EmbeddedStore {
         &self,
         query: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
+        let _reading = self
+            .inner
+            .reading
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Unavailable("the event store is closing".into()))?;
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
             let conn = inner.take_reader()?;
@@ -139,7 +156,10 @@ impl Inner {
             .pop();
         match idle {
             Some(conn) => Ok(conn),
-            None => schema::open_reader(&self.path),
+            None => {
+                self.readers_opened.fetch_add(1, Ordering::Relaxed);
+                schema::open_reader(&self.path)
+            }
         }
     }
 
@@ -176,7 +196,6 @@ fn read_events(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,
-    max_count: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let mut statement = conn
         .prepare_cached(sql)
@@ -184,7 +203,9 @@ fn read_events(
     let mut rows = statement
         .query(params)
         .map_err(|e| sql_error("cannot read events", e))?;
-    let mut events = Vec::with_capacity(max_count.min(1024));
+    // Grown as rows come, not sized to the page: most reads (a cached aggregate catching up)
+    // find no event at all, and a page-sized buffer per read cost 180 KiB a time.
+    let mut events = Vec::new();
     while let Some(row) = rows
         .next()
         .map_err(|e| sql_error("cannot read events", e))?
@@ -238,7 +259,6 @@ impl EventStore for EmbeddedStore {
                     clamp(from_revision),
                     clamp(max_count as u64)
                 ],
-                max_count,
             )
         })
         .await
@@ -260,7 +280,6 @@ impl EventStore for EmbeddedStore {
                 conn,
                 rows::READ_ALL,
                 rusqlite::params![first, clamp(max_count as u64)],
-                max_count,
             )
         })
         .await
@@ -285,6 +304,30 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = EmbeddedStore::open(dir.path().join("events.db")).expect("opens");
         (dir, store)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_reads_opens_a_bounded_number_of_connections() {
+        let (_dir, store) = temp_store();
+        let stream = unique_stream("burst");
+        store
+            .append(&stream, ExpectedState::NoStream, vec![event(0)])
+            .await
+            .expect("appends");
+        let reads: Vec<_> = (0..2000)
+            .map(|_| {
+                let (store, stream) = (store.clone(), stream.clone());
+                tokio::spawn(async move { store.read_stream(&stream, 0, 10).await })
+            })
+            .collect();
+        for read in reads {
+            assert_eq!(read.await.expect("read task").expect("reads").len(), 1);
+        }
+        let opened = store.inner.readers_opened.load(Ordering::Relaxed);
+        assert!(
+            opened <= MAX_READERS + 1,
+            "{opened} read connections opened"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
