@@ -39,6 +39,10 @@ pub enum SqlError {
     Driver(String),
     #[error("the query returned no row")]
     NoRows,
+    /// A statement of this PostgreSQL transaction failed earlier (or never went out), so
+    /// nothing more may run in it and it cannot commit: it can only be rolled back.
+    #[error("an earlier statement of this transaction failed; it can only be rolled back")]
+    TransactionFailed,
 }
 
 impl SqlError {
@@ -647,6 +651,9 @@ enum Transaction {
     Queued,
     /// `BEGIN` went out.
     Sent,
+    /// A statement failed (on the server, or before it could be sent): everything after it
+    /// is refused and the commit fails, even if a caller ignored that first error.
+    Failed,
 }
 
 /// One statement of a pipeline.
@@ -788,8 +795,25 @@ impl PgConnection {
     }
 
     /// Sends the queued statements, then `steps`, in one pipeline; returns the answers to
-    /// `steps`, or the first failure among all of them.
+    /// `steps`, or the first failure among all of them. Inside a transaction, a failure marks
+    /// it failed: a statement that did not prepare never sent the queue before it (the
+    /// transaction's `BEGIN`, perhaps), so nothing after it may run as if in the transaction.
     fn run(&self, steps: Vec<Step>) -> Result<Vec<Answer>, SqlError> {
+        if self.inner.borrow().transaction == Transaction::Failed {
+            return Err(SqlError::TransactionFailed);
+        }
+        let result = self.send(steps);
+        if result.is_err() {
+            let mut inner = self.inner.borrow_mut();
+            if inner.transaction != Transaction::None {
+                inner.transaction = Transaction::Failed;
+                inner.queued.clear();
+            }
+        }
+        result
+    }
+
+    fn send(&self, steps: Vec<Step>) -> Result<Vec<Answer>, SqlError> {
         let mut inner = self.inner.borrow_mut();
         let inner = &mut *inner;
         let mut all = std::mem::take(&mut inner.queued);
@@ -877,29 +901,32 @@ impl PgConnection {
 
     /// Ends the transaction with `end`, `COMMIT` (after whatever is still queued) or
     /// `ROLLBACK` (dropping it). Nothing goes out when the server has not seen the
-    /// transaction yet and there is nothing to commit.
+    /// transaction yet and there is nothing to commit. A failed transaction does not commit.
     fn end(&self, end: &str) -> Result<(), SqlError> {
-        let send = {
+        let rollback = end != "COMMIT";
+        let (send, earlier_failure) = {
             let mut inner = self.inner.borrow_mut();
             // Unsent, the queue holds the transaction's BEGIN and its statements only.
             let unsent = inner.transaction == Transaction::Queued;
-            let rollback = end != "COMMIT";
-            if unsent && (rollback || inner.queued.len() <= 1) {
+            let failed = inner.transaction == Transaction::Failed;
+            if failed || (unsent && (rollback || inner.queued.len() <= 1)) {
                 inner.queued.clear();
-                false
+                (false, failed)
             } else {
                 if rollback {
                     inner.queued.clear();
                 }
-                true
+                (true, false)
             }
         };
         let result = if send {
             self.run_one(Step::Simple(end.to_owned())).map(|_| ())
+        } else if earlier_failure && !rollback {
+            Err(SqlError::TransactionFailed)
         } else {
             Ok(())
         };
-        let failed = result.is_err();
+        let failed = result.is_err() || earlier_failure;
         {
             let mut inner = self.inner.borrow_mut();
             inner.queued.clear();
@@ -977,6 +1004,9 @@ impl Sql for PgConnection {
 
     fn execute_later(&self, sql: &str, params: &[&dyn ToValue]) -> Result<(), SqlError> {
         let mut inner = self.inner.borrow_mut();
+        if inner.transaction == Transaction::Failed {
+            return Err(SqlError::TransactionFailed);
+        }
         if inner.transaction == Transaction::None {
             drop(inner);
             return self.execute(sql, params).map(|_| ());

@@ -3,7 +3,7 @@
 //! a failure among them fails that statement and keeps the transaction from committing.
 
 use latchkey_store::postgres::testing::TestDatabase;
-use latchkey_store::sql::{params, PgConnection, Sql, SqlExt};
+use latchkey_store::sql::{params, PgConnection, Sql, SqlError, SqlExt};
 
 fn connect(db: &TestDatabase) -> PgConnection {
     PgConnection::connect(db.url(), "public").unwrap()
@@ -119,4 +119,41 @@ fn a_transaction_without_statements_commits_and_the_next_one_starts_afresh() {
     tx.execute("INSERT INTO t VALUES (?1)", params![1]).unwrap();
     tx.commit().unwrap();
     assert_eq!(values(&connect(&db)), [1]);
+}
+
+#[test]
+fn after_a_statement_that_did_not_prepare_nothing_runs_outside_the_transaction() {
+    let (db, conn) = with_table();
+    let tx = conn.transaction().unwrap();
+    tx.execute_later("INSERT INTO t VALUES (?1)", params![1])
+        .unwrap();
+    // Fails before anything went out, the transaction's BEGIN included. A caller that
+    // ignores the error must not have the rest of its transaction run statement by statement.
+    assert!(tx.query("SELECT nothing FROM nowhere", &[]).is_err());
+    let refused = tx
+        .execute("INSERT INTO t VALUES (?1)", params![2])
+        .unwrap_err();
+    assert!(matches!(refused, SqlError::TransactionFailed), "{refused}");
+    assert!(tx
+        .execute_later("INSERT INTO t VALUES (?1)", params![3])
+        .is_err());
+    let commit = tx.commit().unwrap_err();
+    assert!(matches!(commit, SqlError::TransactionFailed), "{commit}");
+    assert!(values(&connect(&db)).is_empty());
+    // The next transaction works.
+    let tx = conn.transaction().unwrap();
+    tx.execute_later("INSERT INTO t VALUES (?1)", params![4])
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(values(&connect(&db)), [4]);
+}
+
+#[test]
+fn a_server_side_failure_ignored_by_the_caller_still_fails_the_commit() {
+    let (db, conn) = with_table();
+    let tx = conn.transaction().unwrap();
+    tx.execute("INSERT INTO t VALUES (?1)", params![1]).unwrap();
+    assert!(tx.execute("INSERT INTO t VALUES (?1)", params![1]).is_err());
+    assert!(tx.commit().is_err());
+    assert!(values(&connect(&db)).is_empty());
 }
