@@ -172,17 +172,17 @@ impl PostgresStore {
         let probing = |e| sql_error("cannot look for new events", e);
         let statement = client.prepare_cached(rows::PROBE).await.map_err(probing)?;
         let row = client
-            .query_one(&statement, &[&commit, &prepare])
+            .query_opt(&statement, &[&commit, &prepare])
             .await
             .map_err(probing)?;
+        let Some(row) = row else {
+            return Ok(Probe::Nothing);
+        };
         let readable: bool = row.try_get(0).map_err(probing)?;
-        let held_back: bool = row.try_get(1).map_err(probing)?;
         Ok(if readable {
             Probe::Readable
-        } else if held_back {
-            Probe::HeldBack
         } else {
-            Probe::Nothing
+            Probe::HeldBack
         })
     }
 }
