@@ -24,6 +24,12 @@ pub enum RunnerError {
         position: Position,
         source: CommandError,
     },
+    /// The read models' transaction of an earlier batch failed, so this one must not be
+    /// applied (the read models would skip the failed one's events).
+    #[error("the read models' transaction of an earlier batch failed; this batch is not applied")]
+    EarlierBatchFailed,
+    #[error("the read models' transaction ended before the batch's reactions were worked out")]
+    NoReactions,
 }
 
 pub struct ProcessRunner {
@@ -34,6 +40,10 @@ pub struct ProcessRunner {
     /// Set while a batch's transaction runs, and for good if it failed: a batch read after a
     /// failed one must not be applied (the read models would skip the failed one's events).
     failed: Arc<std::sync::atomic::AtomicBool>,
+    /// On PostgreSQL, the last position whose reactions were all carried out, kept here (not
+    /// behind the read models' lock, which a batch's transaction holds for its round trips)
+    /// and handed to the read models by the next batch's transaction, which writes it.
+    handled: Arc<Mutex<Option<Position>>>,
 }
 
 impl ProcessRunner {
@@ -50,6 +60,7 @@ impl ProcessRunner {
             progress: watch::Sender::new(checkpoint),
             cache: Arc::new(StateCache::new(0)),
             failed: Arc::default(),
+            handled: Arc::default(),
         }
     }
 
@@ -99,32 +110,38 @@ impl ProcessRunner {
     pub async fn run_until_idle(&self) -> Result<usize, RunnerError> {
         let mut handled = 0;
         loop {
-            let (batch, _) = self.handle_batch().await?;
-            if batch == 0 {
+            let done = self.handle_batch().await?;
+            if done.handled == 0 {
                 return Ok(handled);
             }
-            handled += batch;
+            handled += done.handled;
         }
     }
 
     /// Follows the log for ever (until an error).
     pub async fn run(&self) -> Result<(), RunnerError> {
         loop {
-            let (handled, after) = self.handle_batch().await?;
-            // A short batch was the end of the log: wait for more (at once if some came
-            // meanwhile) instead of reading again only to find nothing.
-            if handled < BATCH {
-                self.store.wait_for_events_after(after).await;
+            let done = self.handle_batch().await?;
+            // At the end of the log: wait for more (at once if some came meanwhile) instead
+            // of reading again only to find nothing.
+            if done.at_end {
+                self.store.wait_for_events_after(done.after).await;
             }
         }
+    }
+
+    /// Notes that every reaction up to `position` was carried out (PostgreSQL; see
+    /// [`ProcessRunner::handled`]).
+    fn note_handled(&self, position: Position) {
+        let mut handled = self.handled.lock().unwrap_or_else(|p| p.into_inner());
+        *handled = (*handled).max(Some(position));
     }
 
     /// Handles the events after the process managers' checkpoint, a batch at a time: each
     /// batch is applied to the read models in one transaction, every event's reactions
     /// worked out against the read models as they were right after it, then the reactions
     /// carried out: in order within each target stream, different streams concurrently (so
-    /// their appends share the store's group commits). Returns how many events it handled
-    /// and the process managers' checkpoint after them.
+    /// their appends share the store's group commits).
     ///
     /// On PostgreSQL, where every call to the read models waits for the network, three
     /// things overlap: a batch's reactions are carried out while its transaction
@@ -132,18 +149,30 @@ impl ProcessRunner {
     /// the first batch's), until the log has nothing more. A reaction may thus be carried
     /// out before its event's transaction committed; if that fails, the runner stops and
     /// its next start handles those events again, as after a crash (reactions are
-    /// idempotent). The process managers' checkpoint is kept by the read models' writer
-    /// and written with a later batch's transaction, or on its own once the log has
-    /// nothing new.
-    async fn handle_batch(&self) -> Result<(usize, Option<Position>), RunnerError> {
-        let (after, on_server) = self
+    /// idempotent). The process managers' checkpoint is written with a later batch's
+    /// transaction, or on its own once the log has nothing new, so it trails what was
+    /// carried out by up to three batches (see [`OVERLAPPED_BATCH`]).
+    async fn handle_batch(&self) -> Result<Handled, RunnerError> {
+        let (stored, on_server) = self
             .with_models(|m| Ok::<_, ProjectionError>((m.process_checkpoint()?, m.on_server())))?;
         if !on_server {
-            return self.handle_batch_in_turn(after).await;
+            return self.handle_batch_in_turn(stored).await;
         }
+        let noted = *self.handled.lock().unwrap_or_else(|p| p.into_inner());
+        let after = stored.max(noted);
         let Some(mut batch) = self.next_batch(after).await? else {
-            self.off_thread(|m| m.write_handled()).await?;
-            return Ok((0, after));
+            self.off_thread(move |m| {
+                if let Some(noted) = noted {
+                    m.handled(noted);
+                }
+                m.write_handled()
+            })
+            .await?;
+            return Ok(Handled {
+                handled: 0,
+                after,
+                at_end: true,
+            });
         };
         let mut handled = 0;
         loop {
@@ -155,26 +184,34 @@ impl ProcessRunner {
             .await;
             committed?;
             done?;
-            self.with_models(|m| m.handled(batch.last));
+            self.note_handled(batch.last);
             handled += batch.count;
             match next? {
                 Some(next) => batch = next,
-                None => return Ok((handled, Some(batch.last))),
+                None => {
+                    return Ok(Handled {
+                        handled,
+                        after: Some(batch.last),
+                        at_end: true,
+                    })
+                }
             }
         }
     }
 
     /// [`ProcessRunner::handle_batch`] for read models whose calls are short (SQLite): one
     /// batch, each step after the other, on the runner's own thread. Moving such calls to
-    /// another thread to overlap them costs more than it saves.
-    async fn handle_batch_in_turn(
-        &self,
-        after: Option<Position>,
-    ) -> Result<(usize, Option<Position>), RunnerError> {
+    /// another thread to overlap them costs more than it saves. The process managers'
+    /// checkpoint goes with the next batch's transaction, so it trails by one batch.
+    async fn handle_batch_in_turn(&self, after: Option<Position>) -> Result<Handled, RunnerError> {
         let page = self.store.read_all(after, BATCH).await?;
         let Some(last) = page.last().map(|e| e.position) else {
             self.with_models(|m| m.write_handled())?;
-            return Ok((0, after));
+            return Ok(Handled {
+                handled: 0,
+                after,
+                at_end: true,
+            });
         };
         let now = chrono::Utc::now();
         // Events the read models already have (a crash came between applying them and
@@ -187,14 +224,19 @@ impl ProcessRunner {
         self.progress.send_replace(Some(last));
         self.carry_out(reactions).await?;
         self.with_models(|m| m.handled(last));
-        Ok((page.len(), Some(last)))
+        Ok(Handled {
+            handled: page.len(),
+            after: Some(last),
+            at_end: page.len() < BATCH,
+        })
     }
 
     /// Reads the events after `after` and applies them to the read models, working out each
     /// one's reactions; `None` when there are none. Returns as soon as the reactions are
-    /// known: the batch's `committed` ends with its transaction.
+    /// known: the batch's `committed` ends with its transaction, which also writes what
+    /// [`ProcessRunner::note_handled`] noted so far.
     async fn next_batch(&self, after: Option<Position>) -> Result<Option<Batch>, RunnerError> {
-        let page = self.store.read_all(after, BATCH).await?;
+        let page = self.store.read_all(after, OVERLAPPED_BATCH).await?;
         let Some(last) = page.last().map(|e| e.position) else {
             return Ok(None);
         };
@@ -202,6 +244,7 @@ impl ProcessRunner {
         let now = chrono::Utc::now();
         let (reacted, reactions) = tokio::sync::oneshot::channel();
         let failed = self.failed.clone();
+        let handled = self.handled.clone();
         // Events the read models already have (a crash came between applying them and
         // reacting to them) are reacted to against the current read models. The previous
         // batch's transaction has ended when this one gets the read models.
@@ -209,14 +252,15 @@ impl ProcessRunner {
             use std::sync::atomic::Ordering;
             // Set until this batch has committed: a panic leaves it set too.
             if failed.swap(true, Ordering::SeqCst) {
-                return Err(ProjectionError::Sql(latchkey_store::sql::SqlError::Driver(
-                    "an earlier batch's transaction failed".into(),
-                )));
+                return Err(RunnerError::EarlierBatchFailed);
+            }
+            if let Some(noted) = *handled.lock().unwrap_or_else(|p| p.into_inner()) {
+                m.handled(noted);
             }
             let applied = m.apply_and_react_early(
                 &page,
                 |recorded, event, queries| {
-                    Ok::<_, ProjectionError>((recorded.clone(), react(event, now, &queries)?))
+                    Ok::<_, RunnerError>((recorded.clone(), react(event, now, &queries)?))
                 },
                 |reactions| {
                     let _ = reacted.send(reactions);
@@ -238,11 +282,7 @@ impl ProcessRunner {
             // The transaction failed before the last event was reacted to.
             Err(_) => {
                 committed.await?;
-                return Err(RunnerError::Projection(ProjectionError::Sql(
-                    latchkey_store::sql::SqlError::Driver(
-                        "the read models' transaction ended without its reactions".into(),
-                    ),
-                )));
+                return Err(RunnerError::NoReactions);
             }
         };
         Ok(Some(Batch {
@@ -338,10 +378,28 @@ struct Batch {
 type CommitFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RunnerError>> + Send>>;
 
-/// Events handled per batch. A crash may make the runner handle its last batch again, so a
-/// computer must remember at least as many released sessions as a batch can release.
+/// What one call of [`ProcessRunner::handle_batch`] did.
+struct Handled {
+    /// Events handled.
+    handled: usize,
+    /// The process managers' checkpoint after them.
+    after: Option<Position>,
+    /// Whether the log had nothing more when last read.
+    at_end: bool,
+}
+
+/// Events handled per batch (SQLite). A crash may make the runner handle every event after
+/// the checkpoint it last wrote again, here its last batch, so a computer must remember at
+/// least as many released sessions as those events can release (one per event at most).
 const BATCH: usize = 256;
 const _: () = assert!(BATCH <= latchkey_domain::computer::RELEASED_KEPT);
+
+/// Events per batch on PostgreSQL. There the checkpoint written trails what was carried out
+/// by up to three batches: a batch's transaction writes what was noted when it began, while
+/// the previous batch's reactions were still being carried out, and it commits while its
+/// own are. So a third of [`BATCH`]; a busy server's batches are far smaller anyway.
+const OVERLAPPED_BATCH: usize = BATCH / 3;
+const _: () = assert!(3 * OVERLAPPED_BATCH <= latchkey_domain::computer::RELEASED_KEPT);
 
 /// Follows the end of the event log from `from` on and wakes the waiters of each new event's
 /// stream ([`StreamWakeups`]), and only those: the agents' long polls wait on their own
