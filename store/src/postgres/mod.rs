@@ -304,6 +304,9 @@ impl EventStore for PostgresStore {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
+            // Subscribed before reading, so a commit between the read and the wait still
+            // wakes it.
+            let mut commits = self.inner.wakeups.subscribe();
             let page = self.read_visible(after, max_count).await?;
             if !page.is_empty() || started.elapsed() >= HELD_BACK_PATIENCE {
                 return Ok(page);
@@ -312,7 +315,12 @@ impl EventStore for PostgresStore {
                 Probe::Nothing => return Ok(page),
                 // Committed since the read: read again at once.
                 Probe::Readable => continue,
-                Probe::HeldBack => tokio::time::sleep(pause).await,
+                // Usually behind another append of this process, whose commit wakes it;
+                // else (another process's transaction, one that writes no event) after the
+                // pause.
+                Probe::HeldBack => {
+                    let _ = tokio::time::timeout(pause, commits.changed()).await;
+                }
             }
             pause = (pause * 2).min(Duration::from_millis(50));
         }
