@@ -25,7 +25,7 @@ use latchkey_domain::session::{CheckInReason, SessionEvent};
 use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::{Actor, AnyEvent, Timestamp};
-use latchkey_store::sql::{params, OptionalExtension, Row, Sql, SqlError, Value};
+use latchkey_store::sql::{params, Dialect, OptionalExtension, Row, Sql, SqlError, Value};
 use latchkey_store::{Position, RecordedEvent};
 use serde::Serialize;
 use std::cell::RefCell;
@@ -322,6 +322,7 @@ fn read_entry(row: &Row) -> latchkey_store::sql::Result<(AuditCursor, AuditEntry
 pub(crate) fn apply(
     tx: &dyn Sql,
     cache: &NameCache,
+    rows: &mut Rows,
     recorded: &RecordedEvent,
     event: &AnyEvent,
 ) -> latchkey_store::sql::Result<()> {
@@ -341,36 +342,117 @@ pub(crate) fn apply(
         }
     };
     for (number, line) in lines.into_iter().enumerate() {
-        // A line already written stays as it was: it was built from the directory as of
-        // its event, which is what a rebuild from the log reproduces.
-        crate::exec_later(
-            tx,
-            "INSERT INTO audit_trail
-                 (commit_position, prepare_position, line, event_id, stream, revision,
-                  event_type, at, tenant_id, computer_id, technician_id, session_id, account,
-                  actor, sentence)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                 ON CONFLICT DO NOTHING",
-            params![
-                recorded.position.commit as i64,
-                recorded.position.prepare as i64,
-                number as i64,
-                recorded.id.to_string(),
-                recorded.stream.as_str(),
-                recorded.revision as i64,
-                event.event_type(),
-                time(&line.at),
-                line.tenant,
-                line.computer,
-                line.technician,
-                line.session,
-                line.account,
-                line.actor,
-                line.sentence,
-            ],
-        )?;
+        rows.0.push(StoredLine {
+            commit_position: recorded.position.commit as i64,
+            prepare_position: recorded.position.prepare as i64,
+            line: number as i64,
+            event_id: recorded.id.to_string(),
+            stream: recorded.stream.as_str().to_owned(),
+            revision: recorded.revision as i64,
+            event_type: event.event_type().to_owned(),
+            at: time(&line.at),
+            tenant_id: line.tenant,
+            computer_id: line.computer,
+            technician_id: line.technician,
+            session_id: line.session,
+            account: line.account,
+            actor: line.actor,
+            sentence: line.sentence,
+        });
     }
     Ok(())
+}
+
+/// The lines of a write transaction's events, written together at its end
+/// ([`Rows::write`]): nothing the transaction reads in between looks at the audit trail.
+#[derive(Default)]
+pub(crate) struct Rows(Vec<StoredLine>);
+
+/// One line of the audit trail, as stored.
+#[derive(Serialize)]
+struct StoredLine {
+    commit_position: i64,
+    prepare_position: i64,
+    line: i64,
+    event_id: String,
+    stream: String,
+    revision: i64,
+    event_type: String,
+    at: String,
+    tenant_id: Option<String>,
+    computer_id: Option<String>,
+    technician_id: Option<String>,
+    session_id: Option<String>,
+    account: Option<String>,
+    actor: String,
+    sentence: String,
+}
+
+impl Rows {
+    /// Writes the lines. A line already written stays as it was: it was built from the
+    /// directory as of its event, which is what a rebuild from the log reproduces. On
+    /// PostgreSQL all of them go in one statement (every statement costs the server as much
+    /// again as a line's own work); on SQLite one statement each, from the statement cache.
+    pub(crate) fn write(self, tx: &dyn Sql) -> latchkey_store::sql::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        match tx.dialect() {
+            Dialect::Postgres => {
+                let json = serde_json::to_string(&self.0)
+                    .map_err(|e| SqlError::Driver(format!("audit lines as JSON: {e}")))?;
+                crate::exec_later(
+                    tx,
+                    "INSERT INTO audit_trail
+                         (commit_position, prepare_position, line, event_id, stream, revision,
+                          event_type, at, tenant_id, computer_id, technician_id, session_id,
+                          account, actor, sentence)
+                     SELECT commit_position, prepare_position, line, event_id, stream, revision,
+                            event_type, at, tenant_id, computer_id, technician_id, session_id,
+                            account, actor, sentence
+                       FROM jsonb_to_recordset(CAST(CAST(?1 AS TEXT) AS jsonb)) AS r(
+                            commit_position bigint, prepare_position bigint, line bigint,
+                            event_id text, stream text, revision bigint, event_type text,
+                            at text, tenant_id text, computer_id text, technician_id text,
+                            session_id text, account text, actor text, sentence text)
+                     ON CONFLICT DO NOTHING",
+                    params![json],
+                )
+            }
+            Dialect::Sqlite => {
+                for row in self.0 {
+                    crate::exec_later(
+                        tx,
+                        "INSERT INTO audit_trail
+                             (commit_position, prepare_position, line, event_id, stream,
+                              revision, event_type, at, tenant_id, computer_id, technician_id,
+                              session_id, account, actor, sentence)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                                 ?15)
+                         ON CONFLICT DO NOTHING",
+                        params![
+                            row.commit_position,
+                            row.prepare_position,
+                            row.line,
+                            row.event_id,
+                            row.stream,
+                            row.revision,
+                            row.event_type,
+                            row.at,
+                            row.tenant_id,
+                            row.computer_id,
+                            row.technician_id,
+                            row.session_id,
+                            row.account,
+                            row.actor,
+                            row.sentence,
+                        ],
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn time(at: &Timestamp) -> String {

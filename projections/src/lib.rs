@@ -428,6 +428,7 @@ impl ReadModels {
                 memory.names.forget();
             }
             let mut answers = Vec::with_capacity(events.len());
+            let mut audit_lines = audit::Rows::default();
             let mut last = checkpoint;
             for recorded in events {
                 if last.is_some_and(|c| recorded.position <= c) {
@@ -440,12 +441,15 @@ impl ReadModels {
                 let event = decode(recorded)?;
                 // The directory first: the others look names up in it.
                 let done = directory::apply(tx, &memory.names, &event)
-                    .and_then(|()| audit::apply(tx, &memory.names, recorded, &event))
+                    .and_then(|()| {
+                        audit::apply(tx, &memory.names, &mut audit_lines, recorded, &event)
+                    })
                     .and_then(|()| accounts::apply(tx, recorded, &event));
                 done.map_err(ProjectionError::from)?;
                 answers.push(then(recorded, &event, Queries(tx))?);
                 last = Some(recorded.position);
             }
+            audit_lines.write(tx).map_err(ProjectionError::from)?;
             if last != checkpoint {
                 let last = last.expect("an event was applied");
                 write_position_later(tx, "checkpoint", last).map_err(ProjectionError::from)?;
