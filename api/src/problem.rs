@@ -128,7 +128,11 @@ impl From<DomainError> for ApiError {
             ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
             ErrorKind::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, "rule"),
         };
-        Self::new(status, kind, e.to_string())
+        let error = Self::new(status, kind, e.to_string());
+        match e.field() {
+            Some(field) => error.with_field(field),
+            None => error,
+        }
     }
 }
 
@@ -203,11 +207,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let message = e.into_inner().to_string();
         let problem = ApiError::new(StatusCode::BAD_REQUEST, "bad-json", message.clone());
         let named = field_named_in(&message);
-        // The path names the field, except for a missing one, where it names the object
-        // that lacks it.
+        // The path names the field, except where the refusal comes from the object that
+        // holds it (a missing field, or a rule across fields such as the policy's reuse and
+        // delete-on-check-in): then the path names that object and the message the field.
         let field = match (named, path.as_str()) {
             (Some(name), ".") => Some(name),
-            (Some(name), parent) if message.starts_with("missing field") => {
+            (Some(name), path) if path == name || path.ends_with(&format!(".{name}")) => {
+                Some(path.to_owned())
+            }
+            (Some(name), parent)
+                if message.starts_with("missing field") || is_object_at(bytes, parent) =>
+            {
                 Some(format!("{parent}.{name}"))
             }
             (_, ".") => None,
@@ -224,6 +234,33 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Whether the JSON document holds an object at `path` (serde_path_to_error's notation:
+/// `a.b[2].c`).
+fn is_object_at(bytes: &[u8], path: &str) -> bool {
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return false;
+    };
+    for segment in path.split('.') {
+        let (key, indices) = match segment.find('[') {
+            Some(at) => (&segment[..at], &segment[at..]),
+            None => (segment, ""),
+        };
+        if !key.is_empty() {
+            match value.get_mut(key) {
+                Some(inner) => value = inner.take(),
+                None => return false,
+            }
+        }
+        for index in indices.split(['[', ']']).filter(|i| !i.is_empty()) {
+            match index.parse::<usize>().ok().and_then(|i| value.get_mut(i)) {
+                Some(inner) => value = inner.take(),
+                None => return false,
+            }
+        }
+    }
+    value.is_object()
+}
+
 /// The field a serde message is about: "unknown field `x`", "missing field `x`", or one of
 /// our value types' messages, which start with the field name.
 fn field_named_in(message: &str) -> Option<String> {
@@ -236,7 +273,9 @@ fn field_named_in(message: &str) -> Option<String> {
     let looks_like_field = first
         .chars()
         .all(|c| c.is_ascii_lowercase() || "_.".contains(c));
-    (looks_like_field && message.contains(" must ")).then(|| first.to_owned())
+    // Our value types' messages (`InvalidValue`) are "<field> <rule> (got '<value>')".
+    let ours = message.contains(" must ") || message.contains(" (got '");
+    (looks_like_field && ours).then(|| first.to_owned())
 }
 
 /// The body-size limit every endpoint uses.
@@ -343,6 +382,67 @@ mod tests {
         let (status, problem, _) = call(big, JSON).await;
         assert_eq!(status, 413);
         assert_eq!(problem["type"], "urn:latchkey:problem:too-large");
+    }
+
+    /// A rule across fields is refused by the object that holds them, so serde's path names
+    /// the object; the problem must still name the field (`reuse_existing_account`), at the
+    /// top level and nested.
+    #[test]
+    fn a_refusal_by_an_object_names_the_field_inside_it() {
+        use latchkey_domain::policy::{CheckInAction, JitPolicy};
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Wrapper {
+            policy: JitPolicy,
+            duration_minutes: latchkey_domain::policy::SessionLength,
+        }
+        let mut policy = serde_json::to_value(JitPolicy::default()).unwrap();
+        policy["reuse_existing_account"] = true.into();
+        policy["on_check_in"] = serde_json::to_value(CheckInAction::DeleteAccount).unwrap();
+        let field = |body: serde_json::Value| -> Option<String> {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            parse_json::<Wrapper>(&bytes)
+                .map(|_| ())
+                .or_else(|_| parse_json::<JitPolicy>(&bytes).map(|_| ()))
+                .unwrap_err()
+                .problem()
+                .field
+                .clone()
+        };
+        assert_eq!(
+            field(policy.clone()).as_deref(),
+            Some("reuse_existing_account")
+        );
+        let nested = serde_json::json!({"policy": policy, "duration_minutes": 5});
+        assert_eq!(
+            parse_json::<Wrapper>(&serde_json::to_vec(&nested).unwrap())
+                .unwrap_err()
+                .problem()
+                .field
+                .as_deref(),
+            Some("policy.reuse_existing_account")
+        );
+        // A leaf's own refusal names the leaf, whatever field name its type reports.
+        let fine = serde_json::to_value(JitPolicy::default()).unwrap();
+        let long = serde_json::json!({"policy": fine, "duration_minutes": 99999});
+        assert_eq!(
+            parse_json::<Wrapper>(&serde_json::to_vec(&long).unwrap())
+                .unwrap_err()
+                .problem()
+                .field
+                .as_deref(),
+            Some("duration_minutes")
+        );
+    }
+
+    #[test]
+    fn a_rule_that_knows_its_field_names_it() {
+        let e = ApiError::from(DomainError::SessionLongerThanAllowed {
+            wanted: 90,
+            max_minutes: 30,
+        });
+        assert_eq!(e.status_code().as_u16(), 422);
+        assert_eq!(e.problem().field.as_deref(), Some("duration_minutes"));
     }
 
     #[test]

@@ -737,6 +737,11 @@ fn bad_input_changes_nothing() {
     let mut bad_policy: Value = serde_json::from_str(w.var("policyA")).unwrap();
     bad_policy["max_session_minutes"] = json!("long");
     let bad_policy = bad_policy.to_string();
+    let mut reuse_and_delete: Value = serde_json::from_str(w.var("policyA")).unwrap();
+    reuse_and_delete["reuse_existing_account"] = json!(true);
+    reuse_and_delete["on_check_in"] = json!("delete_account");
+    let nested_reuse_and_delete = json!({ "policy": reuse_and_delete }).to_string();
+    let reuse_and_delete = reuse_and_delete.to_string();
     // (method, path, caller, body, status, field)
     #[rustfmt::skip]
     let cases: Vec<BadRequest> = vec![
@@ -752,10 +757,15 @@ fn bad_input_changes_nothing() {
         ("PUT", "/v1/tenants/{A}/login-mode", msp, Some(r#"{"login_mode":"shared","extra":1}"#), 400, Some("extra")),
         ("PUT", "/v1/tenants/{A}/policy", msp, Some(&bad_policy), 400, Some("max_session_minutes")),
         ("PUT", "/v1/tenants/{A}/computers/{cA}/policy", msp, Some(r#"{"policy":7}"#), 400, Some("policy")),
+        // A rule across two fields names the field it refuses.
+        ("PUT", "/v1/tenants/{A}/policy", msp, Some(&reuse_and_delete), 400, Some("reuse_existing_account")),
+        ("PUT", "/v1/tenants/{A}/computers/{cA}/policy", msp, Some(&nested_reuse_and_delete), 400, Some("policy.reuse_existing_account")),
         ("POST", "/v1/tenants/{A}/enrollment-tokens", msp, Some(r#"{"expires_in_minutes":"soon"}"#), 400, Some("expires_in_minutes")),
         ("POST", "/v1/tenants/{A}/enrollment-tokens", msp, Some(r#"{"expires_in_minutes":0}"#), 422, Some("expires_in_minutes")),
         ("POST", "/v1/tenants/{A}/computers/{cA}/checkout", alf, Some(r#"{"duration_minutes":"ten"}"#), 400, Some("duration_minutes")),
         ("POST", "/v1/tenants/{A}/computers/{cA}/checkout", alf, Some(r#"{"reason":"x","priority":1}"#), 400, Some("priority")),
+        // Longer than the policy allows (A's maximum is under 7 days): refused, not shortened.
+        ("POST", "/v1/tenants/{A}/computers/{cA}/checkout", alf, Some(r#"{"duration_minutes":10080}"#), 422, Some("duration_minutes")),
         ("POST", "/v1/tokens", msp, Some(r#"{"role":"root","name":"x@msp.example"}"#), 400, Some("role")),
         ("POST", "/v1/tokens", msp, Some(r#"{"role":"auditor","tenant_id":"nope","name":"x@msp.example"}"#), 400, Some("tenant_id")),
         ("POST", "/v1/agent/enroll", msp, Some(r#"{"token":"lk_x","hostname":"pc 1","os":"windows"}"#), 400, Some("hostname")),

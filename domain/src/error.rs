@@ -45,6 +45,11 @@ pub enum DomainError {
     SessionNotActive,
     #[error("there is no offline secret for you on this computer yet; check out once online")]
     NoOfflineSecret,
+    #[error(
+        "duration_minutes {wanted} is longer than this computer's maximum session of \
+         {max_minutes} minutes"
+    )]
+    SessionLongerThanAllowed { wanted: u32, max_minutes: u32 },
     #[error("the session does not expire before {expires_at}")]
     ExpiryNotReached { expires_at: Timestamp },
     #[error(
@@ -89,12 +94,22 @@ impl DomainError {
             | ComputerDecommissioned
             | ComputerOfOtherTenant
             | ExpiryNotReached { .. }
+            | SessionLongerThanAllowed { .. }
             | SessionNotActive
             | NoOfflineSecret
             | AccountNotProvisioned { .. }
             | AccountOwnedByOther { .. }
             | SharedAccountMissing
             | Invalid(_) => ErrorKind::Rejected,
+        }
+    }
+
+    /// The request field the refusal is about, where one field is at fault.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            DomainError::SessionLongerThanAllowed { .. } => Some("duration_minutes"),
+            DomainError::Invalid(invalid) => Some(invalid.field),
+            _ => None,
         }
     }
 }

@@ -267,8 +267,16 @@ fn check_out(c: CheckOut) -> Result<Vec<SessionEvent>, DomainError> {
     if !policy.provisioning_enabled() && !c.computer.has_usable_account(&account) {
         return Err(DomainError::AccountNotProvisioned { account });
     }
+    // A wish longer than the policy allows is refused, never quietly shortened: the
+    // technician would plan work around an expiry they do not get.
     let length = match c.duration {
-        Some(wanted) => wanted.min(policy.max_session()),
+        Some(wanted) if wanted > policy.max_session() => {
+            return Err(DomainError::SessionLongerThanAllowed {
+                wanted: wanted.as_minutes(),
+                max_minutes: policy.max_session().as_minutes(),
+            })
+        }
+        Some(wanted) => wanted,
         None => policy.max_session(),
     };
     Ok(vec![SessionCheckedOut {
@@ -577,13 +585,12 @@ mod tests {
     fn check_out_records_the_policy_the_session_runs_under_and_its_expiry() {
         let short = policy(|f| f.max_session_minutes = SessionLength::minutes(30).unwrap());
         let mut c = check_out(tenant(LoginMode::Named, short), computer());
-        c.duration = Some(SessionLength::minutes(600).unwrap());
         let events =
             Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap();
         let SessionEvent::SessionCheckedOut(e) = &events[0] else {
             panic!()
         };
-        assert_eq!(e.expires_at, t(30), "capped at the policy's maximum");
+        assert_eq!(e.expires_at, t(30), "no wish: the policy's maximum");
         assert_eq!(e.admin_group.as_str(), "Administrators");
         assert_eq!(e.computer_id, computer_id());
         assert_eq!(e.ticket.as_ref().unwrap().as_str(), "INC-4711");
@@ -595,6 +602,29 @@ mod tests {
             panic!()
         };
         assert_eq!(e.expires_at, t(15), "a shorter wish is honoured");
+    }
+
+    #[test]
+    fn a_session_longer_than_the_policy_allows_is_refused_not_shortened() {
+        let short = policy(|f| f.max_session_minutes = SessionLength::minutes(30).unwrap());
+        let mut c = check_out(tenant(LoginMode::Named, short.clone()), computer());
+        c.duration = Some(SessionLength::minutes(90).unwrap());
+        let err =
+            Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap_err();
+        assert_eq!(
+            err,
+            DomainError::SessionLongerThanAllowed {
+                wanted: 90,
+                max_minutes: 30
+            }
+        );
+        assert_eq!(err.field(), Some("duration_minutes"));
+        let mut c = check_out(tenant(LoginMode::Named, short), computer());
+        c.duration = Some(SessionLength::minutes(30).unwrap());
+        assert!(
+            Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).is_ok(),
+            "exactly the maximum is allowed"
+        );
     }
 
     #[test]

@@ -130,7 +130,8 @@ pub fn session_view(session: &Session) -> Result<SessionView, ApiError> {
 struct CheckOutRequest {
     reason: Option<Reason>,
     ticket: Option<TicketRef>,
-    /// Shorter than the tenant's maximum session length if wanted; never longer.
+    /// Shorter than the computer's maximum session length if wanted; a longer wish is
+    /// refused (422 naming `duration_minutes`), never quietly shortened.
     duration_minutes: Option<u32>,
 }
 
