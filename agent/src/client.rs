@@ -202,6 +202,9 @@ pub struct OfflineLogin {
     pub account: String,
     pub technician_id: Option<Uuid>,
     pub generation: u32,
+    /// The group the account was added to (absent in logins buffered by older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_group: Option<String>,
     pub used_at: chrono::DateTime<chrono::Utc>,
     pub until: chrono::DateTime<chrono::Utc>,
 }

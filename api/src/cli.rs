@@ -1486,7 +1486,14 @@ async fn standing_privilege(api: &Api, tenant: Uuid) -> Result<(), String> {
             ],
             |p| {
                 let removal = &p["removal"];
-                let removal = if removal.is_null() {
+                let offline = &p["offline_login"];
+                let removal = if !offline.is_null() {
+                    format!(
+                        "offline login {} ended {} by the agent's clock; not seen over yet",
+                        text(&offline["login_id"]),
+                        text(&offline["until"])
+                    )
+                } else if removal.is_null() {
                     "none under way".to_owned()
                 } else {
                     format!(

@@ -154,7 +154,7 @@ pub async fn scrape(metrics: web::Data<Metrics>, services: web::Data<Services>) 
     let figures = services
         .query(|q| {
             let open = q.open_session_count()?;
-            let standing = q.standing_privilege(None)?.len();
+            let standing = q.standing_privilege(None, chrono::Utc::now())?.len();
             let stuck = q.failed_requests(None)?.len();
             Ok((open, standing, stuck))
         })

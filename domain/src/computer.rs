@@ -570,6 +570,9 @@ pub enum ComputerCommand {
         account: AccountName,
         technician_id: Option<TechnicianId>,
         generation: u32,
+        /// The group the agent added the account to (`None` from agents before 0.1 that
+        /// did not say).
+        admin_group: Option<GroupName>,
         used_at: Timestamp,
         until: Timestamp,
         at: Timestamp,
@@ -761,6 +764,11 @@ pub struct OfflineLoginRecorded {
     /// The named account's technician; `None` for the shared account.
     pub technician_id: Option<TechnicianId>,
     pub generation: u32,
+    /// The admin group the agent added the account to for the login; absent in uploads
+    /// from agents that did not say (read models then take the group the agent last
+    /// reported in its inventory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_group: Option<GroupName>,
     pub used_at: Timestamp,
     pub until: Timestamp,
     pub at: Timestamp,
@@ -1344,6 +1352,7 @@ impl Aggregate for Computer {
                 account,
                 technician_id,
                 generation,
+                admin_group,
                 used_at,
                 until,
                 at,
@@ -1365,6 +1374,7 @@ impl Aggregate for Computer {
                     account: account.clone(),
                     technician_id,
                     generation,
+                    admin_group,
                     used_at,
                     until,
                     at,
@@ -1898,6 +1908,7 @@ pub(crate) mod tests {
             account: acct("msp-nik"),
             technician_id: Some(nik_id()),
             generation: 1,
+            admin_group: Some(GroupName::parse("Administrators").unwrap()),
             used_at: t(30),
             until: t(90),
             at: t(95),
@@ -1920,6 +1931,7 @@ pub(crate) mod tests {
             account: acct("msp-ann"),
             technician_id: None,
             generation: 1,
+            admin_group: Some(GroupName::parse("Administrators").unwrap()),
             used_at: t(30),
             until: t(90),
             at: t(95),

@@ -584,7 +584,7 @@ mod tests {
     #[test]
     fn check_out_records_the_policy_the_session_runs_under_and_its_expiry() {
         let short = policy(|f| f.max_session_minutes = SessionLength::minutes(30).unwrap());
-        let mut c = check_out(tenant(LoginMode::Named, short), computer());
+        let c = check_out(tenant(LoginMode::Named, short), computer());
         let events =
             Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c))).unwrap();
         let SessionEvent::SessionCheckedOut(e) = &events[0] else {

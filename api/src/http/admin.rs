@@ -802,7 +802,7 @@ async fn standing_privilege(
         &principal,
         &path,
         "standing_privilege",
-        |q, tenant| q.standing_privilege(Some(tenant)),
+        |q, tenant| q.standing_privilege(Some(tenant), chrono::Utc::now()),
     )
     .await
 }
@@ -813,7 +813,7 @@ async fn drift(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     staff_view(&services, &principal, &path, "drift", |q, tenant| {
-        q.admin_drift(tenant)
+        q.admin_drift(tenant, chrono::Utc::now())
     })
     .await
 }

@@ -585,6 +585,9 @@ struct OfflineLogin {
     account: AccountName,
     technician_id: Option<Uuid>,
     generation: u32,
+    /// The group the agent added the account to (older agents leave it out).
+    #[serde(default)]
+    admin_group: Option<latchkey_domain::names::GroupName>,
     used_at: chrono::DateTime<chrono::Utc>,
     until: chrono::DateTime<chrono::Utc>,
 }
@@ -606,6 +609,7 @@ async fn offline_login(
         account: body.account,
         technician_id: body.technician_id.map(latchkey_domain::ids::TechnicianId),
         generation: body.generation,
+        admin_group: body.admin_group,
         used_at: body.used_at,
         until: body.until,
         at: chrono::Utc::now(),
