@@ -353,6 +353,30 @@ pub fn to_new_event<E: Event>(event: &E, envelope: &Envelope) -> NewEvent {
     }
 }
 
+/// Whether any event of `stream` carries `correlation_id` (a request's claim: see
+/// `http::idempotency`). Reads the whole stream; only a request resumed after a crash asks.
+pub async fn stream_has_correlation(
+    store: &dyn EventStore,
+    stream: &StreamName,
+    correlation_id: Uuid,
+) -> Result<bool, StoreError> {
+    const PAGE: usize = 512;
+    let mut from = 0;
+    loop {
+        let page = store.read_stream(stream, from, PAGE).await?;
+        if page
+            .iter()
+            .any(|e| e.metadata.correlation_id == correlation_id)
+        {
+            return Ok(true);
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => from = last.revision + 1,
+            _ => return Ok(false),
+        }
+    }
+}
+
 /// Runs one command against `stream`: `command` builds it from the current state (so it can
 /// look at that state), `decide` judges it, and the events are appended only if nobody wrote
 /// to the stream in between; otherwise the whole thing runs again on fresh state.

@@ -160,6 +160,19 @@ impl From<CommandError> for ApiError {
     }
 }
 
+/// The canonical form of a request's JSON body, hashed: [`JsonBody`] leaves
+/// it in the request's extensions, so a key re-used with another body is recognised.
+#[derive(Debug, Clone)]
+pub struct BodyFingerprint(pub String);
+
+impl BodyFingerprint {
+    pub fn of(body: &serde_json::Value) -> Self {
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::to_vec(body).expect("a JSON value serialises");
+        Self(hex::encode(Sha256::digest(canonical)))
+    }
+}
+
 /// The largest request body any endpoint accepts.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -175,6 +188,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let is_json = req.content_type() == "application/json";
         let bytes = web::Bytes::from_request(req, payload);
+        let request = req.clone();
         Box::pin(async move {
             if !is_json {
                 return Err(ApiError::new(
@@ -194,7 +208,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     ApiError::new(StatusCode::BAD_REQUEST, "bad-body", e.to_string())
                 }
             })?;
-            parse_json(&bytes).map(JsonBody)
+            let value = parse_json(&bytes).map(JsonBody)?;
+            // What a retry with the same Idempotency-Key must send again.
+            if let Ok(canonical) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                request
+                    .extensions_mut()
+                    .insert(BodyFingerprint::of(&canonical));
+            }
+            Ok(value)
         })
     }
 }

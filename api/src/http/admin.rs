@@ -294,19 +294,20 @@ async fn create_tenant(
     if !principal.is_msp_admin() {
         return Err(forbidden("only an MSP admin creates tenants"));
     }
-    idempotent(&services, &req, &principal, || async {
-        let tenant_id = TenantId(Uuid::now_v7());
+    let (services, principal) = (&services, &principal);
+    idempotent(services, &req, principal, |scope| async move {
+        let tenant_id = TenantId(scope.new_id());
         let command = TenantCommand::Register {
             tenant_id,
             name: body.name,
             login_mode: body.login_mode,
             policy: body.policy.unwrap_or_default(),
             shared_account_digits: random_digits(),
-            by: actor(&principal),
+            by: actor(principal),
             at: now(),
         };
         let executed = services
-            .execute::<Tenant>(&principal, tenant_id.stream_name(), command)
+            .execute_in::<Tenant>(scope, principal, tenant_id.stream_name(), command)
             .await?;
         Reply::created(
             tenant_view(&executed.state)?,
@@ -363,15 +364,16 @@ async fn set_login_mode(
     JsonBody(body): JsonBody<NewLoginMode>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = administered_tenant(&services, &principal, &path).await?;
-    idempotent(&services, &req, &principal, || async {
+    let (services, principal) = (&services, &principal);
+    idempotent(services, &req, principal, |scope| async move {
         let command = TenantCommand::ChangeLoginMode {
             login_mode: body.login_mode,
             shared_account_digits: random_digits(),
-            by: actor(&principal),
+            by: actor(principal),
             at: now(),
         };
         let executed = services
-            .execute::<Tenant>(&principal, tenant.stream_name(), command)
+            .execute_in::<Tenant>(scope, principal, tenant.stream_name(), command)
             .await?;
         Reply::ok(tenant_view(&executed.state)?)
     })
@@ -386,14 +388,15 @@ async fn set_policy(
     JsonBody(policy): JsonBody<JitPolicy>,
 ) -> Result<HttpResponse, ApiError> {
     let tenant = administered_tenant(&services, &principal, &path).await?;
-    idempotent(&services, &req, &principal, || async {
+    let (services, principal) = (&services, &principal);
+    idempotent(services, &req, principal, |scope| async move {
         let command = TenantCommand::ChangeJitPolicy {
             policy,
-            by: actor(&principal),
+            by: actor(principal),
             at: now(),
         };
         let executed = services
-            .execute::<Tenant>(&principal, tenant.stream_name(), command)
+            .execute_in::<Tenant>(scope, principal, tenant.stream_name(), command)
             .await?;
         Reply::ok(tenant_view(&executed.state)?)
     })
@@ -438,17 +441,18 @@ async fn create_technician(
     if !principal.is_msp_admin() {
         return Err(forbidden("only an MSP admin registers technicians"));
     }
-    idempotent(&services, &req, &principal, || async {
-        let technician_id = TechnicianId(Uuid::now_v7());
+    let (services, principal) = (&services, &principal);
+    idempotent(services, &req, principal, |scope| async move {
+        let technician_id = TechnicianId(scope.new_id());
         let command = TechnicianCommand::Register {
             technician_id,
             username: body.username,
             email: body.email,
-            by: actor(&principal),
+            by: actor(principal),
             at: now(),
         };
         let executed = services
-            .execute::<Technician>(&principal, technician_id.stream_name(), command)
+            .execute_in::<Technician>(scope, principal, technician_id.stream_name(), command)
             .await?;
         Reply::created(
             technician_view(&executed.state)?,

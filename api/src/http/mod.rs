@@ -35,7 +35,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub use idempotency::IdempotencyStore;
+pub use idempotency::{IdempotencyStore, Scope};
 
 /// What every handler can reach.
 pub struct Services {
@@ -77,15 +77,49 @@ impl Services {
         A: commands::Stored,
         A::Command: Clone,
     {
+        self.execute_in(Scope::fresh(), principal, stream, command)
+            .await
+    }
+
+    /// [`Services::execute`] as part of an idempotent request's claim: the events carry the
+    /// claim's id as their correlation id, and a claim resumed after a crash whose events
+    /// are already in the stream decides nothing again (the state as it is now is the
+    /// answer).
+    pub async fn execute_in<A>(
+        &self,
+        scope: Scope,
+        principal: &Principal,
+        stream: String,
+        command: A::Command,
+    ) -> Result<commands::Executed<A>, ApiError>
+    where
+        A: commands::Stored,
+        A::Command: Clone,
+    {
         let stream = stream_name(stream)?;
-        Ok(commands::execute_cached::<A, _>(
-            &*self.store,
-            &self.cache,
-            &stream,
-            &envelope(principal),
-            |_| command.clone(),
+        if scope.resumed
+            && commands::stream_has_correlation(&*self.store, &stream, scope.claim_id)
+                .await
+                .map_err(CommandError::from)?
+        {
+            let loaded = commands::load_cached::<A>(&*self.store, &self.cache, &stream).await?;
+            return Ok(commands::Executed {
+                events: Vec::new(),
+                state: loaded.state,
+                attempts: 0,
+            });
+        }
+        let envelope = Envelope {
+            actor: principal.actor_string(),
+            correlation_id: scope.claim_id,
+            causation_id: None,
+        };
+        Ok(
+            commands::execute_cached::<A, _>(&*self.store, &self.cache, &stream, &envelope, |_| {
+                command.clone()
+            })
+            .await?,
         )
-        .await?)
     }
 
     /// An aggregate's current state, straight from its stream (always up to date, unlike the
@@ -154,14 +188,6 @@ impl FromRequest for Principal {
             Ok(None) => Err(ApiError::unauthorized()),
             Err(e) => Err(internal("token store", &e)),
         })
-    }
-}
-
-fn envelope(principal: &Principal) -> Envelope {
-    Envelope {
-        actor: principal.actor_string(),
-        correlation_id: Uuid::now_v7(),
-        causation_id: None,
     }
 }
 

@@ -23,7 +23,6 @@ use latchkey_domain::technician::Technician;
 use latchkey_domain::tenant::Tenant;
 use latchkey_projections::SessionFilter;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 pub fn routes(r: &mut Routes<'_>) {
     const TECHNICIAN: &str = "technician who is a member of the tenant";
@@ -153,7 +152,8 @@ async fn check_out(
         .map(SessionLength::minutes)
         .transpose()
         .map_err(|e| ApiError::from(e).with_field("duration_minutes"))?;
-    idempotent(&services, &req, &principal, || async {
+    let (services, principal) = (&services, &principal);
+    idempotent(services, &req, principal, |scope| async move {
         let tenant_state: Tenant = services.load(tenant.stream_name()).await?;
         let technician: Technician = services.load(technician_id.stream_name()).await?;
         let computer_state: Computer = services.load(computer.stream_name()).await?;
@@ -161,7 +161,7 @@ async fn check_out(
         else {
             return Err(ApiError::not_found("the tenant"));
         };
-        let session_id = SessionId(Uuid::now_v7());
+        let session_id = SessionId(scope.new_id());
         let digits = EphemeralDigits::parse(format!(
             "{:012}",
             rand::random_range(0..1_000_000_000_000u64)
@@ -176,11 +176,11 @@ async fn check_out(
             ticket: body.ticket,
             duration,
             ephemeral_digits: digits,
-            by: actor(&principal),
+            by: actor(principal),
             at: chrono::Utc::now(),
         }));
         let executed = services
-            .execute::<Session>(&principal, session_id.stream_name(), command)
+            .execute_in::<Session>(scope, principal, session_id.stream_name(), command)
             .await?;
         Reply::created(
             session_view(&executed.state)?,
@@ -345,14 +345,15 @@ async fn check_in(
 ) -> Result<HttpResponse, ApiError> {
     let session = visible_session(&services, &principal, &path).await?;
     own_session(&principal, &session)?;
-    idempotent(&services, &req, &principal, || async {
+    let (services, principal) = (&services, &principal);
+    idempotent(services, &req, principal, |scope| async move {
         let command = SessionCommand::CheckIn {
             reason: CheckInReason::Manual,
-            by: actor(&principal),
+            by: actor(principal),
             at: chrono::Utc::now(),
         };
         let executed = services
-            .execute::<Session>(&principal, session.session_id.stream_name(), command)
+            .execute_in::<Session>(scope, principal, session.session_id.stream_name(), command)
             .await?;
         Reply::ok(session_view(&executed.state)?)
     })

@@ -76,6 +76,19 @@ impl Server {
         }
     }
 
+    /// Waits for the server to exit by itself (it crashed on purpose); returns whether it did
+    /// within `limit`.
+    pub fn exited_within(&mut self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
     /// Stops the server and returns what it printed to stdout after the "listening" line.
     pub fn stop(mut self) -> String {
         let _ = self.child.kill();
@@ -123,10 +136,25 @@ impl Server {
         token: Option<&str>,
         body: Option<&str>,
     ) -> BufReader<TcpStream> {
+        self.send_with(method, path, token, body, &[])
+    }
+
+    /// [`Server::send`] with more request headers.
+    pub fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> BufReader<TcpStream> {
         let mut stream = TcpStream::connect(&self.addr).expect("server accepts connections");
         let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", self.addr);
         if let Some(token) = token {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         if let Some(body) = body {
             head.push_str(&format!(
