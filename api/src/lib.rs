@@ -7,6 +7,7 @@
 //! - `snapshots`: stored states of long streams, so a restart does not fold years of events;
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
 //! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
+//! - `datadir`: the data directory, private to the server's user;
 //! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);
 //! - `wakeups`: long polls wait on their own stream and are woken by its events only.
 
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod datadir;
 pub mod http;
 pub mod metrics;
 pub mod problem;

@@ -144,12 +144,7 @@ fn bootstrap_admin(tokens: &TokenStore, email: &str) -> Result<Option<String>, S
 async fn open_store(
     args: &Settings,
 ) -> Result<(String, std::sync::Arc<dyn latchkey_store::EventStore>), String> {
-    std::fs::create_dir_all(&args.data).map_err(|e| {
-        format!(
-            "--data {}: cannot create the directory: {e}",
-            args.data.display()
-        )
-    })?;
+    latchkey_api::datadir::prepare(&args.data)?;
     let url = args.store_url();
     let store = latchkey_store::open_url(&url).await.map_err(|e| {
         let shown = latchkey_api::config::redacted_store_url(&url);
@@ -372,8 +367,14 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
-        Command::Replay(args) => replay(args).await,
+        Command::Serve(args) => {
+            latchkey_api::datadir::restrict_umask();
+            serve(args).await
+        }
+        Command::Replay(args) => {
+            latchkey_api::datadir::restrict_umask();
+            replay(args).await
+        }
         Command::Client(command) => latchkey_api::cli::run(command).await,
     };
     match result {

@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test file uses part of it
 
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -105,10 +106,17 @@ impl Server {
     }
 
     /// [`Server::start`] with more environment (e.g. `LATCHKEY_STORE`).
+    /// The data directory is made private first, as the server asks (`tempfile::tempdir()`
+    /// makes them 0755).
     pub fn start_with(data: &Path, admin: &str, listen: &str, env: &[(&str, &str)]) -> Server {
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+            .expect("the data directory can be made private");
+        // Private like the rest of the data directory: the server refuses a data directory
+        // with a file others may read.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(data.join("server.log"))
             .expect("a log file in the data directory");
         let mut child = Command::new(latchkey_binary())

@@ -10,6 +10,7 @@ pub mod msp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -36,7 +37,11 @@ impl Server {
     }
 
     /// [`Server::start`] with more arguments for `latchkey serve` (e.g. `--store URL`).
+    /// An existing `data` is made private first ([`make_private`]), as the server asks.
     pub fn start_with_args(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        if data.is_dir() {
+            make_private(data);
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -51,6 +56,9 @@ impl Server {
                     std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
+                        // Private like the rest of the data directory: the server refuses
+                        // a data directory with a file others may read.
+                        .mode(0o600)
                         .open(data.join("server.log"))
                         .expect("a log file in the data directory"),
                 ),
@@ -123,10 +131,25 @@ impl Server {
         token: Option<&str>,
         body: Option<&str>,
     ) -> BufReader<TcpStream> {
+        self.send_with_headers(method, path, token, body, &[])
+    }
+
+    /// [`Server::send`] with more request headers.
+    pub fn send_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> BufReader<TcpStream> {
         let mut stream = TcpStream::connect(&self.addr).expect("server accepts connections");
         let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", self.addr);
         if let Some(token) = token {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         if let Some(body) = body {
             head.push_str(&format!(
@@ -155,6 +178,14 @@ impl Server {
             serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
         )
     }
+}
+
+/// Makes a directory private to its owner (0700), as `latchkey serve` wants its data
+/// directory: `tempfile::tempdir()` makes them 0755.
+pub fn make_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .expect("the data directory can be made private");
 }
 
 /// Reads an answer's status line and headers; returns the status and the content type.
