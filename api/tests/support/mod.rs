@@ -5,6 +5,8 @@
 #![allow(dead_code)] // each test file uses part of it
 
 pub mod agent;
+pub mod ca;
+pub mod https;
 pub mod machine;
 pub mod msp;
 
@@ -17,7 +19,10 @@ use std::process::{Child, Command, Stdio};
 /// A running `latchkey serve`; killed when dropped.
 pub struct Server {
     child: Child,
+    /// `127.0.0.1:PORT`
     pub addr: String,
+    /// `http://127.0.0.1:PORT`, or `https://…` when the server serves HTTPS.
+    pub url: String,
     /// The stdout lines after the "listening" line that were already printed at start-up.
     pub stdout: BufReader<std::process::ChildStdout>,
 }
@@ -72,16 +77,31 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("a first line");
-        let addr = line
+        let url = line
             .trim()
-            .strip_prefix("latchkey listening on http://")
+            .strip_prefix("latchkey listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
+        let addr = url
+            .split_once("://")
+            .map(|(_, addr)| addr.to_owned())
+            .unwrap_or_else(|| panic!("no scheme in {line:?}"));
         Server {
             child,
             addr,
+            url,
             stdout,
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Stops the server and returns what it printed to stdout after the "listening" line.
