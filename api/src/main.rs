@@ -363,10 +363,7 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
         Some(_) => "https",
         None => "http",
     };
-    for addr in server.addrs() {
-        // Tests and scripts read this line to learn the port when they pass port 0.
-        println!("latchkey listening on {scheme}://{addr}");
-    }
+    // Said before the address is printed, so whoever reads that line finds it in the log.
     match (&listening.certificate, hangups) {
         (Some(certificate), Some(hangups)) => {
             tracing::info!(
@@ -382,6 +379,10 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
              proxy in front of this server terminates TLS"
         ),
         _ => {}
+    }
+    for addr in server.addrs() {
+        // Tests and scripts read this line to learn the port when they pass port 0.
+        println!("latchkey listening on {scheme}://{addr}");
     }
     if let Some(token) = new_admin_token {
         // Printed once, to the terminal only: the server keeps just its hash.
