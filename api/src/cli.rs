@@ -55,6 +55,16 @@ pub struct Connection {
         help_heading = "Server"
     )]
     token: Option<String>,
+    /// A PEM file of CA certificates to trust for the server's HTTPS certificate, besides the
+    /// system's (for a server whose certificate comes from a private CA).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LATCHKEY_CA_FILE",
+        global = true,
+        help_heading = "Server"
+    )]
+    ca_file: Option<PathBuf>,
     /// Print the server's JSON instead of the readable form.
     #[arg(long, global = true, help_heading = "Server")]
     json: bool,
@@ -634,9 +644,13 @@ impl Api {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("latchkey-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("latchkey-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &connection.ca_file {
+            builder = builder.tls_certs_merge(trusted_cas(path)?);
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {}", root_cause(&e)))?;
         Ok(Api {
@@ -673,7 +687,13 @@ impl Api {
 
     fn transport_error(&self, e: &reqwest::Error) -> String {
         let cause = root_cause(e);
-        if e.is_connect() {
+        if e.is_connect() && cause.contains("certificate") {
+            format!(
+                "cannot reach the server at {}: its certificate is not trusted ({cause}); if \
+                 it comes from a private CA, pass that CA with --ca-file FILE (LATCHKEY_CA_FILE)",
+                self.shown
+            )
+        } else if e.is_connect() {
             format!("cannot reach the server at {}: {cause}", self.shown)
         } else if e.is_timeout() {
             format!("the server at {} did not answer in time", self.shown)
@@ -1802,6 +1822,20 @@ async fn export(api: &Api, after: Option<String>, output: Option<&Path>) -> Resu
     Ok(())
 }
 
+/// The CA certificates of `--ca-file`, to trust besides the system's.
+fn trusted_cas(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("--ca-file {shown}: cannot read it: {e}"))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("--ca-file {shown}: not a PEM certificate bundle: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "--ca-file {shown}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(certificates)
+}
+
 /// `<file>.partial` beside the file.
 fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -1851,6 +1885,7 @@ mod tests {
         let connection = |server: &str, token: Option<&str>| Connection {
             server: server.to_owned(),
             token: token.map(str::to_owned),
+            ca_file: None,
             json: false,
         };
         let err = |c| Api::new(c).err().unwrap();
@@ -1862,5 +1897,35 @@ mod tests {
             api.base.join("v1/tenants").unwrap().as_str(),
             "https://h.example/latchkey/v1/tenants"
         );
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_ca = |path: &Path| {
+            Api::new(Connection {
+                server: "https://h.example".into(),
+                token: Some("t".into()),
+                ca_file: Some(path.to_owned()),
+                json: false,
+            })
+        };
+        let missing = dir.path().join("missing.pem");
+        let err = with_ca(&missing).err().unwrap();
+        assert!(
+            err.starts_with(&format!("--ca-file {}: cannot read it", missing.display())),
+            "{err}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = with_ca(&empty).err().unwrap();
+        assert!(err.contains("no certificate in it"), "{err}");
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.pem()).unwrap();
+        assert!(with_ca(&good).is_ok());
     }
 }

@@ -4,7 +4,7 @@
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
 use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
-use latchkey_api::config::{ConfigFile, Settings};
+use latchkey_api::config::{ConfigFile, Given, Settings, Transport};
 use latchkey_api::http::{self, IdempotencyStore, Services};
 use latchkey_api::metrics::Metrics;
 use latchkey_api::replay::Target;
@@ -12,6 +12,7 @@ use latchkey_api::runner::ProcessRunner;
 use latchkey_api::scheduler::Scheduler;
 use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
 use latchkey_api::storage::Place;
+use latchkey_api::tls::ReloadingCertificate;
 use latchkey_projections::{ReadModels, ReadView};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on the embedded event store (no other server needed).
-    Serve(ServeArgs),
+    Serve(ServeCommand),
     /// Drop and rebuild every read model from the event log (stop the server first).
     Replay(ReplayArgs),
     #[command(flatten)]
@@ -52,24 +53,62 @@ struct ServeArgs {
     /// [default: admin@latchkey.local].
     #[arg(long, env = "LATCHKEY_ADMIN_EMAIL")]
     admin_email: Option<String>,
-    /// A TOML file with any of: listen, data, store, admin_email (flags and environment win).
+    /// A TOML file with any of: listen, data, store, admin_email, tls_cert, tls_key,
+    /// insecure_http (flags and environment win).
     #[arg(long, env = "LATCHKEY_CONFIG")]
     config: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct TransportArgs {
+    /// Serve HTTPS with this certificate chain (PEM: the server's certificate first, then its
+    /// intermediates); read again when it changes on disk, or at SIGHUP.
+    #[arg(long, env = "LATCHKEY_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "LATCHKEY_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address that is not loopback (behind a proxy that terminates
+    /// TLS). Without a certificate, plain HTTP is otherwise served on loopback only.
+    #[arg(
+        long,
+        env = "LATCHKEY_INSECURE_HTTP",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    insecure_http: bool,
+}
+
+#[derive(clap::Args)]
+struct ServeCommand {
+    #[command(flatten)]
+    common: ServeArgs,
+    #[command(flatten)]
+    transport: TransportArgs,
+}
+
 impl ServeArgs {
-    fn settings(self) -> Result<Settings, String> {
+    fn settings(self, transport: Option<TransportArgs>) -> Result<Settings, String> {
         let file = match &self.config {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
-        Ok(Settings::resolve(
-            self.listen,
-            self.data,
-            self.store,
-            self.admin_email,
+        let transport = transport.unwrap_or(TransportArgs {
+            tls_cert: None,
+            tls_key: None,
+            insecure_http: false,
+        });
+        Settings::resolve(
+            Given {
+                listen: self.listen,
+                data: self.data,
+                store: self.store,
+                admin_email: self.admin_email,
+                tls_cert: transport.tls_cert,
+                tls_key: transport.tls_key,
+                insecure_http: transport.insecure_http,
+            },
             file,
-        ))
+        )
     }
 }
 
@@ -144,12 +183,7 @@ fn bootstrap_admin(tokens: &TokenStore, email: &str) -> Result<Option<String>, S
 async fn open_store(
     args: &Settings,
 ) -> Result<(String, std::sync::Arc<dyn latchkey_store::EventStore>), String> {
-    std::fs::create_dir_all(&args.data).map_err(|e| {
-        format!(
-            "--data {}: cannot create the directory: {e}",
-            args.data.display()
-        )
-    })?;
+    latchkey_api::datadir::prepare(&args.data)?;
     let url = args.store_url();
     let store = latchkey_store::open_url(&url).await.map_err(|e| {
         let shown = latchkey_api::config::redacted_store_url(&url);
@@ -159,7 +193,7 @@ async fn open_store(
 }
 
 async fn replay(args: ReplayArgs) -> Result<(), String> {
-    let settings = args.serve.settings()?;
+    let settings = args.serve.settings(None)?;
     let (url, store) = open_store(&settings).await?;
     let path = settings.data.join("read-models.db");
     let bar = indicatif::ProgressBar::new(0);
@@ -205,8 +239,48 @@ const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often a server that is not the leader tries to become it.
 const LEADER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
-    let args = args.settings()?;
+/// How the server will listen: the addresses `--listen` names, and HTTPS (with its
+/// certificate, read now so a bad one stops the start) or plain HTTP.
+struct Listening {
+    addrs: Vec<std::net::SocketAddr>,
+    certificate: Option<Arc<ReloadingCertificate>>,
+    /// Plain HTTP on an address that is not loopback (`--insecure-http`).
+    exposed: bool,
+}
+
+fn listening(args: &Settings) -> Result<Listening, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = args
+        .listen
+        .to_socket_addrs()
+        .map_err(|e| format!("--listen {}: cannot listen there: {e}", args.listen))?
+        .collect();
+    Ok(match args.transport(&addrs)? {
+        Transport::Https(files) => Listening {
+            addrs,
+            certificate: Some(ReloadingCertificate::load(files)?),
+            exposed: false,
+        },
+        Transport::Http { exposed } => Listening {
+            addrs,
+            certificate: None,
+            exposed,
+        },
+    })
+}
+
+async fn serve(args: ServeCommand) -> Result<(), String> {
+    let args = args.common.settings(Some(args.transport))?;
+    // First, so a server that must not listen as asked touches no data.
+    let listening = listening(&args)?;
+    // Set up before the server runs, so a SIGHUP (reload the certificate) never kills it.
+    let hangups = match listening.certificate {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?,
+        ),
+        None => None,
+    };
     let (url, store) = open_store(&args).await?;
     let shared = shared_database(&url).map(str::to_owned);
     let read_models_error = |e: latchkey_projections::ProjectionError| match &shared {
@@ -276,12 +350,39 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .service(healthz)
             .route("/metrics", web::get().to(latchkey_api::metrics::scrape))
             .configure(http::configure)
-    })
-    .bind(&args.listen)
-    .map_err(|e| format!("--listen {}: cannot listen there: {e}", args.listen))?;
+    });
+    let bound = match &listening.certificate {
+        Some(certificate) => {
+            server.bind_rustls_0_23(&listening.addrs[..], certificate.server_config()?)
+        }
+        None => server.bind(&listening.addrs[..]),
+    };
+    let server =
+        bound.map_err(|e| format!("--listen {}: cannot listen there: {e}", args.listen))?;
+    let scheme = match listening.certificate {
+        Some(_) => "https",
+        None => "http",
+    };
+    // Said before the address is printed, so whoever reads that line finds it in the log.
+    match (&listening.certificate, hangups) {
+        (Some(certificate), Some(hangups)) => {
+            tracing::info!(
+                sha256 = %certificate.fingerprint(),
+                "serving HTTPS; the certificate files are read again when they change, or at SIGHUP"
+            );
+            actix_web::rt::spawn(certificate.clone().watch(hangups));
+        }
+        _ if listening.exposed => tracing::warn!(
+            listen = %args.listen,
+            "serving plain HTTP on an address that is not loopback, as --insecure-http asks: \
+             API tokens, agent credentials and passwords cross the network in clear unless a \
+             proxy in front of this server terminates TLS"
+        ),
+        _ => {}
+    }
     for addr in server.addrs() {
         // Tests and scripts read this line to learn the port when they pass port 0.
-        println!("latchkey listening on http://{addr}");
+        println!("latchkey listening on {scheme}://{addr}");
     }
     if let Some(token) = new_admin_token {
         // Printed once, to the terminal only: the server keeps just its hash.
@@ -372,8 +473,14 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
-        Command::Replay(args) => replay(args).await,
+        Command::Serve(args) => {
+            latchkey_api::datadir::restrict_umask();
+            serve(args).await
+        }
+        Command::Replay(args) => {
+            latchkey_api::datadir::restrict_umask();
+            replay(args).await
+        }
         Command::Client(command) => latchkey_api::cli::run(command).await,
     };
     match result {

@@ -28,7 +28,7 @@ fn keyed(server: &Server, token: &str, path: &str, key: &str, body: &Value) -> O
         "POST"
     };
     let body = body.to_string();
-    let mut reader = server.send_with(
+    let mut reader = server.send_with_headers(
         method,
         path,
         Some(token),

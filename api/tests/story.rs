@@ -225,6 +225,7 @@ fn some_history(msp: &Msp) {
 
 /// Runs `latchkey replay` with `args` and checks that it says it rebuilt the read models.
 fn replay(args: &[&str], data: &std::path::Path) {
+    support::make_private(data);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .arg("replay")
         .args(args)

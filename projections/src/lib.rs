@@ -129,8 +129,9 @@ fn create_postgres_schema(conn: &PgConnection) -> Result<(), ProjectionError> {
 const SCHEMA_LOCK: i64 = 0x6c6b_7265_6164; // "lkread"
 
 impl ReadModels {
+    /// Opens the SQLite file at `path`, created 0600 if missing.
     pub fn open(path: &Path) -> Result<Self, ProjectionError> {
-        let conn = Connection::open(path)?;
+        let conn = latchkey_store::sql::open_sqlite(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         Self::init(conn)
     }

@@ -40,7 +40,11 @@ impl Server {
     /// `LATCHKEY_BENCH_BIN` names another `latchkey` binary to run instead of the one Cargo
     /// built with the benchmark.
     pub fn start(admin: &str) -> Server {
-        let data = tempfile::tempdir().unwrap();
+        // Private, as the server wants its data directory (`tempdir()` makes it 0755).
+        let data = tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .unwrap();
         // Another build of the server (an older one, to compare), or the one Cargo built.
         let binary = std::env::var_os("LATCHKEY_BENCH_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_latchkey").into());
