@@ -17,6 +17,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod datadir;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod problem;

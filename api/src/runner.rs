@@ -82,6 +82,9 @@ impl ProcessRunner {
 
     /// Follows the log for ever (until an error).
     pub async fn run(&self) -> Result<(), RunnerError> {
+        // A run after a failure may find the read models' connection broken (the database
+        // restarted): connect again first. The scheduler shares these read models.
+        self.with_models(|m| m.reconnect_if_broken())?;
         loop {
             let (handled, after) = self.handle_batch().await?;
             // A short batch was the end of the log: wait for more (at once if some came

@@ -51,6 +51,8 @@ pub struct Services {
     pub wakeups: Arc<StreamWakeups>,
     /// Aggregate states, shared with the process runner.
     pub cache: Arc<StateCache>,
+    /// Whether the process managers run (for `/healthz` and `/metrics`).
+    pub health: Arc<crate::health::Health>,
 }
 
 impl Services {
