@@ -8,6 +8,7 @@
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
 //! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
 //! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);
+//! - `technicians`: registering (unique names) and offboarding (tokens revoked) technicians;
 //! - `wakeups`: long polls wait on their own stream and are woken by its events only.
 
 pub mod auth;
@@ -23,4 +24,5 @@ pub mod scheduler;
 pub mod secrets;
 pub mod snapshots;
 pub mod storage;
+pub mod technicians;
 pub mod wakeups;

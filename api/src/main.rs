@@ -4,7 +4,7 @@
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
 use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
-use latchkey_api::config::{ConfigFile, Settings};
+use latchkey_api::config::{ConfigFile, Given, Settings};
 use latchkey_api::http::{self, IdempotencyStore, Services};
 use latchkey_api::metrics::Metrics;
 use latchkey_api::replay::Target;
@@ -52,7 +52,15 @@ struct ServeArgs {
     /// [default: admin@latchkey.local].
     #[arg(long, env = "LATCHKEY_ADMIN_EMAIL")]
     admin_email: Option<String>,
-    /// A TOML file with any of: listen, data, store, admin_email (flags and environment win).
+    /// How long an API token for a person lives when its issuer asks for no lifetime, e.g.
+    /// 90d, 12h, 3600s [default: 90d].
+    #[arg(long, env = "LATCHKEY_TOKEN_DEFAULT_EXPIRY", value_name = "DURATION")]
+    token_default_expiry: Option<String>,
+    /// The longest lifetime an issuer may ask for (`expires_in`) [default: 365d].
+    #[arg(long, env = "LATCHKEY_TOKEN_MAX_EXPIRY", value_name = "DURATION")]
+    token_max_expiry: Option<String>,
+    /// A TOML file with any of: listen, data, store, admin_email, token_default_expiry,
+    /// token_max_expiry (flags and environment win).
     #[arg(long, env = "LATCHKEY_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -63,13 +71,17 @@ impl ServeArgs {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
-        Ok(Settings::resolve(
-            self.listen,
-            self.data,
-            self.store,
-            self.admin_email,
+        Settings::resolve(
+            Given {
+                listen: self.listen,
+                data: self.data,
+                store: self.store,
+                admin_email: self.admin_email,
+                token_default_expiry: self.token_default_expiry,
+                token_max_expiry: self.token_max_expiry,
+            },
             file,
-        ))
+        )
     }
 }
 
@@ -239,7 +251,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let cache =
         Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
-    let tokens = TokenStore::open(place("tokens.db")).map_err(|e| e.to_string())?;
+    let tokens = TokenStore::open(place("tokens.db"))
+        .map_err(|e| e.to_string())?
+        .with_lifetimes(args.token_lifetimes);
     let idempotency = IdempotencyStore::open(place("idempotency.db"))
         .map_err(|e| format!("idempotency keys: {e}"))?;
     let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;
@@ -267,6 +281,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         wakeups,
         cache,
     });
+    actix_web::rt::spawn(record_token_use(state.clone()));
     let metrics = web::Data::new(Metrics::new());
     let server = HttpServer::new(move || {
         App::new()
@@ -311,6 +326,22 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     match stopped {
         Some(e) => Err(format!("the process managers stopped: {e}")),
         None => Ok(()),
+    }
+}
+
+/// Writes when API tokens were last used, once a minute, in one transaction: checking a
+/// token only notes the use in memory, so the hot path never waits for a write.
+async fn record_token_use(services: web::Data<Services>) {
+    let mut every = tokio::time::interval(latchkey_api::auth::LAST_USED_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let services = services.clone();
+        match web::block(move || services.tokens.flush_last_used()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record when API tokens were used"),
+            Err(e) => tracing::warn!(error = %e, "cannot record when API tokens were used"),
+        }
     }
 }
 
