@@ -718,7 +718,16 @@ impl Api {
             return Ok(response);
         }
         if status == StatusCode::UNAUTHORIZED {
-            return Err(TOKEN_REFUSED.to_owned());
+            // An expired token is told apart: the fix is a new token, not a typo hunt.
+            let body = response.text().await.unwrap_or_default();
+            let expired = serde_json::from_str::<Value>(&body)
+                .ok()
+                .filter(|p| p["type"] == "urn:latchkey:problem:token-expired")
+                .and_then(|p| p["detail"].as_str().map(str::to_owned));
+            return Err(match expired {
+                Some(detail) => format!("{TOKEN_REFUSED}: {detail}"),
+                None => TOKEN_REFUSED.to_owned(),
+            });
         }
         let body = response.text().await.unwrap_or_default();
         Err(problem_message(status, &body))
