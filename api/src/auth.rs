@@ -385,11 +385,11 @@ impl TokenLifetimes {
 /// `90 days`, `12 hours`, `30 minutes` or `45 seconds`, whichever is exact.
 pub fn human_duration(d: Duration) -> String {
     let s = d.as_secs();
-    let (n, unit) = if s % 86_400 == 0 {
+    let (n, unit) = if s.is_multiple_of(86_400) {
         (s / 86_400, "day")
-    } else if s % 3_600 == 0 {
+    } else if s.is_multiple_of(3_600) {
         (s / 3_600, "hour")
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         (s / 60, "minute")
     } else {
         (s, "second")
