@@ -658,8 +658,9 @@ impl TokenStore {
         }
     }
 
-    /// Adds the columns of [`LATER_COLUMNS`] a store from before them lacks, and fills in the
-    /// scope of its tokens. One transaction, so servers starting together agree.
+    /// Adds the columns of [`LATER_COLUMNS`] a store from before them lacks, fills in the
+    /// scope of its tokens and gives people's tokens an expiry [`DEFAULT_TOKEN_LIFETIME`]
+    /// from now. One transaction, so servers starting together agree.
     fn add_later_columns(&self) -> Result<(), AuthError> {
         self.db.transaction(
             |e| self.storage(e),
@@ -689,6 +690,16 @@ impl TokenStore {
                         Dialect::Postgres => latchkey_store::sql::postgres_ddl(&ddl),
                     };
                     tx.batch(&ddl).map_err(|e| self.storage(e))?;
+                }
+                if missing.contains(&"expires_at") {
+                    // People's tokens from before expiry existed expire a default lifetime
+                    // after the upgrade, rather than never.
+                    tx.execute(
+                        "UPDATE tokens SET expires_at = ?1
+                         WHERE role_kind <> 'agent' AND revoked_at IS NULL",
+                        params![stamp(expiry(Utc::now(), DEFAULT_TOKEN_LIFETIME))],
+                    )
+                    .map_err(|e| self.storage(e))?;
                 }
                 if missing.contains(&"scope_id") {
                     let rows: Vec<(String, String)> = tx
@@ -1708,7 +1719,9 @@ mod tests {
         let store = TokenStore::open(&path).unwrap();
         let principal = store.authenticate(&token).unwrap().principal().unwrap();
         assert_eq!(principal.role, Role::Technician { technician_id });
-        assert_eq!(store.token(token_id).unwrap().unwrap().expires_at, None);
+        let expires_at = store.token(token_id).unwrap().unwrap().expires_at.unwrap();
+        let days = (expires_at - Utc::now()).num_days();
+        assert!((89..=90).contains(&days), "expires in {days} days");
         assert_eq!(store.revoke_technician(technician_id).unwrap(), 1);
         drop(store);
         // And opening it again changes nothing.
