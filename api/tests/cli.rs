@@ -393,8 +393,11 @@ fn audit_tail_prints_events_as_they_happen() {
         "nik@nikpot.com",
     ])
     .ok();
-    let second = next("the technician's registration");
-    assert!(second.contains("TechnicianRegistered"), "{second}");
+    // The username and e-mail address are claimed first, then the technician registered.
+    let second = next("the claim of the technician's names");
+    assert!(second.contains("TechnicianNamesClaimed"), "{second}");
+    let third = next("the technician's registration");
+    assert!(third.contains("TechnicianRegistered"), "{third}");
     let _ = child.kill();
     let _ = child.wait();
 }

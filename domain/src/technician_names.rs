@@ -20,7 +20,8 @@ use std::collections::BTreeMap;
 pub const STREAM: &str = "technician_names-all";
 
 /// The names taken so far. `imported` tells whether the technicians registered before this
-/// stream existed have been recorded in it (see [`TechnicianNamesImported`]).
+/// stream existed have been considered: recorded by [`TechnicianNamesImported`], or there were
+/// none when the first claim was decided.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TechnicianNames {
     imported: bool,
@@ -130,7 +131,9 @@ impl Aggregate for TechnicianNames {
         } = command;
         let mut events = Vec::new();
         let mut names = state.clone();
-        if !names.imported {
+        // Nothing to record when no technician came before (a new installation); the claim
+        // itself then marks the names as imported.
+        if !names.imported && !existing.is_empty() {
             let imported = TechnicianNamesImported {
                 technicians: existing,
                 at,
@@ -173,11 +176,15 @@ impl Aggregate for TechnicianNames {
                 state.imported = true;
                 e.technicians.iter().for_each(|h| state.hold(h));
             }
-            TechnicianNamesEvent::TechnicianNamesClaimed(e) => state.hold(&NameHolder {
-                technician_id: e.technician_id,
-                username: e.username.clone(),
-                email: e.email.clone(),
-            }),
+            TechnicianNamesEvent::TechnicianNamesClaimed(e) => {
+                // A claim is decided only after the earlier technicians were considered.
+                state.imported = true;
+                state.hold(&NameHolder {
+                    technician_id: e.technician_id,
+                    username: e.username.clone(),
+                    email: e.email.clone(),
+                });
+            }
         }
         state
     }
@@ -242,6 +249,15 @@ mod tests {
                 .into(),
                 claimed(nik_id(), "nik", "nik@nikpot.com"),
             ]);
+    }
+
+    #[test]
+    fn on_a_new_installation_the_first_claim_is_all_there_is() {
+        given::<TechnicianNames>([])
+            .when(claim(nik_id(), "nik", "nik@nikpot.com"))
+            .then_expect([claimed(nik_id(), "nik", "nik@nikpot.com")]);
+        let names = TechnicianNames::replay(&[claimed(nik_id(), "nik", "nik@nikpot.com")]);
+        assert!(names.imported(), "no earlier technicians to record later");
     }
 
     #[test]
