@@ -54,8 +54,15 @@ struct ServeArgs {
     /// [default: admin@latchkey.local].
     #[arg(long, env = "LATCHKEY_ADMIN_EMAIL")]
     admin_email: Option<String>,
+    /// How long an API token for a person lives when its issuer asks for no lifetime, e.g.
+    /// 90d, 12h, 3600s [default: 90d].
+    #[arg(long, env = "LATCHKEY_TOKEN_DEFAULT_EXPIRY", value_name = "DURATION")]
+    token_default_expiry: Option<String>,
+    /// The longest lifetime an issuer may ask for (`expires_in`) [default: 365d].
+    #[arg(long, env = "LATCHKEY_TOKEN_MAX_EXPIRY", value_name = "DURATION")]
+    token_max_expiry: Option<String>,
     /// A TOML file with any of: listen, data, store, admin_email, tls_cert, tls_key,
-    /// insecure_http (flags and environment win).
+    /// insecure_http, token_default_expiry, token_max_expiry (flags and environment win).
     #[arg(long, env = "LATCHKEY_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -107,6 +114,8 @@ impl ServeArgs {
                 tls_cert: transport.tls_cert,
                 tls_key: transport.tls_key,
                 insecure_http: transport.insecure_http,
+                token_default_expiry: self.token_default_expiry,
+                token_max_expiry: self.token_max_expiry,
             },
             file,
         )
@@ -325,7 +334,9 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     let cache =
         Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
-    let tokens = TokenStore::open(place("tokens.db")).map_err(|e| e.to_string())?;
+    let tokens = TokenStore::open(place("tokens.db"))
+        .map_err(|e| e.to_string())?
+        .with_lifetimes(args.token_lifetimes);
     let idempotency = IdempotencyStore::open(place("idempotency.db"))
         .map_err(|e| format!("idempotency keys: {e}"))?;
     let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;
@@ -355,6 +366,7 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
         cache,
         health: health.clone(),
     });
+    actix_web::rt::spawn(record_token_use(state.clone()));
     let metrics = web::Data::new(Metrics::new());
     let server = HttpServer::new(move || {
         App::new()
@@ -463,6 +475,22 @@ async fn supervise(
         health.failed(reason, retry_at);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_RESTART_PAUSE);
+    }
+}
+
+/// Writes when API tokens were last used, once a minute, in one transaction: checking a
+/// token only notes the use in memory, so the hot path never waits for a write.
+async fn record_token_use(services: web::Data<Services>) {
+    let mut every = tokio::time::interval(latchkey_api::auth::LAST_USED_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let services = services.clone();
+        match web::block(move || services.tokens.flush_last_used()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record when API tokens were used"),
+            Err(e) => tracing::warn!(error = %e, "cannot record when API tokens were used"),
+        }
     }
 }
 

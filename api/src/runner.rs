@@ -8,6 +8,7 @@ use crate::wakeups::StreamWakeups;
 use latchkey_domain::computer::Computer;
 use latchkey_domain::process::{react, Command};
 use latchkey_domain::session::Session;
+use latchkey_domain::technician::Technician;
 use latchkey_projections::{ProjectionError, ReadModels};
 use latchkey_store::{EventStore, Position, RecordedEvent, StoreError, StreamName};
 use std::sync::{Arc, Mutex};
@@ -133,6 +134,7 @@ impl ProcessRunner {
                 let target = match &command {
                     Command::Computer { computer_id, .. } => computer_id.stream_name(),
                     Command::Session { session_id, .. } => session_id.stream_name(),
+                    Command::Technician { technician_id, .. } => technician_id.stream_name(),
                 };
                 match by_stream.iter_mut().find(|(s, _)| *s == target) {
                     Some((_, list)) => list.push((recorded.clone(), command)),
@@ -170,6 +172,17 @@ impl ProcessRunner {
         match reaction {
             Command::Computer { command, .. } => {
                 commands::execute_cached::<Computer, _>(
+                    &*self.store,
+                    &self.cache,
+                    &stream,
+                    &envelope,
+                    |_| command.clone(),
+                )
+                .await
+                .map_err(failed)?;
+            }
+            Command::Technician { command, .. } => {
+                commands::execute_cached::<Technician, _>(
                     &*self.store,
                     &self.cache,
                     &stream,
