@@ -468,6 +468,15 @@ mod tests {
         );
         let t = AccountTemplate::parse("{username}-msp").unwrap();
         assert_eq!(t.account_for(&nik).as_str(), "nik-msp");
+        // Every character a username may have, an account name may have: no username can
+        // make the template fail at check-out.
+        for name in ["j.doe", "a_b-c.d", "z0123456789.abcdefg"] {
+            let username = Username::parse(name).unwrap();
+            assert_eq!(
+                AccountTemplate::default().account_for(&username).as_str(),
+                format!("msp-{name}")
+            );
+        }
         assert!(AccountTemplate::parse("msp").is_err());
         assert!(AccountTemplate::parse("{username}{username}").is_err());
         assert!(AccountTemplate::parse("a-very-long-prefix-{username}").is_err());
