@@ -5,6 +5,7 @@
 //! It must never put a secret (token, password, TOTP secret) into an error or a log line.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -202,6 +203,9 @@ pub struct OfflineLogin {
     pub account: String,
     pub technician_id: Option<Uuid>,
     pub generation: u32,
+    /// The group the account was added to (absent in logins buffered by older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_group: Option<String>,
     pub used_at: chrono::DateTime<chrono::Utc>,
     pub until: chrono::DateTime<chrono::Utc>,
 }
@@ -217,26 +221,56 @@ pub struct Client {
     feed_silence: Duration,
 }
 
+/// CA certificates to trust for the server's HTTPS certificate besides the system's
+/// (`--ca-file`), read from a PEM file.
+#[derive(Clone, Default)]
+pub struct TrustedCas(Vec<reqwest::Certificate>);
+
+impl TrustedCas {
+    /// The certificates of a PEM file; the error says what is wrong with the file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let shown = path.display();
+        let pem =
+            std::fs::read(path).map_err(|e| format!("--ca-file {shown}: cannot read it: {e}"))?;
+        let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| format!("--ca-file {shown}: not a PEM certificate bundle: {e}"))?;
+        if certificates.is_empty() {
+            return Err(format!(
+                "--ca-file {shown}: no certificate in it (expected PEM: -----BEGIN \
+                 CERTIFICATE-----)"
+            ));
+        }
+        Ok(Self(certificates))
+    }
+}
+
 impl Client {
     /// A client without a credential, for enrolling.
     pub fn anonymous(server: ServerUrl) -> Result<Self, ClientError> {
-        Self::build(server, None)
+        Self::new(server, None, TrustedCas::default())
     }
 
     pub fn with_token(server: ServerUrl, token: String) -> Result<Self, ClientError> {
-        Self::build(server, Some(token))
+        Self::new(server, Some(token), TrustedCas::default())
     }
 
-    fn build(server: ServerUrl, token: Option<String>) -> Result<Self, ClientError> {
-        let http = Http::builder()
+    /// A client that also trusts `cas` for the server's certificate.
+    pub fn new(
+        server: ServerUrl,
+        token: Option<String>,
+        cas: TrustedCas,
+    ) -> Result<Self, ClientError> {
+        let mut builder = Http::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .user_agent(concat!("latchkey-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: server.as_str(),
-                reason: format!("cannot set up HTTP: {e}"),
-            })?;
+            .user_agent(concat!("latchkey-agent/", env!("CARGO_PKG_VERSION")));
+        if !cas.0.is_empty() {
+            builder = builder.tls_certs_merge(cas.0);
+        }
+        let http = builder.build().map_err(|e| ClientError::Unreachable {
+            url: server.as_str(),
+            reason: format!("cannot set up HTTP: {e}"),
+        })?;
         Ok(Self {
             server,
             current: AtomicUsize::new(0),
@@ -250,8 +284,17 @@ impl Client {
         &self.server
     }
 
-    pub fn enroll(&self, token: &str, hostname: &str, os: &str) -> Result<Enrolled, ClientError> {
-        let body = serde_json::json!({"token": token, "hostname": hostname, "os": os});
+    pub fn enroll(
+        &self,
+        token: &str,
+        hostname: &str,
+        os: &str,
+        admin_group: Option<&str>,
+    ) -> Result<Enrolled, ClientError> {
+        let mut body = serde_json::json!({"token": token, "hostname": hostname, "os": os});
+        if let Some(group) = admin_group {
+            body["admin_group"] = group.into();
+        }
         self.call("enroll", "the enrollment", StatusCode::CREATED, |url| {
             self.http.post(url).json(&body)
         })
@@ -422,9 +465,18 @@ impl Client {
         what: &'static str,
         expected: StatusCode,
     ) -> Result<Response, ClientError> {
-        let response = sent.map_err(|e| ClientError::Unreachable {
-            url: base(&self.server.0[server]).to_owned(),
-            reason: describe(&e),
+        let response = sent.map_err(|e| {
+            let mut reason = describe(&e);
+            if reason.contains("certificate") {
+                reason.push_str(
+                    " (the server's certificate is not trusted; if a private CA issued it, \
+                     pass that CA with --ca-file)",
+                );
+            }
+            ClientError::Unreachable {
+                url: base(&self.server.0[server]).to_owned(),
+                reason,
+            }
         })?;
         let status = response.status();
         if status == expected {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
-use crate::client::{Client, ClientError, DeliveredCommand, Feed, FeedNews, ServerUrl};
+use crate::client::{Client, ClientError, DeliveredCommand, Feed, FeedNews, ServerUrl, TrustedCas};
 use crate::executor::Executor;
 use crate::journal::{CommandKey, Journal, Status, Step};
 use crate::offline;
@@ -40,6 +40,9 @@ pub struct RunConfig {
     /// A test seam: abort the process right after applying this request, before reporting
     /// it (a crash at the worst moment, on purpose).
     pub crash_before_reporting: Option<u64>,
+    /// CA certificates to trust for the server's certificate (`--ca-file`); `None`: the
+    /// file recorded at enrollment, if any.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,9 @@ pub enum RunError {
         detail: String,
         dir: String,
     },
+    /// The CA file (`--ca-file`, or the one recorded at enrollment) cannot be used.
+    #[error("{0}")]
+    BadCaFile(String),
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -94,7 +100,11 @@ pub fn run_with(config: &RunConfig, backend: &dyn AccountBackend) -> Result<(), 
             server: credential.server.clone(),
             reason,
         })?;
-    let client = Client::with_token(server, credential.agent_token.clone()).map_err(|e| {
+    let cas = match config.ca_file.as_ref().or(credential.ca_file.as_ref()) {
+        Some(path) => TrustedCas::load(path).map_err(RunError::BadCaFile)?,
+        None => TrustedCas::default(),
+    };
+    let client = Client::new(server, Some(credential.agent_token.clone()), cas).map_err(|e| {
         RunError::BadCredential {
             dir: dir.clone(),
             server: credential.server.clone(),
@@ -527,6 +537,7 @@ mod tests {
                     hostname: "W11-STUB".into(),
                     agent_token: "lk_test".into(),
                     enrolled_at: Utc::now(),
+                    ca_file: None,
                 },
             )
             .unwrap();
@@ -538,6 +549,7 @@ mod tests {
             secrets_every: Duration::from_secs(3600),
             max_backoff: Duration::from_secs(1),
             crash_before_reporting: None,
+            ca_file: None,
         };
         let backend = MemoryAccounts::new(&["Administrators"]);
         let ended = run_with(&config, &backend);

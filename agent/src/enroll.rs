@@ -9,7 +9,7 @@ use std::path::Path;
 use chrono::Utc;
 use latchkey_domain::names::Hostname;
 
-use crate::client::{Client, ClientError, ServerUrl};
+use crate::client::{Client, ClientError, ServerUrl, TrustedCas};
 use crate::state::{Credential, StateDir, StateError, CREDENTIAL, JOURNAL, OFFLINE_SECRETS};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +28,9 @@ pub enum EnrollError {
     Refused { status: u16, detail: String },
     #[error("--hostname: {0}")]
     BadHostname(String),
+    /// `--ca-file` cannot be used.
+    #[error("{0}")]
+    BadCaFile(String),
     #[error(
         "this computer is already enrolled (computer {computer_id} with {server}); to enroll it \
          again, remove {path} first"
@@ -50,17 +53,31 @@ pub const OS: &str = if cfg!(target_os = "macos") {
     "linux"
 };
 
-/// Enrolls with `server` using `token`; keeps the credential in `state_dir`.
+/// Enrolls with `server` using `token`; keeps the credential in `state_dir`. `ca_file`
+/// names CA certificates to trust for the server's certificate besides the system's; its
+/// absolute path is kept in the credential for `run`.
 pub fn enroll(
     state_dir: &Path,
     server: &str,
     token: &str,
     hostname: Option<&str>,
+    admin_group: Option<&str>,
+    ca_file: Option<&Path>,
 ) -> Result<Credential, EnrollError> {
     let url = ServerUrl::parse(server).map_err(|reason| EnrollError::BadServerUrl {
         url: server.to_owned(),
         reason,
     })?;
+    let (cas, ca_file) = match ca_file {
+        Some(path) => {
+            let cas = TrustedCas::load(path).map_err(EnrollError::BadCaFile)?;
+            let absolute = std::path::absolute(path).map_err(|e| {
+                EnrollError::BadCaFile(format!("--ca-file {}: {e}", path.display()))
+            })?;
+            (cas, Some(absolute))
+        }
+        None => (TrustedCas::default(), None),
+    };
     let hostname = match hostname {
         Some(name) => {
             Hostname::parse(name.trim()).map_err(|e| EnrollError::BadHostname(e.to_string()))?
@@ -82,12 +99,12 @@ pub fn enroll(
             path: state.file(CREDENTIAL).display().to_string(),
         });
     }
-    let client = Client::anonymous(url.clone()).map_err(|e| EnrollError::Unreachable {
+    let client = Client::new(url.clone(), None, cas).map_err(|e| EnrollError::Unreachable {
         url: url.as_str().to_owned(),
         reason: e.to_string(),
     })?;
     let enrolled = client
-        .enroll(token.trim(), hostname.as_str(), OS)
+        .enroll(token.trim(), hostname.as_str(), OS, admin_group)
         .map_err(|e| match e {
             ClientError::Unreachable { url, reason } => EnrollError::Unreachable { url, reason },
             ClientError::Unauthorized { detail } => EnrollError::UnknownToken { detail },
@@ -132,6 +149,7 @@ pub fn enroll(
         hostname: hostname.to_string(),
         agent_token: enrolled.agent_token,
         enrolled_at: Utc::now(),
+        ca_file,
     };
     state.write_json(CREDENTIAL, &credential)?;
     Ok(credential)

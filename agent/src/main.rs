@@ -44,6 +44,15 @@ struct StateArg {
 }
 
 #[derive(Args)]
+struct CaFileArg {
+    /// A PEM file of CA certificates to trust for the server's HTTPS certificate, besides
+    /// the system's (for a server whose certificate comes from a private CA). `enroll`
+    /// records it in the credential; `run` uses that one unless given another.
+    #[arg(long, env = "LATCHKEY_CA_FILE", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
 struct RootArg {
     /// The root whose account files the shadow-utils change (`--root` of useradd and co).
     #[arg(long, env = "LATCHKEY_AGENT_ROOT", default_value = "/")]
@@ -62,9 +71,17 @@ struct EnrollArgs {
     token: String,
     #[command(flatten)]
     state: StateArg,
+    #[command(flatten)]
+    ca: CaFileArg,
     /// This computer's name on the server (default: the kernel's hostname).
     #[arg(long)]
     hostname: Option<String>,
+    /// The group that grants admin rights here, used where the tenant's policy names none
+    /// (default: the first of sudo, wheel, admin in the root's /etc/group).
+    #[arg(long)]
+    admin_group: Option<String>,
+    #[command(flatten)]
+    root: RootArg,
 }
 
 #[derive(Args)]
@@ -73,6 +90,8 @@ struct RunArgs {
     state: StateArg,
     #[command(flatten)]
     root: RootArg,
+    #[command(flatten)]
+    ca: CaFileArg,
     /// The longest the daemon waits for requests before a round of its own, in seconds
     /// (1-60): a long poll's wait on a server without the event feed; on the event feed, how
     /// often it looks for buffered offline logins to upload.
@@ -144,6 +163,10 @@ fn run_enroll(args: EnrollArgs) -> ExitCode {
         &args.server,
         &args.token,
         args.hostname.as_deref(),
+        args.admin_group
+            .or_else(|| latchkey_agent::os::detect_admin_group(&args.root.root))
+            .as_deref(),
+        args.ca.ca_file.as_deref(),
     ) {
         Ok(credential) => {
             println!(
@@ -172,6 +195,7 @@ fn run_daemon(args: RunArgs) -> ExitCode {
         secrets_every: Duration::from_secs(args.secrets_seconds),
         max_backoff: Duration::from_secs(args.max_backoff_seconds),
         crash_before_reporting: args.crash_before_reporting,
+        ca_file: args.ca.ca_file,
     };
     match daemon::run(&config) {
         Ok(()) => ExitCode::SUCCESS,

@@ -293,6 +293,7 @@ pub fn login(
         account: account.clone(),
         technician_id: secret.technician_id,
         generation: secret.generation,
+        admin_group: Some(group.clone()),
         used_at: now,
         until,
     };

@@ -259,6 +259,10 @@ pub struct Credential {
     pub hostname: String,
     pub agent_token: String,
     pub enrolled_at: chrono::DateTime<chrono::Utc>,
+    /// The `--ca-file` given at enrollment (absolute), trusted for the server's certificate
+    /// besides the system's; `run --ca-file` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -269,6 +273,7 @@ impl std::fmt::Debug for Credential {
             .field("tenant_id", &self.tenant_id)
             .field("hostname", &self.hostname)
             .field("agent_token", &"<redacted>")
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -358,6 +363,7 @@ mod tests {
             hostname: "h".into(),
             agent_token: "lk_secret".into(),
             enrolled_at: chrono::Utc::now(),
+            ca_file: None,
         };
         assert!(!format!("{credential:?}").contains("lk_secret"));
     }

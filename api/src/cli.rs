@@ -55,6 +55,16 @@ pub struct Connection {
         help_heading = "Server"
     )]
     token: Option<String>,
+    /// A PEM file of CA certificates to trust for the server's HTTPS certificate, besides the
+    /// system's (for a server whose certificate comes from a private CA).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LATCHKEY_CA_FILE",
+        global = true,
+        help_heading = "Server"
+    )]
+    ca_file: Option<PathBuf>,
     /// Print the server's JSON instead of the readable form.
     #[arg(long, global = true, help_heading = "Server")]
     json: bool,
@@ -91,7 +101,7 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: TechniciansCommand,
     },
-    /// Issue and revoke API tokens.
+    /// Issue, list, rotate and revoke API tokens.
     Tokens {
         #[command(flatten)]
         connection: Connection,
@@ -326,6 +336,32 @@ pub enum TokensCommand {
         /// The e-mail address of who will hold it (not needed for a technician token).
         #[arg(long, value_name = "EMAIL")]
         name: Option<String>,
+        /// How long it lives, e.g. 30d, 12h, 3600s [server default; at most the server's
+        /// maximum].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        expires_in: Option<u64>,
+    },
+    /// List API tokens (holder, role, scope, created, last used, expires; never a secret).
+    List {
+        /// Only tokens of this role.
+        #[arg(long, value_enum)]
+        role: Option<ListedRole>,
+        /// Only this technician's tokens.
+        #[arg(long, value_name = "TECHNICIAN_ID")]
+        technician: Option<Uuid>,
+        /// Revoked tokens too.
+        #[arg(long)]
+        revoked: bool,
+    },
+    /// Rotate an API token: a new secret (printed once) and a new expiry; the old secret
+    /// stops working at once.
+    Rotate {
+        /// The token's id: the 32 hex digits after `lk_` in the token.
+        #[arg(value_name = "TOKEN_ID")]
+        id: Uuid,
+        /// How long the rotated token lives, e.g. 30d [server default].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        expires_in: Option<u64>,
     },
     /// Revoke an API token.
     Revoke {
@@ -333,6 +369,33 @@ pub enum TokensCommand {
         #[arg(value_name = "TOKEN_ID")]
         id: Uuid,
     },
+}
+
+/// A role to list tokens of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListedRole {
+    MspAdmin,
+    TenantAdmin,
+    Technician,
+    Auditor,
+    Agent,
+}
+
+impl ListedRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            ListedRole::MspAdmin => "msp_admin",
+            ListedRole::TenantAdmin => "tenant_admin",
+            ListedRole::Technician => "technician",
+            ListedRole::Auditor => "auditor",
+            ListedRole::Agent => "agent",
+        }
+    }
+}
+
+/// `--expires-in`: a duration (`30d`, `12h`, `3600s`, `3600`) as seconds.
+fn parse_duration_arg(text: &str) -> Result<u64, String> {
+    crate::config::parse_duration(text).map(|d| d.as_secs())
 }
 
 #[derive(Subcommand)]
@@ -634,9 +697,13 @@ impl Api {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("latchkey-cli/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!("latchkey-cli/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &connection.ca_file {
+            builder = builder.tls_certs_merge(trusted_cas(path)?);
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("cannot set up the HTTP client: {}", root_cause(&e)))?;
         Ok(Api {
@@ -665,7 +732,16 @@ impl Api {
             return Ok(response);
         }
         if status == StatusCode::UNAUTHORIZED {
-            return Err(TOKEN_REFUSED.to_owned());
+            // An expired token is told apart: the fix is a new token, not a typo hunt.
+            let body = response.text().await.unwrap_or_default();
+            let expired = serde_json::from_str::<Value>(&body)
+                .ok()
+                .filter(|p| p["type"] == "urn:latchkey:problem:token-expired")
+                .and_then(|p| p["detail"].as_str().map(str::to_owned));
+            return Err(match expired {
+                Some(detail) => format!("{TOKEN_REFUSED}: {detail}"),
+                None => TOKEN_REFUSED.to_owned(),
+            });
         }
         let body = response.text().await.unwrap_or_default();
         Err(problem_message(status, &body))
@@ -673,7 +749,13 @@ impl Api {
 
     fn transport_error(&self, e: &reqwest::Error) -> String {
         let cause = root_cause(e);
-        if e.is_connect() {
+        if e.is_connect() && cause.contains("certificate") {
+            format!(
+                "cannot reach the server at {}: its certificate is not trusted ({cause}); if \
+                 it comes from a private CA, pass that CA with --ca-file FILE (LATCHKEY_CA_FILE)",
+                self.shown
+            )
+        } else if e.is_connect() {
             format!("cannot reach the server at {}: {cause}", self.shown)
         } else if e.is_timeout() {
             format!("the server at {} did not answer in time", self.shown)
@@ -1203,6 +1285,7 @@ async fn tokens(api: &Api, command: TokensCommand) -> Result<(), String> {
             tenant,
             technician,
             name,
+            expires_in,
         } => {
             let mut body = Map::new();
             body.insert("role".into(), json!(role.as_str()));
@@ -1215,14 +1298,89 @@ async fn tokens(api: &Api, command: TokensCommand) -> Result<(), String> {
             if let Some(name) = name {
                 body.insert("name".into(), json!(name));
             }
+            if let Some(seconds) = expires_in {
+                body.insert("expires_in".into(), json!(seconds));
+            }
             let answer = api
                 .call(Method::POST, "v1/tokens", Some(Value::Object(body)))
                 .await?;
             api.show(&answer, |t| {
                 format!(
-                    "API token for {} {} (shown once; the server keeps only its hash):\n{}",
+                    "API token {} for {} {}, valid until {} (shown once; the server keeps only \
+                     its hash):\n{}",
+                    text(&t["token_id"]),
                     text(&t["role"]),
                     text(&t["name"]),
+                    time(&t["expires_at"]),
+                    text(&t["token"])
+                )
+            })
+        }
+        TokensCommand::List {
+            role,
+            technician,
+            revoked,
+        } => {
+            let mut query = vec![("limit", "1000".to_owned())];
+            if let Some(role) = role {
+                query.push(("role", role.as_str().to_owned()));
+            }
+            if let Some(technician) = technician {
+                query.push(("technician_id", technician.to_string()));
+            }
+            if revoked {
+                query.push(("revoked", "true".to_owned()));
+            }
+            let answer = api.get_query("v1/tokens", &query).await?;
+            api.show(&answer, |v| {
+                listing(
+                    v,
+                    "tokens",
+                    "no tokens",
+                    &[
+                        "TOKEN_ID",
+                        "HOLDER",
+                        "ROLE",
+                        "SCOPE",
+                        "STATUS",
+                        "CREATED",
+                        "LAST_USED",
+                        "EXPIRES",
+                    ],
+                    |t| {
+                        let scope = t["scope"]
+                            .as_object()
+                            .and_then(|s| s.values().next())
+                            .map(text)
+                            .unwrap_or_else(|| "all tenants".to_owned());
+                        vec![
+                            text(&t["token_id"]),
+                            text(&t["holder"]),
+                            text(&t["role"]),
+                            scope,
+                            text(&t["status"]),
+                            time(&t["created_at"]),
+                            time(&t["last_used_at"]),
+                            time(&t["expires_at"]),
+                        ]
+                    },
+                )
+            })
+        }
+        TokensCommand::Rotate { id, expires_in } => {
+            let body = match expires_in {
+                Some(seconds) => json!({ "expires_in": seconds }),
+                None => json!({}),
+            };
+            let path = format!("v1/tokens/{}/rotate", id.simple());
+            let answer = api.call(Method::POST, &path, Some(body)).await?;
+            api.show(&answer, |t| {
+                format!(
+                    "rotated API token {} of {}, valid until {}; the old secret no longer works \
+                     (shown once):\n{}",
+                    text(&t["token_id"]),
+                    text(&t["name"]),
+                    time(&t["expires_at"]),
                     text(&t["token"])
                 )
             })
@@ -1486,7 +1644,14 @@ async fn standing_privilege(api: &Api, tenant: Uuid) -> Result<(), String> {
             ],
             |p| {
                 let removal = &p["removal"];
-                let removal = if removal.is_null() {
+                let offline = &p["offline_login"];
+                let removal = if !offline.is_null() {
+                    format!(
+                        "offline login {} ended {} by the agent's clock; not seen over yet",
+                        text(&offline["login_id"]),
+                        text(&offline["until"])
+                    )
+                } else if removal.is_null() {
                     "none under way".to_owned()
                 } else {
                     format!(
@@ -1795,6 +1960,20 @@ async fn export(api: &Api, after: Option<String>, output: Option<&Path>) -> Resu
     Ok(())
 }
 
+/// The CA certificates of `--ca-file`, to trust besides the system's.
+fn trusted_cas(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let shown = path.display();
+    let pem = std::fs::read(path).map_err(|e| format!("--ca-file {shown}: cannot read it: {e}"))?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("--ca-file {shown}: not a PEM certificate bundle: {e}"))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "--ca-file {shown}: no certificate in it (expected PEM: -----BEGIN CERTIFICATE-----)"
+        ));
+    }
+    Ok(certificates)
+}
+
 /// `<file>.partial` beside the file.
 fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
@@ -1844,6 +2023,7 @@ mod tests {
         let connection = |server: &str, token: Option<&str>| Connection {
             server: server.to_owned(),
             token: token.map(str::to_owned),
+            ca_file: None,
             json: false,
         };
         let err = |c| Api::new(c).err().unwrap();
@@ -1855,5 +2035,35 @@ mod tests {
             api.base.join("v1/tenants").unwrap().as_str(),
             "https://h.example/latchkey/v1/tenants"
         );
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_ca = |path: &Path| {
+            Api::new(Connection {
+                server: "https://h.example".into(),
+                token: Some("t".into()),
+                ca_file: Some(path.to_owned()),
+                json: false,
+            })
+        };
+        let missing = dir.path().join("missing.pem");
+        let err = with_ca(&missing).err().unwrap();
+        assert!(
+            err.starts_with(&format!("--ca-file {}: cannot read it", missing.display())),
+            "{err}"
+        );
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = with_ca(&empty).err().unwrap();
+        assert!(err.contains("no certificate in it"), "{err}");
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        let good = dir.path().join("ca.pem");
+        std::fs::write(&good, ca.pem()).unwrap();
+        assert!(with_ca(&good).is_ok());
     }
 }

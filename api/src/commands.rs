@@ -77,6 +77,7 @@ pub trait Snapshots: Aggregate + Sized {
 
 impl Snapshots for latchkey_domain::tenant::Tenant {}
 impl Snapshots for latchkey_domain::technician::Technician {}
+impl Snapshots for latchkey_domain::technician_names::TechnicianNames {}
 impl Snapshots for latchkey_domain::session::Session {}
 
 impl Snapshots for latchkey_domain::computer::Computer {
@@ -353,6 +354,30 @@ pub fn to_new_event<E: Event>(event: &E, envelope: &Envelope) -> NewEvent {
     }
 }
 
+/// Whether any event of `stream` carries `correlation_id` (a request's claim: see
+/// `http::idempotency`). Reads the whole stream; only a request resumed after a crash asks.
+pub async fn stream_has_correlation(
+    store: &dyn EventStore,
+    stream: &StreamName,
+    correlation_id: Uuid,
+) -> Result<bool, StoreError> {
+    const PAGE: usize = 512;
+    let mut from = 0;
+    loop {
+        let page = store.read_stream(stream, from, PAGE).await?;
+        if page
+            .iter()
+            .any(|e| e.metadata.correlation_id == correlation_id)
+        {
+            return Ok(true);
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => from = last.revision + 1,
+            _ => return Ok(false),
+        }
+    }
+}
+
 /// Runs one command against `stream`: `command` builds it from the current state (so it can
 /// look at that state), `decide` judges it, and the events are appended only if nobody wrote
 /// to the stream in between; otherwise the whole thing runs again on fresh state.
@@ -557,7 +582,7 @@ mod tests {
         let err = execute::<Technician, _>(&store, &stream, &envelope(), |_| {
             TechnicianCommand::Register {
                 technician_id: id,
-                username: Username::parse("nik").unwrap(),
+                username: Username::parse("nikolai").unwrap(),
                 email: Email::parse("nik@nikpot.com").unwrap(),
                 by: admin(),
                 at: at(),
@@ -829,6 +854,7 @@ mod tests {
             hostname: latchkey_domain::names::Hostname::parse("W11-L-PASSWORD").unwrap(),
             os: OsKind::Windows,
             agent_key_id: AgentKeyId(Uuid::from_u128(8)),
+            admin_group: None,
             by: admin(),
             at: at(),
         };

@@ -7,13 +7,18 @@
 //! - `snapshots`: stored states of long streams, so a restart does not fold years of events;
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
 //! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
+//! - `datadir`: the data directory, private to the server's user;
 //! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);
+//! - `tls`: HTTPS with a certificate read again when its files change;
+//! - `technicians`: registering (unique names) and offboarding (tokens revoked) technicians;
 //! - `wakeups`: long polls wait on their own stream and are woken by its events only.
 
 pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod datadir;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod problem;
@@ -23,4 +28,6 @@ pub mod scheduler;
 pub mod secrets;
 pub mod snapshots;
 pub mod storage;
+pub mod technicians;
+pub mod tls;
 pub mod wakeups;

@@ -4,7 +4,8 @@
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
 use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
-use latchkey_api::config::{ConfigFile, Settings};
+use latchkey_api::config::{ConfigFile, Given, Settings, Transport};
+use latchkey_api::health::{Health, ProcessManagers};
 use latchkey_api::http::{self, IdempotencyStore, Services};
 use latchkey_api::metrics::Metrics;
 use latchkey_api::replay::Target;
@@ -12,6 +13,7 @@ use latchkey_api::runner::ProcessRunner;
 use latchkey_api::scheduler::Scheduler;
 use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
 use latchkey_api::storage::Place;
+use latchkey_api::tls::ReloadingCertificate;
 use latchkey_projections::{ReadModels, ReadView};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server on the embedded event store (no other server needed).
-    Serve(ServeArgs),
+    Serve(ServeCommand),
     /// Drop and rebuild every read model from the event log (stop the server first).
     Replay(ReplayArgs),
     #[command(flatten)]
@@ -52,24 +54,71 @@ struct ServeArgs {
     /// [default: admin@latchkey.local].
     #[arg(long, env = "LATCHKEY_ADMIN_EMAIL")]
     admin_email: Option<String>,
-    /// A TOML file with any of: listen, data, store, admin_email (flags and environment win).
+    /// How long an API token for a person lives when its issuer asks for no lifetime, e.g.
+    /// 90d, 12h, 3600s [default: 90d].
+    #[arg(long, env = "LATCHKEY_TOKEN_DEFAULT_EXPIRY", value_name = "DURATION")]
+    token_default_expiry: Option<String>,
+    /// The longest lifetime an issuer may ask for (`expires_in`) [default: 365d].
+    #[arg(long, env = "LATCHKEY_TOKEN_MAX_EXPIRY", value_name = "DURATION")]
+    token_max_expiry: Option<String>,
+    /// A TOML file with any of: listen, data, store, admin_email, tls_cert, tls_key,
+    /// insecure_http, token_default_expiry, token_max_expiry (flags and environment win).
     #[arg(long, env = "LATCHKEY_CONFIG")]
     config: Option<PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct TransportArgs {
+    /// Serve HTTPS with this certificate chain (PEM: the server's certificate first, then its
+    /// intermediates); read again when it changes on disk, or at SIGHUP.
+    #[arg(long, env = "LATCHKEY_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "LATCHKEY_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address that is not loopback (behind a proxy that terminates
+    /// TLS). Without a certificate, plain HTTP is otherwise served on loopback only.
+    #[arg(
+        long,
+        env = "LATCHKEY_INSECURE_HTTP",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    insecure_http: bool,
+}
+
+#[derive(clap::Args)]
+struct ServeCommand {
+    #[command(flatten)]
+    common: ServeArgs,
+    #[command(flatten)]
+    transport: TransportArgs,
+}
+
 impl ServeArgs {
-    fn settings(self) -> Result<Settings, String> {
+    fn settings(self, transport: Option<TransportArgs>) -> Result<Settings, String> {
         let file = match &self.config {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
         };
-        Ok(Settings::resolve(
-            self.listen,
-            self.data,
-            self.store,
-            self.admin_email,
+        let transport = transport.unwrap_or(TransportArgs {
+            tls_cert: None,
+            tls_key: None,
+            insecure_http: false,
+        });
+        Settings::resolve(
+            Given {
+                listen: self.listen,
+                data: self.data,
+                store: self.store,
+                admin_email: self.admin_email,
+                tls_cert: transport.tls_cert,
+                tls_key: transport.tls_key,
+                insecure_http: transport.insecure_http,
+                token_default_expiry: self.token_default_expiry,
+                token_max_expiry: self.token_max_expiry,
+            },
             file,
-        ))
+        )
     }
 }
 
@@ -112,7 +161,18 @@ fn secret_key(data: &Path) -> Result<Key, String> {
 #[get("/healthz")]
 async fn healthz(state: web::Data<Services>) -> impl Responder {
     match state.store.read_all(None, 1).await {
-        Ok(_) => HttpResponse::Ok().json(serde_json::json!({ "status": "ok" })),
+        // Reads and writes are served; the process managers may be failing (degraded:
+        // check-outs are recorded but not provisioned until they run again).
+        Ok(_) => {
+            let process_managers = state.health.process_managers();
+            let status = match process_managers {
+                ProcessManagers::Failing { .. } => "degraded",
+                _ => "ok",
+            };
+            let mut body = serde_json::to_value(&process_managers).unwrap_or_default();
+            body["status"] = status.into();
+            HttpResponse::Ok().json(body)
+        }
         Err(e) => {
             tracing::error!(error = %e, "event store check failed");
             HttpResponse::ServiceUnavailable()
@@ -144,12 +204,7 @@ fn bootstrap_admin(tokens: &TokenStore, email: &str) -> Result<Option<String>, S
 async fn open_store(
     args: &Settings,
 ) -> Result<(String, std::sync::Arc<dyn latchkey_store::EventStore>), String> {
-    std::fs::create_dir_all(&args.data).map_err(|e| {
-        format!(
-            "--data {}: cannot create the directory: {e}",
-            args.data.display()
-        )
-    })?;
+    latchkey_api::datadir::prepare(&args.data)?;
     let url = args.store_url();
     let store = latchkey_store::open_url(&url).await.map_err(|e| {
         let shown = latchkey_api::config::redacted_store_url(&url);
@@ -159,7 +214,7 @@ async fn open_store(
 }
 
 async fn replay(args: ReplayArgs) -> Result<(), String> {
-    let settings = args.serve.settings()?;
+    let settings = args.serve.settings(None)?;
     let (url, store) = open_store(&settings).await?;
     let path = settings.data.join("read-models.db");
     let bar = indicatif::ProgressBar::new(0);
@@ -205,8 +260,48 @@ const FOLLOW_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often a server that is not the leader tries to become it.
 const LEADER_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
-    let args = args.settings()?;
+/// How the server will listen: the addresses `--listen` names, and HTTPS (with its
+/// certificate, read now so a bad one stops the start) or plain HTTP.
+struct Listening {
+    addrs: Vec<std::net::SocketAddr>,
+    certificate: Option<Arc<ReloadingCertificate>>,
+    /// Plain HTTP on an address that is not loopback (`--insecure-http`).
+    exposed: bool,
+}
+
+fn listening(args: &Settings) -> Result<Listening, String> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = args
+        .listen
+        .to_socket_addrs()
+        .map_err(|e| format!("--listen {}: cannot listen there: {e}", args.listen))?
+        .collect();
+    Ok(match args.transport(&addrs)? {
+        Transport::Https(files) => Listening {
+            addrs,
+            certificate: Some(ReloadingCertificate::load(files)?),
+            exposed: false,
+        },
+        Transport::Http { exposed } => Listening {
+            addrs,
+            certificate: None,
+            exposed,
+        },
+    })
+}
+
+async fn serve(args: ServeCommand) -> Result<(), String> {
+    let args = args.common.settings(Some(args.transport))?;
+    // First, so a server that must not listen as asked touches no data.
+    let listening = listening(&args)?;
+    // Set up before the server runs, so a SIGHUP (reload the certificate) never kills it.
+    let hangups = match listening.certificate {
+        Some(_) => Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| format!("cannot listen for SIGHUP: {e}"))?,
+        ),
+        None => None,
+    };
     let (url, store) = open_store(&args).await?;
     let shared = shared_database(&url).map(str::to_owned);
     let read_models_error = |e: latchkey_projections::ProjectionError| match &shared {
@@ -239,7 +334,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let cache =
         Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
-    let tokens = TokenStore::open(place("tokens.db")).map_err(|e| e.to_string())?;
+    let tokens = TokenStore::open(place("tokens.db"))
+        .map_err(|e| e.to_string())?
+        .with_lifetimes(args.token_lifetimes);
     let idempotency = IdempotencyStore::open(place("idempotency.db"))
         .map_err(|e| format!("idempotency keys: {e}"))?;
     let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;
@@ -252,6 +349,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     let from = view.with(|q| q.checkpoint()).map_err(read_models_error)?;
     let wakeups = Arc::new(latchkey_api::wakeups::StreamWakeups::new());
+    let health = Arc::new(Health::default());
     actix_web::rt::spawn(latchkey_api::runner::follow_log(
         store.clone(),
         from,
@@ -266,7 +364,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         progress,
         wakeups,
         cache,
+        health: health.clone(),
     });
+    actix_web::rt::spawn(record_token_use(state.clone()));
     let metrics = web::Data::new(Metrics::new());
     let server = HttpServer::new(move || {
         App::new()
@@ -276,12 +376,39 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .service(healthz)
             .route("/metrics", web::get().to(latchkey_api::metrics::scrape))
             .configure(http::configure)
-    })
-    .bind(&args.listen)
-    .map_err(|e| format!("--listen {}: cannot listen there: {e}", args.listen))?;
+    });
+    let bound = match &listening.certificate {
+        Some(certificate) => {
+            server.bind_rustls_0_23(&listening.addrs[..], certificate.server_config()?)
+        }
+        None => server.bind(&listening.addrs[..]),
+    };
+    let server =
+        bound.map_err(|e| format!("--listen {}: cannot listen there: {e}", args.listen))?;
+    let scheme = match listening.certificate {
+        Some(_) => "https",
+        None => "http",
+    };
+    // Said before the address is printed, so whoever reads that line finds it in the log.
+    match (&listening.certificate, hangups) {
+        (Some(certificate), Some(hangups)) => {
+            tracing::info!(
+                sha256 = %certificate.fingerprint(),
+                "serving HTTPS; the certificate files are read again when they change, or at SIGHUP"
+            );
+            actix_web::rt::spawn(certificate.clone().watch(hangups));
+        }
+        _ if listening.exposed => tracing::warn!(
+            listen = %args.listen,
+            "serving plain HTTP on an address that is not loopback, as --insecure-http asks: \
+             API tokens, agent credentials and passwords cross the network in clear unless a \
+             proxy in front of this server terminates TLS"
+        ),
+        _ => {}
+    }
     for addr in server.addrs() {
         // Tests and scripts read this line to learn the port when they pass port 0.
-        println!("latchkey listening on http://{addr}");
+        println!("latchkey listening on {scheme}://{addr}");
     }
     if let Some(token) = new_admin_token {
         // Printed once, to the terminal only: the server keeps just its hash.
@@ -289,28 +416,81 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     tracing::info!(store = %latchkey_api::config::redacted_store_url(&url), "event store open");
     let server = server.run();
-    let handle = server.handle();
-    let stopped_by: Arc<Mutex<Option<String>>> = Arc::default();
-    let report = stopped_by.clone();
     let scheduler = Scheduler::new(store, models);
-    actix_web::rt::spawn(async move {
-        // Without its process managers the server would accept check-outs it never
-        // provisions, so it stops rather than limp on.
-        let result = match shared {
-            None => run_process_managers(&runner, &scheduler).await,
-            Some(url) => lead(&url, &runner, &scheduler).await,
+    actix_web::rt::spawn(supervise(shared, runner, scheduler, health));
+    server.await.map_err(|e| format!("server stopped: {e}"))
+}
+
+/// The first pause before the process managers are restarted after a failure; it doubles
+/// up to [`MAX_RESTART_PAUSE`] while they keep failing.
+const FIRST_RESTART_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_RESTART_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a run must last before it counts as recovered (the pause starts again small).
+const STEADY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the process managers and the scheduler for as long as the server runs: here alone,
+/// or (several servers) while this server leads. A failure (a database restart, a full disk,
+/// a lost leadership) is logged, shown in `/healthz` and `/metrics`, and followed by a
+/// restart with back-off; a leader that lost its lock waits to lead again as a follower.
+/// HTTP keeps serving meanwhile: check-outs are recorded and provisioned once they run.
+async fn supervise(
+    shared: Option<String>,
+    runner: ProcessRunner,
+    scheduler: Scheduler,
+    health: Arc<Health>,
+) {
+    let mut pause = FIRST_RESTART_PAUSE;
+    loop {
+        let run = async {
+            match &shared {
+                None => {
+                    health.set(ProcessManagers::Running);
+                    run_process_managers(&runner, &scheduler).await
+                }
+                Some(url) => lead(url, &runner, &scheduler, &health).await,
+            }
         };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "the process managers stopped");
-            *report.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            handle.stop(true).await;
+        tokio::pin!(run);
+        let result = tokio::select! {
+            result = &mut run => result,
+            () = tokio::time::sleep(STEADY) => {
+                pause = FIRST_RESTART_PAUSE;
+                if health.is_degraded() {
+                    tracing::info!("the process managers have recovered");
+                    health.set(match shared {
+                        None => ProcessManagers::Running,
+                        Some(_) => ProcessManagers::Waiting,
+                    });
+                }
+                run.await
+            }
+        };
+        let reason = match result {
+            Ok(()) => "stopped".to_owned(),
+            Err(e) => e,
+        };
+        let retry_at = chrono::Utc::now()
+            + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::seconds(30));
+        tracing::error!(error = %reason, retry_in = ?pause, "the process managers failed; restarting them");
+        health.failed(reason, retry_at);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_RESTART_PAUSE);
+    }
+}
+
+/// Writes when API tokens were last used, once a minute, in one transaction: checking a
+/// token only notes the use in memory, so the hot path never waits for a write.
+async fn record_token_use(services: web::Data<Services>) {
+    let mut every = tokio::time::interval(latchkey_api::auth::LAST_USED_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let services = services.clone();
+        match web::block(move || services.tokens.flush_last_used()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record when API tokens were used"),
+            Err(e) => tracing::warn!(error = %e, "cannot record when API tokens were used"),
         }
-    });
-    server.await.map_err(|e| format!("server stopped: {e}"))?;
-    let stopped = stopped_by.lock().unwrap_or_else(|p| p.into_inner()).take();
-    match stopped {
-        Some(e) => Err(format!("the process managers stopped: {e}")),
-        None => Ok(()),
     }
 }
 
@@ -322,14 +502,23 @@ async fn run_process_managers(runner: &ProcessRunner, scheduler: &Scheduler) -> 
 }
 
 /// Waits to become the leader of the servers sharing the database, then runs the process
-/// managers for as long as the leadership lasts. Losing it (the lock's connection broke) stops
-/// the server: another one may be leading by then, and a restart rejoins as a follower.
-async fn lead(url: &str, runner: &ProcessRunner, scheduler: &Scheduler) -> Result<(), String> {
+/// managers for as long as the leadership lasts. Losing it (the lock's connection broke) ends
+/// the run: the supervisor steps down and waits to lead again, as a follower meanwhile.
+async fn lead(
+    url: &str,
+    runner: &ProcessRunner,
+    scheduler: &Scheduler,
+    health: &Health,
+) -> Result<(), String> {
+    if !health.is_degraded() {
+        health.set(ProcessManagers::Waiting);
+    }
     let mut leadership =
         latchkey_store::postgres::leader::Leadership::acquire(url, LEADER_LOCK, LEADER_RETRY)
             .await
             .map_err(|e| e.to_string())?;
     tracing::info!("this server leads: it runs the process managers and the scheduler");
+    health.set(ProcessManagers::Running);
     tokio::select! {
         result = run_process_managers(runner, scheduler) => result,
         () = leadership.lost() => Err("lost the connection holding the leadership".into()),
@@ -370,10 +559,21 @@ async fn main() -> std::process::ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: a log file or journald gets plain text.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let result = match Cli::parse().command {
-        Command::Serve(args) => serve(args).await,
-        Command::Replay(args) => replay(args).await,
+        Command::Serve(args) => {
+            latchkey_api::datadir::restrict_umask();
+            serve(args).await
+        }
+        Command::Replay(args) => {
+            latchkey_api::datadir::restrict_umask();
+            replay(args).await
+        }
         Command::Client(command) => latchkey_api::cli::run(command).await,
     };
     match result {

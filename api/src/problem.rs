@@ -75,6 +75,20 @@ impl ApiError {
         )
     }
 
+    /// A well-formed, right token that has expired: the client should get a new one (or
+    /// rotate before expiry next time).
+    pub fn token_expired(at: chrono::DateTime<chrono::Utc>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "token-expired",
+            format!(
+                "the API token expired at {}; ask for a new one, or rotate tokens before \
+                 they expire (POST /v1/tokens/{{token_id}}/rotate)",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        )
+    }
+
     /// Something broke inside; the details go to the log under `reference`, not to the client.
     pub fn internal(reference: &str) -> Self {
         Self::new(
@@ -128,7 +142,11 @@ impl From<DomainError> for ApiError {
             ErrorKind::Conflict => (StatusCode::CONFLICT, "conflict"),
             ErrorKind::Rejected => (StatusCode::UNPROCESSABLE_ENTITY, "rule"),
         };
-        Self::new(status, kind, e.to_string())
+        let error = Self::new(status, kind, e.to_string());
+        match e.field() {
+            Some(field) => error.with_field(field),
+            None => error,
+        }
     }
 }
 
@@ -156,6 +174,32 @@ impl From<CommandError> for ApiError {
     }
 }
 
+/// The canonical form of a request's JSON body, hashed: [`JsonBody`] leaves
+/// it in the request's extensions, so a key re-used with another body is recognised.
+#[derive(Debug, Clone)]
+pub struct BodyFingerprint(pub String);
+
+impl BodyFingerprint {
+    pub fn of(body: &serde_json::Value) -> Self {
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::to_vec(body).expect("a JSON value serialises");
+        Self(hex::encode(Sha256::digest(canonical)))
+    }
+}
+
+impl From<crate::technicians::TechnicianError> for ApiError {
+    fn from(e: crate::technicians::TechnicianError) -> Self {
+        match e {
+            crate::technicians::TechnicianError::Command(e) => e.into(),
+            crate::technicians::TechnicianError::Tokens(e) => {
+                let reference = uuid::Uuid::now_v7().to_string();
+                tracing::error!(error = %e, %reference, "token store failed");
+                Self::internal(&reference)
+            }
+        }
+    }
+}
+
 /// The largest request body any endpoint accepts.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
@@ -171,6 +215,7 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let is_json = req.content_type() == "application/json";
         let bytes = web::Bytes::from_request(req, payload);
+        let request = req.clone();
         Box::pin(async move {
             if !is_json {
                 return Err(ApiError::new(
@@ -190,7 +235,14 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
                     ApiError::new(StatusCode::BAD_REQUEST, "bad-body", e.to_string())
                 }
             })?;
-            parse_json(&bytes).map(JsonBody)
+            let value = parse_json(&bytes).map(JsonBody)?;
+            // What a retry with the same Idempotency-Key must send again.
+            if let Ok(canonical) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+                request
+                    .extensions_mut()
+                    .insert(BodyFingerprint::of(&canonical));
+            }
+            Ok(value)
         })
     }
 }
@@ -203,11 +255,17 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let message = e.into_inner().to_string();
         let problem = ApiError::new(StatusCode::BAD_REQUEST, "bad-json", message.clone());
         let named = field_named_in(&message);
-        // The path names the field, except for a missing one, where it names the object
-        // that lacks it.
+        // The path names the field, except where the refusal comes from the object that
+        // holds it (a missing field, or a rule across fields such as the policy's reuse and
+        // delete-on-check-in): then the path names that object and the message the field.
         let field = match (named, path.as_str()) {
             (Some(name), ".") => Some(name),
-            (Some(name), parent) if message.starts_with("missing field") => {
+            (Some(name), path) if path == name || path.ends_with(&format!(".{name}")) => {
+                Some(path.to_owned())
+            }
+            (Some(name), parent)
+                if message.starts_with("missing field") || is_object_at(bytes, parent) =>
+            {
                 Some(format!("{parent}.{name}"))
             }
             (_, ".") => None,
@@ -224,6 +282,33 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Whether the JSON document holds an object at `path` (serde_path_to_error's notation:
+/// `a.b[2].c`).
+fn is_object_at(bytes: &[u8], path: &str) -> bool {
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return false;
+    };
+    for segment in path.split('.') {
+        let (key, indices) = match segment.find('[') {
+            Some(at) => (&segment[..at], &segment[at..]),
+            None => (segment, ""),
+        };
+        if !key.is_empty() {
+            match value.get_mut(key) {
+                Some(inner) => value = inner.take(),
+                None => return false,
+            }
+        }
+        for index in indices.split(['[', ']']).filter(|i| !i.is_empty()) {
+            match index.parse::<usize>().ok().and_then(|i| value.get_mut(i)) {
+                Some(inner) => value = inner.take(),
+                None => return false,
+            }
+        }
+    }
+    value.is_object()
+}
+
 /// The field a serde message is about: "unknown field `x`", "missing field `x`", or one of
 /// our value types' messages, which start with the field name.
 fn field_named_in(message: &str) -> Option<String> {
@@ -236,7 +321,9 @@ fn field_named_in(message: &str) -> Option<String> {
     let looks_like_field = first
         .chars()
         .all(|c| c.is_ascii_lowercase() || "_.".contains(c));
-    (looks_like_field && message.contains(" must ")).then(|| first.to_owned())
+    // Our value types' messages (`InvalidValue`) are "<field> <rule> (got '<value>')".
+    let ours = message.contains(" must ") || message.contains(" (got '");
+    (looks_like_field && ours).then(|| first.to_owned())
 }
 
 /// The body-size limit every endpoint uses.
@@ -345,12 +432,83 @@ mod tests {
         assert_eq!(problem["type"], "urn:latchkey:problem:too-large");
     }
 
+    /// A rule across fields is refused by the object that holds them, so serde's path names
+    /// the object; the problem must still name the field (`reuse_existing_account`), at the
+    /// top level and nested.
+    #[test]
+    fn a_refusal_by_an_object_names_the_field_inside_it() {
+        use latchkey_domain::policy::{CheckInAction, JitPolicy};
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Wrapper {
+            policy: JitPolicy,
+            duration_minutes: latchkey_domain::policy::SessionLength,
+        }
+        let mut policy = serde_json::to_value(JitPolicy::default()).unwrap();
+        policy["reuse_existing_account"] = true.into();
+        policy["on_check_in"] = serde_json::to_value(CheckInAction::DeleteAccount).unwrap();
+        let field = |body: serde_json::Value| -> Option<String> {
+            let bytes = serde_json::to_vec(&body).unwrap();
+            parse_json::<Wrapper>(&bytes)
+                .map(|_| ())
+                .or_else(|_| parse_json::<JitPolicy>(&bytes).map(|_| ()))
+                .unwrap_err()
+                .problem()
+                .field
+                .clone()
+        };
+        assert_eq!(
+            field(policy.clone()).as_deref(),
+            Some("reuse_existing_account")
+        );
+        let nested = serde_json::json!({"policy": policy, "duration_minutes": 5});
+        assert_eq!(
+            parse_json::<Wrapper>(&serde_json::to_vec(&nested).unwrap())
+                .unwrap_err()
+                .problem()
+                .field
+                .as_deref(),
+            Some("policy.reuse_existing_account")
+        );
+        // A leaf's own refusal names the leaf, whatever field name its type reports.
+        let fine = serde_json::to_value(JitPolicy::default()).unwrap();
+        let long = serde_json::json!({"policy": fine, "duration_minutes": 99999});
+        assert_eq!(
+            parse_json::<Wrapper>(&serde_json::to_vec(&long).unwrap())
+                .unwrap_err()
+                .problem()
+                .field
+                .as_deref(),
+            Some("duration_minutes")
+        );
+    }
+
+    #[test]
+    fn a_rule_that_knows_its_field_names_it() {
+        let e = ApiError::from(DomainError::SessionLongerThanAllowed {
+            wanted: 90,
+            max_minutes: 30,
+        });
+        assert_eq!(e.status_code().as_u16(), 422);
+        assert_eq!(e.problem().field.as_deref(), Some("duration_minutes"));
+    }
+
     #[test]
     fn domain_errors_map_to_their_status() {
         let status = |e: DomainError| ApiError::from(e).status_code().as_u16();
         assert_eq!(status(DomainError::TenantNotRegistered), 404);
         assert_eq!(status(DomainError::TenantAlreadyRegistered), 409);
         assert_eq!(status(DomainError::TechnicianOffboarded), 422);
+        let taken = ApiError::from(DomainError::UsernameTaken {
+            username: Username::parse("nik").unwrap(),
+        });
+        assert_eq!(taken.status_code().as_u16(), 409);
+        assert_eq!(taken.problem().field.as_deref(), Some("username"));
+        let taken = ApiError::from(DomainError::EmailTaken {
+            email: latchkey_domain::names::Email::parse("Nik@nikpot.com").unwrap(),
+        });
+        assert_eq!(taken.status_code().as_u16(), 409);
+        assert_eq!(taken.problem().field.as_deref(), Some("email"));
         let invalid = Username::parse("X").unwrap_err();
         let e = ApiError::from(DomainError::Invalid(invalid));
         assert_eq!(e.status_code().as_u16(), 422);

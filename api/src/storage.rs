@@ -98,7 +98,7 @@ impl Durable {
     }
 
     fn open_file(path: PathBuf, schema: &str) -> Result<Self, SqlError> {
-        let connection = Connection::open(&path)?;
+        let connection = sql::open_sqlite(&path)?;
         connection.pragma_update(None, "journal_mode", "WAL")?;
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;

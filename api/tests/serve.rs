@@ -50,11 +50,19 @@ fn serve_starts_on_the_embedded_store_and_answers_healthz() {
         !printed.contains("token"),
         "a second token was shown: {printed:?}"
     );
+    // Its log went to a file: plain text, no terminal colour codes.
+    let log = std::fs::read_to_string(data.path().join("data/server.log")).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
 }
 
 #[test]
 fn a_bad_listen_address_is_reported_with_the_flag() {
     let data = tempfile::tempdir().unwrap();
+    support::make_private(data.path());
     let output = Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .args(["serve", "--listen", "not-an-address", "--data"])
         .arg(data.path())
@@ -68,6 +76,7 @@ fn a_bad_listen_address_is_reported_with_the_flag() {
 #[test]
 fn a_malformed_secret_key_stops_the_start_with_the_variable_named() {
     let data = tempfile::tempdir().unwrap();
+    support::make_private(data.path());
     let output = Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(data.path())
@@ -109,4 +118,438 @@ fn the_openapi_document_and_the_docs_page_describe_every_route() {
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/html"));
     assert!(page.contains("/openapi.json"));
+}
+
+/// The mode bits of `path` (permissions only).
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Every entry of `dir` with its mode, sorted by name.
+fn modes_in(dir: &std::path::Path) -> Vec<(String, u32)> {
+    let mut found: Vec<(String, u32)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            (
+                entry.file_name().to_string_lossy().into_owned(),
+                mode(&entry.path()),
+            )
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_new_data_directory_is_private_and_so_is_every_file_in_it() {
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("srv/latchkey");
+    let mut server = Server::start(&data, &[]);
+    let mut line = String::new();
+    server.stdout.read_line(&mut line).unwrap();
+    let token = line.trim().rsplit(' ').next().unwrap().to_owned();
+    // Writes to every database: a tenant (the event log, then the read models), a token,
+    // and an answer kept for an Idempotency-Key.
+    let (status, _) = server.json(
+        "POST",
+        "/v1/tenants",
+        Some(&token),
+        Some(r#"{"name":"customer-1","login_mode":"named"}"#),
+    );
+    assert_eq!(status, 201);
+    let mut answer = server.send_with_headers(
+        "POST",
+        "/v1/technicians",
+        Some(&token),
+        Some(r#"{"username":"nik","email":"nik@nikpot.com"}"#),
+        &[("Idempotency-Key", "nik-1")],
+    );
+    assert_eq!(support::read_head(&mut answer).0, 201);
+    let (status, _) = server.json(
+        "POST",
+        "/v1/tokens",
+        Some(&token),
+        Some(r#"{"role":"auditor","name":"audit@msp.example"}"#),
+    );
+    assert_eq!(status, 201);
+    let (status, _) = server.json("GET", "/v1/audit", Some(&token), None);
+    assert_eq!(status, 200);
+
+    let check = |when: &str| {
+        assert_eq!(mode(&data), 0o700, "{when}: the data directory");
+        assert_eq!(
+            mode(&root.path().join("srv")),
+            0o700,
+            "{when}: its new parent"
+        );
+        let found = modes_in(&data);
+        let names: Vec<&str> = found.iter().map(|(name, _)| name.as_str()).collect();
+        for file in [
+            "events.db",
+            "events.db-wal",
+            "events.db-shm",
+            "read-models.db",
+            "read-models.db-wal",
+            "tokens.db",
+            "secrets.db",
+            "idempotency.db",
+            "snapshots.db",
+            "secret.key",
+        ] {
+            assert!(names.contains(&file), "{when}: no {file} in {names:?}");
+        }
+        for (name, mode) in &found {
+            assert_eq!(*mode, 0o600, "{when}: {name} has mode {mode:o}");
+        }
+    };
+    check("while the server runs");
+    drop(server);
+    check("after it stopped");
+
+    // And it starts again on the directory it made.
+    let server = Server::start(&data, &[]);
+    assert_eq!(server.json("GET", "/healthz", None, None).0, 200);
+}
+
+/// Runs `latchkey serve` (or `replay`) on `data`, expecting it to refuse; returns stderr.
+fn refused(command: &str, data: &std::path::Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_latchkey"))
+        .args([command, "--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .env_remove("LATCHKEY_STORE")
+        .env_remove("LATCHKEY_SECRET_KEY")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "it never listened: {output:?}");
+    stderr
+}
+
+#[test]
+fn a_data_directory_others_may_read_is_refused_with_the_chmod_that_fixes_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for command in ["serve", "replay"] {
+        let stderr = refused(command, &data);
+        assert!(
+            stderr.contains(&format!("--data {}", data.display())),
+            "{stderr}"
+        );
+        assert!(stderr.contains("mode 755"), "{stderr}");
+        assert!(
+            stderr.contains(&format!("chmod 700 {}", data.display())),
+            "{stderr}"
+        );
+    }
+    assert!(
+        modes_in(&data).is_empty(),
+        "nothing was written into the refused directory"
+    );
+    assert_eq!(mode(&data), 0o755, "nor was its mode changed");
+
+    // A private directory holding a file others may read (say, from an older version) is
+    // refused too, naming the file.
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let events = data.join("events.db");
+    std::fs::write(&events, b"").unwrap();
+    std::fs::set_permissions(&events, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let stderr = refused("serve", &data);
+    assert!(
+        stderr.contains(&format!("chmod 600 {}", events.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("chmod 700"), "{stderr}");
+
+    // Run as told, the server starts.
+    std::fs::set_permissions(&events, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let server = Server::start(&data, &[]);
+    assert_eq!(server.json("GET", "/healthz", None, None).0, 200);
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTPS
+
+/// How long a certificate changed on disk may take to be served (the server looks every
+/// 2 s).
+const RELOAD_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The MSP admin token a first start prints (its second line).
+fn printed_token(server: &mut Server) -> String {
+    let mut line = String::new();
+    server.stdout.read_line(&mut line).unwrap();
+    line.trim()
+        .strip_prefix("MSP admin API token (shown once; keep it safe): ")
+        .unwrap_or_else(|| panic!("no token line: {line:?}"))
+        .to_owned()
+}
+
+/// Starts the server with `--tls-cert` and `--tls-key`.
+fn start_https(data: &std::path::Path, issued: &support::ca::Issued) -> Server {
+    Server::start_with_args(
+        data,
+        &[
+            "--tls-cert",
+            issued.cert_file.to_str().unwrap(),
+            "--tls-key",
+            issued.key_file.to_str().unwrap(),
+        ],
+        &[],
+    )
+}
+
+/// The CLI against `server`, with the admin token and `args` (and no proxy).
+fn cli(url: &str, token: &str, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+    command
+        .args(args)
+        .env("LATCHKEY_SERVER", url)
+        .env("LATCHKEY_TOKEN", token)
+        .env_remove("LATCHKEY_CA_FILE")
+        .env("RUST_LOG", "off");
+    for proxy in [
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+    ] {
+        command.env_remove(proxy);
+    }
+    command.envs(env.iter().copied());
+    command.output().unwrap()
+}
+
+#[test]
+fn https_is_served_with_the_configured_certificate_and_the_cli_trusts_its_ca_file() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = support::ca::Ca::new(certs.path(), "msp");
+    let issued = ca.issue(certs.path(), "latchkey-one", 1);
+    let data = tempfile::tempdir().unwrap();
+    let mut server = start_https(data.path(), &issued);
+    assert_eq!(server.url, format!("https://{}", server.addr));
+    let token = printed_token(&mut server);
+
+    let served = support::https::served_certificate(&server.addr, &ca.pem).unwrap();
+    assert_eq!(served, issued.der, "the configured certificate is served");
+    let (status, body) = support::https::request(&server.addr, &ca.pem, "GET", "/healthz", None);
+    assert_eq!((status, body.contains("\"ok\"")), (200, true), "{body}");
+
+    // The CLI trusts the CA given with --ca-file, or with LATCHKEY_CA_FILE.
+    let ca_file = ca.file.to_str().unwrap();
+    let listed = cli(
+        &server.url,
+        &token,
+        &["tenants", "list", "--ca-file", ca_file],
+        &[],
+    );
+    assert!(listed.status.success(), "{listed:?}");
+    let created = cli(
+        &server.url,
+        &token,
+        &[
+            "tenants",
+            "create",
+            "--name",
+            "customer-1",
+            "--mode",
+            "named",
+        ],
+        &[("LATCHKEY_CA_FILE", ca_file)],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let listed = cli(
+        &server.url,
+        &token,
+        &["tenants", "list", "--json"],
+        &[("LATCHKEY_CA_FILE", ca_file)],
+    );
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("customer-1"),
+        "{listed:?}"
+    );
+
+    // Without it, or trusting another CA, the server's certificate is refused, and nothing
+    // is sent (the token never leaves).
+    let other = support::ca::Ca::new(certs.path(), "other");
+    for args in [
+        vec!["tenants", "list"],
+        vec!["tenants", "list", "--ca-file", other.file.to_str().unwrap()],
+    ] {
+        let refused = cli(&server.url, &token, &args, &[]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("certificate is not trusted"), "{stderr}");
+        assert!(stderr.contains("--ca-file"), "{stderr}");
+        assert!(!stderr.contains(&token), "{stderr}");
+    }
+    assert!(
+        support::https::served_certificate(&server.addr, &other.pem).is_err(),
+        "a client trusting another CA refuses the handshake"
+    );
+
+    // Plain HTTP to the HTTPS port gets no HTTP answer.
+    let mut plain = std::net::TcpStream::connect(&server.addr).unwrap();
+    plain
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    std::io::Write::write_all(&mut plain, b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut plain, &mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+}
+
+#[test]
+fn a_certificate_replaced_on_disk_is_served_without_a_restart() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = support::ca::Ca::new(certs.path(), "msp");
+    let first = ca.issue(certs.path(), "latchkey-one", 1);
+    let data = tempfile::tempdir().unwrap();
+    let mut server = start_https(data.path(), &first);
+    let pid = server.pid();
+    assert_eq!(
+        support::https::served_certificate(&server.addr, &ca.pem).unwrap(),
+        first.der
+    );
+    let served_becomes = |expected: &[u8], what: &str| {
+        let start = std::time::Instant::now();
+        loop {
+            let served = support::https::served_certificate(&server.addr, &ca.pem).unwrap();
+            if served == expected {
+                return;
+            }
+            assert!(
+                start.elapsed() < RELOAD_PATIENCE,
+                "{what} was not served after {RELOAD_PATIENCE:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+
+    // Renewed: a new certificate (another subject and serial) and key, moved over the
+    // files the server was started with, the certificate first.
+    let renewed = ca.issue(certs.path(), "latchkey-two", 2);
+    support::ca::write(
+        &first.cert_file,
+        &std::fs::read_to_string(&renewed.cert_file).unwrap(),
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    support::ca::write(
+        &first.key_file,
+        &std::fs::read_to_string(&renewed.key_file).unwrap(),
+    );
+    served_becomes(&renewed.der, "the renewed certificate");
+
+    // A broken pair (a certificate without its key) is not served: the renewed one stays,
+    // and the log says why.
+    let stray = ca.issue(certs.path(), "latchkey-stray", 3);
+    support::ca::write(
+        &first.cert_file,
+        &std::fs::read_to_string(&stray.cert_file).unwrap(),
+    );
+    std::thread::sleep(latchkey_api::tls::CHECK_INTERVAL * 3);
+    assert_eq!(
+        support::https::served_certificate(&server.addr, &ca.pem).unwrap(),
+        renewed.der,
+        "a certificate whose key did not come is not served"
+    );
+
+    // SIGHUP reads the files at once; a good pair again is served.
+    let third = ca.issue(certs.path(), "latchkey-three", 4);
+    support::ca::write(
+        &first.key_file,
+        &std::fs::read_to_string(&third.key_file).unwrap(),
+    );
+    support::ca::write(
+        &first.cert_file,
+        &std::fs::read_to_string(&third.cert_file).unwrap(),
+    );
+    let hup = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    served_becomes(&third.der, "the third certificate");
+    assert!(server.is_running(), "SIGHUP does not stop the server");
+    assert_eq!(server.pid(), pid, "no restart");
+
+    let log = server.stop_and_keep(data.path());
+    assert!(
+        log.contains("the TLS certificate files changed but cannot be used"),
+        "{log}"
+    );
+    assert!(log.contains("is not the private key"), "{log}");
+    assert!(
+        log.contains("serving the TLS certificate read again from its files"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("PRIVATE KEY"),
+        "no key material in the log: {log}"
+    );
+}
+
+#[test]
+fn plain_http_on_an_address_that_is_not_loopback_needs_the_flag() {
+    let data = tempfile::tempdir().unwrap();
+    support::make_private(data.path());
+    let serve = |extra: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+        command
+            .args(["serve", "--listen", "0.0.0.0:0", "--data"])
+            .arg(data.path())
+            .args(extra)
+            .env_remove("LATCHKEY_STORE")
+            .env_remove("LATCHKEY_INSECURE_HTTP")
+            .env_remove("LATCHKEY_TLS_CERT")
+            .env_remove("LATCHKEY_TLS_KEY");
+        command
+    };
+    let output = serve(&[]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(output.stdout.is_empty(), "it never listened: {output:?}");
+    assert!(
+        stderr.contains("--listen 0.0.0.0:0: not a loopback address"),
+        "{stderr}"
+    );
+    for flag in ["--tls-cert FILE --tls-key FILE", "--insecure-http"] {
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+    assert!(
+        modes_in(data.path()).is_empty(),
+        "refused before touching the data directory"
+    );
+
+    // Asked for by name, plain HTTP is served there, with a warning in the log. (Only
+    // loopback is ever sent to.)
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("server.log");
+    let mut child = serve(&["--insecure-http"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        line.starts_with("latchkey listening on http://0.0.0.0:"),
+        "{line:?}"
+    );
+    // The warning is written before the address is printed.
+    let said = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        said.contains("serving plain HTTP on an address that is not loopback"),
+        "{said}"
+    );
+    assert!(said.contains("--insecure-http"), "{said}");
 }

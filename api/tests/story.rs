@@ -225,6 +225,7 @@ fn some_history(msp: &Msp) {
 
 /// Runs `latchkey replay` with `args` and checks that it says it rebuilt the read models.
 fn replay(args: &[&str], data: &std::path::Path) {
+    support::make_private(data);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_latchkey"))
         .arg("replay")
         .args(args)
@@ -346,6 +347,7 @@ fn offline_secrets_offline_logins_and_the_admin_inventory_over_the_agent_endpoin
         "account": "msp-nik",
         "technician_id": nik["technician_id"],
         "generation": nik["generation"],
+        "admin_group": "Administrators",
         "used_at": "2026-11-23T10:00:00Z",
         "until": "2026-11-23T11:00:00Z",
     });
@@ -353,6 +355,49 @@ fn offline_secrets_offline_logins_and_the_admin_inventory_over_the_agent_endpoin
     assert!(first["recorded"].as_u64().unwrap() >= 1);
     let again = msp.ok("POST", "/v1/agent/offline-logins", &agent, login);
     assert_eq!(again["recorded"], 0, "uploading it again changes nothing");
+    // Until the agent is seen to have taken it back, the login (long over by its clock)
+    // is standing privilege with the login named, and the as-of answer during the login
+    // names it.
+    let login_id = "0190f1e2-0000-7000-8000-000000000042";
+    // (The read models follow the log asynchronously: wait for the upload to reach them.)
+    let offline = loop_until(|| {
+        let standing = msp.ok(
+            "GET",
+            &format!("/v1/tenants/{}/standing-privilege", setup.tenant_id),
+            &msp.admin,
+            json!({}),
+        );
+        let offline: Vec<_> = standing["standing_privilege"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["account"] == "msp-nik")
+            .map(|p| p["offline_login"]["login_id"].clone())
+            .collect();
+        (!offline.is_empty()).then_some(offline)
+    });
+    assert_eq!(offline, [json!(login_id)]);
+    let admins = msp.ok(
+        "GET",
+        &format!(
+            "/v1/tenants/{}/computers/{}/admins?at=2026-11-23T10:30:00Z",
+            setup.tenant_id, setup.agent.computer_id
+        ),
+        &msp.admin,
+        json!({}),
+    );
+    let during: Vec<_> = admins["admins"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{admins:#}"))
+        .iter()
+        .map(|a| {
+            (
+                a["account"].clone(),
+                a["offline_logins"][0]["login_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(during, [(json!("msp-nik"), json!(login_id))], "{admins:#}");
     let before = setup.agent.machine.password("msp-nik").unwrap().to_owned();
     for _ in 0..50 {
         setup.agent.poll(&msp.server, 1);
@@ -417,4 +462,44 @@ fn loop_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     panic!("never happened");
+}
+
+/// After a switch to shared mode, asking for an offline secret before the shared account has
+/// one says which account and mode it is about.
+#[test]
+fn no_offline_secret_yet_names_the_mode_and_the_account() {
+    let msp = Msp::start();
+    let mut setup = msp.setup("named", "W11-OFFLINE");
+    let path = format!(
+        "/v1/tenants/{}/computers/{}/offline-secret",
+        setup.tenant_id, setup.agent.computer_id
+    );
+    let (status, problem) = msp.call("POST", &path, &setup.nik_token, json!({}));
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("named mode and your account msp-nik"),
+        "{problem}"
+    );
+    let (session, _) = msp.check_out(&mut setup);
+    msp.check_in(&mut setup, &session);
+    msp.ok(
+        "PUT",
+        &format!("/v1/tenants/{}/login-mode", setup.tenant_id),
+        &msp.admin,
+        json!({"login_mode": "shared"}),
+    );
+    // nik's named account (and its secret) is retired by the process managers, shortly.
+    let problem = loop_until(|| {
+        let (status, problem) = msp.call("POST", &path, &setup.nik_token, json!({}));
+        (status == 422).then_some(problem)
+    });
+    assert_eq!(problem["type"], "urn:latchkey:problem:no-offline-secret");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("shared mode and its shared account msp-"),
+        "{detail}"
+    );
 }

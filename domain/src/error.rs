@@ -1,7 +1,7 @@
 //! Why `decide` said no. Each variant is one rule; `kind` tells the API which status to use.
 
 use crate::ids::{RequestId, SessionId, TenantId};
-use crate::names::{AccountName, InvalidValue};
+use crate::names::{AccountName, Email, InvalidValue, Username};
 use crate::Timestamp;
 
 /// How a caller should treat a [`DomainError`].
@@ -25,6 +25,17 @@ pub enum DomainError {
     TechnicianNotRegistered,
     #[error("the technician is already registered")]
     TechnicianAlreadyRegistered,
+    #[error(
+        "username {username} is already taken: a username is never given to a second \
+         technician, not even after the first was offboarded"
+    )]
+    UsernameTaken { username: Username },
+    #[error(
+        "e-mail address {email} is already taken (compared without regard to case): an \
+         address is never given to a second technician, not even after the first was \
+         offboarded"
+    )]
+    EmailTaken { email: Email },
     #[error("the technician has been offboarded")]
     TechnicianOffboarded,
     #[error("the technician is not a member of tenant {tenant_id}")]
@@ -45,6 +56,16 @@ pub enum DomainError {
     SessionNotActive,
     #[error("there is no offline secret for you on this computer yet; check out once online")]
     NoOfflineSecret,
+    #[error(
+        "duration_minutes {wanted} is longer than this computer's maximum session of \
+         {max_minutes} minutes"
+    )]
+    SessionLongerThanAllowed { wanted: u32, max_minutes: u32 },
+    #[error(
+        "this computer's agent did not report its admin group and the policy names none: set \
+         admin_group in the tenant's or the computer's policy"
+    )]
+    AdminGroupUnknown,
     #[error("the session does not expire before {expires_at}")]
     ExpiryNotReached { expires_at: Timestamp },
     #[error(
@@ -83,18 +104,34 @@ impl DomainError {
             | TechnicianAlreadyRegistered
             | ComputerAlreadyEnrolled
             | SessionAlreadyExists
+            | UsernameTaken { .. }
+            | EmailTaken { .. }
             | AccountNameTaken { .. } => ErrorKind::Conflict,
             TechnicianOffboarded
             | TechnicianNotInTenant { .. }
             | ComputerDecommissioned
             | ComputerOfOtherTenant
             | ExpiryNotReached { .. }
+            | SessionLongerThanAllowed { .. }
+            | AdminGroupUnknown
             | SessionNotActive
             | NoOfflineSecret
             | AccountNotProvisioned { .. }
             | AccountOwnedByOther { .. }
             | SharedAccountMissing
             | Invalid(_) => ErrorKind::Rejected,
+        }
+    }
+
+    /// The request field the refusal is about, where it is about one.
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            DomainError::SessionLongerThanAllowed { .. } => Some("duration_minutes"),
+            DomainError::AdminGroupUnknown => Some("admin_group"),
+            DomainError::UsernameTaken { .. } => Some(Username::FIELD),
+            DomainError::EmailTaken { .. } => Some(Email::FIELD),
+            DomainError::Invalid(invalid) => Some(invalid.field),
+            _ => None,
         }
     }
 }

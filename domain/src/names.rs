@@ -148,12 +148,12 @@ validated_string!(
     /// A local account name on a computer, e.g. `msp-nik`, `msp-2356`, `nik_566054625600`.
     /// The portable subset that both `useradd` and Windows accept.
     AccountName, field = "account",
-    rule = "must be 1-32 characters of a-z, 0-9, '_' and '-', starting with a letter or '_'",
-    schema = { "pattern": "^[a-z_][a-z0-9_-]{0,31}$" },
+    rule = "must be 1-32 characters of a-z, 0-9, '.', '_' and '-', starting with a letter or '_'",
+    schema = { "pattern": "^[a-z_][a-z0-9._-]{0,31}$" },
     check = |v| {
         (1..=32).contains(&v.len())
             && v.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && all(v, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-".contains(c))
+            && all(v, |c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
     }
 );
 

@@ -103,12 +103,21 @@ impl World {
         id: TechnicianId,
         command: TechnicianCommand,
     ) -> Result<(), DomainError> {
+        self.technician_quiet(id, command)?;
+        self.settle();
+        Ok(())
+    }
+
+    fn technician_quiet(
+        &mut self,
+        id: TechnicianId,
+        command: TechnicianCommand,
+    ) -> Result<(), DomainError> {
         let state = self.technicians.get(&id).cloned().unwrap_or_default();
         let events = Technician::decide(&state, command)?;
         self.technicians
             .insert(id, events.iter().fold(state, Technician::evolve));
         self.record(&events, AnyEvent::Technician);
-        self.settle();
         Ok(())
     }
 
@@ -163,6 +172,10 @@ impl World {
                         session_id,
                         command,
                     } => self.session_quiet(session_id, command),
+                    Command::Technician {
+                        technician_id,
+                        command,
+                    } => self.technician_quiet(technician_id, command),
                 };
                 if let Err(e) = result {
                     panic!("a process manager's command after {event:?} was refused: {e}");
@@ -216,6 +229,7 @@ impl World {
                     hostname: Hostname::parse(format!("W11-{i}")).unwrap(),
                     os: OsKind::Windows,
                     agent_key_id: AgentKeyId(Uuid::from_u128(500 + i as u128)),
+                    admin_group: None,
                     by: admin(),
                     at: t(0),
                 },
@@ -514,7 +528,7 @@ fn policy(delete: bool, reuse: bool, rotate: bool, sudo: bool) -> JitPolicy {
         },
         reuse_existing_account: reuse && !delete,
         rotate_on_check_in: rotate,
-        ..JitPolicy::default_for(GroupName::parse(group).unwrap())
+        ..JitPolicy::default_for(Some(GroupName::parse(group).unwrap()))
             .fields()
             .clone()
     };

@@ -24,6 +24,11 @@ use uuid::Uuid;
 /// `admin_memberships`: one row per interval of an account being in an admin group, opened
 /// by a verified join and closed by a verified removal, deletion or an observation that the
 /// account is no longer in the group (`left_*` null while open). Positions are the log's.
+/// `offline_logins`: one row per login the agent granted offline with a TOTP code, from
+/// `used_at` until the agent takes it back at `until`; `ended_at` is set when an observation
+/// (a verified report on the account, or the admin-group inventory) shows the account out of
+/// the group after the login. `admin_group` is the agent's, or for uploads that did not say
+/// it, the group of the agent's inventory.
 /// `provisioning_requests`: `status` is pending | failed | done | superseded; `open` mirrors
 /// the computer aggregate's open requests (a failed grant is closed, a failed revocation or
 /// clean-up stays open until it is retried, superseded or done).
@@ -55,6 +60,14 @@ CREATE INDEX IF NOT EXISTS admin_memberships_by_computer
 CREATE INDEX IF NOT EXISTS admin_memberships_open ON admin_memberships (left_at, computer_id);
 CREATE INDEX IF NOT EXISTS admin_memberships_open_by_account
     ON admin_memberships (computer_id, account, admin_group) WHERE left_at IS NULL;
+CREATE TABLE IF NOT EXISTS offline_logins (
+    computer_id TEXT NOT NULL, login_id TEXT NOT NULL, account TEXT NOT NULL,
+    technician_id TEXT, admin_group TEXT, used_at TEXT NOT NULL, until TEXT NOT NULL,
+    ended_at TEXT,
+    PRIMARY KEY (computer_id, login_id)
+);
+CREATE INDEX IF NOT EXISTS offline_logins_open
+    ON offline_logins (computer_id, account) WHERE ended_at IS NULL;
 CREATE TABLE IF NOT EXISTS provisioning_requests (
     computer_id TEXT NOT NULL, request_id INTEGER NOT NULL, session_id TEXT,
     purpose TEXT NOT NULL, account TEXT NOT NULL, operation TEXT NOT NULL,
@@ -156,6 +169,21 @@ pub struct StandingPrivilege {
     /// The oldest open request that would end the membership: pending (on its way) or
     /// failed (stuck, waiting for a retry). `None`: nothing is under way to end it.
     pub removal: Option<MembershipRemovalRequest>,
+    /// The offline login the membership was granted for, when its end time has passed and
+    /// no observation has shown the account out of the group yet (the agent takes offline
+    /// access back itself; no server request is under way).
+    pub offline_login: Option<OfflineLoginRef>,
+}
+
+/// A login the agent granted offline with a technician's TOTP code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OfflineLoginRef {
+    pub login_id: Uuid,
+    /// `None` for the shared account.
+    pub technician_id: Option<TechnicianId>,
+    pub used_at: DateTime<Utc>,
+    /// When the agent takes the access back.
+    pub until: DateTime<Utc>,
 }
 
 /// An account that was in an admin group on a computer at a given time.
@@ -168,6 +196,8 @@ pub struct AdminAsOf {
     /// The sessions on the computer with this account whose lifetime (check-out to close)
     /// covers the time asked about; empty if the membership was lingering then.
     pub sessions: Vec<SessionId>,
+    /// The offline logins that held the account in the group at the time asked about.
+    pub offline_logins: Vec<OfflineLoginRef>,
 }
 
 /// A request the agent has to carry out.
@@ -350,8 +380,44 @@ pub(crate) fn apply(
         | E::SessionAccessGranted(_)
         | E::SessionAccessFailed(_)
         | E::SessionAccessReleased(_)
-        | E::OfflineSecretDisclosed(_)
-        | E::OfflineLoginRecorded(_) => {}
+        | E::OfflineSecretDisclosed(_) => {}
+        E::OfflineLoginRecorded(e) => {
+            let computer = e.computer_id.to_string();
+            crate::exec(
+                tx,
+                "INSERT INTO offline_logins
+                     (computer_id, login_id, account, technician_id, admin_group, used_at, until)
+                 VALUES (?1, ?2, ?3, ?4,
+                         COALESCE(CAST(?5 AS TEXT),
+                                  (SELECT MIN(admin_group) FROM admin_inventory
+                                   WHERE computer_id = ?1)),
+                         ?6, ?7)
+                 ON CONFLICT (computer_id, login_id) DO NOTHING",
+                params![
+                    computer,
+                    e.login_id.to_string(),
+                    e.account.as_str(),
+                    e.technician_id.map(|t| t.to_string()),
+                    e.admin_group.as_ref().map(|g| g.as_str()),
+                    time(&e.used_at),
+                    time(&e.until),
+                ],
+            )?;
+            // Uploaded after its end, the login may already be over by the agent's latest
+            // inventory: reported after `until` without the account.
+            crate::exec(
+                tx,
+                "UPDATE offline_logins
+                 SET ended_at = (SELECT MAX(reported_at) FROM admin_inventory
+                                 WHERE computer_id = ?1)
+                 WHERE computer_id = ?1 AND login_id = ?2 AND ended_at IS NULL
+                   AND EXISTS (SELECT 1 FROM admin_inventory i
+                               WHERE i.computer_id = ?1 AND i.reported_at >= offline_logins.until)
+                   AND NOT EXISTS (SELECT 1 FROM admin_inventory i
+                                   WHERE i.computer_id = ?1 AND i.member = offline_logins.account)",
+                params![computer, e.login_id.to_string()],
+            )?;
+        }
         E::AdminGroupInventoried(e) => {
             let computer = e.computer_id.to_string();
             crate::exec_later(
@@ -366,6 +432,22 @@ pub(crate) fn apply(
                      VALUES (?1, ?2, ?3, ?4)",
                     params![computer, e.group.as_str(), member, time(&e.at)],
                 )?;
+            }
+            // The inventory is an observation of the machine: an offline login whose
+            // account it no longer shows in the group has ended.
+            crate::exec(
+                tx,
+                "UPDATE offline_logins SET admin_group = ?2
+                 WHERE computer_id = ?1 AND admin_group IS NULL",
+                params![computer, e.group.as_str()],
+            )?;
+            let open = open_offline_logins(tx, &computer, None)?;
+            for (login, account, group, used_at) in open {
+                let gone =
+                    group.as_deref() == Some(e.group.as_str()) && !e.members.contains(&account);
+                if gone && used_at <= time(&e.at) {
+                    end_offline_login(tx, &computer, &login, &time(&e.at))?;
+                }
             }
         }
     }
@@ -450,10 +532,32 @@ fn verified_result(
         Vec::new()
     };
     let still_in = serde_json::to_string(&still_in).expect("group names serialise");
-    let groups = match tx.dialect() {
-        Dialect::Sqlite => "SELECT value FROM json_each(?8)",
-        Dialect::Postgres => "SELECT jsonb_array_elements_text(CAST(CAST(?8 AS TEXT) AS jsonb))",
+    // The groups of that list, from parameter `n`.
+    let groups = |n: usize| match tx.dialect() {
+        Dialect::Sqlite => format!("SELECT value FROM json_each(?{n})"),
+        Dialect::Postgres => {
+            format!("SELECT jsonb_array_elements_text(CAST(CAST(?{n} AS TEXT) AS jsonb))")
+        }
     };
+    // An offline login ends with the first verified observation at or after its use that
+    // shows the account out of the login's group (or, for a login that names none, gone).
+    crate::exec_later(
+        tx,
+        &format!(
+            "UPDATE offline_logins SET ended_at = ?3
+             WHERE computer_id = ?1 AND account = ?2 AND ended_at IS NULL AND used_at <= ?3
+               AND CASE WHEN admin_group IS NULL THEN CAST(?4 AS BIGINT) <> 0
+                        ELSE admin_group NOT IN ({}) END",
+            groups(5)
+        ),
+        params![
+            computer,
+            account,
+            at,
+            !r.verified.present || matches!(r.change, Change::Deleted),
+            still_in,
+        ],
+    )?;
     crate::exec_later(
         tx,
         &format!(
@@ -461,7 +565,8 @@ fn verified_result(
              SET left_at = ?3, left_request = ?4, left_event = ?5, left_commit = ?6,
                  left_prepare = ?7
              WHERE computer_id = ?1 AND account = ?2 AND left_at IS NULL
-               AND admin_group NOT IN ({groups})"
+               AND admin_group NOT IN ({})",
+            groups(8)
         ),
         params![
             computer,
@@ -473,6 +578,41 @@ fn verified_result(
             recorded.position.prepare as i64,
             still_in,
         ],
+    )?;
+    Ok(())
+}
+
+/// An offline login not yet seen to have ended: (login id, account, admin group, used at).
+type OpenOfflineLogin = (String, String, Option<String>, String);
+
+/// The offline logins on a computer (for one account, or all) not yet seen to have ended.
+fn open_offline_logins(
+    tx: &dyn Sql,
+    computer: &str,
+    account: Option<&str>,
+) -> latchkey_store::sql::Result<Vec<OpenOfflineLogin>> {
+    let mut statement = tx.prepare_cached(
+        "SELECT login_id, account, admin_group, used_at FROM offline_logins
+         WHERE computer_id = ?1 AND ended_at IS NULL
+           AND (CAST(?2 AS TEXT) IS NULL OR account = ?2)",
+    )?;
+    let rows = statement.query_map(params![computer, account], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    })?;
+    rows.collect()
+}
+
+fn end_offline_login(
+    tx: &dyn Sql,
+    computer: &str,
+    login: &str,
+    at: &str,
+) -> latchkey_store::sql::Result<()> {
+    crate::exec(
+        tx,
+        "UPDATE offline_logins SET ended_at = ?3
+         WHERE computer_id = ?1 AND login_id = ?2 AND ended_at IS NULL",
+        params![computer, login, at],
     )?;
     Ok(())
 }
@@ -498,6 +638,16 @@ fn operation_json(operation: &Operation) -> String {
 
 /// A column this module wrote from a domain value that no longer parses: the file was
 /// tampered with or written by another version. Reported, never guessed at.
+/// An [`OfflineLoginRef`] from columns `at`.. (login id, technician id, used at, until).
+fn offline_login_at(row: &Row, at: usize) -> latchkey_store::sql::Result<OfflineLoginRef> {
+    Ok(OfflineLoginRef {
+        login_id: parsed(row, at, uuid)?,
+        technician_id: parsed_opt(row, at + 1, uuid)?.map(TechnicianId),
+        used_at: parsed(row, at + 2, instant)?,
+        until: parsed(row, at + 3, instant)?,
+    })
+}
+
 fn bad_column(column: usize, error: impl std::fmt::Display) -> SqlError {
     SqlError::column(column, error)
 }
@@ -621,10 +771,14 @@ impl Queries<'_> {
 
     /// Admin-group memberships in force that no open session on their computer uses: the
     /// list DESIGN.md §4 wants empty. A membership lingering after its last session closed
-    /// (removal pending or stuck) is listed until the agent verifies it gone.
+    /// (removal pending or stuck) is listed until the agent verifies it gone. An offline
+    /// login explains its account's membership until its end time (`now` decides: the
+    /// read models have no clock); past it, until an observation shows the account out of
+    /// the group, it is listed with the offline login named.
     pub fn standing_privilege(
         &self,
         tenant: Option<TenantId>,
+        now: DateTime<Utc>,
     ) -> Result<Vec<StandingPrivilege>, ProjectionError> {
         // The operation column holds JSON; each database has its own way into it.
         let (op, group) = match self.dialect() {
@@ -657,10 +811,15 @@ impl Queries<'_> {
                AND NOT EXISTS (SELECT 1 FROM sessions s
                                WHERE s.computer_id = m.computer_id AND s.account = m.account
                                  AND s.open = 1)
+               AND NOT EXISTS (SELECT 1 FROM offline_logins o
+                               WHERE o.computer_id = m.computer_id AND o.account = m.account
+                                 AND o.ended_at IS NULL AND o.until > ?2)
              ORDER BY c.tenant_id, c.hostname, m.computer_id, m.account, m.admin_group"
         );
+        let tenant = tenant.map(|t| t.to_string());
+        let now = time(&now);
         let mut statement = self.conn().prepare_cached(&sql)?;
-        let rows = statement.query_map([tenant.map(|t| t.to_string())], |row| {
+        let rows = statement.query_map(params![tenant, now], |row| {
             let removal = match row.get::<_, Option<i64>>(8)? {
                 None => None,
                 Some(_) => Some(MembershipRemovalRequest {
@@ -680,9 +839,61 @@ impl Queries<'_> {
                 granted_for: parsed_opt(row, 6, uuid)?.map(SessionId),
                 last_session_closed_at: parsed_opt(row, 7, instant)?,
                 removal,
+                offline_login: None,
             })
         })?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        let mut out: Vec<StandingPrivilege> = rows.collect::<latchkey_store::sql::Result<_>>()?;
+        // Offline logins past their end that no observation has shown over, and that no
+        // membership above or open session already accounts for.
+        let mut statement = self.conn().prepare_cached(
+            "SELECT o.computer_id, c.tenant_id, c.hostname, o.account, o.admin_group,
+                    o.used_at, o.login_id, o.technician_id, o.until,
+                    (SELECT MAX(s.closed_at) FROM sessions s
+                     WHERE s.computer_id = o.computer_id AND s.account = o.account)
+             FROM offline_logins o JOIN computers c ON c.id = o.computer_id
+             WHERE o.ended_at IS NULL AND o.until <= ?2 AND o.admin_group IS NOT NULL
+               AND (CAST(?1 AS TEXT) IS NULL OR c.tenant_id = ?1)
+               AND NOT EXISTS (SELECT 1 FROM sessions s
+                               WHERE s.computer_id = o.computer_id AND s.account = o.account
+                                 AND s.open = 1)
+               AND NOT EXISTS (SELECT 1 FROM admin_memberships m
+                               WHERE m.computer_id = o.computer_id AND m.account = o.account
+                                 AND m.admin_group = o.admin_group AND m.left_at IS NULL)
+               AND NOT EXISTS (SELECT 1 FROM offline_logins later
+                               WHERE later.computer_id = o.computer_id
+                                 AND later.account = o.account AND later.ended_at IS NULL
+                                 AND (later.until > ?2 OR later.used_at > o.used_at
+                                      OR (later.used_at = o.used_at
+                                          AND later.login_id > o.login_id)))",
+        )?;
+        let rows = statement.query_map(params![tenant, now], |row| {
+            Ok(StandingPrivilege {
+                computer_id: ComputerId(parsed(row, 0, uuid)?),
+                tenant_id: TenantId(parsed(row, 1, uuid)?),
+                hostname: parsed(row, 2, Hostname::parse)?,
+                account: parsed(row, 3, AccountName::parse)?,
+                admin_group: parsed(row, 4, GroupName::parse)?,
+                joined_at: parsed(row, 5, instant)?,
+                granted_for: None,
+                last_session_closed_at: parsed_opt(row, 9, instant)?,
+                removal: None,
+                offline_login: Some(offline_login_at(row, 6)?),
+            })
+        })?;
+        out.extend(rows.collect::<latchkey_store::sql::Result<Vec<_>>>()?);
+        out.sort_by(|a, b| {
+            let key = |p: &StandingPrivilege| {
+                (
+                    p.tenant_id.to_string(),
+                    p.hostname.as_str().to_owned(),
+                    p.computer_id.to_string(),
+                    p.account.clone(),
+                    p.admin_group.as_str().to_owned(),
+                )
+            };
+            key(a).cmp(&key(b))
+        });
+        Ok(out)
     }
 
     /// Which accounts were in an admin group on `computer` at `at` (joined at or before it,
@@ -706,9 +917,53 @@ impl Queries<'_> {
                 joined_at: parsed(row, 2, instant)?,
                 left_at: parsed_opt(row, 3, instant)?,
                 sessions: Vec::new(),
+                offline_logins: Vec::new(),
             })
         })?;
         let mut out: Vec<AdminAsOf> = rows.collect::<latchkey_store::sql::Result<_>>()?;
+        // Offline logins in force then: they explain a membership the log knows, or are one
+        // of their own (the agent added the account without a request of ours).
+        let mut offline = self.conn().prepare_cached(
+            "SELECT account, admin_group, used_at, ended_at, login_id, technician_id, used_at,
+                    until
+             FROM offline_logins
+             WHERE computer_id = ?1 AND admin_group IS NOT NULL AND used_at <= ?2
+               AND (ended_at IS NULL OR ended_at > ?2)
+             ORDER BY used_at, login_id",
+        )?;
+        let rows = offline.query_map(params![computer, at], |row| {
+            Ok((
+                parsed(row, 0, AccountName::parse)?,
+                parsed(row, 1, GroupName::parse)?,
+                parsed(row, 2, instant)?,
+                parsed_opt(row, 3, instant)?,
+                offline_login_at(row, 4)?,
+            ))
+        })?;
+        for row in rows {
+            let (account, admin_group, used_at, ended_at, login) = row?;
+            match out
+                .iter_mut()
+                .find(|a| a.account == account && a.admin_group == admin_group)
+            {
+                Some(admin) => admin.offline_logins.push(login),
+                None => out.push(AdminAsOf {
+                    account,
+                    admin_group,
+                    joined_at: used_at,
+                    left_at: ended_at,
+                    sessions: Vec::new(),
+                    offline_logins: vec![login],
+                }),
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.account, a.admin_group.as_str(), a.joined_at).cmp(&(
+                &b.account,
+                b.admin_group.as_str(),
+                b.joined_at,
+            ))
+        });
         let mut sessions = self.conn().prepare_cached(
             "SELECT id FROM sessions
              WHERE computer_id = ?1 AND account = ?2 AND checked_out_at <= ?3
@@ -794,8 +1049,13 @@ pub struct AdminDrift {
 
 impl Queries<'_> {
     /// Admin-group members that no open session on the computer explains, per the agents'
-    /// latest inventories.
-    pub fn admin_drift(&self, tenant: TenantId) -> Result<Vec<AdminDrift>, ProjectionError> {
+    /// latest inventories. An offline login explains its account until its end time
+    /// (`now`; the read models have no clock).
+    pub fn admin_drift(
+        &self,
+        tenant: TenantId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<AdminDrift>, ProjectionError> {
         let mut statement = self.conn().prepare_cached(
             "SELECT i.computer_id, c.hostname, i.admin_group, i.member, i.reported_at,
                     EXISTS (SELECT 1 FROM managed_accounts m
@@ -806,9 +1066,12 @@ impl Queries<'_> {
                AND NOT EXISTS (SELECT 1 FROM sessions s
                                WHERE s.computer_id = i.computer_id AND s.account = i.member
                                  AND s.open = 1)
+               AND NOT EXISTS (SELECT 1 FROM offline_logins o
+                               WHERE o.computer_id = i.computer_id AND o.account = i.member
+                                 AND o.ended_at IS NULL AND o.until > ?2)
              ORDER BY c.hostname, i.member",
         )?;
-        let rows = statement.query_map([tenant.to_string()], |row| {
+        let rows = statement.query_map(params![tenant.to_string(), time(&now)], |row| {
             let computer: String = row.get(0)?;
             Ok(AdminDrift {
                 computer_id: ComputerId(

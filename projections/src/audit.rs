@@ -330,6 +330,8 @@ pub(crate) fn apply(
     let lines = match event {
         AnyEvent::Tenant(e) => vec![tenant_line(&names, recorded, e)?],
         AnyEvent::Technician(e) => technician_lines(&names, e)?,
+        // The registration that follows says it in the technician's own words.
+        AnyEvent::TechnicianNames(_) => vec![],
         AnyEvent::Computer(e) => {
             remember(tx, cache, e)?;
             vec![computer_line(&names, recorded, e)?]
@@ -898,7 +900,9 @@ fn policy_text(policy: &JitPolicy) -> String {
          sessions of at most {} minutes, {}-character passwords of {}, password rotation at \
          check-in {}, named accounts {}",
         on_off(policy.provisioning_enabled()),
-        policy.admin_group(),
+        policy
+            .admin_group()
+            .map_or("each computer's own".to_owned(), |g| g.to_string()),
         on_off(policy.reuse_existing_account()),
         policy.max_session().as_minutes(),
         password.length(),

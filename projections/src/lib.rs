@@ -71,6 +71,8 @@ pub const POSTGRES_SCHEMA: &str = "latchkey_read";
 pub struct ReadModels {
     db: Database,
     memory: Memory,
+    /// On PostgreSQL, where to connect again when the connection breaks: (URL, schema).
+    reconnect: Option<(String, String)>,
 }
 
 /// What the writer remembers between its transactions.
@@ -158,12 +160,25 @@ fn create_postgres_schema(conn: &PgConnection) -> Result<(), ProjectionError> {
     Ok(())
 }
 
+/// A connection for the read models' writer. Its commits do not wait for the disk, as the
+/// SQLite read models' do not (`synchronous = NORMAL`): read models are rebuilt from the
+/// log, and a crash of the database can only lose the last transactions whole, rows and
+/// checkpoint together, which are then applied again. Set on this connection only: the event
+/// log's appends and the API's tokens, secrets and idempotency keys, on connections of their
+/// own, commit durably.
+fn writer_connection(url: &str, schema: &str) -> Result<PgConnection, ProjectionError> {
+    let conn = PgConnection::connect(url, schema)?;
+    conn.batch("SET synchronous_commit TO off")?;
+    Ok(conn)
+}
+
 /// The advisory lock key that serialises schema creation and read-model writers.
 const SCHEMA_LOCK: i64 = 0x6c6b_7265_6164; // "lkread"
 
 impl ReadModels {
+    /// Opens the SQLite file at `path`, created 0600 if missing.
     pub fn open(path: &Path) -> Result<Self, ProjectionError> {
-        let conn = Connection::open(path)?;
+        let conn = latchkey_store::sql::open_sqlite(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         Self::init(conn)
     }
@@ -180,17 +195,28 @@ impl ReadModels {
 
     /// The read models in another schema (a rebuild's, before it replaces the live one).
     pub fn open_postgres_schema(url: &str, schema: &str) -> Result<Self, ProjectionError> {
-        let conn = PgConnection::connect(url, schema)?;
+        let conn = writer_connection(url, schema)?;
         create_postgres_schema(&conn)?;
-        // The writer's commits do not wait for the disk, as the SQLite read models' do not
-        // (`synchronous = NORMAL`): read models are rebuilt from the log, and a crash of the
-        // database can only lose the last transactions whole, rows and checkpoint together,
-        // which are then applied again. The event log's own commits stay durable.
-        conn.batch("SET synchronous_commit TO off")?;
         Ok(Self {
             db: Database::Postgres(conn),
             memory: Memory::default(),
+            reconnect: Some((url.to_owned(), schema.to_owned())),
         })
+    }
+
+    /// On PostgreSQL, replaces a connection that broke (the database restarted, or an
+    /// administrator ended it) with a new one. A failure to connect is returned; the caller
+    /// tries again later. Blocking.
+    /// What this writer remembered is forgotten: its last transaction may or may not have
+    /// committed.
+    pub fn reconnect_if_broken(&mut self) -> Result<(), ProjectionError> {
+        if let (Database::Postgres(conn), Some((url, schema))) = (&self.db, &self.reconnect) {
+            if conn.is_closed() {
+                self.db = Database::Postgres(writer_connection(url, schema)?);
+                self.memory.forget();
+            }
+        }
+        Ok(())
     }
 
     /// Makes the read models rebuilt in `rebuilt` the live ones, in one transaction: the
@@ -226,6 +252,7 @@ impl ReadModels {
         Ok(Self {
             db: Database::Sqlite(conn),
             memory: Memory::default(),
+            reconnect: None,
         })
     }
 

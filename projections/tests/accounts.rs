@@ -241,7 +241,7 @@ impl Story {
 
     fn standing(&self) -> Vec<String> {
         self.q()
-            .standing_privilege(None)
+            .standing_privilege(None, far_future())
             .unwrap()
             .into_iter()
             .map(|s| format!("{} {} {}", s.hostname, s.account, s.admin_group))
@@ -343,7 +343,10 @@ async fn a_failed_revocation_is_stuck_until_retried_and_then_pending_again() {
     );
     assert_eq!(s.q().failed_requests(Some(CUSTOMER_1)).unwrap(), failed);
     assert!(s.q().failed_requests(Some(CUSTOMER_2)).unwrap().is_empty());
-    let standing = s.q().standing_privilege(Some(CUSTOMER_1)).unwrap();
+    let standing = s
+        .q()
+        .standing_privilege(Some(CUSTOMER_1), far_future())
+        .unwrap();
     assert_eq!(standing.len(), 1, "the stuck removal leaves the membership");
     assert_eq!(
         standing[0].removal,
@@ -393,7 +396,7 @@ async fn a_membership_left_after_check_in_is_standing_privilege_until_removed() 
     assert!(s.standing().is_empty());
 
     s.check_in(S1, at(20)).await;
-    let standing = s.q().standing_privilege(None).unwrap();
+    let standing = s.q().standing_privilege(None, far_future()).unwrap();
     assert_eq!(s.standing(), vec!["W11-L-PASSWORD msp-nik Administrators"]);
     assert_eq!(standing[0].tenant_id, CUSTOMER_1);
     assert_eq!(standing[0].granted_for, Some(S1));
@@ -404,12 +407,14 @@ async fn a_membership_left_after_check_in_is_standing_privilege_until_removed() 
         Some(ProvisioningStatus::Pending)
     );
     assert_eq!(
-        s.q().standing_privilege(Some(CUSTOMER_1)).unwrap(),
+        s.q()
+            .standing_privilege(Some(CUSTOMER_1), far_future())
+            .unwrap(),
         standing
     );
     assert!(s
         .q()
-        .standing_privilege(Some(CUSTOMER_2))
+        .standing_privilege(Some(CUSTOMER_2), far_future())
         .unwrap()
         .is_empty());
 
@@ -600,4 +605,186 @@ async fn replaying_the_log_rebuilds_identical_read_models() {
     assert_ne!(s.models.dump().unwrap(), live);
     s.models.apply(&all).unwrap();
     assert_eq!(s.models.dump().unwrap(), live, "cleared and replayed");
+}
+
+/// Later than every story here: "now" for the views that ask what holds now.
+fn far_future() -> Timestamp {
+    at(100_000)
+}
+
+const OFFLINE: Uuid = Uuid::from_u128(4242);
+
+impl Story {
+    /// The agent reports the admin group as its machine has it, with the built-in admin.
+    async fn inventory(&mut self, at: Timestamp) {
+        let mut members: BTreeSet<String> = self
+            .machine
+            .iter()
+            .filter(|(_, (groups, _))| groups.contains(&administrators()))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        members.insert("Administrator".into());
+        self.on_computer(ComputerCommand::ReportInventory {
+            group: administrators(),
+            members,
+            at,
+        })
+        .await;
+    }
+
+    /// The agent uploads nik's offline login from minute 30 to 90.
+    async fn upload_offline_login(&mut self, group: Option<GroupName>, uploaded: Timestamp) {
+        self.on_computer(ComputerCommand::RecordOfflineLogin {
+            login_id: OFFLINE,
+            account: account("msp-nik"),
+            technician_id: Some(NIK),
+            generation: 1,
+            admin_group: group,
+            used_at: at(30),
+            until: at(90),
+            at: uploaded,
+        })
+        .await;
+    }
+
+    /// nik has had a session on W11 (so msp-nik exists), long over.
+    async fn with_an_earlier_session() -> Self {
+        let mut s = Story::new().await;
+        s.check_out(nik_on_w11(S1, at(10))).await;
+        s.agent_answers_everything(at(11)).await;
+        s.check_in(S1, at(20)).await;
+        s.agent_answers_everything(at(21)).await;
+        s
+    }
+
+    fn drift(&self, now: Timestamp) -> Vec<String> {
+        self.q()
+            .admin_drift(CUSTOMER_1, now)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.member)
+            .collect()
+    }
+
+    fn standing_at(&self, now: Timestamp) -> Vec<(String, Option<Uuid>)> {
+        self.q()
+            .standing_privilege(None, now)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.account.to_string(), s.offline_login.map(|o| o.login_id)))
+            .collect()
+    }
+
+    fn offline_admins_at(&self, at: Timestamp) -> Vec<(String, Vec<Uuid>)> {
+        self.q()
+            .admins_as_of(W11, at)
+            .unwrap()
+            .into_iter()
+            .map(|a| {
+                let logins = a.offline_logins.iter().map(|o| o.login_id).collect();
+                (a.account.to_string(), logins)
+            })
+            .collect()
+    }
+}
+
+/// DESIGN.md's views of who is an admin (as of a time, standing privilege, drift) agree
+/// about an offline login: during it the account is an admin through the login, which is no
+/// standing privilege and no drift; past its end, until the agent is seen to have taken it
+/// back, it is both, with the login named; once seen over, it is neither.
+#[tokio::test]
+async fn an_offline_login_is_an_admin_in_every_view_until_it_is_seen_over() {
+    let mut s = Story::with_an_earlier_session().await;
+    assert!(s.standing_at(far_future()).is_empty());
+    // Offline at 30 the agent adds msp-nik to the group; back online it reports the group
+    // and uploads the login at 40, and the server rotates the printed password away.
+    s.machine
+        .get_mut(&account("msp-nik"))
+        .unwrap()
+        .0
+        .insert(administrators());
+    s.inventory(at(35)).await;
+    s.upload_offline_login(Some(administrators()), at(40)).await;
+    s.agent_answers_everything(at(41)).await;
+
+    let nik = |logins: Vec<Uuid>| vec![("msp-nik".to_owned(), logins)];
+    assert_eq!(s.offline_admins_at(at(25)), vec![], "before the login");
+    assert_eq!(s.offline_admins_at(at(50)), nik(vec![OFFLINE]));
+    let during = s.q().admins_as_of(W11, at(50)).unwrap();
+    assert_eq!((during[0].joined_at, during[0].left_at), (at(30), None));
+    assert_eq!(during[0].offline_logins[0].technician_id, Some(NIK));
+    assert_eq!(during[0].offline_logins[0].until, at(90));
+    assert!(during[0].sessions.is_empty());
+    assert_eq!(
+        s.standing_at(at(50)),
+        vec![],
+        "explained by the offline login"
+    );
+    assert_eq!(
+        s.drift(at(50)),
+        vec!["Administrator"],
+        "explained by the login"
+    );
+
+    // Past its end and still in the group as far as anyone has seen.
+    assert_eq!(
+        s.standing_at(at(95)),
+        vec![("msp-nik".to_owned(), Some(OFFLINE))]
+    );
+    assert_eq!(s.drift(at(95)), vec!["Administrator", "msp-nik"]);
+
+    // The agent takes it back at 90 and its next inventory shows that.
+    s.machine
+        .get_mut(&account("msp-nik"))
+        .unwrap()
+        .0
+        .remove(&administrators());
+    s.inventory(at(91)).await;
+    assert_eq!(s.standing_at(at(95)), vec![]);
+    assert_eq!(s.drift(at(95)), vec!["Administrator"]);
+    assert_eq!(s.offline_admins_at(at(95)), vec![]);
+    let history = s.q().admins_as_of(W11, at(50)).unwrap();
+    assert_eq!(history[0].left_at, Some(at(91)), "ended when seen over");
+}
+
+/// Uploaded after the agent's inventory already showed it over, the login is over at once;
+/// uploaded without its group (an older agent), it takes the group of the inventory.
+#[tokio::test]
+async fn an_offline_login_uploaded_after_it_ended_is_over_and_named_in_the_past() {
+    let mut s = Story::with_an_earlier_session().await;
+    s.inventory(at(95)).await; // msp-nik not in the group any more
+    s.upload_offline_login(None, at(100)).await;
+    s.agent_answers_everything(at(101)).await;
+    assert_eq!(s.standing_at(at(120)), vec![]);
+    assert_eq!(s.drift(at(120)), vec!["Administrator"]);
+    assert_eq!(s.offline_admins_at(at(120)), vec![]);
+    let then = s.q().admins_as_of(W11, at(60)).unwrap();
+    assert_eq!(then.len(), 1, "{then:#?}");
+    assert_eq!(
+        then[0].admin_group,
+        administrators(),
+        "the inventory's group"
+    );
+    assert_eq!(then[0].offline_logins[0].login_id, OFFLINE);
+    assert_eq!(then[0].left_at, Some(at(95)));
+}
+
+/// A verified report on the account is an observation too: the clean-up rotation after the
+/// upload shows msp-nik out of the group, so the login is over.
+#[tokio::test]
+async fn a_verified_report_that_shows_the_account_out_of_the_group_ends_an_offline_login() {
+    let mut s = Story::with_an_earlier_session().await;
+    s.upload_offline_login(Some(administrators()), at(100))
+        .await;
+    assert_eq!(
+        s.standing_at(at(100)),
+        vec![("msp-nik".to_owned(), Some(OFFLINE))],
+        "not seen over yet"
+    );
+    s.agent_answers_everything(at(101)).await; // the rotation: not in Administrators
+    assert_eq!(s.standing_at(at(120)), vec![]);
+    assert_eq!(
+        s.q().admins_as_of(W11, at(60)).unwrap()[0].left_at,
+        Some(at(101))
+    );
 }

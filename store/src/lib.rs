@@ -3,12 +3,13 @@
 //! subscriptions), its backends, and the conformance suite every backend must pass.
 //! Nothing above this crate knows which backend it talks to; nothing here knows the domain.
 //! `sql` is the read side's small SQL interface over SQLite and PostgreSQL (the read models
-//! and the server's own tables use it).
+//! and the server's own tables use it). `files` creates their files private to their owner.
 
 pub mod api;
 mod append_rules;
 pub mod conformance;
 pub mod embedded;
+pub mod files;
 pub mod hash_chain;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrentdb;

@@ -43,6 +43,20 @@ pub enum SqlError {
     /// nothing more may run in it and it cannot commit: it can only be rolled back.
     #[error("an earlier statement of this transaction failed; it can only be rolled back")]
     TransactionFailed,
+    #[error("cannot create {path}: {source}")]
+    Create {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Opens (creating it 0600 if missing, see [`crate::files`]) the SQLite database at `path`.
+pub fn open_sqlite(path: &std::path::Path) -> Result<rusqlite::Connection, SqlError> {
+    crate::files::create_private_file(path).map_err(|source| SqlError::Create {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(rusqlite::Connection::open(path)?)
 }
 
 impl SqlError {

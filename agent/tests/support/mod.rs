@@ -5,7 +5,12 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+/// The throw-away CA of the HTTPS tests, shared with the server's tests.
+#[path = "../../../api/tests/support/ca.rs"]
+pub mod ca;
+
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -87,7 +92,10 @@ pub fn wait_for(what: &str, context: impl Fn() -> String, mut done: impl FnMut()
 /// A running `latchkey serve`; killed when dropped.
 pub struct Server {
     child: Child,
+    /// `127.0.0.1:PORT`
     pub addr: String,
+    /// `http` or `https`.
+    pub scheme: String,
 }
 
 impl Drop for Server {
@@ -105,10 +113,17 @@ impl Server {
     }
 
     /// [`Server::start`] with more environment (e.g. `LATCHKEY_STORE`).
+    /// The data directory is made private first, as the server asks (`tempfile::tempdir()`
+    /// makes them 0755).
     pub fn start_with(data: &Path, admin: &str, listen: &str, env: &[(&str, &str)]) -> Server {
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+            .expect("the data directory can be made private");
+        // Private like the rest of the data directory: the server refuses a data directory
+        // with a file others may read.
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(data.join("server.log"))
             .expect("a log file in the data directory");
         let mut child = Command::new(latchkey_binary())
@@ -126,17 +141,22 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("a first line");
-        let addr = line
+        let (scheme, addr) = line
             .trim()
-            .strip_prefix("latchkey listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+            .strip_prefix("latchkey listening on ")
+            .and_then(|url| url.split_once("://"))
+            .map(|(scheme, addr)| (scheme.to_owned(), addr.to_owned()))
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = Vec::new();
             let _ = stdout.read_to_end(&mut sink);
         });
-        Server { child, addr }
+        Server {
+            child,
+            addr,
+            scheme,
+        }
     }
 
     /// Kills the server (SIGKILL) and waits for it.
@@ -150,6 +170,8 @@ impl Server {
 pub struct Msp {
     pub server: Option<Server>,
     pub addr: String,
+    /// `http` or `https`.
+    pub scheme: String,
     pub admin: String,
     pub data: tempfile::TempDir,
     http: reqwest::blocking::Client,
@@ -171,6 +193,7 @@ impl Msp {
         let server = Server::start(data.path(), &admin, "127.0.0.1:0");
         Msp {
             addr: server.addr.clone(),
+            scheme: server.scheme.clone(),
             server: Some(server),
             admin,
             data,
@@ -195,6 +218,7 @@ impl Msp {
         let other = Server::start_with(second.path(), &admin, "127.0.0.1:0", &env);
         let msp = Msp {
             addr: server.addr.clone(),
+            scheme: server.scheme.clone(),
             server: Some(server),
             admin,
             data: first,
@@ -206,6 +230,31 @@ impl Msp {
         (msp, other, second)
     }
 
+    /// A server serving HTTPS with `issued` (see `ca.rs`); the MSP trusts `ca`.
+    pub fn start_https(ca: &ca::Ca, issued: &ca::Issued) -> Msp {
+        let data = tempfile::tempdir().unwrap();
+        let admin = admin_token();
+        let env = [
+            ("LATCHKEY_TLS_CERT", issued.cert_file.to_str().unwrap()),
+            ("LATCHKEY_TLS_KEY", issued.key_file.to_str().unwrap()),
+        ];
+        let server = Server::start_with(data.path(), &admin, "127.0.0.1:0", &env);
+        assert_eq!(server.scheme, "https");
+        let trusted = reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap();
+        Msp {
+            addr: server.addr.clone(),
+            scheme: server.scheme.clone(),
+            server: Some(server),
+            admin,
+            data,
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .tls_certs_merge([trusted])
+                .build()
+                .unwrap(),
+        }
+    }
+
     /// From now on the MSP talks to `server` (another server on the same database).
     pub fn switch_to(&mut self, server: Server) {
         self.addr = server.addr.clone();
@@ -213,7 +262,7 @@ impl Msp {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Kills the server (SIGKILL), keeping its data directory.
@@ -508,17 +557,29 @@ impl Agent {
 
     /// Runs `latchkey-agent ARGS` to completion.
     pub fn command(&self, args: &[&str]) -> Output {
+        self.command_with_env(args, &[])
+    }
+
+    /// [`Agent::command`] with more environment.
+    pub fn command_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(agent_binary())
             .args(args)
             .env_remove("LATCHKEY_AGENT_STATE")
             .env_remove("LATCHKEY_AGENT_ROOT")
+            .env_remove("LATCHKEY_CA_FILE")
+            .envs(env.iter().copied())
             .output()
             .expect("latchkey-agent runs")
     }
 
     pub fn enroll(&self, server: &str, token: &str) -> Output {
+        self.enroll_with(server, token, &[])
+    }
+
+    /// [`Agent::enroll`] with more flags (e.g. `--ca-file FILE`).
+    pub fn enroll_with(&self, server: &str, token: &str, flags: &[&str]) -> Output {
         let state = self.state();
-        self.command(&[
+        let mut args = vec![
             "enroll",
             "--server",
             server,
@@ -528,7 +589,17 @@ impl Agent {
             state.to_str().unwrap(),
             "--hostname",
             &self.hostname,
-        ])
+        ];
+        // The throw-away roots have the group the tests' audit sentences name; the agent
+        // would find the host's `sudo` there first.
+        if !flags
+            .iter()
+            .any(|f| *f == "--admin-group" || *f == "--root")
+        {
+            args.extend_from_slice(&["--admin-group", ADMIN_GROUP]);
+        }
+        args.extend_from_slice(flags);
+        self.command(&args)
     }
 
     /// Enrolls (which must succeed) and starts the daemon.
@@ -567,6 +638,7 @@ impl Agent {
             )
             .args(&self.run_flags)
             .env("LATCHKEY_AGENT_LOG", "info")
+            .env_remove("LATCHKEY_CA_FILE")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .spawn()

@@ -117,6 +117,10 @@ struct Enrollment {
     token: String,
     hostname: Hostname,
     os: OsKind,
+    /// The machine's admin group (e.g. `sudo`, `wheel`), used where the tenant's policy
+    /// names none. Optional: Windows defaults to `Administrators`.
+    #[serde(default)]
+    admin_group: Option<latchkey_domain::names::GroupName>,
 }
 
 async fn enroll(
@@ -163,6 +167,7 @@ async fn enroll(
         hostname: body.hostname,
         os: body.os,
         agent_key_id: agent_key,
+        admin_group: body.admin_group,
         by: actor(&enrolling),
         at: chrono::Utc::now(),
     };
@@ -542,6 +547,7 @@ async fn offline_secrets(
     let computer = own_computer(&principal)?;
     let (state, tenant) = computer_and_tenant(&services, computer).await?;
     let policy = state.effective_policy(&tenant.policy);
+    let admin_group = state.admin_group(&tenant.policy)?;
     let mut secrets = Vec::new();
     for account in state.accounts.values() {
         let Some(generation) = account
@@ -570,7 +576,7 @@ async fn offline_secrets(
         });
     }
     let response = HttpResponse::Ok().json(serde_json::json!({
-        "admin_group": policy.admin_group(),
+        "admin_group": admin_group,
         "max_session_minutes": policy.max_session().as_minutes(),
         "secrets": secrets,
     }));
@@ -585,6 +591,9 @@ struct OfflineLogin {
     account: AccountName,
     technician_id: Option<Uuid>,
     generation: u32,
+    /// The group the agent added the account to (older agents leave it out).
+    #[serde(default)]
+    admin_group: Option<latchkey_domain::names::GroupName>,
     used_at: chrono::DateTime<chrono::Utc>,
     until: chrono::DateTime<chrono::Utc>,
 }
@@ -606,6 +615,7 @@ async fn offline_login(
         account: body.account,
         technician_id: body.technician_id.map(latchkey_domain::ids::TechnicianId),
         generation: body.generation,
+        admin_group: body.admin_group,
         used_at: body.used_at,
         until: body.until,
         at: chrono::Utc::now(),

@@ -13,10 +13,11 @@ mod idempotency;
 pub mod openapi;
 mod technician;
 
-use crate::auth::{Principal, TokenStore};
+use crate::auth::{Authentication, Principal, TokenStore};
 use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
 use crate::secrets::SecretStore;
+use crate::technicians;
 use crate::wakeups::StreamWakeups;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
@@ -24,18 +25,19 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use latchkey_domain::computer::Computer;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::names::Email;
-use latchkey_domain::technician::Technician;
+use latchkey_domain::technician::{Technician, TechnicianState};
 use latchkey_domain::tenant::Tenant;
 use latchkey_domain::Actor;
 use latchkey_projections::{ProjectionError, Queries, ReadView};
 use latchkey_store::{EventStore, Position, StreamName};
 use std::collections::HashMap;
-use std::future::{ready, Ready};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub use idempotency::IdempotencyStore;
+pub use idempotency::{IdempotencyStore, Scope};
 
 /// What every handler can reach.
 pub struct Services {
@@ -51,6 +53,8 @@ pub struct Services {
     pub wakeups: Arc<StreamWakeups>,
     /// Aggregate states, shared with the process runner.
     pub cache: Arc<StateCache>,
+    /// Whether the process managers run (for `/healthz` and `/metrics`).
+    pub health: Arc<crate::health::Health>,
 }
 
 impl Services {
@@ -77,15 +81,45 @@ impl Services {
         A: commands::Stored,
         A::Command: Clone,
     {
+        self.execute_in(Scope::fresh(), principal, stream, command)
+            .await
+    }
+
+    /// [`Services::execute`] as part of an idempotent request's claim: the events carry the
+    /// claim's id as their correlation id, and a claim resumed after a crash whose events
+    /// are already in the stream decides nothing again (the state as it is now is the
+    /// answer).
+    pub async fn execute_in<A>(
+        &self,
+        scope: Scope,
+        principal: &Principal,
+        stream: String,
+        command: A::Command,
+    ) -> Result<commands::Executed<A>, ApiError>
+    where
+        A: commands::Stored,
+        A::Command: Clone,
+    {
         let stream = stream_name(stream)?;
-        Ok(commands::execute_cached::<A, _>(
-            &*self.store,
-            &self.cache,
-            &stream,
-            &envelope(principal),
-            |_| command.clone(),
+        if scope.resumed
+            && commands::stream_has_correlation(&*self.store, &stream, scope.claim_id)
+                .await
+                .map_err(CommandError::from)?
+        {
+            let loaded = commands::load_cached::<A>(&*self.store, &self.cache, &stream).await?;
+            return Ok(commands::Executed {
+                events: Vec::new(),
+                state: loaded.state,
+                attempts: 0,
+            });
+        }
+        let envelope = envelope_in(scope, principal);
+        Ok(
+            commands::execute_cached::<A, _>(&*self.store, &self.cache, &stream, &envelope, |_| {
+                command.clone()
+            })
+            .await?,
         )
-        .await?)
     }
 
     /// An aggregate's current state, straight from its stream (always up to date, unlike the
@@ -133,36 +167,59 @@ pub fn internal(what: &str, error: &dyn std::fmt::Display) -> ApiError {
     ApiError::internal(&reference)
 }
 
+/// The caller, from the bearer token: 401 without a valid one (a problem saying so when it
+/// has expired). A technician's token acts only while the technician is registered and not
+/// offboarded, whatever the token store says (see [`technicians::token_may_act`]).
 impl FromRequest for Principal {
     type Error = ApiError;
-    type Future = Ready<Result<Principal, ApiError>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Principal, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let Some(services) = req.app_data::<web::Data<Services>>() else {
-            return ready(Err(ApiError::internal("no-services")));
-        };
+        let services = req.app_data::<web::Data<Services>>().cloned();
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let Some(bearer) = bearer else {
-            return ready(Err(ApiError::unauthorized()));
-        };
-        ready(match services.tokens.authenticate(bearer.trim()) {
-            Ok(Some(principal)) => Ok(principal),
-            Ok(None) => Err(ApiError::unauthorized()),
-            Err(e) => Err(internal("token store", &e)),
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|v| v.trim().to_owned());
+        Box::pin(async move {
+            let services = services.ok_or_else(|| ApiError::internal("no-services"))?;
+            let bearer = bearer.ok_or_else(ApiError::unauthorized)?;
+            let principal = match services.tokens.authenticate(&bearer) {
+                Ok(Authentication::Valid(principal)) => principal,
+                Ok(Authentication::Expired(at)) => return Err(ApiError::token_expired(at)),
+                Ok(Authentication::Refused) => return Err(ApiError::unauthorized()),
+                Err(e) => return Err(internal("token store", &e)),
+            };
+            if let Some(technician) = principal.technician_id() {
+                let active = technicians::token_may_act(
+                    &*services.store,
+                    &services.cache,
+                    &services.tokens,
+                    technician,
+                )
+                .await?;
+                if !active {
+                    return Err(ApiError::unauthorized());
+                }
+            }
+            Ok(principal)
         })
     }
 }
 
-fn envelope(principal: &Principal) -> Envelope {
+/// Who and why for a request's events: the caller, and the request's claim as correlation.
+pub fn envelope_in(scope: Scope, principal: &Principal) -> Envelope {
     Envelope {
         actor: principal.actor_string(),
-        correlation_id: Uuid::now_v7(),
+        correlation_id: scope.claim_id,
         causation_id: None,
     }
+}
+
+/// [`envelope_in`] for a request of its own (no `Idempotency-Key`).
+pub fn envelope(principal: &Principal) -> Envelope {
+    envelope_in(Scope::fresh(), principal)
 }
 
 /// The actor a person's command records: their e-mail if the token names one.
@@ -282,36 +339,21 @@ pub async fn visible_session(
     }
 }
 
-/// A technician the caller may see: MSP admins and all-tenant auditors see everyone; tenant
-/// admins and tenant auditors the members of their tenant; a technician themselves.
+/// A technician the caller may see ([`Principal::may_see_technician`]), as their stream has
+/// it now. Everyone else, and an id that does not exist, get the same 404: the answer never
+/// tells whether a technician the caller may not see exists.
 pub async fn visible_technician(
     services: &web::Data<Services>,
     principal: &Principal,
     raw: &str,
-) -> Result<TechnicianId, ApiError> {
+) -> Result<TechnicianState, ApiError> {
     let technician = TechnicianId(path_id(raw, "technician_id")?);
-    let visible = if principal.can_read_all_tenants() {
-        true
-    } else if let Some(own) = principal.technician_id() {
-        own == technician
-    } else {
-        match own_tenant(principal) {
-            Some(tenant) => {
-                services
-                    .query(move |q| q.is_member(technician, tenant))
-                    .await?
-            }
-            None => false,
+    let loaded: Technician = services.load(technician.stream_name()).await?;
+    match loaded.state() {
+        Some(state) if principal.may_see_technician(technician, &state.tenants) => {
+            Ok(state.clone())
         }
-    };
-    let exists = visible
-        && services
-            .query(move |q| q.technician(technician).map(|t| t.is_some()))
-            .await?;
-    if exists {
-        Ok(technician)
-    } else {
-        Err(ApiError::not_found("the technician"))
+        _ => Err(ApiError::not_found("the technician")),
     }
 }
 

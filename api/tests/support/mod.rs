@@ -5,18 +5,24 @@
 #![allow(dead_code)] // each test file uses part of it
 
 pub mod agent;
+pub mod ca;
+pub mod https;
 pub mod machine;
 pub mod msp;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 /// A running `latchkey serve`; killed when dropped.
 pub struct Server {
     child: Child,
+    /// `127.0.0.1:PORT`
     pub addr: String,
+    /// `http://127.0.0.1:PORT`, or `https://…` when the server serves HTTPS.
+    pub url: String,
     /// The stdout lines after the "listening" line that were already printed at start-up.
     pub stdout: BufReader<std::process::ChildStdout>,
 }
@@ -36,7 +42,11 @@ impl Server {
     }
 
     /// [`Server::start`] with more arguments for `latchkey serve` (e.g. `--store URL`).
+    /// An existing `data` is made private first ([`make_private`]), as the server asks.
     pub fn start_with_args(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        if data.is_dir() {
+            make_private(data);
+        }
         let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -51,6 +61,9 @@ impl Server {
                     std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
+                        // Private like the rest of the data directory: the server refuses
+                        // a data directory with a file others may read.
+                        .mode(0o600)
                         .open(data.join("server.log"))
                         .expect("a log file in the data directory"),
                 ),
@@ -64,16 +77,44 @@ impl Server {
         let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("a first line");
-        let addr = line
+        let url = line
             .trim()
-            .strip_prefix("latchkey listening on http://")
+            .strip_prefix("latchkey listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_owned();
+        let addr = url
+            .split_once("://")
+            .map(|(_, addr)| addr.to_owned())
+            .unwrap_or_else(|| panic!("no scheme in {line:?}"));
         Server {
             child,
             addr,
+            url,
             stdout,
         }
+    }
+
+    /// Waits for the server to exit by itself (it crashed on purpose); returns whether it did
+    /// within `limit`.
+    pub fn exited_within(&mut self, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// Stops the server and returns what it printed to stdout after the "listening" line.
@@ -123,10 +164,25 @@ impl Server {
         token: Option<&str>,
         body: Option<&str>,
     ) -> BufReader<TcpStream> {
+        self.send_with_headers(method, path, token, body, &[])
+    }
+
+    /// [`Server::send`] with more request headers.
+    pub fn send_with_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> BufReader<TcpStream> {
         let mut stream = TcpStream::connect(&self.addr).expect("server accepts connections");
         let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", self.addr);
         if let Some(token) = token {
             head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+        }
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         if let Some(body) = body {
             head.push_str(&format!(
@@ -155,6 +211,14 @@ impl Server {
             serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
         )
     }
+}
+
+/// Makes a directory private to its owner (0700), as `latchkey serve` wants its data
+/// directory: `tempfile::tempdir()` makes them 0755.
+pub fn make_private(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .expect("the data directory can be made private");
 }
 
 /// Reads an answer's status line and headers; returns the status and the content type.

@@ -71,12 +71,13 @@ struct Inner {
 }
 
 impl EmbeddedStore {
-    /// Opens the store at `path`, creating the file and its parent directories if needed.
+    /// Opens the store at `path`, creating the file (0600) and its parent directories (0700)
+    /// if needed.
     /// Blocks briefly on file I/O; async callers may prefer [`crate::open_url`].
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| {
+            crate::files::create_private_dir(parent).map_err(|e| {
                 StoreError::Unavailable(format!(
                     "cannot create the directory {} for the event store: {e}",
                     parent.display()

@@ -53,6 +53,13 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
             e,
         )
     };
+    // Created 0600 before SQLite sees it: its WAL and shared-memory files take its mode.
+    crate::files::create_private_file(path).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot create the event store {}: {e}",
+            path.display()
+        ))
+    })?;
     let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
