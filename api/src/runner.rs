@@ -38,9 +38,8 @@ pub struct ProcessRunner {
     models: Arc<Mutex<ReadModels>>,
     progress: watch::Sender<Option<Position>>,
     cache: Arc<StateCache>,
-    /// Set while a batch's transaction runs, and for good if it failed: a batch read after a
-    /// failed one must not be applied (the read models would skip the failed one's events).
-    failed: Arc<std::sync::atomic::AtomicBool>,
+    /// Which batches may still be applied (see [`Chain`]).
+    chain: Arc<Mutex<Chain>>,
     /// On PostgreSQL, the last position whose reactions were all carried out, kept here (not
     /// behind the read models' lock, which a batch's transaction holds for its round trips)
     /// and handed to the read models by the next batch's transaction, which writes it.
@@ -60,7 +59,7 @@ impl ProcessRunner {
             models,
             progress: watch::Sender::new(checkpoint),
             cache: Arc::new(StateCache::new(0)),
-            failed: Arc::default(),
+            chain: Arc::default(),
             handled: Arc::default(),
         }
     }
@@ -134,6 +133,15 @@ impl ProcessRunner {
         }
     }
 
+    /// Starts a chain of batches (PostgreSQL), from the process managers' checkpoint: the
+    /// batches of earlier chains that have not started yet are never applied.
+    fn new_chain(&self) -> u64 {
+        let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        chain.generation += 1;
+        chain.failed = false;
+        chain.generation
+    }
+
     /// Notes that every reaction up to `position` was carried out (PostgreSQL; see
     /// [`ProcessRunner::handled`]).
     fn note_handled(&self, position: Position) {
@@ -164,7 +172,8 @@ impl ProcessRunner {
         }
         let noted = *self.handled.lock().unwrap_or_else(|p| p.into_inner());
         let after = stored.max(noted);
-        let Some(mut batch) = self.next_batch(after).await? else {
+        let chain = self.new_chain();
+        let Some(mut batch) = self.next_batch(after, chain).await? else {
             self.off_thread(move |m| {
                 if let Some(noted) = noted {
                     m.handled(noted);
@@ -183,7 +192,7 @@ impl ProcessRunner {
             let (done, committed, next) = futures::future::join3(
                 self.carry_out(batch.reactions),
                 batch.committed,
-                self.next_batch(Some(batch.last)),
+                self.next_batch(Some(batch.last), chain),
             )
             .await;
             committed?;
@@ -239,7 +248,11 @@ impl ProcessRunner {
     /// one's reactions; `None` when there are none. Returns as soon as the reactions are
     /// known: the batch's `committed` ends with its transaction, which also writes what
     /// [`ProcessRunner::note_handled`] noted so far.
-    async fn next_batch(&self, after: Option<Position>) -> Result<Option<Batch>, RunnerError> {
+    async fn next_batch(
+        &self,
+        after: Option<Position>,
+        generation: u64,
+    ) -> Result<Option<Batch>, RunnerError> {
         let page = self.store.read_all(after, OVERLAPPED_BATCH).await?;
         let Some(last) = page.last().map(|e| e.position) else {
             return Ok(None);
@@ -247,16 +260,19 @@ impl ProcessRunner {
         let count = page.len();
         let now = chrono::Utc::now();
         let (reacted, reactions) = tokio::sync::oneshot::channel();
-        let failed = self.failed.clone();
+        let chain = self.chain.clone();
         let handled = self.handled.clone();
         // Events the read models already have (a crash came between applying them and
         // reacting to them) are reacted to against the current read models. The previous
         // batch's transaction has ended when this one gets the read models.
         let applied = self.off_thread(move |m| {
-            use std::sync::atomic::Ordering;
-            // Set until this batch has committed: a panic leaves it set too.
-            if failed.swap(true, Ordering::SeqCst) {
-                return Err(RunnerError::EarlierBatchFailed);
+            {
+                let mut chain = chain.lock().unwrap_or_else(|p| p.into_inner());
+                if chain.generation != generation || chain.failed {
+                    return Err(RunnerError::EarlierBatchFailed);
+                }
+                // Set until this batch has committed: a panic leaves it set too.
+                chain.failed = true;
             }
             if let Some(noted) = *handled.lock().unwrap_or_else(|p| p.into_inner()) {
                 m.handled(noted);
@@ -271,7 +287,10 @@ impl ProcessRunner {
                 },
             );
             if applied.is_ok() {
-                failed.store(false, Ordering::SeqCst);
+                let mut chain = chain.lock().unwrap_or_else(|p| p.into_inner());
+                if chain.generation == generation {
+                    chain.failed = false;
+                }
             }
             applied
         });
@@ -380,6 +399,19 @@ impl ProcessRunner {
         }
         Ok(())
     }
+}
+
+/// The batches of one call of [`ProcessRunner::handle_batch`] on PostgreSQL form a chain: each
+/// is read after the previous one's last event and applied once that one's transaction has
+/// ended, so none may be applied after one that failed (the read models would skip the
+/// failed one's events). A new call starts a new chain from the process managers' checkpoint,
+/// which no failed batch passed: a run restarted after a failure goes on, and a batch left
+/// over from the failed run (its task cannot be cancelled) is refused.
+#[derive(Default)]
+struct Chain {
+    generation: u64,
+    /// Set while a batch's transaction runs, and for good if it failed.
+    failed: bool,
 }
 
 /// A batch of events being applied to the read models, with each one's reactions.

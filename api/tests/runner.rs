@@ -1,6 +1,7 @@
 //! The process-manager runner overlaps a batch's commit with its reactions and with reading
 //! and applying the next batch. A batch read after one whose transaction failed must never be
-//! applied: the read models would move their checkpoint past the failed batch's events.
+//! applied: the read models would move their checkpoint past the failed batch's events. The
+//! same runner, run again, goes on from its checkpoint.
 
 use latchkey_api::commands::{execute, Envelope};
 use latchkey_api::runner::ProcessRunner;
@@ -71,4 +72,21 @@ async fn a_batch_read_after_one_whose_commit_failed_is_not_applied() {
     let models = ReadModels::open_postgres(database.url()).unwrap();
     assert_eq!(models.checkpoint().unwrap(), None, "no batch was applied");
     assert!(models.queries().technicians(None).unwrap().is_empty());
+
+    // Run again once the database takes the line (the server's supervisor restarts the same
+    // runner): a new chain of batches, from the checkpoint, applies everything.
+    PgConnection::connect(database.url(), "latchkey_read")
+        .unwrap()
+        .batch("ALTER TABLE audit_trail DROP CONSTRAINT refused")
+        .unwrap();
+    runner.run_until_idle().await.unwrap();
+    let last = store
+        .read_all(None, 1000)
+        .await
+        .unwrap()
+        .last()
+        .unwrap()
+        .position;
+    assert_eq!(models.checkpoint().unwrap(), Some(last));
+    assert_eq!(models.queries().technicians(None).unwrap().len(), 300);
 }
