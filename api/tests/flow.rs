@@ -422,6 +422,7 @@ async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
         progress: runner.progress(),
         wakeups: Arc::new(latchkey_api::wakeups::StreamWakeups::new()),
         cache: Arc::new(latchkey_api::commands::StateCache::new(100)),
+        limiter: latchkey_api::ratelimit::AuthLimiter::default(),
     });
     let app = web_test::init_service(
         actix_web::App::new()

@@ -121,8 +121,15 @@ struct Enrollment {
 
 async fn enroll(
     services: web::Data<Services>,
+    req: actix_web::HttpRequest,
     JsonBody(body): JsonBody<Enrollment>,
 ) -> Result<HttpResponse, ApiError> {
+    // Enrollment tokens are guessed like API tokens: the same limits, before the look-up.
+    let attempt = super::attempt(&services, &req, Some(body.token.trim()));
+    services
+        .limiter
+        .check(&attempt, std::time::Instant::now())
+        .map_err(ApiError::too_many_attempts)?;
     let token = body.token.clone();
     let redeemed = super::blocking(&services, "token store", move |s| {
         s.tokens.redeem_enrollment(&token, chrono::Utc::now())
@@ -131,6 +138,12 @@ async fn enroll(
     let (enrollment_id, tenant) = match redeemed {
         Ok(found) => found,
         Err(refused) => {
+            // Used and expired tokens had the right secret: only a wrong one is a guess.
+            if refused == EnrollmentRefused::Unknown {
+                services
+                    .limiter
+                    .failed(&attempt, std::time::Instant::now());
+            }
             let status = match refused {
                 EnrollmentRefused::Unknown => StatusCode::UNAUTHORIZED,
                 EnrollmentRefused::Used | EnrollmentRefused::Expired => StatusCode::GONE,

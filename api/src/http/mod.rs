@@ -16,6 +16,7 @@ mod technician;
 use crate::auth::{Principal, TokenStore};
 use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
+use crate::ratelimit::{Attempt, AuthLimiter};
 use crate::secrets::SecretStore;
 use crate::wakeups::StreamWakeups;
 use actix_web::dev::Payload;
@@ -51,6 +52,8 @@ pub struct Services {
     pub wakeups: Arc<StreamWakeups>,
     /// Aggregate states, shared with the process runner.
     pub cache: Arc<StateCache>,
+    /// Counts failed authentications and refuses clients over the limit (429).
+    pub limiter: AuthLimiter,
 }
 
 impl Services {
@@ -167,10 +170,26 @@ pub fn internal(what: &str, error: &dyn std::fmt::Display) -> ApiError {
     ApiError::internal(&reference)
 }
 
+/// The authentication attempt `req` makes with `presented` (a bearer or enrollment token):
+/// its client address (the peer, or what a trusted proxy forwarded) and the token's id.
+pub fn attempt(services: &Services, req: &HttpRequest, presented: Option<&str>) -> Attempt {
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok());
+    services
+        .limiter
+        .attempt(req.peer_addr(), forwarded, presented)
+}
+
 impl FromRequest for Principal {
     type Error = ApiError;
     type Future = Ready<Result<Principal, ApiError>>;
 
+    /// Checks the bearer token, unless the client or the token id has failed too often: then
+    /// 429 before the token is looked at (so a right guess while limited is refused too).
+    /// Only failures are counted. The look-up is synchronous, so between the check and the
+    /// count no other request of this worker runs.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let Some(services) = req.app_data::<web::Data<Services>>() else {
             return ready(Err(ApiError::internal("no-services")));
@@ -179,13 +198,23 @@ impl FromRequest for Principal {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let Some(bearer) = bearer else {
-            return ready(Err(ApiError::unauthorized()));
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let attempt = attempt(services, req, bearer);
+        let now = std::time::Instant::now();
+        if let Err(limited) = services.limiter.check(&attempt, now) {
+            return ready(Err(ApiError::too_many_attempts(limited)));
+        }
+        let authenticated = match bearer {
+            Some(bearer) => services.tokens.authenticate(bearer),
+            None => Ok(None),
         };
-        ready(match services.tokens.authenticate(bearer.trim()) {
+        ready(match authenticated {
             Ok(Some(principal)) => Ok(principal),
-            Ok(None) => Err(ApiError::unauthorized()),
+            Ok(None) => {
+                services.limiter.failed(&attempt, now);
+                Err(ApiError::unauthorized())
+            }
             Err(e) => Err(internal("token store", &e)),
         })
     }
