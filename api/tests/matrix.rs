@@ -375,6 +375,10 @@ impl World {
             &[
                 ("LATCHKEY_ADMIN_TOKEN", &admin),
                 ("LATCHKEY_ADMIN_EMAIL", "admin@msp.example"),
+                // Every row is called without and with a bad token from this one address:
+                // far more failures than the limits allow (they are tested in serve.rs).
+                ("LATCHKEY_AUTH_FAILURES_PER_ADDRESS", "1000000"),
+                ("LATCHKEY_AUTH_FAILURES_PER_TOKEN", "1000000"),
             ],
         );
         let mut world = World {
