@@ -845,7 +845,10 @@ mod tests {
                 assert!(refused.to_string().contains("more wrong code"), "{refused}");
             } else {
                 assert!(
-                    matches!(&refused, OfflineError::TooManyWrongCodes { failures: 5, .. }),
+                    matches!(
+                        &refused,
+                        OfflineError::TooManyWrongCodes { failures: 5, .. }
+                    ),
                     "{refused}"
                 );
                 assert!(refused.to_string().contains("locked until"), "{refused}");
@@ -904,7 +907,10 @@ mod tests {
         // Those four are older than the window by then: four more do not lock.
         let later = t + 100 + WRONG_CODE_WINDOW.num_seconds();
         for i in 0..4 {
-            assert!(matches!(wrong(later + i), Err(OfflineError::BadCode { .. })));
+            assert!(matches!(
+                wrong(later + i),
+                Err(OfflineError::BadCode { .. })
+            ));
         }
         assert!(pending_lockouts(&state).unwrap().is_empty());
     }

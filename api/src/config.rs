@@ -391,13 +391,19 @@ mod tests {
             ..Given::default()
         };
         let err = Settings::resolve(zero, ConfigFile::default()).unwrap_err();
-        assert!(err.starts_with("--auth-failures-per-address must be"), "{err}");
+        assert!(
+            err.starts_with("--auth-failures-per-address must be"),
+            "{err}"
+        );
         let bad_proxy = Given {
             trusted_proxies: vec!["proxy.example".into()],
             ..Given::default()
         };
         let err = Settings::resolve(bad_proxy, ConfigFile::default()).unwrap_err();
-        assert!(err.starts_with("--trusted-proxy: \"proxy.example\""), "{err}");
+        assert!(
+            err.starts_with("--trusted-proxy: \"proxy.example\""),
+            "{err}"
+        );
     }
 
     #[test]

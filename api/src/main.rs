@@ -71,7 +71,11 @@ struct LimitArgs {
     #[arg(long, env = "LATCHKEY_AUTH_FAILURES_PER_TOKEN", value_name = "N")]
     auth_failures_per_token: Option<u32>,
     /// The window of those limits, in seconds [default: 60].
-    #[arg(long, env = "LATCHKEY_AUTH_FAILURE_WINDOW_SECONDS", value_name = "SECONDS")]
+    #[arg(
+        long,
+        env = "LATCHKEY_AUTH_FAILURE_WINDOW_SECONDS",
+        value_name = "SECONDS"
+    )]
     auth_failure_window_seconds: Option<u64>,
     /// A reverse proxy (address or network, e.g. 10.0.0.0/8) whose X-Forwarded-For names the
     /// client; repeat it or separate with commas. Without it the peer address is the client.

@@ -108,9 +108,7 @@ fn prefix_matches(net: u128, ip: u128, prefix: u8, bits: u8) -> bool {
 /// An IPv4 address written as IPv6 (`::ffff:192.0.2.7`) is the IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -316,7 +314,8 @@ impl<K: Hash + Eq + Copy> Buckets<K> {
             let elapsed = now.saturating_duration_since(b.at);
             // Kept while it still holds failures, or a recent warning (not to log again).
             b.level > elapsed.as_secs_f64() * rate
-                || b.warned.is_some_and(|w| now.saturating_duration_since(w) < window)
+                || b.warned
+                    .is_some_and(|w| now.saturating_duration_since(w) < window)
         });
         self.swept = Some(now);
     }
@@ -552,7 +551,9 @@ mod tests {
         let id = Uuid::from_u128(7);
         limiter.failed(&from("192.0.2.1", Some(id)), now);
         limiter.failed(&from("198.51.100.1", Some(id)), now);
-        let limited = limiter.check(&from("203.0.113.9", Some(id)), now).unwrap_err();
+        let limited = limiter
+            .check(&from("203.0.113.9", Some(id)), now)
+            .unwrap_err();
         assert_eq!(limited.by, LimitedBy::TokenId);
         assert_eq!(limited.retry_after, 30);
         // Another token id from the same addresses is fine.
@@ -593,7 +594,10 @@ mod tests {
             let (addresses, tokens) = limiter.tracked();
             assert!(addresses <= 1000 && tokens <= 1000, "{addresses} {tokens}");
         }
-        assert!(limiter.check(&worst, now).is_err(), "the attacker is still limited");
+        assert!(
+            limiter.check(&worst, now).is_err(),
+            "the attacker is still limited"
+        );
         // Once the window has passed, the next failure sweeps the drained counters away.
         let later = now + Duration::from_secs(61);
         limiter.failed(&from("192.0.2.1", Some(Uuid::from_u128(1 << 100))), later);

@@ -151,9 +151,7 @@ async fn enroll(
         Err(refused) => {
             // Used and expired tokens had the right secret: only a wrong one is a guess.
             if refused == EnrollmentRefused::Unknown {
-                services
-                    .limiter
-                    .failed(&attempt, std::time::Instant::now());
+                services.limiter.failed(&attempt, std::time::Instant::now());
             }
             let status = match refused {
                 EnrollmentRefused::Unknown => StatusCode::UNAUTHORIZED,
