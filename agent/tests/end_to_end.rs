@@ -278,7 +278,7 @@ fn offline_ready(msp: &Msp, hostname: &str) -> (support::Setup, Agent, String, S
         || agent.log(),
         || !agent.is_admin(&account),
     );
-    settle(&msp, &agent);
+    settle(msp, &agent);
     wait_for(
         "the agent to keep the offline secret",
         || agent.log(),

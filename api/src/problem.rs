@@ -34,8 +34,9 @@ pub struct Problem {
 pub struct ApiError {
     status: StatusCode,
     problem: Problem,
-    /// Seconds for a `Retry-After` header (429).
-    retry_after: Option<u64>,
+    /// Seconds for a `Retry-After` header (429). A `u32`: it keeps the error small, and a
+    /// day is the longest window anyway.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -95,7 +96,7 @@ impl ApiError {
                 limited.retry_after
             ),
         );
-        error.retry_after = Some(limited.retry_after);
+        error.retry_after = Some(u32::try_from(limited.retry_after).unwrap_or(u32::MAX));
         error
     }
 
