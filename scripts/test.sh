@@ -25,14 +25,15 @@ find_pg_bin() {
 PG_TMP=""
 PG_USER=""
 
-# Runs a command as the cluster's owner: initdb and postgres refuse to run as root.
+# Runs a command as the cluster's owner: initdb and postgres refuse to run as root. It runs
+# from / : the owner may not enter the checkout, and the tools would say so on every call.
 as_pg_user() {
   if [[ -z "$PG_USER" ]]; then
     "$@"
   elif command -v runuser >/dev/null 2>&1; then
-    runuser -u "$PG_USER" -- "$@"
+    (cd / && runuser -u "$PG_USER" -- "$@")
   else
-    su -s /bin/sh "$PG_USER" -c "$(printf '%q ' "$@")"
+    (cd / && su -s /bin/sh "$PG_USER" -c "$(printf '%q ' "$@")")
   fi
 }
 

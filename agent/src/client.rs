@@ -297,8 +297,17 @@ impl Client {
         &self.server
     }
 
-    pub fn enroll(&self, token: &str, hostname: &str, os: &str) -> Result<Enrolled, ClientError> {
-        let body = serde_json::json!({"token": token, "hostname": hostname, "os": os});
+    pub fn enroll(
+        &self,
+        token: &str,
+        hostname: &str,
+        os: &str,
+        admin_group: Option<&str>,
+    ) -> Result<Enrolled, ClientError> {
+        let mut body = serde_json::json!({"token": token, "hostname": hostname, "os": os});
+        if let Some(group) = admin_group {
+            body["admin_group"] = group.into();
+        }
         self.call("enroll", "the enrollment", StatusCode::CREATED, |url| {
             self.http.post(url).json(&body)
         })

@@ -61,6 +61,7 @@ pub fn enroll(
     server: &str,
     token: &str,
     hostname: Option<&str>,
+    admin_group: Option<&str>,
     ca_file: Option<&Path>,
 ) -> Result<Credential, EnrollError> {
     let url = ServerUrl::parse(server).map_err(|reason| EnrollError::BadServerUrl {
@@ -103,7 +104,7 @@ pub fn enroll(
         reason: e.to_string(),
     })?;
     let enrolled = client
-        .enroll(token.trim(), hostname.as_str(), OS)
+        .enroll(token.trim(), hostname.as_str(), OS, admin_group)
         .map_err(|e| match e {
             ClientError::Unreachable { url, reason } => EnrollError::Unreachable { url, reason },
             ClientError::Unauthorized { detail } => EnrollError::UnknownToken { detail },

@@ -79,6 +79,12 @@ struct EnrollArgs {
     /// This computer's name on the server (default: the kernel's hostname).
     #[arg(long)]
     hostname: Option<String>,
+    /// The group that grants admin rights here, used where the tenant's policy names none
+    /// (default: the first of sudo, wheel, admin in the root's /etc/group).
+    #[arg(long)]
+    admin_group: Option<String>,
+    #[command(flatten)]
+    root: RootArg,
 }
 
 #[derive(Args)]
@@ -160,6 +166,9 @@ fn run_enroll(args: EnrollArgs) -> ExitCode {
         &args.server,
         &args.token,
         args.hostname.as_deref(),
+        args.admin_group
+            .or_else(|| latchkey_agent::os::detect_admin_group(&args.root.root))
+            .as_deref(),
         args.ca.ca_file.as_deref(),
     ) {
         Ok(credential) => {

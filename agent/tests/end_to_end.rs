@@ -531,10 +531,59 @@ fn a_request_that_fails_on_the_machine_is_reported_with_the_reason() {
         || agent.log(),
         || msp.session(&setup.nik_token, &session)["status"] == "failed",
     );
-    assert!(agent.has_account(&account), "created before the group step");
     msp.audit_shows(&setup.tenant_id, |s| {
         s.starts_with("agent of W11-NOGROUP could not add msp-nik to lk-no-such-group")
             && s.contains("group lk-no-such-group does not exist on this machine")
     });
     assert_eq!(agent.steps("failed").len(), 1, "{:#?}", agent.journal());
+    // The account the failed grant created (with a password nobody was shown) goes again.
+    wait_for(
+        "the account the failed grant made to be deleted",
+        || agent.log(),
+        || !agent.has_account(&account),
+    );
+    msp.audit_shows(&setup.tenant_id, |s| {
+        s == "agent of W11-NOGROUP verified: account msp-nik was deleted"
+    });
+}
+
+/// A Linux machine enrolled without naming its admin group: the agent finds `wheel` in its
+/// group file, and a tenant whose policy names no group (the default) uses it.
+#[test]
+fn a_tenant_policy_without_an_admin_group_uses_the_one_the_agent_found() {
+    let msp = Msp::start();
+    let setup = msp.setup("named");
+    let tenant = msp.ok(
+        "GET",
+        &format!("/v1/tenants/{}", setup.tenant_id),
+        &msp.admin,
+        None,
+    );
+    assert_eq!(tenant["policy"]["admin_group"], json!(null), "the default");
+    let mut agent = Agent::new("RHEL-9");
+    // A Fedora-like group file: `wheel`, neither `sudo` nor `admin`.
+    let root = agent.root();
+    let group_file = root.join("etc/group");
+    let groups: String = std::fs::read_to_string(&group_file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("sudo:") && !l.starts_with("admin:") && !l.starts_with("wheel:"))
+        .map(|l| format!("{l}\n"))
+        .chain(["wheel:x:10:\n".to_owned()])
+        .collect();
+    std::fs::write(&group_file, groups).unwrap();
+    let enrolled = agent.enroll_with(
+        &msp.url(),
+        &setup.enrollment_token,
+        &["--root", root.to_str().unwrap()],
+    );
+    assert!(enrolled.status.success(), "{enrolled:?}");
+    agent.run();
+    let (session, account) = msp.request_check_out(&setup, &agent.computer_id());
+    wait_for(
+        "the session to be active",
+        || agent.log(),
+        || msp.session(&setup.nik_token, &session)["status"] == "active",
+    );
+    assert_eq!(agent.members("wheel"), vec![account]);
 }

@@ -717,6 +717,7 @@ mod tests {
             hostname: latchkey_domain::names::Hostname::parse("W11-L-PASSWORD").unwrap(),
             os: OsKind::Windows,
             agent_key_id: AgentKeyId(Uuid::from_u128(8)),
+            admin_group: None,
             by: admin(),
             at: at(),
         };

@@ -166,6 +166,7 @@ async fn set_up_and_check_out(s: &dyn EventStore, now: chrono::DateTime<chrono::
             hostname: Hostname::parse("W11-L-PASSWORD").unwrap(),
             os: OsKind::Windows,
             agent_key_id: AgentKeyId(Uuid::from_u128(5)),
+            admin_group: None,
             by: admin(),
             at: now,
         },

@@ -50,6 +50,13 @@ fn serve_starts_on_the_embedded_store_and_answers_healthz() {
         !printed.contains("token"),
         "a second token was shown: {printed:?}"
     );
+    // Its log went to a file: plain text, no terminal colour codes.
+    let log = std::fs::read_to_string(data.path().join("data/server.log")).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
 }
 
 #[test]

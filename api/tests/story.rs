@@ -463,3 +463,43 @@ fn loop_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
     }
     panic!("never happened");
 }
+
+/// After a switch to shared mode, asking for an offline secret before the shared account has
+/// one says which account and mode it is about.
+#[test]
+fn no_offline_secret_yet_names_the_mode_and_the_account() {
+    let msp = Msp::start();
+    let mut setup = msp.setup("named", "W11-OFFLINE");
+    let path = format!(
+        "/v1/tenants/{}/computers/{}/offline-secret",
+        setup.tenant_id, setup.agent.computer_id
+    );
+    let (status, problem) = msp.call("POST", &path, &setup.nik_token, json!({}));
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("named mode and your account msp-nik"),
+        "{problem}"
+    );
+    let (session, _) = msp.check_out(&mut setup);
+    msp.check_in(&mut setup, &session);
+    msp.ok(
+        "PUT",
+        &format!("/v1/tenants/{}/login-mode", setup.tenant_id),
+        &msp.admin,
+        json!({"login_mode": "shared"}),
+    );
+    // nik's named account (and its secret) is retired by the process managers, shortly.
+    let problem = loop_until(|| {
+        let (status, problem) = msp.call("POST", &path, &setup.nik_token, json!({}));
+        (status == 422).then_some(problem)
+    });
+    assert_eq!(problem["type"], "urn:latchkey:problem:no-offline-secret");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("shared mode and its shared account msp-"),
+        "{detail}"
+    );
+}

@@ -238,6 +238,10 @@ pub struct Grant {
     pub on_check_in: CheckInAction,
     pub rotate_on_check_in: bool,
     pub stage: GrantStage,
+    /// The account did not exist (as far as Latchkey wanted) before this grant: a grant
+    /// that fails before the account joins the group deletes it again.
+    #[serde(default)]
+    pub created_account: bool,
 }
 
 /// A Latchkey account on this computer, as Latchkey wants it to be.
@@ -283,6 +287,10 @@ pub struct ComputerProfile {
     pub hostname: Hostname,
     pub os: OsKind,
     pub agent_key_id: AgentKeyId,
+    /// The machine's admin group as the agent reported it at enrolment (e.g. `sudo`,
+    /// `wheel`); `None` if it did not say.
+    #[serde(default)]
+    pub admin_group: Option<GroupName>,
 }
 
 /// The form of [`Computer`] kept in snapshots (see the server's command path): bump it
@@ -358,6 +366,25 @@ impl Computer {
     /// The computer's override if it has one, else the tenant's policy.
     pub fn effective_policy<'a>(&'a self, tenant_policy: &'a JitPolicy) -> &'a JitPolicy {
         self.policy_override.as_ref().unwrap_or(tenant_policy)
+    }
+
+    /// The admin group sessions on this computer use: the one the effective policy names,
+    /// else the one the agent reported at enrolment, else `Administrators` on Windows.
+    pub fn admin_group(&self, tenant_policy: &JitPolicy) -> Result<GroupName, DomainError> {
+        if let Some(group) = self.effective_policy(tenant_policy).admin_group() {
+            return Ok(group.clone());
+        }
+        let profile = self
+            .profile
+            .as_ref()
+            .ok_or(DomainError::ComputerNotEnrolled)?;
+        match (&profile.admin_group, profile.os) {
+            (Some(group), _) => Ok(group.clone()),
+            (None, OsKind::Windows) => {
+                Ok(GroupName::parse("Administrators").expect("a valid group name"))
+            }
+            (None, _) => Err(DomainError::AdminGroupUnknown),
+        }
     }
 
     /// A Latchkey account of this name exists (or is being created) and is not being retired.
@@ -521,6 +548,8 @@ pub enum ComputerCommand {
         hostname: Hostname,
         os: OsKind,
         agent_key_id: AgentKeyId,
+        /// The machine's admin group, as the agent found it.
+        admin_group: Option<GroupName>,
         by: Actor,
         at: Timestamp,
     },
@@ -615,6 +644,10 @@ pub struct ComputerEnrolled {
     pub hostname: Hostname,
     pub os: OsKind,
     pub agent_key_id: AgentKeyId,
+    /// The machine's admin group as the agent found it (absent from agents that did not
+    /// say, and before agents reported it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_group: Option<GroupName>,
     pub by: Actor,
     pub at: Timestamp,
 }
@@ -1069,10 +1102,17 @@ impl Computer {
         };
         let account = &self.accounts[&grant.account];
         let others_remain = account.sessions.keys().any(|s| *s != session_id);
+        let had_membership = grant.stage.holds_membership();
+        // An account made for a grant that never reached the group (the join failed, e.g.
+        // the group does not exist) goes again: it holds a password nobody was shown.
+        let never_used = grant.created_account
+            && !had_membership
+            && !self.may_be_member(account, &grant.admin_group);
         let deleting = !others_remain
             && account.exists
-            && (grant.on_check_in == CheckInAction::DeleteAccount || account.retiring);
-        let had_membership = grant.stage.holds_membership();
+            && (grant.on_check_in == CheckInAction::DeleteAccount
+                || account.retiring
+                || never_used);
         // Out of the group unless another session still needs it: also when this session
         // never got there but the account is (or is about to be) a member anyway, through a
         // join requested for a session released earlier while this one still needed it.
@@ -1317,6 +1357,7 @@ impl Aggregate for Computer {
                 hostname,
                 os,
                 agent_key_id,
+                admin_group,
                 by,
                 at,
             } => {
@@ -1329,6 +1370,7 @@ impl Aggregate for Computer {
                     hostname,
                     os,
                     agent_key_id,
+                    admin_group,
                     by,
                     at,
                 }
@@ -1494,12 +1536,14 @@ impl Aggregate for Computer {
                     hostname: e.hostname.clone(),
                     os: e.os,
                     agent_key_id: e.agent_key_id,
+                    admin_group: e.admin_group.clone(),
                 });
             }
             E::ComputerDecommissioned(_) => state.decommissioned = true,
             E::ComputerJitPolicyOverridden(e) => state.policy_override = e.policy.clone(),
             E::SessionAccessRequested(e) => {
                 let (versions, generations) = state.forgotten_versions;
+                let created_account = !state.accounts.get(&e.account).is_some_and(|a| a.exists);
                 let account =
                     state
                         .accounts
@@ -1529,6 +1573,7 @@ impl Aggregate for Computer {
                         stage: GrantStage::Preparing {
                             pending: BTreeSet::new(),
                         },
+                        created_account,
                     },
                 );
             }
@@ -1700,6 +1745,7 @@ pub(crate) mod tests {
             hostname: Hostname::parse(hostname).unwrap(),
             os: OsKind::Windows,
             agent_key_id: AgentKeyId(Uuid::from_u128(500)),
+            admin_group: None,
             by: admin(),
             at: t(0),
         }
@@ -1900,7 +1946,12 @@ pub(crate) mod tests {
         c.succeed(2, seen(true, &[], Some(1)));
         c.fail(3, "the group is locked");
         let released = c.release(1);
-        assert!(requested(&released).is_empty(), "{released:?}");
+        assert!(
+            !requested(&released)
+                .iter()
+                .any(|(_, _, op)| matches!(op, Operation::RemoveFromGroup { .. })),
+            "{released:?}"
+        );
     }
 
     #[test]
@@ -1912,6 +1963,7 @@ pub(crate) mod tests {
                 hostname: Hostname::parse("W11-L-PASSWORD").unwrap(),
                 os: OsKind::Windows,
                 agent_key_id: AgentKeyId(Uuid::from_u128(500)),
+                admin_group: None,
                 by: admin(),
                 at: t(0),
             })
@@ -2183,9 +2235,71 @@ pub(crate) mod tests {
                 at: t(3),
             })
             .then_expect_nothing();
-        // The session never reached the group: releasing it asks for nothing.
+        // The session never reached the group, and its grant made the account: releasing
+        // it deletes the account again (it holds a password nobody was shown).
         let released = c.release(1);
-        assert!(requested(&released).is_empty(), "{released:#?}");
+        assert!(
+            matches!(&released[0], ComputerEvent::SessionAccessReleased(r)
+            if r.outcome == ReleaseOutcome::Deleted)
+        );
+        assert_eq!(
+            requested(&released),
+            [(
+                3,
+                Purpose::Revoke,
+                Operation::DeleteAccount {
+                    account: acct("msp-nik")
+                }
+            )],
+            "{released:#?}"
+        );
+    }
+
+    /// Linux has no `Administrators`: the join fails, and what the failed grant created goes.
+    #[test]
+    fn a_grant_whose_join_fails_deletes_the_account_it_created() {
+        let mut c = Timeline::enrolled();
+        c.grant(named_grant(1)); // 1 ensure, 2 rotate
+        c.succeed(1, seen(true, &[], None));
+        let join = c.succeed(2, seen(true, &[], Some(1)));
+        assert_eq!(requested(&join), [(3, Purpose::Grant, add("msp-nik"))]);
+        let failed = c.fail(3, "group Administrators does not exist");
+        assert!(matches!(
+            failed.last(),
+            Some(ComputerEvent::SessionAccessFailed(_))
+        ));
+        let released = c.release(1);
+        assert_eq!(
+            requested(&released),
+            [(
+                4,
+                Purpose::Revoke,
+                Operation::DeleteAccount {
+                    account: acct("msp-nik")
+                }
+            )],
+            "{released:#?}"
+        );
+    }
+
+    /// An account that existed before the grant is left as it was.
+    #[test]
+    fn a_failed_grant_of_an_existing_account_keeps_it() {
+        let mut c = Timeline::enrolled();
+        let next = c.grant_fully(named_grant(1), 1, 1);
+        c.release(1); // next: remove from group, next + 1: rotate
+        c.succeed(next, seen(true, &[], Some(1)));
+        c.succeed(next + 1, seen(true, &[], Some(2)));
+        c.grant(named_grant(2));
+        let pending: Vec<u64> = c.state().open_requests.keys().map(|r| r.0).collect();
+        c.fail(pending[0], "useradd: cannot lock /etc/passwd");
+        let released = c.release(2);
+        assert!(
+            !requested(&released)
+                .iter()
+                .any(|(_, _, op)| matches!(op, Operation::DeleteAccount { .. })),
+            "{released:#?}"
+        );
     }
 
     #[test]
@@ -2582,7 +2696,7 @@ pub(crate) mod tests {
     #[test]
     fn offboarding_retires_only_that_technicians_accounts() {
         let mut c = Timeline::enrolled();
-        c.grant(named_grant(1));
+        c.grant_fully(named_grant(1), 1, 1); // nik's account was used
         let ann = AccessGrant {
             technician_id: ann_id(),
             account: acct("msp-ann"),
@@ -2691,7 +2805,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_computer_policy_override_can_be_set_and_cleared() {
-        let policy = JitPolicy::default_for(GroupName::parse("sudo").unwrap());
+        let policy = JitPolicy::default_for(Some(GroupName::parse("sudo").unwrap()));
         let mut c = Timeline::enrolled();
         let set = c.run(ComputerCommand::OverrideJitPolicy {
             policy: Some(policy.clone()),

@@ -50,6 +50,11 @@ pub enum DomainError {
          {max_minutes} minutes"
     )]
     SessionLongerThanAllowed { wanted: u32, max_minutes: u32 },
+    #[error(
+        "this computer's agent did not report its admin group and the policy names none: set \
+         admin_group in the tenant's or the computer's policy"
+    )]
+    AdminGroupUnknown,
     #[error("the session does not expire before {expires_at}")]
     ExpiryNotReached { expires_at: Timestamp },
     #[error(
@@ -95,6 +100,7 @@ impl DomainError {
             | ComputerOfOtherTenant
             | ExpiryNotReached { .. }
             | SessionLongerThanAllowed { .. }
+            | AdminGroupUnknown
             | SessionNotActive
             | NoOfflineSecret
             | AccountNotProvisioned { .. }
@@ -108,6 +114,7 @@ impl DomainError {
     pub fn field(&self) -> Option<&'static str> {
         match self {
             DomainError::SessionLongerThanAllowed { .. } => Some("duration_minutes"),
+            DomainError::AdminGroupUnknown => Some("admin_group"),
             DomainError::Invalid(invalid) => Some(invalid.field),
             _ => None,
         }

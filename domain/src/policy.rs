@@ -306,7 +306,10 @@ pub struct JitPolicyFields {
     /// still managed just in time.
     pub provisioning_enabled: bool,
     /// The group that grants admin rights on the computer, e.g. `Administrators`, `sudo`.
-    pub admin_group: GroupName,
+    /// `null` (the default): each computer's own admin group, as its agent reported it at
+    /// enrolment (`Administrators` on Windows when the agent did not say).
+    #[serde(default)]
+    pub admin_group: Option<GroupName>,
     /// What to do with the account when its last session is checked in.
     pub on_check_in: CheckInAction,
     /// Ephemeral mode: reuse the technician's previous JIT account on the computer instead of
@@ -341,8 +344,9 @@ impl JitPolicy {
     pub fn provisioning_enabled(&self) -> bool {
         self.0.provisioning_enabled
     }
-    pub fn admin_group(&self) -> &GroupName {
-        &self.0.admin_group
+    /// The admin group the policy names; `None`: each computer's own.
+    pub fn admin_group(&self) -> Option<&GroupName> {
+        self.0.admin_group.as_ref()
     }
     pub fn on_check_in(&self) -> CheckInAction {
         self.0.on_check_in
@@ -363,9 +367,9 @@ impl JitPolicy {
         &self.0.named_account_template
     }
 
-    /// The secure default: provisioning on, `Administrators`, remove from group at check-in,
-    /// no reuse, one hour, 24-character passwords, rotate at check-in.
-    pub fn default_for(admin_group: GroupName) -> Self {
+    /// The secure default: provisioning on, each computer's own admin group, remove from
+    /// group at check-in, no reuse, one hour, 24-character passwords, rotate at check-in.
+    pub fn default_for(admin_group: Option<GroupName>) -> Self {
         Self(JitPolicyFields {
             provisioning_enabled: true,
             admin_group,
@@ -381,7 +385,7 @@ impl JitPolicy {
 
 impl Default for JitPolicy {
     fn default() -> Self {
-        Self::default_for(GroupName::parse("Administrators").expect("a valid group name"))
+        Self::default_for(None)
     }
 }
 
@@ -474,7 +478,11 @@ mod tests {
     fn policy_json_round_trips_and_refuses_unknown_fields() {
         let policy = JitPolicy::default();
         let json = serde_json::to_value(&policy).unwrap();
-        assert_eq!(json["admin_group"], "Administrators");
+        assert_eq!(
+            json["admin_group"],
+            serde_json::Value::Null,
+            "each computer's own"
+        );
         assert_eq!(json["on_check_in"], "remove_from_group");
         assert_eq!(
             serde_json::from_value::<JitPolicy>(json.clone()).unwrap(),

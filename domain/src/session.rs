@@ -258,6 +258,7 @@ fn check_out(c: CheckOut) -> Result<Vec<SessionEvent>, DomainError> {
         return Err(DomainError::ComputerOfOtherTenant);
     }
     let policy = c.computer.effective_policy(&c.tenant.policy);
+    let admin_group = c.computer.admin_group(&c.tenant.policy)?;
     let (account, owner) = choose_account(&c)?;
     if let Some(existing) = c.computer.accounts.get(&account) {
         if existing.owner != owner {
@@ -287,7 +288,7 @@ fn check_out(c: CheckOut) -> Result<Vec<SessionEvent>, DomainError> {
         login_mode: c.tenant.login_mode,
         account,
         account_owner: owner,
-        admin_group: policy.admin_group().clone(),
+        admin_group,
         on_check_in: policy.on_check_in(),
         rotate_on_check_in: policy.rotate_on_check_in(),
         create_account: policy.provisioning_enabled(),
@@ -602,6 +603,61 @@ mod tests {
             panic!()
         };
         assert_eq!(e.expires_at, t(15), "a shorter wish is honoured");
+    }
+
+    /// A Linux computer as its agent enrolled it, reporting `group` as its admin group.
+    fn linux(group: Option<&str>) -> Computer {
+        use crate::computer::{ComputerEnrolled, OsKind};
+        use crate::ids::AgentKeyId;
+        use crate::names::{GroupName, Hostname};
+        Computer::replay(&[ComputerEnrolled {
+            computer_id: crate::testing::computer_id(),
+            tenant_id: tenant_id(),
+            hostname: Hostname::parse("deb-12").unwrap(),
+            os: OsKind::Linux,
+            agent_key_id: AgentKeyId(Uuid::from_u128(500)),
+            admin_group: group.map(|g| GroupName::parse(g).unwrap()),
+            by: admin(),
+            at: t(0),
+        }
+        .into()])
+    }
+
+    fn group_of(c: CheckOut) -> Result<String, DomainError> {
+        let events = Session::decide(&Session::None, SessionCommand::CheckOut(Box::new(c)))?;
+        let SessionEvent::SessionCheckedOut(e) = &events[0] else {
+            panic!()
+        };
+        Ok(e.admin_group.to_string())
+    }
+
+    #[test]
+    fn the_admin_group_is_the_policys_else_the_computers_own() {
+        let default = || tenant(LoginMode::Named, JitPolicy::default());
+        assert_eq!(
+            group_of(check_out(default(), linux(Some("sudo")))).unwrap(),
+            "sudo",
+            "the group the agent reported"
+        );
+        assert_eq!(
+            group_of(check_out(default(), computer())).unwrap(),
+            "Administrators",
+            "Windows without a report"
+        );
+        let err = group_of(check_out(default(), linux(None))).unwrap_err();
+        assert_eq!(err, DomainError::AdminGroupUnknown);
+        assert_eq!(err.field(), Some("admin_group"));
+        let wheel =
+            policy(|f| f.admin_group = Some(crate::names::GroupName::parse("wheel").unwrap()));
+        assert_eq!(
+            group_of(check_out(
+                tenant(LoginMode::Named, wheel),
+                linux(Some("sudo"))
+            ))
+            .unwrap(),
+            "wheel",
+            "a policy that names a group wins"
+        );
     }
 
     #[test]

@@ -216,6 +216,7 @@ impl World {
                     hostname: Hostname::parse(format!("W11-{i}")).unwrap(),
                     os: OsKind::Windows,
                     agent_key_id: AgentKeyId(Uuid::from_u128(500 + i as u128)),
+                    admin_group: None,
                     by: admin(),
                     at: t(0),
                 },
@@ -514,7 +515,7 @@ fn policy(delete: bool, reuse: bool, rotate: bool, sudo: bool) -> JitPolicy {
         },
         reuse_existing_account: reuse && !delete,
         rotate_on_check_in: rotate,
-        ..JitPolicy::default_for(GroupName::parse(group).unwrap())
+        ..JitPolicy::default_for(Some(GroupName::parse(group).unwrap()))
             .fields()
             .clone()
     };

@@ -687,7 +687,9 @@ fn policy_text(policy: &JitPolicy) -> String {
          sessions of at most {} minutes, {}-character passwords of {}, password rotation at \
          check-in {}, named accounts {}",
         on_off(policy.provisioning_enabled()),
-        policy.admin_group(),
+        policy
+            .admin_group()
+            .map_or("each computer's own".to_owned(), |g| g.to_string()),
         on_off(policy.reuse_existing_account()),
         policy.max_session().as_minutes(),
         password.length(),

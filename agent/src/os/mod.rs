@@ -10,6 +10,33 @@
 pub mod linux;
 pub mod memory;
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_admin_group_is_the_first_known_one_in_the_group_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(etc.join("group"), "root:x:0:\nwheel:x:10:\nadmin:x:11:\n").unwrap();
+        assert_eq!(
+            super::detect_admin_group(dir.path()).as_deref(),
+            Some("wheel")
+        );
+        std::fs::write(etc.join("group"), "root:x:0:\nsudo:x:27:nik\nwheel:x:10:\n").unwrap();
+        assert_eq!(
+            super::detect_admin_group(dir.path()).as_deref(),
+            Some("sudo")
+        );
+        std::fs::write(etc.join("group"), "root:x:0:\nsudoers:x:5:\n").unwrap();
+        assert_eq!(
+            super::detect_admin_group(dir.path()),
+            None,
+            "whole names only"
+        );
+        assert_eq!(super::detect_admin_group(&dir.path().join("none")), None);
+    }
+}
+
 /// What the machine's files say about one account.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observed {
@@ -57,6 +84,25 @@ pub trait AccountBackend: Send + Sync {
     fn observe(&self, account: &str) -> Result<Observed, OsError>;
     /// The members of a group, from the group file (for the admin-group inventory).
     fn group_members(&self, group: &str) -> Result<Vec<String>, OsError>;
+}
+
+/// The groups that grant admin rights on Linux distributions, in the order they are looked
+/// for: Debian and Ubuntu (`sudo`), Fedora, RHEL and Arch (`wheel`), older Ubuntu (`admin`).
+pub const LINUX_ADMIN_GROUPS: [&str; 3] = ["sudo", "wheel", "admin"];
+
+/// This machine's admin group: the first of [`LINUX_ADMIN_GROUPS`] in `root`'s
+/// `/etc/group`; `None` if none is there (or the file cannot be read: the server then needs
+/// the tenant's policy to name one).
+pub fn detect_admin_group(root: &std::path::Path) -> Option<String> {
+    let groups = std::fs::read_to_string(root.join("etc/group")).ok()?;
+    let names: Vec<&str> = groups
+        .lines()
+        .filter_map(|line| line.split(':').next())
+        .collect();
+    LINUX_ADMIN_GROUPS
+        .iter()
+        .find(|wanted| names.contains(wanted))
+        .map(|found| (*found).to_owned())
 }
 
 /// Hashes a password for the shadow file: SHA-512 crypt (`$6$`) with a fresh random salt.

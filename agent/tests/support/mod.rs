@@ -590,6 +590,14 @@ impl Agent {
             "--hostname",
             &self.hostname,
         ];
+        // The throw-away roots have the group the tests' audit sentences name; the agent
+        // would find the host's `sudo` there first.
+        if !flags
+            .iter()
+            .any(|f| *f == "--admin-group" || *f == "--root")
+        {
+            args.extend_from_slice(&["--admin-group", ADMIN_GROUP]);
+        }
         args.extend_from_slice(flags);
         self.command(&args)
     }

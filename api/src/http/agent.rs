@@ -128,6 +128,10 @@ struct Enrollment {
     token: String,
     hostname: Hostname,
     os: OsKind,
+    /// The machine's admin group (e.g. `sudo`, `wheel`), used where the tenant's policy
+    /// names none. Optional: Windows defaults to `Administrators`.
+    #[serde(default)]
+    admin_group: Option<latchkey_domain::names::GroupName>,
 }
 
 async fn enroll(
@@ -185,6 +189,7 @@ async fn enroll(
         hostname: body.hostname,
         os: body.os,
         agent_key_id: agent_key,
+        admin_group: body.admin_group,
         by: actor(&enrolling),
         at: chrono::Utc::now(),
     };
@@ -564,6 +569,7 @@ async fn offline_secrets(
     let computer = own_computer(&principal)?;
     let (state, tenant) = computer_and_tenant(&services, computer).await?;
     let policy = state.effective_policy(&tenant.policy);
+    let admin_group = state.admin_group(&tenant.policy)?;
     let mut secrets = Vec::new();
     for account in state.accounts.values() {
         let Some(generation) = account
@@ -592,7 +598,7 @@ async fn offline_secrets(
         });
     }
     let response = HttpResponse::Ok().json(serde_json::json!({
-        "admin_group": policy.admin_group(),
+        "admin_group": admin_group,
         "max_session_minutes": policy.max_session().as_minutes(),
         "secrets": secrets,
     }));

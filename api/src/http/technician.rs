@@ -13,9 +13,9 @@ use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use latchkey_domain::computer::{Computer, ComputerCommand, ComputerEvent};
-use latchkey_domain::ids::{ComputerId, SessionId};
+use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::names::{AccountName, EphemeralDigits, Reason, TicketRef};
-use latchkey_domain::policy::SessionLength;
+use latchkey_domain::policy::{LoginMode, SessionLength};
 use latchkey_domain::session::{
     CheckInReason, CheckOut, Session, SessionCommand, SessionState, SessionStatus,
 };
@@ -293,9 +293,16 @@ async fn offline_secret(
         by: actor(&principal),
         at: chrono::Utc::now(),
     };
-    let executed = services
+    let executed = match services
         .execute::<Computer>(&principal, computer.stream_name(), command)
-        .await?;
+        .await
+    {
+        Ok(executed) => executed,
+        Err(refused) => {
+            no_offline_secret_yet(&services, tenant, computer, technician_id).await?;
+            return Err(refused);
+        }
+    };
     let Some(ComputerEvent::OfflineSecretDisclosed(shown)) = executed.events.first() else {
         return Err(super::internal("offline secret", &"no disclosure event"));
     };
@@ -320,6 +327,53 @@ async fn offline_secret(
         "otpauth_uri": uri.expose(),
         "qr_svg": qr,
     }))))
+}
+
+/// Refuses (422) when the technician has no offline secret on the computer yet, saying
+/// which account would have one under the tenant's login mode and how it gets it (the
+/// domain's own refusal cannot: the computer does not know the tenant's mode).
+async fn no_offline_secret_yet(
+    services: &web::Data<Services>,
+    tenant: TenantId,
+    computer: ComputerId,
+    technician_id: TechnicianId,
+) -> Result<(), ApiError> {
+    let state: Computer = services.load(computer.stream_name()).await?;
+    if state.offline_secret_for(technician_id).is_some() {
+        return Ok(());
+    }
+    let tenant: Tenant = services.load(tenant.stream_name()).await?;
+    let technician: Technician = services.load(technician_id.stream_name()).await?;
+    let (Some(tenant), Some(technician)) = (tenant.state(), technician.state()) else {
+        return Ok(()); // the command refuses it
+    };
+    let policy = state.effective_policy(&tenant.policy);
+    let why = match tenant.login_mode {
+        LoginMode::Named => format!(
+            "the tenant is in named mode and your account {} has no offline secret on this \
+             computer yet; it gets one at your next check-out here",
+            policy
+                .named_account_template()
+                .account_for(&technician.username)
+        ),
+        LoginMode::Shared => match &tenant.shared_account {
+            Some(account) => format!(
+                "the tenant is in shared mode and its shared account {account} has no offline \
+                 secret on this computer yet; it gets one at the next check-out here"
+            ),
+            None => "the tenant is in shared mode and its shared account has no offline \
+                     secret on this computer yet; it gets one at the next check-out here"
+                .to_owned(),
+        },
+        LoginMode::Ephemeral => "the tenant is in ephemeral mode: ephemeral accounts have no \
+                                 offline secret"
+            .to_owned(),
+    };
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "no-offline-secret",
+        format!("no offline secret for you on this computer: {why}"),
+    ))
 }
 
 /// The TOTP secret of (computer, account, generation), created on first use.

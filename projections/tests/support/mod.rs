@@ -107,6 +107,7 @@ pub fn enroll(id: ComputerId, tenant: TenantId, hostname: &str, minute: i64) -> 
         hostname: Hostname::parse(hostname).unwrap(),
         os: OsKind::Windows,
         agent_key_id: AgentKeyId(Uuid::from_u128(id.0.as_u128() + 5)),
+        admin_group: None,
         by: admin(),
         at: at(minute),
     }
