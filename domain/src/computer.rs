@@ -296,7 +296,7 @@ pub struct ComputerProfile {
 /// The form of [`Computer`] kept in snapshots (see the server's command path): bump it
 /// whenever the state's fields or their meaning change, so older snapshots are ignored and the
 /// state is folded from the events again.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// How many released sessions a computer remembers. A grant or release is repeated only when
 /// the process-manager runner handles its last batch of events again after a crash, and a
