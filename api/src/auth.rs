@@ -2,17 +2,24 @@
 //! and the permission checks the HTTP layer asks of a [`Principal`].
 //! A token is shown once, when issued; this module must never store, log or put in an error a
 //! token (or its secret part) in clear. Only its SHA-256 is stored, compared in constant time.
+//! People's tokens expire ([`TokenLifetimes`]); when a token was last used is kept to the
+//! minute, written in batches ([`TokenStore::flush_last_used`]), so checking a token never
+//! writes.
 
 use crate::storage::{Durable, Place};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use chrono::{DateTime, SecondsFormat, Utc};
 use latchkey_domain::ids::{ComputerId, TechnicianId, TenantId};
-use latchkey_store::sql::{params, OptionalExtension, Sql, SqlError};
+use latchkey_store::sql::{params, Dialect, OptionalExtension, Sql, SqlError, SqlExt, Value};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
@@ -53,6 +60,20 @@ pub enum Role {
 }
 
 impl Role {
+    /// The one tenant, technician or computer the role is confined to (`None`: MSP admins
+    /// and auditors of all tenants).
+    pub fn scope_id(&self) -> Option<Uuid> {
+        match self {
+            Role::MspAdmin | Role::Auditor { tenant_id: None } => None,
+            Role::TenantAdmin { tenant_id }
+            | Role::Auditor {
+                tenant_id: Some(tenant_id),
+            } => Some(tenant_id.0),
+            Role::Technician { technician_id } => Some(technician_id.0),
+            Role::Agent { computer_id } => Some(computer_id.0),
+        }
+    }
+
     /// The role's name as in the issue and the API: `msp_admin`, `tenant_admin`, ...
     pub fn kind(&self) -> &'static str {
         match self {
@@ -115,6 +136,100 @@ impl Principal {
         )
     }
 
+    /// May see this technician (registered, currently in `tenants`): MSP admins and
+    /// all-tenant auditors everyone; tenant admins and tenant auditors the current members of
+    /// their tenant; a technician themselves. Agents nobody.
+    pub fn may_see_technician(
+        &self,
+        technician: TechnicianId,
+        tenants: &std::collections::BTreeSet<TenantId>,
+    ) -> bool {
+        match self.role {
+            Role::MspAdmin | Role::Auditor { tenant_id: None } => true,
+            Role::TenantAdmin { tenant_id }
+            | Role::Auditor {
+                tenant_id: Some(tenant_id),
+            } => tenants.contains(&tenant_id),
+            Role::Technician { technician_id } => technician_id == technician,
+            Role::Agent { .. } => false,
+        }
+    }
+
+    /// Which of a visible technician's tenants this principal is shown: a tenant-scoped
+    /// caller learns nothing about the technician's other customers.
+    pub fn tenants_shown(&self, tenants: &std::collections::BTreeSet<TenantId>) -> Vec<TenantId> {
+        match self.role {
+            Role::MspAdmin | Role::Auditor { tenant_id: None } | Role::Technician { .. } => {
+                tenants.iter().copied().collect()
+            }
+            Role::TenantAdmin { tenant_id }
+            | Role::Auditor {
+                tenant_id: Some(tenant_id),
+            } => tenants
+                .iter()
+                .copied()
+                .filter(|t| *t == tenant_id)
+                .collect(),
+            Role::Agent { .. } => Vec::new(),
+        }
+    }
+
+    /// Adds technicians to tenants: only an MSP admin. Technicians are MSP staff; a tenant
+    /// admin who could add any technician by id would reach (and learn about) other customers'
+    /// staff. A tenant admin manages the technicians already in their tenant (removing them).
+    pub fn adds_technicians_to_tenants(&self) -> bool {
+        self.is_msp_admin()
+    }
+
+    /// Which tokens this principal may list (`None`: agents, none at all).
+    pub fn token_scope(&self) -> Option<TokenScope> {
+        match self.role {
+            Role::MspAdmin | Role::Auditor { tenant_id: None } => Some(TokenScope::All),
+            Role::TenantAdmin { tenant_id }
+            | Role::Auditor {
+                tenant_id: Some(tenant_id),
+            } => Some(TokenScope::Tenant(tenant_id)),
+            Role::Technician { technician_id } => Some(TokenScope::Technician(technician_id)),
+            Role::Agent { .. } => None,
+        }
+    }
+
+    /// May see this token (list it, learn it exists): its own, or one in its
+    /// [`Principal::token_scope`].
+    pub fn can_see_token(&self, token: &TokenInfo) -> bool {
+        token.token_id == self.token_id
+            || match self.token_scope() {
+                None => false,
+                Some(TokenScope::All) => true,
+                Some(TokenScope::Tenant(tenant)) => matches!(
+                    token.grants,
+                    Role::TenantAdmin { tenant_id } | Role::Auditor { tenant_id: Some(tenant_id) }
+                        if tenant_id == tenant
+                ),
+                Some(TokenScope::Technician(technician)) => {
+                    token.grants
+                        == Role::Technician {
+                            technician_id: technician,
+                        }
+                }
+            }
+    }
+
+    /// May rotate this token: its own; an MSP admin any; a tenant admin the tokens of their
+    /// tenant (the ones they may issue).
+    pub fn can_rotate_token(&self, token: &TokenInfo) -> bool {
+        token.token_id == self.token_id
+            || match self.role {
+                Role::MspAdmin => true,
+                Role::TenantAdmin { tenant_id: own } => matches!(
+                    token.grants,
+                    Role::TenantAdmin { tenant_id } | Role::Auditor { tenant_id: Some(tenant_id) }
+                        if tenant_id == own
+                ),
+                _ => false,
+            }
+    }
+
     /// The technician this principal is, if it is one.
     pub fn technician_id(&self) -> Option<TechnicianId> {
         match self.role {
@@ -158,6 +273,11 @@ pub enum AuthError {
     KnownTokenConflict { token_id: TokenId },
     #[error("{ADMIN_TOKEN_VARIABLE}'s token {token_id} has been revoked; set a new one")]
     KnownTokenRevoked { token_id: TokenId },
+    #[error("{ADMIN_TOKEN_VARIABLE}'s token {token_id} expired at {expired_at}; set a new one")]
+    KnownTokenExpired {
+        token_id: TokenId,
+        expired_at: DateTime<Utc>,
+    },
     #[error("token store {path}: {source}")]
     Storage {
         path: PathBuf,
@@ -187,15 +307,228 @@ pub enum EnrollmentRefused {
 /// A new random token: its id and the whole token text, `lk_<id hex>_<secret base64url>`.
 /// Show the text once to whoever it is for; store only [`hash_token`] of it.
 pub fn generate_token() -> (TokenId, String) {
-    let mut rng = rand::rng();
     let mut id_bytes = [0u8; 16];
-    rng.fill(&mut id_bytes[..]);
+    rand::rng().fill(&mut id_bytes[..]);
     let token_id = uuid::Builder::from_random_bytes(id_bytes).into_uuid();
+    (token_id, token_with_new_secret(token_id))
+}
+
+/// The text of token `token_id` with a fresh random secret (a new token, or a rotation).
+fn token_with_new_secret(token_id: TokenId) -> String {
     let mut secret = [0u8; SECRET_BYTES];
-    rng.fill(&mut secret[..]);
+    rand::rng().fill(&mut secret[..]);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-    let token = format!("{TOKEN_PREFIX}{}_{secret}", token_id.simple());
-    (token_id, token)
+    format!("{TOKEN_PREFIX}{}_{secret}", token_id.simple())
+}
+
+/// How long API tokens for people live: `default` when the issuer names no lifetime, and at
+/// most `max`. Agents' credentials do not expire: they end when the computer is
+/// decommissioned or enrolled again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenLifetimes {
+    pub default: Duration,
+    pub max: Duration,
+}
+
+/// 90 days unless configured otherwise.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(90 * 86_400);
+/// 365 days unless configured otherwise.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
+impl Default for TokenLifetimes {
+    fn default() -> Self {
+        Self {
+            default: DEFAULT_TOKEN_LIFETIME,
+            max: MAX_TOKEN_LIFETIME,
+        }
+    }
+}
+
+impl TokenLifetimes {
+    /// Checked settings: both at least a second, the default no longer than the maximum, the
+    /// maximum at most 100 years.
+    pub fn new(default: Duration, max: Duration) -> Result<Self, String> {
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+        if default < Duration::from_secs(1) || max < Duration::from_secs(1) {
+            return Err("token lifetimes must be at least one second".into());
+        }
+        if max > CENTURY {
+            return Err("the maximum token lifetime must be at most 100 years".into());
+        }
+        if default > max {
+            return Err(format!(
+                "the default token lifetime ({} s) is longer than the maximum ({} s)",
+                default.as_secs(),
+                max.as_secs()
+            ));
+        }
+        Ok(Self { default, max })
+    }
+
+    /// The lifetime asked for as `expires_in` seconds (the default when absent), or why it
+    /// is refused (a sentence about `expires_in`).
+    pub fn choose(&self, expires_in: Option<u64>) -> Result<Duration, String> {
+        match expires_in {
+            None => Ok(self.default),
+            Some(0) => Err("expires_in must be at least 1 (seconds)".into()),
+            Some(seconds) if seconds > self.max.as_secs() => Err(format!(
+                "expires_in must be at most {} seconds ({}), this server's maximum token \
+                 lifetime (got {seconds})",
+                self.max.as_secs(),
+                human_duration(self.max)
+            )),
+            Some(seconds) => Ok(Duration::from_secs(seconds)),
+        }
+    }
+}
+
+/// `90 days`, `12 hours`, `30 minutes` or `45 seconds`, whichever is exact.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (n, unit) = if s.is_multiple_of(86_400) {
+        (s / 86_400, "day")
+    } else if s.is_multiple_of(3_600) {
+        (s / 3_600, "hour")
+    } else if s.is_multiple_of(60) {
+        (s / 60, "minute")
+    } else {
+        (s, "second")
+    };
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
+}
+
+/// A token just issued or rotated: the only time its text exists. Not `Debug`-printable
+/// with the text.
+pub struct IssuedToken {
+    pub token_id: TokenId,
+    pub token: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("token_id", &self.token_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a presented bearer token turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authentication {
+    Valid(Principal),
+    /// The right secret, but the token expired at this time.
+    Expired(DateTime<Utc>),
+    /// Malformed, unknown, revoked or the wrong secret, all alike.
+    Refused,
+}
+
+impl Authentication {
+    /// The principal, if the token is valid.
+    pub fn principal(self) -> Option<Principal> {
+        match self {
+            Authentication::Valid(principal) => Some(principal),
+            _ => None,
+        }
+    }
+}
+
+/// When a token was last used is written at most this often per token.
+pub const LAST_USED_EVERY: Duration = Duration::from_secs(60);
+
+/// Which tokens a listing covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScope {
+    /// Every token.
+    All,
+    /// The tenant-admin and auditor tokens of one tenant.
+    Tenant(TenantId),
+    /// One technician's tokens.
+    Technician(TechnicianId),
+}
+
+/// A listing of tokens: the scope, optionally one role, with or without revoked ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenQuery {
+    pub scope: TokenScope,
+    pub role: Option<&'static str>,
+    pub include_revoked: bool,
+    pub limit: u32,
+}
+
+/// A token as listed: who holds it and what it may do, never its secret or hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenInfo {
+    /// As in the token text (`lk_<token id>_…`): 32 lowercase hex digits.
+    #[serde(serialize_with = "simple_id")]
+    pub token_id: TokenId,
+    /// Who holds it (an e-mail address, or `agent:<computer id>`).
+    pub holder: String,
+    /// `msp_admin`, `tenant_admin`, `technician`, `auditor` or `agent`.
+    pub role: &'static str,
+    /// The tenant, technician or computer it is confined to (`null`: all tenants).
+    pub scope: Option<TokenScopeView>,
+    /// `live`, `expired` or `revoked`.
+    pub status: &'static str,
+    pub created_at: Option<DateTime<Utc>>,
+    /// To the minute at best: see [`LAST_USED_EVERY`].
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// `null`: never (agents' credentials).
+    pub expires_at: Option<DateTime<Utc>>,
+    pub rotated_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub grants: Role,
+}
+
+fn simple_id<S: serde::Serializer>(id: &TokenId, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&id.simple())
+}
+
+/// The scope of a listed token, as `{"tenant_id": …}`, `{"technician_id": …}` or
+/// `{"computer_id": …}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum TokenScopeView {
+    Tenant { tenant_id: TenantId },
+    Technician { technician_id: TechnicianId },
+    Computer { computer_id: ComputerId },
+}
+
+impl TokenScopeView {
+    fn of(role: &Role) -> Option<Self> {
+        match *role {
+            Role::MspAdmin | Role::Auditor { tenant_id: None } => None,
+            Role::TenantAdmin { tenant_id }
+            | Role::Auditor {
+                tenant_id: Some(tenant_id),
+            } => Some(Self::Tenant { tenant_id }),
+            Role::Technician { technician_id } => Some(Self::Technician { technician_id }),
+            Role::Agent { computer_id } => Some(Self::Computer { computer_id }),
+        }
+    }
+}
+
+/// A time as stored: RFC 3339 in UTC, fixed width, so stored times compare as text.
+fn stamp(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn expiry(now: DateTime<Utc>, lifetime: Duration) -> DateTime<Utc> {
+    use chrono::SubsecRound;
+    // To the microsecond, as stored, so what the issuer is told is what is kept.
+    chrono::Duration::from_std(lifetime)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+        .trunc_subsecs(6)
 }
 
 /// Why a text is not a well-formed token (never containing the text itself).
@@ -238,22 +571,34 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 }
 
 /// The issued API tokens, in their own SQLite file or the shared PostgreSQL schema
-/// (`crate::storage`): id, SHA-256 of the token, role, name, issue and revocation time.
-/// Thread-safe.
+/// (`crate::storage`): id, SHA-256 of the token, role, holder, and when it was issued, last
+/// used, rotated, revoked and when it expires. Thread-safe.
 pub struct TokenStore {
     db: Durable,
+    lifetimes: TokenLifetimes,
+    /// Tokens used since their `last_used_at` was last written (or for over a minute before),
+    /// with the time of their latest use; written in one transaction by
+    /// [`TokenStore::flush_last_used`].
+    used: Mutex<HashMap<TokenId, DateTime<Utc>>>,
 }
 
 impl fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenStore")
             .field("path", &self.db.path())
+            .field("lifetimes", &self.lifetimes)
             .finish_non_exhaustive()
     }
 }
 
+/// The columns `tokens` gained after issue 3, added to older databases when opened.
+const LATER_COLUMNS: [&str; 4] = ["scope_id", "expires_at", "last_used_at", "rotated_at"];
+
+const TOKEN_COLUMNS: &str = "token_id, role, name, issued_at, expires_at, last_used_at, \
+                             rotated_at, revoked_at";
+
 impl TokenStore {
-    /// Opens (or creates) the store at `path`.
+    /// Opens (or creates) the store at `place`, with the default [`TokenLifetimes`].
     pub fn open(place: impl Into<Place>) -> Result<Self, AuthError> {
         let place = place.into();
         let path = place.path();
@@ -283,7 +628,23 @@ impl TokenStore {
                  ) WITHOUT ROWID;",
         )
         .map_err(storage)?;
-        Ok(Self { db })
+        let store = Self {
+            db,
+            lifetimes: TokenLifetimes::default(),
+            used: Mutex::default(),
+        };
+        store.add_later_columns()?;
+        Ok(store)
+    }
+
+    /// The same store, issuing tokens for `lifetimes`.
+    pub fn with_lifetimes(mut self, lifetimes: TokenLifetimes) -> Self {
+        self.lifetimes = lifetimes;
+        self
+    }
+
+    pub fn lifetimes(&self) -> TokenLifetimes {
+        self.lifetimes
     }
 
     pub fn path(&self) -> &Path {
@@ -297,6 +658,72 @@ impl TokenStore {
         }
     }
 
+    /// Adds the columns of [`LATER_COLUMNS`] a store from before them lacks, fills in the
+    /// scope of its tokens and gives people's tokens an expiry [`DEFAULT_TOKEN_LIFETIME`]
+    /// from now. One transaction, so servers starting together agree.
+    fn add_later_columns(&self) -> Result<(), AuthError> {
+        self.db.transaction(
+            |e| self.storage(e),
+            |tx| {
+                let present: Vec<String> = match tx.dialect() {
+                    Dialect::Sqlite => {
+                        tx.map("SELECT name FROM pragma_table_info('tokens')", &[], |row| {
+                            row.get(0)
+                        })
+                    }
+                    Dialect::Postgres => tx.map(
+                        "SELECT CAST(column_name AS TEXT) FROM information_schema.columns
+                         WHERE table_schema = current_schema() AND table_name = 'tokens'",
+                        &[],
+                        |row| row.get(0),
+                    ),
+                }
+                .map_err(|e| self.storage(e))?;
+                let missing: Vec<&str> = LATER_COLUMNS
+                    .into_iter()
+                    .filter(|c| !present.iter().any(|p| p == c))
+                    .collect();
+                for column in &missing {
+                    let ddl = format!("ALTER TABLE tokens ADD COLUMN {column} TEXT");
+                    let ddl = match tx.dialect() {
+                        Dialect::Sqlite => ddl,
+                        Dialect::Postgres => latchkey_store::sql::postgres_ddl(&ddl),
+                    };
+                    tx.batch(&ddl).map_err(|e| self.storage(e))?;
+                }
+                if missing.contains(&"expires_at") {
+                    // People's tokens from before expiry existed expire a default lifetime
+                    // after the upgrade, rather than never.
+                    tx.execute(
+                        "UPDATE tokens SET expires_at = ?1
+                         WHERE role_kind <> 'agent' AND revoked_at IS NULL",
+                        params![stamp(expiry(Utc::now(), DEFAULT_TOKEN_LIFETIME))],
+                    )
+                    .map_err(|e| self.storage(e))?;
+                }
+                if missing.contains(&"scope_id") {
+                    let rows: Vec<(String, String)> = tx
+                        .map("SELECT token_id, role FROM tokens", &[], |row| {
+                            Ok((row.get(0)?, row.get(1)?))
+                        })
+                        .map_err(|e| self.storage(e))?;
+                    for (token_id, role) in rows {
+                        let scope = serde_json::from_str::<Role>(&role)
+                            .ok()
+                            .and_then(|r| r.scope_id())
+                            .map(|id| id.to_string());
+                        tx.execute(
+                            "UPDATE tokens SET scope_id = ?2 WHERE token_id = ?1",
+                            params![token_id, scope],
+                        )
+                        .map_err(|e| self.storage(e))?;
+                    }
+                }
+                Ok(())
+            },
+        )
+    }
+
     fn insert(
         &self,
         connection: &dyn Sql,
@@ -304,63 +731,107 @@ impl TokenStore {
         token: &str,
         role: &Role,
         name: &str,
+        expires_at: Option<DateTime<Utc>>,
     ) -> Result<(), AuthError> {
         let role_json = serde_json::to_string(role).expect("a Role always serialises");
         connection
             .execute(
-                "INSERT INTO tokens (token_id, token_hash, role_kind, role, name, issued_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO tokens (token_id, token_hash, role_kind, role, name, issued_at,
+                                     scope_id, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![
                     token_id.to_string(),
                     &hash_token(token)[..],
                     role.kind(),
                     role_json,
                     name,
-                    chrono::Utc::now().to_rfc3339(),
+                    stamp(Utc::now()),
+                    role.scope_id().map(|id| id.to_string()),
+                    expires_at.map(stamp),
                 ],
             )
             .map_err(|e| self.storage(e))?;
         Ok(())
     }
 
-    /// Issues a new token for `role` and `name`, and returns the token text. This is the only
-    /// time it exists in clear: show it once, never log it.
-    pub fn issue(&self, role: Role, name: &str) -> Result<String, AuthError> {
-        let (token_id, token) = generate_token();
-        let connection = self.db.lock();
-        self.insert(&*connection, token_id, &token, &role, name)?;
-        Ok(token)
+    /// The lifetime a token of `role` gets when its issuer names none: the default for
+    /// people, none for agents.
+    fn default_lifetime(&self, role: &Role) -> Option<Duration> {
+        match role {
+            Role::Agent { .. } => None,
+            _ => Some(self.lifetimes.default),
+        }
     }
 
-    /// Registers a token chosen outside (the `LATCHKEY_ADMIN_TOKEN` bootstrap). Idempotent: the
-    /// same token again is accepted (its role and name are kept as first registered). Fails,
-    /// naming the variable and never echoing the value, if the token is malformed, if its id is
-    /// registered with another secret, or if it was revoked.
+    /// Issues a new token for `role` and `name` with the default lifetime (none for an
+    /// agent), and returns the token text. This is the only time it exists in clear: show it
+    /// once, never log it.
+    pub fn issue(&self, role: Role, name: &str) -> Result<String, AuthError> {
+        let lifetime = self.default_lifetime(&role);
+        self.issue_for(role, name, lifetime)
+            .map(|issued| issued.token)
+    }
+
+    /// Issues a new token for `role` and `name` that expires after `lifetime` (`None`:
+    /// never; for agents). Callers check the lifetime against [`TokenLifetimes::choose`].
+    pub fn issue_for(
+        &self,
+        role: Role,
+        name: &str,
+        lifetime: Option<Duration>,
+    ) -> Result<IssuedToken, AuthError> {
+        let (token_id, token) = generate_token();
+        let expires_at = lifetime.map(|l| expiry(Utc::now(), l));
+        let connection = self.db.lock();
+        self.insert(&*connection, token_id, &token, &role, name, expires_at)?;
+        Ok(IssuedToken {
+            token_id,
+            token,
+            expires_at,
+        })
+    }
+
+    /// Registers a token chosen outside (the `LATCHKEY_ADMIN_TOKEN` bootstrap), with the
+    /// default lifetime counted from its first registration. Idempotent: the same token again
+    /// is accepted (its role, name and expiry are kept as first registered). Fails, naming the
+    /// variable and never echoing the value, if the token is malformed, if its id is
+    /// registered with another secret, or if it was revoked or has expired.
     pub fn insert_known(&self, token: &str, role: Role, name: &str) -> Result<TokenId, AuthError> {
         let token_id =
             parse_token(token).map_err(|reason| AuthError::InvalidKnownToken { reason })?;
+        let now = Utc::now();
+        let expires_at = self.default_lifetime(&role).map(|l| expiry(now, l));
         // One transaction, so servers starting together on one database agree.
         self.db.transaction(
             |e| self.storage(e),
             |connection| {
-                let existing: Option<(Vec<u8>, Option<String>)> = connection
+                let existing: Option<(Vec<u8>, Option<String>, Option<String>)> = connection
                     .query_row(
-                        "SELECT token_hash, revoked_at FROM tokens WHERE token_id = ?1",
+                        "SELECT token_hash, revoked_at, expires_at FROM tokens
+                         WHERE token_id = ?1",
                         params![token_id.to_string()],
-                        |row| Ok((row.get(0)?, row.get(1)?)),
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
                     )
                     .optional()
                     .map_err(|e| self.storage(e))?;
                 match existing {
                     None => {
-                        self.insert(connection, token_id, token, &role, name)?;
+                        self.insert(connection, token_id, token, &role, name, expires_at)?;
                         Ok(token_id)
                     }
-                    Some((stored, revoked_at)) => {
+                    Some((stored, revoked_at, expires_at)) => {
+                        let expired_at = expires_at
+                            .map(|t| parse_time(&t).unwrap_or(DateTime::<Utc>::MIN_UTC))
+                            .filter(|t| *t <= now);
                         if !bool::from(stored.as_slice().ct_eq(&hash_token(token)[..])) {
                             Err(AuthError::KnownTokenConflict { token_id })
                         } else if revoked_at.is_some() {
                             Err(AuthError::KnownTokenRevoked { token_id })
+                        } else if let Some(expired_at) = expired_at {
+                            Err(AuthError::KnownTokenExpired {
+                                token_id,
+                                expired_at,
+                            })
                         } else {
                             Ok(token_id)
                         }
@@ -370,53 +841,121 @@ impl TokenStore {
         )
     }
 
-    /// The principal a bearer token stands for. `Ok(None)` for a malformed, unknown, revoked or
-    /// wrong-secret token, all alike; `Err` only for a storage failure.
-    pub fn authenticate(&self, bearer: &str) -> Result<Option<Principal>, AuthError> {
+    /// What a bearer token stands for now. `Err` only for a storage failure.
+    pub fn authenticate(&self, bearer: &str) -> Result<Authentication, AuthError> {
+        self.authenticate_at(bearer, Utc::now())
+    }
+
+    /// [`TokenStore::authenticate`] at time `now`. Reads only: a use is remembered in memory
+    /// (at most once a minute per token) and written later by
+    /// [`TokenStore::flush_last_used`].
+    pub fn authenticate_at(
+        &self,
+        bearer: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Authentication, AuthError> {
         let presented = hash_token(bearer);
         let Ok(token_id) = parse_token(bearer) else {
-            return Ok(None);
+            return Ok(Authentication::Refused);
         };
-        let row: Option<(Vec<u8>, String, String)> = self
+        type Found = (Vec<u8>, String, String, Option<String>, Option<String>);
+        let row: Option<Found> = self
             .db
             .lock()
             .prepare_cached(
-                "SELECT token_hash, role, name FROM tokens
+                "SELECT token_hash, role, name, expires_at, last_used_at FROM tokens
                  WHERE token_id = ?1 AND revoked_at IS NULL",
             )
             .and_then(|mut statement| {
                 statement.query_row(params![token_id.to_string()], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
                 })
             })
             .optional()
             .map_err(|e| self.storage(e))?;
-        let Some((stored, role, name)) = row else {
-            return Ok(None);
+        let Some((stored, role, name, expires_at, last_used_at)) = row else {
+            return Ok(Authentication::Refused);
         };
         if !bool::from(stored.as_slice().ct_eq(&presented[..])) {
-            return Ok(None);
+            return Ok(Authentication::Refused);
+        }
+        if let Some(expires_at) = expires_at {
+            // An expiry that cannot be read is treated as passed: fail closed.
+            let expires_at = parse_time(&expires_at).unwrap_or(DateTime::<Utc>::MIN_UTC);
+            if expires_at <= now {
+                return Ok(Authentication::Expired(expires_at));
+            }
         }
         let role = serde_json::from_str(&role).map_err(|source| AuthError::CorruptRole {
             path: self.db.path().to_path_buf(),
             token_id,
             source,
         })?;
-        Ok(Some(Principal {
+        let stale = last_used_at.and_then(|t| parse_time(&t)).is_none_or(|t| {
+            now.signed_duration_since(t).to_std().unwrap_or_default() >= LAST_USED_EVERY
+        });
+        if stale {
+            self.used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(token_id, now);
+        }
+        Ok(Authentication::Valid(Principal {
             token_id,
             role,
             name,
         }))
     }
 
-    /// Whether the token still authenticates (not revoked): long-lived connections opened
-    /// with it (the agents' event feed) check again while they last.
+    /// Writes when the tokens used since the last call were last used, all in one
+    /// transaction; returns how many. The server calls it once a minute, so checking a token
+    /// never waits for a write, and a crash loses at most the last minute's uses.
+    pub fn flush_last_used(&self) -> Result<usize, AuthError> {
+        let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|p| p.into_inner()));
+        if used.is_empty() {
+            return Ok(0);
+        }
+        self.db.transaction(
+            |e| self.storage(e),
+            |tx| {
+                for (token_id, at) in &used {
+                    tx.execute(
+                        "UPDATE tokens SET last_used_at = ?2
+                         WHERE token_id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
+                        params![token_id.to_string(), stamp(*at)],
+                    )
+                    .map_err(|e| self.storage(e))?;
+                }
+                Ok(used.len())
+            },
+        )
+    }
+
+    /// Whether the token still authenticates (not revoked, not expired): long-lived
+    /// connections opened with it (the agents' event feed) check again while they last.
     pub fn is_live(&self, token_id: TokenId) -> Result<bool, AuthError> {
-        self.db
+        let expires_at: Option<Option<String>> = self
+            .db
             .lock()
-            .prepare_cached("SELECT 1 FROM tokens WHERE token_id = ?1 AND revoked_at IS NULL")
-            .and_then(|mut statement| statement.exists(params![token_id.to_string()]))
-            .map_err(|e| self.storage(e))
+            .prepare_cached(
+                "SELECT expires_at FROM tokens WHERE token_id = ?1 AND revoked_at IS NULL",
+            )
+            .and_then(|mut statement| {
+                statement.query_row(params![token_id.to_string()], |row| row.get(0))
+            })
+            .optional()
+            .map_err(|e| self.storage(e))?;
+        Ok(match expires_at {
+            None => false,
+            Some(None) => true,
+            Some(Some(at)) => parse_time(&at).is_some_and(|at| at > Utc::now()),
+        })
     }
 
     /// Revokes a token: it no longer authenticates, for good. Returns whether a live token was
@@ -427,10 +966,164 @@ impl TokenStore {
             .lock()
             .execute(
                 "UPDATE tokens SET revoked_at = ?2 WHERE token_id = ?1 AND revoked_at IS NULL",
-                params![token_id.to_string(), chrono::Utc::now().to_rfc3339()],
+                params![token_id.to_string(), stamp(Utc::now())],
             )
             .map_err(|e| self.storage(e))?;
         Ok(changed > 0)
+    }
+
+    /// Revokes every token of the technician (at offboarding); returns how many were live.
+    pub fn revoke_technician(&self, technician: TechnicianId) -> Result<usize, AuthError> {
+        self.db
+            .lock()
+            .execute(
+                "UPDATE tokens SET revoked_at = ?2
+                 WHERE role_kind = 'technician' AND scope_id = ?1 AND revoked_at IS NULL",
+                params![technician.to_string(), stamp(Utc::now())],
+            )
+            .map_err(|e| self.storage(e))
+    }
+
+    /// Gives the token a new secret (the old one stops working at once) and a new expiry
+    /// `lifetime` from now (`None`: keeps not expiring). `Ok(None)` if there is no such
+    /// unrevoked token.
+    pub fn rotate(
+        &self,
+        token_id: TokenId,
+        lifetime: Option<Duration>,
+    ) -> Result<Option<IssuedToken>, AuthError> {
+        let now = Utc::now();
+        let token = token_with_new_secret(token_id);
+        let expires_at = lifetime.map(|l| expiry(now, l));
+        let changed = self
+            .db
+            .lock()
+            .execute(
+                "UPDATE tokens SET token_hash = ?2, expires_at = ?3, rotated_at = ?4
+                 WHERE token_id = ?1 AND revoked_at IS NULL",
+                params![
+                    token_id.to_string(),
+                    &hash_token(&token)[..],
+                    expires_at.map(stamp),
+                    stamp(now)
+                ],
+            )
+            .map_err(|e| self.storage(e))?;
+        Ok((changed > 0).then_some(IssuedToken {
+            token_id,
+            token,
+            expires_at,
+        }))
+    }
+
+    /// One token as listed, revoked or not.
+    pub fn token(&self, token_id: TokenId) -> Result<Option<TokenInfo>, AuthError> {
+        let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_id = ?1");
+        let now = Utc::now();
+        let rows = self
+            .db
+            .lock()
+            .map(&sql, params![token_id.to_string()], |row| {
+                Ok(self.token_info(row, now))
+            })
+            .map_err(|e| self.storage(e))?;
+        rows.into_iter().next().transpose()
+    }
+
+    /// The tokens `query` asks for, newest first.
+    pub fn list(&self, query: &TokenQuery) -> Result<Vec<TokenInfo>, AuthError> {
+        let mut conditions = Vec::new();
+        let mut values: Vec<Value> = Vec::new();
+        match query.scope {
+            TokenScope::All => {}
+            TokenScope::Tenant(tenant) => {
+                values.push(Value::Text(tenant.to_string()));
+                conditions.push(format!(
+                    "role_kind IN ('tenant_admin', 'auditor') AND scope_id = ?{}",
+                    values.len()
+                ));
+            }
+            TokenScope::Technician(technician) => {
+                values.push(Value::Text(technician.to_string()));
+                conditions.push(format!(
+                    "role_kind = 'technician' AND scope_id = ?{}",
+                    values.len()
+                ));
+            }
+        }
+        if let Some(role) = query.role {
+            values.push(Value::Text(role.to_owned()));
+            conditions.push(format!("role_kind = ?{}", values.len()));
+        }
+        if !query.include_revoked {
+            conditions.push("revoked_at IS NULL".to_owned());
+        }
+        let filter = if conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", conditions.join(" AND "))
+        };
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens {filter}
+             ORDER BY issued_at DESC, token_id LIMIT {}",
+            query.limit
+        );
+        let now = Utc::now();
+        let refs: Vec<&dyn latchkey_store::sql::ToValue> = values
+            .iter()
+            .map(|v| v as &dyn latchkey_store::sql::ToValue)
+            .collect();
+        let rows = self
+            .db
+            .lock()
+            .map(&sql, &refs, |row| Ok(self.token_info(row, now)))
+            .map_err(|e| self.storage(e))?;
+        rows.into_iter().collect()
+    }
+
+    /// A row of [`TOKEN_COLUMNS`] as listed.
+    fn token_info(
+        &self,
+        row: &latchkey_store::sql::Row,
+        now: DateTime<Utc>,
+    ) -> Result<TokenInfo, AuthError> {
+        let text = |i: usize| -> Result<Option<String>, AuthError> {
+            row.get(i).map_err(|e| self.storage(e))
+        };
+        let time = |i: usize| -> Result<Option<DateTime<Utc>>, AuthError> {
+            Ok(text(i)?.as_deref().and_then(parse_time))
+        };
+        let id_text = text(0)?.unwrap_or_default();
+        let token_id =
+            Uuid::parse_str(&id_text).map_err(|e| self.storage(SqlError::column(0, e)))?;
+        let role: Role = serde_json::from_str(&text(1)?.unwrap_or_default()).map_err(|source| {
+            AuthError::CorruptRole {
+                path: self.db.path().to_path_buf(),
+                token_id,
+                source,
+            }
+        })?;
+        let (expires_at, revoked_at) = (time(4)?, time(7)?);
+        let status = if revoked_at.is_some() {
+            "revoked"
+        } else if expires_at.is_some_and(|t| t <= now) {
+            "expired"
+        } else {
+            "live"
+        };
+        Ok(TokenInfo {
+            token_id,
+            holder: text(2)?.unwrap_or_default(),
+            role: role.kind(),
+            scope: TokenScopeView::of(&role),
+            status,
+            created_at: time(3)?,
+            last_used_at: time(5)?,
+            expires_at,
+            rotated_at: time(6)?,
+            revoked_at,
+            grants: role,
+        })
     }
 
     /// Issues a one-time enrollment token for a computer of `tenant`, valid until
@@ -521,14 +1214,15 @@ impl TokenStore {
         Ok(())
     }
 
-    /// Whether any unrevoked MSP admin token exists (if not, first start creates one).
+    /// Whether any unrevoked, unexpired MSP admin token exists (if not, start-up creates one).
     pub fn has_msp_admin(&self) -> Result<bool, AuthError> {
         self.db
             .lock()
             .query_row(
                 "SELECT EXISTS (SELECT 1 FROM tokens
-                                WHERE role_kind = 'msp_admin' AND revoked_at IS NULL)",
-                params![],
+                                WHERE role_kind = 'msp_admin' AND revoked_at IS NULL
+                                  AND (expires_at IS NULL OR expires_at > ?1))",
+                params![stamp(Utc::now())],
                 |row| row.get(0),
             )
             .map_err(|e| self.storage(e))
@@ -574,7 +1268,7 @@ mod tests {
         let tenant_id = tenant();
         let role = Role::TenantAdmin { tenant_id };
         let token = store.issue(role.clone(), "admin@customer.example").unwrap();
-        let principal = store.authenticate(&token).unwrap().unwrap();
+        let principal = store.authenticate(&token).unwrap().principal().unwrap();
         assert_eq!(principal.role, role);
         assert_eq!(principal.name, "admin@customer.example");
         assert_eq!(Ok(principal.token_id), parse_token(&token));
@@ -594,10 +1288,10 @@ mod tests {
             &other[TOKEN_LENGTH - 43..]
         );
         assert_eq!(parse_token(&forged), parse_token(&token));
-        assert_eq!(store.authenticate(&forged).unwrap(), None);
+        assert_eq!(store.authenticate(&forged).unwrap().principal(), None);
 
         // Unknown id.
-        assert_eq!(store.authenticate(&other).unwrap(), None);
+        assert_eq!(store.authenticate(&other).unwrap().principal(), None);
 
         // Malformed.
         for bad in [
@@ -610,15 +1304,19 @@ mod tests {
             &token.replacen("lk_", "xx_", 1),
             &format!("{}é", &token[..TOKEN_LENGTH - 2]),
         ] {
-            assert_eq!(store.authenticate(bad).unwrap(), None, "{bad:?}");
+            assert_eq!(
+                store.authenticate(bad).unwrap().principal(),
+                None,
+                "{bad:?}"
+            );
         }
 
         // Revoked.
         let id = parse_token(&token).unwrap();
-        assert!(store.authenticate(&token).unwrap().is_some());
+        assert!(store.authenticate(&token).unwrap().principal().is_some());
         assert!(store.revoke(id).unwrap());
         assert!(!store.revoke(id).unwrap());
-        assert_eq!(store.authenticate(&token).unwrap(), None);
+        assert_eq!(store.authenticate(&token).unwrap().principal(), None);
         assert!(!store.has_msp_admin().unwrap());
     }
 
@@ -680,7 +1378,12 @@ mod tests {
             id
         );
         assert!(store.has_msp_admin().unwrap());
-        assert!(store.authenticate(&token).unwrap().unwrap().is_msp_admin());
+        assert!(store
+            .authenticate(&token)
+            .unwrap()
+            .principal()
+            .unwrap()
+            .is_msp_admin());
 
         // Same id, other secret: refused, without the secret.
         let (_, other) = generate_token();
@@ -701,7 +1404,7 @@ mod tests {
             .insert_known(&token, Role::MspAdmin, "boot")
             .unwrap_err();
         assert!(matches!(error, AuthError::KnownTokenRevoked { .. }));
-        assert_eq!(store.authenticate(&token).unwrap(), None);
+        assert_eq!(store.authenticate(&token).unwrap().principal(), None);
     }
 
     #[test]
@@ -770,12 +1473,260 @@ mod tests {
         };
         let store = TokenStore::open(&path).unwrap();
         assert!(store.has_msp_admin().unwrap());
-        assert!(store.authenticate(&admin).unwrap().unwrap().is_msp_admin());
+        assert!(store
+            .authenticate(&admin)
+            .unwrap()
+            .principal()
+            .unwrap()
+            .is_msp_admin());
         assert_eq!(
-            store.authenticate(&agent).unwrap().unwrap().role,
+            store
+                .authenticate(&agent)
+                .unwrap()
+                .principal()
+                .unwrap()
+                .role,
             Role::Agent { computer_id }
         );
-        assert_eq!(store.authenticate(&revoked).unwrap(), None);
+        assert_eq!(store.authenticate(&revoked).unwrap().principal(), None);
+    }
+
+    #[test]
+    fn an_expired_token_says_so_only_to_the_right_secret() {
+        let (_dir, store) = store();
+        let role = Role::Auditor { tenant_id: None };
+        let issued = store
+            .issue_for(role.clone(), "a@msp.example", Some(Duration::from_secs(60)))
+            .unwrap();
+        let expires_at = issued.expires_at.unwrap();
+        let before = expires_at - chrono::Duration::seconds(1);
+        assert!(matches!(
+            store.authenticate_at(&issued.token, before).unwrap(),
+            Authentication::Valid(Principal { role: r, .. }) if r == role
+        ));
+        assert_eq!(
+            store.authenticate_at(&issued.token, expires_at).unwrap(),
+            Authentication::Expired(expires_at)
+        );
+        // The wrong secret of an expired token is refused like any wrong secret.
+        let (_, other) = generate_token();
+        let forged = format!(
+            "{}{}",
+            &issued.token[..TOKEN_LENGTH - SECRET_CHARS],
+            &other[TOKEN_LENGTH - SECRET_CHARS..]
+        );
+        assert_eq!(
+            store.authenticate_at(&forged, expires_at).unwrap(),
+            Authentication::Refused
+        );
+    }
+
+    #[test]
+    fn people_get_the_default_lifetime_and_agents_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let lifetimes =
+            TokenLifetimes::new(Duration::from_secs(3_600), Duration::from_secs(7_200)).unwrap();
+        let store = TokenStore::open(dir.path().join("t.db"))
+            .unwrap()
+            .with_lifetimes(lifetimes);
+        store.issue(Role::MspAdmin, "a@msp.example").unwrap();
+        let computer_id = ComputerId(Uuid::from_u128(5));
+        store.issue(Role::Agent { computer_id }, "agent").unwrap();
+        let listed = store
+            .list(&TokenQuery {
+                scope: TokenScope::All,
+                role: None,
+                include_revoked: false,
+                limit: 10,
+            })
+            .unwrap();
+        let admin = listed.iter().find(|t| t.role == "msp_admin").unwrap();
+        let lifetime = admin.expires_at.unwrap() - admin.created_at.unwrap();
+        assert!((lifetime.num_seconds() - 3_600).abs() <= 1, "{lifetime}");
+        let agent = listed.iter().find(|t| t.role == "agent").unwrap();
+        assert_eq!(agent.expires_at, None);
+        assert_eq!(agent.scope, Some(TokenScopeView::Computer { computer_id }));
+    }
+
+    #[test]
+    fn a_lifetime_above_the_maximum_is_refused_naming_expires_in() {
+        let lifetimes =
+            TokenLifetimes::new(Duration::from_secs(3_600), Duration::from_secs(86_400)).unwrap();
+        assert_eq!(lifetimes.choose(None), Ok(Duration::from_secs(3_600)));
+        assert_eq!(
+            lifetimes.choose(Some(86_400)),
+            Ok(Duration::from_secs(86_400))
+        );
+        let refused = lifetimes.choose(Some(86_401)).unwrap_err();
+        assert!(
+            refused.starts_with("expires_in must be at most 86400 seconds (1 day)"),
+            "{refused}"
+        );
+        assert!(lifetimes
+            .choose(Some(0))
+            .unwrap_err()
+            .starts_with("expires_in"));
+        assert!(TokenLifetimes::new(Duration::from_secs(10), Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn last_used_is_written_at_most_once_a_minute_and_only_when_flushed() {
+        let (_dir, store) = store();
+        let token = store.issue(Role::MspAdmin, "a@msp.example").unwrap();
+        let id = parse_token(&token).unwrap();
+        let last_used = || store.token(id).unwrap().unwrap().last_used_at;
+        let t0 = Utc::now();
+        store.authenticate_at(&token, t0).unwrap();
+        assert_eq!(last_used(), None, "checking a token does not write");
+        assert_eq!(store.flush_last_used().unwrap(), 1);
+        let first = last_used().unwrap();
+        assert_eq!(first.timestamp_micros(), t0.timestamp_micros());
+        // Within the minute: nothing to write.
+        store
+            .authenticate_at(&token, t0 + chrono::Duration::seconds(30))
+            .unwrap();
+        assert_eq!(store.flush_last_used().unwrap(), 0);
+        assert_eq!(last_used(), Some(first));
+        // A minute later: written again, once, with the latest use.
+        for s in [61, 62, 63] {
+            store
+                .authenticate_at(&token, t0 + chrono::Duration::seconds(s))
+                .unwrap();
+        }
+        assert_eq!(store.flush_last_used().unwrap(), 1);
+        assert_eq!(
+            last_used().unwrap().timestamp(),
+            (t0 + chrono::Duration::seconds(63)).timestamp()
+        );
+    }
+
+    #[test]
+    fn rotation_gives_a_new_secret_and_the_old_one_stops_working() {
+        let (_dir, store) = store();
+        let token = store.issue(Role::MspAdmin, "a@msp.example").unwrap();
+        let id = parse_token(&token).unwrap();
+        let rotated = store
+            .rotate(id, Some(Duration::from_secs(600)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(rotated.token_id, id);
+        assert_ne!(rotated.token, token);
+        assert_eq!(store.authenticate(&token).unwrap(), Authentication::Refused);
+        let principal = store
+            .authenticate(&rotated.token)
+            .unwrap()
+            .principal()
+            .unwrap();
+        assert_eq!(principal.token_id, id);
+        let info = store.token(id).unwrap().unwrap();
+        assert!(info.rotated_at.is_some());
+        assert_eq!(
+            info.expires_at.map(|t| t.timestamp_micros()),
+            rotated.expires_at.map(|t| t.timestamp_micros())
+        );
+        store.revoke(id).unwrap();
+        assert!(
+            store.rotate(id, None).unwrap().is_none(),
+            "a revoked token stays revoked"
+        );
+    }
+
+    #[test]
+    fn a_technicians_tokens_are_listed_and_revoked_together_never_showing_a_secret() {
+        let (_dir, store) = store();
+        let (nik, ann) = (
+            TechnicianId(Uuid::from_u128(10)),
+            TechnicianId(Uuid::from_u128(11)),
+        );
+        let tenant_id = tenant();
+        let mut secrets = Vec::new();
+        for (role, name) in [
+            (Role::Technician { technician_id: nik }, "nik@nikpot.com"),
+            (Role::Technician { technician_id: nik }, "nik@nikpot.com"),
+            (Role::Technician { technician_id: ann }, "ann@nikpot.com"),
+            (Role::TenantAdmin { tenant_id }, "admin@customer.example"),
+        ] {
+            secrets.push(store.issue(role, name).unwrap());
+        }
+        let query = |scope| TokenQuery {
+            scope,
+            role: None,
+            include_revoked: true,
+            limit: 100,
+        };
+        let niks = store.list(&query(TokenScope::Technician(nik))).unwrap();
+        assert_eq!(niks.len(), 2);
+        assert!(niks.iter().all(|t| t.holder == "nik@nikpot.com"));
+        let tenants = store.list(&query(TokenScope::Tenant(tenant_id))).unwrap();
+        assert_eq!(tenants.len(), 1);
+        assert_eq!(tenants[0].scope, Some(TokenScopeView::Tenant { tenant_id }));
+        let everything =
+            serde_json::to_string(&store.list(&query(TokenScope::All)).unwrap()).unwrap();
+        for token in &secrets {
+            assert!(!everything.contains(&token[TOKEN_LENGTH - SECRET_CHARS..]));
+        }
+        assert!(!everything.contains("hash"), "{everything}");
+
+        assert_eq!(store.revoke_technician(nik).unwrap(), 2);
+        assert_eq!(store.revoke_technician(nik).unwrap(), 0);
+        assert_eq!(
+            store.authenticate(&secrets[0]).unwrap(),
+            Authentication::Refused
+        );
+        assert!(store
+            .authenticate(&secrets[2])
+            .unwrap()
+            .principal()
+            .is_some());
+        let niks = store.list(&query(TokenScope::Technician(nik))).unwrap();
+        assert!(niks.iter().all(|t| t.status == "revoked"));
+        let live = store
+            .list(&TokenQuery {
+                include_revoked: false,
+                ..query(TokenScope::Technician(nik))
+            })
+            .unwrap();
+        assert!(live.is_empty());
+    }
+
+    #[test]
+    fn a_token_store_from_before_expiry_gains_the_columns_and_keeps_its_tokens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens.db");
+        let technician_id = TechnicianId(Uuid::from_u128(10));
+        let (token_id, token) = generate_token();
+        {
+            // The table as issue 3 created it, with one technician token.
+            let old = rusqlite::Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE tokens (token_id TEXT PRIMARY KEY NOT NULL, token_hash BLOB NOT NULL,
+                 role_kind TEXT NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL,
+                 issued_at TEXT NOT NULL, revoked_at TEXT) WITHOUT ROWID;",
+            )
+            .unwrap();
+            let role = serde_json::to_string(&Role::Technician { technician_id }).unwrap();
+            old.execute(
+                "INSERT INTO tokens VALUES (?1, ?2, 'technician', ?3, 'nik@nikpot.com', ?4, NULL)",
+                rusqlite::params![
+                    token_id.to_string(),
+                    &hash_token(&token)[..],
+                    role,
+                    Utc::now().to_rfc3339()
+                ],
+            )
+            .unwrap();
+        }
+        let store = TokenStore::open(&path).unwrap();
+        let principal = store.authenticate(&token).unwrap().principal().unwrap();
+        assert_eq!(principal.role, Role::Technician { technician_id });
+        let expires_at = store.token(token_id).unwrap().unwrap().expires_at.unwrap();
+        let days = (expires_at - Utc::now()).num_days();
+        assert!((89..=90).contains(&days), "expires in {days} days");
+        assert_eq!(store.revoke_technician(technician_id).unwrap(), 1);
+        drop(store);
+        // And opening it again changes nothing.
+        let store = TokenStore::open(&path).unwrap();
+        assert_eq!(store.authenticate(&token).unwrap(), Authentication::Refused);
     }
 
     #[test]
@@ -787,7 +1738,7 @@ mod tests {
                 let store = store.clone();
                 std::thread::spawn(move || {
                     let token = store.issue(Role::MspAdmin, &format!("t{i}")).unwrap();
-                    store.authenticate(&token).unwrap().is_some()
+                    store.authenticate(&token).unwrap().principal().is_some()
                 })
             })
             .collect();

@@ -101,7 +101,7 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: TechniciansCommand,
     },
-    /// Issue and revoke API tokens.
+    /// Issue, list, rotate and revoke API tokens.
     Tokens {
         #[command(flatten)]
         connection: Connection,
@@ -336,6 +336,32 @@ pub enum TokensCommand {
         /// The e-mail address of who will hold it (not needed for a technician token).
         #[arg(long, value_name = "EMAIL")]
         name: Option<String>,
+        /// How long it lives, e.g. 30d, 12h, 3600s [server default; at most the server's
+        /// maximum].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        expires_in: Option<u64>,
+    },
+    /// List API tokens (holder, role, scope, created, last used, expires; never a secret).
+    List {
+        /// Only tokens of this role.
+        #[arg(long, value_enum)]
+        role: Option<ListedRole>,
+        /// Only this technician's tokens.
+        #[arg(long, value_name = "TECHNICIAN_ID")]
+        technician: Option<Uuid>,
+        /// Revoked tokens too.
+        #[arg(long)]
+        revoked: bool,
+    },
+    /// Rotate an API token: a new secret (printed once) and a new expiry; the old secret
+    /// stops working at once.
+    Rotate {
+        /// The token's id: the 32 hex digits after `lk_` in the token.
+        #[arg(value_name = "TOKEN_ID")]
+        id: Uuid,
+        /// How long the rotated token lives, e.g. 30d [server default].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+        expires_in: Option<u64>,
     },
     /// Revoke an API token.
     Revoke {
@@ -343,6 +369,33 @@ pub enum TokensCommand {
         #[arg(value_name = "TOKEN_ID")]
         id: Uuid,
     },
+}
+
+/// A role to list tokens of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListedRole {
+    MspAdmin,
+    TenantAdmin,
+    Technician,
+    Auditor,
+    Agent,
+}
+
+impl ListedRole {
+    fn as_str(self) -> &'static str {
+        match self {
+            ListedRole::MspAdmin => "msp_admin",
+            ListedRole::TenantAdmin => "tenant_admin",
+            ListedRole::Technician => "technician",
+            ListedRole::Auditor => "auditor",
+            ListedRole::Agent => "agent",
+        }
+    }
+}
+
+/// `--expires-in`: a duration (`30d`, `12h`, `3600s`, `3600`) as seconds.
+fn parse_duration_arg(text: &str) -> Result<u64, String> {
+    crate::config::parse_duration(text).map(|d| d.as_secs())
 }
 
 #[derive(Subcommand)]
@@ -679,7 +732,16 @@ impl Api {
             return Ok(response);
         }
         if status == StatusCode::UNAUTHORIZED {
-            return Err(TOKEN_REFUSED.to_owned());
+            // An expired token is told apart: the fix is a new token, not a typo hunt.
+            let body = response.text().await.unwrap_or_default();
+            let expired = serde_json::from_str::<Value>(&body)
+                .ok()
+                .filter(|p| p["type"] == "urn:latchkey:problem:token-expired")
+                .and_then(|p| p["detail"].as_str().map(str::to_owned));
+            return Err(match expired {
+                Some(detail) => format!("{TOKEN_REFUSED}: {detail}"),
+                None => TOKEN_REFUSED.to_owned(),
+            });
         }
         let body = response.text().await.unwrap_or_default();
         Err(problem_message(status, &body))
@@ -1223,6 +1285,7 @@ async fn tokens(api: &Api, command: TokensCommand) -> Result<(), String> {
             tenant,
             technician,
             name,
+            expires_in,
         } => {
             let mut body = Map::new();
             body.insert("role".into(), json!(role.as_str()));
@@ -1235,14 +1298,89 @@ async fn tokens(api: &Api, command: TokensCommand) -> Result<(), String> {
             if let Some(name) = name {
                 body.insert("name".into(), json!(name));
             }
+            if let Some(seconds) = expires_in {
+                body.insert("expires_in".into(), json!(seconds));
+            }
             let answer = api
                 .call(Method::POST, "v1/tokens", Some(Value::Object(body)))
                 .await?;
             api.show(&answer, |t| {
                 format!(
-                    "API token for {} {} (shown once; the server keeps only its hash):\n{}",
+                    "API token {} for {} {}, valid until {} (shown once; the server keeps only \
+                     its hash):\n{}",
+                    text(&t["token_id"]),
                     text(&t["role"]),
                     text(&t["name"]),
+                    time(&t["expires_at"]),
+                    text(&t["token"])
+                )
+            })
+        }
+        TokensCommand::List {
+            role,
+            technician,
+            revoked,
+        } => {
+            let mut query = vec![("limit", "1000".to_owned())];
+            if let Some(role) = role {
+                query.push(("role", role.as_str().to_owned()));
+            }
+            if let Some(technician) = technician {
+                query.push(("technician_id", technician.to_string()));
+            }
+            if revoked {
+                query.push(("revoked", "true".to_owned()));
+            }
+            let answer = api.get_query("v1/tokens", &query).await?;
+            api.show(&answer, |v| {
+                listing(
+                    v,
+                    "tokens",
+                    "no tokens",
+                    &[
+                        "TOKEN_ID",
+                        "HOLDER",
+                        "ROLE",
+                        "SCOPE",
+                        "STATUS",
+                        "CREATED",
+                        "LAST_USED",
+                        "EXPIRES",
+                    ],
+                    |t| {
+                        let scope = t["scope"]
+                            .as_object()
+                            .and_then(|s| s.values().next())
+                            .map(text)
+                            .unwrap_or_else(|| "all tenants".to_owned());
+                        vec![
+                            text(&t["token_id"]),
+                            text(&t["holder"]),
+                            text(&t["role"]),
+                            scope,
+                            text(&t["status"]),
+                            time(&t["created_at"]),
+                            time(&t["last_used_at"]),
+                            time(&t["expires_at"]),
+                        ]
+                    },
+                )
+            })
+        }
+        TokensCommand::Rotate { id, expires_in } => {
+            let body = match expires_in {
+                Some(seconds) => json!({ "expires_in": seconds }),
+                None => json!({}),
+            };
+            let path = format!("v1/tokens/{}/rotate", id.simple());
+            let answer = api.call(Method::POST, &path, Some(body)).await?;
+            api.show(&answer, |t| {
+                format!(
+                    "rotated API token {} of {}, valid until {}; the old secret no longer works \
+                     (shown once):\n{}",
+                    text(&t["token_id"]),
+                    text(&t["name"]),
+                    time(&t["expires_at"]),
                     text(&t["token"])
                 )
             })

@@ -77,6 +77,7 @@ pub trait Snapshots: Aggregate + Sized {
 
 impl Snapshots for latchkey_domain::tenant::Tenant {}
 impl Snapshots for latchkey_domain::technician::Technician {}
+impl Snapshots for latchkey_domain::technician_names::TechnicianNames {}
 impl Snapshots for latchkey_domain::session::Session {}
 
 impl Snapshots for latchkey_domain::computer::Computer {
@@ -550,7 +551,7 @@ mod tests {
         let err = execute::<Technician, _>(&store, &stream, &envelope(), |_| {
             TechnicianCommand::Register {
                 technician_id: id,
-                username: Username::parse("nik").unwrap(),
+                username: Username::parse("nikolai").unwrap(),
                 email: Email::parse("nik@nikpot.com").unwrap(),
                 by: admin(),
                 at: at(),

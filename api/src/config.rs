@@ -13,12 +13,15 @@
 //! auth_failures_per_token = 5
 //! auth_failure_window_seconds = 60
 //! trusted_proxies = ["10.0.0.0/8"]   # believe X-Forwarded-For from these peers only
+//! token_default_expiry = "90d"   # API tokens for people: lifetime when none is asked for
+//! token_max_expiry = "365d"      # and the longest an issuer may ask for (`expires_in`)
 //! ```
 //!
 //! Plain HTTP is served only on a loopback address or when asked for by name
 //! (`insecure_http`): anywhere else, tokens and passwords would cross the network in clear.
 
 use crate::ratelimit::{self, IpNet, Limits};
+use crate::auth::TokenLifetimes;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +46,8 @@ pub struct ConfigFile {
     pub auth_failures_per_token: Option<u32>,
     pub auth_failure_window_seconds: Option<u64>,
     pub trusted_proxies: Option<Vec<String>>,
+    pub token_default_expiry: Option<String>,
+    pub token_max_expiry: Option<String>,
 }
 
 impl ConfigFile {
@@ -68,6 +73,8 @@ pub struct Given {
     pub auth_failure_window_seconds: Option<u64>,
     /// Empty: none given (the file's, if any, apply).
     pub trusted_proxies: Vec<String>,
+    pub token_default_expiry: Option<String>,
+    pub token_max_expiry: Option<String>,
 }
 
 /// The largest failure limit accepted (a higher one would be no limit at all).
@@ -96,6 +103,7 @@ pub struct Settings {
     pub insecure_http: bool,
     /// Failed-authentication limits and the proxies whose `X-Forwarded-For` is believed.
     pub limits: Limits,
+    pub token_lifetimes: TokenLifetimes,
 }
 
 /// How the server speaks to its clients.
@@ -130,6 +138,28 @@ impl Settings {
                     .into())
             }
         };
+        let lifetime =
+            |flag: &str, given: Option<String>, file: Option<String>, default| match given.or(file)
+            {
+                None => Ok(default),
+                Some(text) => parse_duration(&text).map_err(|e| format!("--{flag}: {e}")),
+            };
+        let defaults = TokenLifetimes::default();
+        let token_lifetimes = TokenLifetimes::new(
+            lifetime(
+                "token-default-expiry",
+                given.token_default_expiry,
+                file.token_default_expiry,
+                defaults.default,
+            )?,
+            lifetime(
+                "token-max-expiry",
+                given.token_max_expiry,
+                file.token_max_expiry,
+                defaults.max,
+            )?,
+        )
+        .map_err(|e| format!("--token-default-expiry / --token-max-expiry: {e}"))?;
         Ok(Self {
             listen: given
                 .listen
@@ -184,6 +214,7 @@ impl Settings {
                 .map(|p| IpNet::parse(p).map_err(|e| format!("--trusted-proxy: {e}")))
                 .collect::<Result<_, _>>()?,
             },
+            token_lifetimes,
         })
     }
 
@@ -227,6 +258,34 @@ fn failure_limit(flag: &str, given: Option<u32>, default: u32) -> Result<u32, St
         Some(n) => Err(format!(
             "{flag} must be from 1 to {MAX_FAILURE_LIMIT} failed authentications per window \
              (got {n})"
+        )),
+    }
+}
+
+/// A duration written `<n>d`, `<n>h`, `<n>m`, `<n>s` or plain seconds: `90d`, `12h`, `3600`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
+        _ => (text, 's'),
+    };
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => 0,
+    };
+    let seconds = digits
+        .parse::<u64>()
+        .ok()
+        .filter(|_| scale > 0)
+        .and_then(|n| n.checked_mul(scale));
+    match seconds {
+        Some(seconds) => Ok(Duration::from_secs(seconds)),
+        None => Err(format!(
+            "a duration must be a whole number with d, h, m or s, e.g. 90d, 12h, 3600s (got \
+             {text:?})"
         )),
     }
 }
@@ -279,6 +338,7 @@ mod tests {
         let defaults = Settings::resolve(Given::default(), ConfigFile::default()).unwrap();
         assert_eq!(defaults.listen, DEFAULT_LISTEN);
         assert_eq!(defaults.data, PathBuf::from(DEFAULT_DATA));
+        assert_eq!(defaults.token_lifetimes, TokenLifetimes::default());
     }
 
     #[test]
@@ -324,6 +384,7 @@ mod tests {
             }),
             insecure_http,
             limits: Limits::default(),
+            token_lifetimes: TokenLifetimes::default(),
         };
         for loopback in ["127.0.0.1:8080", "127.0.0.2:1", "[::1]:8080"] {
             assert_eq!(
@@ -410,5 +471,48 @@ mod tests {
     fn an_unknown_key_in_the_file_is_an_error_naming_it() {
         let err = toml::from_str::<ConfigFile>("lisen = \"x\"").unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn token_lifetimes_come_from_flags_or_the_file_and_are_checked() {
+        let file: ConfigFile =
+            toml::from_str("token_default_expiry = \"7d\"\ntoken_max_expiry = \"30d\"").unwrap();
+        let given = Given {
+            token_max_expiry: Some("14d".into()),
+            ..Given::default()
+        };
+        let settings = Settings::resolve(given, file).unwrap();
+        assert_eq!(
+            settings.token_lifetimes.default,
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(
+            settings.token_lifetimes.max,
+            Duration::from_secs(14 * 86_400)
+        );
+        let longer = Given {
+            token_default_expiry: Some("400d".into()),
+            ..Given::default()
+        };
+        let error = Settings::resolve(longer, ConfigFile::default()).unwrap_err();
+        assert!(error.contains("longer than the maximum"), "{error}");
+        let garbled = Given {
+            token_max_expiry: Some("a year".into()),
+            ..Given::default()
+        };
+        let error = Settings::resolve(garbled, ConfigFile::default()).unwrap_err();
+        assert!(error.starts_with("--token-max-expiry:"), "{error}");
+    }
+
+    #[test]
+    fn durations_are_read_with_their_unit() {
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(12 * 3_600)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_duration("45s"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("3600"), Ok(Duration::from_secs(3_600)));
+        for bad in ["", "d", "1w", "-5d", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
     }
 }

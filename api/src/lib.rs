@@ -11,6 +11,7 @@
 //! - `datadir`: the data directory, private to the server's user;
 //! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);
 //! - `tls`: HTTPS with a certificate read again when its files change;
+//! - `technicians`: registering (unique names) and offboarding (tokens revoked) technicians;
 //! - `wakeups`: long polls wait on their own stream and are woken by its events only.
 
 pub mod auth;
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod datadir;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod problem;
@@ -28,5 +30,6 @@ pub mod scheduler;
 pub mod secrets;
 pub mod snapshots;
 pub mod storage;
+pub mod technicians;
 pub mod tls;
 pub mod wakeups;

@@ -5,6 +5,7 @@ use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
 use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
 use latchkey_api::config::{ConfigFile, Given, Settings, Transport};
+use latchkey_api::health::{Health, ProcessManagers};
 use latchkey_api::http::{self, IdempotencyStore, Services};
 use latchkey_api::metrics::Metrics;
 use latchkey_api::replay::Target;
@@ -53,9 +54,17 @@ struct ServeArgs {
     /// [default: admin@latchkey.local].
     #[arg(long, env = "LATCHKEY_ADMIN_EMAIL")]
     admin_email: Option<String>,
+    /// How long an API token for a person lives when its issuer asks for no lifetime, e.g.
+    /// 90d, 12h, 3600s [default: 90d].
+    #[arg(long, env = "LATCHKEY_TOKEN_DEFAULT_EXPIRY", value_name = "DURATION")]
+    token_default_expiry: Option<String>,
+    /// The longest lifetime an issuer may ask for (`expires_in`) [default: 365d].
+    #[arg(long, env = "LATCHKEY_TOKEN_MAX_EXPIRY", value_name = "DURATION")]
+    token_max_expiry: Option<String>,
     /// A TOML file with any of: listen, data, store, admin_email, tls_cert, tls_key,
-    /// insecure_http, auth_failures_per_address, auth_failures_per_token,
-    /// auth_failure_window_seconds, trusted_proxies (flags and environment win).
+    /// insecure_http, token_default_expiry, token_max_expiry, auth_failures_per_address,
+    /// auth_failures_per_token, auth_failure_window_seconds, trusted_proxies (flags and
+    /// environment win).
     #[arg(long, env = "LATCHKEY_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -142,6 +151,8 @@ impl ServeArgs {
                 tls_cert: transport.tls_cert,
                 tls_key: transport.tls_key,
                 insecure_http: transport.insecure_http,
+                token_default_expiry: self.token_default_expiry,
+                token_max_expiry: self.token_max_expiry,
                 auth_failures_per_address: limits.auth_failures_per_address,
                 auth_failures_per_token: limits.auth_failures_per_token,
                 auth_failure_window_seconds: limits.auth_failure_window_seconds,
@@ -191,7 +202,18 @@ fn secret_key(data: &Path) -> Result<Key, String> {
 #[get("/healthz")]
 async fn healthz(state: web::Data<Services>) -> impl Responder {
     match state.store.read_all(None, 1).await {
-        Ok(_) => HttpResponse::Ok().json(serde_json::json!({ "status": "ok" })),
+        // Reads and writes are served; the process managers may be failing (degraded:
+        // check-outs are recorded but not provisioned until they run again).
+        Ok(_) => {
+            let process_managers = state.health.process_managers();
+            let status = match process_managers {
+                ProcessManagers::Failing { .. } => "degraded",
+                _ => "ok",
+            };
+            let mut body = serde_json::to_value(&process_managers).unwrap_or_default();
+            body["status"] = status.into();
+            HttpResponse::Ok().json(body)
+        }
         Err(e) => {
             tracing::error!(error = %e, "event store check failed");
             HttpResponse::ServiceUnavailable()
@@ -355,7 +377,9 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     let cache =
         Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
-    let tokens = TokenStore::open(place("tokens.db")).map_err(|e| e.to_string())?;
+    let tokens = TokenStore::open(place("tokens.db"))
+        .map_err(|e| e.to_string())?
+        .with_lifetimes(args.token_lifetimes);
     let idempotency = IdempotencyStore::open(place("idempotency.db"))
         .map_err(|e| format!("idempotency keys: {e}"))?;
     let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;
@@ -368,6 +392,7 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     };
     let from = view.with(|q| q.checkpoint()).map_err(read_models_error)?;
     let wakeups = Arc::new(latchkey_api::wakeups::StreamWakeups::new());
+    let health = Arc::new(Health::default());
     actix_web::rt::spawn(latchkey_api::runner::follow_log(
         store.clone(),
         from,
@@ -382,8 +407,10 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
         progress,
         wakeups,
         cache,
+        health: health.clone(),
         limiter: latchkey_api::ratelimit::AuthLimiter::new(args.limits.clone()),
     });
+    actix_web::rt::spawn(record_token_use(state.clone()));
     let metrics = web::Data::new(Metrics::new());
     metrics.register_auth_limiter(&state.limiter);
     let server = HttpServer::new(move || {
@@ -434,28 +461,81 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     }
     tracing::info!(store = %latchkey_api::config::redacted_store_url(&url), "event store open");
     let server = server.run();
-    let handle = server.handle();
-    let stopped_by: Arc<Mutex<Option<String>>> = Arc::default();
-    let report = stopped_by.clone();
     let scheduler = Scheduler::new(store, models);
-    actix_web::rt::spawn(async move {
-        // Without its process managers the server would accept check-outs it never
-        // provisions, so it stops rather than limp on.
-        let result = match shared {
-            None => run_process_managers(&runner, &scheduler).await,
-            Some(url) => lead(&url, &runner, &scheduler).await,
+    actix_web::rt::spawn(supervise(shared, runner, scheduler, health));
+    server.await.map_err(|e| format!("server stopped: {e}"))
+}
+
+/// The first pause before the process managers are restarted after a failure; it doubles
+/// up to [`MAX_RESTART_PAUSE`] while they keep failing.
+const FIRST_RESTART_PAUSE: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_RESTART_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a run must last before it counts as recovered (the pause starts again small).
+const STEADY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs the process managers and the scheduler for as long as the server runs: here alone,
+/// or (several servers) while this server leads. A failure (a database restart, a full disk,
+/// a lost leadership) is logged, shown in `/healthz` and `/metrics`, and followed by a
+/// restart with back-off; a leader that lost its lock waits to lead again as a follower.
+/// HTTP keeps serving meanwhile: check-outs are recorded and provisioned once they run.
+async fn supervise(
+    shared: Option<String>,
+    runner: ProcessRunner,
+    scheduler: Scheduler,
+    health: Arc<Health>,
+) {
+    let mut pause = FIRST_RESTART_PAUSE;
+    loop {
+        let run = async {
+            match &shared {
+                None => {
+                    health.set(ProcessManagers::Running);
+                    run_process_managers(&runner, &scheduler).await
+                }
+                Some(url) => lead(url, &runner, &scheduler, &health).await,
+            }
         };
-        if let Err(e) = result {
-            tracing::error!(error = %e, "the process managers stopped");
-            *report.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-            handle.stop(true).await;
+        tokio::pin!(run);
+        let result = tokio::select! {
+            result = &mut run => result,
+            () = tokio::time::sleep(STEADY) => {
+                pause = FIRST_RESTART_PAUSE;
+                if health.is_degraded() {
+                    tracing::info!("the process managers have recovered");
+                    health.set(match shared {
+                        None => ProcessManagers::Running,
+                        Some(_) => ProcessManagers::Waiting,
+                    });
+                }
+                run.await
+            }
+        };
+        let reason = match result {
+            Ok(()) => "stopped".to_owned(),
+            Err(e) => e,
+        };
+        let retry_at = chrono::Utc::now()
+            + chrono::Duration::from_std(pause).unwrap_or(chrono::Duration::seconds(30));
+        tracing::error!(error = %reason, retry_in = ?pause, "the process managers failed; restarting them");
+        health.failed(reason, retry_at);
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(MAX_RESTART_PAUSE);
+    }
+}
+
+/// Writes when API tokens were last used, once a minute, in one transaction: checking a
+/// token only notes the use in memory, so the hot path never waits for a write.
+async fn record_token_use(services: web::Data<Services>) {
+    let mut every = tokio::time::interval(latchkey_api::auth::LAST_USED_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let services = services.clone();
+        match web::block(move || services.tokens.flush_last_used()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot record when API tokens were used"),
+            Err(e) => tracing::warn!(error = %e, "cannot record when API tokens were used"),
         }
-    });
-    server.await.map_err(|e| format!("server stopped: {e}"))?;
-    let stopped = stopped_by.lock().unwrap_or_else(|p| p.into_inner()).take();
-    match stopped {
-        Some(e) => Err(format!("the process managers stopped: {e}")),
-        None => Ok(()),
     }
 }
 
@@ -467,14 +547,23 @@ async fn run_process_managers(runner: &ProcessRunner, scheduler: &Scheduler) -> 
 }
 
 /// Waits to become the leader of the servers sharing the database, then runs the process
-/// managers for as long as the leadership lasts. Losing it (the lock's connection broke) stops
-/// the server: another one may be leading by then, and a restart rejoins as a follower.
-async fn lead(url: &str, runner: &ProcessRunner, scheduler: &Scheduler) -> Result<(), String> {
+/// managers for as long as the leadership lasts. Losing it (the lock's connection broke) ends
+/// the run: the supervisor steps down and waits to lead again, as a follower meanwhile.
+async fn lead(
+    url: &str,
+    runner: &ProcessRunner,
+    scheduler: &Scheduler,
+    health: &Health,
+) -> Result<(), String> {
+    if !health.is_degraded() {
+        health.set(ProcessManagers::Waiting);
+    }
     let mut leadership =
         latchkey_store::postgres::leader::Leadership::acquire(url, LEADER_LOCK, LEADER_RETRY)
             .await
             .map_err(|e| e.to_string())?;
     tracing::info!("this server leads: it runs the process managers and the scheduler");
+    health.set(ProcessManagers::Running);
     tokio::select! {
         result = run_process_managers(runner, scheduler) => result,
         () = leadership.lost() => Err("lost the connection holding the leadership".into()),

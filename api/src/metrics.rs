@@ -39,6 +39,8 @@ pub struct Metrics {
     stuck_requests: Gauge,
     polls_waiting: Gauge,
     poll_wakeups: Gauge,
+    process_managers_failing: Gauge,
+    process_manager_restarts: Gauge,
 }
 
 impl Default for Metrics {
@@ -60,6 +62,18 @@ impl Metrics {
         let stuck_requests = Gauge::default();
         let polls_waiting = Gauge::default();
         let poll_wakeups = Gauge::default();
+        let process_managers_failing = Gauge::default();
+        let process_manager_restarts = Gauge::default();
+        registry.register(
+            "process_managers_failing",
+            "1 while the process managers are failing and being restarted (see /healthz)",
+            process_managers_failing.clone(),
+        );
+        registry.register(
+            "process_manager_restarts",
+            "Times the process managers failed and were restarted since start-up",
+            process_manager_restarts.clone(),
+        );
         registry.register("http_requests", "HTTP requests answered", requests.clone());
         registry.register(
             "http_request_duration_seconds",
@@ -107,6 +121,8 @@ impl Metrics {
             stuck_requests,
             polls_waiting,
             poll_wakeups,
+            process_managers_failing,
+            process_manager_restarts,
         }
     }
 
@@ -163,6 +179,12 @@ pub async fn scrape(metrics: web::Data<Metrics>, services: web::Data<Services>) 
         .set(position.map_or(0, |p| p.commit as i64));
     metrics.polls_waiting.set(services.wakeups.waiting() as i64);
     metrics.poll_wakeups.set(services.wakeups.woken() as i64);
+    metrics
+        .process_managers_failing
+        .set(i64::from(services.health.is_degraded()));
+    metrics
+        .process_manager_restarts
+        .set(services.health.restarts() as i64);
     let figures = services
         .query(|q| {
             let open = q.open_session_count()?;

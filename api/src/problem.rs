@@ -100,6 +100,20 @@ impl ApiError {
         error
     }
 
+    /// A well-formed, right token that has expired: the client should get a new one (or
+    /// rotate before expiry next time).
+    pub fn token_expired(at: chrono::DateTime<chrono::Utc>) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "token-expired",
+            format!(
+                "the API token expired at {}; ask for a new one, or rotate tokens before \
+                 they expire (POST /v1/tokens/{{token_id}}/rotate)",
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
+        )
+    }
+
     /// Something broke inside; the details go to the log under `reference`, not to the client.
     pub fn internal(reference: &str) -> Self {
         Self::new(
@@ -198,6 +212,19 @@ impl BodyFingerprint {
         use sha2::{Digest, Sha256};
         let canonical = serde_json::to_vec(body).expect("a JSON value serialises");
         Self(hex::encode(Sha256::digest(canonical)))
+    }
+}
+
+impl From<crate::technicians::TechnicianError> for ApiError {
+    fn from(e: crate::technicians::TechnicianError) -> Self {
+        match e {
+            crate::technicians::TechnicianError::Command(e) => e.into(),
+            crate::technicians::TechnicianError::Tokens(e) => {
+                let reference = uuid::Uuid::now_v7().to_string();
+                tracing::error!(error = %e, %reference, "token store failed");
+                Self::internal(&reference)
+            }
+        }
     }
 }
 
@@ -500,6 +527,16 @@ mod tests {
         assert_eq!(status(DomainError::TenantNotRegistered), 404);
         assert_eq!(status(DomainError::TenantAlreadyRegistered), 409);
         assert_eq!(status(DomainError::TechnicianOffboarded), 422);
+        let taken = ApiError::from(DomainError::UsernameTaken {
+            username: Username::parse("nik").unwrap(),
+        });
+        assert_eq!(taken.status_code().as_u16(), 409);
+        assert_eq!(taken.problem().field.as_deref(), Some("username"));
+        let taken = ApiError::from(DomainError::EmailTaken {
+            email: latchkey_domain::names::Email::parse("Nik@nikpot.com").unwrap(),
+        });
+        assert_eq!(taken.status_code().as_u16(), 409);
+        assert_eq!(taken.problem().field.as_deref(), Some("email"));
         let invalid = Username::parse("X").unwrap_err();
         let e = ApiError::from(DomainError::Invalid(invalid));
         assert_eq!(e.status_code().as_u16(), 422);

@@ -8,6 +8,7 @@ use crate::wakeups::StreamWakeups;
 use latchkey_domain::computer::Computer;
 use latchkey_domain::process::{react, Command};
 use latchkey_domain::session::Session;
+use latchkey_domain::technician::Technician;
 use latchkey_projections::{ProjectionError, ReadModels};
 use latchkey_store::{EventStore, Position, RecordedEvent, StoreError, StreamName};
 use std::sync::{Arc, Mutex};
@@ -82,6 +83,9 @@ impl ProcessRunner {
 
     /// Follows the log for ever (until an error).
     pub async fn run(&self) -> Result<(), RunnerError> {
+        // A run after a failure may find the read models' connection broken (the database
+        // restarted): connect again first. The scheduler shares these read models.
+        self.with_models(|m| m.reconnect_if_broken())?;
         loop {
             let (handled, after) = self.handle_batch().await?;
             // A short batch was the end of the log: wait for more (at once if some came
@@ -130,6 +134,7 @@ impl ProcessRunner {
                 let target = match &command {
                     Command::Computer { computer_id, .. } => computer_id.stream_name(),
                     Command::Session { session_id, .. } => session_id.stream_name(),
+                    Command::Technician { technician_id, .. } => technician_id.stream_name(),
                 };
                 match by_stream.iter_mut().find(|(s, _)| *s == target) {
                     Some((_, list)) => list.push((recorded.clone(), command)),
@@ -167,6 +172,17 @@ impl ProcessRunner {
         match reaction {
             Command::Computer { command, .. } => {
                 commands::execute_cached::<Computer, _>(
+                    &*self.store,
+                    &self.cache,
+                    &stream,
+                    &envelope,
+                    |_| command.clone(),
+                )
+                .await
+                .map_err(failed)?;
+            }
+            Command::Technician { command, .. } => {
+                commands::execute_cached::<Technician, _>(
                     &*self.store,
                     &self.cache,
                     &stream,

@@ -393,8 +393,11 @@ fn audit_tail_prints_events_as_they_happen() {
         "nik@nikpot.com",
     ])
     .ok();
-    let second = next("the technician's registration");
-    assert!(second.contains("TechnicianRegistered"), "{second}");
+    // The username and e-mail address are claimed first, then the technician registered.
+    let second = next("the claim of the technician's names");
+    assert!(second.contains("TechnicianNamesClaimed"), "{second}");
+    let third = next("the technician's registration");
+    assert!(third.contains("TechnicianRegistered"), "{third}");
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -541,4 +544,92 @@ fn help_names_the_commands_and_never_shows_the_token() {
         help.contains("LATCHKEY_TOKEN") && help.contains("--server"),
         "{help}"
     );
+}
+
+#[test]
+fn tokens_are_issued_with_an_expiry_listed_rotated_and_an_expired_one_is_named() {
+    let msp = Msp::start();
+    let issued = msp
+        .cli(&[
+            "tokens",
+            "issue",
+            "--role",
+            "auditor",
+            "--name",
+            "aud@msp.example",
+            "--expires-in",
+            "2h",
+            "--json",
+        ])
+        .json();
+    let (token, id) = (
+        issued["token"].as_str().unwrap().to_owned(),
+        issued["token_id"].as_str().unwrap().to_owned(),
+    );
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        issued["expires_at"].as_str().unwrap().parse().unwrap();
+    let left = (expires_at - chrono::Utc::now()).num_seconds();
+    assert!((7_100..=7_200).contains(&left), "{left} s left");
+
+    let list = msp.cli(&["tokens", "list", "--role", "auditor"]).ok();
+    assert!(list.starts_with("TOKEN_ID"), "{list}");
+    let row = list
+        .lines()
+        .find(|l| l.contains(&id))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        row.contains("aud@msp.example") && row.contains("live"),
+        "{row}"
+    );
+    assert!(!list.contains(&token[token.len() - 43..]));
+
+    let rotated = msp.cli(&["tokens", "rotate", &id, "--json"]).json();
+    let new = rotated["token"].as_str().unwrap();
+    assert_eq!(rotated["token_id"], id.as_str());
+    let stderr = latchkey(&msp.url, &token, &["audit"]).fails(1);
+    assert!(stderr.contains("refused the token"), "{stderr}");
+    latchkey(&msp.url, new, &["audit"]).ok();
+
+    let stderr = msp
+        .cli(&[
+            "tokens",
+            "issue",
+            "--role",
+            "auditor",
+            "--name",
+            "x@msp.example",
+            "--expires-in",
+            "9999d",
+        ])
+        .fails(1);
+    assert!(stderr.contains("expires_in must be at most"), "{stderr}");
+    let stderr = msp
+        .cli(&[
+            "tokens",
+            "issue",
+            "--role",
+            "auditor",
+            "--expires-in",
+            "soon",
+        ])
+        .fails(2);
+    assert!(stderr.contains("duration"), "{stderr}");
+
+    // An expired token is said to be expired, not merely refused.
+    let short = msp
+        .cli(&[
+            "tokens",
+            "issue",
+            "--role",
+            "auditor",
+            "--name",
+            "y@msp.example",
+            "--expires-in",
+            "1s",
+            "--json",
+        ])
+        .json();
+    std::thread::sleep(Duration::from_millis(1_300));
+    let stderr = latchkey(&msp.url, short["token"].as_str().unwrap(), &["audit"]).fails(1);
+    assert!(stderr.contains("the API token expired at"), "{stderr}");
 }

@@ -1627,3 +1627,60 @@ fn the_other_server_takes_over_when_the_leader_is_killed() {
     assert_eq!(agent.poll(&n2, 0), Ok(0), "nothing left for the agent");
     eprintln!("cluster: the failover test took {:?}", started.elapsed());
 }
+
+/// Two servers asked at the same moment to register technicians with one username (issue 10,
+/// item 6): exactly one of each pair wins, the other gets a 409 naming the field, and both
+/// servers list one technician per name. The names are claimed in one stream of the shared
+/// event log, so the event store's expected-revision check decides, whichever server asks.
+#[test]
+fn two_servers_never_register_one_username_twice() {
+    let settings = Settings::new();
+    let admin = settings.admin.as_str();
+    let (a, b) = (Proc::start("A", &settings), Proc::start("B", &settings));
+    let nodes = [a.node.clone(), b.node.clone()];
+    const NAMES: usize = 12;
+    for round in 0..NAMES {
+        let username = format!("tech{round}");
+        let barrier = std::sync::Barrier::new(2);
+        let answers: Vec<Answer> = std::thread::scope(|scope| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, node)| {
+                    let (barrier, username) = (&barrier, &username);
+                    scope.spawn(move || {
+                        // Different e-mail addresses: the username alone must decide.
+                        let body = json!({"username": username,
+                                          "email": format!("{username}.{i}@msp.example")});
+                        barrier.wait();
+                        node.call("POST", "/v1/technicians", admin, Some(body))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+        statuses.sort();
+        assert_eq!(statuses, [201, 409], "{username}: {answers:?}");
+        let loser = answers.iter().find(|a| a.status == 409).unwrap();
+        assert!(loser.is_problem(409), "{loser:?}");
+        let problem = loser.json();
+        assert!(
+            problem["field"] == "username" || problem["type"] == "urn:latchkey:problem:contended",
+            "{problem}"
+        );
+    }
+    for node in &nodes {
+        eventually("one technician per name on both servers", SHORT, || {
+            let listed = node.get("/v1/technicians", admin);
+            let names: Vec<String> = array(&listed, "technicians")
+                .iter()
+                .map(|t| text(&t["username"]))
+                .collect();
+            let unique: BTreeSet<&String> = names.iter().collect();
+            (names.len() == NAMES && unique.len() == NAMES)
+                .then_some(())
+                .ok_or_else(|| format!("{} on {}: {names:?}", names.len(), node.name))
+        });
+    }
+}

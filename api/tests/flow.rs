@@ -423,6 +423,7 @@ async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
         progress: runner.progress(),
         wakeups: Arc::new(latchkey_api::wakeups::StreamWakeups::new()),
         cache: Arc::new(latchkey_api::commands::StateCache::new(100)),
+        health: Default::default(),
         limiter: latchkey_api::ratelimit::AuthLimiter::default(),
     });
     let app = web_test::init_service(
@@ -473,4 +474,54 @@ async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
         [2],
         "request 1 is done, whatever the read models say"
     );
+}
+
+/// A registration cut short after its names were claimed (the server stopped between the two
+/// appends) is completed by the process manager reacting to the claim.
+#[tokio::test]
+async fn a_registration_cut_short_after_claiming_the_names_is_completed_by_the_runner() {
+    use latchkey_domain::technician_names::{
+        self, NameHolder, TechnicianNames, TechnicianNamesCommand,
+    };
+    let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
+    let s = store.as_ref();
+    let models = Arc::new(Mutex::new(ReadModels::in_memory().unwrap()));
+    let runner = ProcessRunner::new(store.clone(), models);
+    let holder = NameHolder {
+        technician_id: NIK,
+        username: Username::parse("nik").unwrap(),
+        email: Email::parse("nik@nikpot.com").unwrap(),
+    };
+    run::<TechnicianNames>(
+        s,
+        technician_names::STREAM.to_owned(),
+        TechnicianNamesCommand::Claim {
+            holder,
+            existing: vec![],
+            by: admin(),
+            at: chrono::Utc::now(),
+        },
+    )
+    .await;
+    let before = load::<Technician>(s, &stream(NIK.stream_name()))
+        .await
+        .unwrap();
+    assert!(before.state.state().is_none(), "not registered yet");
+    runner.run_until_idle().await.unwrap();
+    let after = load::<Technician>(s, &stream(NIK.stream_name()))
+        .await
+        .unwrap();
+    let nik = after.state.state().expect("registered by the runner");
+    assert_eq!(nik.username.as_str(), "nik");
+    assert_eq!(nik.email.as_str(), "nik@nikpot.com");
+    // Handled again (a crash before the checkpoint): nothing more.
+    let models = Arc::new(Mutex::new(ReadModels::in_memory().unwrap()));
+    ProcessRunner::new(store.clone(), models)
+        .run_until_idle()
+        .await
+        .unwrap();
+    let again = load::<Technician>(s, &stream(NIK.stream_name()))
+        .await
+        .unwrap();
+    assert_eq!(again.revision, after.revision);
 }

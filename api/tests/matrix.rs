@@ -12,8 +12,8 @@
 //! that must be refused run first, and must not append a single event.
 //!
 //! Cells where the server is wrong today are listed in [`SERVER_BUGS`]: the table holds the
-//! correct status, `matrix` skips those cells and `fixed_server_bugs_stay_fixed` asserts them (and three bugs
-//! outside the table), so `server_bugs` fails until the server is fixed.
+//! correct status, `matrix` skips those cells and `fixed_server_bugs_stay_fixed` asserts them (and the bugs
+//! found outside the table), so `server_bugs` fails until the server is fixed.
 
 mod support;
 
@@ -134,7 +134,8 @@ const LOCKOUT: Option<&str> = Some(
 /// `{bob}` or `{sBob}` (B's tenant, technician and session). `{sAlf}` is TechA's active
 /// session, `{sAda}` another A technician's session, `{sRev}` a throwaway session of TechA's,
 /// `{cDec}` a throwaway computer of A, `{joe}` a technician outside every tenant, `{otto}` a
-/// throwaway technician of A, `{tokenRev}` a throwaway token. Columns as in [`WHO`]; `aud*` is
+/// throwaway technician of A, `{nobody}` a technician id that does not exist, `{tokenRev}` a
+/// throwaway token (an auditor token of A). Columns as in [`WHO`]; `aud*` is
 /// the auditor of all tenants.
 #[rustfmt::skip]
 const MATRIX: &[Row] = &[
@@ -146,7 +147,11 @@ const MATRIX: &[Row] = &[
     row("GET",    "/v1/tenants/{B}",                                         None,            [401, 401, 200, 404, 200, 404, 404, 200, 404, 404, 200, 200]),
     row("PUT",    "/v1/tenants/{A}/policy",                                  SAME_POLICY,     [401, 401, 200, 200, 403, 403, 403, 404, 404, 404, 404, 404]),
     row("GET",    "/v1/tenants/{A}/technicians",                             None,            [401, 401, 200, 200, 200, 200, 403, 404, 404, 404, 404, 404]),
-    row("PUT",    "/v1/tenants/{A}/technicians/{joe}",                       None,            [401, 401, 200, 200, 403, 403, 403, 404, 404, 404, 404, 404]),
+    // Only an MSP admin adds a technician to a tenant; a tenant admin sees only the tenant's
+    // own technicians, so anyone else (joe, in no tenant) is a 404 like an unknown id.
+    row("PUT",    "/v1/tenants/{A}/technicians/{joe}",                       None,            [401, 401, 200, 404, 403, 403, 403, 404, 404, 404, 404, 404]),
+    row("PUT",    "/v1/tenants/{A}/technicians/{alf}",                       None,            [401, 401, 200, 200, 403, 403, 403, 404, 404, 404, 404, 404]),
+    row("PUT",    "/v1/tenants/{A}/technicians/{nobody}",                    None,            [401, 401, 404, 404, 403, 403, 403, 404, 404, 404, 404, 404]),
     row("POST",   "/v1/tenants/{A}/enrollment-tokens",                       EMPTY,           [401, 401, 201, 201, 403, 403, 403, 404, 404, 404, 404, 404]),
     // --- computers --------------------------------------------------------------------------------------------------------------------------------
     row("GET",    "/v1/tenants/{A}/computers",                               None,            [401, 401, 200, 200, 200, 200, 200, 404, 404, 404, 404, 404]),
@@ -180,6 +185,7 @@ const MATRIX: &[Row] = &[
     // --- tokens -----------------------------------------------------------------------------------------------------------------------------------
     row("POST",   "/v1/tokens",                                              AUDITOR_OF_A,    [401, 401, 201, 201, 403, 403, 403, 403, 403, 403, 404, 403]),
     row("POST",   "/v1/tokens",                                              TOKEN_FOR_ALF,   [401, 401, 201, 403, 403, 403, 403, 403, 403, 403, 403, 403]),
+    row("GET",    "/v1/tokens",                                              None,            [401, 401, 200, 200, 200, 200, 200, 200, 403, 403, 200, 200]),
     // --- audit ------------------------------------------------------------------------------------------------------------------------------------
     row("GET",    "/v1/audit",                                               None,            [401, 401, 200, 200, 200, 200, 403, 403, 403, 403, 200, 200]),
     row("GET",    "/v1/audit?tenant_id={A}",                                 None,            [401, 401, 200, 200, 200, 200, 403, 403, 403, 403, 404, 404]),
@@ -205,8 +211,13 @@ const MATRIX: &[Row] = &[
     row("POST",   "/v1/sessions/{sRev}/revoke",                              EMPTY,           [401, 401, 200, 200, 403, 403, 403, 404, 404, 404, 404, 404]),
     row("POST",   "/v1/tenants/{A}/computers/{cDec}/decommission",           EMPTY,           [401, 401, 200, 200, 403, 403, 403, 404, 404, 404, 404, 404]),
     row("POST",   "/v1/technicians/{otto}/offboard",                         EMPTY,           [401, 401, 200, 403, 403, 403, 404, 404, 404, 404, 404, 404]),
+    row("POST",   "/v1/tokens/{tokenRev}/rotate",                            EMPTY,           [401, 401, 200, 200, 403, 403, 404, 404, 403, 403, 404, 404]),
     row("DELETE", "/v1/tokens/{tokenRev}",                                   None,            [401, 401, 204, 403, 403, 403, 403, 403, 403, 403, 403, 403]),
     row("PUT",    "/v1/tenants/{A}/login-mode",                              SHARED_MODE,     [401, 401, 200, 200, 403, 403, 403, 404, 404, 404, 404, 404]),
+    // Cross-tenant: bob works for B only. A's admin neither removes nor adds him, nor learns
+    // of him or of B; the MSP admin's PUT adds him to A, so it comes last of all.
+    row("DELETE", "/v1/tenants/{A}/technicians/{bob}",                       None,            [401, 401, 200, 404, 403, 403, 403, 404, 404, 404, 404, 404]),
+    row("PUT",    "/v1/tenants/{A}/technicians/{bob}",                       None,            [401, 401, 200, 404, 403, 403, 403, 404, 404, 404, 404, 404]),
 ];
 
 /// The expected status of one cell of [`MATRIX`].
@@ -231,6 +242,7 @@ const SHOWS: &[(&str, &str, &str)] = &[
     ("/v1/tenants/{A}/sessions", "{sAlf}", ""),
     ("/v1/tenants/{A}/computers", "{cA}", ""),
     ("/v1/tenants/{A}/technicians", "{alf}", ""),
+    ("/v1/tokens", "alpha.example", "bravo.example"),
 ];
 
 fn is_server_bug(row: &Row, who: Who) -> bool {
@@ -536,6 +548,7 @@ impl World {
             ("sAda", s_ada),
             ("sRev", s_rev),
             ("sBob", s_bob),
+            ("nobody", "0190f1e2-0000-7000-8000-0000000000ff".to_owned()),
             ("tokenRev", token_rev),
             ("usedEnrollment", used_enrollment),
             ("policyA", policy.to_string()),
@@ -612,7 +625,9 @@ impl World {
     /// must not append an event), then the rest.
     fn run_row(&self, row: &Row, include: impl Fn(Who) -> bool) -> Vec<String> {
         let mut cells: Vec<Who> = WHO.into_iter().filter(|w| include(*w)).collect();
-        cells.sort_by_key(|w| (200..300).contains(&expected(row, *w)));
+        // The MSP admin's successful call last: it may change what the others may see (a
+        // technician it removes from A is out of A's admin's reach after it).
+        cells.sort_by_key(|w| ((200..300).contains(&expected(row, *w)), *w == Msp));
         let refused = cells
             .iter()
             .filter(|w| !(200..300).contains(&expected(row, **w)))
@@ -778,6 +793,15 @@ fn bad_input_changes_nothing() {
         ("POST", "/v1/tenants/{A}/computers/{cA}/checkout", alf, Some(r#"{"duration_minutes":10080}"#), 422, Some("duration_minutes")),
         ("POST", "/v1/tokens", msp, Some(r#"{"role":"root","name":"x@msp.example"}"#), 400, Some("role")),
         ("POST", "/v1/tokens", msp, Some(r#"{"role":"auditor","tenant_id":"nope","name":"x@msp.example"}"#), 400, Some("tenant_id")),
+        ("POST", "/v1/tokens", msp, Some(r#"{"role":"auditor","name":"x@msp.example","expires_in":999999999}"#), 422, Some("expires_in")),
+        ("POST", "/v1/tokens", msp, Some(r#"{"role":"auditor","name":"x@msp.example","expires_in":"soon"}"#), 400, Some("expires_in")),
+        ("POST", "/v1/tokens/{tokenRev}/rotate", msp, Some(r#"{"expires_in":0}"#), 422, Some("expires_in")),
+        ("POST", "/v1/tokens/{tokenRev}/rotate", msp, Some(r#"{"ttl":5}"#), 400, Some("ttl")),
+        ("GET", "/v1/tokens?role=root", msp, None, 400, Some("role")),
+        ("GET", "/v1/tokens?limit=lots", msp, None, 400, Some("limit")),
+        // Taken names: 409 naming the field (e-mail whatever its case).
+        ("POST", "/v1/technicians", msp, Some(r#"{"username":"alf","email":"alfred@msp.example"}"#), 409, Some("username")),
+        ("POST", "/v1/technicians", msp, Some(r#"{"username":"alfred","email":"ALF@Alpha.example"}"#), 409, Some("email")),
         ("POST", "/v1/agent/enroll", msp, Some(r#"{"token":"lk_x","hostname":"pc 1","os":"windows"}"#), 400, Some("hostname")),
         // Malformed ids in the path.
         ("GET", "/v1/tenants/not-a-uuid", msp, None, 400, Some("tenant_id")),
@@ -790,6 +814,7 @@ fn bad_input_changes_nothing() {
         ("POST", "/v1/sessions/42/checkin", alf, Some("{}"), 400, Some("session_id")),
         ("POST", "/v1/sessions/42/revoke", msp, Some("{}"), 400, Some("session_id")),
         ("DELETE", "/v1/tokens/42", msp, None, 400, Some("token_id")),
+        ("POST", "/v1/tokens/42/rotate", msp, Some("{}"), 400, Some("token_id")),
         // Query strings: bad values, unknown and repeated parameters.
         ("GET", "/v1/audit?cursor=garbage", msp, None, 400, Some("cursor")),
         ("GET", "/v1/audit?cursor=1.2", auditor, None, 400, Some("cursor")),
@@ -1006,6 +1031,54 @@ fn fixed_server_bugs_stay_fixed() {
                  confined to A (404 in B)",
                 tenant_b.status, checkout.status
             ));
+        }
+    }
+
+    // 5. A tenant admin reached any technician by id through the membership endpoints: a
+    //    technician of B only, or of no tenant, was added to or removed from A, the answer
+    //    listed the technician's other tenants, and an unknown id answered differently (an
+    //    existence oracle). A shared technician's answers must show A's admin A only.
+    let admin_a = w.tokens[&AdminA].clone();
+    for (method, path) in [
+        (
+            "PUT",
+            w.fill(&format!("/v1/tenants/{{A}}/technicians/{sam}")),
+        ),
+        ("GET", format!("/v1/technicians/{sam}")),
+    ] {
+        let answer = w.call(method, &path, Some(&admin_a), None);
+        if answer.status != 200 || answer.body.contains(w.var("B")) {
+            wrong.push(format!(
+                "{method} {path} as AdminA for a technician of A and B: expected 200 showing \
+                 tenant A only, got {}: {}",
+                answer.status,
+                short(&answer.body)
+            ));
+        }
+    }
+    for (who, tenant, invisible) in [
+        (AdminA, "{A}", "bob"),
+        (AdminA, "{A}", "joe"),
+        (AdminB, "{B}", "alf"),
+    ] {
+        let token = w.token(who).unwrap();
+        for method in ["DELETE", "PUT"] {
+            let ask = |id: &str| {
+                let path = w.fill(&format!("/v1/tenants/{tenant}/technicians/{id}"));
+                let answer = w.call(method, &path, Some(&token), None);
+                (answer.status, answer.body)
+            };
+            let (existing, unknown) = (ask(w.var(invisible)), ask(w.var("nobody")));
+            if existing != unknown {
+                wrong.push(format!(
+                    "{method} /v1/tenants/{tenant}/technicians/<{invisible}> as {who:?}: {} {} \
+                     for a technician it may not see, {} {} for an id that does not exist",
+                    existing.0,
+                    short(&existing.1),
+                    unknown.0,
+                    short(&unknown.1)
+                ));
+            }
         }
     }
 

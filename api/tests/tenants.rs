@@ -23,7 +23,11 @@ fn an_msp_admin_creates_a_tenant_and_reads_it_back() {
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["name"], "customer-1");
     assert_eq!(created["login_mode"], "shared");
-    assert_eq!(created["policy"]["admin_group"], "Administrators");
+    assert_eq!(
+        created["policy"]["admin_group"],
+        serde_json::Value::Null,
+        "each computer's own admin group"
+    );
     let shared = created["shared_account"].as_str().unwrap();
     assert!(shared.starts_with("msp-") && shared.len() == 8, "{shared}");
     let id = created["tenant_id"].as_str().unwrap();

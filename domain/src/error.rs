@@ -1,7 +1,7 @@
 //! Why `decide` said no. Each variant is one rule; `kind` tells the API which status to use.
 
 use crate::ids::{RequestId, SessionId, TenantId};
-use crate::names::{AccountName, InvalidValue};
+use crate::names::{AccountName, Email, InvalidValue, Username};
 use crate::Timestamp;
 
 /// How a caller should treat a [`DomainError`].
@@ -25,6 +25,17 @@ pub enum DomainError {
     TechnicianNotRegistered,
     #[error("the technician is already registered")]
     TechnicianAlreadyRegistered,
+    #[error(
+        "username {username} is already taken: a username is never given to a second \
+         technician, not even after the first was offboarded"
+    )]
+    UsernameTaken { username: Username },
+    #[error(
+        "e-mail address {email} is already taken (compared without regard to case): an \
+         address is never given to a second technician, not even after the first was \
+         offboarded"
+    )]
+    EmailTaken { email: Email },
     #[error("the technician has been offboarded")]
     TechnicianOffboarded,
     #[error("the technician is not a member of tenant {tenant_id}")]
@@ -93,6 +104,8 @@ impl DomainError {
             | TechnicianAlreadyRegistered
             | ComputerAlreadyEnrolled
             | SessionAlreadyExists
+            | UsernameTaken { .. }
+            | EmailTaken { .. }
             | AccountNameTaken { .. } => ErrorKind::Conflict,
             TechnicianOffboarded
             | TechnicianNotInTenant { .. }
@@ -110,11 +123,13 @@ impl DomainError {
         }
     }
 
-    /// The request field the refusal is about, where one field is at fault.
+    /// The request field the refusal is about, where it is about one.
     pub fn field(&self) -> Option<&'static str> {
         match self {
             DomainError::SessionLongerThanAllowed { .. } => Some("duration_minutes"),
             DomainError::AdminGroupUnknown => Some("admin_group"),
+            DomainError::UsernameTaken { .. } => Some(Username::FIELD),
+            DomainError::EmailTaken { .. } => Some(Email::FIELD),
             DomainError::Invalid(invalid) => Some(invalid.field),
             _ => None,
         }

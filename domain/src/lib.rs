@@ -12,6 +12,7 @@ pub mod policy;
 pub mod process;
 pub mod session;
 pub mod technician;
+pub mod technician_names;
 pub mod tenant;
 
 #[cfg(test)]
@@ -52,6 +53,7 @@ pub enum AnyEvent {
     Technician(technician::TechnicianEvent),
     Computer(computer::ComputerEvent),
     Session(session::SessionEvent),
+    TechnicianNames(technician_names::TechnicianNamesEvent),
 }
 
 impl AnyEvent {
@@ -61,6 +63,7 @@ impl AnyEvent {
             AnyEvent::Technician(e) => e.event_type(),
             AnyEvent::Computer(e) => e.event_type(),
             AnyEvent::Session(e) => e.event_type(),
+            AnyEvent::TechnicianNames(e) => e.event_type(),
         }
     }
 
@@ -70,6 +73,7 @@ impl AnyEvent {
             AnyEvent::Technician(e) => e.schema_version(),
             AnyEvent::Computer(e) => e.schema_version(),
             AnyEvent::Session(e) => e.schema_version(),
+            AnyEvent::TechnicianNames(e) => e.schema_version(),
         }
     }
 
@@ -79,6 +83,7 @@ impl AnyEvent {
             AnyEvent::Technician(e) => e.to_json(),
             AnyEvent::Computer(e) => e.to_json(),
             AnyEvent::Session(e) => e.to_json(),
+            AnyEvent::TechnicianNames(e) => e.to_json(),
         }
     }
 
@@ -100,6 +105,8 @@ impl AnyEvent {
             decode(t, v, p).map(AnyEvent::Computer)
         } else if session::SessionEvent::handles(t) {
             decode(t, v, p).map(AnyEvent::Session)
+        } else if technician_names::TechnicianNamesEvent::handles(t) {
+            decode(t, v, p).map(AnyEvent::TechnicianNames)
         } else {
             Err(DecodeError::UnknownType(t.to_owned()))
         }
@@ -111,6 +118,7 @@ impl AnyEvent {
         all.extend(technician::TechnicianEvent::descriptors());
         all.extend(computer::ComputerEvent::descriptors());
         all.extend(session::SessionEvent::descriptors());
+        all.extend(technician_names::TechnicianNamesEvent::descriptors());
         all
     }
 }

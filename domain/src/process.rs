@@ -6,7 +6,8 @@
 use crate::computer::{ComputerCommand, ComputerEvent, RetireReason};
 use crate::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use crate::session::{CheckInReason, SessionCommand, SessionEvent};
-use crate::technician::TechnicianEvent;
+use crate::technician::{TechnicianCommand, TechnicianEvent};
+use crate::technician_names::TechnicianNamesEvent;
 use crate::tenant::TenantEvent;
 use crate::{Actor, AnyEvent, Timestamp};
 
@@ -20,6 +21,10 @@ pub enum Command {
     Session {
         session_id: SessionId,
         command: SessionCommand,
+    },
+    Technician {
+        technician_id: TechnicianId,
+        command: TechnicianCommand,
     },
 }
 
@@ -133,6 +138,20 @@ pub fn react<L: Lookup>(
             revoke(sessions, at)
                 .chain(retire(lookup.computers_of_tenant(e.tenant_id)?, reason, at))
                 .collect()
+        }
+        // Names claimed for a technician are followed by their registration; if the server
+        // stopped in between, this completes it (a registration already made is no change).
+        AnyEvent::TechnicianNames(TechnicianNamesEvent::TechnicianNamesClaimed(e)) => {
+            vec![Command::Technician {
+                technician_id: e.technician_id,
+                command: TechnicianCommand::Register {
+                    technician_id: e.technician_id,
+                    username: e.username.clone(),
+                    email: e.email.clone(),
+                    by: e.by.clone(),
+                    at: e.at,
+                },
+            }]
         }
         AnyEvent::Computer(ComputerEvent::ComputerDecommissioned(e)) => {
             revoke(lookup.open_sessions_on_computer(e.computer_id)?, at).collect()
@@ -253,6 +272,43 @@ mod tests {
             retirements(&commands),
             vec![(pc(1), reason), (pc(2), reason)]
         );
+    }
+
+    #[test]
+    fn claimed_names_lead_to_the_technicians_registration() {
+        use crate::names::{Email, Username};
+        use crate::technician_names::TechnicianNamesClaimed;
+        let (username, email) = (
+            Username::parse("nik").unwrap(),
+            Email::parse("nik@nikpot.com").unwrap(),
+        );
+        let event = AnyEvent::TechnicianNames(
+            TechnicianNamesClaimed {
+                technician_id: nik_id(),
+                username: username.clone(),
+                email: email.clone(),
+                by: admin(),
+                at: t(1),
+            }
+            .into(),
+        );
+        let Ok(commands) = react(&event, t(2), &Fixed);
+        let [Command::Technician {
+            technician_id,
+            command:
+                TechnicianCommand::Register {
+                    technician_id: registered,
+                    username: u,
+                    email: e,
+                    at,
+                    ..
+                },
+        }] = commands.as_slice()
+        else {
+            panic!("expected one registration, got {commands:?}");
+        };
+        assert_eq!((*technician_id, *registered), (nik_id(), nik_id()));
+        assert_eq!((u, e, *at), (&username, &email, t(1)));
     }
 
     #[test]

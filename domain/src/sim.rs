@@ -103,12 +103,21 @@ impl World {
         id: TechnicianId,
         command: TechnicianCommand,
     ) -> Result<(), DomainError> {
+        self.technician_quiet(id, command)?;
+        self.settle();
+        Ok(())
+    }
+
+    fn technician_quiet(
+        &mut self,
+        id: TechnicianId,
+        command: TechnicianCommand,
+    ) -> Result<(), DomainError> {
         let state = self.technicians.get(&id).cloned().unwrap_or_default();
         let events = Technician::decide(&state, command)?;
         self.technicians
             .insert(id, events.iter().fold(state, Technician::evolve));
         self.record(&events, AnyEvent::Technician);
-        self.settle();
         Ok(())
     }
 
@@ -163,6 +172,10 @@ impl World {
                         session_id,
                         command,
                     } => self.session_quiet(session_id, command),
+                    Command::Technician {
+                        technician_id,
+                        command,
+                    } => self.technician_quiet(technician_id, command),
                 };
                 if let Err(e) = result {
                     panic!("a process manager's command after {event:?} was refused: {e}");

@@ -149,6 +149,22 @@ impl Aggregate for Technician {
                 at,
             }
             .into()]),
+            // The same registration again (the HTTP handler and the process manager that
+            // completes a claim of names both send it): already done.
+            (
+                Technician::Registered(tech),
+                TechnicianCommand::Register {
+                    technician_id,
+                    username,
+                    email,
+                    ..
+                },
+            ) if tech.technician_id == technician_id
+                && tech.username == username
+                && tech.email == email =>
+            {
+                Ok(vec![])
+            }
             (Technician::Registered(_), TechnicianCommand::Register { .. }) => {
                 Err(DomainError::TechnicianAlreadyRegistered)
             }
@@ -271,6 +287,23 @@ pub(crate) mod tests {
                 at: t(0),
             })
             .then_expect([joined(nik_id(), tenant_id())]);
+    }
+
+    #[test]
+    fn registering_again_changes_nothing_but_another_registration_is_refused() {
+        let register = |username: &str| TechnicianCommand::Register {
+            technician_id: nik_id(),
+            username: Username::parse(username).unwrap(),
+            email: Email::parse("nik@nikpot.com").unwrap(),
+            by: admin(),
+            at: t(5),
+        };
+        given::<Technician>([registered(nik_id(), "nik")])
+            .when(register("nik"))
+            .then_expect_nothing();
+        given::<Technician>([registered(nik_id(), "nik")])
+            .when(register("nikolai"))
+            .then_expect_error(DomainError::TechnicianAlreadyRegistered);
     }
 
     #[test]

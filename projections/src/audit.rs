@@ -324,6 +324,8 @@ pub(crate) fn apply(
     let lines = match event {
         AnyEvent::Tenant(e) => vec![tenant_line(&names, recorded, e)?],
         AnyEvent::Technician(e) => technician_lines(&names, e)?,
+        // The registration that follows says it in the technician's own words.
+        AnyEvent::TechnicianNames(_) => vec![],
         AnyEvent::Computer(e) => {
             remember(tx, e)?;
             vec![computer_line(&names, recorded, e)?]

@@ -61,6 +61,8 @@ pub const POSTGRES_SCHEMA: &str = "latchkey_read";
 /// [`POSTGRES_SCHEMA`] schema of a PostgreSQL database shared by several servers.
 pub struct ReadModels {
     db: Database,
+    /// On PostgreSQL, where to connect again when the connection breaks: (URL, schema).
+    reconnect: Option<(String, String)>,
 }
 
 enum Database {
@@ -152,7 +154,20 @@ impl ReadModels {
         create_postgres_schema(&conn)?;
         Ok(Self {
             db: Database::Postgres(conn),
+            reconnect: Some((url.to_owned(), schema.to_owned())),
         })
+    }
+
+    /// On PostgreSQL, replaces a connection that broke (the database restarted, or an
+    /// administrator ended it) with a new one. A failure to connect is returned; the caller
+    /// tries again later. Blocking.
+    pub fn reconnect_if_broken(&mut self) -> Result<(), ProjectionError> {
+        if let (Database::Postgres(conn), Some((url, schema))) = (&self.db, &self.reconnect) {
+            if conn.is_closed() {
+                self.db = Database::Postgres(PgConnection::connect(url, schema)?);
+            }
+        }
+        Ok(())
     }
 
     /// Makes the read models rebuilt in `rebuilt` the live ones, in one transaction: the
@@ -187,6 +202,7 @@ impl ReadModels {
         conn.execute_batch(&schema())?;
         Ok(Self {
             db: Database::Sqlite(conn),
+            reconnect: None,
         })
     }
 

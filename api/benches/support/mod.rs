@@ -171,7 +171,12 @@ impl Api {
         let response = self
             .client
             .post(format!("{}/v1/agent/enroll", self.base))
-            .json(&json!({"token": enrollment_token, "hostname": hostname, "os": "linux"}))
+            .json(&json!({
+                "token": enrollment_token,
+                "hostname": hostname,
+                "os": "linux",
+                "admin_group": "sudo",
+            }))
             .send()
             .await
             .expect("the server answers");
@@ -323,12 +328,18 @@ pub async fn add_clients(api: &Api, admin: &str, tenant: &str, count: usize) -> 
     use reqwest::Method;
     let mut clients = Vec::new();
     for i in 0..count {
+        // Usernames and e-mail addresses are never given twice, even across runs on one
+        // server.
+        let username = format!(
+            "tech{i}-{}",
+            &uuid::Uuid::now_v7().simple().to_string()[24..]
+        );
         let technician = api
             .call(
                 Method::POST,
                 "/v1/technicians",
                 admin,
-                Some(json!({"username": format!("tech{i}-{}", &uuid::Uuid::now_v7().simple().to_string()[24..]), "email": format!("tech{i}@msp.example")})),
+                Some(json!({"username": username, "email": format!("{username}@msp.example")})),
             )
             .await;
         let technician = technician["technician_id"].as_str().unwrap().to_owned();

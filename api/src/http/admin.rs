@@ -5,10 +5,10 @@
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Routes};
 use super::{
-    actor, administered_tenant, forbidden, own_tenant, path_id, tenant_computer, visible_session,
-    visible_technician, visible_tenant, Params, Services,
+    actor, administered_tenant, forbidden, no_store, own_tenant, path_id, tenant_computer,
+    visible_session, visible_technician, visible_tenant, Params, Services,
 };
-use crate::auth::{Principal, Role};
+use crate::auth::{Principal, Role, TokenQuery, TokenScope};
 use crate::problem::{ApiError, JsonBody};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
@@ -18,8 +18,10 @@ use latchkey_domain::ids::{ComputerId, TechnicianId, TenantId};
 use latchkey_domain::names::{Email, SharedAccountDigits, TenantName, Username};
 use latchkey_domain::policy::{JitPolicy, LoginMode};
 use latchkey_domain::session::{CheckInReason, Session, SessionCommand};
-use latchkey_domain::technician::{Technician, TechnicianCommand};
+use latchkey_domain::technician::{Technician, TechnicianCommand, TechnicianState};
+use latchkey_domain::technician_names::NameHolder;
 use latchkey_domain::tenant::{Tenant, TenantCommand};
+use latchkey_domain::DomainError;
 use latchkey_projections::SessionFilter;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -238,6 +240,35 @@ pub fn routes(r: &mut Routes<'_>) {
         .answer(201, "the token"),
     )
     .add(
+        Method::GET,
+        "/tokens",
+        list_tokens,
+        Doc::new(
+            "List API tokens: holder, role, scope, created, last used (to the minute), \
+             expires; never a secret",
+            "msp_admin and auditors of all tenants (all); tenant_admin and auditor of a \
+             tenant (its tenant_admin and auditor tokens); technician (their own)",
+        )
+        .query(&[
+            ("role", "only this role"),
+            ("technician_id", "only this technician's"),
+            ("revoked", "true: revoked tokens too"),
+            ("limit", "at most this many (1-1000, default 100)"),
+        ]),
+    )
+    .add(
+        Method::POST,
+        "/tokens/{token_id}/rotate",
+        rotate_token,
+        Doc::new(
+            "Rotate an API token: a new secret (shown once) and expiry; the old secret stops \
+             working",
+            "the token's holder; msp_admin (any person's token); tenant_admin (tenant_admin \
+             and auditor tokens of their tenant)",
+        )
+        .body::<Rotation>(),
+    )
+    .add(
         Method::DELETE,
         "/tokens/{token_id}",
         revoke_token,
@@ -415,23 +446,32 @@ struct TechnicianView {
     technician_id: TechnicianId,
     username: Username,
     email: Email,
+    /// The tenants they work for, as far as the caller may know: a tenant-scoped caller is
+    /// shown its own tenant only.
     tenants: Vec<TenantId>,
     offboarded: bool,
 }
 
-fn technician_view(technician: &Technician) -> Result<TechnicianView, ApiError> {
-    let t = technician
-        .state()
-        .ok_or_else(|| ApiError::not_found("the technician"))?;
-    Ok(TechnicianView {
+/// The technician as `principal` may see them.
+fn technician_view(t: &TechnicianState, principal: &Principal) -> TechnicianView {
+    TechnicianView {
         technician_id: t.technician_id,
         username: t.username.clone(),
         email: t.email.clone(),
-        tenants: t.tenants.iter().copied().collect(),
+        tenants: principal.tenants_shown(&t.tenants),
         offboarded: t.offboarded,
-    })
+    }
 }
 
+fn registered(technician: &Technician) -> Result<&TechnicianState, ApiError> {
+    technician
+        .state()
+        .ok_or_else(|| ApiError::not_found("the technician"))
+}
+
+/// Registers a technician. Their username and e-mail address are theirs for good: another
+/// technician asking for either (e-mail in any case), even after they were offboarded, gets
+/// a 409 naming the field.
 async fn create_technician(
     services: web::Data<Services>,
     req: HttpRequest,
@@ -444,18 +484,39 @@ async fn create_technician(
     let (services, principal) = (&services, &principal);
     idempotent(services, &req, principal, |scope| async move {
         let technician_id = TechnicianId(scope.new_id());
-        let command = TechnicianCommand::Register {
-            technician_id,
-            username: body.username,
-            email: body.email,
-            by: actor(principal),
-            at: now(),
+        let stream = technician_id.stream_name();
+        // The technician's id is the claim's: a resumed claim whose technician exists was
+        // registered by this request (or, cut short after the names, by the runner).
+        let resumed: Option<Technician> = match scope.resumed {
+            true => Some(services.load::<Technician>(stream.clone()).await?)
+                .filter(|t| t.state().is_some()),
+            false => None,
         };
-        let executed = services
-            .execute_in::<Technician>(scope, principal, technician_id.stream_name(), command)
-            .await?;
+        let executed = match resumed {
+            Some(state) => crate::commands::Executed {
+                events: Vec::new(),
+                state,
+                attempts: 0,
+            },
+            None => {
+                let holder = NameHolder {
+                    technician_id,
+                    username: body.username,
+                    email: body.email,
+                };
+                crate::technicians::register(
+                    &*services.store,
+                    &services.cache,
+                    &super::envelope_in(scope, principal),
+                    holder,
+                    actor(principal),
+                    now(),
+                )
+                .await?
+            }
+        };
         Reply::created(
-            technician_view(&executed.state)?,
+            technician_view(registered(&executed.state)?, principal),
             format!("/v1/technicians/{technician_id}"),
         )
     })
@@ -498,29 +559,13 @@ async fn get_technician(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let technician = visible_technician(&services, &principal, &path).await?;
-    let loaded: Technician = services.load(technician.stream_name()).await?;
-    let mut view = technician_view(&loaded)?;
-    // A tenant-scoped reader learns nothing about the technician's other customers.
-    if let Some(own) = own_tenant(&principal) {
-        view.tenants.retain(|t| *t == own);
-    }
-    Ok(HttpResponse::Ok().json(view))
+    Ok(HttpResponse::Ok().json(technician_view(&technician, &principal)))
 }
 
-/// The technician for a membership change: any registered one for an MSP admin; a tenant
-/// admin adds or removes technicians they are told the id of (technicians are MSP staff).
-async fn registered_technician(
-    services: &web::Data<Services>,
-    raw: &str,
-) -> Result<TechnicianId, ApiError> {
-    let technician = TechnicianId(path_id(raw, "technician_id")?);
-    let loaded: Technician = services.load(technician.stream_name()).await?;
-    match loaded.state() {
-        Some(_) => Ok(technician),
-        None => Err(ApiError::not_found("the technician")),
-    }
-}
-
+/// Lets a technician work for the tenant. Only an MSP admin adds one
+/// ([`Principal::adds_technicians_to_tenants`]); a tenant admin sees only the tenant's own
+/// technicians, so for them this answers 404 for anyone else (exactly as for an id that does
+/// not exist) and changes nothing for a member.
 async fn join_tenant(
     services: web::Data<Services>,
     principal: Principal,
@@ -528,18 +573,24 @@ async fn join_tenant(
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, technician) = path.into_inner();
     let tenant = administered_tenant(&services, &principal, &tenant).await?;
-    let technician = registered_technician(&services, &technician).await?;
+    let technician = visible_technician(&services, &principal, &technician).await?;
+    if !principal.adds_technicians_to_tenants() {
+        // Visible to a tenant admin means a member already: nothing to add.
+        return Ok(HttpResponse::Ok().json(technician_view(&technician, &principal)));
+    }
     let command = TechnicianCommand::JoinTenant {
         tenant_id: tenant,
         by: actor(&principal),
         at: now(),
     };
     let executed = services
-        .execute::<Technician>(&principal, technician.stream_name(), command)
+        .execute::<Technician>(&principal, technician.technician_id.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(technician_view(&executed.state)?))
+    Ok(HttpResponse::Ok().json(technician_view(registered(&executed.state)?, &principal)))
 }
 
+/// Stops a technician working for the tenant: an MSP admin anyone, a tenant admin the
+/// tenant's members (anyone else is a 404, as for an id that does not exist).
 async fn leave_tenant(
     services: web::Data<Services>,
     principal: Principal,
@@ -547,18 +598,28 @@ async fn leave_tenant(
 ) -> Result<HttpResponse, ApiError> {
     let (tenant, technician) = path.into_inner();
     let tenant = administered_tenant(&services, &principal, &tenant).await?;
-    let technician = registered_technician(&services, &technician).await?;
+    let technician = visible_technician(&services, &principal, &technician).await?;
     let command = TechnicianCommand::LeaveTenant {
         tenant_id: tenant,
         by: actor(&principal),
         at: now(),
     };
     let executed = services
-        .execute::<Technician>(&principal, technician.stream_name(), command)
+        .execute::<Technician>(&principal, technician.technician_id.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(technician_view(&executed.state)?))
+    Ok(HttpResponse::Ok().json(technician_view(registered(&executed.state)?, &principal)))
 }
 
+#[derive(Serialize)]
+struct OffboardedView {
+    #[serde(flatten)]
+    technician: TechnicianView,
+    /// How many of their API tokens this call revoked.
+    tokens_revoked: usize,
+}
+
+/// Offboards a technician everywhere: the process managers revoke their sessions and retire
+/// their accounts, and every API token of theirs is revoked now.
 async fn offboard(
     services: web::Data<Services>,
     principal: Principal,
@@ -568,14 +629,20 @@ async fn offboard(
     if !principal.is_msp_admin() {
         return Err(forbidden("only an MSP admin offboards technicians"));
     }
-    let command = TechnicianCommand::Offboard {
-        by: actor(&principal),
-        at: now(),
-    };
-    let executed = services
-        .execute::<Technician>(&principal, technician.stream_name(), command)
-        .await?;
-    Ok(HttpResponse::Ok().json(technician_view(&executed.state)?))
+    let (executed, tokens_revoked) = crate::technicians::offboard(
+        &*services.store,
+        &services.cache,
+        &services.tokens,
+        &super::envelope(&principal),
+        technician.technician_id,
+        actor(&principal),
+        now(),
+    )
+    .await?;
+    Ok(HttpResponse::Ok().json(OffboardedView {
+        technician: technician_view(registered(&executed.state)?, &principal),
+        tokens_revoked,
+    }))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -877,6 +944,21 @@ struct NewToken {
     /// Who will hold it, an e-mail address, recorded as the actor of what they do. For a
     /// technician token it is the technician's own address and may be left out.
     name: Option<Email>,
+    /// Seconds until the token expires: at most the server's maximum token lifetime; the
+    /// server's default lifetime when absent.
+    expires_in: Option<u64>,
+}
+
+/// The lifetime asked for, or a 422 naming `expires_in`.
+fn lifetime(services: &Services, expires_in: Option<u64>) -> Result<std::time::Duration, ApiError> {
+    services
+        .tokens
+        .lifetimes()
+        .choose(expires_in)
+        .map_err(|reason| {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-value", reason)
+                .with_field("expires_in")
+        })
 }
 
 async fn issue_token(
@@ -931,11 +1013,14 @@ async fn issue_token(
         "technician" => {
             let id = TechnicianId(body.technician_id.ok_or_else(|| missing("technician_id"))?);
             let loaded: Technician = services.load(id.stream_name()).await?;
-            let email = loaded
-                .state()
-                .map(|t| t.email.clone())
-                .ok_or_else(|| ApiError::not_found("the technician"))?;
-            (Role::Technician { technician_id: id }, Some(email))
+            let technician = registered(&loaded)?;
+            if technician.offboarded {
+                return Err(DomainError::TechnicianOffboarded.into());
+            }
+            (
+                Role::Technician { technician_id: id },
+                Some(technician.email.clone()),
+            )
         }
         _ => {
             return Err(ApiError::bad_request(
@@ -951,19 +1036,147 @@ async fn issue_token(
             return Err(ApiError::not_found("the tenant"));
         }
     }
+    let lifetime = lifetime(&services, body.expires_in)?;
     let kind = role.kind();
     let issued_name = name.to_string();
-    let token = super::blocking(&services, "token store", move |s| {
-        s.tokens.issue(role, &issued_name)
+    let issued = super::blocking(&services, "token store", move |s| {
+        s.tokens.issue_for(role, &issued_name, Some(lifetime))
     })
     .await?;
-    tracing::info!(role = kind, holder = %name, by = %principal.name, "API token issued");
-    Ok(HttpResponse::Created().json(serde_json::json!({
+    tracing::info!(role = kind, holder = %name, token_id = %issued.token_id, by = %principal.name, "API token issued");
+    Ok(no_store(HttpResponse::Created().json(serde_json::json!({
+        "token_id": issued.token_id.simple().to_string(),
         "role": kind,
         "name": name,
-        "token": token,
+        "token": issued.token,
+        "expires_at": issued.expires_at,
         "note": "shown once; the server keeps only its hash",
-    })))
+    }))))
+}
+
+/// Lists API tokens: who holds each, its role and scope, when it was created, last used
+/// (to the minute), rotated, revoked, and when it expires; never a secret or a hash. MSP
+/// admins and all-tenant auditors see every token; tenant admins and tenant auditors their
+/// tenant's tenant-admin and auditor tokens; technicians their own.
+async fn list_tokens(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    principal: Principal,
+) -> Result<HttpResponse, ApiError> {
+    let Some(scope) = principal.token_scope() else {
+        return Err(forbidden("agents use the /v1/agent endpoints only"));
+    };
+    let params = Params::parse(&req, &["role", "technician_id", "revoked", "limit"])?;
+    let role = match params.text("role").as_deref() {
+        None => None,
+        Some(kind) => Some(ROLE_KINDS.into_iter().find(|k| *k == kind).ok_or_else(|| {
+            ApiError::bad_request(
+                "role",
+                format!("role must be one of {}", ROLE_KINDS.join(", ")),
+            )
+        })?),
+    };
+    let scope = match params.uuid("technician_id")?.map(TechnicianId) {
+        None => Some(scope),
+        // One technician's tokens, if the caller may see them at all.
+        Some(technician) => match scope {
+            TokenScope::All => Some(TokenScope::Technician(technician)),
+            TokenScope::Technician(own) if own == technician => Some(scope),
+            _ => None,
+        },
+    };
+    let tokens = match scope {
+        None => Vec::new(),
+        Some(scope) => {
+            let query = TokenQuery {
+                scope,
+                role,
+                include_revoked: params.flag("revoked")?.unwrap_or(false),
+                limit: params.number("limit", 1000)?.unwrap_or(100) as u32,
+            };
+            super::blocking(&services, "token store", move |s| s.tokens.list(&query)).await?
+        }
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "tokens": tokens })))
+}
+
+/// The roles a token can have, as the API names them.
+const ROLE_KINDS: [&str; 5] = [
+    "msp_admin",
+    "tenant_admin",
+    "technician",
+    "auditor",
+    "agent",
+];
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Rotation {
+    /// Seconds until the rotated token expires (at most the server's maximum token
+    /// lifetime); the server's default lifetime when absent.
+    expires_in: Option<u64>,
+}
+
+/// Gives a token a new secret and a new expiry; the old secret stops working at once. The
+/// token keeps its id, role and holder. Its holder may rotate it, an MSP admin any person's
+/// token, a tenant admin their tenant's tenant-admin and auditor tokens.
+async fn rotate_token(
+    services: web::Data<Services>,
+    principal: Principal,
+    path: web::Path<String>,
+    JsonBody(body): JsonBody<Rotation>,
+) -> Result<HttpResponse, ApiError> {
+    if principal.agent_computer_id().is_some() {
+        return Err(forbidden("agents use the /v1/agent endpoints only"));
+    }
+    let token_id = path_id(&path, "token_id")?;
+    let token = super::blocking(&services, "token store", move |s| s.tokens.token(token_id))
+        .await?
+        .filter(|t| principal.can_see_token(t))
+        .ok_or_else(|| ApiError::not_found("the token"))?;
+    if !principal.can_rotate_token(&token) {
+        return Err(forbidden(
+            "you may rotate your own token and, as an admin, the tokens you may issue",
+        ));
+    }
+    if let Role::Agent { .. } = token.grants {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "rule",
+            "an agent's credential is not rotated here: enroll the computer again",
+        ));
+    }
+    let lifetime = lifetime(&services, body.expires_in)?;
+    if let Role::Technician { technician_id } = token.grants {
+        // A token of an offboarded technician is revoked now, not renewed.
+        crate::technicians::token_may_act(
+            &*services.store,
+            &services.cache,
+            &services.tokens,
+            technician_id,
+        )
+        .await?;
+    }
+    let rotated = super::blocking(&services, "token store", move |s| {
+        s.tokens.rotate(token_id, Some(lifetime))
+    })
+    .await?
+    .ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "revoked",
+            "the token has been revoked; issue a new one",
+        )
+    })?;
+    tracing::info!(token_id = %token_id, by = %principal.name, "API token rotated");
+    Ok(no_store(HttpResponse::Ok().json(serde_json::json!({
+        "token_id": rotated.token_id.simple().to_string(),
+        "role": token.role,
+        "name": token.holder,
+        "token": rotated.token,
+        "expires_at": rotated.expires_at,
+        "note": "shown once; the old secret no longer works",
+    }))))
 }
 
 async fn revoke_token(

@@ -13,11 +13,12 @@ mod idempotency;
 pub mod openapi;
 mod technician;
 
-use crate::auth::{Principal, TokenStore};
+use crate::auth::{Authentication, Principal, TokenStore};
 use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
 use crate::ratelimit::{Attempt, AuthLimiter};
 use crate::secrets::SecretStore;
+use crate::technicians;
 use crate::wakeups::StreamWakeups;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
@@ -25,13 +26,14 @@ use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use latchkey_domain::computer::Computer;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::names::Email;
-use latchkey_domain::technician::Technician;
+use latchkey_domain::technician::{Technician, TechnicianState};
 use latchkey_domain::tenant::Tenant;
 use latchkey_domain::Actor;
 use latchkey_projections::{ProjectionError, Queries, ReadView};
 use latchkey_store::{EventStore, Position, StreamName};
 use std::collections::HashMap;
-use std::future::{ready, Ready};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -52,6 +54,8 @@ pub struct Services {
     pub wakeups: Arc<StreamWakeups>,
     /// Aggregate states, shared with the process runner.
     pub cache: Arc<StateCache>,
+    /// Whether the process managers run (for `/healthz` and `/metrics`).
+    pub health: Arc<crate::health::Health>,
     /// Counts failed authentications and refuses clients over the limit (429).
     pub limiter: AuthLimiter,
 }
@@ -112,11 +116,7 @@ impl Services {
                 attempts: 0,
             });
         }
-        let envelope = Envelope {
-            actor: principal.actor_string(),
-            correlation_id: scope.claim_id,
-            causation_id: None,
-        };
+        let envelope = envelope_in(scope, principal);
         Ok(
             commands::execute_cached::<A, _>(&*self.store, &self.cache, &stream, &envelope, |_| {
                 command.clone()
@@ -182,42 +182,80 @@ pub fn attempt(services: &Services, req: &HttpRequest, presented: Option<&str>) 
         .attempt(req.peer_addr(), forwarded, presented)
 }
 
+/// The caller, from the bearer token: 401 without a valid one (a problem saying so when it
+/// has expired). A technician's token acts only while the technician is registered and not
+/// offboarded, whatever the token store says (see [`technicians::token_may_act`]).
 impl FromRequest for Principal {
     type Error = ApiError;
-    type Future = Ready<Result<Principal, ApiError>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Principal, ApiError>>>>;
 
     /// Checks the bearer token, unless the client or the token id has failed too often: then
     /// 429 before the token is looked at (so a right guess while limited is refused too).
-    /// Only failures are counted. The look-up is synchronous, so between the check and the
-    /// count no other request of this worker runs.
+    /// Only failures to present a right secret are counted (missing, malformed, unknown,
+    /// revoked or wrong tokens; not an expired one, nor an offboarded technician's). The
+    /// check, the look-up and the count run without an await between them, so no other
+    /// request of this worker runs in between.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let Some(services) = req.app_data::<web::Data<Services>>() else {
-            return ready(Err(ApiError::internal("no-services")));
-        };
+        let services = req.app_data::<web::Data<Services>>().cloned();
         let bearer = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
-        let attempt = attempt(services, req, bearer);
-        let now = std::time::Instant::now();
-        if let Err(limited) = services.limiter.check(&attempt, now) {
-            return ready(Err(ApiError::too_many_attempts(limited)));
-        }
-        let authenticated = match bearer {
-            Some(bearer) => services.tokens.authenticate(bearer),
-            None => Ok(None),
-        };
-        ready(match authenticated {
-            Ok(Some(principal)) => Ok(principal),
-            Ok(None) => {
-                services.limiter.failed(&attempt, now);
-                Err(ApiError::unauthorized())
+            .map(|v| v.trim().to_owned());
+        let attempt = services
+            .as_ref()
+            .map(|services| attempt(services, req, bearer.as_deref()));
+        Box::pin(async move {
+            let services = services.ok_or_else(|| ApiError::internal("no-services"))?;
+            let attempt = attempt.ok_or_else(|| ApiError::internal("no-services"))?;
+            let now = std::time::Instant::now();
+            services
+                .limiter
+                .check(&attempt, now)
+                .map_err(ApiError::too_many_attempts)?;
+            let authenticated = match &bearer {
+                Some(bearer) => services.tokens.authenticate(bearer),
+                None => Ok(Authentication::Refused),
+            };
+            let principal = match authenticated {
+                Ok(Authentication::Valid(principal)) => principal,
+                Ok(Authentication::Expired(at)) => return Err(ApiError::token_expired(at)),
+                Ok(Authentication::Refused) => {
+                    services.limiter.failed(&attempt, now);
+                    return Err(ApiError::unauthorized());
+                }
+                Err(e) => return Err(internal("token store", &e)),
+            };
+            if let Some(technician) = principal.technician_id() {
+                let active = technicians::token_may_act(
+                    &*services.store,
+                    &services.cache,
+                    &services.tokens,
+                    technician,
+                )
+                .await?;
+                if !active {
+                    return Err(ApiError::unauthorized());
+                }
             }
-            Err(e) => Err(internal("token store", &e)),
+            Ok(principal)
         })
     }
+}
+
+/// Who and why for a request's events: the caller, and the request's claim as correlation.
+pub fn envelope_in(scope: Scope, principal: &Principal) -> Envelope {
+    Envelope {
+        actor: principal.actor_string(),
+        correlation_id: scope.claim_id,
+        causation_id: None,
+    }
+}
+
+/// [`envelope_in`] for a request of its own (no `Idempotency-Key`).
+pub fn envelope(principal: &Principal) -> Envelope {
+    envelope_in(Scope::fresh(), principal)
 }
 
 /// The actor a person's command records: their e-mail if the token names one.
@@ -337,36 +375,21 @@ pub async fn visible_session(
     }
 }
 
-/// A technician the caller may see: MSP admins and all-tenant auditors see everyone; tenant
-/// admins and tenant auditors the members of their tenant; a technician themselves.
+/// A technician the caller may see ([`Principal::may_see_technician`]), as their stream has
+/// it now. Everyone else, and an id that does not exist, get the same 404: the answer never
+/// tells whether a technician the caller may not see exists.
 pub async fn visible_technician(
     services: &web::Data<Services>,
     principal: &Principal,
     raw: &str,
-) -> Result<TechnicianId, ApiError> {
+) -> Result<TechnicianState, ApiError> {
     let technician = TechnicianId(path_id(raw, "technician_id")?);
-    let visible = if principal.can_read_all_tenants() {
-        true
-    } else if let Some(own) = principal.technician_id() {
-        own == technician
-    } else {
-        match own_tenant(principal) {
-            Some(tenant) => {
-                services
-                    .query(move |q| q.is_member(technician, tenant))
-                    .await?
-            }
-            None => false,
+    let loaded: Technician = services.load(technician.stream_name()).await?;
+    match loaded.state() {
+        Some(state) if principal.may_see_technician(technician, &state.tenants) => {
+            Ok(state.clone())
         }
-    };
-    let exists = visible
-        && services
-            .query(move |q| q.technician(technician).map(|t| t.is_some()))
-            .await?;
-    if exists {
-        Ok(technician)
-    } else {
-        Err(ApiError::not_found("the technician"))
+        _ => Err(ApiError::not_found("the technician")),
     }
 }
 
