@@ -380,7 +380,8 @@ pub(crate) fn apply(
         | E::SessionAccessGranted(_)
         | E::SessionAccessFailed(_)
         | E::SessionAccessReleased(_)
-        | E::OfflineSecretDisclosed(_) => {}
+        | E::OfflineSecretDisclosed(_)
+        | E::OfflineLoginLockedOut(_) => {}
         E::OfflineLoginRecorded(e) => {
             let computer = e.computer_id.to_string();
             crate::exec(

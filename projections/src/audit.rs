@@ -1073,6 +1073,7 @@ fn computer_line(
         ComputerEvent::OfflineSecretRevoked(e) => (e.computer_id, e.at),
         ComputerEvent::OfflineSecretDisclosed(e) => (e.computer_id, e.at),
         ComputerEvent::OfflineLoginRecorded(e) => (e.computer_id, e.at),
+        ComputerEvent::OfflineLoginLockedOut(e) => (e.computer_id, e.at),
         ComputerEvent::AdminGroupInventoried(e) => (e.computer_id, e.at),
     };
     let computer = names.computer(computer_id)?;
@@ -1395,6 +1396,25 @@ fn computer_line(
                 e.used_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 e.generation,
                 e.until.format("%Y-%m-%d %H:%M:%S UTC"),
+            );
+            let line = about_account(recorded_actor, sentence, None, e.account.as_str())?;
+            match e.technician_id {
+                Some(t) => line.technician(t),
+                None => line,
+            }
+        }
+        ComputerEvent::OfflineLoginLockedOut(e) => {
+            let whose = match e.technician_id {
+                Some(t) => format!(" (of {})", names.email(&t.to_string())?),
+                None => String::new(),
+            };
+            let sentence = format!(
+                "{agent} locked offline login to account {}{whose} after {} wrong TOTP codes \
+                 at {}, refusing every code for it until {}",
+                e.account,
+                e.failures,
+                e.locked_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                e.locked_until.format("%Y-%m-%d %H:%M:%S UTC"),
             );
             let line = about_account(recorded_actor, sentence, None, e.account.as_str())?;
             match e.technician_id {

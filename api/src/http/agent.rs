@@ -101,6 +101,17 @@ pub fn routes(r: &mut Routes<'_>) {
     )
     .add(
         Method::POST,
+        "/agent/offline-lockouts",
+        offline_lockout,
+        Doc::new(
+            "Upload a lockout of offline login the agent imposed after too many wrong TOTP \
+             codes for an account (idempotent by lockout_id; audited)",
+            "the computer's agent",
+        )
+        .body::<OfflineLockout>(),
+    )
+    .add(
+        Method::POST,
         "/agent/inventory",
         inventory,
         Doc::new(
@@ -125,8 +136,15 @@ struct Enrollment {
 
 async fn enroll(
     services: web::Data<Services>,
+    req: actix_web::HttpRequest,
     JsonBody(body): JsonBody<Enrollment>,
 ) -> Result<HttpResponse, ApiError> {
+    // Enrollment tokens are guessed like API tokens: the same limits, before the look-up.
+    let attempt = super::attempt(&services, &req, Some(body.token.trim()));
+    services
+        .limiter
+        .check(&attempt, std::time::Instant::now())
+        .map_err(ApiError::too_many_attempts)?;
     let token = body.token.clone();
     let redeemed = super::blocking(&services, "token store", move |s| {
         s.tokens.redeem_enrollment(&token, chrono::Utc::now())
@@ -135,6 +153,10 @@ async fn enroll(
     let (enrollment_id, tenant) = match redeemed {
         Ok(found) => found,
         Err(refused) => {
+            // Used and expired tokens had the right secret: only a wrong one is a guess.
+            if refused == EnrollmentRefused::Unknown {
+                services.limiter.failed(&attempt, std::time::Instant::now());
+            }
             let status = match refused {
                 EnrollmentRefused::Unknown => StatusCode::UNAUTHORIZED,
                 EnrollmentRefused::Used | EnrollmentRefused::Expired => StatusCode::GONE,
@@ -625,6 +647,55 @@ async fn offline_login(
         .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "login_id": body.login_id,
+        "recorded": executed.events.len(),
+    })))
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct OfflineLockout {
+    /// The agent's own id for this lockout; uploading it again changes nothing.
+    lockout_id: Uuid,
+    account: AccountName,
+    technician_id: Option<Uuid>,
+    /// Wrong codes that led to it (1 to 1000).
+    failures: u32,
+    locked_at: chrono::DateTime<chrono::Utc>,
+    locked_until: chrono::DateTime<chrono::Utc>,
+}
+
+async fn offline_lockout(
+    services: web::Data<Services>,
+    principal: Principal,
+    JsonBody(body): JsonBody<OfflineLockout>,
+) -> Result<HttpResponse, ApiError> {
+    let computer = own_computer(&principal)?;
+    if !(1..=1000).contains(&body.failures) {
+        return Err(ApiError::bad_request(
+            "failures",
+            "failures must be from 1 to 1000",
+        ));
+    }
+    if body.locked_until <= body.locked_at {
+        return Err(ApiError::bad_request(
+            "locked_until",
+            "locked_until must be after locked_at",
+        ));
+    }
+    let command = ComputerCommand::RecordOfflineLockout {
+        lockout_id: body.lockout_id,
+        account: body.account,
+        technician_id: body.technician_id.map(latchkey_domain::ids::TechnicianId),
+        failures: body.failures,
+        locked_at: body.locked_at,
+        locked_until: body.locked_until,
+        at: chrono::Utc::now(),
+    };
+    let executed = services
+        .execute::<Computer>(&principal, computer.stream_name(), command)
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "lockout_id": body.lockout_id,
         "recorded": executed.events.len(),
     })))
 }

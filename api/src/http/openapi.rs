@@ -144,6 +144,11 @@ pub fn document() -> Value {
             (404, "does not exist, or is not visible to the caller"),
             (409, "conflict; retry"),
             (422, "a domain rule refused it; `detail` says which"),
+            (
+                429,
+                "too many failed authentications from this client or with this token id; \
+                 `Retry-After` says when to try again",
+            ),
         ] {
             responses.insert(
                 status.to_string(),
