@@ -285,8 +285,14 @@ impl JsonSchema for AccountTemplate {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "must contain {username} exactly once and give a valid account name",
-            "pattern": "^[a-z_{][a-z0-9_{}-]*$"
+            "description": "must contain {username} exactly once and give a valid account name \
+                for any username of up to 19 characters: around the placeholder only a-z, 0-9, \
+                '.', '_' and '-', starting with a letter or '_', at most 13 characters in all",
+            // The placeholder once, and what surrounds it as `AccountName` allows; the longest
+            // username (19) must still fit 32 characters: 32 - 19 + 10 = 23.
+            "pattern": "^([a-z_][a-z0-9._-]*)?\\{username\\}[a-z0-9._-]*$",
+            "minLength": 10,
+            "maxLength": 23
         })
     }
 }

@@ -10,7 +10,8 @@
 //! first delivery and stored encrypted; every later delivery of the same request carries the
 //! same password.
 
-use super::openapi::{Doc, Routes};
+use super::answer::{Events, Json};
+use super::openapi::{Doc, Kind, Query, Routes};
 use super::{actor, forbidden, Params, Services};
 use crate::auth::{EnrollmentRefused, Principal, Role};
 use crate::problem::{ApiError, JsonBody};
@@ -24,12 +25,23 @@ use latchkey_domain::computer::{
 use latchkey_domain::ids::{AgentKeyId, ComputerId, RequestId};
 use latchkey_domain::names::{AccountName, FailureReason, Hostname};
 use latchkey_domain::tenant::{Tenant, TenantState};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
 /// The longest a long poll waits.
 pub const MAX_WAIT_SECONDS: u64 = 60;
+
+const COMMANDS_QUERY: &[Query] = &[Query::new(
+    "wait",
+    Kind::Integer {
+        min: 0,
+        max: MAX_WAIT_SECONDS,
+        default: 0,
+    },
+    "seconds to wait for a request if there is none",
+)];
 
 pub fn routes(r: &mut Routes<'_>) {
     r.add(
@@ -42,6 +54,7 @@ pub fn routes(r: &mut Routes<'_>) {
         )
         .body::<Enrollment>()
         .public()
+        .problems(&[401, 410])
         .answer(201, "computer id and agent token (shown once)"),
     )
     .add(
@@ -52,10 +65,8 @@ pub fn routes(r: &mut Routes<'_>) {
             "Provisioning requests not yet reported on (long poll)",
             "the computer's agent",
         )
-        .query(&[(
-            "wait",
-            "seconds to wait for a request if there is none (0-60)",
-        )]),
+        .query(COMMANDS_QUERY)
+        .answer(200, "the requests (never cached)"),
     )
     .add(
         Method::GET,
@@ -66,7 +77,8 @@ pub fn routes(r: &mut Routes<'_>) {
              (text/event-stream): a `commands` event at once and whenever they change, a \
              keep-alive comment every 25 s, an `end` event when the credential is revoked",
             "the computer's agent",
-        ),
+        )
+        .answer(200, "the event stream (never cached)"),
     )
     .add(
         Method::POST,
@@ -86,7 +98,8 @@ pub fn routes(r: &mut Routes<'_>) {
             "The TOTP secrets in force on this computer, with the admin group and maximum \
              session length, for offline login",
             "the computer's agent",
-        ),
+        )
+        .answer(200, "the secrets (never cached)"),
     )
     .add(
         Method::POST,
@@ -126,7 +139,7 @@ struct Enrollment {
 async fn enroll(
     services: web::Data<Services>,
     JsonBody(body): JsonBody<Enrollment>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<Enrolled>, ApiError> {
     let token = body.token.clone();
     let redeemed = super::blocking(&services, "token store", move |s| {
         s.tokens.redeem_enrollment(&token, chrono::Utc::now())
@@ -184,12 +197,24 @@ async fn enroll(
         return Err(e);
     }
     tracing::info!(%computer_id, %tenant, "agent enrolled");
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "computer_id": computer_id,
-        "tenant_id": tenant,
-        "agent_token": issued,
-        "note": "the agent's credential, shown once; keep it in a 0600 file",
-    })))
+    let enrolled = Enrolled {
+        computer_id,
+        tenant_id: tenant,
+        agent_token: issued,
+        note: "the agent's credential, shown once; keep it in a 0600 file",
+    };
+    Ok(Json::new(StatusCode::CREATED, &enrolled).no_store())
+}
+
+/// An enrolled computer and its agent's credential.
+#[derive(Serialize, JsonSchema)]
+struct Enrolled {
+    computer_id: ComputerId,
+    tenant_id: latchkey_domain::ids::TenantId,
+    /// `Authorization: Bearer <agent_token>` on every agent call.
+    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
+    agent_token: String,
+    note: &'static str,
 }
 
 fn own_computer(principal: &Principal) -> Result<ComputerId, ApiError> {
@@ -198,8 +223,14 @@ fn own_computer(principal: &Principal) -> Result<ComputerId, ApiError> {
         .ok_or_else(|| forbidden("only an enrolled agent uses the agent endpoints"))
 }
 
+/// The provisioning requests the agent has not reported on yet.
+#[derive(Serialize, JsonSchema)]
+struct AgentCommands {
+    commands: Vec<AgentCommand>,
+}
+
 /// One provisioning request as the agent receives it.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct AgentCommand {
     request_id: RequestId,
     attempt: u32,
@@ -213,10 +244,10 @@ async fn commands(
     services: web::Data<Services>,
     req: actix_web::HttpRequest,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<AgentCommands>, ApiError> {
     let computer = own_computer(&principal)?;
-    let params = Params::parse(&req, &["wait"])?;
-    let wait = Duration::from_secs(params.number("wait", MAX_WAIT_SECONDS)?.unwrap_or(0));
+    let params = Params::parse(&req, COMMANDS_QUERY)?;
+    let wait = Duration::from_secs(params.number("wait"));
     let deadline = tokio::time::Instant::now() + wait;
     let stream = computer.stream_name();
     // Woken by events on this computer's stream only (not registered when not waiting).
@@ -239,9 +270,8 @@ async fn commands(
         }
     };
     drop(waiter);
-    let out = Box::pin(with_passwords(&services, computer, pending)).await?;
-    let response = HttpResponse::Ok().json(serde_json::json!({ "commands": out }));
-    Ok(super::no_store(response))
+    let commands = Box::pin(with_passwords(&services, computer, pending)).await?;
+    Ok(Json::ok(&AgentCommands { commands }).no_store())
 }
 
 /// A request the agent has not reported on yet: id, attempt and operation.
@@ -308,7 +338,7 @@ async fn feed(
     services: web::Data<Services>,
     req: actix_web::HttpRequest,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Events<FeedData>, ApiError> {
     let computer = own_computer(&principal)?;
     Params::parse(&req, &[])?;
     let (events, body) = tokio::sync::mpsc::channel::<web::Bytes>(1);
@@ -320,10 +350,26 @@ async fn feed(
     let response = HttpResponse::Ok()
         .content_type("text/event-stream")
         .streaming(body);
-    Ok(super::no_store(response))
+    Ok(Events::new(super::no_store(response)))
 }
 
-fn sse(event: &str, data: &serde_json::Value) -> web::Bytes {
+/// The data of a feed event: a `commands` event's (as the long poll answers), or an `end`
+/// event's.
+#[derive(Serialize, JsonSchema)]
+#[serde(untagged)]
+enum FeedData {
+    Commands(AgentCommands),
+    End(FeedEnded),
+}
+
+/// Why the feed ends.
+#[derive(Serialize, JsonSchema)]
+struct FeedEnded {
+    reason: &'static str,
+}
+
+fn sse(event: &str, data: &FeedData) -> web::Bytes {
+    let data = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
     web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
@@ -336,7 +382,7 @@ async fn run_feed(
     let stream = computer.stream_name();
     let waiter = services.wakeups.wait_on(&stream);
     let mut sent: Option<Vec<(RequestId, u32)>> = None;
-    let end = |reason: &str| sse("end", &serde_json::json!({ "reason": reason }));
+    let end = |reason: &'static str| sse("end", &FeedData::End(FeedEnded { reason }));
     loop {
         let mut woken = std::pin::pin!(waiter.notified());
         woken.as_mut().enable();
@@ -406,13 +452,13 @@ async fn changed_commands(
     if !token_live(services, token).await {
         return Err(FeedEnd::Credential);
     }
-    let out = with_passwords(services, computer, pending)
+    let commands = with_passwords(services, computer, pending)
         .await
         .map_err(|_| FeedEnd::Failed)?;
     *sent = Some(now);
     Ok(Some(sse(
         "commands",
-        &serde_json::json!({ "commands": out }),
+        &FeedData::Commands(AgentCommands { commands }),
     )))
 }
 
@@ -447,6 +493,7 @@ pub async fn password_for(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Report {
+    #[schemars(range(min = 1))]
     request_id: u64,
     outcome: ReportOutcome,
     verified: Option<AccountObservation>,
@@ -464,7 +511,7 @@ async fn report(
     services: web::Data<Services>,
     principal: Principal,
     JsonBody(report): JsonBody<Report>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<Recorded>, ApiError> {
     let computer = own_computer(&principal)?;
     let at = chrono::Utc::now();
     let request_id = RequestId(report.request_id);
@@ -503,10 +550,17 @@ async fn report(
     let executed = services
         .execute::<Computer>(&principal, computer.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "request_id": request_id,
-        "recorded": executed.events.len(),
-    })))
+    Ok(Json::ok(&Recorded {
+        request_id,
+        recorded: executed.events.len(),
+    }))
+}
+
+/// A report taken: how many events it recorded (0 when it was known already).
+#[derive(Serialize, JsonSchema)]
+struct Recorded {
+    request_id: RequestId,
+    recorded: usize,
 }
 
 /// The computer and its tenant (for the computer's effective policy), both current.
@@ -527,8 +581,18 @@ async fn computer_and_tenant(
     Ok((state, tenant))
 }
 
+/// What the agent needs for offline logins.
+#[derive(Serialize, JsonSchema)]
+struct AgentOfflineSecrets {
+    /// The group an offline login adds the account to.
+    admin_group: latchkey_domain::names::GroupName,
+    /// How long an offline login lasts at most.
+    max_session_minutes: u32,
+    secrets: Vec<AgentOfflineSecret>,
+}
+
 /// One offline secret as the agent keeps it.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct AgentOfflineSecret {
     account: AccountName,
     /// The named account's technician (their username is what they type at the agent);
@@ -543,7 +607,7 @@ struct AgentOfflineSecret {
 async fn offline_secrets(
     services: web::Data<Services>,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<AgentOfflineSecrets>, ApiError> {
     let computer = own_computer(&principal)?;
     let (state, tenant) = computer_and_tenant(&services, computer).await?;
     let policy = state.effective_policy(&tenant.policy);
@@ -575,12 +639,12 @@ async fn offline_secrets(
             secret: secret.expose().to_owned(),
         });
     }
-    let response = HttpResponse::Ok().json(serde_json::json!({
-        "admin_group": admin_group,
-        "max_session_minutes": policy.max_session().as_minutes(),
-        "secrets": secrets,
-    }));
-    Ok(super::no_store(response))
+    Ok(Json::ok(&AgentOfflineSecrets {
+        admin_group,
+        max_session_minutes: policy.max_session().as_minutes(),
+        secrets,
+    })
+    .no_store())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -602,7 +666,7 @@ async fn offline_login(
     services: web::Data<Services>,
     principal: Principal,
     JsonBody(body): JsonBody<OfflineLogin>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<OfflineLoginRecorded>, ApiError> {
     let computer = own_computer(&principal)?;
     if body.until < body.used_at {
         return Err(ApiError::bad_request(
@@ -623,10 +687,17 @@ async fn offline_login(
     let executed = services
         .execute::<Computer>(&principal, computer.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "login_id": body.login_id,
-        "recorded": executed.events.len(),
-    })))
+    Ok(Json::ok(&OfflineLoginRecorded {
+        login_id: body.login_id,
+        recorded: executed.events.len(),
+    }))
+}
+
+/// An offline login taken: how many events it recorded (0 when it was known already).
+#[derive(Serialize, JsonSchema)]
+struct OfflineLoginRecorded {
+    login_id: Uuid,
+    recorded: usize,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -634,14 +705,27 @@ async fn offline_login(
 struct Inventory {
     group: latchkey_domain::names::GroupName,
     /// Local account names, at most 1000, each 1 to 64 characters.
+    #[schemars(
+        length(max = 1000),
+        inner(
+            length(min = 1, max = 64),
+            regex(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")
+        )
+    )]
     members: std::collections::BTreeSet<String>,
+}
+
+/// Whether the inventory changed what the server knew.
+#[derive(Serialize, JsonSchema)]
+struct InventoryTaken {
+    changed: bool,
 }
 
 async fn inventory(
     services: web::Data<Services>,
     principal: Principal,
     JsonBody(body): JsonBody<Inventory>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<InventoryTaken>, ApiError> {
     let computer = own_computer(&principal)?;
     let bad = body.members.len() > 1000
         || body
@@ -662,5 +746,7 @@ async fn inventory(
     let executed = services
         .execute::<Computer>(&principal, computer.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "changed": !executed.events.is_empty() })))
+    Ok(Json::ok(&InventoryTaken {
+        changed: !executed.events.is_empty(),
+    }))
 }
