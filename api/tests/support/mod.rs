@@ -150,15 +150,13 @@ impl Server {
         body: Option<&str>,
     ) -> (u16, String, String) {
         let (status, content_type, answer) = self.request_unchecked(method, path, token, body);
-        let checked = (200..300).contains(&status) && path.starts_with("/v1/");
-        if let Err(broken) = checked
-            .then(|| {
-                self.contract()
-                    .check(method, path, status, &content_type, &answer)
-            })
-            .unwrap_or(Ok(()))
-        {
-            panic!("the answer breaks the API contract: {broken}");
+        if (200..300).contains(&status) && path.starts_with("/v1/") {
+            if let Err(broken) = self
+                .contract()
+                .check(method, path, status, &content_type, &answer)
+            {
+                panic!("the answer breaks the API contract: {broken}");
+            }
         }
         (status, content_type, answer)
     }
