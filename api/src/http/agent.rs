@@ -127,6 +127,8 @@ pub fn routes(r: &mut Routes<'_>) {
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Enrollment {
+    /// The one-time enrollment token.
+    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
     token: String,
     hostname: Hostname,
     os: OsKind,

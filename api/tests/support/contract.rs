@@ -209,11 +209,13 @@ impl Contract {
     }
 }
 
-/// Makes every object schema that names its properties refuse others.
+/// Makes every object schema that names its properties refuse others (not the fragments that
+/// state a rule about some properties, such as a `not` or `anyOf` without `"type"`).
 fn strict(schema: &mut Value) {
     match schema {
         Value::Object(object) => {
-            if object.contains_key("properties")
+            if object.get("type").and_then(Value::as_str) == Some("object")
+                && object.contains_key("properties")
                 && !object.contains_key("additionalProperties")
                 && !object.contains_key("unevaluatedProperties")
             {
