@@ -321,6 +321,20 @@ fn the_contract_check_catches_an_answer_the_document_does_not_describe() {
     assert!(contract
         .check("GET", "/v1/nowhere", 200, "application/json", "{}")
         .is_err());
+    // Problems too: a status the operation does not document, or a body that is no Problem.
+    let problem = |status: u16, detail: &str| {
+        json!({"type": "urn:latchkey:problem:x", "title": "t", "status": status,
+               "detail": detail})
+        .to_string()
+    };
+    let problem_check = |status: u16, body: &str| {
+        contract.check("GET", tenant, status, "application/problem+json", body)
+    };
+    problem_check(404, &problem(404, "the tenant does not exist")).unwrap();
+    assert!(problem_check(413, &problem(413, "too large"))
+        .unwrap_err()
+        .contains("does not document"));
+    assert!(problem_check(404, r#"{"error":"gone"}"#).is_err());
 }
 
 /// The mode bits of `path` (permissions only).

@@ -78,6 +78,7 @@ pub fn routes(r: &mut Routes<'_>) {
              keep-alive comment every 25 s, an `end` event when the credential is revoked",
             "the computer's agent",
         )
+        .problems(&[400])
         .answer(200, "the event stream (never cached)"),
     )
     .add(
@@ -99,6 +100,8 @@ pub fn routes(r: &mut Routes<'_>) {
              session length, for offline login",
             "the computer's agent",
         )
+        // No admin group known for the computer (422), as at check-out.
+        .problems(&[422])
         .answer(200, "the secrets (never cached)"),
     )
     .add(

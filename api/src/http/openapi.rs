@@ -271,7 +271,8 @@ fn problem_schema() -> Value {
 
 /// The problem statuses an operation may answer, from its shape: malformed input where it
 /// takes any, authentication and roles where it needs a token, 404 where it names something,
-/// conflicts and refused rules where it writes, body limits where it takes a body; 5XX always.
+/// conflicts, refused rules and missing things where it writes, body limits where it takes a
+/// body; 5XX always.
 fn problems(operation: &Operation, path_params: bool) -> Vec<(String, &'static str)> {
     let doc = &operation.doc;
     let writes = operation.method != Method::GET;
@@ -286,7 +287,8 @@ fn problems(operation: &Operation, path_params: bool) -> Vec<(String, &'static s
         statuses.push(404);
     }
     if writes {
-        statuses.extend([409, 422]);
+        // A command's rules may also find what it names missing (an account, a request).
+        statuses.extend([404, 409, 422]);
     }
     if doc.body.is_some() {
         statuses.extend([413, 415]);

@@ -71,8 +71,11 @@ impl Contract {
         }
     }
 
-    /// Why an answer breaks the contract, if it does. Only 2xx answers from `/v1` are
-    /// checked.
+    /// Why an answer breaks the contract, if it does. Answers from `/v1` are checked: a
+    /// success must be one its operation documents, with the body it documents; a problem
+    /// (4xx, 5xx) of an operation that exists must have a documented status and be a
+    /// `Problem`. (A path or method that does not exist answers 404 or 405 outside any
+    /// operation.)
     pub fn check(
         &self,
         method: &str,
@@ -82,9 +85,10 @@ impl Contract {
         body: &str,
     ) -> Result<(), String> {
         let path = path.split('?').next().unwrap_or(path);
-        if !(200..300).contains(&status) || !path.starts_with("/v1/") {
+        if !path.starts_with("/v1/") || status < 200 {
             return Ok(());
         }
+        let success = (200..300).contains(&status);
         let segments: Vec<&str> = path.split('/').collect();
         let operation = self
             .operations
@@ -92,15 +96,26 @@ impl Contract {
             .filter(|o| o.method == method)
             .filter_map(|o| Some((o.matches(&segments)?, o)))
             .max_by_key(|(literal, _)| *literal)
-            .map(|(_, o)| o)
-            .ok_or_else(|| format!("{method} {path} answered {status}: no such operation"))?;
+            .map(|(_, o)| o);
+        let operation = match operation {
+            Some(operation) => operation,
+            None if success => {
+                return Err(format!(
+                    "{method} {path} answered {status}: no such operation"
+                ))
+            }
+            None => return Ok(()),
+        };
         let name = format!("{method} {}", operation.template);
         let responses =
             &self.document["paths"][&operation.template][method.to_lowercase()]["responses"];
+        let range = format!("{}XX", status / 100);
         let response = responses
             .get(status.to_string())
-            .or_else(|| responses.get("2XX"))
-            .ok_or_else(|| format!("{name} answered {status}, which it does not document"))?;
+            .or_else(|| responses.get(&range))
+            .ok_or_else(|| {
+                format!("{name} answered {status}, which it does not document: {body}")
+            })?;
         let media = content_type
             .split(';')
             .next()
@@ -123,7 +138,7 @@ impl Contract {
         })?;
         let key = |what: &str| format!("{name} {status} {media} {what}");
         match media.as_str() {
-            "application/json" => {
+            "application/json" | "application/problem+json" => {
                 let value: Value = serde_json::from_str(body)
                     .map_err(|e| format!("{name} {status}: not JSON ({e}): {body}"))?;
                 self.validate(&key("body"), schema, &value, &name, status)
