@@ -210,6 +210,19 @@ pub struct OfflineLogin {
     pub until: chrono::DateTime<chrono::Utc>,
 }
 
+/// A lockout of offline login after too many wrong codes, as buffered and uploaded. It
+/// never holds a code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineLockout {
+    pub lockout_id: Uuid,
+    pub account: String,
+    pub technician_id: Option<Uuid>,
+    pub failures: u32,
+    pub locked_at: chrono::DateTime<chrono::Utc>,
+    pub locked_until: chrono::DateTime<chrono::Utc>,
+}
+
 /// The server, as one agent (or one enrolling computer) sees it.
 pub struct Client {
     server: ServerUrl,
@@ -374,6 +387,16 @@ impl Client {
             "an offline login upload",
             StatusCode::OK,
             |url| self.authorized(self.http.post(url)).json(login),
+        )
+        .map(drop)
+    }
+
+    pub fn offline_lockout(&self, lockout: &OfflineLockout) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(
+            "offline-lockouts",
+            "an offline lockout upload",
+            StatusCode::OK,
+            |url| self.authorized(self.http.post(url)).json(lockout),
         )
         .map(drop)
     }

@@ -287,32 +287,21 @@ impl Daemon<'_> {
         Ok(())
     }
 
-    /// Uploads each buffered offline login; its file goes only after the server's 200.
+    /// Uploads each buffered offline login, then each buffered lockout of offline login; a
+    /// file goes only after the server's 200.
     fn upload_offline_logins(&self) -> Result<(), ClientError> {
-        let pending = match offline::pending(self.state) {
-            Ok(pending) => pending,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the buffered offline logins");
-                return Ok(());
-            }
-        };
-        for (path, login) in pending {
-            match self.client.offline_login(&login) {
-                Ok(()) => {}
-                // One login the server refuses stays buffered (and is logged each round)
-                // without holding up the others.
-                Err(e @ (ClientError::Refused { .. } | ClientError::BadAnswer { .. })) => {
-                    tracing::warn!(login_id = %login.login_id, error = %e, "the server refused a buffered offline login; it is kept");
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
+        let logins = offline::pending(self.state);
+        upload(self.state, "offline login", logins, |login| {
+            self.client.offline_login(login)?;
             tracing::info!(login_id = %login.login_id, account = %login.account, "offline login uploaded");
-            if let Err(e) = self.state.remove(&path) {
-                tracing::warn!(error = %e, "cannot remove an uploaded offline login (it will be sent again, harmlessly)");
-            }
-        }
-        Ok(())
+            Ok(())
+        })?;
+        let lockouts = offline::pending_lockouts(self.state);
+        upload(self.state, "offline lockout", lockouts, |lockout| {
+            self.client.offline_lockout(lockout)?;
+            tracing::info!(lockout_id = %lockout.lockout_id, account = %lockout.account, "offline lockout uploaded");
+            Ok(())
+        })
     }
 
     fn report_inventory(&self) -> Result<(), ClientError> {
@@ -375,6 +364,38 @@ fn listen(mut feed: Feed) -> Result<Receiver<Heard>, ClientError> {
 
 /// A chore's refusal by the server is logged, not fatal; unreachable and unauthorized are
 /// passed on.
+/// Sends each buffered item of an outbox and removes its file once the server has it. One
+/// item the server refuses stays buffered (and is logged each round) without holding up the
+/// others; an unreachable server stops the round.
+fn upload<T>(
+    state: &StateDir,
+    what: &str,
+    pending: Result<Vec<(PathBuf, T)>, StateError>,
+    send: impl Fn(&T) -> Result<(), ClientError>,
+) -> Result<(), ClientError> {
+    let pending = match pending {
+        Ok(pending) => pending,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the buffered {what}s");
+            return Ok(());
+        }
+    };
+    for (path, item) in pending {
+        match send(&item) {
+            Ok(()) => {}
+            Err(e @ (ClientError::Refused { .. } | ClientError::BadAnswer { .. })) => {
+                tracing::warn!(file = %path.display(), error = %e, "the server refused a buffered {what}; it is kept");
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        if let Err(e) = state.remove(&path) {
+            tracing::warn!(error = %e, "cannot remove an uploaded {what} (it will be sent again, harmlessly)");
+        }
+    }
+    Ok(())
+}
+
 fn tolerate(result: Result<(), ClientError>, chore: &str) -> Result<(), ClientError> {
     match result {
         Err(e @ (ClientError::Refused { .. } | ClientError::BadAnswer { .. })) => {

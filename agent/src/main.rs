@@ -3,7 +3,8 @@
 //!
 //! Every error is one line naming the flag or cause and what to do, and a non-zero exit:
 //! 1 in general, 3 when the server refused the agent's credential (re-enroll; a service
-//! manager should not restart it), 2 for bad usage (clap's).
+//! manager should not restart it), 4 when offline login for the account is locked after too
+//! many wrong codes, 2 for bad usage (clap's).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -18,6 +19,8 @@ use latchkey_agent::{enroll, offline};
 
 /// Exit status when the credential was refused.
 const EXIT_REVOKED: u8 = 3;
+/// Exit status when offline login for the account is locked (too many wrong codes).
+const EXIT_LOCKED_OUT: u8 = 4;
 
 #[derive(Parser)]
 #[command(name = "latchkey-agent", version, about = "Latchkey endpoint agent")]
@@ -231,6 +234,10 @@ fn run_offline_login(args: OfflineArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
+        Err(
+            e @ (offline::OfflineError::LockedOut { .. }
+            | offline::OfflineError::TooManyWrongCodes { .. }),
+        ) => fail("offline-login", &e, EXIT_LOCKED_OUT),
         Err(e) => fail("offline-login", &e, 1),
     }
 }

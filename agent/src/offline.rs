@@ -4,8 +4,15 @@
 //! code that was used before, and buffers the login in its outbox until the daemon has
 //! uploaded it; the daemon takes the access back when it expires.
 //!
+//! Guessing is limited: [`MAX_WRONG_CODES`] wrong codes for one account within
+//! [`WRONG_CODE_WINDOW`] lock its offline login for [`LOCKOUT`], and the lockout is buffered
+//! for upload like a login. Every attempt is counted as wrong, durably, before its code is
+//! checked, and forgiven only when the code turns out right, so neither a restart nor killing
+//! the command mid-check gives a guess back.
+//!
 //! It must never contact the server (it has to work without one), never print a secret but
-//! the one-time password it sets, and never lose a buffered login.
+//! the one-time password it sets, never keep or send a code, and never lose a buffered login
+//! or lockout.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -16,15 +23,25 @@ use rand::seq::IndexedRandom;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::client::{OfflineLogin, OfflineSecret, OfflineSecrets};
+use crate::client::{OfflineLockout, OfflineLogin, OfflineSecret, OfflineSecrets};
 use crate::os::{self, AccountBackend};
-use crate::state::{SetPassword, StateDir, StateError, OFFLINE_SECRETS, OFFLINE_STATE, OUTBOX};
+use crate::state::{
+    SetPassword, StateDir, StateError, LOCKOUT_OUTBOX, OFFLINE_ATTEMPTS, OFFLINE_SECRETS,
+    OFFLINE_STATE, OUTBOX,
+};
 
 /// TOTP parameters, as the server issues them (RFC 6238 defaults).
 const TOTP_DIGITS: usize = 6;
 const TOTP_STEP: u64 = 30;
 /// One step either side, for the drift between this computer's clock and the phone's.
 const TOTP_SKEW: u64 = 1;
+
+/// Wrong codes for one account within [`WRONG_CODE_WINDOW`] that lock its offline login.
+pub const MAX_WRONG_CODES: usize = 5;
+/// How long a wrong code counts.
+pub const WRONG_CODE_WINDOW: Duration = Duration::minutes(15);
+/// How long offline login for an account stays locked: no code, right or wrong, is checked.
+pub const LOCKOUT: Duration = Duration::minutes(15);
 
 /// The offline password: long enough for ~115 bits, without characters that are easy to
 /// misread when typed from a screen (0/O, 1/l/I).
@@ -73,9 +90,38 @@ pub enum OfflineError {
     #[error(
         "--code: the code is not valid for {who} on this computer; check that it comes from \
          this computer's entry in the authenticator app and that this computer's clock is \
-         right (it says {now} UTC)"
+         right (it says {now} UTC). {left} more wrong code{plural} lock offline login for \
+         {account} for {minutes} minutes",
+        plural = if *left == 1 { "" } else { "s" },
+        minutes = LOCKOUT.num_minutes()
     )]
-    BadCode { who: Who, now: String },
+    BadCode {
+        who: Who,
+        account: String,
+        now: String,
+        left: usize,
+    },
+    #[error(
+        "--code: the code is not valid for {who}, and that was {failures} wrong codes within \
+         {window} minutes: offline login for {account} is locked until {until} UTC. The \
+         lockout is recorded and reported to Latchkey",
+        window = WRONG_CODE_WINDOW.num_minutes()
+    )]
+    TooManyWrongCodes {
+        who: Who,
+        account: String,
+        failures: usize,
+        until: String,
+    },
+    #[error(
+        "offline login for {account} is locked until {until} UTC after too many wrong codes; \
+         no code is checked until then (try again in {minutes} minutes)"
+    )]
+    LockedOut {
+        account: String,
+        until: String,
+        minutes: i64,
+    },
     #[error(
         "--code: this code was already used for {account}; wait for the next code (a new one \
          every {TOTP_STEP} seconds)"
@@ -161,6 +207,169 @@ fn load_state(state: &StateDir) -> Result<OfflineState, StateError> {
     Ok(state.read_json(OFFLINE_STATE)?.unwrap_or_default())
 }
 
+/// The wrong codes per account and the lockouts in force (`offline-attempts.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attempts {
+    #[serde(default)]
+    pub accounts: BTreeMap<String, AccountAttempts>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountAttempts {
+    /// Attempts counted as wrong within the window, oldest first; the one being checked is
+    /// among them until its code is found right.
+    #[serde(default)]
+    pub wrong: Vec<WrongCode>,
+    /// No code is checked for the account before this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+/// One wrong code: when, and an id (the last one names the lockout it leads to, so a lockout
+/// written again after a crash keeps its id). Never the code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrongCode {
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+impl AccountAttempts {
+    /// Forgets wrong codes older than the window and a lockout that is over.
+    fn age(&mut self, now: DateTime<Utc>) {
+        self.wrong.retain(|w| w.at > now - WRONG_CODE_WINDOW);
+        if self.locked_until.is_some_and(|until| until <= now) {
+            self.locked_until = None;
+        }
+    }
+}
+
+pub fn load_attempts(state: &StateDir) -> Result<Attempts, StateError> {
+    Ok(state.read_json(OFFLINE_ATTEMPTS)?.unwrap_or_default())
+}
+
+/// Where the guarded attempt stands once counted.
+struct Guard {
+    attempts: Attempts,
+    account: String,
+    technician_id: Option<Uuid>,
+}
+
+impl Guard {
+    /// Refuses the attempt if the account is locked; otherwise counts it as wrong, durably,
+    /// before its code is checked. A count already at the limit (a run killed while checking
+    /// the last code) locks the account now.
+    fn count(
+        state: &StateDir,
+        secret: &OfflineSecret,
+        now: DateTime<Utc>,
+    ) -> Result<Self, OfflineError> {
+        let mut guard = Guard {
+            attempts: load_attempts(state)?,
+            account: secret.account.clone(),
+            technician_id: secret.technician_id,
+        };
+        let entry = guard.entry();
+        entry.age(now);
+        if let Some(until) = entry.locked_until {
+            return Err(locked_out(&guard.account, until, now));
+        }
+        if entry.wrong.len() >= MAX_WRONG_CODES {
+            let until = guard.lock(state, now)?;
+            return Err(locked_out(&guard.account, until, now));
+        }
+        entry.wrong.push(WrongCode {
+            id: Uuid::new_v4(),
+            at: now,
+        });
+        state.write_json(OFFLINE_ATTEMPTS, &guard.attempts)?;
+        Ok(guard)
+    }
+
+    fn entry(&mut self) -> &mut AccountAttempts {
+        self.attempts
+            .accounts
+            .entry(self.account.clone())
+            .or_default()
+    }
+
+    /// The code was right: the account's wrong codes are forgiven.
+    fn right(mut self, state: &StateDir) -> Result<(), StateError> {
+        self.attempts.accounts.remove(&self.account);
+        state.write_json(OFFLINE_ATTEMPTS, &self.attempts)
+    }
+
+    /// The code was not checked after all (the stored secret is unusable): it does not count.
+    fn unchecked(mut self, state: &StateDir) -> Result<(), StateError> {
+        self.entry().wrong.pop();
+        state.write_json(OFFLINE_ATTEMPTS, &self.attempts)
+    }
+
+    /// The code was wrong: an error saying how many are left, or locking the account.
+    fn wrong(mut self, state: &StateDir, who: &Who, now: DateTime<Utc>) -> OfflineError {
+        let failures = self.entry().wrong.len();
+        if failures < MAX_WRONG_CODES {
+            return OfflineError::BadCode {
+                who: who.clone(),
+                account: self.account,
+                now: now.format("%Y-%m-%d %H:%M:%S").to_string(),
+                left: MAX_WRONG_CODES - failures,
+            };
+        }
+        match self.lock(state, now) {
+            Ok(until) => OfflineError::TooManyWrongCodes {
+                who: who.clone(),
+                account: self.account,
+                failures,
+                until: until.format("%Y-%m-%d %H:%M:%S").to_string(),
+            },
+            Err(e) => e.into(),
+        }
+    }
+
+    /// Locks the account's offline login for [`LOCKOUT`] from `now`: the lockout goes to the
+    /// outbox first (named by the last wrong code, so writing it again after a crash is the
+    /// same lockout), then the lock.
+    fn lock(&mut self, state: &StateDir, now: DateTime<Utc>) -> Result<DateTime<Utc>, StateError> {
+        let until = now + LOCKOUT;
+        let account = self.account.clone();
+        let technician_id = self.technician_id;
+        let entry = self.entry();
+        let lockout = OfflineLockout {
+            lockout_id: entry.wrong.last().map_or_else(Uuid::new_v4, |w| w.id),
+            account,
+            technician_id,
+            failures: u32::try_from(entry.wrong.len()).unwrap_or(u32::MAX),
+            locked_at: now,
+            locked_until: until,
+        };
+        entry.wrong.clear();
+        entry.locked_until = Some(until);
+        state.write_json(&lockout_file(&lockout.lockout_id), &lockout)?;
+        state.write_json(OFFLINE_ATTEMPTS, &self.attempts)?;
+        tracing::warn!(
+            account = %lockout.account,
+            failures = lockout.failures,
+            until = %until,
+            lockout_id = %lockout.lockout_id,
+            "offline login locked after too many wrong codes; the lockout is buffered for upload"
+        );
+        Ok(until)
+    }
+}
+
+fn locked_out(account: &str, until: DateTime<Utc>, now: DateTime<Utc>) -> OfflineError {
+    let seconds = (until - now).num_seconds().max(0);
+    OfflineError::LockedOut {
+        account: account.to_owned(),
+        until: until.format("%Y-%m-%d %H:%M:%S").to_string(),
+        // Rounded up: "in 0 minutes" would invite an attempt that is still refused.
+        minutes: (seconds + 59) / 60,
+    }
+}
+
 /// A stored TOTP secret that is not valid base32 of at least 128 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidSecret;
@@ -211,15 +420,18 @@ pub fn login(
     })?;
     let secret = find_secret(&stored.secrets.secrets, who)?;
     let account = secret.account.clone();
+    let guard = Guard::count(state, secret, now)?;
     let unix_time = u64::try_from(now.timestamp()).unwrap_or(0);
-    let step = code_step(&secret.secret, &code, unix_time)
-        .map_err(|InvalidSecret| OfflineError::BadSecret {
-            account: account.clone(),
-        })?
-        .ok_or_else(|| OfflineError::BadCode {
-            who: who.clone(),
-            now: now.format("%Y-%m-%d %H:%M:%S").to_string(),
-        })?;
+    let step = match code_step(&secret.secret, &code, unix_time) {
+        Ok(Some(step)) => step,
+        Ok(None) => return Err(guard.wrong(state, who, now)),
+        Err(InvalidSecret) => {
+            guard.unchecked(state)?;
+            return Err(OfflineError::BadSecret { account });
+        }
+    };
+    // A right code, even one used before: it is not a guess.
+    guard.right(state)?;
     let mut offline = load_state(state)?;
     let used_key = format!("{account}#{}", secret.generation);
     if offline
@@ -358,30 +570,50 @@ fn outbox_file(login_id: &Uuid) -> String {
     format!("{OUTBOX}/{login_id}.json")
 }
 
-/// The offline logins not yet uploaded, oldest first by file name order is not guaranteed:
-/// they are sorted by `used_at`.
+fn lockout_file(lockout_id: &Uuid) -> String {
+    format!("{LOCKOUT_OUTBOX}/{lockout_id}.json")
+}
+
+/// The offline logins not yet uploaded, sorted by `used_at` (file name order says nothing).
 pub fn pending(state: &StateDir) -> Result<Vec<(PathBuf, OfflineLogin)>, StateError> {
-    let dir = state.file(OUTBOX);
+    let mut logins: Vec<(PathBuf, OfflineLogin)> = read_outbox(state, OUTBOX, "offline login")?;
+    logins.sort_by_key(|(_, login)| login.used_at);
+    Ok(logins)
+}
+
+/// The offline-login lockouts not yet uploaded, sorted by `locked_at`.
+pub fn pending_lockouts(state: &StateDir) -> Result<Vec<(PathBuf, OfflineLockout)>, StateError> {
+    let mut lockouts: Vec<(PathBuf, OfflineLockout)> =
+        read_outbox(state, LOCKOUT_OUTBOX, "offline lockout")?;
+    lockouts.sort_by_key(|(_, lockout)| lockout.locked_at);
+    Ok(lockouts)
+}
+
+fn read_outbox<T: serde::de::DeserializeOwned>(
+    state: &StateDir,
+    outbox: &str,
+    what: &str,
+) -> Result<Vec<(PathBuf, T)>, StateError> {
+    let dir = state.file(outbox);
     let entries = std::fs::read_dir(&dir).map_err(|source| StateError::Io {
         path: dir.display().to_string(),
         action: "list",
         source,
     })?;
-    let mut logins = Vec::new();
+    let mut found = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some("json") {
             continue;
         }
-        match crate::state::read_json::<OfflineLogin>(&path) {
-            Ok(Some(login)) => logins.push((path, login)),
+        match crate::state::read_json::<T>(&path) {
+            Ok(Some(item)) => found.push((path, item)),
             Ok(None) => {}
             // Kept, never deleted: an operator can repair it.
-            Err(e) => tracing::warn!(error = %e, "skipping an unreadable buffered offline login"),
+            Err(e) => tracing::warn!(error = %e, "skipping an unreadable buffered {what}"),
         }
     }
-    logins.sort_by_key(|(_, login)| login.used_at);
-    Ok(logins)
+    Ok(found)
 }
 
 /// Forgets the grants of `account` (in `group`, or in any group) because the server decides
@@ -582,6 +814,148 @@ mod tests {
         ));
         assert!(backend.observe("msp-nik").unwrap().groups.is_empty());
         assert!(pending(&state).unwrap().is_empty());
+    }
+
+    fn wrong_at(unix_time: u64) -> String {
+        format!(
+            "{:06}",
+            (code_at(unix_time).parse::<u32>().unwrap() + 1) % 1_000_000
+        )
+    }
+
+    #[test]
+    fn five_wrong_codes_lock_the_account_and_buffer_one_lockout_without_the_codes() {
+        let (_dir, state, backend) = setup();
+        let t = 1_700_000_010;
+        let who = Who::Technician("nik".into());
+        let mut wrong_codes = Vec::new();
+        for i in 0..MAX_WRONG_CODES as i64 {
+            let now = t + i * 10;
+            let wrong = wrong_at(now as u64);
+            let refused = login(&state, &backend, &who, &wrong, at(now))
+                .err()
+                .expect("refused");
+            wrong_codes.push(wrong);
+            if i + 1 < MAX_WRONG_CODES as i64 {
+                assert!(
+                    matches!(&refused, OfflineError::BadCode { left, .. }
+                        if *left == MAX_WRONG_CODES - 1 - i as usize),
+                    "{refused}"
+                );
+                assert!(refused.to_string().contains("more wrong code"), "{refused}");
+            } else {
+                assert!(
+                    matches!(
+                        &refused,
+                        OfflineError::TooManyWrongCodes { failures: 5, .. }
+                    ),
+                    "{refused}"
+                );
+                assert!(refused.to_string().contains("locked until"), "{refused}");
+            }
+        }
+        let locked_at = t + 40;
+        // The right code is refused too while the lockout lasts, unchecked.
+        let now = locked_at + 60;
+        let refused = login(&state, &backend, &who, &code_at(now as u64), at(now))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(&refused, OfflineError::LockedOut { minutes: 14, .. }),
+            "{refused}"
+        );
+        assert!(backend.observe("msp-nik").unwrap().groups.is_empty());
+
+        let lockouts = pending_lockouts(&state).unwrap();
+        assert_eq!(lockouts.len(), 1, "one lockout, buffered once");
+        let (path, lockout) = &lockouts[0];
+        assert_eq!(lockout.account, "msp-nik");
+        assert_eq!(lockout.technician_id, Some(Uuid::nil()));
+        assert_eq!(lockout.failures, 5);
+        assert_eq!(lockout.locked_at, at(locked_at));
+        assert_eq!(lockout.locked_until, at(locked_at) + LOCKOUT);
+        let mut kept = std::fs::read_to_string(path).unwrap();
+        kept.push_str(&std::fs::read_to_string(state.file(OFFLINE_ATTEMPTS)).unwrap());
+        for code in &wrong_codes {
+            assert!(!kept.contains(code.as_str()), "a code was kept: {kept}");
+        }
+        assert!(pending(&state).unwrap().is_empty(), "no login");
+
+        // Once the lockout is over, the right code works again.
+        let after = locked_at + LOCKOUT.num_seconds();
+        let granted = login(&state, &backend, &who, &code_at(after as u64), at(after));
+        assert!(granted.is_ok(), "{:?}", granted.err());
+        assert_eq!(pending_lockouts(&state).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_right_code_forgives_the_wrong_ones_and_old_wrong_ones_are_forgotten() {
+        let (_dir, state, backend) = setup();
+        let t = 1_700_000_010;
+        let who = Who::Technician("nik".into());
+        let wrong = |now: i64| login(&state, &backend, &who, &wrong_at(now as u64), at(now));
+        for i in 0..4 {
+            assert!(matches!(wrong(t + i), Err(OfflineError::BadCode { .. })));
+        }
+        assert!(login(&state, &backend, &who, &code_at(t as u64), at(t + 5)).is_ok());
+        for i in 0..4 {
+            assert!(matches!(
+                wrong(t + 100 + i),
+                Err(OfflineError::BadCode { left, .. }) if left == 4 - i as usize
+            ));
+        }
+        // Those four are older than the window by then: four more do not lock.
+        let later = t + 100 + WRONG_CODE_WINDOW.num_seconds();
+        for i in 0..4 {
+            assert!(matches!(
+                wrong(later + i),
+                Err(OfflineError::BadCode { .. })
+            ));
+        }
+        assert!(pending_lockouts(&state).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_attempt_counts_before_its_code_is_checked_so_killing_the_check_gives_nothing_back() {
+        let (_dir, state, backend) = setup();
+        let t = 1_700_000_010;
+        let stored = load_secrets(&state).unwrap().unwrap();
+        let secret = &stored.secrets.secrets[0];
+        // Five runs killed right after counting, before their codes were checked.
+        for i in 0..MAX_WRONG_CODES as i64 {
+            let guard = Guard::count(&state, secret, at(t + i));
+            assert!(guard.is_ok());
+        }
+        let last_wrong = load_attempts(&state).unwrap().accounts["msp-nik"]
+            .wrong
+            .last()
+            .unwrap()
+            .id;
+        let who = Who::Technician("nik".into());
+        let now = t + 10;
+        let refused = login(&state, &backend, &who, &code_at(now as u64), at(now));
+        assert!(
+            matches!(refused, Err(OfflineError::LockedOut { .. })),
+            "{:?}",
+            refused.err()
+        );
+        let lockouts = pending_lockouts(&state).unwrap();
+        assert_eq!(lockouts.len(), 1);
+        assert_eq!(
+            lockouts[0].1.lockout_id, last_wrong,
+            "named by the last wrong attempt, so a lockout written again keeps its id"
+        );
+        // An unusable stored secret does not count the attempt.
+        let mut broken = stored.secrets.clone();
+        broken.secrets[0].secret = "not base32!".into();
+        broken.secrets[0].account = "msp-other".into();
+        store_secrets(&state, broken, at(t)).unwrap();
+        assert!(matches!(
+            login(&state, &backend, &who, "123456", at(now)),
+            Err(OfflineError::BadSecret { .. })
+        ));
+        let attempts = load_attempts(&state).unwrap();
+        assert!(attempts.accounts["msp-other"].wrong.is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The agent's state directory (`--state`): its credential, the accounts it manages, the
-//! command journal, the offline secrets and the buffered offline logins. The directory is
+//! command journal, the offline secrets, the wrong offline codes and the buffered offline
+//! logins and lockouts. The directory is
 //! 0700 and every file 0600, owned by whoever runs the agent (root on a real machine).
 //!
 //! Everything is written durably before anyone relies on it: whole files are replaced
@@ -31,6 +32,10 @@ pub const OFFLINE_SECRETS: &str = "offline-secrets.json";
 pub const OFFLINE_STATE: &str = "offline.json";
 /// One file per offline login not yet uploaded to the server.
 pub const OUTBOX: &str = "outbox";
+/// Wrong offline-login codes per account and the lockouts in force (see `offline.rs`).
+pub const OFFLINE_ATTEMPTS: &str = "offline-attempts.json";
+/// One file per offline-login lockout not yet uploaded to the server.
+pub const LOCKOUT_OUTBOX: &str = "outbox-lockouts";
 /// Serializes changes to the state files between the daemon and `offline-login`.
 const STATE_LOCK: &str = "state.lock";
 /// Held by the one running daemon.
@@ -88,12 +93,14 @@ impl StateDir {
                 mode: mode & 0o777,
             });
         }
-        let outbox = path.join(OUTBOX);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&outbox)
-            .map_err(io_error(&outbox, "create the outbox"))?;
+        for outbox in [OUTBOX, LOCKOUT_OUTBOX] {
+            let outbox = path.join(outbox);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&outbox)
+                .map_err(io_error(&outbox, "create the outbox"))?;
+        }
         Ok(Self {
             root: path.to_owned(),
         })
@@ -325,6 +332,7 @@ mod tests {
         assert_eq!(mode(&state.file("x.json")), 0o600);
         assert_eq!(mode(&state.file("x.log")), 0o600);
         assert_eq!(mode(&state.file(OUTBOX)), 0o700);
+        assert_eq!(mode(&state.file(LOCKOUT_OUTBOX)), 0o700);
         assert_eq!(
             state.read_json::<Vec<i32>>("x.json").unwrap(),
             Some(vec![1, 2])

@@ -253,12 +253,13 @@ fn code_now(secret: &str) -> String {
     totp.generate_current().unwrap()
 }
 
-#[test]
-fn offline_login_works_without_the_server_once_per_code_and_is_uploaded_later() {
-    let mut msp = Msp::start();
+/// nik's computer `hostname`, enrolled with its agent running, after one session of nik's
+/// that left the agent with nik's offline secret: the setup, the agent, nik's account and
+/// the secret (base32).
+fn offline_ready(msp: &Msp, hostname: &str) -> (support::Setup, Agent, String, String) {
     let setup = msp.setup("named");
-    let mut agent = Agent::new("W11-OFFLINE");
-    agent.enroll_and_run(&msp, &setup);
+    let mut agent = Agent::new(hostname);
+    agent.enroll_and_run(msp, &setup);
     let (session, account) = msp.check_out(&setup, &agent);
     let offline = msp.ok(
         "POST",
@@ -277,7 +278,7 @@ fn offline_login_works_without_the_server_once_per_code_and_is_uploaded_later() 
         || agent.log(),
         || !agent.is_admin(&account),
     );
-    settle(&msp, &agent);
+    settle(msp, &agent);
     wait_for(
         "the agent to keep the offline secret",
         || agent.log(),
@@ -286,26 +287,40 @@ fn offline_login_works_without_the_server_once_per_code_and_is_uploaded_later() 
                 .is_ok_and(|text| text.contains(&secret))
         },
     );
+    (setup, agent, account, secret)
+}
 
-    msp.stop_server();
+/// `latchkey-agent offline-login --technician nik --code CODE` on `agent`'s state and root.
+fn offline_login(agent: &Agent, code: &str) -> std::process::Output {
     let state = agent.state();
     let root = agent.root();
-    let login = |code: &str| {
-        agent.command(&[
-            "offline-login",
-            "--technician",
-            "nik",
-            "--code",
-            code,
-            "--state",
-            state.to_str().unwrap(),
-            "--root",
-            root.to_str().unwrap(),
-        ])
-    };
+    agent.command(&[
+        "offline-login",
+        "--technician",
+        "nik",
+        "--code",
+        code,
+        "--state",
+        state.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+    ])
+}
+
+/// A code that is not `code`.
+fn wrong(code: &str) -> String {
+    format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000)
+}
+
+#[test]
+fn offline_login_works_without_the_server_once_per_code_and_is_uploaded_later() {
+    let mut msp = Msp::start();
+    let (setup, mut agent, account, secret) = offline_ready(&msp, "W11-OFFLINE");
+
+    msp.stop_server();
+    let login = |code: &str| offline_login(&agent, code);
     let code = code_now(&secret);
-    let wrong = format!("{:06}", (code.parse::<u32>().unwrap() + 1) % 1_000_000);
-    let refused = login(&wrong);
+    let refused = login(&wrong(&code));
     assert_eq!(
         refused.status.code(),
         Some(1),
@@ -389,6 +404,84 @@ fn offline_login_works_without_the_server_once_per_code_and_is_uploaded_later() 
         rotated,
         "the password Latchkey set since is left alone"
     );
+}
+
+#[test]
+fn wrong_offline_codes_lock_the_account_across_runs_and_the_lockout_is_audited() {
+    let mut msp = Msp::start();
+    let (setup, agent, account, secret) = offline_ready(&msp, "W11-LOCKOUT");
+    msp.stop_server();
+
+    // Each try is a new run of the command: the count is in the state directory.
+    for left in (1..=4).rev() {
+        let refused = offline_login(&agent, &wrong(&code_now(&secret)));
+        assert_eq!(
+            refused.status.code(),
+            Some(1),
+            "{}",
+            support::said(&refused)
+        );
+        let said = String::from_utf8_lossy(&refused.stderr);
+        let plural = if left == 1 { "" } else { "s" };
+        assert!(
+            said.contains(&format!(
+                "{left} more wrong code{plural} lock offline login for msp-nik for 15 minutes"
+            )),
+            "{said}"
+        );
+    }
+    let locked = offline_login(&agent, &wrong(&code_now(&secret)));
+    assert_eq!(locked.status.code(), Some(4), "{}", support::said(&locked));
+    let said = String::from_utf8_lossy(&locked.stderr);
+    assert!(
+        said.contains(
+            "that was 5 wrong codes within 15 minutes: offline login for msp-nik is \
+                       locked until"
+        ),
+        "{said}"
+    );
+    // The right code is refused too, in a later run, and nothing is granted.
+    let refused = offline_login(&agent, &code_now(&secret));
+    assert_eq!(
+        refused.status.code(),
+        Some(4),
+        "{}",
+        support::said(&refused)
+    );
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("offline login for msp-nik is locked until")
+            && said.contains("no code is checked until then"),
+        "{said}"
+    );
+    assert!(!agent.is_admin(&account));
+    let lockouts_dir = agent.state().join("outbox-lockouts");
+    let lockouts = || std::fs::read_dir(&lockouts_dir).unwrap().count();
+    assert_eq!(lockouts(), 1, "the lockout is buffered once");
+    use std::os::unix::fs::PermissionsExt;
+    let attempts = agent.state().join("offline-attempts.json");
+    let mode = std::fs::metadata(&attempts).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Back online, the daemon uploads it and the audit trail says so.
+    msp.start_server();
+    msp.audit_shows(&setup.tenant_id, |s| {
+        s.starts_with(
+            "agent of W11-LOCKOUT locked offline login to account msp-nik (of nik@nikpot.com) \
+             after 5 wrong TOTP codes at",
+        )
+    });
+    wait_for(
+        "the lockout outbox to be emptied",
+        || agent.log(),
+        || lockouts() == 0,
+    );
+    let sentences = msp.audit_sentences(&setup.tenant_id);
+    let recorded = sentences
+        .iter()
+        .filter(|s| s.contains("locked offline login"))
+        .count();
+    assert_eq!(recorded, 1, "recorded once: {sentences:#?}");
 }
 
 #[test]

@@ -59,6 +59,9 @@ fn the_agent_enrolls_and_runs_over_https_trusting_the_ca_file() {
             agent.state().to_str().unwrap(),
             "--hostname",
             &agent.hostname,
+            // As `enroll_with` does: the throw-away root's group, not this host's `sudo`.
+            "--admin-group",
+            support::ADMIN_GROUP,
         ],
         &[("LATCHKEY_CA_FILE", ca.file.to_str().unwrap())],
     );

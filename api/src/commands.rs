@@ -406,7 +406,38 @@ where
     A: Stored,
     F: FnMut(&A) -> A::Command,
 {
-    for attempt in 1..=MAX_ATTEMPTS {
+    // A cached state is usually current (this server's commands keep it so), and the
+    // append's expected revision proves whether it was: deciding on it first saves reading
+    // the stream. What that proves nothing about, a refusal or a command with nothing to do,
+    // or an append that lost the race, is decided again on the stream, as below.
+    let mut tries = 0;
+    if let Some((state, revision, snapshot)) = cache.get::<A>(stream) {
+        tries = 1;
+        if let Ok(events) = A::decide(&state, command(&state)) {
+            if !events.is_empty() {
+                let batch = events.iter().map(|e| to_new_event(e, envelope)).collect();
+                match store
+                    .append(stream, ExpectedState::Exact(revision), batch)
+                    .await
+                {
+                    Ok(written) => {
+                        let state = events.iter().fold(state, A::evolve);
+                        cache.put(stream, &state, written.next_expected_revision, snapshot);
+                        return Ok(Executed {
+                            events,
+                            state,
+                            attempts: 1,
+                        });
+                    }
+                    Err(StoreError::WrongExpectedState { .. }) => {
+                        tracing::debug!(%stream, "the cached state was behind, reading on");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    for attempt in (1 + tries)..=(MAX_ATTEMPTS + tries) {
         let loaded = load_cached::<A>(store, cache, stream).await?;
         let events = A::decide(&loaded.state, command(&loaded.state))?;
         if events.is_empty() {
@@ -442,7 +473,7 @@ where
     }
     Err(CommandError::Contended {
         stream: stream.clone(),
-        attempts: MAX_ATTEMPTS,
+        attempts: MAX_ATTEMPTS + tries,
     })
 }
 
@@ -643,12 +674,111 @@ mod tests {
         );
     }
 
+    fn join(tenant: u128) -> TechnicianCommand {
+        TechnicianCommand::JoinTenant {
+            tenant_id: TenantId(Uuid::from_u128(tenant)),
+            by: admin(),
+            at: at(),
+        }
+    }
+
+    fn tenants_of(state: &Technician) -> Vec<TenantId> {
+        state.state().unwrap().tenants.iter().copied().collect()
+    }
+
+    #[tokio::test]
+    async fn a_command_on_a_current_cached_state_appends_without_reading_the_stream() {
+        let store = TestStore::default();
+        let cache = StateCache::new(10);
+        register(&store).await;
+        let (_, stream) = nik();
+        load_cached::<Technician>(&store, &cache, &stream)
+            .await
+            .unwrap();
+        store.reads();
+        let done =
+            execute_cached::<Technician, _>(&store, &cache, &stream, &envelope(), |_| join(1))
+                .await
+                .unwrap();
+        assert_eq!(
+            store.reads(),
+            0,
+            "the append's expected revision was the check"
+        );
+        assert_eq!(done.attempts, 1);
+        assert_eq!(tenants_of(&done.state), [TenantId(Uuid::from_u128(1))]);
+        assert_eq!(store.read_stream(&stream, 0, 10).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_command_on_a_cached_state_that_is_behind_is_decided_again_on_the_stream() {
+        let store = TestStore::default();
+        let cache = StateCache::new(10);
+        register(&store).await;
+        let (_, stream) = nik();
+        load_cached::<Technician>(&store, &cache, &stream)
+            .await
+            .unwrap();
+        // Another server (no shared cache) adds nik to tenant 1.
+        execute::<Technician, _>(&store, &stream, &envelope(), |_| join(1))
+            .await
+            .unwrap();
+        let done =
+            execute_cached::<Technician, _>(&store, &cache, &stream, &envelope(), |_| join(2))
+                .await
+                .unwrap();
+        assert_eq!(
+            done.attempts, 2,
+            "the cached state lost the race, then the stream won"
+        );
+        let both = [TenantId(Uuid::from_u128(1)), TenantId(Uuid::from_u128(2))];
+        assert_eq!(tenants_of(&done.state), both);
+        let fresh = load::<Technician>(&store, &stream).await.unwrap();
+        assert_eq!(tenants_of(&fresh.state), both);
+        assert_eq!(fresh.revision, Some(2));
+    }
+
+    #[tokio::test]
+    async fn what_a_cached_state_refuses_or_finds_done_is_checked_on_the_stream() {
+        let store = TestStore::default();
+        let cache = StateCache::new(10);
+        register(&store).await;
+        let (_, stream) = nik();
+        load_cached::<Technician>(&store, &cache, &stream)
+            .await
+            .unwrap();
+        // Another server adds nik to tenant 1: the cached state does not know.
+        execute::<Technician, _>(&store, &stream, &envelope(), |_| join(1))
+            .await
+            .unwrap();
+        // For the cached state leaving tenant 1 is nothing to do; for the stream it is not.
+        let leave = TechnicianCommand::LeaveTenant {
+            tenant_id: TenantId(Uuid::from_u128(1)),
+            by: admin(),
+            at: at(),
+        };
+        let left = execute_cached::<Technician, _>(&store, &cache, &stream, &envelope(), |_| {
+            leave.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            left.events.len(),
+            1,
+            "decided again on the stream: nik left"
+        );
+        assert!(tenants_of(&left.state).is_empty());
+        assert_eq!(store.read_stream(&stream, 0, 10).await.unwrap().len(), 3);
+    }
+
     /// A memory store for the tests: it counts the events it hands out from streams, and
     /// with `behind` every append loses the race (to see the give-up path).
     #[derive(Default)]
     struct TestStore {
         inner: MemoryStore,
         read: std::sync::atomic::AtomicUsize,
+        /// Stream reads, events or not.
+        reads: std::sync::atomic::AtomicUsize,
         behind: bool,
     }
 
@@ -663,6 +793,11 @@ mod tests {
         /// Events read from streams since the last call.
         fn taken(&self) -> usize {
             self.read.swap(0, std::sync::atomic::Ordering::SeqCst)
+        }
+
+        /// Stream reads since the last call, whether they found events or not.
+        fn reads(&self) -> usize {
+            self.reads.swap(0, std::sync::atomic::Ordering::SeqCst)
         }
     }
 
@@ -692,6 +827,7 @@ mod tests {
             let page = self.inner.read_stream(stream, from, max).await?;
             self.read
                 .fetch_add(page.len(), std::sync::atomic::Ordering::SeqCst);
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Ok(page)
         }
         async fn read_all(

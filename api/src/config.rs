@@ -9,6 +9,10 @@
 //! tls_cert = "/etc/latchkey/tls/fullchain.pem"
 //! tls_key = "/etc/latchkey/tls/privkey.pem"
 //! # insecure_http = true   # plain HTTP on a non-loopback address, behind a TLS proxy
+//! auth_failures_per_address = 10
+//! auth_failures_per_token = 5
+//! auth_failure_window_seconds = 60
+//! trusted_proxies = ["10.0.0.0/8"]   # believe X-Forwarded-For from these peers only
 //! token_default_expiry = "90d"   # API tokens for people: lifetime when none is asked for
 //! token_max_expiry = "365d"      # and the longest an issuer may ask for (`expires_in`)
 //! ```
@@ -17,6 +21,7 @@
 //! (`insecure_http`): anywhere else, tokens and passwords would cross the network in clear.
 
 use crate::auth::TokenLifetimes;
+use crate::ratelimit::{self, IpNet, Limits};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,10 @@ pub struct ConfigFile {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub insecure_http: Option<bool>,
+    pub auth_failures_per_address: Option<u32>,
+    pub auth_failures_per_token: Option<u32>,
+    pub auth_failure_window_seconds: Option<u64>,
+    pub trusted_proxies: Option<Vec<String>>,
     pub token_default_expiry: Option<String>,
     pub token_max_expiry: Option<String>,
 }
@@ -59,9 +68,19 @@ pub struct Given {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub insecure_http: bool,
+    pub auth_failures_per_address: Option<u32>,
+    pub auth_failures_per_token: Option<u32>,
+    pub auth_failure_window_seconds: Option<u64>,
+    /// Empty: none given (the file's, if any, apply).
+    pub trusted_proxies: Vec<String>,
     pub token_default_expiry: Option<String>,
     pub token_max_expiry: Option<String>,
 }
+
+/// The largest failure limit accepted (a higher one would be no limit at all).
+const MAX_FAILURE_LIMIT: u32 = 1_000_000;
+/// The longest window accepted: a day.
+const MAX_WINDOW_SECONDS: u64 = 86_400;
 
 /// The server's certificate chain and its private key, PEM files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +101,8 @@ pub struct Settings {
     pub tls: Option<TlsFiles>,
     /// Plain HTTP on a non-loopback address was asked for by name.
     pub insecure_http: bool,
+    /// Failed-authentication limits and the proxies whose `X-Forwarded-For` is believed.
+    pub limits: Limits,
     pub token_lifetimes: TokenLifetimes,
 }
 
@@ -155,6 +176,44 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_ADMIN_EMAIL.into()),
             tls,
             insecure_http: given.insecure_http || file.insecure_http.unwrap_or(false),
+            limits: Limits {
+                per_address: failure_limit(
+                    "--auth-failures-per-address",
+                    given
+                        .auth_failures_per_address
+                        .or(file.auth_failures_per_address),
+                    ratelimit::DEFAULT_PER_ADDRESS,
+                )?,
+                per_token: failure_limit(
+                    "--auth-failures-per-token",
+                    given
+                        .auth_failures_per_token
+                        .or(file.auth_failures_per_token),
+                    ratelimit::DEFAULT_PER_TOKEN,
+                )?,
+                window: match given
+                    .auth_failure_window_seconds
+                    .or(file.auth_failure_window_seconds)
+                {
+                    None => ratelimit::DEFAULT_WINDOW,
+                    Some(s) if (1..=MAX_WINDOW_SECONDS).contains(&s) => Duration::from_secs(s),
+                    Some(s) => {
+                        return Err(format!(
+                            "--auth-failure-window-seconds must be from 1 to \
+                             {MAX_WINDOW_SECONDS} (got {s})"
+                        ))
+                    }
+                },
+                max_entries: ratelimit::DEFAULT_MAX_ENTRIES,
+                trusted_proxies: match given.trusted_proxies.is_empty() {
+                    false => given.trusted_proxies,
+                    true => file.trusted_proxies.unwrap_or_default(),
+                }
+                .iter()
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| IpNet::parse(p).map_err(|e| format!("--trusted-proxy: {e}")))
+                .collect::<Result<_, _>>()?,
+            },
             token_lifetimes,
         })
     }
@@ -188,6 +247,18 @@ impl Settings {
                 self.listen
             )),
         }
+    }
+}
+
+/// A failure limit from 1 to [`MAX_FAILURE_LIMIT`], or the default.
+fn failure_limit(flag: &str, given: Option<u32>, default: u32) -> Result<u32, String> {
+    match given {
+        None => Ok(default),
+        Some(n) if (1..=MAX_FAILURE_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(format!(
+            "{flag} must be from 1 to {MAX_FAILURE_LIMIT} failed authentications per window \
+             (got {n})"
+        )),
     }
 }
 
@@ -312,6 +383,7 @@ mod tests {
                 key: "k.pem".into(),
             }),
             insecure_http,
+            limits: Limits::default(),
             token_lifetimes: TokenLifetimes::default(),
         };
         for loopback in ["127.0.0.1:8080", "127.0.0.2:1", "[::1]:8080"] {
@@ -349,6 +421,50 @@ mod tests {
             .transport(&addrs("0.0.0.0:1"))
             .unwrap_err();
         assert!(err.contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn the_authentication_limits_come_from_flags_or_the_file_and_are_checked() {
+        let defaults = Settings::resolve(Given::default(), ConfigFile::default()).unwrap();
+        assert_eq!(defaults.limits, Limits::default());
+        let file: ConfigFile = toml::from_str(
+            "auth_failures_per_address = 20\nauth_failure_window_seconds = 300\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"::1\"]",
+        )
+        .unwrap();
+        let given = Given {
+            auth_failures_per_token: Some(3),
+            ..Given::default()
+        };
+        let limits = Settings::resolve(given, file).unwrap().limits;
+        assert_eq!(limits.per_address, 20);
+        assert_eq!(limits.per_token, 3);
+        assert_eq!(limits.window, Duration::from_secs(300));
+        assert_eq!(
+            limits.trusted_proxies,
+            vec![
+                IpNet::parse("10.0.0.0/8").unwrap(),
+                IpNet::parse("::1").unwrap()
+            ]
+        );
+        let zero = Given {
+            auth_failures_per_address: Some(0),
+            ..Given::default()
+        };
+        let err = Settings::resolve(zero, ConfigFile::default()).unwrap_err();
+        assert!(
+            err.starts_with("--auth-failures-per-address must be"),
+            "{err}"
+        );
+        let bad_proxy = Given {
+            trusted_proxies: vec!["proxy.example".into()],
+            ..Given::default()
+        };
+        let err = Settings::resolve(bad_proxy, ConfigFile::default()).unwrap_err();
+        assert!(
+            err.starts_with("--trusted-proxy: \"proxy.example\""),
+            "{err}"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - `runner`: the process managers over the read models; `scheduler`: expiry and retries;
 //! - `secrets`: the encrypted secret store; `auth`: hashed API and enrollment tokens;
 //! - `snapshots`: stored states of long streams, so a restart does not fold years of events;
+//! - `ratelimit`: failed authentications counted per client and token id, 429 past the limit;
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
 //! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
 //! - `datadir`: the data directory, private to the server's user;
@@ -22,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod problem;
+pub mod ratelimit;
 pub mod replay;
 pub mod runner;
 pub mod scheduler;

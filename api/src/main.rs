@@ -62,9 +62,39 @@ struct ServeArgs {
     #[arg(long, env = "LATCHKEY_TOKEN_MAX_EXPIRY", value_name = "DURATION")]
     token_max_expiry: Option<String>,
     /// A TOML file with any of: listen, data, store, admin_email, tls_cert, tls_key,
-    /// insecure_http, token_default_expiry, token_max_expiry (flags and environment win).
+    /// insecure_http, token_default_expiry, token_max_expiry, auth_failures_per_address,
+    /// auth_failures_per_token, auth_failure_window_seconds, trusted_proxies (flags and
+    /// environment win).
     #[arg(long, env = "LATCHKEY_CONFIG")]
     config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Default)]
+struct LimitArgs {
+    /// Failed authentications (bad, unknown or missing tokens) one client address may make
+    /// per window before it gets 429 [default: 10].
+    #[arg(long, env = "LATCHKEY_AUTH_FAILURES_PER_ADDRESS", value_name = "N")]
+    auth_failures_per_address: Option<u32>,
+    /// Failed authentications with one token id (the `lk_<id>_` part), from any address, per
+    /// window before it gets 429 [default: 5].
+    #[arg(long, env = "LATCHKEY_AUTH_FAILURES_PER_TOKEN", value_name = "N")]
+    auth_failures_per_token: Option<u32>,
+    /// The window of those limits, in seconds [default: 60].
+    #[arg(
+        long,
+        env = "LATCHKEY_AUTH_FAILURE_WINDOW_SECONDS",
+        value_name = "SECONDS"
+    )]
+    auth_failure_window_seconds: Option<u64>,
+    /// A reverse proxy (address or network, e.g. 10.0.0.0/8) whose X-Forwarded-For names the
+    /// client; repeat it or separate with commas. Without it the peer address is the client.
+    #[arg(
+        long = "trusted-proxy",
+        env = "LATCHKEY_TRUSTED_PROXIES",
+        value_name = "ADDRESS[/PREFIX]",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -92,10 +122,17 @@ struct ServeCommand {
     common: ServeArgs,
     #[command(flatten)]
     transport: TransportArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
 
 impl ServeArgs {
-    fn settings(self, transport: Option<TransportArgs>) -> Result<Settings, String> {
+    fn settings(
+        self,
+        transport: Option<TransportArgs>,
+        limits: Option<LimitArgs>,
+    ) -> Result<Settings, String> {
+        let limits = limits.unwrap_or_default();
         let file = match &self.config {
             Some(path) => ConfigFile::load(path)?,
             None => ConfigFile::default(),
@@ -116,6 +153,10 @@ impl ServeArgs {
                 insecure_http: transport.insecure_http,
                 token_default_expiry: self.token_default_expiry,
                 token_max_expiry: self.token_max_expiry,
+                auth_failures_per_address: limits.auth_failures_per_address,
+                auth_failures_per_token: limits.auth_failures_per_token,
+                auth_failure_window_seconds: limits.auth_failure_window_seconds,
+                trusted_proxies: limits.trusted_proxies,
             },
             file,
         )
@@ -214,7 +255,7 @@ async fn open_store(
 }
 
 async fn replay(args: ReplayArgs) -> Result<(), String> {
-    let settings = args.serve.settings(None)?;
+    let settings = args.serve.settings(None, None)?;
     let (url, store) = open_store(&settings).await?;
     let path = settings.data.join("read-models.db");
     let bar = indicatif::ProgressBar::new(0);
@@ -291,7 +332,9 @@ fn listening(args: &Settings) -> Result<Listening, String> {
 }
 
 async fn serve(args: ServeCommand) -> Result<(), String> {
-    let args = args.common.settings(Some(args.transport))?;
+    let args = args
+        .common
+        .settings(Some(args.transport), Some(args.limits))?;
     // First, so a server that must not listen as asked touches no data.
     let listening = listening(&args)?;
     // Set up before the server runs, so a SIGHUP (reload the certificate) never kills it.
@@ -365,9 +408,11 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
         wakeups,
         cache,
         health: health.clone(),
+        limiter: latchkey_api::ratelimit::AuthLimiter::new(args.limits.clone()),
     });
     actix_web::rt::spawn(record_token_use(state.clone()));
     let metrics = web::Data::new(Metrics::new());
+    metrics.register_auth_limiter(&state.limiter);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())

@@ -126,6 +126,18 @@ impl Metrics {
         }
     }
 
+    /// Adds the failed-authentication limiter's figures: attempts it refused (429), by the
+    /// limit that refused them.
+    pub fn register_auth_limiter(&self, limiter: &crate::ratelimit::AuthLimiter) {
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        registry.register(
+            "auth_attempts_refused",
+            "Authentication attempts refused with 429 because their client address or token \
+             id failed too often (label limit: address or token_id)",
+            limiter.refused(),
+        );
+    }
+
     fn observe(&self, method: &str, route: String, status: u16, started: Instant) {
         self.latency
             .get_or_create(&RouteLabels {

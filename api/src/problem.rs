@@ -34,6 +34,9 @@ pub struct Problem {
 pub struct ApiError {
     status: StatusCode,
     problem: Problem,
+    /// Seconds for a `Retry-After` header (429). A `u32`: it keeps the error small, and a
+    /// day is the longest window anyway.
+    retry_after: Option<u32>,
 }
 
 impl ApiError {
@@ -47,6 +50,7 @@ impl ApiError {
                 detail: detail.into(),
                 field: None,
             },
+            retry_after: None,
         }
     }
 
@@ -73,6 +77,27 @@ impl ApiError {
             "unauthorized",
             "send a valid API token as `Authorization: Bearer <token>`",
         )
+    }
+
+    /// Too many failed authentications: refused without looking at the token (429 with
+    /// `Retry-After`).
+    pub fn too_many_attempts(limited: crate::ratelimit::Limited) -> Self {
+        use crate::ratelimit::LimitedBy;
+        let whose = match limited.by {
+            LimitedBy::Address => "from this client address",
+            LimitedBy::TokenId => "with this token id",
+        };
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too-many-attempts",
+            format!(
+                "too many failed authentications {whose}; no token is checked until the \
+                 count drains: try again in {} seconds",
+                limited.retry_after
+            ),
+        );
+        error.retry_after = Some(u32::try_from(limited.retry_after).unwrap_or(u32::MAX));
+        error
     }
 
     /// A well-formed, right token that has expired: the client should get a new one (or
@@ -115,9 +140,12 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status)
-            .insert_header((header::CONTENT_TYPE, "application/problem+json"))
-            .json(&self.problem)
+        let mut response = HttpResponse::build(self.status);
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.json(&self.problem)
     }
 }
 

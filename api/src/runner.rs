@@ -25,6 +25,12 @@ pub enum RunnerError {
         position: Position,
         source: CommandError,
     },
+    /// The read models' transaction of an earlier batch failed, so this one must not be
+    /// applied (the read models would skip the failed one's events).
+    #[error("the read models' transaction of an earlier batch failed; this batch is not applied")]
+    EarlierBatchFailed,
+    #[error("the read models' transaction ended before the batch's reactions were worked out")]
+    NoReactions,
 }
 
 pub struct ProcessRunner {
@@ -32,6 +38,12 @@ pub struct ProcessRunner {
     models: Arc<Mutex<ReadModels>>,
     progress: watch::Sender<Option<Position>>,
     cache: Arc<StateCache>,
+    /// Which batches may still be applied (see [`Chain`]).
+    chain: Arc<Mutex<Chain>>,
+    /// On PostgreSQL, the last position whose reactions were all carried out, kept here (not
+    /// behind the read models' lock, which a batch's transaction holds for its round trips)
+    /// and handed to the read models by the next batch's transaction, which writes it.
+    handled: Arc<Mutex<Option<Position>>>,
 }
 
 impl ProcessRunner {
@@ -47,6 +59,8 @@ impl ProcessRunner {
             models,
             progress: watch::Sender::new(checkpoint),
             cache: Arc::new(StateCache::new(0)),
+            chain: Arc::default(),
+            handled: Arc::default(),
         }
     }
 
@@ -69,15 +83,38 @@ impl ProcessRunner {
         f(&mut models)
     }
 
+    /// `f` on the read models on a thread of the blocking pool: their database calls block,
+    /// and the thread that runs the runner also drives other tasks (the log follower, the
+    /// event store's connections), which must not wait for them.
+    fn off_thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ReadModels) -> T + Send + 'static,
+    ) -> impl std::future::Future<Output = T> {
+        let models = self.models.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut models = models.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut models)
+        });
+        async move {
+            match task.await {
+                Ok(value) => value,
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(e) => panic!("the read models' task did not finish: {e}"),
+                },
+            }
+        }
+    }
+
     /// Handles every event written so far; returns how many it handled.
     pub async fn run_until_idle(&self) -> Result<usize, RunnerError> {
         let mut handled = 0;
         loop {
-            let (batch, _) = self.handle_batch().await?;
-            if batch == 0 {
+            let done = self.handle_batch().await?;
+            if done.handled == 0 {
                 return Ok(handled);
             }
-            handled += batch;
+            handled += done.handled;
         }
     }
 
@@ -87,47 +124,204 @@ impl ProcessRunner {
         // restarted): connect again first. The scheduler shares these read models.
         self.with_models(|m| m.reconnect_if_broken())?;
         loop {
-            let (handled, after) = self.handle_batch().await?;
-            // A short batch was the end of the log: wait for more (at once if some came
-            // meanwhile) instead of reading again only to find nothing.
-            if handled < BATCH {
-                self.store.wait_for_events_after(after).await;
+            let done = self.handle_batch().await?;
+            // At the end of the log: wait for more (at once if some came meanwhile) instead
+            // of reading again only to find nothing.
+            if done.at_end {
+                self.store.wait_for_events_after(done.after).await;
             }
         }
     }
 
-    /// Applies the next batch of events to the read models (one transaction), works out every
-    /// event's reactions against the read models as they were right after it, then carries the
-    /// reactions out: in order within each target stream, different streams concurrently (so
-    /// their appends share the store's group commits). Returns how many events it handled and
-    /// the process managers' checkpoint after them.
-    async fn handle_batch(&self) -> Result<(usize, Option<Position>), RunnerError> {
-        let after = self.with_models(|m| m.process_checkpoint())?;
+    /// Starts a chain of batches (PostgreSQL), from the process managers' checkpoint: the
+    /// batches of earlier chains that have not started yet are never applied.
+    fn new_chain(&self) -> u64 {
+        let mut chain = self.chain.lock().unwrap_or_else(|p| p.into_inner());
+        chain.generation += 1;
+        chain.failed = false;
+        chain.generation
+    }
+
+    /// Notes that every reaction up to `position` was carried out (PostgreSQL; see
+    /// [`ProcessRunner::handled`]).
+    fn note_handled(&self, position: Position) {
+        let mut handled = self.handled.lock().unwrap_or_else(|p| p.into_inner());
+        *handled = (*handled).max(Some(position));
+    }
+
+    /// Handles the events after the process managers' checkpoint, a batch at a time: each
+    /// batch is applied to the read models in one transaction, every event's reactions
+    /// worked out against the read models as they were right after it, then the reactions
+    /// carried out: in order within each target stream, different streams concurrently (so
+    /// their appends share the store's group commits).
+    ///
+    /// On PostgreSQL, where every call to the read models waits for the network, three
+    /// things overlap: a batch's reactions are carried out while its transaction
+    /// commits, and meanwhile the next batch is read and applied (its reactions wait for
+    /// the first batch's), until the log has nothing more. A reaction may thus be carried
+    /// out before its event's transaction committed; if that fails, the runner stops and
+    /// its next start handles those events again, as after a crash (reactions are
+    /// idempotent). The process managers' checkpoint is written with a later batch's
+    /// transaction, or on its own once the log has nothing new, so it trails what was
+    /// carried out by up to three batches (see [`OVERLAPPED_BATCH`]).
+    async fn handle_batch(&self) -> Result<Handled, RunnerError> {
+        let (stored, on_server) = self
+            .with_models(|m| Ok::<_, ProjectionError>((m.process_checkpoint()?, m.on_server())))?;
+        if !on_server {
+            return self.handle_batch_in_turn(stored).await;
+        }
+        let noted = *self.handled.lock().unwrap_or_else(|p| p.into_inner());
+        let after = stored.max(noted);
+        let chain = self.new_chain();
+        let Some(mut batch) = self.next_batch(after, chain).await? else {
+            self.off_thread(move |m| {
+                if let Some(noted) = noted {
+                    m.handled(noted);
+                }
+                m.write_handled()
+            })
+            .await?;
+            return Ok(Handled {
+                handled: 0,
+                after,
+                at_end: true,
+            });
+        };
+        let mut handled = 0;
+        loop {
+            let (done, committed, next) = futures::future::join3(
+                self.carry_out(batch.reactions),
+                batch.committed,
+                self.next_batch(Some(batch.last), chain),
+            )
+            .await;
+            committed?;
+            done?;
+            self.note_handled(batch.last);
+            handled += batch.count;
+            match next? {
+                Some(next) => batch = next,
+                None => {
+                    return Ok(Handled {
+                        handled,
+                        after: Some(batch.last),
+                        at_end: true,
+                    })
+                }
+            }
+        }
+    }
+
+    /// [`ProcessRunner::handle_batch`] for read models whose calls are short (SQLite): one
+    /// batch, each step after the other, on the runner's own thread. Moving such calls to
+    /// another thread to overlap them costs more than it saves. The process managers'
+    /// checkpoint goes with the next batch's transaction, so it trails by one batch.
+    async fn handle_batch_in_turn(&self, after: Option<Position>) -> Result<Handled, RunnerError> {
         let page = self.store.read_all(after, BATCH).await?;
         let Some(last) = page.last().map(|e| e.position) else {
-            return Ok((0, after));
+            self.with_models(|m| m.write_handled())?;
+            return Ok(Handled {
+                handled: 0,
+                after,
+                at_end: true,
+            });
         };
         let now = chrono::Utc::now();
-        let reactions = self.with_models(|m| -> Result<_, RunnerError> {
-            let applied = m.checkpoint()?;
-            // Events the read models already have (a crash came between applying them and
-            // reacting to them) are reacted to against the current read models.
-            let mut reactions = Vec::new();
-            for recorded in page
-                .iter()
-                .filter(|e| applied.is_some_and(|a| e.position <= a))
-            {
-                let event = latchkey_projections::decode(recorded)?;
-                reactions.push((recorded.clone(), react(&event, now, &m.queries())?));
-            }
-            let fresh = m.apply_with(&page, |recorded, event, queries| {
+        // Events the read models already have (a crash came between applying them and
+        // reacting to them) are reacted to against the current read models.
+        let reactions = self.with_models(|m| {
+            m.apply_and_react(&page, |recorded, event, queries| {
                 Ok::<_, ProjectionError>((recorded.clone(), react(event, now, &queries)?))
-            })?;
-            reactions.extend(fresh);
-            Ok(reactions)
+            })
         })?;
         self.progress.send_replace(Some(last));
-        // Per target stream, in log order.
+        self.carry_out(reactions).await?;
+        self.with_models(|m| m.handled(last));
+        Ok(Handled {
+            handled: page.len(),
+            after: Some(last),
+            at_end: page.len() < BATCH,
+        })
+    }
+
+    /// Reads the events after `after` and applies them to the read models, working out each
+    /// one's reactions; `None` when there are none. Returns as soon as the reactions are
+    /// known: the batch's `committed` ends with its transaction, which also writes what
+    /// [`ProcessRunner::note_handled`] noted so far.
+    async fn next_batch(
+        &self,
+        after: Option<Position>,
+        generation: u64,
+    ) -> Result<Option<Batch>, RunnerError> {
+        let page = self.store.read_all(after, OVERLAPPED_BATCH).await?;
+        let Some(last) = page.last().map(|e| e.position) else {
+            return Ok(None);
+        };
+        let count = page.len();
+        let now = chrono::Utc::now();
+        let (reacted, reactions) = tokio::sync::oneshot::channel();
+        let chain = self.chain.clone();
+        let handled = self.handled.clone();
+        // Events the read models already have (a crash came between applying them and
+        // reacting to them) are reacted to against the current read models. The previous
+        // batch's transaction has ended when this one gets the read models.
+        let applied = self.off_thread(move |m| {
+            {
+                let mut chain = chain.lock().unwrap_or_else(|p| p.into_inner());
+                if chain.generation != generation || chain.failed {
+                    return Err(RunnerError::EarlierBatchFailed);
+                }
+                // Set until this batch has committed: a panic leaves it set too.
+                chain.failed = true;
+            }
+            if let Some(noted) = *handled.lock().unwrap_or_else(|p| p.into_inner()) {
+                m.handled(noted);
+            }
+            let applied = m.apply_and_react_early(
+                &page,
+                |recorded, event, queries| {
+                    Ok::<_, RunnerError>((recorded.clone(), react(event, now, &queries)?))
+                },
+                |reactions| {
+                    let _ = reacted.send(reactions);
+                },
+            );
+            if applied.is_ok() {
+                let mut chain = chain.lock().unwrap_or_else(|p| p.into_inner());
+                if chain.generation == generation {
+                    chain.failed = false;
+                }
+            }
+            applied
+        });
+        let progress = self.progress.clone();
+        let committed: CommitFuture = Box::pin(async move {
+            applied.await?;
+            progress.send_replace(Some(last));
+            Ok(())
+        });
+        let reactions = match reactions.await {
+            Ok(reactions) => reactions,
+            // The transaction failed before the last event was reacted to.
+            Err(_) => {
+                committed.await?;
+                return Err(RunnerError::NoReactions);
+            }
+        };
+        Ok(Some(Batch {
+            count,
+            last,
+            reactions,
+            committed,
+        }))
+    }
+
+    /// Carries out a batch's reactions: per target stream in log order, different streams
+    /// concurrently.
+    async fn carry_out(
+        &self,
+        reactions: Vec<(RecordedEvent, Vec<Command>)>,
+    ) -> Result<(), RunnerError> {
         let mut by_stream: Vec<(String, Vec<(RecordedEvent, Command)>)> = Vec::new();
         for (recorded, commands) in reactions {
             for command in commands {
@@ -149,8 +343,7 @@ impl ProcessRunner {
             Ok::<_, RunnerError>(())
         });
         futures::future::try_join_all(streams).await?;
-        self.with_models(|m| m.set_process_checkpoint(last))?;
-        Ok((page.len(), Some(last)))
+        Ok(())
     }
 
     async fn execute(
@@ -208,10 +401,53 @@ impl ProcessRunner {
     }
 }
 
-/// Events handled per batch. A crash may make the runner handle its last batch again, so a
-/// computer must remember at least as many released sessions as a batch can release.
+/// The batches of one call of [`ProcessRunner::handle_batch`] on PostgreSQL form a chain: each
+/// is read after the previous one's last event and applied once that one's transaction has
+/// ended, so none may be applied after one that failed (the read models would skip the
+/// failed one's events). A new call starts a new chain from the process managers' checkpoint,
+/// which no failed batch passed: a run restarted after a failure goes on, and a batch left
+/// over from the failed run (its task cannot be cancelled) is refused.
+#[derive(Default)]
+struct Chain {
+    generation: u64,
+    /// Set while a batch's transaction runs, and for good if it failed.
+    failed: bool,
+}
+
+/// A batch of events being applied to the read models, with each one's reactions.
+struct Batch {
+    count: usize,
+    last: Position,
+    reactions: Vec<(RecordedEvent, Vec<Command>)>,
+    /// Ends when the batch's transaction has committed (or failed).
+    committed: CommitFuture,
+}
+
+type CommitFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), RunnerError>> + Send>>;
+
+/// What one call of [`ProcessRunner::handle_batch`] did.
+struct Handled {
+    /// Events handled.
+    handled: usize,
+    /// The process managers' checkpoint after them.
+    after: Option<Position>,
+    /// Whether the log had nothing more when last read.
+    at_end: bool,
+}
+
+/// Events handled per batch (SQLite). A crash may make the runner handle every event after
+/// the checkpoint it last wrote again, here its last batch, so a computer must remember at
+/// least as many released sessions as those events can release (one per event at most).
 const BATCH: usize = 256;
 const _: () = assert!(BATCH <= latchkey_domain::computer::RELEASED_KEPT);
+
+/// Events per batch on PostgreSQL. There the checkpoint written trails what was carried out
+/// by up to three batches: a batch's transaction writes what was noted when it began, while
+/// the previous batch's reactions were still being carried out, and it commits while its
+/// own are. So a third of [`BATCH`]; a busy server's batches are far smaller anyway.
+const OVERLAPPED_BATCH: usize = BATCH / 3;
+const _: () = assert!(3 * OVERLAPPED_BATCH <= latchkey_domain::computer::RELEASED_KEPT);
 
 /// Follows the end of the event log from `from` on and wakes the waiters of each new event's
 /// stream ([`StreamWakeups`]), and only those: the agents' long polls wait on their own

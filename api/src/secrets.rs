@@ -455,28 +455,30 @@ impl SecretStore {
 
     /// Stores `secret` under `reference` unless something is already stored there, and returns
     /// what is stored: the first value wins, so asking twice for the same rotation gives the
-    /// same password.
+    /// same password. The insert that does nothing when the reference is taken decides,
+    /// durably, before this returns; no lock is needed (on PostgreSQL a concurrent insert of
+    /// the same reference waits for the first to commit or roll back).
     pub fn put_if_absent(
         &self,
         reference: &SecretRef,
         secret: &Secret,
     ) -> Result<Secret, SecretError> {
-        self.db.transaction(
-            |e| self.storage(e),
-            |tx| {
-                if let Some(stored) = self.read(tx, reference)? {
-                    return Ok(stored);
-                }
-                let (nonce, ciphertext) =
-                    self.encrypt_raw(reference.as_str(), secret.expose().as_bytes())?;
-                tx.execute(
-                    "INSERT INTO secrets (reference, nonce, ciphertext) VALUES (?1, ?2, ?3)",
-                    params![reference.as_str(), nonce, ciphertext],
-                )
-                .map_err(|e| self.storage(e))?;
-                Ok(secret.clone())
-            },
-        )
+        let (nonce, ciphertext) =
+            self.encrypt_raw(reference.as_str(), secret.expose().as_bytes())?;
+        let connection = self.db.lock();
+        let inserted = connection
+            .execute(
+                "INSERT INTO secrets (reference, nonce, ciphertext) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (reference) DO NOTHING",
+                params![reference.as_str(), nonce, ciphertext],
+            )
+            .map_err(|e| self.storage(e))?;
+        if inserted == 1 {
+            return Ok(secret.clone());
+        }
+        // Secrets are never deleted, so the one that won is there.
+        self.read(&*connection, reference)?
+            .ok_or_else(|| self.storage(SqlError::NoRows))
     }
 
     /// The secret stored under `reference`, if any.

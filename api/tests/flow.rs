@@ -424,6 +424,7 @@ async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
         wakeups: Arc::new(latchkey_api::wakeups::StreamWakeups::new()),
         cache: Arc::new(latchkey_api::commands::StateCache::new(100)),
         health: Default::default(),
+        limiter: latchkey_api::ratelimit::AuthLimiter::default(),
     });
     let app = web_test::init_service(
         actix_web::App::new()

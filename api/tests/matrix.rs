@@ -125,6 +125,11 @@ const UNKNOWN_OFFLINE: Option<&str> = Some(
     r#"{"login_id":"0190f1e2-0000-7000-8000-0000000000aa","account":"msp-nobody","technician_id":null,"generation":1,"used_at":"2026-11-23T10:00:00Z","until":"2026-11-23T11:00:00Z"}"#,
 );
 
+/// A lockout of offline login the agent imposed (recorded on the agent's own computer).
+const LOCKOUT: Option<&str> = Some(
+    r#"{"lockout_id":"0190f1e2-0000-7000-8000-0000000000bb","account":"msp-nobody","technician_id":null,"failures":5,"locked_at":"2026-11-23T10:00:00Z","locked_until":"2026-11-23T10:15:00Z"}"#,
+);
+
 /// What every caller gets, row by row. Resources are A's unless the path says `{B}`,
 /// `{bob}` or `{sBob}` (B's tenant, technician and session). `{sAlf}` is TechA's active
 /// session, `{sAda}` another A technician's session, `{sRev}` a throwaway session of TechA's,
@@ -198,6 +203,7 @@ const MATRIX: &[Row] = &[
     row("GET",    "/v1/agent/offline-secrets",                               None,            [401, 401, 403, 403, 403, 403, 403, 403, 200, 200, 403, 403]),
     row("POST",   "/v1/agent/inventory",                                     INVENTORY,       [401, 401, 403, 403, 403, 403, 403, 403, 200, 200, 403, 403]),
     row("POST",   "/v1/agent/offline-logins",                                UNKNOWN_OFFLINE, [401, 401, 403, 403, 403, 403, 403, 403, 404, 404, 403, 403]),
+    row("POST",   "/v1/agent/offline-lockouts",                              LOCKOUT,         [401, 401, 403, 403, 403, 403, 403, 403, 200, 200, 403, 403]),
     row("POST",   "/v1/agent/enroll",                                        USED_ENROLLMENT, [410, 410, 410, 410, 410, 410, 410, 410, 410, 410, 410, 410]),
     // --- destructive, last --------------------------------------------------------------------------------------------------------------------------
     row("DELETE", "/v1/tenants/{A}/technicians/{joe}",                       None,            [401, 401, 200, 200, 403, 403, 403, 404, 404, 404, 404, 404]),
@@ -387,6 +393,10 @@ impl World {
             &[
                 ("LATCHKEY_ADMIN_TOKEN", &admin),
                 ("LATCHKEY_ADMIN_EMAIL", "admin@msp.example"),
+                // Every row is called without and with a bad token from this one address:
+                // far more failures than the limits allow (they are tested in serve.rs).
+                ("LATCHKEY_AUTH_FAILURES_PER_ADDRESS", "1000000"),
+                ("LATCHKEY_AUTH_FAILURES_PER_TOKEN", "1000000"),
             ],
         );
         let mut world = World {

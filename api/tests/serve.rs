@@ -770,3 +770,109 @@ fn plain_http_on_an_address_that_is_not_loopback_needs_the_flag() {
     );
     assert!(said.contains("--insecure-http"), "{said}");
 }
+
+/// A well-formed token the server never issued, with token id `id`.
+fn made_up_token(id: u128) -> String {
+    format!("lk_{id:032x}_{}", "A".repeat(43))
+}
+
+#[test]
+fn failed_authentications_are_limited_per_client_address_and_per_token_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap(); // so the server's log is kept
+    let mut server = Server::start(
+        &data,
+        &[
+            ("LATCHKEY_AUTH_FAILURES_PER_ADDRESS", "3"),
+            ("LATCHKEY_AUTH_FAILURES_PER_TOKEN", "2"),
+            ("LATCHKEY_AUTH_FAILURE_WINDOW_SECONDS", "600"),
+        ],
+    );
+    let admin = printed_token(&mut server);
+    let get = |from: &str, token: Option<&str>| {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .as_deref()
+            .map(|b| vec![("Authorization", b)])
+            .unwrap_or_default();
+        server.exchange_from(from, "GET", "/v1/tenants", &headers, None)
+    };
+
+    // 127.0.0.1 fails three times (a missing token counts too), with three token ids.
+    assert_eq!(get("127.0.0.1", None).status, 401);
+    for id in 1..=2 {
+        assert_eq!(get("127.0.0.1", Some(&made_up_token(id))).status, 401);
+    }
+    let refused = get("127.0.0.1", Some(&made_up_token(3)));
+    assert_eq!(refused.status, 429, "{refused:?}");
+    // 3 per 600 s drain one every 200 s.
+    let retry_after: u64 = refused
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After in seconds: {refused:?}"));
+    assert!((1..=200).contains(&retry_after), "{retry_after}");
+    assert_eq!(
+        refused.header("content-type"),
+        Some("application/problem+json")
+    );
+    let problem = refused.json();
+    assert_eq!(problem["type"], "urn:latchkey:problem:too-many-attempts");
+    assert_eq!(problem["status"], 429);
+    // Refused before the token is looked at: the right token from there is refused too.
+    assert_eq!(get("127.0.0.1", Some(&admin)).status, 429);
+    // Another client address is not affected.
+    assert_eq!(get("127.0.0.2", Some(&admin)).status, 200);
+
+    // Enrollment tokens are guessed the same way.
+    let enroll = |from: &str, token: &str| {
+        let body = format!(r#"{{"token":"{token}","hostname":"pc1","os":"linux"}}"#);
+        server.exchange_from(from, "POST", "/v1/agent/enroll", &[], Some(&body))
+    };
+    for id in 10..=12 {
+        assert_eq!(enroll("127.0.0.3", &made_up_token(id)).status, 401);
+    }
+    let refused = enroll("127.0.0.3", &made_up_token(13));
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert!(refused.header("retry-after").is_some());
+
+    // The admin token's id guessed with wrong secrets from two addresses: after two, the
+    // id is refused from everywhere, even with its right secret.
+    let forged = format!("{}{}", &admin[..admin.len() - 43], "A".repeat(43));
+    assert_eq!(get("127.0.0.4", Some(&forged)).status, 401);
+    assert_eq!(get("127.0.0.5", Some(&forged)).status, 401);
+    let refused = get("127.0.0.6", Some(&admin));
+    assert_eq!(refused.status, 429, "{refused:?}");
+    assert!(
+        refused.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("token id"),
+        "{refused:?}"
+    );
+
+    let (_, _, text) = server.request("GET", "/metrics", None, None);
+    let refused_by = |limit: &str| -> f64 {
+        let prefix = format!("latchkey_auth_attempts_refused_total{{limit=\"{limit}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+    };
+    assert_eq!(refused_by("address"), 3.0, "{text}");
+    assert_eq!(refused_by("token_id"), 1.0, "{text}");
+
+    let log = server.stop_and_keep(&data);
+    assert!(
+        log.contains("too many failed authentications from this client address")
+            && log.contains("127.0.0.1"),
+        "{log}"
+    );
+    assert!(
+        log.contains("too many failed authentications with this token id"),
+        "{log}"
+    );
+    let secret = &admin[admin.len() - 43..];
+    assert!(!log.contains(secret), "no token in the log: {log}");
+    assert!(!log.contains(&"A".repeat(43)), "no made-up secret either");
+}

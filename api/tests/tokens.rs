@@ -373,6 +373,7 @@ async fn a_token_of_an_offboarded_technician_is_refused_even_if_its_revocation_w
         wakeups: Arc::new(latchkey_api::wakeups::StreamWakeups::new()),
         cache: Arc::new(StateCache::new(100)),
         health: Default::default(),
+        limiter: latchkey_api::ratelimit::AuthLimiter::default(),
     });
     let app = web_test::init_service(
         actix_web::App::new()

@@ -296,7 +296,7 @@ pub struct ComputerProfile {
 /// The form of [`Computer`] kept in snapshots (see the server's command path): bump it
 /// whenever the state's fields or their meaning change, so older snapshots are ignored and the
 /// state is folded from the events again.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// How many released sessions a computer remembers. A grant or release is repeated only when
 /// the process-manager runner handles its last batch of events again after a crash, and a
@@ -355,6 +355,9 @@ pub struct Computer {
     pub forgotten_versions: (u32, u32),
     /// Offline logins the agent has reported (by the agent's id for each), for idempotency.
     pub offline_logins: BTreeSet<Uuid>,
+    /// Offline-login lockouts the agent has reported (by the agent's id for each).
+    #[serde(default)]
+    pub offline_lockouts: BTreeSet<Uuid>,
     /// The admin group's members as the agent last reported them.
     pub inventory: Option<(GroupName, BTreeSet<String>)>,
 }
@@ -606,6 +609,18 @@ pub enum ComputerCommand {
         until: Timestamp,
         at: Timestamp,
     },
+    /// The agent refused offline logins for an account after too many wrong TOTP codes,
+    /// and uploaded the lockout once it could reach the server. Recorded once per
+    /// `lockout_id`; the codes themselves are never sent.
+    RecordOfflineLockout {
+        lockout_id: Uuid,
+        account: AccountName,
+        technician_id: Option<TechnicianId>,
+        failures: u32,
+        locked_at: Timestamp,
+        locked_until: Timestamp,
+        at: Timestamp,
+    },
     /// The agent's periodic report of who is in the admin group on the machine.
     ReportInventory {
         group: GroupName,
@@ -807,6 +822,24 @@ pub struct OfflineLoginRecorded {
     pub at: Timestamp,
 }
 
+/// The agent locked offline login for an account after `failures` wrong TOTP codes within
+/// its window: until `locked_until` it refused every code for it, right or wrong (the
+/// agent's clock, like `locked_at`). No code is in the event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineLoginLockedOut {
+    pub computer_id: ComputerId,
+    /// The agent's id for this lockout (uploads are idempotent by it).
+    pub lockout_id: Uuid,
+    pub account: AccountName,
+    /// The named account's technician; `None` for the shared account.
+    pub technician_id: Option<TechnicianId>,
+    pub failures: u32,
+    pub locked_at: Timestamp,
+    pub locked_until: Timestamp,
+    pub at: Timestamp,
+}
+
 /// The members of the admin group on the machine, as the agent read them (recorded when
 /// they change). Members no open session explains are drift.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -864,6 +897,7 @@ domain_events!(
         OfflineSecretRevoked = "OfflineSecretRevoked" v 1,
         OfflineSecretDisclosed = "OfflineSecretDisclosed" v 1,
         OfflineLoginRecorded = "OfflineLoginRecorded" v 1,
+        OfflineLoginLockedOut = "OfflineLoginLockedOut" v 1,
         AdminGroupInventoried = "AdminGroupInventoried" v 1,
     }
 );
@@ -1426,6 +1460,33 @@ impl Aggregate for Computer {
                 }
                 Ok(d.finish())
             }
+            ComputerCommand::RecordOfflineLockout {
+                lockout_id,
+                account,
+                technician_id,
+                failures,
+                locked_at,
+                locked_until,
+                at,
+            } => {
+                let computer_id = state.computer_id()?;
+                if state.offline_lockouts.contains(&lockout_id) {
+                    return Ok(vec![]);
+                }
+                // Recorded even for an account this computer no longer has: someone tried
+                // codes at the machine, and the audit trail must say so.
+                Ok(vec![OfflineLoginLockedOut {
+                    computer_id,
+                    lockout_id,
+                    account,
+                    technician_id,
+                    failures,
+                    locked_at,
+                    locked_until,
+                    at,
+                }
+                .into()])
+            }
             ComputerCommand::ReportInventory { group, members, at } => {
                 let computer_id = state.computer_id()?;
                 let unchanged = state
@@ -1659,6 +1720,9 @@ impl Aggregate for Computer {
             E::OfflineSecretDisclosed(_) => {}
             E::OfflineLoginRecorded(e) => {
                 state.offline_logins.insert(e.login_id);
+            }
+            E::OfflineLoginLockedOut(e) => {
+                state.offline_lockouts.insert(e.lockout_id);
             }
             E::AdminGroupInventoried(e) => {
                 state.inventory = Some((e.group.clone(), e.members.clone()));
@@ -1994,6 +2058,46 @@ pub(crate) mod tests {
                 account: acct("msp-ann")
             })
         );
+    }
+
+    #[test]
+    fn an_uploaded_offline_lockout_is_recorded_once_by_its_id() {
+        let lockout_id = Uuid::from_u128(90);
+        let record = |lockout_id| ComputerCommand::RecordOfflineLockout {
+            lockout_id,
+            account: acct("msp-nik"),
+            technician_id: Some(nik_id()),
+            failures: 5,
+            locked_at: t(30),
+            locked_until: t(45),
+            at: t(60),
+        };
+        let locked_out = OfflineLoginLockedOut {
+            computer_id: computer_id(),
+            lockout_id,
+            account: acct("msp-nik"),
+            technician_id: Some(nik_id()),
+            failures: 5,
+            locked_at: t(30),
+            locked_until: t(45),
+            at: t(60),
+        };
+        given::<Computer>([enrolled("W11-L-PASSWORD")])
+            .when(record(lockout_id))
+            .then_expect([locked_out.clone().into()]);
+        // The agent uploads again when it did not hear the answer: nothing new.
+        given::<Computer>([enrolled("W11-L-PASSWORD"), locked_out.clone().into()])
+            .when(record(lockout_id))
+            .then_expect_nothing();
+        // A later lockout of the same account is another fact.
+        let later = given::<Computer>([enrolled("W11-L-PASSWORD"), locked_out.into()])
+            .when(record(Uuid::from_u128(91)))
+            .events();
+        assert!(matches!(later.as_slice(),
+            [ComputerEvent::OfflineLoginLockedOut(e)] if e.lockout_id == Uuid::from_u128(91)));
+        given::<Computer>([])
+            .when(record(lockout_id))
+            .then_expect_error(DomainError::ComputerNotEnrolled);
     }
 
     #[test]

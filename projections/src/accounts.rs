@@ -273,7 +273,7 @@ pub(crate) fn apply(
     match event {
         E::SessionAccessRequested(e) => {
             // The aggregate keeps an account's first owner; a new session un-retires it.
-            crate::exec(tx,
+            crate::exec_later(tx,
                 "INSERT INTO managed_accounts (computer_id, account, tenant_id, owner, technician_id)
                  VALUES (?1, ?2, (SELECT tenant_id FROM computers WHERE id = ?1), ?3, ?4)
                  ON CONFLICT (computer_id, account) DO UPDATE SET retiring = 0",
@@ -286,7 +286,7 @@ pub(crate) fn apply(
             )?;
         }
         E::ProvisioningRequested(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "INSERT INTO provisioning_requests
                      (computer_id, request_id, session_id, purpose, account, operation, status,
@@ -305,7 +305,7 @@ pub(crate) fn apply(
             )?;
         }
         E::ProvisioningRetried(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE provisioning_requests SET status = 'pending', attempt = ?3, updated_at = ?4
                  WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
@@ -318,7 +318,7 @@ pub(crate) fn apply(
             )?;
         }
         E::ProvisioningSuperseded(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE provisioning_requests SET status = 'superseded', open = 0, updated_at = ?3
                  WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
@@ -331,7 +331,7 @@ pub(crate) fn apply(
         }
         E::ProvisioningFailed(e) => {
             // A grant is never retried (its session fails instead), so it closes here.
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE provisioning_requests
                  SET status = 'failed', open = CASE WHEN purpose = 'grant' THEN 0 ELSE 1 END,
@@ -352,14 +352,14 @@ pub(crate) fn apply(
         E::RemovedFromAdminGroup(e) => verified!(e, Change::Removed(&e.group)),
         E::AccountDeleted(e) => verified!(e, Change::Deleted),
         E::AccountRetirementStarted(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE managed_accounts SET retiring = 1 WHERE computer_id = ?1 AND account = ?2",
                 params![e.computer_id.to_string(), e.account.as_str()],
             )?;
         }
         E::OfflineSecretIssued(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE managed_accounts SET offline_secret_generation = ?3
                  WHERE computer_id = ?1 AND account = ?2",
@@ -367,7 +367,7 @@ pub(crate) fn apply(
             )?;
         }
         E::OfflineSecretRevoked(e) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE managed_accounts SET offline_secret_generation = NULL
                  WHERE computer_id = ?1 AND account = ?2",
@@ -380,7 +380,8 @@ pub(crate) fn apply(
         | E::SessionAccessGranted(_)
         | E::SessionAccessFailed(_)
         | E::SessionAccessReleased(_)
-        | E::OfflineSecretDisclosed(_) => {}
+        | E::OfflineSecretDisclosed(_)
+        | E::OfflineLoginLockedOut(_) => {}
         E::OfflineLoginRecorded(e) => {
             let computer = e.computer_id.to_string();
             crate::exec(
@@ -420,13 +421,13 @@ pub(crate) fn apply(
         }
         E::AdminGroupInventoried(e) => {
             let computer = e.computer_id.to_string();
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "DELETE FROM admin_inventory WHERE computer_id = ?1",
                 [&computer],
             )?;
             for member in &e.members {
-                crate::exec(
+                crate::exec_later(
                     tx,
                     "INSERT INTO admin_inventory (computer_id, admin_group, member, reported_at)
                      VALUES (?1, ?2, ?3, ?4)",
@@ -463,7 +464,7 @@ fn verified_result(
     let account = r.account.as_str();
     let request = r.request_id.0 as i64;
     let at = time(r.at);
-    crate::exec(
+    crate::exec_later(
         tx,
         "UPDATE provisioning_requests SET status = 'done', open = 0, updated_at = ?3
          WHERE computer_id = ?1 AND request_id = ?2 AND open = 1",
@@ -476,7 +477,7 @@ fn verified_result(
         Change::Deleted => Some(true),
         Change::Rotated | Change::Added(_) | Change::Removed(_) => None,
     };
-    crate::exec(
+    crate::exec_later(
         tx,
         "UPDATE managed_accounts
          SET present = ?3, groups = ?4, password_version = ?5,
@@ -495,7 +496,7 @@ fn verified_result(
         ],
     )?;
     if let Change::Added(group) = r.change {
-        crate::exec(
+        crate::exec_later(
             tx,
             "INSERT INTO admin_memberships
                  (computer_id, account, admin_group, session_id, joined_at, joined_request,
@@ -519,57 +520,66 @@ fn verified_result(
         )?;
     }
     // Every verified observation is the truth about the machine: a membership it no longer
-    // shows has ended, whichever request revealed it.
-    let still_member = |group: &str| {
-        r.verified.present
-            && r.verified.groups.iter().any(|g| g.as_str() == group)
-            && !matches!(r.change, Change::Deleted)
-            && !matches!(r.change, Change::Removed(removed) if removed.as_str() == group)
+    // shows has ended, whichever request revealed it. One statement, which the caller need
+    // not wait for: the groups the account is still verified in are passed as a JSON list.
+    let still_in: Vec<&str> = if r.verified.present && !matches!(r.change, Change::Deleted) {
+        r.verified
+            .groups
+            .iter()
+            .map(|g| g.as_str())
+            .filter(|g| !matches!(r.change, Change::Removed(removed) if removed.as_str() == *g))
+            .collect()
+    } else {
+        Vec::new()
     };
-    let open: Vec<(String, i64, i64)> = {
-        let mut statement = tx.prepare_cached(
-            "SELECT admin_group, joined_commit, joined_prepare FROM admin_memberships
-             WHERE computer_id = ?1 AND account = ?2 AND left_at IS NULL",
-        )?;
-        let rows = statement.query_map(params![computer, account], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })?;
-        rows.collect::<latchkey_store::sql::Result<_>>()?
+    let still_in = serde_json::to_string(&still_in).expect("group names serialise");
+    // The groups of that list, from parameter `n`.
+    let groups = |n: usize| match tx.dialect() {
+        Dialect::Sqlite => format!("SELECT value FROM json_each(?{n})"),
+        Dialect::Postgres => {
+            format!("SELECT jsonb_array_elements_text(CAST(CAST(?{n} AS TEXT) AS jsonb))")
+        }
     };
-    for (login, _, group, used_at) in open_offline_logins(tx, &computer, Some(account))? {
-        let over = match &group {
-            Some(group) => !still_member(group),
-            None => !r.verified.present || matches!(r.change, Change::Deleted),
-        };
-        if over && used_at <= at {
-            end_offline_login(tx, &computer, &login, &at)?;
-        }
-    }
-    for (group, commit, prepare) in open {
-        if still_member(&group) {
-            continue;
-        }
-        crate::exec(
-            tx,
+    // An offline login ends with the first verified observation at or after its use that
+    // shows the account out of the login's group (or, for a login that names none, gone).
+    crate::exec_later(
+        tx,
+        &format!(
+            "UPDATE offline_logins SET ended_at = ?3
+             WHERE computer_id = ?1 AND account = ?2 AND ended_at IS NULL AND used_at <= ?3
+               AND CASE WHEN admin_group IS NULL THEN CAST(?4 AS BIGINT) <> 0
+                        ELSE admin_group NOT IN ({}) END",
+            groups(5)
+        ),
+        params![
+            computer,
+            account,
+            at,
+            !r.verified.present || matches!(r.change, Change::Deleted),
+            still_in,
+        ],
+    )?;
+    crate::exec_later(
+        tx,
+        &format!(
             "UPDATE admin_memberships
-             SET left_at = ?6, left_request = ?7, left_event = ?8, left_commit = ?9,
-                 left_prepare = ?10
-             WHERE computer_id = ?1 AND account = ?2 AND admin_group = ?3
-               AND joined_commit = ?4 AND joined_prepare = ?5",
-            params![
-                computer,
-                account,
-                group,
-                commit,
-                prepare,
-                at,
-                request,
-                recorded.event_type,
-                recorded.position.commit as i64,
-                recorded.position.prepare as i64,
-            ],
-        )?;
-    }
+             SET left_at = ?3, left_request = ?4, left_event = ?5, left_commit = ?6,
+                 left_prepare = ?7
+             WHERE computer_id = ?1 AND account = ?2 AND left_at IS NULL
+               AND admin_group NOT IN ({})",
+            groups(8)
+        ),
+        params![
+            computer,
+            account,
+            at,
+            request,
+            recorded.event_type,
+            recorded.position.commit as i64,
+            recorded.position.prepare as i64,
+            still_in,
+        ],
+    )?;
     Ok(())
 }
 

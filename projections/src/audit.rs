@@ -10,21 +10,25 @@
 //! Two side tables remember what later computer events do not repeat: each provisioning
 //! request's session and operation (`audit_requests`) and whose each account is
 //! (`audit_account_owners`), so an agent's result is filed under its session and technician.
+//! The writer keeps what it looks up in a [`NameCache`], so a line usually costs no read.
 
+use crate::recent::Recent;
 use crate::{ProjectionError, Queries};
 use chrono::{DateTime, Utc};
 use latchkey_domain::computer::{
     AccountOwner, ComputerEvent, Operation, OsKind, Purpose, ReleaseOutcome, RetireReason,
 };
 use latchkey_domain::ids::{ComputerId, RequestId, SessionId, TechnicianId, TenantId};
+use latchkey_domain::names::AccountName;
 use latchkey_domain::policy::{CheckInAction, JitPolicy, LoginMode};
 use latchkey_domain::session::{CheckInReason, SessionEvent};
 use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::{Actor, AnyEvent, Timestamp};
-use latchkey_store::sql::{params, OptionalExtension, Row, Sql, SqlError, Value};
+use latchkey_store::sql::{params, Dialect, OptionalExtension, Row, Sql, SqlError, Value};
 use latchkey_store::{Position, RecordedEvent};
 use serde::Serialize;
+use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -317,57 +321,140 @@ fn read_entry(row: &Row) -> latchkey_store::sql::Result<(AuditCursor, AuditEntry
 
 pub(crate) fn apply(
     tx: &dyn Sql,
+    cache: &NameCache,
+    rows: &mut Rows,
     recorded: &RecordedEvent,
     event: &AnyEvent,
 ) -> latchkey_store::sql::Result<()> {
-    let names = Names(tx);
+    let names = Names { db: tx, cache };
     let lines = match event {
         AnyEvent::Tenant(e) => vec![tenant_line(&names, recorded, e)?],
         AnyEvent::Technician(e) => technician_lines(&names, e)?,
         // The registration that follows says it in the technician's own words.
         AnyEvent::TechnicianNames(_) => vec![],
         AnyEvent::Computer(e) => {
-            remember(tx, e)?;
+            remember(tx, cache, e)?;
             vec![computer_line(&names, recorded, e)?]
         }
         AnyEvent::Session(e) => {
             if let SessionEvent::SessionCheckedOut(e) = e {
-                remember_owner(tx, e.computer_id, e.account.as_str(), &e.account_owner)?;
+                remember_owner(tx, cache, e.computer_id, &e.account, &e.account_owner)?;
             }
             vec![session_line(&names, recorded, e)?]
         }
     };
     for (number, line) in lines.into_iter().enumerate() {
-        // A line already written stays as it was: it was built from the directory as of
-        // its event, which is what a rebuild from the log reproduces.
-        crate::exec(
-            tx,
-            "INSERT INTO audit_trail
-                 (commit_position, prepare_position, line, event_id, stream, revision,
-                  event_type, at, tenant_id, computer_id, technician_id, session_id, account,
-                  actor, sentence)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                 ON CONFLICT DO NOTHING",
-            params![
-                recorded.position.commit as i64,
-                recorded.position.prepare as i64,
-                number as i64,
-                recorded.id.to_string(),
-                recorded.stream.as_str(),
-                recorded.revision as i64,
-                event.event_type(),
-                time(&line.at),
-                line.tenant,
-                line.computer,
-                line.technician,
-                line.session,
-                line.account,
-                line.actor,
-                line.sentence,
-            ],
-        )?;
+        rows.0.push(StoredLine {
+            commit_position: recorded.position.commit as i64,
+            prepare_position: recorded.position.prepare as i64,
+            line: number as i64,
+            event_id: recorded.id.to_string(),
+            stream: recorded.stream.as_str().to_owned(),
+            revision: recorded.revision as i64,
+            event_type: event.event_type().to_owned(),
+            at: time(&line.at),
+            tenant_id: line.tenant,
+            computer_id: line.computer,
+            technician_id: line.technician,
+            session_id: line.session,
+            account: line.account,
+            actor: line.actor,
+            sentence: line.sentence,
+        });
     }
     Ok(())
+}
+
+/// The lines of a write transaction's events, written together at its end
+/// ([`Rows::write`]): nothing the transaction reads in between looks at the audit trail.
+#[derive(Default)]
+pub(crate) struct Rows(Vec<StoredLine>);
+
+/// One line of the audit trail, as stored.
+#[derive(Serialize)]
+struct StoredLine {
+    commit_position: i64,
+    prepare_position: i64,
+    line: i64,
+    event_id: String,
+    stream: String,
+    revision: i64,
+    event_type: String,
+    at: String,
+    tenant_id: Option<String>,
+    computer_id: Option<String>,
+    technician_id: Option<String>,
+    session_id: Option<String>,
+    account: Option<String>,
+    actor: String,
+    sentence: String,
+}
+
+impl Rows {
+    /// Writes the lines. A line already written stays as it was: it was built from the
+    /// directory as of its event, which is what a rebuild from the log reproduces. On
+    /// PostgreSQL all of them go in one statement (every statement costs the server as much
+    /// again as a line's own work); on SQLite one statement each, from the statement cache.
+    pub(crate) fn write(self, tx: &dyn Sql) -> latchkey_store::sql::Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        match tx.dialect() {
+            Dialect::Postgres => {
+                let json = serde_json::to_string(&self.0)
+                    .map_err(|e| SqlError::Driver(format!("audit lines as JSON: {e}")))?;
+                crate::exec_later(
+                    tx,
+                    "INSERT INTO audit_trail
+                         (commit_position, prepare_position, line, event_id, stream, revision,
+                          event_type, at, tenant_id, computer_id, technician_id, session_id,
+                          account, actor, sentence)
+                     SELECT commit_position, prepare_position, line, event_id, stream, revision,
+                            event_type, at, tenant_id, computer_id, technician_id, session_id,
+                            account, actor, sentence
+                       FROM jsonb_to_recordset(CAST(CAST(?1 AS TEXT) AS jsonb)) AS r(
+                            commit_position bigint, prepare_position bigint, line bigint,
+                            event_id text, stream text, revision bigint, event_type text,
+                            at text, tenant_id text, computer_id text, technician_id text,
+                            session_id text, account text, actor text, sentence text)
+                     ON CONFLICT DO NOTHING",
+                    params![json],
+                )
+            }
+            Dialect::Sqlite => {
+                for row in self.0 {
+                    crate::exec_later(
+                        tx,
+                        "INSERT INTO audit_trail
+                             (commit_position, prepare_position, line, event_id, stream,
+                              revision, event_type, at, tenant_id, computer_id, technician_id,
+                              session_id, account, actor, sentence)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14,
+                                 ?15)
+                         ON CONFLICT DO NOTHING",
+                        params![
+                            row.commit_position,
+                            row.prepare_position,
+                            row.line,
+                            row.event_id,
+                            row.stream,
+                            row.revision,
+                            row.event_type,
+                            row.at,
+                            row.tenant_id,
+                            row.computer_id,
+                            row.technician_id,
+                            row.session_id,
+                            row.account,
+                            row.actor,
+                            row.sentence,
+                        ],
+                    )?;
+                }
+                Ok(())
+            }
+        }
+    }
 }
 
 fn time(at: &Timestamp) -> String {
@@ -376,27 +463,42 @@ fn time(at: &Timestamp) -> String {
 
 /// What later events of a computer need to know about its provisioning requests and accounts,
 /// which their own payloads do not repeat.
-fn remember(tx: &dyn Sql, event: &ComputerEvent) -> latchkey_store::sql::Result<()> {
+fn remember(
+    tx: &dyn Sql,
+    cache: &NameCache,
+    event: &ComputerEvent,
+) -> latchkey_store::sql::Result<()> {
     match event {
         ComputerEvent::ProvisioningRequested(e) => {
-            crate::exec(
+            let computer = e.computer_id.to_string();
+            let facts = RequestFacts {
+                session: e.session_id.map(|s| s.to_string()),
+                purpose: purpose_name(e.purpose).to_owned(),
+                account: e.operation.account().as_str().to_owned(),
+                operation: operation_text(&e.operation),
+            };
+            crate::exec_later(
                 tx,
                 "INSERT INTO audit_requests
                      (computer_id, request_id, session_id, purpose, account, operation)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT DO NOTHING",
                 params![
-                    e.computer_id.to_string(),
+                    computer,
                     e.request_id.0 as i64,
-                    e.session_id.map(|s| s.to_string()),
-                    purpose_name(e.purpose),
-                    e.operation.account().as_str(),
-                    operation_text(&e.operation),
+                    facts.session,
+                    facts.purpose,
+                    facts.account,
+                    facts.operation,
                 ],
             )?;
+            cache
+                .requests
+                .borrow_mut()
+                .insert_new((computer, e.request_id.0 as i64), facts);
         }
         ComputerEvent::SessionAccessRequested(e) => {
-            remember_owner(tx, e.computer_id, e.account.as_str(), &e.owner)?;
+            remember_owner(tx, cache, e.computer_id, &e.account, &e.owner)?;
         }
         _ => {}
     }
@@ -405,21 +507,24 @@ fn remember(tx: &dyn Sql, event: &ComputerEvent) -> latchkey_store::sql::Result<
 
 fn remember_owner(
     tx: &dyn Sql,
+    cache: &NameCache,
     computer: ComputerId,
-    account: &str,
+    account: &AccountName,
     owner: &AccountOwner,
 ) -> latchkey_store::sql::Result<()> {
-    crate::exec(
+    let (computer, account) = (computer.to_string(), account.as_str().to_owned());
+    let technician = owner.technician().map(|t| t.to_string());
+    crate::exec_later(
         tx,
         "INSERT INTO audit_account_owners (computer_id, account, technician_id)
          VALUES (?1, ?2, ?3)
                  ON CONFLICT (computer_id, account) DO UPDATE SET technician_id = excluded.technician_id",
-        params![
-            computer.to_string(),
-            account,
-            owner.technician().map(|t| t.to_string())
-        ],
+        params![computer, account, technician],
     )?;
+    cache
+        .owners
+        .borrow_mut()
+        .insert((computer, account), technician);
     Ok(())
 }
 
@@ -483,64 +588,155 @@ impl Line {
 }
 
 /// A computer as the audit trail names it.
-struct ComputerName {
-    hostname: String,
-    tenant: Option<String>,
+#[derive(Clone)]
+pub(crate) struct ComputerName {
+    pub(crate) hostname: String,
+    pub(crate) tenant: Option<String>,
 }
 
 /// A session as the directory knows it.
-struct SessionFacts {
-    tenant: String,
-    technician: String,
-    computer: String,
-    account: String,
-    login_mode: String,
+#[derive(Clone)]
+pub(crate) struct SessionFacts {
+    pub(crate) tenant: String,
+    pub(crate) technician: String,
+    pub(crate) computer: String,
+    pub(crate) account: String,
+    pub(crate) login_mode: String,
 }
 
 /// A provisioning request as it was made.
-struct RequestFacts {
+#[derive(Clone)]
+pub(crate) struct RequestFacts {
     session: Option<String>,
     purpose: String,
     account: String,
     operation: String,
 }
 
-/// Names for ids, from the directory (which already includes the event being described).
-/// Each falls back to the id itself if the directory does not know it.
-struct Names<'c>(&'c dyn Sql);
+/// Entries each kind of name the writer remembers holds at most.
+const REMEMBERED: usize = 16_384;
+
+/// What the read models' writer remembers of the rows the audit sentences are built from: the
+/// names of tenants, technicians and computers, the facts of sessions and provisioning
+/// requests, and the owners of accounts. None of them changes once written (an owner is
+/// replaced, never edited), so each is learnt from the event that writes the row, in the
+/// same transaction, or read from the database once; a line then costs no look-up.
+///
+/// It is only right while nobody else writes the read models: [`crate::ReadModels`] forgets
+/// it all when the checkpoint in the database is not the one it left there (another server
+/// applied events, or `latchkey replay` rebuilt them) and when a transaction of its own fails.
+pub(crate) struct NameCache {
+    tenants: RefCell<Recent<String, String>>,
+    emails: RefCell<Recent<String, String>>,
+    computers: RefCell<Recent<String, ComputerName>>,
+    sessions: RefCell<Recent<String, SessionFacts>>,
+    requests: RefCell<Recent<(String, i64), RequestFacts>>,
+    /// `None`: the account has no owning technician (the shared account).
+    owners: RefCell<Recent<(String, String), Option<String>>>,
+}
+
+impl Default for NameCache {
+    fn default() -> Self {
+        Self {
+            tenants: RefCell::new(Recent::new(REMEMBERED)),
+            emails: RefCell::new(Recent::new(REMEMBERED)),
+            computers: RefCell::new(Recent::new(REMEMBERED)),
+            sessions: RefCell::new(Recent::new(REMEMBERED)),
+            requests: RefCell::new(Recent::new(REMEMBERED)),
+            owners: RefCell::new(Recent::new(REMEMBERED)),
+        }
+    }
+}
+
+impl NameCache {
+    pub(crate) fn forget(&self) {
+        self.tenants.borrow_mut().clear();
+        self.emails.borrow_mut().clear();
+        self.computers.borrow_mut().clear();
+        self.sessions.borrow_mut().clear();
+        self.requests.borrow_mut().clear();
+        self.owners.borrow_mut().clear();
+    }
+
+    // What the directory writes, as it writes it. The directory keeps the first row for an
+    // id (`ON CONFLICT DO NOTHING`), and so does the cache.
+
+    pub(crate) fn tenant_registered(&self, id: String, name: String) {
+        self.tenants.borrow_mut().insert_new(id, name);
+    }
+
+    pub(crate) fn technician_registered(&self, id: String, email: String) {
+        self.emails.borrow_mut().insert_new(id, email);
+    }
+
+    pub(crate) fn computer_enrolled(&self, id: String, computer: ComputerName) {
+        self.computers.borrow_mut().insert_new(id, computer);
+    }
+
+    pub(crate) fn session_checked_out(&self, id: String, facts: SessionFacts) {
+        self.sessions.borrow_mut().insert_new(id, facts);
+    }
+}
+
+/// Names for ids, from the directory (which already includes the event being described),
+/// remembered in the writer's [`NameCache`]. Each falls back to the id itself if the
+/// directory does not know it.
+struct Names<'c> {
+    db: &'c dyn Sql,
+    cache: &'c NameCache,
+}
+
+/// The remembered value for `key`, else the one `read` finds in the database (remembered).
+fn remembered<K: std::hash::Hash + Eq, V: Clone>(
+    cache: &RefCell<Recent<K, V>>,
+    key: K,
+    read: impl FnOnce() -> latchkey_store::sql::Result<Option<V>>,
+) -> latchkey_store::sql::Result<Option<V>> {
+    if let Some(value) = cache.borrow_mut().get(&key) {
+        return Ok(Some(value));
+    }
+    let found = read()?;
+    if let Some(value) = &found {
+        cache.borrow_mut().insert_new(key, value.clone());
+    }
+    Ok(found)
+}
 
 impl Names<'_> {
     fn text(&self, sql: &str, id: &str) -> latchkey_store::sql::Result<Option<String>> {
-        self.0
+        self.db
             .prepare_cached(sql)?
             .query_row([id], |row| row.get(0))
             .optional()
     }
 
     fn tenant(&self, id: &str) -> latchkey_store::sql::Result<String> {
-        Ok(self
-            .text("SELECT name FROM tenants WHERE id = ?1", id)?
-            .unwrap_or_else(|| format!("tenant {id}")))
+        let name = remembered(&self.cache.tenants, id.to_owned(), || {
+            self.text("SELECT name FROM tenants WHERE id = ?1", id)
+        })?;
+        Ok(name.unwrap_or_else(|| format!("tenant {id}")))
     }
 
     fn email(&self, technician: &str) -> latchkey_store::sql::Result<String> {
-        Ok(self
-            .text("SELECT email FROM technicians WHERE id = ?1", technician)?
-            .unwrap_or_else(|| format!("technician {technician}")))
+        let email = remembered(&self.cache.emails, technician.to_owned(), || {
+            self.text("SELECT email FROM technicians WHERE id = ?1", technician)
+        })?;
+        Ok(email.unwrap_or_else(|| format!("technician {technician}")))
     }
 
     fn computer(&self, id: ComputerId) -> latchkey_store::sql::Result<ComputerName> {
         let id = id.to_string();
-        let found = self
-            .0
-            .prepare_cached("SELECT hostname, tenant_id FROM computers WHERE id = ?1")?
-            .query_row([&id], |row| {
-                Ok(ComputerName {
-                    hostname: row.get(0)?,
-                    tenant: row.get(1)?,
+        let found = remembered(&self.cache.computers, id.clone(), || {
+            self.db
+                .prepare_cached("SELECT hostname, tenant_id FROM computers WHERE id = ?1")?
+                .query_row([&id], |row| {
+                    Ok(ComputerName {
+                        hostname: row.get(0)?,
+                        tenant: row.get(1)?,
+                    })
                 })
-            })
-            .optional()?;
+                .optional()
+        })?;
         Ok(found.unwrap_or(ComputerName {
             hostname: format!("computer {id}"),
             tenant: None,
@@ -548,21 +744,23 @@ impl Names<'_> {
     }
 
     fn session(&self, id: &str) -> latchkey_store::sql::Result<Option<SessionFacts>> {
-        self.0
-            .prepare_cached(
-                "SELECT tenant_id, technician_id, computer_id, account, login_mode FROM sessions
-                 WHERE id = ?1",
-            )?
-            .query_row([id], |row| {
-                Ok(SessionFacts {
-                    tenant: row.get(0)?,
-                    technician: row.get(1)?,
-                    computer: row.get(2)?,
-                    account: row.get(3)?,
-                    login_mode: row.get(4)?,
+        remembered(&self.cache.sessions, id.to_owned(), || {
+            self.db
+                .prepare_cached(
+                    "SELECT tenant_id, technician_id, computer_id, account, login_mode
+                     FROM sessions WHERE id = ?1",
+                )?
+                .query_row([id], |row| {
+                    Ok(SessionFacts {
+                        tenant: row.get(0)?,
+                        technician: row.get(1)?,
+                        computer: row.get(2)?,
+                        account: row.get(3)?,
+                        login_mode: row.get(4)?,
+                    })
                 })
-            })
-            .optional()
+                .optional()
+        })
     }
 
     fn request(
@@ -570,20 +768,27 @@ impl Names<'_> {
         computer: ComputerId,
         request: RequestId,
     ) -> latchkey_store::sql::Result<Option<RequestFacts>> {
-        self.0
-            .prepare_cached(
-                "SELECT session_id, purpose, account, operation FROM audit_requests
-                 WHERE computer_id = ?1 AND request_id = ?2",
-            )?
-            .query_row(params![computer.to_string(), request.0 as i64], |row| {
-                Ok(RequestFacts {
-                    session: row.get(0)?,
-                    purpose: row.get(1)?,
-                    account: row.get(2)?,
-                    operation: row.get(3)?,
-                })
-            })
-            .optional()
+        let computer = computer.to_string();
+        remembered(
+            &self.cache.requests,
+            (computer.clone(), request.0 as i64),
+            || {
+                self.db
+                    .prepare_cached(
+                        "SELECT session_id, purpose, account, operation FROM audit_requests
+                         WHERE computer_id = ?1 AND request_id = ?2",
+                    )?
+                    .query_row(params![computer, request.0 as i64], |row| {
+                        Ok(RequestFacts {
+                            session: row.get(0)?,
+                            purpose: row.get(1)?,
+                            account: row.get(2)?,
+                            operation: row.get(3)?,
+                        })
+                    })
+                    .optional()
+            },
+        )
     }
 
     /// The technician a computer's account belongs to: the session's, or the account's owner
@@ -597,17 +802,23 @@ impl Names<'_> {
         if let Some(facts) = session.map(|s| self.session(s)).transpose()?.flatten() {
             return Ok(Some(facts.technician));
         }
-        Ok(self
-            .0
-            .prepare_cached(
-                "SELECT technician_id FROM audit_account_owners
-                 WHERE computer_id = ?1 AND account = ?2",
-            )?
-            .query_row(params![computer.to_string(), account], |row| {
-                row.get::<_, Option<String>>(0)
-            })
-            .optional()?
-            .flatten())
+        let computer = computer.to_string();
+        let owner = remembered(
+            &self.cache.owners,
+            (computer.clone(), account.to_owned()),
+            || {
+                self.db
+                    .prepare_cached(
+                        "SELECT technician_id FROM audit_account_owners
+                         WHERE computer_id = ?1 AND account = ?2",
+                    )?
+                    .query_row(params![computer, account], |row| {
+                        row.get::<_, Option<String>>(0)
+                    })
+                    .optional()
+            },
+        )?;
+        Ok(owner.flatten())
     }
 
     /// The human-readable actor of an event that names it.
@@ -862,6 +1073,7 @@ fn computer_line(
         ComputerEvent::OfflineSecretRevoked(e) => (e.computer_id, e.at),
         ComputerEvent::OfflineSecretDisclosed(e) => (e.computer_id, e.at),
         ComputerEvent::OfflineLoginRecorded(e) => (e.computer_id, e.at),
+        ComputerEvent::OfflineLoginLockedOut(e) => (e.computer_id, e.at),
         ComputerEvent::AdminGroupInventoried(e) => (e.computer_id, e.at),
     };
     let computer = names.computer(computer_id)?;
@@ -1184,6 +1396,25 @@ fn computer_line(
                 e.used_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 e.generation,
                 e.until.format("%Y-%m-%d %H:%M:%S UTC"),
+            );
+            let line = about_account(recorded_actor, sentence, None, e.account.as_str())?;
+            match e.technician_id {
+                Some(t) => line.technician(t),
+                None => line,
+            }
+        }
+        ComputerEvent::OfflineLoginLockedOut(e) => {
+            let whose = match e.technician_id {
+                Some(t) => format!(" (of {})", names.email(&t.to_string())?),
+                None => String::new(),
+            };
+            let sentence = format!(
+                "{agent} locked offline login to account {}{whose} after {} wrong TOTP codes \
+                 at {}, refusing every code for it until {}",
+                e.account,
+                e.failures,
+                e.locked_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                e.locked_until.format("%Y-%m-%d %H:%M:%S UTC"),
             );
             let line = about_account(recorded_actor, sentence, None, e.account.as_str())?;
             match e.technician_id {

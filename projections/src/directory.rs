@@ -1,6 +1,7 @@
 //! The directory read model: which tenants, technicians, computers and sessions exist, and
 //! which sessions are open. Process managers look up their fan-out here.
 
+use crate::audit::{ComputerName, NameCache, SessionFacts};
 use crate::{ProjectionError, Queries};
 use latchkey_domain::computer::ComputerEvent;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
@@ -52,8 +53,8 @@ fn close_session(
     at: &chrono::DateTime<chrono::Utc>,
     check_in_reason: Option<&str>,
     failure: Option<&str>,
-) -> latchkey_store::sql::Result<usize> {
-    crate::exec(
+) -> latchkey_store::sql::Result<()> {
+    crate::exec_later(
         tx,
         "UPDATE sessions SET status = ?2, open = 0, closed_at = ?3, check_in_reason = ?4,
              failure = ?5
@@ -62,46 +63,47 @@ fn close_session(
     )
 }
 
-pub(crate) fn apply(tx: &dyn Sql, event: &AnyEvent) -> latchkey_store::sql::Result<()> {
+/// Applies `event`, telling `names` the names and session facts it writes.
+pub(crate) fn apply(
+    tx: &dyn Sql,
+    names: &NameCache,
+    event: &AnyEvent,
+) -> latchkey_store::sql::Result<()> {
     match event {
         AnyEvent::Tenant(TenantEvent::TenantRegistered(e)) => {
-            crate::exec(
+            let (id, name) = (e.tenant_id.to_string(), e.name.as_str().to_owned());
+            crate::exec_later(
                 tx,
                 "INSERT INTO tenants (id, name, login_mode) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
-                params![
-                    e.tenant_id.to_string(),
-                    e.name.as_str(),
-                    e.login_mode.as_str()
-                ],
+                params![id, name, e.login_mode.as_str()],
             )?;
+            names.tenant_registered(id, name);
         }
         AnyEvent::Tenant(TenantEvent::LoginModeChanged(e)) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE tenants SET login_mode = ?2 WHERE id = ?1",
                 params![e.tenant_id.to_string(), e.to.as_str()],
             )?;
         }
         AnyEvent::Technician(TechnicianEvent::TechnicianRegistered(e)) => {
-            crate::exec(
+            let (id, email) = (e.technician_id.to_string(), e.email.as_str().to_owned());
+            crate::exec_later(
                 tx,
                 "INSERT INTO technicians (id, username, email) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
-                params![
-                    e.technician_id.to_string(),
-                    e.username.as_str(),
-                    e.email.as_str()
-                ],
+                params![id, e.username.as_str(), email],
             )?;
+            names.technician_registered(id, email);
         }
         AnyEvent::Technician(TechnicianEvent::TechnicianJoinedTenant(e)) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "INSERT INTO memberships (technician_id, tenant_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
                 params![e.technician_id.to_string(), e.tenant_id.to_string()],
             )?;
         }
         AnyEvent::Technician(TechnicianEvent::TechnicianLeftTenant(e)) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "DELETE FROM memberships WHERE technician_id = ?1 AND tenant_id = ?2",
                 params![e.technician_id.to_string(), e.tenant_id.to_string()],
@@ -109,37 +111,47 @@ pub(crate) fn apply(tx: &dyn Sql, event: &AnyEvent) -> latchkey_store::sql::Resu
         }
         AnyEvent::Technician(TechnicianEvent::TechnicianOffboarded(e)) => {
             let id = e.technician_id.to_string();
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE technicians SET offboarded = 1 WHERE id = ?1",
                 [&id],
             )?;
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "DELETE FROM memberships WHERE technician_id = ?1",
                 [&id],
             )?;
         }
         AnyEvent::Computer(ComputerEvent::ComputerEnrolled(e)) => {
-            crate::exec(
+            let id = e.computer_id.to_string();
+            let computer = ComputerName {
+                hostname: e.hostname.as_str().to_owned(),
+                tenant: Some(e.tenant_id.to_string()),
+            };
+            crate::exec_later(
                 tx,
                 "INSERT INTO computers (id, tenant_id, hostname) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
-                params![
-                    e.computer_id.to_string(),
-                    e.tenant_id.to_string(),
-                    e.hostname.as_str()
-                ],
+                params![id, computer.tenant, computer.hostname],
             )?;
+            names.computer_enrolled(id, computer);
         }
         AnyEvent::Computer(ComputerEvent::ComputerDecommissioned(e)) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE computers SET decommissioned = 1 WHERE id = ?1",
                 [e.computer_id.to_string()],
             )?;
         }
         AnyEvent::Session(SessionEvent::SessionCheckedOut(e)) => {
-            crate::exec(
+            let id = e.session_id.to_string();
+            let facts = SessionFacts {
+                tenant: e.tenant_id.to_string(),
+                technician: e.technician_id.to_string(),
+                computer: e.computer_id.to_string(),
+                account: e.account.as_str().to_owned(),
+                login_mode: e.login_mode.as_str().to_owned(),
+            };
+            crate::exec_later(
                 tx,
                 "INSERT INTO sessions
                      (id, tenant_id, technician_id, computer_id, account, login_mode, status,
@@ -147,21 +159,22 @@ pub(crate) fn apply(tx: &dyn Sql, event: &AnyEvent) -> latchkey_store::sql::Resu
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'provisioning', 1, ?7, ?8, ?9, ?10)
                  ON CONFLICT (id) DO NOTHING",
                 params![
-                    e.session_id.to_string(),
-                    e.tenant_id.to_string(),
-                    e.technician_id.to_string(),
-                    e.computer_id.to_string(),
-                    e.account.as_str(),
-                    e.login_mode.as_str(),
+                    id,
+                    facts.tenant,
+                    facts.technician,
+                    facts.computer,
+                    facts.account,
+                    facts.login_mode,
                     time(&e.at),
                     time(&e.expires_at),
                     e.reason.as_ref().map(|r| r.as_str()),
                     e.ticket.as_ref().map(|t| t.as_str()),
                 ],
             )?;
+            names.session_checked_out(id, facts);
         }
         AnyEvent::Session(SessionEvent::SessionActivated(e)) => {
-            crate::exec(
+            crate::exec_later(
                 tx,
                 "UPDATE sessions SET status = 'active', activated_at = ?2
                  WHERE id = ?1 AND open = 1",

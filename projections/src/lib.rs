@@ -18,6 +18,7 @@
 mod accounts;
 mod audit;
 mod directory;
+mod recent;
 
 pub use accounts::*;
 pub use audit::*;
@@ -59,10 +60,42 @@ pub const POSTGRES_SCHEMA: &str = "latchkey_read";
 
 /// The read-model database: one SQLite file (or in memory for tests), or the
 /// [`POSTGRES_SCHEMA`] schema of a PostgreSQL database shared by several servers.
+///
+/// As the writer it remembers what it wrote, so a batch of events costs few round trips to
+/// PostgreSQL: the names the audit sentences need ([`audit::NameCache`]), both checkpoints,
+/// and the process managers' progress not written yet (see [`ReadModels::handled`]). Every
+/// write transaction still reads both checkpoints (with its `BEGIN` and lock, in one round
+/// trip): when the read models' checkpoint is not the one this writer left there, someone
+/// else wrote (another server that led meanwhile, or `latchkey replay`), and the writer
+/// forgets what it remembered.
 pub struct ReadModels {
     db: Database,
+    memory: Memory,
     /// On PostgreSQL, where to connect again when the connection breaks: (URL, schema).
     reconnect: Option<(String, String)>,
+}
+
+/// What the writer remembers between its transactions.
+#[derive(Default)]
+struct Memory {
+    names: audit::NameCache,
+    /// The read models' checkpoint as this writer's last transaction left it; `None` when
+    /// not known (nothing written yet, or a transaction failed).
+    checkpoint: Option<Option<Position>>,
+    /// The process managers' checkpoint in the database as last read or written here.
+    process: std::cell::Cell<Option<Option<Position>>>,
+    /// What the process managers have handled, not written yet: it goes with the next
+    /// transaction.
+    handled: Option<Position>,
+}
+
+impl Memory {
+    /// Forgets everything the database may no longer agree with.
+    fn forget(&mut self) {
+        self.names.forget();
+        self.checkpoint = None;
+        self.process.set(None);
+    }
 }
 
 enum Database {
@@ -127,6 +160,18 @@ fn create_postgres_schema(conn: &PgConnection) -> Result<(), ProjectionError> {
     Ok(())
 }
 
+/// A connection for the read models' writer. Its commits do not wait for the disk, as the
+/// SQLite read models' do not (`synchronous = NORMAL`): read models are rebuilt from the
+/// log, and a crash of the database can only lose the last transactions whole, rows and
+/// checkpoint together, which are then applied again. Set on this connection only: the event
+/// log's appends and the API's tokens, secrets and idempotency keys, on connections of their
+/// own, commit durably.
+fn writer_connection(url: &str, schema: &str) -> Result<PgConnection, ProjectionError> {
+    let conn = PgConnection::connect(url, schema)?;
+    conn.batch("SET synchronous_commit TO off")?;
+    Ok(conn)
+}
+
 /// The advisory lock key that serialises schema creation and read-model writers.
 const SCHEMA_LOCK: i64 = 0x6c6b_7265_6164; // "lkread"
 
@@ -150,10 +195,11 @@ impl ReadModels {
 
     /// The read models in another schema (a rebuild's, before it replaces the live one).
     pub fn open_postgres_schema(url: &str, schema: &str) -> Result<Self, ProjectionError> {
-        let conn = PgConnection::connect(url, schema)?;
+        let conn = writer_connection(url, schema)?;
         create_postgres_schema(&conn)?;
         Ok(Self {
             db: Database::Postgres(conn),
+            memory: Memory::default(),
             reconnect: Some((url.to_owned(), schema.to_owned())),
         })
     }
@@ -161,10 +207,13 @@ impl ReadModels {
     /// On PostgreSQL, replaces a connection that broke (the database restarted, or an
     /// administrator ended it) with a new one. A failure to connect is returned; the caller
     /// tries again later. Blocking.
+    /// What this writer remembered is forgotten: its last transaction may or may not have
+    /// committed.
     pub fn reconnect_if_broken(&mut self) -> Result<(), ProjectionError> {
         if let (Database::Postgres(conn), Some((url, schema))) = (&self.db, &self.reconnect) {
             if conn.is_closed() {
-                self.db = Database::Postgres(PgConnection::connect(url, schema)?);
+                self.db = Database::Postgres(writer_connection(url, schema)?);
+                self.memory.forget();
             }
         }
         Ok(())
@@ -202,6 +251,7 @@ impl ReadModels {
         conn.execute_batch(&schema())?;
         Ok(Self {
             db: Database::Sqlite(conn),
+            memory: Memory::default(),
             reconnect: None,
         })
     }
@@ -221,6 +271,12 @@ impl ReadModels {
         Ok(())
     }
 
+    /// Whether the read models are on a database server (PostgreSQL), so that every call
+    /// waits for the network, rather than in a local SQLite file.
+    pub fn on_server(&self) -> bool {
+        matches!(self.db, Database::Postgres(_))
+    }
+
     /// Queries on this (writer's) connection; tests and the CLI use it.
     pub fn queries(&self) -> Queries<'_> {
         Queries(self.db.sql())
@@ -234,17 +290,25 @@ impl ReadModels {
 
     /// Drops every row and both checkpoints, for a rebuild from the start of the log.
     pub fn clear(&mut self) -> Result<(), ProjectionError> {
-        self.in_transaction(|db| {
+        self.memory.forget();
+        self.memory.handled = None;
+        let cleared = self.in_transaction(|db| {
             for table in db.tables()? {
                 crate::exec(db, &format!("DELETE FROM \"{table}\""), params![])?;
             }
             Ok::<_, ProjectionError>(())
-        })
+        });
+        if cleared.is_ok() {
+            self.memory.checkpoint = Some(None);
+            self.memory.process.set(Some(None));
+        }
+        cleared
     }
 
     /// Runs `f` in one transaction, committed if it returns `Ok`. On PostgreSQL the
     /// transaction first takes the read models' write lock, so two servers never apply the
-    /// same events at once (the second then finds them applied and skips them).
+    /// same events at once (the second then finds them applied and skips them). The `BEGIN`
+    /// and the lock go out with `f`'s first statement.
     fn in_transaction<T, E: From<ProjectionError>>(
         &mut self,
         f: impl FnOnce(&dyn Sql) -> Result<T, E>,
@@ -258,7 +322,7 @@ impl ReadModels {
             }
             Database::Postgres(conn) => {
                 let tx = conn.transaction().map_err(ProjectionError::from)?;
-                tx.batch(&format!("SELECT pg_advisory_xact_lock({SCHEMA_LOCK})"))
+                tx.execute_later("SELECT pg_advisory_xact_lock(?1)", params![SCHEMA_LOCK])
                     .map_err(ProjectionError::from)?;
                 let value = f(&*tx)?;
                 tx.commit().map_err(ProjectionError::from)?;
@@ -272,18 +336,47 @@ impl ReadModels {
         position_in(self.db.sql(), "checkpoint")
     }
 
-    /// The position of the last event the process managers have fully handled.
+    /// The position of the last event the process managers have fully handled: what
+    /// [`ReadModels::handled`] was last told, or else what the database says.
     pub fn process_checkpoint(&self) -> Result<Option<Position>, ProjectionError> {
-        position_in(self.db.sql(), "process_checkpoint")
+        let stored = match self.memory.process.get() {
+            Some(known) => known,
+            None => {
+                let read = position_in(self.db.sql(), "process_checkpoint")?;
+                self.memory.process.set(Some(read));
+                read
+            }
+        };
+        Ok(stored.max(self.memory.handled))
     }
 
-    /// Records that the process managers have handled every event up to `position`.
+    /// Records, now and on its own, that the process managers have handled every event up to
+    /// `position`.
     pub fn set_process_checkpoint(&self, position: Position) -> Result<(), ProjectionError> {
-        Ok(write_position(
-            self.db.sql(),
-            "process_checkpoint",
-            position,
-        )?)
+        write_position(self.db.sql(), "process_checkpoint", position)?;
+        self.memory.process.set(None);
+        Ok(())
+    }
+
+    /// Notes that the process managers have handled every event up to `position`. It is
+    /// written with the next transaction (the next batch's, or [`ReadModels::write_handled`]),
+    /// so it costs no round trip of its own; a crash before that makes the next leader
+    /// handle those events again, which their reactions allow (they are idempotent).
+    pub fn handled(&mut self, position: Position) {
+        self.memory.handled = self.memory.handled.max(Some(position));
+    }
+
+    /// Writes what [`ReadModels::handled`] noted, if it is not written yet (the process
+    /// managers call it when they are idle).
+    pub fn write_handled(&mut self) -> Result<(), ProjectionError> {
+        let Some(handled) = self.memory.handled else {
+            return Ok(());
+        };
+        if self.memory.process.get() == Some(Some(handled)) {
+            return Ok(());
+        }
+        self.write(&[], false, |_, _, _| Ok::<(), ProjectionError>(()), |_| ())
+            .map(|_| ())
     }
 
     /// Applies events in global order, with the checkpoint, in one transaction. Events at or
@@ -300,32 +393,147 @@ impl ReadModels {
     pub fn apply_with<T, E: From<ProjectionError>>(
         &mut self,
         events: &[RecordedEvent],
-        mut then: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
+        then: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
     ) -> Result<Vec<T>, E> {
-        self.in_transaction(|tx| {
-            // Read inside the transaction: on PostgreSQL another server may have moved it.
-            let checkpoint = position_in(tx, "checkpoint")?;
-            let mut answers = Vec::new();
+        self.write(events, false, then, |_| ())
+    }
+
+    /// The process managers' batch, in one transaction: calls `react` for every event of
+    /// `events`, with the read models as they are right after it. Events the read models
+    /// already have (a crash came between applying them and reacting to them, or another
+    /// server applied them) are reacted to against the read models as they are, before the
+    /// others are applied; the others are applied one by one, each followed by its
+    /// reaction. What [`ReadModels::handled`] noted is written in the same transaction.
+    pub fn apply_and_react<T, E: From<ProjectionError>>(
+        &mut self,
+        events: &[RecordedEvent],
+        react: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
+    ) -> Result<Vec<T>, E> {
+        self.write(events, true, react, |_| ())
+    }
+
+    /// [`ReadModels::apply_and_react`] that hands `react`'s answers to `reacted` as soon as
+    /// the last event is reacted to, before the transaction commits, so the caller can act
+    /// on them while it does. If the commit then fails, the caller has acted on reactions to
+    /// events the read models do not have yet: it must be able to act on them again once
+    /// they are applied (the process managers' reactions are idempotent).
+    pub fn apply_and_react_early<T, E: From<ProjectionError>>(
+        &mut self,
+        events: &[RecordedEvent],
+        react: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
+        reacted: impl FnOnce(Vec<T>),
+    ) -> Result<(), E> {
+        let mut reacted = Some(reacted);
+        self.write(events, true, react, |answers| {
+            if let Some(reacted) = reacted.take() {
+                reacted(std::mem::take(answers));
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// One write transaction: reads both checkpoints (forgetting the remembered names if the
+    /// read models' checkpoint is not the one this writer left), calls `then` for the events
+    /// at or before it if `also_applied`, applies the rest, each followed by `then`, writes
+    /// the checkpoint and what [`ReadModels::handled`] noted, shows `then`'s answers to
+    /// `before_commit`, and commits. Returns `then`'s answers (what `before_commit` left of
+    /// them), in order.
+    fn write<T, E: From<ProjectionError>>(
+        &mut self,
+        events: &[RecordedEvent],
+        also_applied: bool,
+        mut then: impl FnMut(&RecordedEvent, &AnyEvent, Queries<'_>) -> Result<T, E>,
+        before_commit: impl FnOnce(&mut Vec<T>),
+    ) -> Result<Vec<T>, E> {
+        let handled = self.memory.handled;
+        let mut memory = std::mem::take(&mut self.memory);
+        let outcome = self.in_transaction(|tx| {
+            // Read inside the transaction, under its lock: another server may have moved
+            // them, or a replay rebuilt the read models.
+            let (checkpoint, process) = checkpoints(tx)?;
+            if memory.checkpoint != Some(checkpoint) {
+                memory.names.forget();
+            }
+            let mut answers = Vec::with_capacity(events.len());
+            let mut audit_lines = audit::Rows::default();
             let mut last = checkpoint;
             for recorded in events {
                 if last.is_some_and(|c| recorded.position <= c) {
+                    if also_applied {
+                        let event = decode(recorded)?;
+                        answers.push(then(recorded, &event, Queries(tx))?);
+                    }
                     continue;
                 }
                 let event = decode(recorded)?;
                 // The directory first: the others look names up in it.
-                let applied = directory::apply(tx, &event)
-                    .and_then(|()| audit::apply(tx, recorded, &event))
+                let done = directory::apply(tx, &memory.names, &event)
+                    .and_then(|()| {
+                        audit::apply(tx, &memory.names, &mut audit_lines, recorded, &event)
+                    })
                     .and_then(|()| accounts::apply(tx, recorded, &event));
-                applied.map_err(ProjectionError::from)?;
+                done.map_err(ProjectionError::from)?;
                 answers.push(then(recorded, &event, Queries(tx))?);
                 last = Some(recorded.position);
             }
-            if let Some(position) = last.filter(|_| !answers.is_empty()) {
-                write_position(tx, "checkpoint", position).map_err(ProjectionError::from)?;
+            audit_lines.write(tx).map_err(ProjectionError::from)?;
+            if last != checkpoint {
+                let last = last.expect("an event was applied");
+                write_position_later(tx, "checkpoint", last).map_err(ProjectionError::from)?;
             }
-            Ok(answers)
-        })
+            let mut process_after = process;
+            if handled > process {
+                let handled = handled.expect("greater than something");
+                write_position_later(tx, "process_checkpoint", handled)
+                    .map_err(ProjectionError::from)?;
+                process_after = Some(handled);
+            }
+            before_commit(&mut answers);
+            Ok((answers, last, process_after))
+        });
+        match outcome {
+            Ok((answers, checkpoint, process)) => {
+                memory.checkpoint = Some(checkpoint);
+                memory.process.set(Some(process));
+                self.memory = memory;
+                Ok(answers)
+            }
+            Err(e) => {
+                // The names learnt in the transaction were rolled back with it.
+                memory.forget();
+                self.memory = memory;
+                Err(e)
+            }
+        }
     }
+}
+
+/// Both checkpoints, in one query.
+fn checkpoints(db: &dyn Sql) -> Result<(Option<Position>, Option<Position>), ProjectionError> {
+    let row = db.query_row(
+        "SELECT c.commit_position, c.prepare_position, p.commit_position, p.prepare_position
+             FROM (SELECT 1 AS one) o
+             LEFT JOIN checkpoint c ON c.id = 1
+             LEFT JOIN process_checkpoint p ON p.id = 1",
+        params![],
+        |row| {
+            let position = |i: usize| -> sql::Result<Option<Position>> {
+                Ok(
+                    match (
+                        row.get::<_, Option<i64>>(i)?,
+                        row.get::<_, Option<i64>>(i + 1)?,
+                    ) {
+                        (Some(commit), Some(prepare)) => {
+                            Some(Position::new(commit as u64, prepare as u64))
+                        }
+                        _ => None,
+                    },
+                )
+            };
+            Ok((position(0)?, position(2)?))
+        },
+    )?;
+    Ok(row)
 }
 
 fn position_in(db: &dyn Sql, table: &str) -> Result<Option<Position>, ProjectionError> {
@@ -538,19 +746,33 @@ pub(crate) fn exec<P: sql::Params>(db: &dyn Sql, sql: &str, params: P) -> sql::R
     db.prepare_cached(sql)?.execute(params)
 }
 
+/// [`exec`] for a statement whose answer is not needed: on PostgreSQL it is queued and goes
+/// out with the next statement that needs one (see [`Sql::execute_later`]).
+pub(crate) fn exec_later<P: sql::Params>(db: &dyn Sql, sql: &str, params: P) -> sql::Result<()> {
+    let values = params.into_values();
+    let refs: Vec<&dyn sql::ToValue> = values.iter().map(|v| v as &dyn sql::ToValue).collect();
+    db.execute_later(sql, &refs)
+}
+
 /// Enough cached statements for every statement the read models use.
 const STATEMENT_CACHE: usize = 256;
 
+fn position_sql(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (id, commit_position, prepare_position) VALUES (1, ?1, ?2)
+         ON CONFLICT (id) DO UPDATE SET commit_position = ?1, prepare_position = ?2"
+    )
+}
+
 fn write_position(db: &dyn Sql, table: &str, position: Position) -> sql::Result<()> {
-    exec(
-        db,
-        &format!(
-            "INSERT INTO {table} (id, commit_position, prepare_position) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET commit_position = ?1, prepare_position = ?2"
-        ),
-        params![position.commit as i64, position.prepare as i64],
-    )?;
+    let values = params![position.commit as i64, position.prepare as i64];
+    exec(db, &position_sql(table), values)?;
     Ok(())
+}
+
+fn write_position_later(db: &dyn Sql, table: &str, position: Position) -> sql::Result<()> {
+    let values = params![position.commit as i64, position.prepare as i64];
+    exec_later(db, &position_sql(table), values)
 }
 
 /// The process managers' view, inside or outside a transaction.

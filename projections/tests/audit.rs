@@ -1050,8 +1050,8 @@ async fn admin_changes_failures_and_clean_ups_read_clearly() {
     let said = sentences(&all);
     for expected in [
         "admin@msp.example changed the JIT policy of customer-1 to: provisioning on, admin group \
-         Administrators, at check-in delete the account, account reuse off, sessions of at most \
-         30 minutes, 24-character passwords of lowercase, uppercase, digits and symbols, \
+         each computer's own, at check-in delete the account, account reuse off, sessions of at \
+         most 30 minutes, 24-character passwords of lowercase, uppercase, digits and symbols, \
          password rotation at check-in on, named accounts msp-{username}",
         "admin@msp.example removed the JIT policy override of W11-L-PASSWORD; the JIT policy of \
          customer-1 applies again",
@@ -1106,6 +1106,52 @@ async fn admin_changes_failures_and_clean_ups_read_clearly() {
     assert_eq!(deleted.technician_id, Some(NIK));
     assert_eq!(deleted.session_id, None);
     assert_eq!(deleted.tenant_id, Some(CUSTOMER_1));
+}
+
+#[tokio::test]
+async fn an_offline_lockout_reads_as_the_agent_locking_the_accounts_offline_login() {
+    let mut log = Log::new();
+    register_tenant(&log.store, CUSTOMER_1, "customer-1", LoginMode::Named, 0).await;
+    register_technician(&log.store, NIK, "nik", NIK_EMAIL, &[CUSTOMER_1], 1).await;
+    log.enroll(W11, CUSTOMER_1, "W11-L-PASSWORD", 2).await;
+    log.check_out(
+        NIK_ON_W11,
+        (CUSTOMER_1, NIK, NIK_EMAIL),
+        W11,
+        LoginMode::Named,
+        "msp-nik",
+        None,
+        10,
+    )
+    .await;
+    let lockout = ComputerCommand::RecordOfflineLockout {
+        lockout_id: Uuid::from_u128(4242),
+        account: account("msp-nik"),
+        technician_id: Some(NIK),
+        failures: 5,
+        locked_at: at(20),
+        locked_until: at(35),
+        at: at(50),
+    };
+    log.computer(W11, &Actor::Agent { computer_id: W11 }, lockout)
+        .await;
+
+    let models = built(&log).await;
+    let all = everything(&models);
+    let line = all
+        .iter()
+        .find(|e| e.event_type == "OfflineLoginLockedOut")
+        .expect("a line for the lockout");
+    assert_eq!(
+        line.sentence,
+        "agent of W11-L-PASSWORD locked offline login to account msp-nik (of nik@nikpot.com) \
+         after 5 wrong TOTP codes at 2026-11-23 09:20:00 UTC, refusing every code for it until \
+         2026-11-23 09:35:00 UTC"
+    );
+    assert_eq!(line.computer_id, Some(W11));
+    assert_eq!(line.tenant_id, Some(CUSTOMER_1));
+    assert_eq!(line.technician_id, Some(NIK));
+    assert_eq!(line.account.as_deref(), Some("msp-nik"));
 }
 
 #[tokio::test]

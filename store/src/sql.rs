@@ -10,6 +10,9 @@
 //!
 //! The PostgreSQL side is `tokio-postgres` driven by one background thread of its own, with
 //! each call waited for on the caller's thread: like SQLite calls, they block that thread.
+//! Every statement there is a network round trip, so a transaction's `BEGIN` and its
+//! [`Sql::execute_later`] statements wait and go out together with the next statement that
+//! needs an answer, in one pipeline (one round trip, in order; see [`PgConnection`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -36,6 +39,10 @@ pub enum SqlError {
     Driver(String),
     #[error("the query returned no row")]
     NoRows,
+    /// A statement of this PostgreSQL transaction failed earlier (or never went out), so
+    /// nothing more may run in it and it cannot commit: it can only be rolled back.
+    #[error("an earlier statement of this transaction failed; it can only be rolled back")]
+    TransactionFailed,
     #[error("cannot create {path}: {source}")]
     Create {
         path: String,
@@ -268,6 +275,13 @@ pub trait Sql {
     fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, SqlError>;
     /// Runs statements without parameters (schemas, PRAGMAs), as written.
     fn batch(&self, sql: &str) -> Result<(), SqlError>;
+    /// Runs one statement whose answer the caller does not need. Inside a PostgreSQL
+    /// transaction it is only queued, and sent with the next statement that needs an answer
+    /// (a query, an `execute`, the commit) in one round trip: a failure then shows at that
+    /// statement, and the transaction does not commit. Elsewhere it runs at once.
+    fn execute_later(&self, sql: &str, params: &[&dyn ToValue]) -> Result<(), SqlError> {
+        self.execute(sql, params).map(|_| ())
+    }
 }
 
 /// Conveniences over [`Sql`].
@@ -625,6 +639,12 @@ const SCHEMA_LOCK: i64 = 0x6c6b_7363_6865; // "lksche"
 
 /// A PostgreSQL connection with its prepared statements, working in one schema. Used
 /// directly, each statement commits on its own; [`PgConnection::transaction`] groups them.
+///
+/// Inside a transaction, `BEGIN` and the statements given to [`Sql::execute_later`] are
+/// queued; the next statement that needs an answer sends the queue and itself in one
+/// pipeline: one round trip, the statements run in order, and the first failure is the
+/// answer (PostgreSQL then refuses the rest of the transaction, so nothing after a failed
+/// statement takes effect and the commit does not happen).
 pub struct PgConnection {
     inner: RefCell<PgInner>,
 }
@@ -632,7 +652,42 @@ pub struct PgConnection {
 struct PgInner {
     client: tokio_postgres::Client,
     statements: HashMap<String, tokio_postgres::Statement>,
+    /// Statements waiting to go out with the next one that needs an answer.
+    queued: Vec<Step>,
+    transaction: Transaction,
 }
+
+/// Where the connection's transaction is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transaction {
+    None,
+    /// `BEGIN` is queued, not sent yet.
+    Queued,
+    /// `BEGIN` went out.
+    Sent,
+    /// A statement failed (on the server, or before it could be sent): everything after it
+    /// is refused and the commit fails, even if a caller ignored that first error.
+    Failed,
+}
+
+/// One statement of a pipeline.
+enum Step {
+    /// Without parameters, by the simple-query protocol (`BEGIN`, `COMMIT`, schemas).
+    Simple(String),
+    Execute(String, Vec<Value>),
+    Query(String, Vec<Value>),
+}
+
+/// What a [`Step`] answered.
+enum Answer {
+    Done,
+    Changed(u64),
+    Rows(Vec<tokio_postgres::Row>),
+}
+
+type StepFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Answer, tokio_postgres::Error>> + Send + 'a>,
+>;
 
 /// The runtime that drives every [`PgConnection`]'s socket. Calls wait for their answers
 /// with a plain blocking wait, so a connection can be used from any thread, an async task's
@@ -652,6 +707,35 @@ fn driver() -> &'static tokio::runtime::Runtime {
 /// Waits for `future` on this thread, whatever runtime it belongs to.
 fn wait<F: std::future::Future>(future: F) -> F::Output {
     futures::executor::block_on(future)
+}
+
+/// Waits for every future, polling them in order, so the requests they send on their first
+/// poll leave in that order (tokio-postgres pipelines requests sent before earlier answers
+/// came back). Returns their outputs in the same order.
+fn in_order<T>(
+    mut futures: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + '_>>>,
+) -> Vec<T> {
+    let mut outputs: Vec<Option<T>> = futures.iter().map(|_| None).collect();
+    wait(std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    }));
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
 }
 
 impl PgConnection {
@@ -687,11 +771,14 @@ impl PgConnection {
             inner: RefCell::new(PgInner {
                 client,
                 statements: HashMap::new(),
+                queued: Vec::new(),
+                transaction: Transaction::None,
             }),
         })
     }
 
-    /// Starts a transaction; statements run on the returned [`PgTransaction`].
+    /// Starts a transaction; statements run on the returned [`PgTransaction`]. Its `BEGIN`
+    /// goes out with its first statement.
     pub fn transaction(&self) -> Result<PgTransaction<'_>, SqlError> {
         self.begin("BEGIN")
     }
@@ -702,7 +789,14 @@ impl PgConnection {
     }
 
     fn begin(&self, begin: &str) -> Result<PgTransaction<'_>, SqlError> {
-        self.batch(begin)?;
+        let mut inner = self.inner.borrow_mut();
+        if inner.transaction != Transaction::None {
+            return Err(SqlError::Driver(
+                "a transaction is already open on this connection".into(),
+            ));
+        }
+        inner.queued.push(Step::Simple(begin.to_owned()));
+        inner.transaction = Transaction::Queued;
         Ok(PgTransaction {
             connection: self,
             open: std::cell::Cell::new(true),
@@ -714,14 +808,151 @@ impl PgConnection {
         self.inner.borrow().client.is_closed()
     }
 
-    fn statement(&self, sql: &str) -> Result<tokio_postgres::Statement, SqlError> {
-        let mut inner = self.inner.borrow_mut();
-        if let Some(statement) = inner.statements.get(sql) {
-            return Ok(statement.clone());
+    /// Sends the queued statements, then `steps`, in one pipeline; returns the answers to
+    /// `steps`, or the first failure among all of them. Inside a transaction, a failure marks
+    /// it failed: a statement that did not prepare never sent the queue before it (the
+    /// transaction's `BEGIN`, perhaps), so nothing after it may run as if in the transaction.
+    fn run(&self, steps: Vec<Step>) -> Result<Vec<Answer>, SqlError> {
+        if self.inner.borrow().transaction == Transaction::Failed {
+            return Err(SqlError::TransactionFailed);
         }
-        let statement = wait(inner.client.prepare(&postgres_placeholders(sql)))?;
-        inner.statements.insert(sql.to_owned(), statement.clone());
-        Ok(statement)
+        let result = self.send(steps);
+        if result.is_err() {
+            let mut inner = self.inner.borrow_mut();
+            if inner.transaction != Transaction::None {
+                inner.transaction = Transaction::Failed;
+                inner.queued.clear();
+            }
+        }
+        result
+    }
+
+    fn send(&self, steps: Vec<Step>) -> Result<Vec<Answer>, SqlError> {
+        let mut inner = self.inner.borrow_mut();
+        let inner = &mut *inner;
+        let mut all = std::mem::take(&mut inner.queued);
+        let queued = all.len();
+        all.extend(steps);
+        if inner.transaction == Transaction::Queued {
+            inner.transaction = Transaction::Sent;
+        }
+        // Statements this connection has not prepared yet: prepared together first.
+        let mut unprepared: Vec<&str> = Vec::new();
+        for step in &all {
+            if let Step::Execute(sql, _) | Step::Query(sql, _) = step {
+                if !inner.statements.contains_key(sql) && !unprepared.contains(&sql.as_str()) {
+                    unprepared.push(sql);
+                }
+            }
+        }
+        if !unprepared.is_empty() {
+            let texts: Vec<String> = unprepared
+                .iter()
+                .map(|s| postgres_placeholders(s))
+                .collect();
+            let client = &inner.client;
+            let prepared = in_order(
+                texts
+                    .iter()
+                    .map(|text| {
+                        Box::pin(client.prepare(text))
+                            as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
+                    })
+                    .collect(),
+            );
+            for (sql, statement) in unprepared.iter().zip(prepared) {
+                inner.statements.insert((*sql).to_owned(), statement?);
+            }
+        }
+        let params: Vec<Vec<&(dyn PgToSql + Sync)>> = all
+            .iter()
+            .map(|step| match step {
+                Step::Execute(_, values) | Step::Query(_, values) => as_postgres(values),
+                Step::Simple(_) => Vec::new(),
+            })
+            .collect();
+        let client = &inner.client;
+        let statements = &inner.statements;
+        let futures: Vec<StepFuture<'_>> =
+            all.iter()
+                .zip(&params)
+                .map(|(step, params)| -> StepFuture<'_> {
+                    match step {
+                        Step::Simple(sql) => Box::pin(async move {
+                            client.batch_execute(sql).await.map(|()| Answer::Done)
+                        }),
+                        Step::Execute(sql, _) => {
+                            let statement = &statements[sql];
+                            Box::pin(async move {
+                                client.execute(statement, params).await.map(Answer::Changed)
+                            })
+                        }
+                        Step::Query(sql, _) => {
+                            let statement = &statements[sql];
+                            Box::pin(async move {
+                                client.query(statement, params).await.map(Answer::Rows)
+                            })
+                        }
+                    }
+                })
+                .collect();
+        let mut answers = Vec::with_capacity(all.len() - queued);
+        for (i, answer) in in_order(futures).into_iter().enumerate() {
+            let answer = answer?;
+            if i >= queued {
+                answers.push(answer);
+            }
+        }
+        Ok(answers)
+    }
+
+    fn run_one(&self, step: Step) -> Result<Answer, SqlError> {
+        Ok(self
+            .run(vec![step])?
+            .pop()
+            .expect("one answer for one statement"))
+    }
+
+    /// Ends the transaction with `end`, `COMMIT` (after whatever is still queued) or
+    /// `ROLLBACK` (dropping it). Nothing goes out when the server has not seen the
+    /// transaction yet and there is nothing to commit. A failed transaction does not commit.
+    fn end(&self, end: &str) -> Result<(), SqlError> {
+        let rollback = end != "COMMIT";
+        let (send, earlier_failure) = {
+            let mut inner = self.inner.borrow_mut();
+            // Unsent, the queue holds the transaction's BEGIN and its statements only.
+            let unsent = inner.transaction == Transaction::Queued;
+            let failed = inner.transaction == Transaction::Failed;
+            if failed || (unsent && (rollback || inner.queued.len() <= 1)) {
+                inner.queued.clear();
+                (false, failed)
+            } else {
+                if rollback {
+                    inner.queued.clear();
+                }
+                (true, false)
+            }
+        };
+        let result = if send {
+            self.run_one(Step::Simple(end.to_owned())).map(|_| ())
+        } else if earlier_failure && !rollback {
+            Err(SqlError::TransactionFailed)
+        } else {
+            Ok(())
+        };
+        let failed = result.is_err() || earlier_failure;
+        {
+            let mut inner = self.inner.borrow_mut();
+            inner.queued.clear();
+            inner.transaction = Transaction::None;
+        }
+        if failed {
+            // The failure may have come before the server saw the end (a statement that did
+            // not prepare): make sure the transaction is over. Outside one, ROLLBACK only
+            // warns. A failed rollback leaves a broken connection, which its owner drops.
+            let _ = wait(self.inner.borrow().client.batch_execute("ROLLBACK"));
+        }
+        result
     }
 }
 
@@ -733,17 +964,19 @@ pub struct PgTransaction<'a> {
 }
 
 impl PgTransaction<'_> {
+    /// Commits, sending whatever statements are still queued first (one round trip).
     pub fn commit(self) -> Result<(), SqlError> {
         self.open.set(false);
-        self.connection.batch("COMMIT")
+        self.connection.end("COMMIT")
     }
 }
 
 impl Drop for PgTransaction<'_> {
     fn drop(&mut self) {
         if self.open.get() {
-            // A failed rollback leaves a broken connection, which its owner then drops.
-            let _ = self.connection.batch("ROLLBACK");
+            // Queued statements are dropped unsent. A failed rollback leaves a broken
+            // connection, which its owner then drops.
+            let _ = self.connection.end("ROLLBACK");
         }
     }
 }
@@ -766,22 +999,36 @@ impl Sql for PgConnection {
     }
 
     fn execute(&self, sql: &str, params: &[&dyn ToValue]) -> Result<usize, SqlError> {
-        let statement = self.statement(sql)?;
-        let values = params.into_values();
-        let inner = self.inner.borrow();
-        Ok(wait(inner.client.execute(&statement, &as_postgres(&values)))? as usize)
+        match self.run_one(Step::Execute(sql.to_owned(), params.into_values()))? {
+            Answer::Changed(n) => Ok(n as usize),
+            _ => unreachable!("an Execute step answers Changed"),
+        }
     }
 
     fn query(&self, sql: &str, params: &[&dyn ToValue]) -> Result<Vec<Row>, SqlError> {
-        let statement = self.statement(sql)?;
-        let values = params.into_values();
-        let inner = self.inner.borrow();
-        let rows = wait(inner.client.query(&statement, &as_postgres(&values)))?;
-        rows.iter().map(postgres_row).collect()
+        match self.run_one(Step::Query(sql.to_owned(), params.into_values()))? {
+            Answer::Rows(rows) => rows.iter().map(postgres_row).collect(),
+            _ => unreachable!("a Query step answers Rows"),
+        }
     }
 
     fn batch(&self, sql: &str) -> Result<(), SqlError> {
-        Ok(wait(self.inner.borrow().client.batch_execute(sql))?)
+        self.run_one(Step::Simple(sql.to_owned())).map(|_| ())
+    }
+
+    fn execute_later(&self, sql: &str, params: &[&dyn ToValue]) -> Result<(), SqlError> {
+        let mut inner = self.inner.borrow_mut();
+        if inner.transaction == Transaction::Failed {
+            return Err(SqlError::TransactionFailed);
+        }
+        if inner.transaction == Transaction::None {
+            drop(inner);
+            return self.execute(sql, params).map(|_| ());
+        }
+        inner
+            .queued
+            .push(Step::Execute(sql.to_owned(), params.into_values()));
+        Ok(())
     }
 }
 

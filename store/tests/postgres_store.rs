@@ -210,3 +210,72 @@ async fn a_wait_wakes_on_another_servers_append() {
         "appends 30 ms into a wait were seen only after {waits:?}"
     );
 }
+
+/// PostgreSQL's plan for `EXECUTE name(args)` of a statement prepared from `sql`, one line per
+/// step.
+async fn plan(client: &tokio_postgres::Client, name: &str, sql: &str, args: &str) -> String {
+    client
+        .batch_execute(&format!("DEALLOCATE ALL; PREPARE {name} AS {sql}"))
+        .await
+        .unwrap();
+    client
+        .query(&format!("EXPLAIN EXECUTE {name}({args})"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looking_for_new_events_reads_a_few_index_pages_not_the_whole_log() {
+    use latchkey_store::postgres::testing::{PROBE_SQL, READ_ALL_SQL};
+    let db = TestDatabase::create().await;
+    let store = open(&db).await;
+    // A log of many transactions, as a server's is.
+    for i in 0..300 {
+        let stream = unique_stream("probe");
+        append_ok(&store, &stream, ExpectedState::NoStream, events(i, 1)).await;
+    }
+    let client = db.raw_connection().await;
+    client
+        .batch_execute("ANALYZE latchkey_store.events")
+        .await
+        .unwrap();
+    let head: (String, i64) = {
+        let row = client
+            .query_one(
+                "SELECT transaction_id::text, position FROM latchkey_store.events
+                 ORDER BY transaction_id DESC, position DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    // A server's connections keep their statements prepared, and PostgreSQL soon plans them
+    // once for any parameters (a generic plan): both kinds of plan must use the index.
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        client
+            .batch_execute(&format!("SET plan_cache_mode = {mode}"))
+            .await
+            .unwrap();
+        for (name, sql, args) in [
+            ("probe", PROBE_SQL, format!("'{}', {}", head.0, head.1)),
+            (
+                "read_all",
+                READ_ALL_SQL,
+                format!("'{}', {}, 1000", head.0, head.1),
+            ),
+        ] {
+            let plan = plan(&client, name, sql, &args).await;
+            assert!(
+                plan.contains("Index")
+                    && plan.contains("events_pkey")
+                    && !plan.contains("Seq Scan"),
+                "{name} with {mode}:\n{plan}"
+            );
+        }
+    }
+}

@@ -54,7 +54,7 @@ pub fn routes(r: &mut Routes<'_>) {
         )
         .body::<Enrollment>()
         .public()
-        .problems(&[401, 410])
+        .problems(&[401, 410, 429])
         .answer(201, "computer id and agent token (shown once)"),
     )
     .add(
@@ -89,7 +89,8 @@ pub fn routes(r: &mut Routes<'_>) {
             "Report a request's result and what was verified on the machine",
             "the computer's agent",
         )
-        .body::<Report>(),
+        .body::<Report>()
+        .answer(200, "recorded"),
     )
     .add(
         Method::GET,
@@ -113,7 +114,20 @@ pub fn routes(r: &mut Routes<'_>) {
              then rotates the account's password again",
             "the computer's agent",
         )
-        .body::<OfflineLogin>(),
+        .body::<OfflineLogin>()
+        .answer(200, "recorded"),
+    )
+    .add(
+        Method::POST,
+        "/agent/offline-lockouts",
+        offline_lockout,
+        Doc::new(
+            "Upload a lockout of offline login the agent imposed after too many wrong TOTP \
+             codes for an account (idempotent by lockout_id; audited)",
+            "the computer's agent",
+        )
+        .body::<OfflineLockout>()
+        .answer(200, "recorded"),
     )
     .add(
         Method::POST,
@@ -123,7 +137,8 @@ pub fn routes(r: &mut Routes<'_>) {
             "Report the members of the admin group on the machine (drift detection)",
             "the computer's agent",
         )
-        .body::<Inventory>(),
+        .body::<Inventory>()
+        .answer(200, "taken"),
     );
 }
 
@@ -143,8 +158,15 @@ struct Enrollment {
 
 async fn enroll(
     services: web::Data<Services>,
+    req: actix_web::HttpRequest,
     JsonBody(body): JsonBody<Enrollment>,
 ) -> Result<Json<Enrolled>, ApiError> {
+    // Enrollment tokens are guessed like API tokens: the same limits, before the look-up.
+    let attempt = super::attempt(&services, &req, Some(body.token.trim()));
+    services
+        .limiter
+        .check(&attempt, std::time::Instant::now())
+        .map_err(ApiError::too_many_attempts)?;
     let token = body.token.clone();
     let redeemed = super::blocking(&services, "token store", move |s| {
         s.tokens.redeem_enrollment(&token, chrono::Utc::now())
@@ -153,6 +175,10 @@ async fn enroll(
     let (enrollment_id, tenant) = match redeemed {
         Ok(found) => found,
         Err(refused) => {
+            // Used and expired tokens had the right secret: only a wrong one is a guess.
+            if refused == EnrollmentRefused::Unknown {
+                services.limiter.failed(&attempt, std::time::Instant::now());
+            }
             let status = match refused {
                 EnrollmentRefused::Unknown => StatusCode::UNAUTHORIZED,
                 EnrollmentRefused::Used | EnrollmentRefused::Expired => StatusCode::GONE,
@@ -702,6 +728,63 @@ async fn offline_login(
 #[derive(Serialize, JsonSchema)]
 struct OfflineLoginRecorded {
     login_id: Uuid,
+    recorded: usize,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct OfflineLockout {
+    /// The agent's own id for this lockout; uploading it again changes nothing.
+    lockout_id: Uuid,
+    account: AccountName,
+    technician_id: Option<Uuid>,
+    /// Wrong codes that led to it (1 to 1000).
+    #[schemars(range(min = 1, max = 1000))]
+    failures: u32,
+    locked_at: chrono::DateTime<chrono::Utc>,
+    locked_until: chrono::DateTime<chrono::Utc>,
+}
+
+async fn offline_lockout(
+    services: web::Data<Services>,
+    principal: Principal,
+    JsonBody(body): JsonBody<OfflineLockout>,
+) -> Result<Json<OfflineLockoutRecorded>, ApiError> {
+    let computer = own_computer(&principal)?;
+    if !(1..=1000).contains(&body.failures) {
+        return Err(ApiError::bad_request(
+            "failures",
+            "failures must be from 1 to 1000",
+        ));
+    }
+    if body.locked_until <= body.locked_at {
+        return Err(ApiError::bad_request(
+            "locked_until",
+            "locked_until must be after locked_at",
+        ));
+    }
+    let command = ComputerCommand::RecordOfflineLockout {
+        lockout_id: body.lockout_id,
+        account: body.account,
+        technician_id: body.technician_id.map(latchkey_domain::ids::TechnicianId),
+        failures: body.failures,
+        locked_at: body.locked_at,
+        locked_until: body.locked_until,
+        at: chrono::Utc::now(),
+    };
+    let executed = services
+        .execute::<Computer>(&principal, computer.stream_name(), command)
+        .await?;
+    Ok(Json::ok(&OfflineLockoutRecorded {
+        lockout_id: body.lockout_id,
+        recorded: executed.events.len(),
+    }))
+}
+
+/// An offline lockout taken: how many events it recorded (0 when it was known already).
+#[derive(Serialize, JsonSchema)]
+struct OfflineLockoutRecorded {
+    lockout_id: Uuid,
     recorded: usize,
 }
 

@@ -17,6 +17,7 @@ mod technician;
 use crate::auth::{Authentication, Principal, TokenStore};
 use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
+use crate::ratelimit::{Attempt, AuthLimiter};
 use crate::secrets::SecretStore;
 use crate::technicians;
 use crate::wakeups::StreamWakeups;
@@ -56,6 +57,8 @@ pub struct Services {
     pub cache: Arc<StateCache>,
     /// Whether the process managers run (for `/healthz` and `/metrics`).
     pub health: Arc<crate::health::Health>,
+    /// Counts failed authentications and refuses clients over the limit (429).
+    pub limiter: AuthLimiter,
 }
 
 impl Services {
@@ -168,6 +171,18 @@ pub fn internal(what: &str, error: &dyn std::fmt::Display) -> ApiError {
     ApiError::internal(&reference)
 }
 
+/// The authentication attempt `req` makes with `presented` (a bearer or enrollment token):
+/// its client address (the peer, or what a trusted proxy forwarded) and the token's id.
+pub fn attempt(services: &Services, req: &HttpRequest, presented: Option<&str>) -> Attempt {
+    let forwarded = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok());
+    services
+        .limiter
+        .attempt(req.peer_addr(), forwarded, presented)
+}
+
 /// The caller, from the bearer token: 401 without a valid one (a problem saying so when it
 /// has expired). A technician's token acts only while the technician is registered and not
 /// offboarded, whatever the token store says (see [`technicians::token_may_act`]).
@@ -175,6 +190,12 @@ impl FromRequest for Principal {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Principal, ApiError>>>>;
 
+    /// Checks the bearer token, unless the client or the token id has failed too often: then
+    /// 429 before the token is looked at (so a right guess while limited is refused too).
+    /// Only failures to present a right secret are counted (missing, malformed, unknown,
+    /// revoked or wrong tokens; not an expired one, nor an offboarded technician's). The
+    /// check, the look-up and the count run without an await between them, so no other
+    /// request of this worker runs in between.
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let services = req.app_data::<web::Data<Services>>().cloned();
         let bearer = req
@@ -183,13 +204,28 @@ impl FromRequest for Principal {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|v| v.trim().to_owned());
+        let attempt = services
+            .as_ref()
+            .map(|services| attempt(services, req, bearer.as_deref()));
         Box::pin(async move {
             let services = services.ok_or_else(|| ApiError::internal("no-services"))?;
-            let bearer = bearer.ok_or_else(ApiError::unauthorized)?;
-            let principal = match services.tokens.authenticate(&bearer) {
+            let attempt = attempt.ok_or_else(|| ApiError::internal("no-services"))?;
+            let now = std::time::Instant::now();
+            services
+                .limiter
+                .check(&attempt, now)
+                .map_err(ApiError::too_many_attempts)?;
+            let authenticated = match &bearer {
+                Some(bearer) => services.tokens.authenticate(bearer),
+                None => Ok(Authentication::Refused),
+            };
+            let principal = match authenticated {
                 Ok(Authentication::Valid(principal)) => principal,
                 Ok(Authentication::Expired(at)) => return Err(ApiError::token_expired(at)),
-                Ok(Authentication::Refused) => return Err(ApiError::unauthorized()),
+                Ok(Authentication::Refused) => {
+                    services.limiter.failed(&attempt, now);
+                    return Err(ApiError::unauthorized());
+                }
                 Err(e) => return Err(internal("token store", &e)),
             };
             if let Some(technician) = principal.technician_id() {

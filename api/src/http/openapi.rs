@@ -270,7 +270,8 @@ fn problem_schema() -> Value {
 }
 
 /// The problem statuses an operation may answer, from its shape: malformed input where it
-/// takes any, authentication and roles where it needs a token, 404 where it names something,
+/// takes any, authentication, roles and throttled guessing where it needs a token, 404 where
+/// it names something,
 /// conflicts, refused rules and missing things where it writes, body limits where it takes a
 /// body; 5XX always.
 fn problems(operation: &Operation, path_params: bool) -> Vec<(String, &'static str)> {
@@ -281,7 +282,8 @@ fn problems(operation: &Operation, path_params: bool) -> Vec<(String, &'static s
         statuses.push(400);
     }
     if doc.authenticated {
-        statuses.extend([401, 403]);
+        // 429: failed authentication is throttled before the token is looked at.
+        statuses.extend([401, 403, 429]);
     }
     if path_params {
         statuses.push(404);
@@ -321,6 +323,10 @@ fn problem_meaning(status: u16) -> &'static str {
         413 => "the body is larger than 64 KiB",
         415 => "the body is not Content-Type: application/json",
         422 => "a rule refused it; `detail` says which and `field` names the field",
+        429 => {
+            "too many failed authentications from this client or with this token id; \
+                `Retry-After` says when to try again"
+        }
         _ => "see the problem's detail",
     }
 }
@@ -369,11 +375,15 @@ pub fn document() -> Value {
         }
         responses.insert(doc.answer.0.to_string(), success);
         for (status, what) in problems(operation, !path_names.is_empty()) {
-            responses.insert(
-                status,
-                json!({"description": what, "content": {"application/problem+json":
-                    {"schema": {"$ref": "#/components/schemas/Problem"}}}}),
-            );
+            let mut problem = json!({"description": what, "content": {"application/problem+json":
+                {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+            if status == "429" {
+                problem["headers"] = json!({"Retry-After": {
+                    "description": "seconds until a new attempt is counted again",
+                    "schema": {"type": "integer", "minimum": 0}
+                }});
+            }
+            responses.insert(status, problem);
         }
         let mut entry = json!({
             "summary": doc.summary,

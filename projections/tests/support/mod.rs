@@ -19,6 +19,7 @@ use uuid::Uuid;
 /// customer-1.
 pub const CUSTOMER_1: TenantId = TenantId(Uuid::from_u128(1));
 /// customer-2.
+#[allow(dead_code)] // writer.rs has one tenant
 pub const CUSTOMER_2: TenantId = TenantId(Uuid::from_u128(2));
 /// nik@nikpot.com.
 pub const NIK: TechnicianId = TechnicianId(Uuid::from_u128(10));

@@ -172,17 +172,17 @@ impl PostgresStore {
         let probing = |e| sql_error("cannot look for new events", e);
         let statement = client.prepare_cached(rows::PROBE).await.map_err(probing)?;
         let row = client
-            .query_one(&statement, &[&commit, &prepare])
+            .query_opt(&statement, &[&commit, &prepare])
             .await
             .map_err(probing)?;
+        let Some(row) = row else {
+            return Ok(Probe::Nothing);
+        };
         let readable: bool = row.try_get(0).map_err(probing)?;
-        let held_back: bool = row.try_get(1).map_err(probing)?;
         Ok(if readable {
             Probe::Readable
-        } else if held_back {
-            Probe::HeldBack
         } else {
-            Probe::Nothing
+            Probe::HeldBack
         })
     }
 }
@@ -304,6 +304,9 @@ impl EventStore for PostgresStore {
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(1);
         loop {
+            // Subscribed before reading, so a commit between the read and the wait still
+            // wakes it.
+            let mut commits = self.inner.wakeups.subscribe();
             let page = self.read_visible(after, max_count).await?;
             if !page.is_empty() || started.elapsed() >= HELD_BACK_PATIENCE {
                 return Ok(page);
@@ -312,7 +315,12 @@ impl EventStore for PostgresStore {
                 Probe::Nothing => return Ok(page),
                 // Committed since the read: read again at once.
                 Probe::Readable => continue,
-                Probe::HeldBack => tokio::time::sleep(pause).await,
+                // Usually behind another append of this process, whose commit wakes it;
+                // else (another process's transaction, one that writes no event) after the
+                // pause.
+                Probe::HeldBack => {
+                    let _ = tokio::time::timeout(pause, commits.changed()).await;
+                }
             }
             pause = (pause * 2).min(Duration::from_millis(50));
         }

@@ -65,16 +65,22 @@ pub(super) const READ_STREAM: &str = concat!(
       LIMIT $3"
 );
 
-/// Whether events after a position are readable now, and whether some are committed but
-/// held back behind a transaction still running.
+/// Whether events follow a position, and if so whether a reader may see them now: the first
+/// event after it, in `$all` order, is readable if its transaction is below the oldest one
+/// still running; if it is not, no later one is either (they are ordered by transaction id),
+/// so the events are committed but held back. No row: nothing follows.
+///
+/// Written as the first row of an ordered scan, which is always a few pages of the primary
+/// key. The earlier form, two `EXISTS`, each with the position and the snapshot bound in its
+/// filter, was planned as a sequential scan of the whole table once PostgreSQL switched to a
+/// generic plan for it (it cannot tell how selective the bounds are without their values),
+/// and it runs every time a reader waits for new events.
 pub(super) const PROBE: &str = "
-    SELECT
-      EXISTS (SELECT FROM latchkey_store.events
-              WHERE (transaction_id, position) > ($1::text::xid8, $2)
-                AND transaction_id < pg_snapshot_xmin(pg_current_snapshot())),
-      EXISTS (SELECT FROM latchkey_store.events
-              WHERE (transaction_id, position) > ($1::text::xid8, $2)
-                AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))";
+    SELECT transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+      FROM latchkey_store.events
+     WHERE (transaction_id, position) > ($1::text::xid8, $2)
+     ORDER BY transaction_id, position
+     LIMIT 1";
 
 pub(super) const FIND_IDS: &str = "
     SELECT event_id, stream, revision, transaction_id::text, position

@@ -63,6 +63,13 @@ pub fn url_with_database(url: &str, database: &str) -> String {
     out
 }
 
+/// The statements a reader of `$all` runs, for tests of their query plans: every waiting
+/// reader runs them each time the log may have moved, so they must never read the whole
+/// table.
+pub const READ_ALL_SQL: &str = super::rows::READ_ALL;
+/// See [`READ_ALL_SQL`].
+pub const PROBE_SQL: &str = super::rows::PROBE;
+
 /// A fresh database on a test server.
 pub struct TestDatabase {
     server: String,
