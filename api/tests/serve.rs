@@ -226,7 +226,7 @@ fn the_openapi_document_and_the_docs_page_describe_every_route() {
 }
 
 /// A path asked with a method it does not have answers 405 naming the ones it has; an
-/// unknown path a 404 problem.
+/// unknown path a 404 problem; an unknown or malformed query parameter a 400 naming it.
 #[test]
 fn an_unsupported_method_is_a_405_with_allow() {
     let data = tempfile::tempdir().unwrap();
@@ -262,6 +262,20 @@ fn an_unsupported_method_is_a_405_with_allow() {
     let (status, problem) = server.json("GET", "/v1/no-such-thing", None, None);
     assert_eq!(status, 404);
     assert_eq!(problem["type"], "urn:latchkey:problem:no-such-path");
+    // Every operation takes exactly the query parameters it documents: a list that takes
+    // none refuses one, naming it, as a list with a filter refuses a malformed filter.
+    let (status, problem) = server.json("GET", "/v1/tenants?name=customer-1", None, None);
+    assert_eq!(
+        (status, problem["field"].clone()),
+        (400, json!("name")),
+        "{problem}"
+    );
+    let (status, problem) = server.json("GET", "/v1/audit?from=yesterday", None, None);
+    assert_eq!(
+        (status, problem["field"].clone()),
+        (400, json!("from")),
+        "{problem}"
+    );
 }
 
 /// The check every end-to-end test runs on every answer it sees (`support::contract`)

@@ -78,7 +78,6 @@ pub fn routes(r: &mut Routes<'_>) {
              keep-alive comment every 25 s, an `end` event when the credential is revoked",
             "the computer's agent",
         )
-        .problems(&[400])
         .answer(200, "the event stream (never cached)"),
     )
     .add(

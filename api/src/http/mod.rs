@@ -414,8 +414,13 @@ pub struct Params {
 
 impl Params {
     pub fn parse(req: &HttpRequest, declared: &'static [openapi::Query]) -> Result<Self, ApiError> {
+        Self::of(req.query_string(), declared)
+    }
+
+    /// [`Params::parse`] of a query string.
+    pub fn of(query: &str, declared: &'static [openapi::Query]) -> Result<Self, ApiError> {
         let mut values = HashMap::new();
-        for (key, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             let Some(query) = declared.iter().find(|q| q.name == key) else {
                 let names: Vec<&str> = declared.iter().map(|q| q.name).collect();
                 return Err(ApiError::bad_request(

@@ -152,11 +152,15 @@ pub struct Operation {
     answer: fn(&mut SchemaGenerator) -> Option<super::answer::Body>,
 }
 
+/// A route to register: its method, the query parameters it takes, and the route.
+type Registered = (Method, &'static [Query], actix_web::Route);
+
 /// Registers routes and, at the same time, records their documentation.
 pub struct Routes<'a> {
     cfg: Option<&'a mut web::ServiceConfig>,
-    /// The routes of each path, in the order the paths were first added.
-    resources: Vec<(&'static str, Vec<(Method, actix_web::Route)>)>,
+    /// The routes of each path, with the query parameters each takes, in the order the
+    /// paths were first added.
+    resources: Vec<(&'static str, Vec<Registered>)>,
     pub documented: Vec<Operation>,
 }
 
@@ -191,10 +195,14 @@ impl<'a> Routes<'a> {
         F::Output: actix_web::Responder + Answers + 'static,
     {
         if self.cfg.is_some() {
-            let route = web::method(method.clone()).to(handler);
+            let route = (
+                method.clone(),
+                doc.query,
+                web::method(method.clone()).to(handler),
+            );
             match self.resources.iter_mut().find(|(p, _)| *p == path) {
-                Some((_, routes)) => routes.push((method.clone(), route)),
-                None => self.resources.push((path, vec![(method.clone(), route)])),
+                Some((_, routes)) => routes.push(route),
+                None => self.resources.push((path, vec![route])),
             }
         }
         self.documented.push(Operation {
@@ -207,19 +215,40 @@ impl<'a> Routes<'a> {
     }
 
     /// Registers every path added as one resource: its methods, and a 405 naming them for any
-    /// other method.
+    /// other method. Every request's query string is checked against the parameters its
+    /// operation declares before the handler runs (400 naming the one at fault), so an
+    /// operation takes exactly the parameters its documentation shows.
     pub fn finish(self) {
+        use futures::future::{ready, Either};
         let Some(cfg) = self.cfg else { return };
         for (path, routes) in self.resources {
-            let allowed: Vec<Method> = routes.iter().map(|(method, _)| method.clone()).collect();
+            let allowed: Vec<Method> = routes.iter().map(|(method, ..)| method.clone()).collect();
+            let queries: Vec<(Method, &'static [Query])> = routes
+                .iter()
+                .map(|(method, query, _)| (method.clone(), *query))
+                .collect();
             let mut resource = web::resource(path);
-            for (_, route) in routes {
+            for (.., route) in routes {
                 resource = resource.route(route);
             }
-            cfg.service(resource.default_service(web::to(move || {
-                let allowed = allowed.clone();
-                async move { method_not_allowed(&allowed) }
-            })));
+            let resource = resource
+                .default_service(web::to(move || {
+                    let allowed = allowed.clone();
+                    async move { method_not_allowed(&allowed) }
+                }))
+                .wrap_fn(move |request, service| {
+                    let refused = queries
+                        .iter()
+                        .find(|(method, _)| method == request.method())
+                        .and_then(|(_, declared)| {
+                            super::Params::of(request.query_string(), declared).err()
+                        });
+                    match refused {
+                        Some(problem) => Either::Left(ready(Ok(request.error_response(problem)))),
+                        None => Either::Right(actix_web::dev::Service::call(service, request)),
+                    }
+                });
+            cfg.service(resource);
         }
     }
 }
@@ -269,18 +298,16 @@ fn problem_schema() -> Value {
     })
 }
 
-/// The problem statuses an operation may answer, from its shape: malformed input where it
-/// takes any, authentication, roles and throttled guessing where it needs a token, 404 where
+/// The problem statuses an operation may answer, from its shape: malformed input (any
+/// operation: an unknown query parameter is refused), authentication, roles and throttled guessing where it needs a token, 404 where
 /// it names something,
 /// conflicts, refused rules and missing things where it writes, body limits where it takes a
 /// body; 5XX always.
 fn problems(operation: &Operation, path_params: bool) -> Vec<(String, &'static str)> {
     let doc = &operation.doc;
     let writes = operation.method != Method::GET;
-    let mut statuses: Vec<u16> = Vec::new();
-    if path_params || doc.body.is_some() || !doc.query.is_empty() || doc.idempotent {
-        statuses.push(400);
-    }
+    // 400 everywhere: every operation refuses a query parameter it does not declare.
+    let mut statuses: Vec<u16> = vec![400];
     if doc.authenticated {
         // 429: failed authentication is throttled before the token is looked at.
         statuses.extend([401, 403, 429]);
