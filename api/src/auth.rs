@@ -42,6 +42,24 @@ pub const TOKEN_LENGTH: usize = TOKEN_PREFIX.len() + ID_CHARS + 1 + SECRET_CHARS
 /// to put in audit events.
 pub type TokenId = Uuid;
 
+/// A token id as the token text and the listings write it: 32 lowercase hex digits.
+pub const TOKEN_ID_PATTERN: &str = "^[0-9a-f]{32}$";
+
+/// An API token's text: `lk_`, its id, `_`, and 43 base64url characters of secret.
+pub const TOKEN_PATTERN: &str = "^lk_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$";
+
+/// The longest maximum token lifetime a server may be configured with: 100 years.
+pub const LONGEST_TOKEN_LIFETIME_SECONDS: u64 = 100 * 365 * 86_400;
+
+/// The roles a token can have, as the API names them.
+pub const ROLE_KINDS: [&str; 5] = [
+    "msp_admin",
+    "tenant_admin",
+    "technician",
+    "auditor",
+    "agent",
+];
+
 /// What a token's holder may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "snake_case")]
@@ -348,7 +366,7 @@ impl TokenLifetimes {
     /// Checked settings: both at least a second, the default no longer than the maximum, the
     /// maximum at most 100 years.
     pub fn new(default: Duration, max: Duration) -> Result<Self, String> {
-        const CENTURY: Duration = Duration::from_secs(100 * 365 * 86_400);
+        const CENTURY: Duration = Duration::from_secs(LONGEST_TOKEN_LIFETIME_SECONDS);
         if default < Duration::from_secs(1) || max < Duration::from_secs(1) {
             return Err("token lifetimes must be at least one second".into());
         }
@@ -458,18 +476,21 @@ pub struct TokenQuery {
 }
 
 /// A token as listed: who holds it and what it may do, never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct TokenInfo {
     /// As in the token text (`lk_<token id>_…`): 32 lowercase hex digits.
     #[serde(serialize_with = "simple_id")]
+    #[schemars(with = "String", extend("pattern" = TOKEN_ID_PATTERN))]
     pub token_id: TokenId,
     /// Who holds it (an e-mail address, or `agent:<computer id>`).
     pub holder: String,
     /// `msp_admin`, `tenant_admin`, `technician`, `auditor` or `agent`.
+    #[schemars(extend("enum" = ROLE_KINDS))]
     pub role: &'static str,
     /// The tenant, technician or computer it is confined to (`null`: all tenants).
     pub scope: Option<TokenScopeView>,
     /// `live`, `expired` or `revoked`.
+    #[schemars(extend("enum" = ["live", "expired", "revoked"]))]
     pub status: &'static str,
     pub created_at: Option<DateTime<Utc>>,
     /// To the minute at best: see [`LAST_USED_EVERY`].
@@ -488,7 +509,7 @@ fn simple_id<S: serde::Serializer>(id: &TokenId, serializer: S) -> Result<S::Ok,
 
 /// The scope of a listed token, as `{"tenant_id": …}`, `{"technician_id": …}` or
 /// `{"computer_id": …}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum TokenScopeView {
     Tenant { tenant_id: TenantId },

@@ -3,6 +3,7 @@
 
 mod support;
 
+use serde_json::json;
 use std::io::BufRead;
 use std::process::Command;
 use support::Server;
@@ -118,6 +119,236 @@ fn the_openapi_document_and_the_docs_page_describe_every_route() {
     assert_eq!(status, 200);
     assert!(content_type.starts_with("text/html"));
     assert!(page.contains("/openapi.json"));
+
+    // Every operation documents what its success answer carries, and the problems it may
+    // answer; an operation taking a body documents 413 and 415.
+    let schema_of = |reference: &serde_json::Value| -> serde_json::Value {
+        match reference["$ref"].as_str() {
+            Some(r) => document["components"]["schemas"][r.rsplit('/').next().unwrap()].clone(),
+            None => reference.clone(),
+        }
+    };
+    for (path, methods) in paths {
+        for (method, operation) in methods.as_object().unwrap() {
+            let name = format!("{method} {path}");
+            let responses = operation["responses"].as_object().unwrap();
+            let (status, success) = responses
+                .iter()
+                .find(|(status, _)| status.starts_with('2'))
+                .unwrap_or_else(|| panic!("{name}: no success answer"));
+            assert_ne!(success["description"], "OK", "{name}");
+            match status.as_str() {
+                "204" => assert!(success.get("content").is_none(), "{name}"),
+                _ => {
+                    let content = success["content"].as_object().unwrap();
+                    let (media, body) = content.iter().next().unwrap();
+                    if media == "application/json" {
+                        let schema = schema_of(&body["schema"]);
+                        assert_eq!(schema["type"], "object", "{name}: {schema}");
+                        assert!(schema["required"].is_array(), "{name}: {schema}");
+                    }
+                }
+            }
+            for problem in ["401", "5XX"] {
+                if operation["security"] != json!([]) || problem == "5XX" {
+                    assert!(responses.contains_key(problem), "{name}: no {problem}");
+                }
+            }
+            if operation.get("requestBody").is_some() {
+                for problem in ["400", "413", "415"] {
+                    assert!(responses.contains_key(problem), "{name}: no {problem}");
+                }
+            }
+        }
+    }
+    // What check-out and reveal return is there to read.
+    let created = schema_of(&checkout["responses"]["201"]["content"]["application/json"]["schema"]);
+    for field in ["session_id", "account", "status", "expires_at"] {
+        assert!(
+            created["required"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(field)),
+            "{created}"
+        );
+    }
+    let reveal = &paths["/v1/sessions/{session_id}/credential"]["post"];
+    let revealed = schema_of(&reveal["responses"]["200"]["content"]["application/json"]["schema"]);
+    assert_eq!(
+        revealed["properties"]["password"]["type"], "string",
+        "{revealed}"
+    );
+    // Query parameters have their types.
+    let parameter = |path: &str, name: &str| -> serde_json::Value {
+        paths[path]["get"]["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{path}: no {name}"))["schema"]
+            .clone()
+    };
+    assert_eq!(parameter("/v1/audit", "tenant_id")["format"], "uuid");
+    assert_eq!(parameter("/v1/audit", "from")["format"], "date-time");
+    assert_eq!(parameter("/v1/audit", "limit")["maximum"], 1000);
+    assert!(parameter("/v1/audit", "cursor")["pattern"].is_string());
+    assert_eq!(
+        parameter("/v1/tenants/{tenant_id}/sessions", "open")["type"],
+        "boolean"
+    );
+    assert_eq!(parameter("/v1/agent/commands", "wait")["maximum"], 60);
+    assert_eq!(
+        parameter("/v1/tokens", "role")["enum"],
+        json!([
+            "msp_admin",
+            "tenant_admin",
+            "technician",
+            "auditor",
+            "agent"
+        ])
+    );
+    // The schema refuses what the server refuses.
+    let schemas = &document["components"]["schemas"];
+    assert_eq!(
+        schemas["NewToken"]["properties"]["role"]["enum"],
+        json!(["msp_admin", "tenant_admin", "technician", "auditor"])
+    );
+    assert_eq!(
+        schemas["NewToken"]["properties"]["expires_in"]["maximum"],
+        365 * 86_400,
+        "this server's maximum token lifetime (the default, a year)"
+    );
+    assert_eq!(
+        schemas["CheckOutRequest"]["properties"]["duration_minutes"]["maximum"],
+        10_080
+    );
+    assert_eq!(schemas["AccountTemplate"]["maxLength"], 23);
+}
+
+/// A path asked with a method it does not have answers 405 naming the ones it has; an
+/// unknown path a 404 problem; an unknown or malformed query parameter a 400 naming it.
+#[test]
+fn an_unsupported_method_is_a_405_with_allow() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let mut answer = server.send("PATCH", "/v1/tenants", None, Some("{}"));
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if answer.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+            break;
+        }
+        head.push_str(&line.to_ascii_lowercase());
+    }
+    assert!(
+        head.starts_with("http/1.1 405") || head.starts_with("http/1.0 405"),
+        "{head}"
+    );
+    assert!(
+        head.contains("allow: post, get") || head.contains("allow: get, post"),
+        "{head}"
+    );
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut answer, &mut body).unwrap();
+    let problem: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(problem["type"], "urn:latchkey:problem:method-not-allowed");
+    assert_eq!(problem["status"], 405);
+    let (status, problem) = server.json("DELETE", "/v1/sessions", None, None);
+    assert_eq!((status, problem["status"].clone()), (405, json!(405)));
+    let (status, problem) = server.json("GET", "/v1/no-such-thing", None, None);
+    assert_eq!(status, 404);
+    assert_eq!(problem["type"], "urn:latchkey:problem:no-such-path");
+    // Every operation takes exactly the query parameters it documents: a list that takes
+    // none refuses one, naming it, as a list with a filter refuses a malformed filter.
+    let (status, problem) = server.json("GET", "/v1/tenants?name=customer-1", None, None);
+    assert_eq!(
+        (status, problem["field"].clone()),
+        (400, json!("name")),
+        "{problem}"
+    );
+    let (status, problem) = server.json("GET", "/v1/audit?from=yesterday", None, None);
+    assert_eq!(
+        (status, problem["field"].clone()),
+        (400, json!("from")),
+        "{problem}"
+    );
+}
+
+/// The check every end-to-end test runs on every answer it sees (`support::contract`)
+/// fails when an answer and the document disagree.
+#[test]
+fn the_contract_check_catches_an_answer_the_document_does_not_describe() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::start(data.path(), &[]);
+    let contract = server.contract();
+    let tenant = "/v1/tenants/0190e0a4-8f6a-7c1e-9d1c-3b1f6f3b9a10";
+    let good = json!({
+        "tenant_id": "0190e0a4-8f6a-7c1e-9d1c-3b1f6f3b9a10",
+        "name": "customer-1",
+        "login_mode": "named",
+        "policy": latchkey_domain::policy::JitPolicy::default(),
+        "shared_account": null
+    });
+    let check = |path: &str, status: u16, body: &serde_json::Value| {
+        contract.check("GET", path, status, "application/json", &body.to_string())
+    };
+    check(tenant, 200, &good).unwrap();
+    let mut missing = good.clone();
+    missing.as_object_mut().unwrap().remove("policy");
+    let mut extra = good.clone();
+    extra["owner"] = json!("x");
+    let mut wrong = good.clone();
+    wrong["login_mode"] = json!("nammed");
+    let mut malformed = good.clone();
+    malformed["tenant_id"] = json!("not-a-uuid");
+    for (what, body) in [
+        ("a missing field", &missing),
+        ("a field it does not name", &extra),
+        ("a value outside its enum", &wrong),
+        ("a malformed UUID", &malformed),
+    ] {
+        let broken = check(tenant, 200, body).expect_err(what);
+        assert!(
+            broken.contains("GET /v1/tenants/{tenant_id}"),
+            "{what}: {broken}"
+        );
+    }
+    assert!(check(tenant, 201, &good)
+        .unwrap_err()
+        .contains("does not document"));
+    assert!(contract
+        .check("GET", tenant, 200, "text/plain", "hello")
+        .is_err());
+    assert!(contract
+        .check(
+            "DELETE",
+            "/v1/tokens/00000000000000000000000000000001",
+            204,
+            "",
+            ""
+        )
+        .is_ok());
+    assert!(contract
+        .check("GET", "/v1/nowhere", 200, "application/json", "{}")
+        .is_err());
+    // Problems too: a status the operation does not document, or a body that is no Problem.
+    let problem = |status: u16, detail: &str| {
+        json!({"type": "urn:latchkey:problem:x", "title": "t", "status": status,
+               "detail": detail})
+        .to_string()
+    };
+    let problem_check = |status: u16, body: &str| {
+        contract.check("GET", tenant, status, "application/problem+json", body)
+    };
+    problem_check(404, &problem(404, "the tenant does not exist")).unwrap();
+    assert!(problem_check(413, &problem(413, "too large"))
+        .unwrap_err()
+        .contains("does not document"));
+    assert!(problem_check(404, r#"{"error":"gone"}"#).is_err());
 }
 
 /// The mode bits of `path` (permissions only).

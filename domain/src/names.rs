@@ -94,6 +94,50 @@ fn all(value: &str, allowed: impl Fn(char) -> bool) -> bool {
     value.chars().all(allowed)
 }
 
+/// The characters [`char::is_control`] (Unicode Cc) and [`char::is_whitespace`] (Unicode
+/// White_Space) find, as a regular-expression character class body: the schemas below state
+/// exactly the rules of the checks that use these two functions.
+macro_rules! control {
+    () => {
+        "\\u0000-\\u001f\\u007f-\\u009f"
+    };
+}
+macro_rules! space_or_control {
+    () => {
+        concat!(
+            control!(),
+            " \\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+        )
+    };
+}
+
+/// [`free_text`]'s rule: no control character, and neither starting nor ending with a space.
+const FREE_TEXT_PATTERN: &str = concat!(
+    "^[^",
+    space_or_control!(),
+    "]([^",
+    control!(),
+    "]*[^",
+    space_or_control!(),
+    "])?$"
+);
+
+/// [`Email`]'s rule: something without `@`, `@`, and a domain holding a dot but not starting
+/// or ending with one; no spaces or control characters anywhere.
+const EMAIL_PATTERN: &str = concat!(
+    "^[^@",
+    space_or_control!(),
+    "]+@[^@.",
+    space_or_control!(),
+    "][^@",
+    space_or_control!(),
+    "]*\\.[^@",
+    space_or_control!(),
+    "]*[^@.",
+    space_or_control!(),
+    "]$"
+);
+
 fn free_text(value: &str, max_chars: usize) -> bool {
     let trimmed = value.trim();
     !trimmed.is_empty()
@@ -131,10 +175,10 @@ validated_string!(
     /// An e-mail address, used as the technician's and admins' display name in the audit trail.
     Email, field = "email",
     rule = "must be an e-mail address like nik@example.com (at most 254 characters)",
-    schema = { "pattern": "^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", "maxLength": 254 },
+    schema = { "pattern": EMAIL_PATTERN, "maxLength": 254 },
     check = |v| {
         let Some((local, domain)) = v.split_once('@') else { return false };
-        v.len() <= 254
+        v.chars().count() <= 254
             && !local.is_empty()
             && !domain.contains('@')
             && domain.contains('.')
@@ -197,7 +241,7 @@ validated_string!(
     /// Why a technician checks out a computer (free text, shown in the audit trail).
     Reason, field = "reason",
     rule = "must be 1-500 characters without control characters or surrounding spaces",
-    schema = { "minLength": 1, "maxLength": 500 },
+    schema = { "pattern": FREE_TEXT_PATTERN, "maxLength": 500 },
     check = |v| free_text(v, 500)
 );
 
@@ -205,7 +249,7 @@ validated_string!(
     /// A reference to the MSP's ticket for this work, e.g. `INC-4711`.
     TicketRef, field = "ticket",
     rule = "must be 1-100 characters without control characters or surrounding spaces",
-    schema = { "minLength": 1, "maxLength": 100 },
+    schema = { "pattern": FREE_TEXT_PATTERN, "maxLength": 100 },
     check = |v| free_text(v, 100)
 );
 
@@ -213,7 +257,7 @@ validated_string!(
     /// Why an agent could not carry out a provisioning request, as the agent reported it.
     FailureReason, field = "reason",
     rule = "must be 1-1000 characters without control characters or surrounding spaces",
-    schema = { "minLength": 1, "maxLength": 1000 },
+    schema = { "pattern": FREE_TEXT_PATTERN, "maxLength": 1000 },
     check = |v| free_text(v, 1000)
 );
 
@@ -297,6 +341,131 @@ mod tests {
         assert_eq!(ok.as_str(), "nik");
         let err = serde_json::from_str::<Username>("\"NIK\"").unwrap_err();
         assert!(err.to_string().contains("username must be"), "{err}");
+    }
+
+    /// Whether `T`'s JSON Schema accepts `value`.
+    fn schema_accepts<T: JsonSchema>(value: &str) -> bool {
+        let schema = schemars::schema_for!(T);
+        jsonschema::validator_for(&serde_json::to_value(&schema).unwrap())
+            .unwrap()
+            .is_valid(&serde_json::Value::from(value))
+    }
+
+    /// The schemas promise clients exactly what the constructors accept: a value the schema
+    /// allows is never refused, and one it forbids never accepted.
+    #[test]
+    fn each_schema_states_its_constructors_rule() {
+        fn agree<T: JsonSchema>(parse: fn(&str) -> bool, samples: &[&str]) {
+            for sample in samples {
+                assert_eq!(
+                    schema_accepts::<T>(sample),
+                    parse(sample),
+                    "{} and its schema disagree on {sample:?}",
+                    T::schema_name()
+                );
+            }
+        }
+        let free_text = [
+            "printer driver",
+            "x",
+            "émigré ✓",
+            "",
+            " padded",
+            "padded ",
+            "\u{a0}nbsp",
+            "tab\tinside",
+            "line\nbreak",
+            "nul\u{0}",
+            "del\u{7f}",
+            "nel\u{85}",
+            "ok\u{feff}",
+            "ends\u{3000}",
+            "two  spaces",
+        ];
+        agree::<Reason>(|v| Reason::parse(v).is_ok(), &free_text);
+        agree::<TicketRef>(|v| TicketRef::parse(v).is_ok(), &free_text);
+        agree::<FailureReason>(|v| FailureReason::parse(v).is_ok(), &free_text);
+        let long_reason = "é".repeat(500);
+        let too_long_reason = "é".repeat(501);
+        agree::<Reason>(
+            |v| Reason::parse(v).is_ok(),
+            &[&long_reason, &too_long_reason],
+        );
+        let long_local = format!("{}@b.cd", "é".repeat(249));
+        let too_long_local = format!("{}@b.cd", "é".repeat(250));
+        agree::<Email>(
+            |v| Email::parse(v).is_ok(),
+            &[
+                "nik@nikpot.com",
+                "Nik@Nikpot.Com",
+                "a@b.c",
+                "a@b..c",
+                "a+tag@x.y.z",
+                "nik",
+                "nik@localhost",
+                "@x.com",
+                "a@.x.com",
+                "a@x.com.",
+                "a@b@c.d",
+                "n ik@x.com",
+                "nik@x.com ",
+                "ni\u{1}k@x.com",
+                "nik@x\u{2028}.com",
+                "ü@ü.ü",
+                &long_local,
+                &too_long_local,
+            ],
+        );
+        agree::<Username>(
+            |v| Username::parse(v).is_ok(),
+            &[
+                "nik",
+                "j.doe",
+                "a_b-c",
+                "Nik",
+                "1nik",
+                "",
+                "abcdefghijklmnopqrs",
+                "abcdefghijklmnopqrst",
+            ],
+        );
+        agree::<crate::policy::AccountTemplate>(
+            |v| crate::policy::AccountTemplate::parse(v).is_ok(),
+            &[
+                "msp-{username}",
+                "{username}",
+                "{username}.adm",
+                "_{username}",
+                "abcdefghijklm{username}",
+                "abcdefghijklmn{username}",
+                "{username}{username}",
+                "msp",
+                "msp-{user}",
+                "Msp-{username}",
+                "-{username}",
+                "1{username}",
+                "msp {username}",
+                "{username}-x-{",
+                "x.{username}",
+            ],
+        );
+        agree::<GroupName>(
+            |v| GroupName::parse(v).is_ok(),
+            &[
+                "sudo",
+                "Remote Desktop Users",
+                " sudo",
+                "sudo ",
+                "-x",
+                "x-",
+                "a;b",
+                "",
+            ],
+        );
+        agree::<Hostname>(
+            |v| Hostname::parse(v).is_ok(),
+            &["W11-L-PASSWORD", "a.b", "a..b", "-a", "a-", "", "a_b"],
+        );
     }
 
     #[test]

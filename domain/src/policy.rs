@@ -99,6 +99,13 @@ pub struct PasswordPolicyFields {
     /// 12 to 128 characters.
     #[schemars(range(min = 12, max = 128))]
     pub length: u16,
+    /// At least one class enabled ([`PasswordPolicy::new`]).
+    #[schemars(extend("anyOf" = [
+        {"required": ["lowercase"], "properties": {"lowercase": {"const": true}}},
+        {"required": ["uppercase"], "properties": {"uppercase": {"const": true}}},
+        {"required": ["digits"], "properties": {"digits": {"const": true}}},
+        {"required": ["symbols"], "properties": {"symbols": {"const": true}}}
+    ]))]
     pub alphabet: PasswordAlphabet,
 }
 
@@ -285,8 +292,14 @@ impl JsonSchema for AccountTemplate {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "must contain {username} exactly once and give a valid account name",
-            "pattern": "^[a-z_{][a-z0-9_{}-]*$"
+            "description": "must contain {username} exactly once and give a valid account name \
+                for any username of up to 19 characters: around the placeholder only a-z, 0-9, \
+                '.', '_' and '-', starting with a letter or '_', at most 13 characters in all",
+            // The placeholder once, and what surrounds it as `AccountName` allows; the longest
+            // username (19) must still fit 32 characters: 32 - 19 + 10 = 23.
+            "pattern": "^([a-z_][a-z0-9._-]*)?\\{username\\}[a-z0-9._-]*$",
+            "minLength": 10,
+            "maxLength": 23
         })
     }
 }
@@ -297,9 +310,18 @@ impl JsonSchema for AccountTemplate {
 #[schemars(with = "JitPolicyFields")]
 pub struct JitPolicy(JitPolicyFields);
 
-/// The fields of a [`JitPolicy`], as they are serialised and as an admin sets them.
+/// The fields of a [`JitPolicy`], as they are serialised and as an admin sets them. The
+/// schema states [`JitPolicy::new`]'s rule across fields too.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("not" = {
+    "description": "reuse_existing_account only with on_check_in remove_from_group",
+    "required": ["reuse_existing_account", "on_check_in"],
+    "properties": {
+        "reuse_existing_account": {"const": true},
+        "on_check_in": {"const": "delete_account"}
+    }
+}))]
 pub struct JitPolicyFields {
     /// Create accounts on the computer at check-out. When off, check-out needs a Latchkey
     /// account that already exists on the computer; its group membership and password are
@@ -405,6 +427,53 @@ impl From<JitPolicy> for JitPolicyFields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The policy's schema refuses what its constructors refuse, across fields too.
+    #[test]
+    fn the_policy_schema_states_the_rules_across_fields() {
+        let schema = serde_json::to_value(schemars::schema_for!(JitPolicy)).unwrap();
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let default = serde_json::to_value(JitPolicy::default()).unwrap();
+        let variants = [
+            ("reuse_existing_account", serde_json::json!(true)),
+            ("on_check_in", serde_json::json!("delete_account")),
+            (
+                "password",
+                serde_json::json!({"length": 12, "alphabet": {
+                "lowercase": false, "uppercase": false, "digits": true, "symbols": false}}),
+            ),
+            (
+                "password",
+                serde_json::json!({"length": 12, "alphabet": {
+                "lowercase": false, "uppercase": false, "digits": false, "symbols": false}}),
+            ),
+            (
+                "password",
+                serde_json::json!({"length": 11, "alphabet": {
+                "lowercase": true, "uppercase": false, "digits": false, "symbols": false}}),
+            ),
+            (
+                "named_account_template",
+                serde_json::json!("{username}{username}"),
+            ),
+            ("max_session_minutes", serde_json::json!(10081)),
+        ];
+        let agree = |policy: &serde_json::Value| {
+            let parsed = serde_json::from_value::<JitPolicy>(policy.clone()).is_ok();
+            assert_eq!(validator.is_valid(policy), parsed, "{policy}");
+        };
+        agree(&default);
+        for (field, value) in variants {
+            let mut policy = default.clone();
+            policy[field] = value;
+            agree(&policy);
+        }
+        let mut both = default.clone();
+        both["reuse_existing_account"] = serde_json::json!(true);
+        both["on_check_in"] = serde_json::json!("delete_account");
+        agree(&both);
+        assert!(!validator.is_valid(&both));
+    }
 
     #[test]
     fn login_mode_parses_and_names_the_choices_when_wrong() {

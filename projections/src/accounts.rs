@@ -82,7 +82,7 @@ CREATE INDEX IF NOT EXISTS provisioning_requests_by_account
 ";
 
 /// Where a provisioning request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ProvisioningStatus {
     /// Waiting for the agent (first attempt or a retry).
@@ -119,7 +119,7 @@ impl ProvisioningStatus {
 }
 
 /// A managed account on one computer, as the agent last verified it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ManagedAccountRow {
     pub computer_id: ComputerId,
     pub hostname: Hostname,
@@ -145,7 +145,7 @@ pub struct ManagedAccountRow {
 }
 
 /// The revocation or clean-up request that would end a standing membership.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct MembershipRemovalRequest {
     pub request_id: u64,
     pub operation: Operation,
@@ -154,7 +154,7 @@ pub struct MembershipRemovalRequest {
 }
 
 /// An admin-group membership that no open session accounts for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct StandingPrivilege {
     pub computer_id: ComputerId,
     pub tenant_id: TenantId,
@@ -176,7 +176,7 @@ pub struct StandingPrivilege {
 }
 
 /// A login the agent granted offline with a technician's TOTP code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct OfflineLoginRef {
     pub login_id: Uuid,
     /// `None` for the shared account.
@@ -187,7 +187,7 @@ pub struct OfflineLoginRef {
 }
 
 /// An account that was in an admin group on a computer at a given time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AdminAsOf {
     pub account: AccountName,
     pub admin_group: GroupName,
@@ -201,7 +201,7 @@ pub struct AdminAsOf {
 }
 
 /// A request the agent has to carry out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PendingRequest {
     pub request_id: u64,
     pub attempt: u32,
@@ -212,7 +212,7 @@ pub struct PendingRequest {
 }
 
 /// A revocation or clean-up the agent failed to carry out, waiting for a retry ("stuck").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct FailedRequest {
     pub computer_id: ComputerId,
     pub tenant_id: TenantId,
@@ -1038,7 +1038,7 @@ impl Queries<'_> {
 /// A member of a computer's admin group, as the agent last reported it, that no open session
 /// explains: a Latchkey account that should have left the group (`managed`), or an account
 /// Latchkey does not manage (a built-in administrator, or one added by hand).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AdminDrift {
     pub computer_id: ComputerId,
     pub hostname: String,

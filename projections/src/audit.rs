@@ -109,7 +109,7 @@ impl Default for AuditFilter {
 }
 
 /// One line of the audit trail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub position: Position,
     pub event_id: Uuid,
@@ -129,7 +129,7 @@ pub struct AuditEntry {
 }
 
 /// One page of the audit trail, in global order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     /// Pass it back as [`AuditFilter::cursor`] for the next page; `None` on the last page.

@@ -208,15 +208,16 @@ pub(crate) fn apply(
 }
 
 /// A tenant as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct TenantRow {
     pub tenant_id: TenantId,
     pub name: String,
+    #[schemars(extend("enum" = ["named", "shared", "ephemeral"]))]
     pub login_mode: String,
 }
 
 /// A technician as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct TechnicianRow {
     pub technician_id: TechnicianId,
     pub username: String,
@@ -225,7 +226,7 @@ pub struct TechnicianRow {
 }
 
 /// A computer as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct ComputerRow {
     pub computer_id: ComputerId,
     pub tenant_id: TenantId,
@@ -234,20 +235,26 @@ pub struct ComputerRow {
 }
 
 /// A session as listed (no credential: sessions never hold one).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct SessionRow {
     pub session_id: SessionId,
     pub tenant_id: TenantId,
     pub technician_id: TechnicianId,
     pub computer_id: ComputerId,
     pub account: String,
+    #[schemars(extend("enum" = ["named", "shared", "ephemeral"]))]
     pub login_mode: String,
     /// `provisioning`, `active`, `checked_in` or `failed`.
+    #[schemars(extend("enum" = ["provisioning", "active", "checked_in", "failed"]))]
     pub status: String,
     pub open: bool,
+    #[schemars(extend("format" = "date-time"))]
     pub checked_out_at: String,
+    #[schemars(extend("format" = "date-time"))]
     pub activated_at: Option<String>,
+    #[schemars(extend("format" = "date-time"))]
     pub closed_at: Option<String>,
+    #[schemars(extend("format" = "date-time"))]
     pub expires_at: String,
     pub reason: Option<String>,
     pub ticket: Option<String>,

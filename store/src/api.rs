@@ -28,7 +28,19 @@ pub enum ExpectedState {
 /// A place in the global order. KurrentDB has a commit and a prepare position; PostgreSQL
 /// orders by (transaction id, sequence); the embedded store has one writer, so both parts are
 /// the same sequence number there. Ordered lexicographically (commit, then prepare).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 pub struct Position {
     pub commit: u64,
     pub prepare: u64,

@@ -2,27 +2,32 @@
 //! their tenant memberships, API tokens, enrollment tokens, computers, sessions to revoke, and
 //! the account-state views (managed accounts, standing privilege, stuck revocations).
 
+use super::answer::{Json, NoContent};
 use super::idempotency::{idempotent, Reply};
-use super::openapi::{Doc, Routes};
+use super::openapi::{Doc, Kind, Query, Routes};
 use super::{
-    actor, administered_tenant, forbidden, no_store, own_tenant, path_id, tenant_computer,
-    visible_session, visible_technician, visible_tenant, Params, Services,
+    actor, administered_tenant, forbidden, own_tenant, path_id, tenant_computer, visible_session,
+    visible_technician, visible_tenant, Params, Services,
 };
-use crate::auth::{Principal, Role, TokenQuery, TokenScope};
+use crate::auth::{Principal, Role, TokenInfo, TokenQuery, TokenScope, ROLE_KINDS};
 use crate::problem::{ApiError, JsonBody};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest};
 use latchkey_domain::computer::{Computer, ComputerCommand, OsKind};
 use latchkey_domain::ids::{ComputerId, TechnicianId, TenantId};
-use latchkey_domain::names::{Email, SharedAccountDigits, TenantName, Username};
+use latchkey_domain::names::{AccountName, Email, SharedAccountDigits, TenantName, Username};
 use latchkey_domain::policy::{JitPolicy, LoginMode};
 use latchkey_domain::session::{CheckInReason, Session, SessionCommand};
 use latchkey_domain::technician::{Technician, TechnicianCommand, TechnicianState};
 use latchkey_domain::technician_names::NameHolder;
 use latchkey_domain::tenant::{Tenant, TenantCommand};
 use latchkey_domain::DomainError;
-use latchkey_projections::SessionFilter;
+use latchkey_projections::{
+    AdminDrift, ComputerRow, FailedRequest, ManagedAccountRow, SessionFilter, SessionRow,
+    StandingPrivilege, TechnicianRow, TenantRow,
+};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -31,18 +36,13 @@ pub fn routes(r: &mut Routes<'_>) {
     const READERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all";
     const MEMBERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all; \
                            technicians who are members";
-    const SESSION_QUERY: &[(&str, &str)] = &[
-        ("open", "true: only provisioning or active sessions"),
-        ("computer_id", "only this computer's"),
-        ("technician_id", "only this technician's"),
-        ("limit", "at most this many (1-1000, default 100)"),
-    ];
     r.add(
         Method::POST,
         "/tenants",
         create_tenant,
         Doc::new("Register a customer tenant", "msp_admin")
             .body::<NewTenant>()
+            .idempotent()
             .answer(201, "the tenant"),
     )
     .add(
@@ -65,13 +65,18 @@ pub fn routes(r: &mut Routes<'_>) {
             "Change the technician login mode (named, shared, ephemeral)",
             ADMINS,
         )
-        .body::<NewLoginMode>(),
+        .body::<NewLoginMode>()
+        .idempotent()
+        .answer(200, "the tenant"),
     )
     .add(
         Method::PUT,
         "/tenants/{tenant_id}/policy",
         set_policy,
-        Doc::new("Replace the tenant's JIT policy", ADMINS).body::<JitPolicy>(),
+        Doc::new("Replace the tenant's JIT policy", ADMINS)
+            .body::<JitPolicy>()
+            .idempotent()
+            .answer(200, "the tenant"),
     )
     .add(
         Method::GET,
@@ -83,7 +88,7 @@ pub fn routes(r: &mut Routes<'_>) {
         Method::PUT,
         "/tenants/{tenant_id}/technicians/{technician_id}",
         join_tenant,
-        Doc::new("Let a technician work for the tenant", ADMINS),
+        Doc::new("Let a technician work for the tenant", ADMINS).answer(200, "the technician"),
     )
     .add(
         Method::DELETE,
@@ -92,7 +97,8 @@ pub fn routes(r: &mut Routes<'_>) {
         Doc::new(
             "Stop a technician working for the tenant (their accounts are retired)",
             ADMINS,
-        ),
+        )
+        .answer(200, "the technician"),
     )
     .add(
         Method::POST,
@@ -147,7 +153,7 @@ pub fn routes(r: &mut Routes<'_>) {
             "The tenant's sessions, newest first (technicians: their own)",
             MEMBERS,
         )
-        .query(SESSION_QUERY),
+        .query(TENANT_SESSIONS_QUERY),
     )
     .add(
         Method::GET,
@@ -191,6 +197,7 @@ pub fn routes(r: &mut Routes<'_>) {
         create_technician,
         Doc::new("Register a technician (MSP staff)", "msp_admin")
             .body::<NewTechnician>()
+            .idempotent()
             .answer(201, "the technician"),
     )
     .add(
@@ -225,7 +232,7 @@ pub fn routes(r: &mut Routes<'_>) {
         Method::POST,
         "/sessions/{session_id}/revoke",
         revoke,
-        Doc::new("Revoke a session now", ADMINS),
+        Doc::new("Revoke a session now", ADMINS).answer(200, "the session"),
     )
     .add(
         Method::POST,
@@ -237,7 +244,8 @@ pub fn routes(r: &mut Routes<'_>) {
                   (tenant_admin or auditor of their tenant)",
         )
         .body::<NewToken>()
-        .answer(201, "the token"),
+        .problems(&[404])
+        .answer(201, "the token (its secret shown once)"),
     )
     .add(
         Method::GET,
@@ -249,12 +257,7 @@ pub fn routes(r: &mut Routes<'_>) {
             "msp_admin and auditors of all tenants (all); tenant_admin and auditor of a \
              tenant (its tenant_admin and auditor tokens); technician (their own)",
         )
-        .query(&[
-            ("role", "only this role"),
-            ("technician_id", "only this technician's"),
-            ("revoked", "true: revoked tokens too"),
-            ("limit", "at most this many (1-1000, default 100)"),
-        ]),
+        .query(TOKENS_QUERY),
     )
     .add(
         Method::POST,
@@ -266,7 +269,8 @@ pub fn routes(r: &mut Routes<'_>) {
             "the token's holder; msp_admin (any person's token); tenant_admin (tenant_admin \
              and auditor tokens of their tenant)",
         )
-        .body::<Rotation>(),
+        .body::<Rotation>()
+        .answer(200, "the token with its new secret (shown once)"),
     )
     .add(
         Method::DELETE,
@@ -275,6 +279,35 @@ pub fn routes(r: &mut Routes<'_>) {
         Doc::new("Revoke an API token", "msp_admin").answer(204, "revoked"),
     );
 }
+
+/// At most this many rows, 1 to 1000 (100 when absent).
+const LIMIT: Query = Query::new(
+    "limit",
+    Kind::Integer {
+        min: 1,
+        max: 1000,
+        default: 100,
+    },
+    "at most this many",
+);
+
+const TENANT_SESSIONS_QUERY: &[Query] = &[
+    Query::new(
+        "open",
+        Kind::Flag,
+        "true: only provisioning or active sessions",
+    ),
+    Query::new("computer_id", Kind::Uuid, "only this computer's"),
+    Query::new("technician_id", Kind::Uuid, "only this technician's"),
+    LIMIT,
+];
+
+const TOKENS_QUERY: &[Query] = &[
+    Query::new("role", Kind::OneOf(&ROLE_KINDS), "only this role"),
+    Query::new("technician_id", Kind::Uuid, "only this technician's"),
+    Query::new("revoked", Kind::Flag, "true: revoked tokens too"),
+    LIMIT,
+];
 
 fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
@@ -294,13 +327,14 @@ pub struct NewTenant {
     pub policy: Option<JitPolicy>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct TenantView {
     pub tenant_id: TenantId,
     pub name: TenantName,
     pub login_mode: LoginMode,
     pub policy: JitPolicy,
-    pub shared_account: Option<String>,
+    /// Shared mode: the tenant's shared account, `msp-NNNN`.
+    pub shared_account: Option<AccountName>,
 }
 
 fn tenant_view(tenant: &Tenant) -> Result<TenantView, ApiError> {
@@ -312,7 +346,7 @@ fn tenant_view(tenant: &Tenant) -> Result<TenantView, ApiError> {
         name: t.name.clone(),
         login_mode: t.login_mode,
         policy: t.policy.clone(),
-        shared_account: t.shared_account.as_ref().map(|a| a.to_string()),
+        shared_account: t.shared_account.clone(),
     })
 }
 
@@ -321,7 +355,7 @@ async fn create_tenant(
     req: HttpRequest,
     principal: Principal,
     JsonBody(body): JsonBody<NewTenant>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TenantView>, ApiError> {
     if !principal.is_msp_admin() {
         return Err(forbidden("only an MSP admin creates tenants"));
     }
@@ -341,17 +375,23 @@ async fn create_tenant(
             .execute_in::<Tenant>(scope, principal, tenant_id.stream_name(), command)
             .await?;
         Reply::created(
-            tenant_view(&executed.state)?,
+            &tenant_view(&executed.state)?,
             format!("/v1/tenants/{tenant_id}"),
         )
     })
     .await
 }
 
+/// The tenants a caller may see.
+#[derive(Serialize, JsonSchema)]
+struct TenantList {
+    tenants: Vec<TenantRow>,
+}
+
 async fn list_tenants(
     services: web::Data<Services>,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TenantList>, ApiError> {
     if principal.agent_computer_id().is_some() {
         return Err(forbidden("agents use the /v1/agent endpoints only"));
     }
@@ -368,17 +408,17 @@ async fn list_tenants(
             visible.push(tenant);
         }
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "tenants": visible })))
+    Ok(Json::ok(&TenantList { tenants: visible }))
 }
 
 async fn get_tenant(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TenantView>, ApiError> {
     let tenant = visible_tenant(&services, &principal, &path).await?;
     let loaded: Tenant = services.load(tenant.stream_name()).await?;
-    Ok(HttpResponse::Ok().json(tenant_view(&loaded)?))
+    Ok(Json::ok(&tenant_view(&loaded)?))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -393,7 +433,7 @@ async fn set_login_mode(
     principal: Principal,
     path: web::Path<String>,
     JsonBody(body): JsonBody<NewLoginMode>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TenantView>, ApiError> {
     let tenant = administered_tenant(&services, &principal, &path).await?;
     let (services, principal) = (&services, &principal);
     idempotent(services, &req, principal, |scope| async move {
@@ -406,7 +446,7 @@ async fn set_login_mode(
         let executed = services
             .execute_in::<Tenant>(scope, principal, tenant.stream_name(), command)
             .await?;
-        Reply::ok(tenant_view(&executed.state)?)
+        Reply::ok(&tenant_view(&executed.state)?)
     })
     .await
 }
@@ -417,7 +457,7 @@ async fn set_policy(
     principal: Principal,
     path: web::Path<String>,
     JsonBody(policy): JsonBody<JitPolicy>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TenantView>, ApiError> {
     let tenant = administered_tenant(&services, &principal, &path).await?;
     let (services, principal) = (&services, &principal);
     idempotent(services, &req, principal, |scope| async move {
@@ -429,7 +469,7 @@ async fn set_policy(
         let executed = services
             .execute_in::<Tenant>(scope, principal, tenant.stream_name(), command)
             .await?;
-        Reply::ok(tenant_view(&executed.state)?)
+        Reply::ok(&tenant_view(&executed.state)?)
     })
     .await
 }
@@ -441,7 +481,7 @@ struct NewTechnician {
     email: Email,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct TechnicianView {
     technician_id: TechnicianId,
     username: Username,
@@ -477,7 +517,7 @@ async fn create_technician(
     req: HttpRequest,
     principal: Principal,
     JsonBody(body): JsonBody<NewTechnician>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TechnicianView>, ApiError> {
     if !principal.is_msp_admin() {
         return Err(forbidden("only an MSP admin registers technicians"));
     }
@@ -516,17 +556,23 @@ async fn create_technician(
             }
         };
         Reply::created(
-            technician_view(registered(&executed.state)?, principal),
+            &technician_view(registered(&executed.state)?, principal),
             format!("/v1/technicians/{technician_id}"),
         )
     })
     .await
 }
 
+/// Technicians as listed.
+#[derive(Serialize, JsonSchema)]
+struct TechnicianList {
+    technicians: Vec<TechnicianRow>,
+}
+
 async fn list_technicians(
     services: web::Data<Services>,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TechnicianList>, ApiError> {
     let scope = if principal.can_read_all_tenants() {
         None
     } else if let Some(tenant) = own_tenant(&principal) {
@@ -536,30 +582,30 @@ async fn list_technicians(
             "only admins and auditors list technicians; see your own at /v1/technicians/{id}",
         ));
     };
-    let rows = services.query(move |q| q.technicians(scope)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "technicians": rows })))
+    let technicians = services.query(move |q| q.technicians(scope)).await?;
+    Ok(Json::ok(&TechnicianList { technicians }))
 }
 
 async fn list_tenant_technicians(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TechnicianList>, ApiError> {
     let tenant = visible_tenant(&services, &principal, &path).await?;
     if principal.technician_id().is_some() {
         return Err(forbidden("technicians do not list their colleagues"));
     }
-    let rows = services.query(move |q| q.technicians(Some(tenant))).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "technicians": rows })))
+    let technicians = services.query(move |q| q.technicians(Some(tenant))).await?;
+    Ok(Json::ok(&TechnicianList { technicians }))
 }
 
 async fn get_technician(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TechnicianView>, ApiError> {
     let technician = visible_technician(&services, &principal, &path).await?;
-    Ok(HttpResponse::Ok().json(technician_view(&technician, &principal)))
+    Ok(Json::ok(&technician_view(&technician, &principal)))
 }
 
 /// Lets a technician work for the tenant. Only an MSP admin adds one
@@ -570,13 +616,13 @@ async fn join_tenant(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TechnicianView>, ApiError> {
     let (tenant, technician) = path.into_inner();
     let tenant = administered_tenant(&services, &principal, &tenant).await?;
     let technician = visible_technician(&services, &principal, &technician).await?;
     if !principal.adds_technicians_to_tenants() {
         // Visible to a tenant admin means a member already: nothing to add.
-        return Ok(HttpResponse::Ok().json(technician_view(&technician, &principal)));
+        return Ok(Json::ok(&technician_view(&technician, &principal)));
     }
     let command = TechnicianCommand::JoinTenant {
         tenant_id: tenant,
@@ -586,7 +632,10 @@ async fn join_tenant(
     let executed = services
         .execute::<Technician>(&principal, technician.technician_id.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(technician_view(registered(&executed.state)?, &principal)))
+    Ok(Json::ok(&technician_view(
+        registered(&executed.state)?,
+        &principal,
+    )))
 }
 
 /// Stops a technician working for the tenant: an MSP admin anyone, a tenant admin the
@@ -595,7 +644,7 @@ async fn leave_tenant(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TechnicianView>, ApiError> {
     let (tenant, technician) = path.into_inner();
     let tenant = administered_tenant(&services, &principal, &tenant).await?;
     let technician = visible_technician(&services, &principal, &technician).await?;
@@ -607,10 +656,13 @@ async fn leave_tenant(
     let executed = services
         .execute::<Technician>(&principal, technician.technician_id.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(technician_view(registered(&executed.state)?, &principal)))
+    Ok(Json::ok(&technician_view(
+        registered(&executed.state)?,
+        &principal,
+    )))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct OffboardedView {
     #[serde(flatten)]
     technician: TechnicianView,
@@ -624,7 +676,7 @@ async fn offboard(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<OffboardedView>, ApiError> {
     let technician = visible_technician(&services, &principal, &path).await?;
     if !principal.is_msp_admin() {
         return Err(forbidden("only an MSP admin offboards technicians"));
@@ -639,7 +691,7 @@ async fn offboard(
         now(),
     )
     .await?;
-    Ok(HttpResponse::Ok().json(OffboardedView {
+    Ok(Json::ok(&OffboardedView {
         technician: technician_view(registered(&executed.state)?, &principal),
         tokens_revoked,
     }))
@@ -649,7 +701,20 @@ async fn offboard(
 #[serde(deny_unknown_fields)]
 struct NewEnrollmentToken {
     /// Minutes until the token expires: 1 to 10080 (7 days); 60 when absent.
+    #[schemars(range(min = 1, max = 10080))]
     expires_in_minutes: Option<u32>,
+}
+
+/// A one-time enrollment token, shown once.
+#[derive(Serialize, JsonSchema)]
+struct EnrollmentTokenIssued {
+    token_id: Uuid,
+    tenant_id: TenantId,
+    /// Give it to the computer's agent (`latchkey-agent enroll --token …`).
+    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
+    token: String,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    note: &'static str,
 }
 
 async fn create_enrollment_token(
@@ -657,7 +722,7 @@ async fn create_enrollment_token(
     principal: Principal,
     path: web::Path<String>,
     JsonBody(body): JsonBody<NewEnrollmentToken>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<EnrollmentTokenIssued>, ApiError> {
     let tenant = administered_tenant(&services, &principal, &path).await?;
     let minutes = body.expires_in_minutes.unwrap_or(60);
     if !(1..=10_080).contains(&minutes) {
@@ -675,26 +740,33 @@ async fn create_enrollment_token(
     })
     .await?;
     tracing::info!(%tenant, %token_id, "enrollment token issued");
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "token_id": token_id,
-        "tenant_id": tenant,
-        "token": token,
-        "expires_at": expires_at,
-        "note": "shown once: give it to the agent (`latchkey-agent enroll --token …`)",
-    })))
+    let issued = EnrollmentTokenIssued {
+        token_id,
+        tenant_id: tenant,
+        token,
+        expires_at,
+        note: "shown once: give it to the agent (`latchkey-agent enroll --token …`)",
+    };
+    Ok(Json::new(StatusCode::CREATED, &issued).no_store())
+}
+
+/// The tenant's computers.
+#[derive(Serialize, JsonSchema)]
+struct ComputerList {
+    computers: Vec<ComputerRow>,
 }
 
 async fn list_computers(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<ComputerList>, ApiError> {
     let tenant = visible_tenant(&services, &principal, &path).await?;
-    let rows = services.query(move |q| q.computers(tenant)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "computers": rows })))
+    let computers = services.query(move |q| q.computers(tenant)).await?;
+    Ok(Json::ok(&ComputerList { computers }))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct ComputerView {
     computer_id: ComputerId,
     tenant_id: TenantId,
@@ -705,7 +777,7 @@ struct ComputerView {
     accounts: Vec<AccountView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct AccountView {
     account: String,
     owner: latchkey_domain::computer::AccountOwner,
@@ -720,7 +792,7 @@ async fn get_computer(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<ComputerView>, ApiError> {
     let (tenant, computer) = path.into_inner();
     let tenant = visible_tenant(&services, &principal, &tenant).await?;
     let computer = tenant_computer(&services, tenant, &computer).await?;
@@ -747,7 +819,7 @@ async fn get_computer(
             })
             .collect()
     };
-    Ok(HttpResponse::Ok().json(ComputerView {
+    Ok(Json::ok(&ComputerView {
         computer_id: computer,
         tenant_id: tenant,
         hostname: profile.hostname.to_string(),
@@ -765,12 +837,26 @@ struct PolicyOverride {
     policy: Option<JitPolicy>,
 }
 
+/// The computer's own policy now (`null`: it follows the tenant's).
+#[derive(Serialize, JsonSchema)]
+struct PolicyOverridden {
+    computer_id: ComputerId,
+    policy_override: Option<JitPolicy>,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Decommissioned {
+    computer_id: ComputerId,
+    /// Always true.
+    decommissioned: bool,
+}
+
 async fn override_policy(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<PolicyOverride>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<PolicyOverridden>, ApiError> {
     let (tenant, computer) = path.into_inner();
     let tenant = administered_tenant(&services, &principal, &tenant).await?;
     let computer = tenant_computer(&services, tenant, &computer).await?;
@@ -782,17 +868,17 @@ async fn override_policy(
     let executed = services
         .execute::<Computer>(&principal, computer.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "computer_id": computer,
-        "policy_override": executed.state.policy_override,
-    })))
+    Ok(Json::ok(&PolicyOverridden {
+        computer_id: computer,
+        policy_override: executed.state.policy_override,
+    }))
 }
 
 async fn decommission(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<Decommissioned>, ApiError> {
     let (tenant, computer) = path.into_inner();
     let tenant = administered_tenant(&services, &principal, &tenant).await?;
     let computer = tenant_computer(&services, tenant, &computer).await?;
@@ -803,10 +889,16 @@ async fn decommission(
     services
         .execute::<Computer>(&principal, computer.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "computer_id": computer,
-        "decommissioned": true,
-    })))
+    Ok(Json::ok(&Decommissioned {
+        computer_id: computer,
+        decommissioned: true,
+    }))
+}
+
+/// Sessions as listed, newest first.
+#[derive(Serialize, JsonSchema)]
+pub struct SessionList {
+    pub sessions: Vec<SessionRow>,
 }
 
 async fn list_sessions(
@@ -814,29 +906,29 @@ async fn list_sessions(
     req: HttpRequest,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<SessionList>, ApiError> {
     let tenant = visible_tenant(&services, &principal, &path).await?;
-    let params = Params::parse(&req, &["open", "computer_id", "technician_id", "limit"])?;
+    let params = Params::parse(&req, TENANT_SESSIONS_QUERY)?;
     let mut filter = SessionFilter {
         tenant: Some(tenant),
-        technician: params.uuid("technician_id")?.map(TechnicianId),
-        computer: params.uuid("computer_id")?.map(ComputerId),
-        open_only: params.flag("open")?.unwrap_or(false),
-        limit: params.number("limit", 1000)?.unwrap_or(100) as u32,
+        technician: params.uuid("technician_id").map(TechnicianId),
+        computer: params.uuid("computer_id").map(ComputerId),
+        open_only: params.flag("open"),
+        limit: params.number("limit") as u32,
     };
     // Technicians see their own sessions only.
     if let Some(own) = principal.technician_id() {
         filter.technician = Some(own);
     }
-    let rows = services.query(move |q| q.sessions(&filter)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "sessions": rows })))
+    let sessions = services.query(move |q| q.sessions(&filter)).await?;
+    Ok(Json::ok(&SessionList { sessions }))
 }
 
 async fn revoke(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<super::technician::SessionView>, ApiError> {
     let session = visible_session(&services, &principal, &path).await?;
     if !principal.can_administer_tenant(session.tenant_id) {
         return Err(forbidden("only an admin of the tenant revokes sessions"));
@@ -849,75 +941,77 @@ async fn revoke(
     let executed = services
         .execute::<Session>(&principal, session.session_id.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(super::technician::session_view(&executed.state)?))
+    Ok(Json::ok(&super::technician::session_view(&executed.state)?))
+}
+
+/// The tenant's managed accounts on every computer, as the agents verified them.
+#[derive(Serialize, JsonSchema)]
+struct ManagedAccounts {
+    accounts: Vec<ManagedAccountRow>,
+}
+
+/// Admin-group memberships no open session explains.
+#[derive(Serialize, JsonSchema)]
+struct StandingPrivileges {
+    standing_privilege: Vec<StandingPrivilege>,
+}
+
+/// Admin-group members no open session explains, per the agents' inventories.
+#[derive(Serialize, JsonSchema)]
+struct Drift {
+    drift: Vec<AdminDrift>,
+}
+
+/// Failed revocations and clean-ups waiting for their next retry.
+#[derive(Serialize, JsonSchema)]
+struct StuckRequests {
+    stuck_requests: Vec<FailedRequest>,
 }
 
 async fn managed_accounts(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    staff_view(&services, &principal, &path, "accounts", |q, tenant| {
-        q.managed_accounts(tenant)
-    })
-    .await
+) -> Result<Json<ManagedAccounts>, ApiError> {
+    let tenant = readable_by_staff(&services, &principal, &path).await?;
+    let accounts = services.query(move |q| q.managed_accounts(tenant)).await?;
+    Ok(Json::ok(&ManagedAccounts { accounts }))
 }
 
 async fn standing_privilege(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    staff_view(
-        &services,
-        &principal,
-        &path,
-        "standing_privilege",
-        |q, tenant| q.standing_privilege(Some(tenant), chrono::Utc::now()),
-    )
-    .await
+) -> Result<Json<StandingPrivileges>, ApiError> {
+    let tenant = readable_by_staff(&services, &principal, &path).await?;
+    let standing_privilege = services
+        .query(move |q| q.standing_privilege(Some(tenant), chrono::Utc::now()))
+        .await?;
+    Ok(Json::ok(&StandingPrivileges { standing_privilege }))
 }
 
 async fn drift(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    staff_view(&services, &principal, &path, "drift", |q, tenant| {
-        q.admin_drift(tenant, chrono::Utc::now())
-    })
-    .await
+) -> Result<Json<Drift>, ApiError> {
+    let tenant = readable_by_staff(&services, &principal, &path).await?;
+    let drift = services
+        .query(move |q| q.admin_drift(tenant, chrono::Utc::now()))
+        .await?;
+    Ok(Json::ok(&Drift { drift }))
 }
 
 async fn stuck_requests(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
-    staff_view(
-        &services,
-        &principal,
-        &path,
-        "stuck_requests",
-        |q, tenant| q.failed_requests(Some(tenant)),
-    )
-    .await
-}
-
-/// One of the tenant's views for its admins and auditors: `query`'s rows as `{ key: rows }`.
-async fn staff_view<T: serde::Serialize + Send + 'static>(
-    services: &web::Data<Services>,
-    principal: &Principal,
-    path: &str,
-    key: &'static str,
-    query: fn(
-        latchkey_projections::Queries<'_>,
-        TenantId,
-    ) -> Result<T, latchkey_projections::ProjectionError>,
-) -> Result<HttpResponse, ApiError> {
-    let tenant = readable_by_staff(services, principal, path).await?;
-    let rows = services.query(move |q| query(q, tenant)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ key: rows })))
+) -> Result<Json<StuckRequests>, ApiError> {
+    let tenant = readable_by_staff(&services, &principal, &path).await?;
+    let stuck_requests = services
+        .query(move |q| q.failed_requests(Some(tenant)))
+        .await?;
+    Ok(Json::ok(&StuckRequests { stuck_requests }))
 }
 
 /// Admins and auditors of the tenant; technicians may see the tenant but not these views.
@@ -938,6 +1032,7 @@ async fn readable_by_staff(
 #[serde(deny_unknown_fields)]
 struct NewToken {
     /// `msp_admin`, `tenant_admin`, `technician` or `auditor` (agents get theirs by enrolling).
+    #[schemars(extend("enum" = ["msp_admin", "tenant_admin", "technician", "auditor"]))]
     role: String,
     tenant_id: Option<Uuid>,
     technician_id: Option<Uuid>,
@@ -946,7 +1041,25 @@ struct NewToken {
     name: Option<Email>,
     /// Seconds until the token expires: at most the server's maximum token lifetime; the
     /// server's default lifetime when absent.
+    #[schemars(range(min = 1, max = crate::auth::LONGEST_TOKEN_LIFETIME_SECONDS))]
     expires_in: Option<u64>,
+}
+
+/// A new or rotated API token, its secret shown once.
+#[derive(Serialize, JsonSchema)]
+struct IssuedToken {
+    #[schemars(extend("pattern" = crate::auth::TOKEN_ID_PATTERN))]
+    token_id: String,
+    #[schemars(extend("enum" = ROLE_KINDS))]
+    role: &'static str,
+    /// Who holds it, recorded as the actor of what they do.
+    name: String,
+    /// `Authorization: Bearer <token>`.
+    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
+    token: String,
+    /// `null`: never.
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    note: &'static str,
 }
 
 /// The lifetime asked for, or a 422 naming `expires_in`.
@@ -965,7 +1078,7 @@ async fn issue_token(
     services: web::Data<Services>,
     principal: Principal,
     JsonBody(body): JsonBody<NewToken>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<IssuedToken>, ApiError> {
     // The caller's right comes first, before anything is looked up, so the answer never
     // depends on whether a technician or tenant exists. MSP admins issue any role. A tenant
     // admin issues tenant-admin and auditor tokens of their own tenant only (another tenant
@@ -1044,39 +1157,41 @@ async fn issue_token(
     })
     .await?;
     tracing::info!(role = kind, holder = %name, token_id = %issued.token_id, by = %principal.name, "API token issued");
-    Ok(no_store(HttpResponse::Created().json(serde_json::json!({
-        "token_id": issued.token_id.simple().to_string(),
-        "role": kind,
-        "name": name,
-        "token": issued.token,
-        "expires_at": issued.expires_at,
-        "note": "shown once; the server keeps only its hash",
-    }))))
+    let answer = IssuedToken {
+        token_id: issued.token_id.simple().to_string(),
+        role: kind,
+        name: name.to_string(),
+        token: issued.token,
+        expires_at: issued.expires_at,
+        note: "shown once; the server keeps only its hash",
+    };
+    Ok(Json::new(StatusCode::CREATED, &answer).no_store())
 }
 
 /// Lists API tokens: who holds each, its role and scope, when it was created, last used
 /// (to the minute), rotated, revoked, and when it expires; never a secret or a hash. MSP
 /// admins and all-tenant auditors see every token; tenant admins and tenant auditors their
 /// tenant's tenant-admin and auditor tokens; technicians their own.
+/// API tokens as listed; never a secret.
+#[derive(Serialize, JsonSchema)]
+struct TokenList {
+    tokens: Vec<TokenInfo>,
+}
+
 async fn list_tokens(
     services: web::Data<Services>,
     req: HttpRequest,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     let Some(scope) = principal.token_scope() else {
         return Err(forbidden("agents use the /v1/agent endpoints only"));
     };
-    let params = Params::parse(&req, &["role", "technician_id", "revoked", "limit"])?;
-    let role = match params.text("role").as_deref() {
-        None => None,
-        Some(kind) => Some(ROLE_KINDS.into_iter().find(|k| *k == kind).ok_or_else(|| {
-            ApiError::bad_request(
-                "role",
-                format!("role must be one of {}", ROLE_KINDS.join(", ")),
-            )
-        })?),
-    };
-    let scope = match params.uuid("technician_id")?.map(TechnicianId) {
+    let params = Params::parse(&req, TOKENS_QUERY)?;
+    // Checked against the same list by `Params::parse`.
+    let role = params
+        .text("role")
+        .and_then(|kind| ROLE_KINDS.into_iter().find(|k| *k == kind));
+    let scope = match params.uuid("technician_id").map(TechnicianId) {
         None => Some(scope),
         // One technician's tokens, if the caller may see them at all.
         Some(technician) => match scope {
@@ -1091,29 +1206,21 @@ async fn list_tokens(
             let query = TokenQuery {
                 scope,
                 role,
-                include_revoked: params.flag("revoked")?.unwrap_or(false),
-                limit: params.number("limit", 1000)?.unwrap_or(100) as u32,
+                include_revoked: params.flag("revoked"),
+                limit: params.number("limit") as u32,
             };
             super::blocking(&services, "token store", move |s| s.tokens.list(&query)).await?
         }
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "tokens": tokens })))
+    Ok(Json::ok(&TokenList { tokens }))
 }
-
-/// The roles a token can have, as the API names them.
-const ROLE_KINDS: [&str; 5] = [
-    "msp_admin",
-    "tenant_admin",
-    "technician",
-    "auditor",
-    "agent",
-];
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Rotation {
     /// Seconds until the rotated token expires (at most the server's maximum token
     /// lifetime); the server's default lifetime when absent.
+    #[schemars(range(min = 1, max = crate::auth::LONGEST_TOKEN_LIFETIME_SECONDS))]
     expires_in: Option<u64>,
 }
 
@@ -1125,7 +1232,7 @@ async fn rotate_token(
     principal: Principal,
     path: web::Path<String>,
     JsonBody(body): JsonBody<Rotation>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<IssuedToken>, ApiError> {
     if principal.agent_computer_id().is_some() {
         return Err(forbidden("agents use the /v1/agent endpoints only"));
     }
@@ -1169,21 +1276,22 @@ async fn rotate_token(
         )
     })?;
     tracing::info!(token_id = %token_id, by = %principal.name, "API token rotated");
-    Ok(no_store(HttpResponse::Ok().json(serde_json::json!({
-        "token_id": rotated.token_id.simple().to_string(),
-        "role": token.role,
-        "name": token.holder,
-        "token": rotated.token,
-        "expires_at": rotated.expires_at,
-        "note": "shown once; the old secret no longer works",
-    }))))
+    Ok(Json::ok(&IssuedToken {
+        token_id: rotated.token_id.simple().to_string(),
+        role: token.role,
+        name: token.holder,
+        token: rotated.token,
+        expires_at: rotated.expires_at,
+        note: "shown once; the old secret no longer works",
+    })
+    .no_store())
 }
 
 async fn revoke_token(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<NoContent, ApiError> {
     if !principal.is_msp_admin() {
         return Err(forbidden("only an MSP admin revokes tokens"));
     }
@@ -1192,7 +1300,7 @@ async fn revoke_token(
         super::blocking(&services, "token store", move |s| s.tokens.revoke(token_id)).await?;
     if revoked {
         tracing::info!(%token_id, by = %principal.name, "API token revoked");
-        Ok(HttpResponse::NoContent().finish())
+        Ok(NoContent)
     } else {
         Err(ApiError::not_found("the token"))
     }

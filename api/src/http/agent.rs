@@ -10,7 +10,8 @@
 //! first delivery and stored encrypted; every later delivery of the same request carries the
 //! same password.
 
-use super::openapi::{Doc, Routes};
+use super::answer::{Events, Json};
+use super::openapi::{Doc, Kind, Query, Routes};
 use super::{actor, forbidden, Params, Services};
 use crate::auth::{EnrollmentRefused, Principal, Role};
 use crate::problem::{ApiError, JsonBody};
@@ -24,12 +25,23 @@ use latchkey_domain::computer::{
 use latchkey_domain::ids::{AgentKeyId, ComputerId, RequestId};
 use latchkey_domain::names::{AccountName, FailureReason, Hostname};
 use latchkey_domain::tenant::{Tenant, TenantState};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use uuid::Uuid;
 
 /// The longest a long poll waits.
 pub const MAX_WAIT_SECONDS: u64 = 60;
+
+const COMMANDS_QUERY: &[Query] = &[Query::new(
+    "wait",
+    Kind::Integer {
+        min: 0,
+        max: MAX_WAIT_SECONDS,
+        default: 0,
+    },
+    "seconds to wait for a request if there is none",
+)];
 
 pub fn routes(r: &mut Routes<'_>) {
     r.add(
@@ -42,6 +54,7 @@ pub fn routes(r: &mut Routes<'_>) {
         )
         .body::<Enrollment>()
         .public()
+        .problems(&[401, 410, 429])
         .answer(201, "computer id and agent token (shown once)"),
     )
     .add(
@@ -52,10 +65,8 @@ pub fn routes(r: &mut Routes<'_>) {
             "Provisioning requests not yet reported on (long poll)",
             "the computer's agent",
         )
-        .query(&[(
-            "wait",
-            "seconds to wait for a request if there is none (0-60)",
-        )]),
+        .query(COMMANDS_QUERY)
+        .answer(200, "the requests (never cached)"),
     )
     .add(
         Method::GET,
@@ -66,7 +77,8 @@ pub fn routes(r: &mut Routes<'_>) {
              (text/event-stream): a `commands` event at once and whenever they change, a \
              keep-alive comment every 25 s, an `end` event when the credential is revoked",
             "the computer's agent",
-        ),
+        )
+        .answer(200, "the event stream (never cached)"),
     )
     .add(
         Method::POST,
@@ -76,7 +88,8 @@ pub fn routes(r: &mut Routes<'_>) {
             "Report a request's result and what was verified on the machine",
             "the computer's agent",
         )
-        .body::<Report>(),
+        .body::<Report>()
+        .answer(200, "recorded"),
     )
     .add(
         Method::GET,
@@ -86,7 +99,10 @@ pub fn routes(r: &mut Routes<'_>) {
             "The TOTP secrets in force on this computer, with the admin group and maximum \
              session length, for offline login",
             "the computer's agent",
-        ),
+        )
+        // No admin group known for the computer (422), as at check-out.
+        .problems(&[422])
+        .answer(200, "the secrets (never cached)"),
     )
     .add(
         Method::POST,
@@ -97,7 +113,8 @@ pub fn routes(r: &mut Routes<'_>) {
              then rotates the account's password again",
             "the computer's agent",
         )
-        .body::<OfflineLogin>(),
+        .body::<OfflineLogin>()
+        .answer(200, "recorded"),
     )
     .add(
         Method::POST,
@@ -108,7 +125,8 @@ pub fn routes(r: &mut Routes<'_>) {
              codes for an account (idempotent by lockout_id; audited)",
             "the computer's agent",
         )
-        .body::<OfflineLockout>(),
+        .body::<OfflineLockout>()
+        .answer(200, "recorded"),
     )
     .add(
         Method::POST,
@@ -118,13 +136,16 @@ pub fn routes(r: &mut Routes<'_>) {
             "Report the members of the admin group on the machine (drift detection)",
             "the computer's agent",
         )
-        .body::<Inventory>(),
+        .body::<Inventory>()
+        .answer(200, "taken"),
     );
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Enrollment {
+    /// The one-time enrollment token.
+    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
     token: String,
     hostname: Hostname,
     os: OsKind,
@@ -138,7 +159,7 @@ async fn enroll(
     services: web::Data<Services>,
     req: actix_web::HttpRequest,
     JsonBody(body): JsonBody<Enrollment>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<Enrolled>, ApiError> {
     // Enrollment tokens are guessed like API tokens: the same limits, before the look-up.
     let attempt = super::attempt(&services, &req, Some(body.token.trim()));
     services
@@ -206,12 +227,24 @@ async fn enroll(
         return Err(e);
     }
     tracing::info!(%computer_id, %tenant, "agent enrolled");
-    Ok(HttpResponse::Created().json(serde_json::json!({
-        "computer_id": computer_id,
-        "tenant_id": tenant,
-        "agent_token": issued,
-        "note": "the agent's credential, shown once; keep it in a 0600 file",
-    })))
+    let enrolled = Enrolled {
+        computer_id,
+        tenant_id: tenant,
+        agent_token: issued,
+        note: "the agent's credential, shown once; keep it in a 0600 file",
+    };
+    Ok(Json::new(StatusCode::CREATED, &enrolled).no_store())
+}
+
+/// An enrolled computer and its agent's credential.
+#[derive(Serialize, JsonSchema)]
+struct Enrolled {
+    computer_id: ComputerId,
+    tenant_id: latchkey_domain::ids::TenantId,
+    /// `Authorization: Bearer <agent_token>` on every agent call.
+    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
+    agent_token: String,
+    note: &'static str,
 }
 
 fn own_computer(principal: &Principal) -> Result<ComputerId, ApiError> {
@@ -220,8 +253,14 @@ fn own_computer(principal: &Principal) -> Result<ComputerId, ApiError> {
         .ok_or_else(|| forbidden("only an enrolled agent uses the agent endpoints"))
 }
 
+/// The provisioning requests the agent has not reported on yet.
+#[derive(Serialize, JsonSchema)]
+struct AgentCommands {
+    commands: Vec<AgentCommand>,
+}
+
 /// One provisioning request as the agent receives it.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct AgentCommand {
     request_id: RequestId,
     attempt: u32,
@@ -235,10 +274,10 @@ async fn commands(
     services: web::Data<Services>,
     req: actix_web::HttpRequest,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<AgentCommands>, ApiError> {
     let computer = own_computer(&principal)?;
-    let params = Params::parse(&req, &["wait"])?;
-    let wait = Duration::from_secs(params.number("wait", MAX_WAIT_SECONDS)?.unwrap_or(0));
+    let params = Params::parse(&req, COMMANDS_QUERY)?;
+    let wait = Duration::from_secs(params.number("wait"));
     let deadline = tokio::time::Instant::now() + wait;
     let stream = computer.stream_name();
     // Woken by events on this computer's stream only (not registered when not waiting).
@@ -261,9 +300,8 @@ async fn commands(
         }
     };
     drop(waiter);
-    let out = Box::pin(with_passwords(&services, computer, pending)).await?;
-    let response = HttpResponse::Ok().json(serde_json::json!({ "commands": out }));
-    Ok(super::no_store(response))
+    let commands = Box::pin(with_passwords(&services, computer, pending)).await?;
+    Ok(Json::ok(&AgentCommands { commands }).no_store())
 }
 
 /// A request the agent has not reported on yet: id, attempt and operation.
@@ -330,7 +368,7 @@ async fn feed(
     services: web::Data<Services>,
     req: actix_web::HttpRequest,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Events<FeedData>, ApiError> {
     let computer = own_computer(&principal)?;
     Params::parse(&req, &[])?;
     let (events, body) = tokio::sync::mpsc::channel::<web::Bytes>(1);
@@ -342,10 +380,26 @@ async fn feed(
     let response = HttpResponse::Ok()
         .content_type("text/event-stream")
         .streaming(body);
-    Ok(super::no_store(response))
+    Ok(Events::new(super::no_store(response)))
 }
 
-fn sse(event: &str, data: &serde_json::Value) -> web::Bytes {
+/// The data of a feed event: a `commands` event's (as the long poll answers), or an `end`
+/// event's.
+#[derive(Serialize, JsonSchema)]
+#[serde(untagged)]
+enum FeedData {
+    Commands(AgentCommands),
+    End(FeedEnded),
+}
+
+/// Why the feed ends.
+#[derive(Serialize, JsonSchema)]
+struct FeedEnded {
+    reason: &'static str,
+}
+
+fn sse(event: &str, data: &FeedData) -> web::Bytes {
+    let data = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
     web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
@@ -358,7 +412,7 @@ async fn run_feed(
     let stream = computer.stream_name();
     let waiter = services.wakeups.wait_on(&stream);
     let mut sent: Option<Vec<(RequestId, u32)>> = None;
-    let end = |reason: &str| sse("end", &serde_json::json!({ "reason": reason }));
+    let end = |reason: &'static str| sse("end", &FeedData::End(FeedEnded { reason }));
     loop {
         let mut woken = std::pin::pin!(waiter.notified());
         woken.as_mut().enable();
@@ -428,13 +482,13 @@ async fn changed_commands(
     if !token_live(services, token).await {
         return Err(FeedEnd::Credential);
     }
-    let out = with_passwords(services, computer, pending)
+    let commands = with_passwords(services, computer, pending)
         .await
         .map_err(|_| FeedEnd::Failed)?;
     *sent = Some(now);
     Ok(Some(sse(
         "commands",
-        &serde_json::json!({ "commands": out }),
+        &FeedData::Commands(AgentCommands { commands }),
     )))
 }
 
@@ -469,6 +523,7 @@ pub async fn password_for(
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Report {
+    #[schemars(range(min = 1))]
     request_id: u64,
     outcome: ReportOutcome,
     verified: Option<AccountObservation>,
@@ -486,7 +541,7 @@ async fn report(
     services: web::Data<Services>,
     principal: Principal,
     JsonBody(report): JsonBody<Report>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<Recorded>, ApiError> {
     let computer = own_computer(&principal)?;
     let at = chrono::Utc::now();
     let request_id = RequestId(report.request_id);
@@ -525,10 +580,17 @@ async fn report(
     let executed = services
         .execute::<Computer>(&principal, computer.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "request_id": request_id,
-        "recorded": executed.events.len(),
-    })))
+    Ok(Json::ok(&Recorded {
+        request_id,
+        recorded: executed.events.len(),
+    }))
+}
+
+/// A report taken: how many events it recorded (0 when it was known already).
+#[derive(Serialize, JsonSchema)]
+struct Recorded {
+    request_id: RequestId,
+    recorded: usize,
 }
 
 /// The computer and its tenant (for the computer's effective policy), both current.
@@ -549,8 +611,18 @@ async fn computer_and_tenant(
     Ok((state, tenant))
 }
 
+/// What the agent needs for offline logins.
+#[derive(Serialize, JsonSchema)]
+struct AgentOfflineSecrets {
+    /// The group an offline login adds the account to.
+    admin_group: latchkey_domain::names::GroupName,
+    /// How long an offline login lasts at most.
+    max_session_minutes: u32,
+    secrets: Vec<AgentOfflineSecret>,
+}
+
 /// One offline secret as the agent keeps it.
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 struct AgentOfflineSecret {
     account: AccountName,
     /// The named account's technician (their username is what they type at the agent);
@@ -565,7 +637,7 @@ struct AgentOfflineSecret {
 async fn offline_secrets(
     services: web::Data<Services>,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<AgentOfflineSecrets>, ApiError> {
     let computer = own_computer(&principal)?;
     let (state, tenant) = computer_and_tenant(&services, computer).await?;
     let policy = state.effective_policy(&tenant.policy);
@@ -597,12 +669,12 @@ async fn offline_secrets(
             secret: secret.expose().to_owned(),
         });
     }
-    let response = HttpResponse::Ok().json(serde_json::json!({
-        "admin_group": admin_group,
-        "max_session_minutes": policy.max_session().as_minutes(),
-        "secrets": secrets,
-    }));
-    Ok(super::no_store(response))
+    Ok(Json::ok(&AgentOfflineSecrets {
+        admin_group,
+        max_session_minutes: policy.max_session().as_minutes(),
+        secrets,
+    })
+    .no_store())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -624,7 +696,7 @@ async fn offline_login(
     services: web::Data<Services>,
     principal: Principal,
     JsonBody(body): JsonBody<OfflineLogin>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<OfflineLoginRecorded>, ApiError> {
     let computer = own_computer(&principal)?;
     if body.until < body.used_at {
         return Err(ApiError::bad_request(
@@ -645,10 +717,17 @@ async fn offline_login(
     let executed = services
         .execute::<Computer>(&principal, computer.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "login_id": body.login_id,
-        "recorded": executed.events.len(),
-    })))
+    Ok(Json::ok(&OfflineLoginRecorded {
+        login_id: body.login_id,
+        recorded: executed.events.len(),
+    }))
+}
+
+/// An offline login taken: how many events it recorded (0 when it was known already).
+#[derive(Serialize, JsonSchema)]
+struct OfflineLoginRecorded {
+    login_id: Uuid,
+    recorded: usize,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -659,6 +738,7 @@ struct OfflineLockout {
     account: AccountName,
     technician_id: Option<Uuid>,
     /// Wrong codes that led to it (1 to 1000).
+    #[schemars(range(min = 1, max = 1000))]
     failures: u32,
     locked_at: chrono::DateTime<chrono::Utc>,
     locked_until: chrono::DateTime<chrono::Utc>,
@@ -668,7 +748,7 @@ async fn offline_lockout(
     services: web::Data<Services>,
     principal: Principal,
     JsonBody(body): JsonBody<OfflineLockout>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<OfflineLockoutRecorded>, ApiError> {
     let computer = own_computer(&principal)?;
     if !(1..=1000).contains(&body.failures) {
         return Err(ApiError::bad_request(
@@ -694,10 +774,17 @@ async fn offline_lockout(
     let executed = services
         .execute::<Computer>(&principal, computer.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "lockout_id": body.lockout_id,
-        "recorded": executed.events.len(),
-    })))
+    Ok(Json::ok(&OfflineLockoutRecorded {
+        lockout_id: body.lockout_id,
+        recorded: executed.events.len(),
+    }))
+}
+
+/// An offline lockout taken: how many events it recorded (0 when it was known already).
+#[derive(Serialize, JsonSchema)]
+struct OfflineLockoutRecorded {
+    lockout_id: Uuid,
+    recorded: usize,
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -705,14 +792,27 @@ async fn offline_lockout(
 struct Inventory {
     group: latchkey_domain::names::GroupName,
     /// Local account names, at most 1000, each 1 to 64 characters.
+    #[schemars(
+        length(max = 1000),
+        inner(
+            length(min = 1, max = 64),
+            regex(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")
+        )
+    )]
     members: std::collections::BTreeSet<String>,
+}
+
+/// Whether the inventory changed what the server knew.
+#[derive(Serialize, JsonSchema)]
+struct InventoryTaken {
+    changed: bool,
 }
 
 async fn inventory(
     services: web::Data<Services>,
     principal: Principal,
     JsonBody(body): JsonBody<Inventory>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<InventoryTaken>, ApiError> {
     let computer = own_computer(&principal)?;
     let bad = body.members.len() > 1000
         || body
@@ -733,5 +833,7 @@ async fn inventory(
     let executed = services
         .execute::<Computer>(&principal, computer.stream_name(), command)
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "changed": !executed.events.is_empty() })))
+    Ok(Json::ok(&InventoryTaken {
+        changed: !executed.events.is_empty(),
+    }))
 }

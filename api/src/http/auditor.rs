@@ -6,7 +6,8 @@
 //! that tenant, and raw events of the tenant's own stream, its computers' and its sessions'
 //! streams. Technician streams span tenants and are shown to all-tenant readers only.
 
-use super::openapi::{Doc, Routes};
+use super::answer::{Json, Lines};
+use super::openapi::{Doc, Kind, Query, Routes};
 use super::{forbidden, own_tenant, tenant_computer, visible_tenant, Params, Services};
 use crate::auth::Principal;
 use crate::problem::ApiError;
@@ -14,10 +15,61 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
-use latchkey_projections::AuditFilter;
+use latchkey_projections::{AdminAsOf, AuditFilter, AuditPage};
 use latchkey_store::hash_chain::verify_after;
 use latchkey_store::{subscribe_all, Position, RecordedEvent, StreamName};
+use schemars::JsonSchema;
+use serde::Serialize;
 use std::collections::HashMap;
+
+const AUDIT_QUERY: &[Query] = &[
+    Query::new("tenant_id", Kind::Uuid, "only this tenant's"),
+    Query::new("computer_id", Kind::Uuid, "only this computer's"),
+    Query::new("technician_id", Kind::Uuid, "only this technician's"),
+    Query::new("account", Kind::Text, "only this account's"),
+    Query::new("from", Kind::Time, "from this time, inclusive"),
+    Query::new("to", Kind::Time, "to this time, exclusive (after from)"),
+    Query::new("cursor", Kind::Cursor, "next_cursor of the previous page"),
+    Query::new(
+        "limit",
+        Kind::Integer {
+            min: 1,
+            max: 1000,
+            default: 100,
+        },
+        "at most this many",
+    ),
+];
+
+const EVENTS_QUERY: &[Query] = &[
+    Query::new(
+        "after",
+        Kind::Position,
+        "global position commit.prepare (exclusive); from the start when absent",
+    ),
+    Query::new(
+        "limit",
+        Kind::Integer {
+            min: 1,
+            max: 10_000,
+            default: 1000,
+        },
+        "at most this many",
+    ),
+    Query::new(
+        "follow",
+        Kind::Flag,
+        "true: keep the response open and stream new events",
+    ),
+];
+
+const VERIFY_QUERY: &[Query] = &[Query::new(
+    "stream",
+    Kind::Stream,
+    "e.g. computer-<id>; absent: every stream (all-tenant readers)",
+)];
+
+const ADMINS_QUERY: &[Query] = &[Query::new("at", Kind::Time, "the time (default now)")];
 
 pub fn routes(r: &mut Routes<'_>) {
     const READERS: &str = "msp_admin; auditor; tenant_admin (their tenant only)";
@@ -29,16 +81,9 @@ pub fn routes(r: &mut Routes<'_>) {
             "The audit trail, one sentence per event, oldest first",
             READERS,
         )
-        .query(&[
-            ("tenant_id", "only this tenant's"),
-            ("computer_id", "only this computer's"),
-            ("technician_id", "only this technician's"),
-            ("account", "only this account's"),
-            ("from", "RFC 3339 time, inclusive"),
-            ("to", "RFC 3339 time, exclusive"),
-            ("cursor", "next_cursor of the previous page"),
-            ("limit", "1-1000, default 100"),
-        ]),
+        .query(AUDIT_QUERY)
+        .problems(&[404])
+        .answer(200, "one page of the trail"),
     )
     .add(
         Method::GET,
@@ -48,15 +93,11 @@ pub fn routes(r: &mut Routes<'_>) {
             "Raw events as NDJSON after a global position; follow=true streams live",
             READERS,
         )
-        .query(&[
-            ("after", "global position commit.prepare (exclusive)"),
-            ("limit", "at most this many (default 1000, max 10000)"),
-            (
-                "follow",
-                "true: keep the response open and stream new events",
-            ),
-        ])
-        .answer(200, "application/x-ndjson"),
+        .query(EVENTS_QUERY)
+        .answer(
+            200,
+            "one event a line; header Latchkey-Next-After: where to continue from",
+        ),
     )
     .add(
         Method::GET,
@@ -66,10 +107,12 @@ pub fn routes(r: &mut Routes<'_>) {
             "Verify the hash chain of one stream, or of the whole log",
             READERS,
         )
-        .query(&[(
-            "stream",
-            "e.g. computer-<id>; absent: every stream (all-tenant readers)",
-        )]),
+        .query(VERIFY_QUERY)
+        .problems(&[404])
+        .answer(
+            200,
+            "whether the chain is intact, and where it breaks if not",
+        ),
     )
     .add(
         Method::GET,
@@ -79,7 +122,7 @@ pub fn routes(r: &mut Routes<'_>) {
             "Which accounts were in the admin group at a time, through which session",
             "msp_admin; tenant_admin or auditor of this tenant; auditor of all",
         )
-        .query(&[("at", "RFC 3339 time (default now)")]),
+        .query(ADMINS_QUERY),
     );
 }
 
@@ -98,22 +141,10 @@ async fn audit_trail(
     services: web::Data<Services>,
     req: HttpRequest,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<AuditPage>, ApiError> {
     let scope = audit_scope(&principal)?;
-    let params = Params::parse(
-        &req,
-        &[
-            "tenant_id",
-            "computer_id",
-            "technician_id",
-            "account",
-            "from",
-            "to",
-            "cursor",
-            "limit",
-        ],
-    )?;
-    let asked = params.uuid("tenant_id")?.map(TenantId);
+    let params = Params::parse(&req, AUDIT_QUERY)?;
+    let asked = params.uuid("tenant_id").map(TenantId);
     let tenant = match (scope, asked) {
         (Some(own), Some(asked)) if own != asked => return Err(ApiError::not_found("the tenant")),
         (Some(own), _) => Some(own),
@@ -121,16 +152,16 @@ async fn audit_trail(
     };
     let filter = AuditFilter {
         tenant,
-        computer: params.uuid("computer_id")?.map(ComputerId),
-        technician: params.uuid("technician_id")?.map(TechnicianId),
+        computer: params.uuid("computer_id").map(ComputerId),
+        technician: params.uuid("technician_id").map(TechnicianId),
         account: params.text("account"),
-        from: params.time("from")?,
-        to: params.time("to")?,
+        from: params.time("from"),
+        to: params.time("to"),
         cursor: params.text("cursor"),
-        limit: params.number("limit", 1000)?.unwrap_or(100) as u32,
+        limit: params.number("limit") as u32,
     };
     let page = services.query(move |q| q.audit_trail(&filter)).await?;
-    Ok(HttpResponse::Ok().json(page))
+    Ok(Json::ok(&page))
 }
 
 /// Which tenant a stream belongs to, for tenant-scoped readers; cached per request.
@@ -171,29 +202,57 @@ impl StreamScope {
 }
 
 /// One stored event as an NDJSON line: everything an auditor needs to re-verify it.
+#[derive(Serialize, JsonSchema)]
+struct EventLine {
+    /// `<commit>.<prepare>`
+    #[schemars(extend("pattern" = "^[0-9]+\\.[0-9]+$"))]
+    position: String,
+    stream: String,
+    revision: u64,
+    event_id: uuid::Uuid,
+    event_type: String,
+    schema_version: u32,
+    recorded_at: chrono::DateTime<chrono::Utc>,
+    metadata: EventLineMetadata,
+    /// The event as stored; its schema is `schemas/events/<event_type>.v<schema_version>.json`.
+    payload: serde_json::Value,
+    /// Hex SHA-256 of the stream's previous event (`null` for the first).
+    #[schemars(extend("pattern" = HASH_PATTERN))]
+    prev_hash: Option<String>,
+    #[schemars(extend("pattern" = HASH_PATTERN))]
+    hash: String,
+}
+
+/// 64 lowercase hex digits.
+const HASH_PATTERN: &str = "^[0-9a-f]{64}$";
+
+#[derive(Serialize, JsonSchema)]
+struct EventLineMetadata {
+    actor: String,
+    correlation_id: uuid::Uuid,
+    causation_id: Option<uuid::Uuid>,
+}
+
 fn event_line(e: &RecordedEvent) -> String {
     let payload: serde_json::Value =
         serde_json::from_slice(&e.payload).unwrap_or(serde_json::Value::Null);
-    let mut line = serde_json::json!({
-        "position": super::format_position(e.position),
-        "stream": e.stream.as_str(),
-        "revision": e.revision,
-        "event_id": e.id,
-        "event_type": e.event_type,
-        "schema_version": e.schema_version,
-        "recorded_at": e.recorded_at,
-        "metadata": {
-            "actor": e.metadata.actor,
-            "correlation_id": e.metadata.correlation_id,
-            "causation_id": e.metadata.causation_id,
+    Lines::line(&EventLine {
+        position: super::format_position(e.position),
+        stream: e.stream.as_str().to_owned(),
+        revision: e.revision,
+        event_id: e.id,
+        event_type: e.event_type.clone(),
+        schema_version: e.schema_version,
+        recorded_at: e.recorded_at,
+        metadata: EventLineMetadata {
+            actor: e.metadata.actor.clone(),
+            correlation_id: e.metadata.correlation_id,
+            causation_id: e.metadata.causation_id,
         },
-        "payload": payload,
-        "prev_hash": e.prev_hash.map(|h| hex::encode(h.0)),
-        "hash": hex::encode(e.hash.0),
+        payload,
+        prev_hash: e.prev_hash.map(|h| hex::encode(h.0)),
+        hash: hex::encode(e.hash.0),
     })
-    .to_string();
-    line.push('\n');
-    line
 }
 
 /// Raw events as NDJSON after `after` (exclusive; from the start when absent), at most
@@ -203,12 +262,12 @@ async fn events(
     services: web::Data<Services>,
     req: HttpRequest,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Lines<EventLine>, ApiError> {
     let scope = audit_scope(&principal)?;
-    let params = Params::parse(&req, &["after", "limit", "follow"])?;
-    let after = params.position("after")?;
-    let follow = params.flag("follow")?.unwrap_or(false);
-    let limit = params.number("limit", 10_000)?.unwrap_or(1000) as usize;
+    let params = Params::parse(&req, EVENTS_QUERY)?;
+    let after = params.position("after");
+    let follow = params.flag("follow");
+    let limit = params.number("limit") as usize;
     let mut scope = scope.map(|tenant| StreamScope {
         tenant,
         known: HashMap::new(),
@@ -239,9 +298,11 @@ async fn events(
                 }
             },
         );
-        return Ok(HttpResponse::Ok()
-            .content_type("application/x-ndjson")
-            .streaming(body.boxed_local()));
+        return Ok(Lines::new(
+            HttpResponse::Ok()
+                .content_type("application/x-ndjson")
+                .streaming(body.boxed_local()),
+        ));
     }
     let mut out = String::new();
     let mut cursor = after;
@@ -274,7 +335,34 @@ async fn events(
         // Where to continue from: the last event read (sent or filtered out).
         response.insert_header(("Latchkey-Next-After", super::format_position(last)));
     }
-    Ok(response.content_type("application/x-ndjson").body(out))
+    Ok(Lines::new(
+        response.content_type("application/x-ndjson").body(out),
+    ))
+}
+
+/// The verdict on a hash chain: one stream's (`stream` named), or the whole log's.
+#[derive(Serialize, JsonSchema, Default)]
+struct Verification {
+    /// The stream verified, or the one where the chain breaks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<String>,
+    intact: bool,
+    /// Broken: the first revision of `stream` that does not chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<u64>,
+    /// Broken: what is wrong there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+    /// Intact: how many events were checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    events: Option<u64>,
+    /// The whole log, intact: how many streams.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    streams: Option<usize>,
+    /// One stream, intact: the hash of its last event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = HASH_PATTERN))]
+    last_hash: Option<String>,
 }
 
 /// Verifies the hash chain of one stream (`?stream=computer-…`) or, for all-tenant readers,
@@ -284,9 +372,9 @@ async fn verify(
     services: web::Data<Services>,
     req: HttpRequest,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<Verification>, ApiError> {
     let scope = audit_scope(&principal)?;
-    let params = Params::parse(&req, &["stream"])?;
+    let params = Params::parse(&req, VERIFY_QUERY)?;
     let store = services.store.clone();
     let Some(name) = params.text("stream") else {
         if scope.is_some() {
@@ -319,12 +407,13 @@ async fn verify(
             break;
         }
         if let Err(e) = verify_after(previous.as_ref(), &page) {
-            return Ok(HttpResponse::Ok().json(serde_json::json!({
-                "stream": stream.as_str(),
-                "intact": false,
-                "revision": e.revision(),
-                "problem": e.to_string(),
-            })));
+            return Ok(Json::ok(&Verification {
+                stream: Some(stream.as_str().to_owned()),
+                intact: false,
+                revision: Some(e.revision()),
+                problem: Some(e.to_string()),
+                ..Verification::default()
+            }));
         }
         count += page.len() as u64;
         previous = page.into_iter().last();
@@ -332,15 +421,16 @@ async fn verify(
     if count == 0 {
         return Err(ApiError::not_found("the stream"));
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "stream": stream.as_str(),
-        "intact": true,
-        "events": count,
-        "last_hash": previous.map(|p| hex::encode(p.hash.0)),
-    })))
+    Ok(Json::ok(&Verification {
+        stream: Some(stream.as_str().to_owned()),
+        intact: true,
+        events: Some(count),
+        last_hash: previous.map(|p| hex::encode(p.hash.0)),
+        ..Verification::default()
+    }))
 }
 
-async fn verify_all(services: &web::Data<Services>) -> Result<HttpResponse, ApiError> {
+async fn verify_all(services: &web::Data<Services>) -> Result<Json<Verification>, ApiError> {
     let mut last: HashMap<String, RecordedEvent> = HashMap::new();
     let mut after: Option<Position> = None;
     let mut count = 0u64;
@@ -357,22 +447,24 @@ async fn verify_all(services: &web::Data<Services>) -> Result<HttpResponse, ApiE
             after = Some(event.position);
             let previous = last.get(event.stream.as_str());
             if let Err(e) = verify_after(previous, std::slice::from_ref(&event)) {
-                return Ok(HttpResponse::Ok().json(serde_json::json!({
-                    "intact": false,
-                    "stream": event.stream.as_str(),
-                    "revision": e.revision(),
-                    "problem": e.to_string(),
-                })));
+                return Ok(Json::ok(&Verification {
+                    stream: Some(event.stream.as_str().to_owned()),
+                    intact: false,
+                    revision: Some(e.revision()),
+                    problem: Some(e.to_string()),
+                    ..Verification::default()
+                }));
             }
             count += 1;
             last.insert(event.stream.as_str().to_owned(), event);
         }
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "intact": true,
-        "streams": last.len(),
-        "events": count,
-    })))
+    Ok(Json::ok(&Verification {
+        intact: true,
+        streams: Some(last.len()),
+        events: Some(count),
+        ..Verification::default()
+    }))
 }
 
 async fn admins_as_of(
@@ -380,21 +472,29 @@ async fn admins_as_of(
     req: HttpRequest,
     principal: Principal,
     path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<AdminsAt>, ApiError> {
     let (tenant, computer) = path.into_inner();
     let tenant = visible_tenant(&services, &principal, &tenant).await?;
     if !principal.can_read_tenant(tenant) {
         return Err(forbidden("only the tenant's admins and auditors see this"));
     }
     let computer = tenant_computer(&services, tenant, &computer).await?;
-    let params = Params::parse(&req, &["at"])?;
-    let at = params.time("at")?.unwrap_or_else(chrono::Utc::now);
-    let rows = services
+    let params = Params::parse(&req, ADMINS_QUERY)?;
+    let at = params.time("at").unwrap_or_else(chrono::Utc::now);
+    let admins = services
         .query(move |q| q.admins_as_of(computer, at))
         .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "computer_id": computer,
-        "at": at,
-        "admins": rows,
-    })))
+    Ok(Json::ok(&AdminsAt {
+        computer_id: computer,
+        at,
+        admins,
+    }))
+}
+
+/// Who was in the computer's admin group at `at`, and through which session.
+#[derive(Serialize, JsonSchema)]
+struct AdminsAt {
+    computer_id: ComputerId,
+    at: chrono::DateTime<chrono::Utc>,
+    admins: Vec<AdminAsOf>,
 }

@@ -17,6 +17,7 @@
 //! server more than [`LEASE`] ago. A key re-used with a different body is refused (422),
 //! never answered with the first answer.
 
+use super::answer::Json;
 use super::Services;
 use crate::auth::Principal;
 use crate::problem::{ApiError, BodyFingerprint};
@@ -26,6 +27,7 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use latchkey_store::sql::{params, Dialect, OptionalExtension, Sql, SqlError, SqlExt};
 use std::collections::HashSet;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 use uuid::Uuid;
 
@@ -66,25 +68,34 @@ pub struct Reply {
     pub location: Option<String>,
 }
 
+/// A [`Reply`] whose body is a `T`: what the handler's answer is documented as.
+pub struct Typed<T> {
+    reply: Reply,
+    body: PhantomData<fn() -> T>,
+}
+
 impl Reply {
-    pub fn ok(body: impl serde::Serialize) -> Result<Self, ApiError> {
+    pub fn ok<T: serde::Serialize>(body: &T) -> Result<Typed<T>, ApiError> {
         Self::with(StatusCode::OK, body, None)
     }
 
-    pub fn created(body: impl serde::Serialize, location: String) -> Result<Self, ApiError> {
+    pub fn created<T: serde::Serialize>(body: &T, location: String) -> Result<Typed<T>, ApiError> {
         Self::with(StatusCode::CREATED, body, Some(location))
     }
 
-    pub fn with(
+    pub fn with<T: serde::Serialize>(
         status: StatusCode,
-        body: impl serde::Serialize,
+        body: &T,
         location: Option<String>,
-    ) -> Result<Self, ApiError> {
+    ) -> Result<Typed<T>, ApiError> {
         let body = serde_json::to_value(body).map_err(|e| super::internal("encoding", &e))?;
-        Ok(Self {
-            status,
-            body,
-            location,
+        Ok(Typed {
+            reply: Self {
+                status,
+                body,
+                location,
+            },
+            body: PhantomData,
         })
     }
 
@@ -376,17 +387,18 @@ fn key_of(req: &HttpRequest) -> Result<Option<String>, ApiError> {
 /// Runs `handler` at most once per (token, `Idempotency-Key`), replaying its reply to retries.
 /// The handler runs under a [`Scope`]: it takes the id of what it creates from it and passes
 /// it to [`Services::execute_in`].
-pub async fn idempotent<Fut>(
+pub async fn idempotent<T, Fut>(
     services: &web::Data<Services>,
     req: &HttpRequest,
     principal: &Principal,
     handler: impl FnOnce(Scope) -> Fut,
-) -> Result<HttpResponse, ApiError>
+) -> Result<Json<T>, ApiError>
 where
-    Fut: Future<Output = Result<Reply, ApiError>>,
+    Fut: Future<Output = Result<Typed<T>, ApiError>>,
 {
     let Some(key) = key_of(req)? else {
-        return Ok(handler(Scope::fresh()).await?.into_response(false));
+        let reply = handler(Scope::fresh()).await?.reply;
+        return Ok(Json::made(reply.into_response(false)));
     };
     let token = principal.token_id.to_string();
     let request = format!("{} {}", req.method(), req.path());
@@ -402,7 +414,8 @@ where
         .await?
     };
     let scope = match claim {
-        Claim::Done(reply) => return Ok(reply.into_response(true)),
+        // Stored from a `Typed<T>` of this same request (method and path).
+        Claim::Done(reply) => return Ok(Json::made(reply.into_response(true))),
         Claim::Running => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -424,13 +437,13 @@ where
     };
     let _running = services.idempotency.run(&token, &key);
     match handler(scope).await {
-        Ok(reply) => {
+        Ok(Typed { reply, .. }) => {
             fault::maybe_crash(fault::Point::BeforeAnswerStored);
             let stored = super::blocking(services, STORE, move |s| {
                 s.idempotency.finish(&token, &key, &reply).map(|()| reply)
             })
             .await?;
-            Ok(stored.into_response(false))
+            Ok(Json::made(stored.into_response(false)))
         }
         Err(e) => {
             let _ = super::blocking(services, STORE, move |s| {

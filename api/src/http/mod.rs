@@ -8,6 +8,7 @@
 
 mod admin;
 mod agent;
+pub mod answer;
 mod auditor;
 mod idempotency;
 pub mod openapi;
@@ -403,94 +404,148 @@ pub fn own_tenant(principal: &Principal) -> Option<TenantId> {
     }
 }
 
-/// Query-string parameters, each parsed with a 400 naming it when malformed, and unknown
-/// parameters refused (a typo must not silently widen a filter).
-pub struct Params(HashMap<String, String>);
+/// Query-string parameters, checked against the operation's declared [`openapi::Query`] list
+/// (the one its documentation shows): each malformed one is a 400 naming it, and unknown
+/// parameters are refused (a typo must not silently widen a filter).
+pub struct Params {
+    declared: &'static [openapi::Query],
+    values: HashMap<&'static str, String>,
+}
 
 impl Params {
-    pub fn parse(req: &HttpRequest, allowed: &[&str]) -> Result<Self, ApiError> {
-        let mut map = HashMap::new();
-        for (key, value) in form_urlencoded::parse(req.query_string().as_bytes()) {
-            if !allowed.contains(&key.as_ref()) {
+    pub fn parse(req: &HttpRequest, declared: &'static [openapi::Query]) -> Result<Self, ApiError> {
+        Self::of(req.query_string(), declared)
+    }
+
+    /// [`Params::parse`] of a query string.
+    pub fn of(query: &str, declared: &'static [openapi::Query]) -> Result<Self, ApiError> {
+        let mut values = HashMap::new();
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            let Some(query) = declared.iter().find(|q| q.name == key) else {
+                let names: Vec<&str> = declared.iter().map(|q| q.name).collect();
                 return Err(ApiError::bad_request(
                     &key,
-                    format!(
-                        "unknown query parameter `{key}`; expected one of: {}",
-                        allowed.join(", ")
-                    ),
+                    match names.is_empty() {
+                        true => format!("unknown query parameter `{key}`; this takes none"),
+                        false => format!(
+                            "unknown query parameter `{key}`; expected one of: {}",
+                            names.join(", ")
+                        ),
+                    },
                 ));
-            }
-            if map.insert(key.to_string(), value.to_string()).is_some() {
+            };
+            check_query(query, &value)?;
+            if values.insert(query.name, value.into_owned()).is_some() {
                 return Err(ApiError::bad_request(&key, format!("`{key}` given twice")));
             }
         }
-        Ok(Self(map))
+        Ok(Self { declared, values })
+    }
+
+    fn kind(&self, name: &str) -> Option<openapi::Kind> {
+        let kind = self
+            .declared
+            .iter()
+            .find(|q| q.name == name)
+            .map(|q| q.kind);
+        debug_assert!(kind.is_some(), "query parameter {name} is not declared");
+        kind
     }
 
     pub fn text(&self, name: &str) -> Option<String> {
-        self.0.get(name).cloned()
+        self.values.get(name).cloned()
     }
 
-    pub fn uuid(&self, name: &str) -> Result<Option<Uuid>, ApiError> {
-        self.0.get(name).map(|v| path_id(v, name)).transpose()
+    pub fn uuid(&self, name: &str) -> Option<Uuid> {
+        self.values.get(name).and_then(|v| Uuid::parse_str(v).ok())
     }
 
-    pub fn time(&self, name: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
-        self.0
+    pub fn time(&self, name: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.values.get(name).and_then(|v| parse_time(v))
+    }
+
+    /// The number given, or the declared default.
+    pub fn number(&self, name: &str) -> u64 {
+        let default = match self.kind(name) {
+            Some(openapi::Kind::Integer { default, .. }) => default,
+            _ => 0,
+        };
+        self.values
             .get(name)
-            .map(|v| {
-                chrono::DateTime::parse_from_rfc3339(v)
-                    .map(|t| t.with_timezone(&chrono::Utc))
-                    .map_err(|_| {
-                        ApiError::bad_request(
-                            name,
-                            format!("{name} must be an RFC 3339 time, e.g. 2026-11-23T09:00:00Z"),
-                        )
-                    })
-            })
-            .transpose()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
     }
 
-    pub fn number(&self, name: &str, max: u64) -> Result<Option<u64>, ApiError> {
-        self.0
+    /// The flag given, or false.
+    pub fn flag(&self, name: &str) -> bool {
+        self.values
             .get(name)
-            .map(|v| match v.parse::<u64>() {
-                Ok(n) if n <= max => Ok(n),
-                _ => Err(ApiError::bad_request(
-                    name,
-                    format!("{name} must be a whole number from 0 to {max}"),
-                )),
-            })
-            .transpose()
-    }
-
-    pub fn flag(&self, name: &str) -> Result<Option<bool>, ApiError> {
-        self.0
-            .get(name)
-            .map(|v| match v.as_str() {
-                "true" | "1" => Ok(true),
-                "false" | "0" => Ok(false),
-                _ => Err(ApiError::bad_request(
-                    name,
-                    format!("{name} must be true or false"),
-                )),
-            })
-            .transpose()
+            .is_some_and(|v| matches!(v.as_str(), "true" | "1"))
     }
 
     /// A global log position written `<commit>.<prepare>` (or just `<commit>`).
-    pub fn position(&self, name: &str) -> Result<Option<Position>, ApiError> {
-        self.0
-            .get(name)
-            .map(|v| {
-                parse_position(v).ok_or_else(|| {
-                    ApiError::bad_request(
-                        name,
-                        format!("{name} must be a log position like 42.42 (commit.prepare)"),
-                    )
-                })
+    pub fn position(&self, name: &str) -> Option<Position> {
+        self.values.get(name).and_then(|v| parse_position(v))
+    }
+}
+
+fn parse_time(text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Whether `value` is what `query` declares; a 400 naming it if not.
+fn check_query(query: &openapi::Query, value: &str) -> Result<(), ApiError> {
+    use openapi::Kind;
+    let name = query.name;
+    let digits = |part: &str, most: usize| {
+        !part.is_empty() && part.len() <= most && part.bytes().all(|b| b.is_ascii_digit())
+    };
+    let problem = match query.kind {
+        Kind::Uuid => Uuid::parse_str(value)
+            .is_err()
+            .then(|| format!("{name} must be a UUID")),
+        Kind::Integer { min, max, .. } => match value.parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) && digits(value, 20) => None,
+            _ => Some(format!("{name} must be a whole number from {min} to {max}")),
+        },
+        Kind::Flag => (!matches!(value, "true" | "false" | "1" | "0"))
+            .then(|| format!("{name} must be true or false")),
+        Kind::Time => parse_time(value)
+            .is_none()
+            .then(|| format!("{name} must be an RFC 3339 time, e.g. 2026-11-23T09:00:00Z")),
+        Kind::Position => {
+            let ok = match value.split_once('.') {
+                Some((commit, prepare)) => digits(commit, 18) && digits(prepare, 18),
+                None => digits(value, 18),
+            };
+            (!ok).then(|| format!("{name} must be a log position like 42.42 (commit.prepare)"))
+        }
+        Kind::Cursor => {
+            let parts: Vec<&str> = value.split('.').collect();
+            let ok = matches!(parts.as_slice(), [commit, prepare, line]
+                if digits(commit, 18) && digits(prepare, 18) && digits(line, 9));
+            (!ok).then(|| format!("{name} must be the next_cursor of a previous page"))
+        }
+        Kind::Stream => {
+            let ok = value.len() <= 256
+                && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c));
+            (!ok).then(|| {
+                format!("{name} must be a stream name like computer-<id> (letters, digits, '_', '.', ':', '-')")
             })
-            .transpose()
+        }
+        Kind::OneOf(words) => {
+            (!words.contains(&value)).then(|| format!("{name} must be one of {}", words.join(", ")))
+        }
+        Kind::Text => None,
+    };
+    match problem {
+        Some(detail) => Err(ApiError::bad_request(name, detail)),
+        None => Ok(()),
     }
 }
 
@@ -522,7 +577,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(payload_config())
         .route("/openapi.json", web::get().to(openapi::openapi_json))
         .route("/docs", web::get().to(openapi::docs_page))
-        .service(web::scope("/v1").configure(|cfg| {
-            all_routes(&mut openapi::Routes::registering(cfg));
-        }));
+        .service(
+            web::scope("/v1")
+                .configure(|cfg| {
+                    let mut routes = openapi::Routes::registering(cfg);
+                    all_routes(&mut routes);
+                    routes.finish();
+                })
+                .default_service(web::to(openapi::no_such_path)),
+        );
 }

@@ -1,17 +1,17 @@
 //! Technician endpoints: check out a computer, follow the session, reveal its credential
 //! (audited, only while active), get the offline TOTP secret (audited) and check in.
 
+use super::admin::SessionList;
+use super::answer::Json;
 use super::idempotency::{idempotent, Reply};
-use super::openapi::{Doc, Routes};
-use super::{
-    actor, forbidden, no_store, tenant_computer, visible_session, visible_tenant, Services,
-};
+use super::openapi::{Doc, Kind, Query, Routes};
+use super::{actor, forbidden, tenant_computer, visible_session, visible_tenant, Services};
 use crate::auth::Principal;
 use crate::problem::{ApiError, JsonBody};
 use crate::secrets::{self, Secret, SecretRef};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest};
 use latchkey_domain::computer::{Computer, ComputerCommand, ComputerEvent};
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::names::{AccountName, EphemeralDigits, Reason, TicketRef};
@@ -22,7 +22,21 @@ use latchkey_domain::session::{
 use latchkey_domain::technician::Technician;
 use latchkey_domain::tenant::Tenant;
 use latchkey_projections::SessionFilter;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+const MY_SESSIONS_QUERY: &[Query] = &[
+    Query::new("open", Kind::Flag, "true: only open ones"),
+    Query::new(
+        "limit",
+        Kind::Integer {
+            min: 1,
+            max: 1000,
+            default: 100,
+        },
+        "at most this many",
+    ),
+];
 
 pub fn routes(r: &mut Routes<'_>) {
     const TECHNICIAN: &str = "technician who is a member of the tenant";
@@ -33,6 +47,7 @@ pub fn routes(r: &mut Routes<'_>) {
         check_out,
         Doc::new("Check out admin access to a computer", TECHNICIAN)
             .body::<CheckOutRequest>()
+            .idempotent()
             .answer(201, "the session (provisioning)"),
     )
     .add(
@@ -42,16 +57,14 @@ pub fn routes(r: &mut Routes<'_>) {
         Doc::new(
             "Your offline TOTP secret on this computer: otpauth:// URI and QR code (audited)",
             TECHNICIAN,
-        ),
+        )
+        .answer(200, "the secret (never cached)"),
     )
     .add(
         Method::GET,
         "/sessions",
         my_sessions,
-        Doc::new("Your own sessions, newest first", "technician").query(&[
-            ("open", "true: only open ones"),
-            ("limit", "1-1000, default 100"),
-        ]),
+        Doc::new("Your own sessions, newest first", "technician").query(MY_SESSIONS_QUERY),
     )
     .add(
         Method::GET,
@@ -69,17 +82,20 @@ pub fn routes(r: &mut Routes<'_>) {
         Doc::new(
             "Reveal the account's current password (audited; only while active)",
             OWN,
-        ),
+        )
+        .answer(200, "the password (never cached)"),
     )
     .add(
         Method::POST,
         "/sessions/{session_id}/checkin",
         check_in,
-        Doc::new("Check in: access is taken away on the computer", OWN),
+        Doc::new("Check in: access is taken away on the computer", OWN)
+            .idempotent()
+            .answer(200, "the session"),
     );
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct SessionView {
     pub session_id: SessionId,
     pub tenant_id: latchkey_domain::ids::TenantId,
@@ -88,6 +104,7 @@ pub struct SessionView {
     pub login_mode: latchkey_domain::policy::LoginMode,
     pub account: AccountName,
     /// `provisioning`, `active`, `checked_in` or `failed`.
+    #[schemars(extend("enum" = ["provisioning", "active", "checked_in", "failed"]))]
     pub status: &'static str,
     pub check_in_reason: Option<CheckInReason>,
     pub failure: Option<String>,
@@ -131,6 +148,7 @@ struct CheckOutRequest {
     ticket: Option<TicketRef>,
     /// Shorter than the computer's maximum session length if wanted; a longer wish is
     /// refused (422 naming `duration_minutes`), never quietly shortened.
+    #[schemars(range(min = 1, max = 10080))]
     duration_minutes: Option<u32>,
 }
 
@@ -140,7 +158,7 @@ async fn check_out(
     principal: Principal,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<CheckOutRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<SessionView>, ApiError> {
     let (tenant, computer) = path.into_inner();
     let tenant = visible_tenant(&services, &principal, &tenant).await?;
     let computer = tenant_computer(&services, tenant, &computer).await?;
@@ -183,7 +201,7 @@ async fn check_out(
             .execute_in::<Session>(scope, principal, session_id.stream_name(), command)
             .await?;
         Reply::created(
-            session_view(&executed.state)?,
+            &session_view(&executed.state)?,
             format!("/v1/sessions/{session_id}"),
         )
     })
@@ -194,9 +212,9 @@ async fn get_session(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<SessionView>, ApiError> {
     let session = visible_session(&services, &principal, &path).await?;
-    Ok(HttpResponse::Ok().json(view(&session)))
+    Ok(Json::ok(&view(&session)))
 }
 
 /// A technician's own sessions, newest first.
@@ -204,21 +222,21 @@ async fn my_sessions(
     services: web::Data<Services>,
     req: HttpRequest,
     principal: Principal,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<SessionList>, ApiError> {
     let Some(technician) = principal.technician_id() else {
         return Err(forbidden(
             "this lists a technician's own sessions; admins use /v1/tenants/{id}/sessions",
         ));
     };
-    let params = super::Params::parse(&req, &["open", "limit"])?;
+    let params = super::Params::parse(&req, MY_SESSIONS_QUERY)?;
     let filter = SessionFilter {
         technician: Some(technician),
-        open_only: params.flag("open")?.unwrap_or(false),
-        limit: params.number("limit", 1000)?.unwrap_or(100) as u32,
+        open_only: params.flag("open"),
+        limit: params.number("limit") as u32,
         ..SessionFilter::default()
     };
-    let rows = services.query(move |q| q.sessions(&filter)).await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "sessions": rows })))
+    let sessions = services.query(move |q| q.sessions(&filter)).await?;
+    Ok(Json::ok(&SessionList { sessions }))
 }
 
 /// The session's technician, and only them (admins can see the session, not its password).
@@ -230,13 +248,24 @@ fn own_session(principal: &Principal, session: &SessionState) -> Result<(), ApiE
     }
 }
 
+/// A revealed password.
+#[derive(Serialize, JsonSchema)]
+struct Credential {
+    session_id: SessionId,
+    account: AccountName,
+    password: String,
+    password_version: u32,
+    /// When the session ends (and the password is rotated again).
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Reveals the session's current password: audited (`CredentialRevealed`), refused unless the
 /// session is active. Never stored for idempotent replay.
 async fn reveal(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<Credential>, ApiError> {
     let session = visible_session(&services, &principal, &path).await?;
     own_session(&principal, &session)?;
     let computer: Computer = services.load(session.computer_id.stream_name()).await?;
@@ -266,13 +295,28 @@ async fn reveal(
     .await?
     .ok_or_else(|| super::internal("secret store", &"the rotated password is missing"))?;
     tracing::info!(session = %session.session_id, account = %session.account, version, "credential revealed");
-    Ok(no_store(HttpResponse::Ok().json(serde_json::json!({
-        "session_id": session.session_id,
-        "account": session.account,
-        "password": password.expose(),
-        "password_version": version,
-        "expires_at": session.expires_at,
-    }))))
+    Ok(Json::ok(&Credential {
+        session_id: session.session_id,
+        account: session.account,
+        password: password.expose().to_owned(),
+        password_version: version,
+        expires_at: session.expires_at,
+    })
+    .no_store())
+}
+
+/// A technician's offline TOTP secret on one computer.
+#[derive(Serialize, JsonSchema)]
+struct OfflineSecret {
+    computer_id: ComputerId,
+    /// The account the secret logs into.
+    account: AccountName,
+    generation: u32,
+    /// For an authenticator app (SHA1, 6 digits, 30 s).
+    #[schemars(extend("pattern" = "^otpauth://totp/"))]
+    otpauth_uri: String,
+    /// The same URI as a QR code (SVG).
+    qr_svg: String,
 }
 
 /// The technician's offline TOTP secret on this computer as an `otpauth://` URI and a QR
@@ -281,7 +325,7 @@ async fn offline_secret(
     services: web::Data<Services>,
     principal: Principal,
     path: web::Path<(String, String)>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<OfflineSecret>, ApiError> {
     let (tenant, computer) = path.into_inner();
     let tenant = visible_tenant(&services, &principal, &tenant).await?;
     let computer = tenant_computer(&services, tenant, &computer).await?;
@@ -320,13 +364,14 @@ async fn offline_secret(
         .render::<qrcode::render::svg::Color<'_>>()
         .min_dimensions(200, 200)
         .build();
-    Ok(no_store(HttpResponse::Ok().json(serde_json::json!({
-        "computer_id": computer,
-        "account": shown.account,
-        "generation": shown.generation,
-        "otpauth_uri": uri.expose(),
-        "qr_svg": qr,
-    }))))
+    Ok(Json::ok(&OfflineSecret {
+        computer_id: computer,
+        account: shown.account.clone(),
+        generation: shown.generation,
+        otpauth_uri: uri.expose().to_owned(),
+        qr_svg: qr,
+    })
+    .no_store())
 }
 
 /// Refuses (422) when the technician has no offline secret on the computer yet, saying
@@ -396,7 +441,7 @@ async fn check_in(
     req: HttpRequest,
     principal: Principal,
     path: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<Json<SessionView>, ApiError> {
     let session = visible_session(&services, &principal, &path).await?;
     own_session(&principal, &session)?;
     let (services, principal) = (&services, &principal);
@@ -409,7 +454,7 @@ async fn check_in(
         let executed = services
             .execute_in::<Session>(scope, principal, session.session_id.stream_name(), command)
             .await?;
-        Reply::ok(session_view(&executed.state)?)
+        Reply::ok(&session_view(&executed.state)?)
     })
     .await
 }

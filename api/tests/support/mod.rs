@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod ca;
+pub mod contract;
 pub mod https;
 pub mod machine;
 pub mod msp;
@@ -15,6 +16,7 @@ use std::net::TcpStream;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 /// A running `latchkey serve`; killed when dropped.
 pub struct Server {
@@ -25,6 +27,8 @@ pub struct Server {
     pub url: String,
     /// The stdout lines after the "listening" line that were already printed at start-up.
     pub stdout: BufReader<std::process::ChildStdout>,
+    /// The server's own `/openapi.json`, fetched when first needed.
+    contract: OnceLock<contract::Contract>,
 }
 
 impl Drop for Server {
@@ -91,6 +95,7 @@ impl Server {
             addr,
             url,
             stdout,
+            contract: OnceLock::new(),
         }
     }
 
@@ -134,7 +139,39 @@ impl Server {
 
     /// Sends one request; returns the status, the content type and the body. An event stream
     /// (`text/event-stream`) never ends by itself: its body here is its first event.
+    ///
+    /// Every answer from `/v1` is held to the server's own `/openapi.json` ([`contract`]): a
+    /// status or a body the document does not describe fails the test here.
     pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String, String) {
+        let (status, content_type, answer) = self.request_unchecked(method, path, token, body);
+        if path.starts_with("/v1/") {
+            if let Err(broken) = self
+                .contract()
+                .check(method, path, status, &content_type, &answer)
+            {
+                panic!("the answer breaks the API contract: {broken}");
+            }
+        }
+        (status, content_type, answer)
+    }
+
+    /// The server's own document, as [`Server::request`] holds answers to it.
+    pub fn contract(&self) -> &contract::Contract {
+        self.contract.get_or_init(|| {
+            let (status, _, document) = self.request_unchecked("GET", "/openapi.json", None, None);
+            assert_eq!(status, 200, "/openapi.json: {document}");
+            contract::Contract::new(serde_json::from_str(&document).expect("the document is JSON"))
+        })
+    }
+
+    /// [`Server::request`] without the contract check.
+    pub fn request_unchecked(
         &self,
         method: &str,
         path: &str,
