@@ -41,7 +41,6 @@ pub fn routes(r: &mut Routes<'_>) {
         "/tenants",
         create_tenant,
         Doc::new("Register a customer tenant", "msp_admin")
-            .body::<NewTenant>()
             .idempotent()
             .answer(201, "the tenant"),
     )
@@ -65,7 +64,6 @@ pub fn routes(r: &mut Routes<'_>) {
             "Change the technician login mode (named, shared, ephemeral)",
             ADMINS,
         )
-        .body::<NewLoginMode>()
         .idempotent()
         .answer(200, "the tenant"),
     )
@@ -74,7 +72,6 @@ pub fn routes(r: &mut Routes<'_>) {
         "/tenants/{tenant_id}/policy",
         set_policy,
         Doc::new("Replace the tenant's JIT policy", ADMINS)
-            .body::<JitPolicy>()
             .idempotent()
             .answer(200, "the tenant"),
     )
@@ -108,7 +105,6 @@ pub fn routes(r: &mut Routes<'_>) {
             "A one-time token for enrolling one computer's agent (shown once)",
             ADMINS,
         )
-        .body::<NewEnrollmentToken>()
         .answer(201, "the token"),
     )
     .add(
@@ -133,8 +129,7 @@ pub fn routes(r: &mut Routes<'_>) {
         Doc::new(
             "Set (or clear with null) the computer's own JIT policy",
             ADMINS,
-        )
-        .body::<PolicyOverride>(),
+        ),
     )
     .add(
         Method::POST,
@@ -196,7 +191,6 @@ pub fn routes(r: &mut Routes<'_>) {
         "/technicians",
         create_technician,
         Doc::new("Register a technician (MSP staff)", "msp_admin")
-            .body::<NewTechnician>()
             .idempotent()
             .answer(201, "the technician"),
     )
@@ -243,7 +237,6 @@ pub fn routes(r: &mut Routes<'_>) {
             "msp_admin (any role); tenant_admin \
                   (tenant_admin or auditor of their tenant)",
         )
-        .body::<NewToken>()
         .problems(&[404])
         .answer(201, "the token (its secret shown once)"),
     )
@@ -269,7 +262,6 @@ pub fn routes(r: &mut Routes<'_>) {
             "the token's holder; msp_admin (any person's token); tenant_admin (tenant_admin \
              and auditor tokens of their tenant)",
         )
-        .body::<Rotation>()
         .answer(200, "the token with its new secret (shown once)"),
     )
     .add(

@@ -52,8 +52,6 @@ pub fn routes(r: &mut Routes<'_>) {
             "Enroll this computer with a one-time token; returns the agent's credential",
             "anyone holding an enrollment token",
         )
-        .body::<Enrollment>()
-        .public()
         .problems(&[401, 410, 429])
         .answer(201, "computer id and agent token (shown once)"),
     )
@@ -88,7 +86,6 @@ pub fn routes(r: &mut Routes<'_>) {
             "Report a request's result and what was verified on the machine",
             "the computer's agent",
         )
-        .body::<Report>()
         .answer(200, "recorded"),
     )
     .add(
@@ -113,7 +110,6 @@ pub fn routes(r: &mut Routes<'_>) {
              then rotates the account's password again",
             "the computer's agent",
         )
-        .body::<OfflineLogin>()
         .answer(200, "recorded"),
     )
     .add(
@@ -125,7 +121,6 @@ pub fn routes(r: &mut Routes<'_>) {
              codes for an account (idempotent by lockout_id; audited)",
             "the computer's agent",
         )
-        .body::<OfflineLockout>()
         .answer(200, "recorded"),
     )
     .add(
@@ -136,7 +131,6 @@ pub fn routes(r: &mut Routes<'_>) {
             "Report the members of the admin group on the machine (drift detection)",
             "the computer's agent",
         )
-        .body::<Inventory>()
         .answer(200, "taken"),
     );
 }

@@ -2,10 +2,10 @@
 //! the same route table that registers the handlers ([`Routes`]): a route cannot exist
 //! without its documentation, nor be documented without existing. Request bodies, success
 //! bodies and query parameters are described by the very types and declarations the handlers
-//! use: the JSON Schemas (schemars) of the types they parse and answer ([`Answers`] reads the
-//! answer's from the handler's return type), and the [`Query`] list [`super::Params`] checks
-//! the query string against. A path with a method it does not have answers 405 naming the
-//! methods it has.
+//! use: the JSON Schemas (schemars) of the types they parse and answer, read from the
+//! handler's signature ([`Takes`] for its arguments, [`Answers`] for its return type), and
+//! the [`Query`] list every request's query string is checked against. A path with a method
+//! it does not have answers 405 naming the methods it has.
 
 use super::answer::Answers;
 use crate::problem::ApiError;
@@ -20,11 +20,9 @@ pub struct Doc {
     /// Who may call it (the roles), shown in the description.
     pub who: &'static str,
     pub query: &'static [Query],
-    pub body: Option<fn(&mut SchemaGenerator) -> Schema>,
     /// The success status and what it means; the body's schema comes from the handler's
     /// return type.
     pub answer: (u16, &'static str),
-    pub authenticated: bool,
     /// Takes `Idempotency-Key`.
     pub idempotent: bool,
     /// Problem statuses beyond those the operation's shape implies (see [`problems`]).
@@ -37,17 +35,10 @@ impl Doc {
             summary,
             who,
             query: &[],
-            body: None,
             answer: (200, "success"),
-            authenticated: true,
             idempotent: false,
             problems: &[],
         }
-    }
-
-    pub fn body<T: JsonSchema>(mut self) -> Self {
-        self.body = Some(|generator| generator.subschema_for::<T>());
-        self
     }
 
     pub const fn query(mut self, query: &'static [Query]) -> Self {
@@ -57,11 +48,6 @@ impl Doc {
 
     pub const fn answer(mut self, status: u16, what: &'static str) -> Self {
         self.answer = (status, what);
-        self
-    }
-
-    pub const fn public(mut self) -> Self {
-        self.authenticated = false;
         self
     }
 
@@ -144,11 +130,61 @@ impl Query {
     }
 }
 
+/// What a handler's arguments take from the request, as the document shows it: implemented
+/// by every extractor a handler uses, and by their tuples (a handler's `Args`), so the
+/// request body's schema and whether a token is needed come from the handler's signature.
+pub trait Takes {
+    /// Whether an argument needs a bearer token.
+    const AUTHENTICATED: bool = false;
+
+    /// The request body's schema, if an argument parses one.
+    fn body(_: &mut SchemaGenerator) -> Option<Schema> {
+        None
+    }
+}
+
+impl<T: JsonSchema> Takes for crate::problem::JsonBody<T> {
+    fn body(generator: &mut SchemaGenerator) -> Option<Schema> {
+        Some(generator.subschema_for::<T>())
+    }
+}
+
+impl Takes for crate::auth::Principal {
+    const AUTHENTICATED: bool = true;
+}
+
+impl<T: ?Sized> Takes for web::Data<T> {}
+impl<T> Takes for web::Path<T> {}
+impl Takes for actix_web::HttpRequest {}
+impl Takes for () {}
+
+macro_rules! takes_tuple {
+    ($($part:ident),+) => {
+        impl<$($part: Takes),+> Takes for ($($part,)+) {
+            const AUTHENTICATED: bool = $($part::AUTHENTICATED)||+;
+
+            fn body(generator: &mut SchemaGenerator) -> Option<Schema> {
+                None$(.or_else(|| $part::body(generator)))+
+            }
+        }
+    };
+}
+
+takes_tuple!(A);
+takes_tuple!(A, B);
+takes_tuple!(A, B, C);
+takes_tuple!(A, B, C, D);
+takes_tuple!(A, B, C, D, E);
+
 /// One registered operation and its documentation.
 pub struct Operation {
     pub method: Method,
     pub path: &'static str,
     pub doc: Doc,
+    /// From the handler's arguments ([`Takes`]).
+    authenticated: bool,
+    body: fn(&mut SchemaGenerator) -> Option<Schema>,
+    /// From the handler's return type ([`Answers`]).
     answer: fn(&mut SchemaGenerator) -> Option<super::answer::Body>,
 }
 
@@ -181,7 +217,8 @@ impl<'a> Routes<'a> {
         }
     }
 
-    /// Adds `handler` at `method` `/v1{path}`, documented by `doc` and by its return type.
+    /// Adds `handler` at `method` `/v1{path}`, documented by `doc`, by its arguments (the
+    /// request body, the token) and by its return type (the success body).
     pub fn add<F, Args>(
         &mut self,
         method: Method,
@@ -191,7 +228,7 @@ impl<'a> Routes<'a> {
     ) -> &mut Self
     where
         F: actix_web::Handler<Args>,
-        Args: actix_web::FromRequest + 'static,
+        Args: actix_web::FromRequest + Takes + 'static,
         F::Output: actix_web::Responder + Answers + 'static,
     {
         if self.cfg.is_some() {
@@ -209,6 +246,8 @@ impl<'a> Routes<'a> {
             method,
             path,
             doc,
+            authenticated: Args::AUTHENTICATED,
+            body: Args::body,
             answer: <F::Output as Answers>::body,
         });
         self
@@ -299,16 +338,19 @@ fn problem_schema() -> Value {
 }
 
 /// The problem statuses an operation may answer, from its shape: malformed input (any
-/// operation: an unknown query parameter is refused), authentication, roles and throttled guessing where it needs a token, 404 where
-/// it names something,
-/// conflicts, refused rules and missing things where it writes, body limits where it takes a
-/// body; 5XX always.
-fn problems(operation: &Operation, path_params: bool) -> Vec<(String, &'static str)> {
+/// operation: an unknown query parameter is refused), authentication, roles and throttled
+/// guessing where it needs a token, 404 where it names something, conflicts, refused rules
+/// and missing things where it writes, body limits where it takes a body; 5XX always.
+fn problems(
+    operation: &Operation,
+    path_params: bool,
+    takes_body: bool,
+) -> Vec<(String, &'static str)> {
     let doc = &operation.doc;
     let writes = operation.method != Method::GET;
     // 400 everywhere: every operation refuses a query parameter it does not declare.
     let mut statuses: Vec<u16> = vec![400];
-    if doc.authenticated {
+    if operation.authenticated {
         // 429: failed authentication is throttled before the token is looked at.
         statuses.extend([401, 403, 429]);
     }
@@ -319,7 +361,7 @@ fn problems(operation: &Operation, path_params: bool) -> Vec<(String, &'static s
         // A command's rules may also find what it names missing (an account, a request).
         statuses.extend([404, 409, 422]);
     }
-    if doc.body.is_some() {
+    if takes_body {
         statuses.extend([413, 415]);
     }
     statuses.extend(doc.problems);
@@ -401,7 +443,8 @@ pub fn document() -> Value {
             success["content"] = json!({ body.media_type: {"schema": body.schema} });
         }
         responses.insert(doc.answer.0.to_string(), success);
-        for (status, what) in problems(operation, !path_names.is_empty()) {
+        let request_body = (operation.body)(&mut generator);
+        for (status, what) in problems(operation, !path_names.is_empty(), request_body.is_some()) {
             let mut problem = json!({"description": what, "content": {"application/problem+json":
                 {"schema": {"$ref": "#/components/schemas/Problem"}}}});
             if status == "429" {
@@ -420,15 +463,14 @@ pub fn document() -> Value {
             "parameters": parameters,
             "responses": responses,
         });
-        if let Some(body) = doc.body {
-            let mut schema = body(&mut generator);
+        if let Some(mut schema) = request_body {
             schemars::transform::Transform::transform(&mut UnsignedMaxima, &mut schema);
             entry["requestBody"] = json!({
                 "required": true,
                 "content": {"application/json": {"schema": schema}}
             });
         }
-        entry["security"] = match doc.authenticated {
+        entry["security"] = match operation.authenticated {
             true => json!([{"bearer": []}]),
             false => json!([]),
         };

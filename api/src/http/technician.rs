@@ -46,7 +46,6 @@ pub fn routes(r: &mut Routes<'_>) {
         "/tenants/{tenant_id}/computers/{computer_id}/checkout",
         check_out,
         Doc::new("Check out admin access to a computer", TECHNICIAN)
-            .body::<CheckOutRequest>()
             .idempotent()
             .answer(201, "the session (provisioning)"),
     )
