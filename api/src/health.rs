@@ -28,6 +28,8 @@ pub enum ProcessManagers {
 pub struct Health {
     state: Mutex<ProcessManagers>,
     restarts: AtomicU64,
+    /// Since when writes find the storage full (a 507 was answered), until a write succeeds.
+    storage_full_since: Mutex<Option<DateTime<Utc>>>,
 }
 
 impl Default for Health {
@@ -35,6 +37,7 @@ impl Default for Health {
         Self {
             state: Mutex::new(ProcessManagers::Waiting),
             restarts: AtomicU64::new(0),
+            storage_full_since: Mutex::new(None),
         }
     }
 }
@@ -72,6 +75,30 @@ impl Health {
     pub fn is_degraded(&self) -> bool {
         matches!(self.process_managers(), ProcessManagers::Failing { .. })
     }
+
+    /// A write found the storage full (keeps the first time while it stays full).
+    pub fn storage_full(&self) {
+        self.storage_full_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Utc::now);
+    }
+
+    /// A write succeeded: the storage has room (again).
+    pub fn storage_has_room(&self) {
+        *self
+            .storage_full_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Since when writes have found the storage full, if the last one did.
+    pub fn storage_full_since(&self) -> Option<DateTime<Utc>> {
+        *self
+            .storage_full_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +122,17 @@ mod tests {
         assert_eq!(health.restarts(), 2);
         health.set(ProcessManagers::Running);
         assert!(!health.is_degraded());
+    }
+
+    #[test]
+    fn storage_stays_full_from_the_first_refused_write_until_a_write_succeeds() {
+        let health = Health::default();
+        assert_eq!(health.storage_full_since(), None);
+        health.storage_full();
+        let since = health.storage_full_since().expect("full");
+        health.storage_full();
+        assert_eq!(health.storage_full_since(), Some(since));
+        health.storage_has_room();
+        assert_eq!(health.storage_full_since(), None);
     }
 }

@@ -204,14 +204,18 @@ async fn healthz(state: web::Data<Services>) -> impl Responder {
     match state.store.read_all(None, 1).await {
         // Reads and writes are served; the process managers may be failing (degraded:
         // check-outs are recorded but not provisioned until they run again).
+        // A full disk: reads are served, writes refused with 507 until space is freed.
         Ok(_) => {
             let process_managers = state.health.process_managers();
-            let status = match process_managers {
-                ProcessManagers::Failing { .. } => "degraded",
-                _ => "ok",
-            };
+            let full_since = state.health.storage_full_since();
+            let degraded =
+                matches!(process_managers, ProcessManagers::Failing { .. }) || full_since.is_some();
             let mut body = serde_json::to_value(&process_managers).unwrap_or_default();
-            body["status"] = status.into();
+            body["status"] = if degraded { "degraded" } else { "ok" }.into();
+            body["storage"] = if full_since.is_some() { "full" } else { "ok" }.into();
+            if let Some(since) = full_since {
+                body["storage_full_since"] = since.to_rfc3339().into();
+            }
             HttpResponse::Ok().json(body)
         }
         Err(e) => {

@@ -41,6 +41,7 @@ pub struct Metrics {
     poll_wakeups: Gauge,
     process_managers_failing: Gauge,
     process_manager_restarts: Gauge,
+    storage_full: Gauge,
 }
 
 impl Default for Metrics {
@@ -64,6 +65,12 @@ impl Metrics {
         let poll_wakeups = Gauge::default();
         let process_managers_failing = Gauge::default();
         let process_manager_restarts = Gauge::default();
+        let storage_full = Gauge::default();
+        registry.register(
+            "storage_full",
+            "1 while writes find the storage full and are refused with 507 (see /healthz)",
+            storage_full.clone(),
+        );
         registry.register(
             "process_managers_failing",
             "1 while the process managers are failing and being restarted (see /healthz)",
@@ -123,6 +130,7 @@ impl Metrics {
             poll_wakeups,
             process_managers_failing,
             process_manager_restarts,
+            storage_full,
         }
     }
 
@@ -165,9 +173,19 @@ pub async fn track(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "unmatched".to_owned());
+    let services = req.app_data::<web::Data<Services>>().cloned();
     let response = next.call(req).await?;
+    let status = response.status();
     if let Some(metrics) = metrics {
-        metrics.observe(&method, route, response.status().as_u16(), started);
+        metrics.observe(&method, route, status.as_u16(), started);
+    }
+    // A full disk shows in /healthz from the first write it refused until one succeeds.
+    if let Some(services) = services {
+        if status == actix_web::http::StatusCode::INSUFFICIENT_STORAGE {
+            services.health.storage_full();
+        } else if status.is_success() && method != "GET" {
+            services.health.storage_has_room();
+        }
     }
     Ok(response)
 }
@@ -185,6 +203,9 @@ pub async fn scrape(metrics: web::Data<Metrics>, services: web::Data<Services>) 
     metrics
         .process_manager_restarts
         .set(services.health.restarts() as i64);
+    metrics
+        .storage_full
+        .set(i64::from(services.health.storage_full_since().is_some()));
     let figures = services
         .query(|q| {
             let open = q.open_session_count()?;

@@ -114,6 +114,29 @@ impl ApiError {
         )
     }
 
+    /// The disk (or the database server's) is full, so the write was refused whole: 507,
+    /// and a retry succeeds once space is freed. Reads go on being served.
+    pub fn storage_full() -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage-full",
+            "the server's storage is full, so nothing was written; try again once an \
+             operator has freed space (see /healthz)",
+        )
+    }
+
+    /// A failure of `what` (a store): 507 if the storage is full, else an internal error
+    /// whose details go to the log only.
+    pub fn failed(what: &str, error: &(dyn std::error::Error + 'static)) -> Self {
+        if latchkey_store::sql::is_storage_full(error) {
+            tracing::error!(error = %error, "{what} failed: the storage is full");
+            return Self::storage_full();
+        }
+        let reference = uuid::Uuid::now_v7().to_string();
+        tracing::error!(error = %error, %reference, "{what} failed");
+        Self::internal(&reference)
+    }
+
     /// Something broke inside; the details go to the log under `reference`, not to the client.
     pub fn internal(reference: &str) -> Self {
         Self::new(
@@ -193,11 +216,11 @@ impl From<CommandError> for ApiError {
                     "the event store is unavailable; try again",
                 )
             }
-            other => {
-                let reference = uuid::Uuid::now_v7().to_string();
-                tracing::error!(error = %other, %reference, "command failed");
-                Self::internal(&reference)
+            CommandError::Store(StoreError::Full(_)) => {
+                tracing::error!(error = %e, "the event store's storage is full");
+                Self::storage_full()
             }
+            other => Self::failed("command", &other),
         }
     }
 }
@@ -219,11 +242,7 @@ impl From<crate::technicians::TechnicianError> for ApiError {
     fn from(e: crate::technicians::TechnicianError) -> Self {
         match e {
             crate::technicians::TechnicianError::Command(e) => e.into(),
-            crate::technicians::TechnicianError::Tokens(e) => {
-                let reference = uuid::Uuid::now_v7().to_string();
-                tracing::error!(error = %e, %reference, "token store failed");
-                Self::internal(&reference)
-            }
+            crate::technicians::TechnicianError::Tokens(e) => Self::failed("token store", &e),
         }
     }
 }

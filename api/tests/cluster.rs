@@ -232,19 +232,7 @@ impl Node {
     }
 }
 
-/// Retries `f` every 100 ms until it says `Ok`, for at most `limit`.
-fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match f() {
-            Ok(value) => return value,
-            Err(why) if Instant::now() >= deadline => {
-                panic!("{what}: not so within {limit:?}; last: {why}")
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
-        }
-    }
-}
+use support::eventually_ok as eventually;
 
 // ---------------------------------------------------------------------------------------
 // The servers

@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::time::Duration;
 use support::Server;
 
@@ -35,30 +35,13 @@ fn keyed(server: &Server, token: &str, path: &str, key: &str, body: &Value) -> O
         Some(&body),
         &[("Idempotency-Key", key)],
     );
-    let mut status_line = String::new();
-    if reader.read_line(&mut status_line).unwrap_or(0) == 0 {
-        return None;
-    }
-    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
-    let mut replayed = false;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-            break;
-        }
-        if line
-            .to_ascii_lowercase()
-            .starts_with("idempotent-replayed: true")
-        {
-            replayed = true;
-        }
-    }
     let mut text = String::new();
     reader.read_to_string(&mut text).ok()?;
+    let answer = support::Answer::parse(&text)?;
     Some(Answer {
-        status,
-        replayed,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        status: answer.status,
+        replayed: answer.header("idempotent-replayed") == Some("true"),
+        body: answer.json(),
     })
 }
 

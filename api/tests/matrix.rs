@@ -269,18 +269,8 @@ struct World {
 }
 
 /// Retries `f` until it returns `Some`, for up to 10 s (the read models trail the streams).
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    support::eventually(what, Duration::from_secs(10), f)
 }
 
 fn text(value: &Value, key: &str) -> String {

@@ -34,14 +34,6 @@ fn health(msp: &Msp) -> (u16, Value) {
     msp.server.json("GET", "/healthz", None, None)
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_server_stays_up_through_a_database_restart_and_resumes() {
     let database = postgres_database();
@@ -49,9 +41,11 @@ fn the_server_stays_up_through_a_database_restart_and_resumes() {
     let mut setup = msp.setup("named", "W11-BLIP");
     let (before, _) = msp.check_out(&mut setup);
     msp.check_in(&mut setup, &before);
-    wait_until("the process managers to run", || {
-        health(&msp).1["process_managers"] == "running"
-    });
+    support::eventually(
+        "the process managers to run",
+        Duration::from_secs(60),
+        || (health(&msp).1["process_managers"] == "running").then_some(()),
+    );
 
     let cut = cut_every_connection(&database);
     assert!(cut >= 2, "the server had connections to cut ({cut})");

@@ -454,14 +454,13 @@ fn offline_secrets_offline_logins_and_the_admin_inventory_over_the_agent_endpoin
     );
 }
 
-fn loop_until<T>(mut f: impl FnMut() -> Option<T>) -> T {
-    for _ in 0..100 {
-        if let Some(value) = f() {
-            return value;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("never happened");
+/// Retries `f` for up to 5 s (the read models trail the streams).
+fn loop_until<T>(f: impl FnMut() -> Option<T>) -> T {
+    support::eventually(
+        "the read models to show it",
+        std::time::Duration::from_secs(5),
+        f,
+    )
 }
 
 /// After a switch to shared mode, asking for an offline secret before the shared account has

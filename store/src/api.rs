@@ -115,6 +115,10 @@ pub enum StoreError {
     InvalidStreamName(String),
     #[error("the event store is unavailable: {0}")]
     Unavailable(String),
+    /// The disk (or the database server's) is full: nothing of the append was written, and
+    /// appends succeed again once space is freed, without a restart. Reads go on.
+    #[error("the event store's storage is full, so nothing was written: {0}")]
+    Full(String),
     #[error("the event store is corrupt: {0}")]
     Corrupt(String),
 }

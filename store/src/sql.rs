@@ -83,6 +83,42 @@ impl SqlError {
     }
 }
 
+/// Whether `error`, or any error it was caused by, says the storage is full: SQLite's
+/// `SQLITE_FULL`, PostgreSQL's `53100 disk_full`, the event store's [`StoreError::Full`] or
+/// an I/O error `ENOSPC`. Callers answer those as "nothing was written; free space", not as
+/// an internal failure.
+///
+/// [`StoreError::Full`]: crate::StoreError::Full
+pub fn is_storage_full(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        let full = if let Some(e) = error.downcast_ref::<SqlError>() {
+            // Transparent: its `source()` skips the driver's error, so look at it here.
+            match e {
+                SqlError::Sqlite(e) => is_storage_full(e),
+                SqlError::Postgres(e) => is_storage_full(e),
+                SqlError::Create { source, .. } => is_storage_full(source),
+                _ => false,
+            }
+        } else if let Some(e) = error.downcast_ref::<rusqlite::Error>() {
+            e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
+        } else if let Some(e) = error.downcast_ref::<tokio_postgres::Error>() {
+            e.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL)
+        } else if let Some(e) = error.downcast_ref::<crate::StoreError>() {
+            matches!(e, crate::StoreError::Full(_))
+        } else if let Some(e) = error.downcast_ref::<std::io::Error>() {
+            e.kind() == std::io::ErrorKind::StorageFull
+        } else {
+            false
+        };
+        if full {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// The server's own message, not just "db error".
 fn postgres_message(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -1055,6 +1091,49 @@ mod tests {
             "CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT COLLATE \"C\" NOT NULL, \
              context TEXT COLLATE \"C\", data BYTEA) ;"
         );
+    }
+
+    /// SQLite's own "database or disk is full" (here from a page limit, as a full disk gives
+    /// it), however deep it sits in a chain of errors; other failures are not "full".
+    #[test]
+    fn a_full_database_is_recognised_through_the_error_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("token store: {source}")]
+        struct Wrapper {
+            source: SqlError,
+        }
+        let connection = rusqlite::Connection::open_in_memory().unwrap();
+        connection
+            .execute_batch("CREATE TABLE t (b BLOB UNIQUE); PRAGMA max_page_count = 8")
+            .unwrap();
+        let full = (0..100)
+            .find_map(|_| {
+                connection
+                    .execute("INSERT INTO t VALUES (randomblob(2000))", [])
+                    .err()
+            })
+            .expect("the page limit is reached");
+        let full = Wrapper {
+            source: SqlError::from(full),
+        };
+        assert!(is_storage_full(&full), "{full}");
+        assert!(is_storage_full(&crate::StoreError::Full("x".into())));
+        assert!(is_storage_full(&std::io::Error::from(
+            std::io::ErrorKind::StorageFull
+        )));
+
+        let other = rusqlite::Connection::open_in_memory().unwrap();
+        other
+            .execute_batch("CREATE TABLE u (k INTEGER PRIMARY KEY); INSERT INTO u VALUES (1)")
+            .unwrap();
+        let duplicate = other.execute("INSERT INTO u VALUES (1)", []).unwrap_err();
+        let duplicate = Wrapper {
+            source: SqlError::from(duplicate),
+        };
+        assert!(!is_storage_full(&duplicate));
+        assert!(!is_storage_full(&crate::StoreError::Unavailable(
+            "x".into()
+        )));
     }
 
     #[test]

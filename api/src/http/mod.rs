@@ -148,7 +148,8 @@ impl From<ProjectionError> for ApiError {
 
 /// Logs an internal failure under a fresh reference and returns the 500 naming only that.
 /// Runs `f`, a call to the token, secret or idempotency store, off the async executor. A
-/// failure is a 500 whose log line names `what` (never the data).
+/// failure is a 500 whose log line names `what` (never the data), or a 507 when the storage
+/// is full ([`ApiError::failed`]).
 pub async fn blocking<T, E>(
     services: &web::Data<Services>,
     what: &'static str,
@@ -156,13 +157,13 @@ pub async fn blocking<T, E>(
 ) -> Result<T, ApiError>
 where
     T: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
+    E: std::error::Error + Send + 'static,
 {
     let services = services.clone();
     web::block(move || f(&services))
         .await
         .map_err(|e| internal("blocking pool", &e))?
-        .map_err(|e| internal(what, &e))
+        .map_err(|e| ApiError::failed(what, &e))
 }
 
 pub fn internal(what: &str, error: &dyn std::fmt::Display) -> ApiError {

@@ -373,7 +373,8 @@ fn problems(
         .collect();
     out.push((
         "5XX".into(),
-        "the server failed (500) or its store is unavailable (503)",
+        "the server failed (500), its store is unavailable (503), or its storage is full \
+         and nothing was written (507, urn:latchkey:problem:storage-full)",
     ));
     out
 }

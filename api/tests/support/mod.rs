@@ -48,10 +48,30 @@ impl Server {
     /// [`Server::start`] with more arguments for `latchkey serve` (e.g. `--store URL`).
     /// An existing `data` is made private first ([`make_private`]), as the server asks.
     pub fn start_with_args(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::start_wrapped(&[], data, args, env)
+    }
+
+    /// [`Server::start_with_args`] with the server run by `wrapper` (a command and its
+    /// arguments, e.g. `unshare …`) that ends by running the rest of its arguments. The
+    /// wrapper must exec the server, so the child's pid stays the server's.
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         if data.is_dir() {
             make_private(data);
         }
-        let mut command = Command::new(env!("CARGO_BIN_EXE_latchkey"));
+        let binary = env!("CARGO_BIN_EXE_latchkey");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
@@ -104,7 +124,7 @@ impl Server {
     pub fn exited_within(&mut self, limit: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if !self.is_running() {
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -281,22 +301,7 @@ impl Server {
         }
         let mut text = String::new();
         BufReader::new(stream).read_to_string(&mut text).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer");
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .expect("a status line");
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        Answer {
-            status,
-            headers,
-            body: body.to_owned(),
-        }
+        Answer::parse(&text).expect("an HTTP answer")
     }
 
     pub fn json(
@@ -323,6 +328,26 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Parses a whole HTTP/1.x answer (header names lower-cased); `None` if there is none
+    /// (e.g. the server died before answering).
+    pub fn parse(text: &str) -> Option<Answer> {
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())?;
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Some(Answer {
+            status,
+            headers,
+            body: body.to_owned(),
+        })
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -365,4 +390,32 @@ pub fn read_head(reader: &mut impl BufRead) -> (u16, String) {
         }
     }
     (status.expect("an answer"), content_type)
+}
+
+/// Retries `f` every 50 ms until it says `Ok`, for at most `limit`; then fails naming `what`
+/// and the last reason. For what happens asynchronously (read models, process managers).
+pub fn eventually_ok<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match f() {
+            Ok(value) => return value,
+            Err(why) if std::time::Instant::now() >= deadline => {
+                panic!("{what}: not so within {limit:?}; last: {why}")
+            }
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+}
+
+/// [`eventually_ok`] for a check that has no reason to give.
+pub fn eventually<T>(
+    what: &str,
+    limit: std::time::Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    eventually_ok(what, limit, || f().ok_or_else(|| "not yet".to_owned()))
 }

@@ -25,6 +25,12 @@ impl Msp {
         ];
         all.extend_from_slice(env);
         let server = Server::start(data.path(), &all);
+        Self::adopt(server, admin, data)
+    }
+
+    /// An MSP on a server started otherwise, with `admin` as its admin token and `data` as
+    /// its data directory.
+    pub fn adopt(server: Server, admin: String, data: tempfile::TempDir) -> Msp {
         Msp {
             server,
             admin,
@@ -79,6 +85,7 @@ impl Msp {
         let agent = self.enroll(&tenant_id, hostname);
         Setup {
             tenant_id,
+            nik_id,
             nik_token,
             agent,
             shared_account: tenant["shared_account"].as_str().map(str::to_owned),
@@ -212,6 +219,7 @@ impl Msp {
 
 pub struct Setup {
     pub tenant_id: String,
+    pub nik_id: String,
     pub nik_token: String,
     pub agent: Agent,
     pub shared_account: Option<String>,

@@ -41,6 +41,7 @@ pub(super) fn sql_error(context: &str, e: rusqlite::Error) -> StoreError {
         Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
             StoreError::Corrupt(format!("{context}: {e}"))
         }
+        Some(ErrorCode::DiskFull) => StoreError::Full(format!("{context}: {e}")),
         _ => StoreError::Unavailable(format!("{context}: {e}")),
     }
 }

@@ -74,12 +74,29 @@ struct StreamHead {
 }
 
 /// A failure that spoils the whole transaction (I/O, a full disk, a wrong cache): every
-/// append of the batch is answered `Unavailable` and nothing of it is kept.
-struct Fatal(String);
+/// append of the batch is answered `Unavailable` (`Full` when the disk is full) and nothing
+/// of it is kept. The writer goes on: the next batch tries again, so appends succeed once
+/// the disk has room.
+struct Fatal {
+    reason: String,
+    full: bool,
+}
+
+impl Fatal {
+    fn new(reason: String) -> Self {
+        Self {
+            reason,
+            full: false,
+        }
+    }
+}
 
 impl From<rusqlite::Error> for Fatal {
     fn from(e: rusqlite::Error) -> Self {
-        Fatal(e.to_string())
+        Self {
+            full: e.sqlite_error_code() == Some(ErrorCode::DiskFull),
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -218,7 +235,7 @@ impl Writer {
                     self.published.send_replace(self.head);
                 }
             }
-            Err(Fatal(reason)) => {
+            Err(Fatal { reason, full }) => {
                 if !self.conn.is_autocommit() {
                     // If even this fails the connection is unusable and the next BEGIN says so.
                     let _ = self.conn.execute_batch("ROLLBACK");
@@ -229,10 +246,15 @@ impl Writer {
                 // A failed COMMIT may still have reached the disk, so say "may"; the retry
                 // the message suggests is safe because appends replay by event id.
                 outcomes.extend(batch.iter().map(|_| {
-                    Err(StoreError::Unavailable(format!(
-                        "the append failed and may not have been written ({reason}); retry it \
-                         with the same event ids"
-                    )))
+                    Err(if full {
+                        // Rolled back above, so nothing of it is on disk.
+                        StoreError::Full(reason.clone())
+                    } else {
+                        StoreError::Unavailable(format!(
+                            "the append failed and may not have been written ({reason}); \
+                             retry it with the same event ids"
+                        ))
+                    })
                 }));
             }
         }
@@ -261,7 +283,7 @@ impl Writer {
             .prepare_cached(LAST_POSITION)?
             .query_row([], |row| row.get(0))?;
         let last = u64::try_from(last)
-            .map_err(|_| Fatal(format!("the last position {last} is negative")))?;
+            .map_err(|_| Fatal::new(format!("the last position {last} is negative")))?;
         if last != self.head {
             // Someone else wrote to the file: what we remember about streams is stale.
             self.streams.clear();
@@ -337,7 +359,7 @@ impl Writer {
                 match self.replay(request)? {
                     Ok(Some(original)) => Ok(Ok(original)),
                     Err(duplicate) => Ok(Err(duplicate)),
-                    Ok(None) => Err(Fatal(format!(
+                    Ok(None) => Err(Fatal::new(format!(
                         "stream {} changed behind the writer's back",
                         request.stream
                     ))),
@@ -357,8 +379,9 @@ impl Writer {
             let Some(row) = rows.next()? else {
                 return Ok(None);
             };
-            let position = rows::integer(row, 2, 0).map_err(|e| Fatal(e.to_string()))?;
-            let revision = rows::integer(row, 1, position).map_err(|e| Fatal(e.to_string()))?;
+            let position = rows::integer(row, 2, 0).map_err(|e| Fatal::new(e.to_string()))?;
+            let revision =
+                rows::integer(row, 1, position).map_err(|e| Fatal::new(e.to_string()))?;
             let stream: String = row.get(0)?;
             Ok(Some(Placed {
                 stream,
@@ -377,7 +400,7 @@ impl Writer {
         let head = match rows.next()? {
             None => None,
             Some(row) => {
-                let bad = |e: StoreError| Fatal(e.to_string());
+                let bad = |e: StoreError| Fatal::new(e.to_string());
                 Some(StreamHead {
                     revision: rows::integer(row, 0, 0).map_err(bad)?,
                     hash: rows::hash(row, 1, 0).map_err(bad)?,

@@ -50,6 +50,9 @@ pub(super) fn sql_error(context: &str, e: tokio_postgres::Error) -> StoreError {
         .code()
         .is_some_and(|c| *c == SqlState::DATA_CORRUPTED || *c == SqlState::INDEX_CORRUPTED);
     let reason = explain(&e);
+    if e.code() == Some(&SqlState::DISK_FULL) {
+        return StoreError::Full(format!("{context}: {reason}"));
+    }
     if corrupt {
         StoreError::Corrupt(format!("{context}: {reason}"))
     } else {
