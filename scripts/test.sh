@@ -150,3 +150,10 @@ cargo test "${scope[@]}" "${targets[@]}" "$@"
 if [[ $# == 0 ]]; then
   LATCHKEY_TEST_READ_MODELS=postgres cargo test -p latchkey-projections --tests
 fi
+
+# The KurrentDB backend's own unit tests (mappings, metadata, hashing): they need no server,
+# so they run here, with the feature the workspace build leaves off. Its conformance suite
+# needs a KurrentDB server, which cannot run here.
+if [[ $# == 0 ]]; then
+  cargo test -p latchkey-store --features kurrentdb --lib kurrentdb::
+fi
