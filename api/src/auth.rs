@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 use latchkey_domain::ids::{ComputerId, TechnicianId, TenantId};
-use latchkey_store::sql::{params, Dialect, OptionalExtension, Sql, SqlError, SqlExt, Value};
+use latchkey_sql::{params, Dialect, OptionalExtension, Sql, SqlError, SqlExt, Value};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -708,7 +708,7 @@ impl TokenStore {
                     let ddl = format!("ALTER TABLE tokens ADD COLUMN {column} TEXT");
                     let ddl = match tx.dialect() {
                         Dialect::Sqlite => ddl,
-                        Dialect::Postgres => latchkey_store::sql::postgres_ddl(&ddl),
+                        Dialect::Postgres => latchkey_sql::postgres_ddl(&ddl),
                     };
                     tx.batch(&ddl).map_err(|e| self.storage(e))?;
                 }
@@ -1090,9 +1090,9 @@ impl TokenStore {
             query.limit
         );
         let now = Utc::now();
-        let refs: Vec<&dyn latchkey_store::sql::ToValue> = values
+        let refs: Vec<&dyn latchkey_sql::ToValue> = values
             .iter()
-            .map(|v| v as &dyn latchkey_store::sql::ToValue)
+            .map(|v| v as &dyn latchkey_sql::ToValue)
             .collect();
         let rows = self
             .db
@@ -1105,7 +1105,7 @@ impl TokenStore {
     /// A row of [`TOKEN_COLUMNS`] as listed.
     fn token_info(
         &self,
-        row: &latchkey_store::sql::Row,
+        row: &latchkey_sql::Row,
         now: DateTime<Utc>,
     ) -> Result<TokenInfo, AuthError> {
         let text = |i: usize| -> Result<Option<String>, AuthError> {

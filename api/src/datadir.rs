@@ -4,7 +4,7 @@
 //! enter, or that holds such a file, is refused with the `chmod` that fixes it, never
 //! changed behind the operator's back (`--data /srv` must not make `/srv` private).
 
-use latchkey_store::files::create_private_dir;
+use latchkey_sql::files::create_private_dir;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 

@@ -128,7 +128,7 @@ impl ApiError {
     /// A failure of `what` (a store): 507 if the storage is full, else an internal error
     /// whose details go to the log only.
     pub fn failed(what: &str, error: &(dyn std::error::Error + 'static)) -> Self {
-        if latchkey_store::sql::is_storage_full(error) {
+        if latchkey_sql::is_storage_full(error) {
             tracing::error!(error = %error, "{what} failed: the storage is full");
             return Self::storage_full();
         }

@@ -10,7 +10,7 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use latchkey_domain::ids::ComputerId;
 use latchkey_domain::names::AccountName;
 use latchkey_domain::policy::PasswordPolicy;
-use latchkey_store::sql::{params, OptionalExtension, Sql, SqlError};
+use latchkey_sql::{params, OptionalExtension, Sql, SqlError};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::RngExt;
 use std::fmt;

@@ -7,7 +7,7 @@
 //! none.
 
 use crate::storage::{Durable, Place};
-use latchkey_store::sql::{params, OptionalExtension, SqlError};
+use latchkey_sql::{params, OptionalExtension, SqlError};
 use uuid::Uuid;
 
 /// A stored snapshot.

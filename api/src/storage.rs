@@ -3,7 +3,7 @@
 //! `--store postgres://…` tables in the [`POSTGRES_SCHEMA`] schema of that database, shared
 //! by every server on it. One place, so none of them is ever less durable than the others.
 
-use latchkey_store::sql::{self, PgConnection, Sql, SqlError};
+use latchkey_sql::{self as sql, PgConnection, Sql, SqlError};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

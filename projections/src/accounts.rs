@@ -13,7 +13,7 @@ use latchkey_domain::ids::{ComputerId, RequestId, SessionId, TechnicianId, Tenan
 use latchkey_domain::names::{AccountName, FailureReason, GroupName, Hostname};
 use latchkey_domain::policy::LoginMode;
 use latchkey_domain::{AnyEvent, Timestamp};
-use latchkey_store::sql::{params, Dialect, Row, Sql, SqlError};
+use latchkey_sql::{params, Dialect, Row, Sql, SqlError};
 use latchkey_store::RecordedEvent;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -249,7 +249,7 @@ pub(crate) fn apply(
     tx: &dyn Sql,
     recorded: &RecordedEvent,
     event: &AnyEvent,
-) -> latchkey_store::sql::Result<()> {
+) -> latchkey_sql::Result<()> {
     use ComputerEvent as E;
     let AnyEvent::Computer(event) = event else {
         return Ok(());
@@ -459,7 +459,7 @@ fn verified_result(
     tx: &dyn Sql,
     recorded: &RecordedEvent,
     r: Verified<'_>,
-) -> latchkey_store::sql::Result<()> {
+) -> latchkey_sql::Result<()> {
     let computer = r.computer_id.to_string();
     let account = r.account.as_str();
     let request = r.request_id.0 as i64;
@@ -591,7 +591,7 @@ fn open_offline_logins(
     tx: &dyn Sql,
     computer: &str,
     account: Option<&str>,
-) -> latchkey_store::sql::Result<Vec<OpenOfflineLogin>> {
+) -> latchkey_sql::Result<Vec<OpenOfflineLogin>> {
     let mut statement = tx.prepare_cached(
         "SELECT login_id, account, admin_group, used_at FROM offline_logins
          WHERE computer_id = ?1 AND ended_at IS NULL
@@ -608,7 +608,7 @@ fn end_offline_login(
     computer: &str,
     login: &str,
     at: &str,
-) -> latchkey_store::sql::Result<()> {
+) -> latchkey_sql::Result<()> {
     crate::exec(
         tx,
         "UPDATE offline_logins SET ended_at = ?3
@@ -640,7 +640,7 @@ fn operation_json(operation: &Operation) -> String {
 /// A column this module wrote from a domain value that no longer parses: the file was
 /// tampered with or written by another version. Reported, never guessed at.
 /// An [`OfflineLoginRef`] from columns `at`.. (login id, technician id, used at, until).
-fn offline_login_at(row: &Row, at: usize) -> latchkey_store::sql::Result<OfflineLoginRef> {
+fn offline_login_at(row: &Row, at: usize) -> latchkey_sql::Result<OfflineLoginRef> {
     Ok(OfflineLoginRef {
         login_id: parsed(row, at, uuid)?,
         technician_id: parsed_opt(row, at + 1, uuid)?.map(TechnicianId),
@@ -657,7 +657,7 @@ fn parsed<T, E: std::fmt::Display>(
     row: &Row,
     column: usize,
     parse: impl FnOnce(String) -> Result<T, E>,
-) -> latchkey_store::sql::Result<T> {
+) -> latchkey_sql::Result<T> {
     let text: String = row.get(column)?;
     parse(text).map_err(|e| bad_column(column, e))
 }
@@ -666,7 +666,7 @@ fn parsed_opt<T, E: std::fmt::Display>(
     row: &Row,
     column: usize,
     parse: impl FnOnce(String) -> Result<T, E>,
-) -> latchkey_store::sql::Result<Option<T>> {
+) -> latchkey_sql::Result<Option<T>> {
     let text: Option<String> = row.get(column)?;
     text.map(parse)
         .transpose()
@@ -685,16 +685,12 @@ fn operation(text: String) -> Result<Operation, serde_json::Error> {
     serde_json::from_str(&text)
 }
 
-fn u64_at(row: &Row, column: usize) -> latchkey_store::sql::Result<u64> {
+fn u64_at(row: &Row, column: usize) -> latchkey_sql::Result<u64> {
     let value: i64 = row.get(column)?;
     u64::try_from(value).map_err(|e| bad_column(column, e))
 }
 
-fn owner_at(
-    row: &Row,
-    kind: usize,
-    technician: usize,
-) -> latchkey_store::sql::Result<AccountOwner> {
+fn owner_at(row: &Row, kind: usize, technician: usize) -> latchkey_sql::Result<AccountOwner> {
     let mode = parsed(row, kind, |t| t.parse::<LoginMode>())?;
     let technician_id = parsed_opt(row, technician, uuid)?.map(TechnicianId);
     match (mode, technician_id) {
@@ -767,7 +763,7 @@ impl Queries<'_> {
                 open_sessions: sessions.get(&key).cloned().unwrap_or_default(),
             })
         })?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
 
     /// Admin-group memberships in force that no open session on their computer uses: the
@@ -843,7 +839,7 @@ impl Queries<'_> {
                 offline_login: None,
             })
         })?;
-        let mut out: Vec<StandingPrivilege> = rows.collect::<latchkey_store::sql::Result<_>>()?;
+        let mut out: Vec<StandingPrivilege> = rows.collect::<latchkey_sql::Result<_>>()?;
         // Offline logins past their end that no observation has shown over, and that no
         // membership above or open session already accounts for.
         let mut statement = self.conn().prepare_cached(
@@ -881,7 +877,7 @@ impl Queries<'_> {
                 offline_login: Some(offline_login_at(row, 6)?),
             })
         })?;
-        out.extend(rows.collect::<latchkey_store::sql::Result<Vec<_>>>()?);
+        out.extend(rows.collect::<latchkey_sql::Result<Vec<_>>>()?);
         out.sort_by(|a, b| {
             let key = |p: &StandingPrivilege| {
                 (
@@ -921,7 +917,7 @@ impl Queries<'_> {
                 offline_logins: Vec::new(),
             })
         })?;
-        let mut out: Vec<AdminAsOf> = rows.collect::<latchkey_store::sql::Result<_>>()?;
+        let mut out: Vec<AdminAsOf> = rows.collect::<latchkey_sql::Result<_>>()?;
         // Offline logins in force then: they explain a membership the log knows, or are one
         // of their own (the agent added the account without a request of ours).
         let mut offline = self.conn().prepare_cached(
@@ -975,7 +971,7 @@ impl Queries<'_> {
             let ids = sessions.query_map(params![computer, admin.account.as_str(), at], |row| {
                 Ok(SessionId(parsed(row, 0, uuid)?))
             })?;
-            admin.sessions = ids.collect::<latchkey_store::sql::Result<_>>()?;
+            admin.sessions = ids.collect::<latchkey_sql::Result<_>>()?;
         }
         Ok(out)
     }
@@ -1001,7 +997,7 @@ impl Queries<'_> {
                 requested_at: parsed(row, 5, instant)?,
             })
         })?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
 
     /// Revocations and clean-ups that failed and wait for a retry, oldest failure first,
@@ -1031,7 +1027,7 @@ impl Queries<'_> {
                 operation: parsed(row, 9, operation)?,
             })
         })?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
 }
 
@@ -1085,6 +1081,6 @@ impl Queries<'_> {
                 managed: row.get(5)?,
             })
         })?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
 }

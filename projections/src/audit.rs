@@ -25,7 +25,7 @@ use latchkey_domain::session::{CheckInReason, SessionEvent};
 use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::{Actor, AnyEvent, Timestamp};
-use latchkey_store::sql::{params, Dialect, OptionalExtension, Row, Sql, SqlError, Value};
+use latchkey_sql::{params, Dialect, OptionalExtension, Row, Sql, SqlError, Value};
 use latchkey_store::{Position, RecordedEvent};
 use serde::Serialize;
 use std::cell::RefCell;
@@ -283,15 +283,15 @@ impl Queries<'_> {
     }
 }
 
-fn read_entry(row: &Row) -> latchkey_store::sql::Result<(AuditCursor, AuditEntry)> {
+fn read_entry(row: &Row) -> latchkey_sql::Result<(AuditCursor, AuditEntry)> {
     fn conversion(column: usize, e: impl std::error::Error + Send + Sync + 'static) -> SqlError {
         SqlError::column(column, e)
     }
     // Only `apply` writes these columns, always from a Uuid.
-    let uuid = |column: usize| -> latchkey_store::sql::Result<Uuid> {
+    let uuid = |column: usize| -> latchkey_sql::Result<Uuid> {
         Uuid::parse_str(&row.get::<_, String>(column)?).map_err(|e| conversion(column, e))
     };
-    let optional_uuid = |column: usize| -> latchkey_store::sql::Result<Option<Uuid>> {
+    let optional_uuid = |column: usize| -> latchkey_sql::Result<Option<Uuid>> {
         row.get::<_, Option<String>>(column)?
             .map(|text| Uuid::parse_str(&text).map_err(|e| conversion(column, e)))
             .transpose()
@@ -325,7 +325,7 @@ pub(crate) fn apply(
     rows: &mut Rows,
     recorded: &RecordedEvent,
     event: &AnyEvent,
-) -> latchkey_store::sql::Result<()> {
+) -> latchkey_sql::Result<()> {
     let names = Names { db: tx, cache };
     let lines = match event {
         AnyEvent::Tenant(e) => vec![tenant_line(&names, recorded, e)?],
@@ -395,7 +395,7 @@ impl Rows {
     /// directory as of its event, which is what a rebuild from the log reproduces. On
     /// PostgreSQL all of them go in one statement (every statement costs the server as much
     /// again as a line's own work); on SQLite one statement each, from the statement cache.
-    pub(crate) fn write(self, tx: &dyn Sql) -> latchkey_store::sql::Result<()> {
+    pub(crate) fn write(self, tx: &dyn Sql) -> latchkey_sql::Result<()> {
         if self.0.is_empty() {
             return Ok(());
         }
@@ -463,11 +463,7 @@ fn time(at: &Timestamp) -> String {
 
 /// What later events of a computer need to know about its provisioning requests and accounts,
 /// which their own payloads do not repeat.
-fn remember(
-    tx: &dyn Sql,
-    cache: &NameCache,
-    event: &ComputerEvent,
-) -> latchkey_store::sql::Result<()> {
+fn remember(tx: &dyn Sql, cache: &NameCache, event: &ComputerEvent) -> latchkey_sql::Result<()> {
     match event {
         ComputerEvent::ProvisioningRequested(e) => {
             let computer = e.computer_id.to_string();
@@ -511,7 +507,7 @@ fn remember_owner(
     computer: ComputerId,
     account: &AccountName,
     owner: &AccountOwner,
-) -> latchkey_store::sql::Result<()> {
+) -> latchkey_sql::Result<()> {
     let (computer, account) = (computer.to_string(), account.as_str().to_owned());
     let technician = owner.technician().map(|t| t.to_string());
     crate::exec_later(
@@ -690,8 +686,8 @@ struct Names<'c> {
 fn remembered<K: std::hash::Hash + Eq, V: Clone>(
     cache: &RefCell<Recent<K, V>>,
     key: K,
-    read: impl FnOnce() -> latchkey_store::sql::Result<Option<V>>,
-) -> latchkey_store::sql::Result<Option<V>> {
+    read: impl FnOnce() -> latchkey_sql::Result<Option<V>>,
+) -> latchkey_sql::Result<Option<V>> {
     if let Some(value) = cache.borrow_mut().get(&key) {
         return Ok(Some(value));
     }
@@ -703,28 +699,28 @@ fn remembered<K: std::hash::Hash + Eq, V: Clone>(
 }
 
 impl Names<'_> {
-    fn text(&self, sql: &str, id: &str) -> latchkey_store::sql::Result<Option<String>> {
+    fn text(&self, sql: &str, id: &str) -> latchkey_sql::Result<Option<String>> {
         self.db
             .prepare_cached(sql)?
             .query_row([id], |row| row.get(0))
             .optional()
     }
 
-    fn tenant(&self, id: &str) -> latchkey_store::sql::Result<String> {
+    fn tenant(&self, id: &str) -> latchkey_sql::Result<String> {
         let name = remembered(&self.cache.tenants, id.to_owned(), || {
             self.text("SELECT name FROM tenants WHERE id = ?1", id)
         })?;
         Ok(name.unwrap_or_else(|| format!("tenant {id}")))
     }
 
-    fn email(&self, technician: &str) -> latchkey_store::sql::Result<String> {
+    fn email(&self, technician: &str) -> latchkey_sql::Result<String> {
         let email = remembered(&self.cache.emails, technician.to_owned(), || {
             self.text("SELECT email FROM technicians WHERE id = ?1", technician)
         })?;
         Ok(email.unwrap_or_else(|| format!("technician {technician}")))
     }
 
-    fn computer(&self, id: ComputerId) -> latchkey_store::sql::Result<ComputerName> {
+    fn computer(&self, id: ComputerId) -> latchkey_sql::Result<ComputerName> {
         let id = id.to_string();
         let found = remembered(&self.cache.computers, id.clone(), || {
             self.db
@@ -743,7 +739,7 @@ impl Names<'_> {
         }))
     }
 
-    fn session(&self, id: &str) -> latchkey_store::sql::Result<Option<SessionFacts>> {
+    fn session(&self, id: &str) -> latchkey_sql::Result<Option<SessionFacts>> {
         remembered(&self.cache.sessions, id.to_owned(), || {
             self.db
                 .prepare_cached(
@@ -767,7 +763,7 @@ impl Names<'_> {
         &self,
         computer: ComputerId,
         request: RequestId,
-    ) -> latchkey_store::sql::Result<Option<RequestFacts>> {
+    ) -> latchkey_sql::Result<Option<RequestFacts>> {
         let computer = computer.to_string();
         remembered(
             &self.cache.requests,
@@ -798,7 +794,7 @@ impl Names<'_> {
         computer: ComputerId,
         session: Option<&str>,
         account: &str,
-    ) -> latchkey_store::sql::Result<Option<String>> {
+    ) -> latchkey_sql::Result<Option<String>> {
         if let Some(facts) = session.map(|s| self.session(s)).transpose()?.flatten() {
             return Ok(Some(facts.technician));
         }
@@ -822,7 +818,7 @@ impl Names<'_> {
     }
 
     /// The human-readable actor of an event that names it.
-    fn actor(&self, actor: &Actor) -> latchkey_store::sql::Result<String> {
+    fn actor(&self, actor: &Actor) -> latchkey_sql::Result<String> {
         Ok(match actor {
             Actor::User { email } => email.to_string(),
             Actor::Agent { computer_id } => agent(&self.computer(*computer_id)?.hostname),
@@ -832,7 +828,7 @@ impl Names<'_> {
 
     /// The human-readable actor of an event that does not name it, from its metadata
     /// (`user:<e-mail>`, `agent:<computer id>`, `system`).
-    fn recorded_actor(&self, recorded: &RecordedEvent) -> latchkey_store::sql::Result<String> {
+    fn recorded_actor(&self, recorded: &RecordedEvent) -> latchkey_sql::Result<String> {
         let raw = recorded.metadata.actor.as_str();
         if let Some(user) = raw.strip_prefix("user:") {
             return Ok(user.to_owned());
@@ -945,7 +941,7 @@ fn tenant_line(
     names: &Names<'_>,
     recorded: &RecordedEvent,
     event: &TenantEvent,
-) -> latchkey_store::sql::Result<Line> {
+) -> latchkey_sql::Result<Line> {
     Ok(match event {
         TenantEvent::TenantRegistered(e) => {
             let actor = names.actor(&e.by)?;
@@ -989,10 +985,7 @@ fn tenant_line(
     })
 }
 
-fn technician_lines(
-    names: &Names<'_>,
-    event: &TechnicianEvent,
-) -> latchkey_store::sql::Result<Vec<Line>> {
+fn technician_lines(names: &Names<'_>, event: &TechnicianEvent) -> latchkey_sql::Result<Vec<Line>> {
     Ok(match event {
         TechnicianEvent::TechnicianRegistered(e) => {
             let actor = names.actor(&e.by)?;
@@ -1049,7 +1042,7 @@ fn computer_line(
     names: &Names<'_>,
     recorded: &RecordedEvent,
     event: &ComputerEvent,
-) -> latchkey_store::sql::Result<Line> {
+) -> latchkey_sql::Result<Line> {
     // Every computer event names its computer; the directory names it and its tenant.
     let (computer_id, at) = match event {
         ComputerEvent::ComputerEnrolled(e) => (e.computer_id, e.at),
@@ -1085,7 +1078,7 @@ fn computer_line(
             .computer(computer_id)
             .tenant_opt(computer.tenant.clone())
     };
-    let email_of = |technician: &Option<String>| -> latchkey_store::sql::Result<Option<String>> {
+    let email_of = |technician: &Option<String>| -> latchkey_sql::Result<Option<String>> {
         technician.as_deref().map(|t| names.email(t)).transpose()
     };
     // A line about one account of the computer, with its session and technician if known.
@@ -1093,7 +1086,7 @@ fn computer_line(
                          sentence: String,
                          session: Option<String>,
                          account: &str|
-     -> latchkey_store::sql::Result<Line> {
+     -> latchkey_sql::Result<Line> {
         let technician = names.technician_of(computer_id, session.as_deref(), account)?;
         Ok(base(actor, sentence)
             .session_opt(session)
@@ -1442,7 +1435,7 @@ fn session_line(
     names: &Names<'_>,
     recorded: &RecordedEvent,
     event: &SessionEvent,
-) -> latchkey_store::sql::Result<Line> {
+) -> latchkey_sql::Result<Line> {
     Ok(match event {
         SessionEvent::SessionCheckedOut(e) => {
             let actor = names.actor(&e.by)?;

@@ -9,7 +9,7 @@ use latchkey_domain::session::SessionEvent;
 use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::AnyEvent;
-use latchkey_store::sql::{params, OptionalExtension, Row, Sql, SqlError};
+use latchkey_sql::{params, OptionalExtension, Row, Sql, SqlError};
 use uuid::Uuid;
 
 pub(crate) const SCHEMA: &str = "
@@ -53,7 +53,7 @@ fn close_session(
     at: &chrono::DateTime<chrono::Utc>,
     check_in_reason: Option<&str>,
     failure: Option<&str>,
-) -> latchkey_store::sql::Result<()> {
+) -> latchkey_sql::Result<()> {
     crate::exec_later(
         tx,
         "UPDATE sessions SET status = ?2, open = 0, closed_at = ?3, check_in_reason = ?4,
@@ -64,11 +64,7 @@ fn close_session(
 }
 
 /// Applies `event`, telling `names` the names and session facts it writes.
-pub(crate) fn apply(
-    tx: &dyn Sql,
-    names: &NameCache,
-    event: &AnyEvent,
-) -> latchkey_store::sql::Result<()> {
+pub(crate) fn apply(tx: &dyn Sql, names: &NameCache, event: &AnyEvent) -> latchkey_sql::Result<()> {
     match event {
         AnyEvent::Tenant(TenantEvent::TenantRegistered(e)) => {
             let (id, name) = (e.tenant_id.to_string(), e.name.as_str().to_owned());
@@ -272,7 +268,7 @@ pub struct SessionFilter {
     pub limit: u32,
 }
 
-fn uuid_at(row: &Row, i: usize) -> latchkey_store::sql::Result<Uuid> {
+fn uuid_at(row: &Row, i: usize) -> latchkey_sql::Result<Uuid> {
     let text: String = row.get(i)?;
     Uuid::parse_str(&text).map_err(|e| SqlError::column(i, e))
 }
@@ -281,7 +277,7 @@ const SESSION_COLUMNS: &str = "id, tenant_id, technician_id, computer_id, accoun
     status, open, checked_out_at, activated_at, closed_at, expires_at, reason, ticket,
     check_in_reason, failure";
 
-fn session_row(row: &Row) -> latchkey_store::sql::Result<SessionRow> {
+fn session_row(row: &Row) -> latchkey_sql::Result<SessionRow> {
     Ok(SessionRow {
         session_id: SessionId(uuid_at(row, 0)?),
         tenant_id: TenantId(uuid_at(row, 1)?),
@@ -314,7 +310,7 @@ impl Queries<'_> {
                 login_mode: row.get(2)?,
             })
         })?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
 
     pub fn tenant_exists(&self, tenant: TenantId) -> Result<bool, ProjectionError> {
@@ -349,7 +345,7 @@ impl Queries<'_> {
              ORDER BY username, id",
         )?;
         let rows = statement.query_map([tenant.map(|t| t.to_string())], technician_row)?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
 
     /// Is the technician currently a member of the tenant?
@@ -372,7 +368,7 @@ impl Queries<'_> {
              WHERE tenant_id = ?1 ORDER BY hostname, id",
         )?;
         let rows = statement.query_map([tenant.to_string()], computer_row)?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
 
     pub fn computer(&self, computer: ComputerId) -> Result<Option<ComputerRow>, ProjectionError> {
@@ -403,7 +399,7 @@ impl Queries<'_> {
             ],
             session_row,
         )?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
 
     pub fn session(&self, session: SessionId) -> Result<Option<SessionRow>, ProjectionError> {
@@ -432,11 +428,11 @@ impl Queries<'_> {
             "SELECT id FROM sessions WHERE open = 1 AND expires_at <= ?1 ORDER BY expires_at",
         )?;
         let rows = statement.query_map([time(&now)], |row| uuid_at(row, 0).map(SessionId))?;
-        Ok(rows.collect::<latchkey_store::sql::Result<_>>()?)
+        Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
 }
 
-fn technician_row(row: &Row) -> latchkey_store::sql::Result<TechnicianRow> {
+fn technician_row(row: &Row) -> latchkey_sql::Result<TechnicianRow> {
     Ok(TechnicianRow {
         technician_id: TechnicianId(uuid_at(row, 0)?),
         username: row.get(1)?,
@@ -445,7 +441,7 @@ fn technician_row(row: &Row) -> latchkey_store::sql::Result<TechnicianRow> {
     })
 }
 
-fn computer_row(row: &Row) -> latchkey_store::sql::Result<ComputerRow> {
+fn computer_row(row: &Row) -> latchkey_sql::Result<ComputerRow> {
     Ok(ComputerRow {
         computer_id: ComputerId(uuid_at(row, 0)?),
         tenant_id: TenantId(uuid_at(row, 1)?),

@@ -13,7 +13,7 @@
 //! Writers go through [`ReadModels`]; HTTP handlers read through [`ReadView`], a small pool of
 //! read-only connections to the same database (SQLite WAL, or PostgreSQL snapshots, let them
 //! read while the writer writes). Both answer queries through [`Queries`], and all SQL goes
-//! through `latchkey_store::sql`, which runs it on either database.
+//! through `latchkey_sql`, which runs it on either database.
 
 mod accounts;
 mod audit;
@@ -27,7 +27,7 @@ pub use directory::*;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::process::Lookup;
 use latchkey_domain::{AnyEvent, DecodeError};
-use latchkey_store::sql::{self, params, Dialect, PgConnection, Sql, SqlError, SqlExt};
+use latchkey_sql::{self as sql, params, Dialect, PgConnection, Sql, SqlError, SqlExt};
 use latchkey_store::{Position, RecordedEvent};
 use rusqlite::{Connection, OpenFlags};
 use std::path::{Path, PathBuf};
@@ -178,7 +178,7 @@ const SCHEMA_LOCK: i64 = 0x6c6b_7265_6164; // "lkread"
 impl ReadModels {
     /// Opens the SQLite file at `path`, created 0600 if missing.
     pub fn open(path: &Path) -> Result<Self, ProjectionError> {
-        let conn = latchkey_store::sql::open_sqlite(path)?;
+        let conn = latchkey_sql::open_sqlite(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         Self::init(conn)
     }

@@ -2,21 +2,21 @@
 //! (expected stream state, idempotent event ids, a global order, catch-up-then-live
 //! subscriptions), its backends, and the conformance suite every backend must pass.
 //! Nothing above this crate knows which backend it talks to; nothing here knows the domain.
-//! `sql` is the read side's small SQL interface over SQLite and PostgreSQL (the read models
-//! and the server's own tables use it). `files` creates their files private to their owner.
+//! The SQL layer the read side shares with the backends is its own crate, `latchkey-sql`.
+//! The conformance suite and the PostgreSQL test databases are built only for tests (the
+//! `testing` feature, which other crates' tests switch on).
 
 pub mod api;
 mod append_rules;
+#[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
-pub mod files;
 pub mod hash_chain;
 #[cfg(feature = "kurrentdb")]
 pub mod kurrentdb;
 pub mod memory;
 pub mod postgres;
 mod sequence;
-pub mod sql;
 pub mod subscription;
 
 use std::sync::Arc;

@@ -3,9 +3,9 @@
 //! other PostgreSQL test then runs over TLS too (connections prefer it). Against a server
 //! of your own without TLS these tests say SKIPPED.
 
+use latchkey_sql::tls;
+use latchkey_sql::{PgConnection, SqlExt};
 use latchkey_store::postgres::testing::TestDatabase;
-use latchkey_store::postgres::tls;
-use latchkey_store::sql::{PgConnection, SqlExt};
 
 fn tls_server() -> bool {
     let on = std::env::var("LATCHKEY_TEST_POSTGRES_TLS").is_ok_and(|v| v == "1");

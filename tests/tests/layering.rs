@@ -1,11 +1,22 @@
 //! The layering rules of DESIGN.md §6, checked on the real dependency graph: the domain has
 //! no async runtime, no database, no HTTP and no randomness or clock source, and
-//! dependencies point one way (api/agent → projections → store → domain).
+//! dependencies point one way (api/agent → projections → store → domain; the SQL layer
+//! `latchkey-sql` sits under store and knows no other Latchkey crate), and the test code the
+//! store ships for other crates' tests is not in what the server and the agent are built from.
 
 use std::process::Command;
 
 /// `cargo tree` of one package's normal dependencies, one crate name per line.
 fn dependencies(package: &str) -> Vec<String> {
+    tree(package, "{p}")
+        .iter()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `cargo tree` of one package's normal dependencies, a line per crate in `format`.
+fn tree(package: &str, format: &str) -> Vec<String> {
     let output = Command::new(env!("CARGO"))
         .args([
             "tree",
@@ -15,7 +26,7 @@ fn dependencies(package: &str) -> Vec<String> {
             "--prefix",
             "none",
             "--format",
-            "{p}",
+            format,
             "-p",
             package,
         ])
@@ -29,7 +40,6 @@ fn dependencies(package: &str) -> Vec<String> {
     );
     String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter_map(|line| line.split_whitespace().next())
         .map(str::to_owned)
         .collect()
 }
@@ -81,4 +91,29 @@ fn dependencies_point_one_way() {
     assert!(!projections
         .iter()
         .any(|d| d == "latchkey-api" || d == "latchkey-agent"));
+    let sql = dependencies("latchkey-sql");
+    assert!(
+        sql.iter()
+            .all(|d| !d.starts_with("latchkey-") || d == "latchkey-sql"),
+        "latchkey-sql depends on {sql:?}"
+    );
+}
+
+#[test]
+fn the_binaries_are_built_without_the_stores_test_code() {
+    for package in ["latchkey-api", "latchkey-agent"] {
+        let lines = tree(package, "{p} [{f}]");
+        let store: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("latchkey-store "))
+            .collect();
+        assert!(
+            !store.is_empty() || package == "latchkey-agent",
+            "{package}: no latchkey-store in {lines:?}"
+        );
+        assert!(
+            store.iter().all(|l| !l.contains("testing")),
+            "{package} builds latchkey-store with its test code: {store:?}"
+        );
+    }
 }

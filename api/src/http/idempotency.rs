@@ -24,7 +24,7 @@ use crate::problem::{ApiError, BodyFingerprint};
 use crate::storage::{Durable, Place};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
-use latchkey_store::sql::{params, Dialect, OptionalExtension, Sql, SqlError, SqlExt};
+use latchkey_sql::{params, Dialect, OptionalExtension, Sql, SqlError, SqlExt};
 use std::collections::HashSet;
 use std::future::Future;
 use std::marker::PhantomData;

@@ -77,7 +77,7 @@ impl EmbeddedStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            crate::files::create_private_dir(parent).map_err(|e| {
+            latchkey_sql::files::create_private_dir(parent).map_err(|e| {
                 StoreError::Unavailable(format!(
                     "cannot create the directory {} for the event store: {e}",
                     parent.display()

@@ -55,7 +55,7 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
         )
     };
     // Created 0600 before SQLite sees it: its WAL and shared-memory files take its mode.
-    crate::files::create_private_file(path).map_err(|e| {
+    latchkey_sql::files::create_private_file(path).map_err(|e| {
         StoreError::Unavailable(format!(
             "cannot create the event store {}: {e}",
             path.display()

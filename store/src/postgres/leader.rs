@@ -31,7 +31,7 @@ impl Leadership {
         // Notice a silently vanished peer within about a minute.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        let tls = super::tls::connector()?;
+        let tls = latchkey_sql::tls::connector().map_err(StoreError::Unavailable)?;
         loop {
             // Held by another server, or the database is unreachable or restarting: either
             // way, try again later.

@@ -8,8 +8,8 @@ mod append;
 pub mod leader;
 mod rows;
 mod schema;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
-pub mod tls;
 mod wakeups;
 
 use std::str::FromStr;
@@ -78,7 +78,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/database`), creating or
-    /// upgrading the store's tables. TLS as the URL's `sslmode` says (see [`tls`]).
+    /// upgrading the store's tables. TLS as the URL's `sslmode` says (see [`latchkey_sql::tls`]).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         Self::connect_with(url, PostgresOptions::default()).await
     }
@@ -101,7 +101,7 @@ impl PostgresStore {
         let where_ = describe(&config);
         let manager = Manager::from_config(
             config.clone(),
-            tls::connector()?,
+            latchkey_sql::tls::connector().map_err(StoreError::Unavailable)?,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -169,7 +169,7 @@ async fn drop_leftovers(admin: &tokio_postgres::Client, now: Duration) {
 }
 
 async fn connect(url: &str) -> tokio_postgres::Client {
-    let tls = super::tls::connector().expect("the TLS connector for the test server");
+    let tls = latchkey_sql::tls::connector().expect("the TLS connector for the test server");
     let (client, connection) = tokio_postgres::connect(url, tls)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to the test PostgreSQL server: {e:?}"));

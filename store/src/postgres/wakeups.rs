@@ -85,7 +85,7 @@ pub(super) fn spawn(
 
 /// Runs until the connection fails.
 async fn listen_and_announce(config: &tokio_postgres::Config, wakeups: &Wakeups) {
-    let Ok(tls) = super::tls::connector() else {
+    let Ok(tls) = latchkey_sql::tls::connector() else {
         return;
     };
     let Ok((client, mut connection)) = config.connect(tls).await else {

@@ -1,9 +1,9 @@
-//! `latchkey_store::sql` on PostgreSQL: a transaction's `BEGIN` and its `execute_later`
+//! `latchkey_sql` on PostgreSQL: a transaction's `BEGIN` and its `execute_later`
 //! statements wait for the next statement that needs an answer and go out with it, in order;
 //! a failure among them fails that statement and keeps the transaction from committing.
 
+use latchkey_sql::{params, PgConnection, Sql, SqlError, SqlExt};
 use latchkey_store::postgres::testing::TestDatabase;
-use latchkey_store::sql::{params, PgConnection, Sql, SqlError, SqlExt};
 
 fn connect(db: &TestDatabase) -> PgConnection {
     PgConnection::connect(db.url(), "public").unwrap()

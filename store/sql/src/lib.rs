@@ -13,6 +13,13 @@
 //! Every statement there is a network round trip, so a transaction's `BEGIN` and its
 //! [`Sql::execute_later`] statements wait and go out together with the next statement that
 //! needs an answer, in one pipeline (one round trip, in order; see [`PgConnection`]).
+//!
+//! Also here, because every database file and connection goes through them: [`files`]
+//! creates database files private to their owner, and [`tls`] makes the TLS connector
+//! every PostgreSQL connection uses (the event store's too).
+
+pub mod files;
+pub mod tls;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -84,11 +91,8 @@ impl SqlError {
 }
 
 /// Whether `error`, or any error it was caused by, says the storage is full: SQLite's
-/// `SQLITE_FULL`, PostgreSQL's `53100 disk_full`, the event store's [`StoreError::Full`] or
-/// an I/O error `ENOSPC`. Callers answer those as "nothing was written; free space", not as
-/// an internal failure.
-///
-/// [`StoreError::Full`]: crate::StoreError::Full
+/// `SQLITE_FULL`, PostgreSQL's `53100 disk_full` or an I/O error `ENOSPC`. Callers answer
+/// those as "nothing was written; free space", not as an internal failure.
 pub fn is_storage_full(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
@@ -104,8 +108,6 @@ pub fn is_storage_full(error: &(dyn std::error::Error + 'static)) -> bool {
             e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
         } else if let Some(e) = error.downcast_ref::<tokio_postgres::Error>() {
             e.code() == Some(&tokio_postgres::error::SqlState::DISK_FULL)
-        } else if let Some(e) = error.downcast_ref::<crate::StoreError>() {
-            matches!(e, crate::StoreError::Full(_))
         } else if let Some(e) = error.downcast_ref::<std::io::Error>() {
             e.kind() == std::io::ErrorKind::StorageFull
         } else {
@@ -203,7 +205,7 @@ impl<T: ToValue> ToValue for Option<T> {
 #[macro_export]
 macro_rules! sql_params {
     ($($value:expr),* $(,)?) => {
-        &[$(&$value as &dyn $crate::sql::ToValue),*] as &[&dyn $crate::sql::ToValue]
+        &[$(&$value as &dyn $crate::ToValue),*] as &[&dyn $crate::ToValue]
     };
 }
 pub use crate::sql_params as params;
@@ -785,7 +787,7 @@ impl PgConnection {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
-        let tls = crate::postgres::tls::connector().map_err(|e| SqlError::Driver(e.to_string()))?;
+        let tls = crate::tls::connector().map_err(SqlError::Driver)?;
         let connected = wait(driver().spawn(async move {
             let (client, connection) = config.connect(tls).await?;
             // A failed connection shows as errors on the next call and as `is_closed`.
@@ -1117,7 +1119,6 @@ mod tests {
             source: SqlError::from(full),
         };
         assert!(is_storage_full(&full), "{full}");
-        assert!(is_storage_full(&crate::StoreError::Full("x".into())));
         assert!(is_storage_full(&std::io::Error::from(
             std::io::ErrorKind::StorageFull
         )));
@@ -1131,9 +1132,6 @@ mod tests {
             source: SqlError::from(duplicate),
         };
         assert!(!is_storage_full(&duplicate));
-        assert!(!is_storage_full(&crate::StoreError::Unavailable(
-            "x".into()
-        )));
     }
 
     #[test]

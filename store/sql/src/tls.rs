@@ -10,25 +10,23 @@ use std::sync::{Arc, OnceLock};
 use rustls_pki_types::pem::PemObject;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::StoreError;
-
 /// The variable naming a PEM file of extra CA certificates to trust.
 pub const CA_VAR: &str = "LATCHKEY_POSTGRES_CA";
 
-/// The connector every connection uses, built once from the system roots and `CA_VAR`.
-pub fn connector() -> Result<MakeRustlsConnect, StoreError> {
+/// The connector every connection uses, built once from the system roots and `CA_VAR`. The
+/// error says what is wrong with the CA file (never a secret).
+pub fn connector() -> Result<MakeRustlsConnect, String> {
     static CONNECTOR: OnceLock<Result<MakeRustlsConnect, String>> = OnceLock::new();
     CONNECTOR
         .get_or_init(|| {
             let ca = std::env::var_os(CA_VAR).filter(|v| !v.is_empty());
-            connector_trusting(ca.as_deref().map(Path::new)).map_err(|e| e.to_string())
+            connector_trusting(ca.as_deref().map(Path::new))
         })
         .clone()
-        .map_err(StoreError::Unavailable)
 }
 
 /// A connector trusting the system roots and the certificates in the PEM file `ca`.
-pub fn connector_trusting(ca: Option<&Path>) -> Result<MakeRustlsConnect, StoreError> {
+pub fn connector_trusting(ca: Option<&Path>) -> Result<MakeRustlsConnect, String> {
     let mut roots = rustls::RootCertStore::empty();
     // A system without a CA bundle still works with a private CA; bad entries are skipped.
     for cert in rustls_native_certs::load_native_certs().certs {
@@ -36,10 +34,10 @@ pub fn connector_trusting(ca: Option<&Path>) -> Result<MakeRustlsConnect, StoreE
     }
     if let Some(path) = ca {
         let unreadable = |reason: String| {
-            StoreError::Unavailable(format!(
+            format!(
                 "{CA_VAR}={}: cannot use it as a CA certificate file: {reason}",
                 path.display()
-            ))
+            )
         };
         let pem = std::fs::read(path).map_err(|e| unreadable(e.to_string()))?;
         let mut added = 0;
@@ -55,7 +53,7 @@ pub fn connector_trusting(ca: Option<&Path>) -> Result<MakeRustlsConnect, StoreE
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| StoreError::Unavailable(format!("TLS set-up: {e}")))?
+        .map_err(|e| format!("TLS set-up: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
