@@ -6,7 +6,7 @@
 //! minute, written in batches ([`TokenStore::flush_last_used`]), so checking a token never
 //! writes.
 
-use crate::storage::{Durable, Place};
+use latchkey_sql::{Durable, Place};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -592,7 +592,7 @@ pub fn hash_token(token: &str) -> [u8; 32] {
 }
 
 /// The issued API tokens, in their own SQLite file or the shared PostgreSQL schema
-/// (`crate::storage`): id, SHA-256 of the token, role, holder, and when it was issued, last
+/// (`latchkey_sql::durable`): id, SHA-256 of the token, role, holder, and when it was issued, last
 /// used, rotated, revoked and when it expires. Thread-safe.
 pub struct TokenStore {
     db: Durable,

@@ -29,7 +29,6 @@ pub mod runner;
 pub mod scheduler;
 pub mod secrets;
 pub mod snapshots;
-pub mod storage;
 pub mod technicians;
 pub mod tls;
 pub mod wakeups;

@@ -8,13 +8,12 @@ use latchkey_api::config::{ConfigFile, Given, Settings, Transport};
 use latchkey_api::health::{Health, ProcessManagers};
 use latchkey_api::http::{self, IdempotencyStore, Services};
 use latchkey_api::metrics::Metrics;
-use latchkey_api::replay::Target;
 use latchkey_api::runner::ProcessRunner;
 use latchkey_api::scheduler::Scheduler;
 use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
-use latchkey_api::storage::Place;
 use latchkey_api::tls::ReloadingCertificate;
 use latchkey_projections::{ReadModels, ReadView};
+use latchkey_store::Backend;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -246,22 +245,21 @@ fn bootstrap_admin(tokens: &TokenStore, email: &str) -> Result<Option<String>, S
         .map_err(|e| e.to_string())
 }
 
-async fn open_store(
-    args: &Settings,
-) -> Result<(String, std::sync::Arc<dyn latchkey_store::EventStore>), String> {
+/// Prepares the data directory and opens the backend `--store` names (see [`Backend`]).
+async fn open_backend(args: &Settings) -> Result<(String, Backend), String> {
     latchkey_api::datadir::prepare(&args.data)?;
     let url = args.store_url();
-    let store = latchkey_store::open_url(&url).await.map_err(|e| {
+    let backend = Backend::open(&url, &args.data).await.map_err(|e| {
         let shown = latchkey_api::config::redacted_store_url(&url);
         format!("--store {shown}: {e}")
     })?;
-    Ok((url, store))
+    Ok((url, backend))
 }
 
 async fn replay(args: ReplayArgs) -> Result<(), String> {
     let settings = args.serve.settings(None, None)?;
-    let (url, store) = open_store(&settings).await?;
-    let path = settings.data.join("read-models.db");
+    let (_, backend) = open_backend(&settings).await?;
+    let place = backend.place("read-models.db");
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -269,31 +267,22 @@ async fn replay(args: ReplayArgs) -> Result<(), String> {
         )
         .map_err(|e| e.to_string())?,
     );
-    let (target, place) = match shared_database(&url) {
-        Some(database) => (
-            Target::Postgres(database),
-            format!(
-                "PostgreSQL schema {}",
-                latchkey_projections::POSTGRES_SCHEMA
-            ),
+    let shown = match backend.is_shared() {
+        true => format!(
+            "the shared database's schema {}",
+            latchkey_projections::POSTGRES_SCHEMA
         ),
-        None => (Target::File(&path), path.display().to_string()),
+        false => place.path().display().to_string(),
     };
-    let applied = latchkey_api::replay::replay(&*store, target, |done, total| {
+    let applied = latchkey_api::replay::replay(&**backend.events(), place, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })
     .await
-    .map_err(|e| format!("replay into {place}: {e}"))?;
+    .map_err(|e| format!("replay into {shown}: {e}"))?;
     bar.finish();
-    println!("rebuilt the read models in {place} from {applied} events");
+    println!("rebuilt the read models in {shown} from {applied} events");
     Ok(())
-}
-
-/// The PostgreSQL URL when the event store is PostgreSQL: the read models and the token,
-/// secret and idempotency tables then live in that database too, shared by every server.
-fn shared_database(url: &str) -> Option<&str> {
-    (url.starts_with("postgres://") || url.starts_with("postgresql://")).then_some(url)
 }
 
 /// The advisory lock whose holder runs the process managers and the scheduler.
@@ -349,29 +338,17 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
         ),
         None => None,
     };
-    let (url, store) = open_store(&args).await?;
-    let shared = shared_database(&url).map(str::to_owned);
-    let read_models_error = |e: latchkey_projections::ProjectionError| match &shared {
-        Some(_) => format!("--store: read models in PostgreSQL: {e}"),
-        None => format!("--data {}: read models: {e}", args.data.display()),
+    let (url, backend) = open_backend(&args).await?;
+    let store = backend.events().clone();
+    let shared = backend.is_shared();
+    let read_models_error = |e: latchkey_projections::ProjectionError| match shared {
+        true => format!("--store: read models in the shared database: {e}"),
+        false => format!("--data {}: read models: {e}", args.data.display()),
     };
-    let (models, view) = match &shared {
-        Some(url) => (
-            ReadModels::open_postgres(url).map_err(read_models_error)?,
-            ReadView::open_postgres(url).map_err(read_models_error)?,
-        ),
-        None => {
-            let path = args.data.join("read-models.db");
-            (
-                ReadModels::open(&path).map_err(read_models_error)?,
-                ReadView::open(&path).map_err(read_models_error)?,
-            )
-        }
-    };
-    let place = |file: &str| match &shared {
-        Some(url) => Place::Postgres(url.clone()),
-        None => Place::File(args.data.join(file)),
-    };
+    let read_models = backend.place("read-models.db");
+    let models = ReadModels::open(read_models.clone()).map_err(read_models_error)?;
+    let view = ReadView::open(read_models).map_err(read_models_error)?;
+    let place = |file: &str| backend.place(file);
     let key = secret_key(&args.data)?;
     // Opened now so a wrong key stops the server at start-up, not at the first rotation.
     let secrets = SecretStore::open(place("secrets.db"), &key).map_err(|e| e.to_string())?;
@@ -390,9 +367,9 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     let view = Arc::new(view);
     // Alone, the runner tells when the read models move; sharing them, every server reads
     // their checkpoint, whoever the leader is.
-    let progress = match &shared {
-        Some(_) => follow_checkpoint(view.clone()),
-        None => runner.progress(),
+    let progress = match shared {
+        true => follow_checkpoint(view.clone()),
+        false => runner.progress(),
     };
     let from = view.with(|q| q.checkpoint()).map_err(read_models_error)?;
     let wakeups = Arc::new(latchkey_api::wakeups::StreamWakeups::new());
@@ -466,7 +443,7 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     tracing::info!(store = %latchkey_api::config::redacted_store_url(&url), "event store open");
     let server = server.run();
     let scheduler = Scheduler::new(store, models);
-    actix_web::rt::spawn(supervise(shared, runner, scheduler, health));
+    actix_web::rt::spawn(supervise(backend, runner, scheduler, health));
     server.await.map_err(|e| format!("server stopped: {e}"))
 }
 
@@ -483,22 +460,14 @@ const STEADY: std::time::Duration = std::time::Duration::from_secs(5);
 /// restart with back-off; a leader that lost its lock waits to lead again as a follower.
 /// HTTP keeps serving meanwhile: check-outs are recorded and provisioned once they run.
 async fn supervise(
-    shared: Option<String>,
+    backend: Backend,
     runner: ProcessRunner,
     scheduler: Scheduler,
     health: Arc<Health>,
 ) {
     let mut pause = FIRST_RESTART_PAUSE;
     loop {
-        let run = async {
-            match &shared {
-                None => {
-                    health.set(ProcessManagers::Running);
-                    run_process_managers(&runner, &scheduler).await
-                }
-                Some(url) => lead(url, &runner, &scheduler, &health).await,
-            }
-        };
+        let run = lead(&backend, &runner, &scheduler, &health);
         tokio::pin!(run);
         let result = tokio::select! {
             result = &mut run => result,
@@ -506,9 +475,9 @@ async fn supervise(
                 pause = FIRST_RESTART_PAUSE;
                 if health.is_degraded() {
                     tracing::info!("the process managers have recovered");
-                    health.set(match shared {
-                        None => ProcessManagers::Running,
-                        Some(_) => ProcessManagers::Waiting,
+                    health.set(match backend.is_shared() {
+                        false => ProcessManagers::Running,
+                        true => ProcessManagers::Waiting,
                     });
                 }
                 run.await
@@ -550,23 +519,26 @@ async fn run_process_managers(runner: &ProcessRunner, scheduler: &Scheduler) -> 
     }
 }
 
-/// Waits to become the leader of the servers sharing the database, then runs the process
-/// managers for as long as the leadership lasts. Losing it (the lock's connection broke) ends
-/// the run: the supervisor steps down and waits to lead again, as a follower meanwhile.
+/// Waits to become the leader of the servers sharing the database (a server alone leads at
+/// once), then runs the process managers for as long as the leadership lasts. Losing it (the
+/// lock's connection broke) ends the run: the supervisor steps down and waits to lead again,
+/// as a follower meanwhile.
 async fn lead(
-    url: &str,
+    backend: &Backend,
     runner: &ProcessRunner,
     scheduler: &Scheduler,
     health: &Health,
 ) -> Result<(), String> {
-    if !health.is_degraded() {
+    if !health.is_degraded() && backend.is_shared() {
         health.set(ProcessManagers::Waiting);
     }
-    let mut leadership =
-        latchkey_store::postgres::leader::Leadership::acquire(url, LEADER_LOCK, LEADER_RETRY)
-            .await
-            .map_err(|e| e.to_string())?;
-    tracing::info!("this server leads: it runs the process managers and the scheduler");
+    let mut leadership = backend
+        .lead(LEADER_LOCK, LEADER_RETRY)
+        .await
+        .map_err(|e| e.to_string())?;
+    if backend.is_shared() {
+        tracing::info!("this server leads: it runs the process managers and the scheduler");
+    }
     health.set(ProcessManagers::Running);
     tokio::select! {
         result = run_process_managers(runner, scheduler) => result,

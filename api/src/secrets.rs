@@ -1,9 +1,8 @@
 //! Secrets (DESIGN.md §3): random passwords and offline TOTP secrets, generated with a CSPRNG
 //! and kept encrypted (XChaCha20-Poly1305, key from configuration) in their own SQLite file or
-//! the shared PostgreSQL schema (`crate::storage`).
+//! the shared PostgreSQL schema (`latchkey_sql::durable`).
 //! Nothing here may ever put a secret value in the event log, a log line, a `Debug` or an error.
 
-use crate::storage::{Durable, Place};
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -11,6 +10,7 @@ use latchkey_domain::ids::ComputerId;
 use latchkey_domain::names::AccountName;
 use latchkey_domain::policy::PasswordPolicy;
 use latchkey_sql::{params, OptionalExtension, Sql, SqlError};
+use latchkey_sql::{Durable, Place};
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::RngExt;
 use std::fmt;

@@ -6,8 +6,8 @@
 //! the state is folded from the events again. It never holds a secret: aggregate states hold
 //! none.
 
-use crate::storage::{Durable, Place};
 use latchkey_sql::{params, OptionalExtension, SqlError};
+use latchkey_sql::{Durable, Place};
 use uuid::Uuid;
 
 /// A stored snapshot.

@@ -56,7 +56,8 @@ async fn a_batch_read_after_one_whose_commit_failed_is_not_applied() {
             on_technician(store.as_ref(), id, join).await;
         }
     }
-    let models = ReadModels::open_postgres(database.url()).unwrap();
+    let models =
+        ReadModels::open(latchkey_sql::Place::Postgres(database.url().to_owned())).unwrap();
     // The database refuses that line when the first batch commits (its statements go out
     // with the commit), after its reactions were handed to the runner.
     PgConnection::connect(database.url(), "latchkey_read")
@@ -69,7 +70,8 @@ async fn a_batch_read_after_one_whose_commit_failed_is_not_applied() {
     let runner = ProcessRunner::new(store.clone(), Arc::new(Mutex::new(models)));
     assert!(runner.run_until_idle().await.is_err());
 
-    let models = ReadModels::open_postgres(database.url()).unwrap();
+    let models =
+        ReadModels::open(latchkey_sql::Place::Postgres(database.url().to_owned())).unwrap();
     assert_eq!(models.checkpoint().unwrap(), None, "no batch was applied");
     assert!(models.queries().technicians(None).unwrap().is_empty());
 

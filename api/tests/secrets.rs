@@ -3,9 +3,9 @@
 //! and it is the one kept. No lock serialises them (a reference's insert decides).
 
 use latchkey_api::secrets::{Key, Secret, SecretRef, SecretStore};
-use latchkey_api::storage::Place;
 use latchkey_domain::ids::ComputerId;
 use latchkey_domain::names::AccountName;
+use latchkey_sql::Place;
 use latchkey_store::postgres::testing::TestDatabase;
 use std::sync::Arc;
 use uuid::Uuid;

@@ -283,7 +283,10 @@ fn replay_on_a_postgres_database_no_server_used_yet_builds_empty_read_models() {
     let database = postgres_database();
     let dir = tempfile::tempdir().unwrap();
     replay(&["--store", database.url()], dir.path());
-    let models = latchkey_projections::ReadModels::open_postgres(database.url()).unwrap();
+    let models = latchkey_projections::ReadModels::open(latchkey_sql::Place::Postgres(
+        database.url().to_owned(),
+    ))
+    .unwrap();
     assert_eq!(models.checkpoint().unwrap(), None);
     assert!(models.dump().unwrap().contains("== audit_trail"));
 }
@@ -295,7 +298,12 @@ fn rebuilt_read_models_equal_the_live_ones_on_postgres() {
     some_history(&msp);
     let dir = msp.data.path().to_owned();
     msp.server.stop_and_keep(&dir);
-    let open = || latchkey_projections::ReadModels::open_postgres(database.url()).unwrap();
+    let open = || {
+        latchkey_projections::ReadModels::open(latchkey_sql::Place::Postgres(
+            database.url().to_owned(),
+        ))
+        .unwrap()
+    };
     let live = caught_up_dump(database.url(), open());
     let process_checkpoint = open().process_checkpoint().unwrap();
     assert!(

@@ -18,7 +18,10 @@
 mod accounts;
 mod audit;
 mod directory;
+mod rebuild;
 mod recent;
+
+pub use rebuild::Rebuild;
 
 pub use accounts::*;
 pub use audit::*;
@@ -27,10 +30,11 @@ pub use directory::*;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::process::Lookup;
 use latchkey_domain::{AnyEvent, DecodeError};
+pub use latchkey_sql::Place;
 use latchkey_sql::{self as sql, params, Dialect, PgConnection, Sql, SqlError, SqlExt};
 use latchkey_store::{Position, RecordedEvent};
 use rusqlite::{Connection, OpenFlags};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use uuid::Uuid;
 
@@ -45,6 +49,12 @@ pub enum ProjectionError {
     Decode {
         position: Position,
         source: DecodeError,
+    },
+    /// Moving a rebuilt file over the live one failed.
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
     },
 }
 
@@ -176,8 +186,17 @@ fn writer_connection(url: &str, schema: &str) -> Result<PgConnection, Projection
 const SCHEMA_LOCK: i64 = 0x6c6b_7265_6164; // "lkread"
 
 impl ReadModels {
-    /// Opens the SQLite file at `path`, created 0600 if missing.
-    pub fn open(path: &Path) -> Result<Self, ProjectionError> {
+    /// Opens the read models where `place` says: a SQLite file of this server's (created
+    /// 0600 if missing), or the [`POSTGRES_SCHEMA`] schema of the database every server
+    /// shares. Blocking: call it off the async executor.
+    pub fn open(place: impl Into<Place>) -> Result<Self, ProjectionError> {
+        match place.into() {
+            Place::File(path) => Self::open_file(&path),
+            Place::Postgres(url) => Self::open_postgres_schema(&url, POSTGRES_SCHEMA),
+        }
+    }
+
+    fn open_file(path: &Path) -> Result<Self, ProjectionError> {
         let conn = latchkey_sql::open_sqlite(path)?;
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
         Self::init(conn)
@@ -187,14 +206,9 @@ impl ReadModels {
         Self::init(Connection::open_in_memory()?)
     }
 
-    /// The read models in the [`POSTGRES_SCHEMA`] schema of the database `url` names.
-    /// Blocking: call it off the async executor.
-    pub fn open_postgres(url: &str) -> Result<Self, ProjectionError> {
-        Self::open_postgres_schema(url, POSTGRES_SCHEMA)
-    }
-
-    /// The read models in another schema (a rebuild's, before it replaces the live one).
-    pub fn open_postgres_schema(url: &str, schema: &str) -> Result<Self, ProjectionError> {
+    /// The read models in a schema of the database `url` names (the live one, or a
+    /// rebuild's before it replaces the live one).
+    fn open_postgres_schema(url: &str, schema: &str) -> Result<Self, ProjectionError> {
         let conn = writer_connection(url, schema)?;
         create_postgres_schema(&conn)?;
         Ok(Self {
@@ -221,7 +235,7 @@ impl ReadModels {
 
     /// Makes the read models rebuilt in `rebuilt` the live ones, in one transaction: the
     /// process managers' checkpoint is carried over from the live ones, which are dropped.
-    pub fn replace_postgres(url: &str, rebuilt: &str) -> Result<(), ProjectionError> {
+    fn replace_postgres(url: &str, rebuilt: &str) -> Result<(), ProjectionError> {
         let conn = PgConnection::connect(url, POSTGRES_SCHEMA)?;
         // The live tables may not exist yet (no server ever ran on this database).
         create_postgres_schema(&conn)?;
@@ -240,7 +254,7 @@ impl ReadModels {
     }
 
     /// Drops a schema a rebuild left behind.
-    pub fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), ProjectionError> {
+    fn drop_postgres_schema(url: &str, schema: &str) -> Result<(), ProjectionError> {
         let conn = PgConnection::connect(url, POSTGRES_SCHEMA)?;
         conn.batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
         Ok(())
@@ -584,7 +598,7 @@ impl Queries<'_> {
 
 /// A pool of read-only connections to the read models, at most [`VIEW_CONNECTIONS`] open.
 pub struct ReadView {
-    location: ViewLocation,
+    location: Place,
     pool: Mutex<Pool>,
     returned: std::sync::Condvar,
 }
@@ -599,25 +613,11 @@ struct Pool {
 /// Connections a [`ReadView`] opens at most; further readers wait for one to be free.
 pub const VIEW_CONNECTIONS: usize = 16;
 
-enum ViewLocation {
-    Sqlite(PathBuf),
-    Postgres(String),
-}
-
 impl ReadView {
-    /// Reads the SQLite file at `path`.
-    pub fn open(path: &Path) -> Result<Self, ProjectionError> {
-        Self::at(ViewLocation::Sqlite(path.to_owned()))
-    }
-
-    /// Reads the [`POSTGRES_SCHEMA`] schema of the database `url` names. Blocking.
-    pub fn open_postgres(url: &str) -> Result<Self, ProjectionError> {
-        Self::at(ViewLocation::Postgres(url.to_owned()))
-    }
-
-    fn at(location: ViewLocation) -> Result<Self, ProjectionError> {
+    /// Reads the read models where `place` says (see [`ReadModels::open`]). Blocking.
+    pub fn open(place: impl Into<Place>) -> Result<Self, ProjectionError> {
         let view = Self {
-            location,
+            location: place.into(),
             pool: Mutex::default(),
             returned: std::sync::Condvar::new(),
         };
@@ -628,7 +628,7 @@ impl ReadView {
 
     fn connect(&self) -> Result<Database, ProjectionError> {
         Ok(match &self.location {
-            ViewLocation::Sqlite(path) => {
+            Place::File(path) => {
                 let conn = Connection::open_with_flags(
                     path,
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -637,7 +637,7 @@ impl ReadView {
                 conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 Database::Sqlite(conn)
             }
-            ViewLocation::Postgres(url) => {
+            Place::Postgres(url) => {
                 Database::Postgres(PgConnection::connect(url, POSTGRES_SCHEMA)?)
             }
         })

@@ -8,6 +8,7 @@
 
 pub mod api;
 mod append_rules;
+pub mod backend;
 #[cfg(any(test, feature = "testing"))]
 pub mod conformance;
 pub mod embedded;
@@ -22,6 +23,7 @@ pub mod subscription;
 use std::sync::Arc;
 
 pub use api::*;
+pub use backend::{Backend, Leadership};
 pub use embedded::EmbeddedStore;
 pub use memory::MemoryStore;
 pub use subscription::{subscribe_all, Subscription};

@@ -117,3 +117,48 @@ fn the_binaries_are_built_without_the_stores_test_code() {
         );
     }
 }
+
+/// The backend is chosen in one place, `latchkey_store::Backend`: the server above it (the
+/// application layer, HTTP, start-up) asks it for places and leadership and names no
+/// backend, database driver or connection type itself. Test modules may.
+#[test]
+fn nothing_above_the_store_chooses_a_backend() {
+    let forbidden = [
+        "postgres::",
+        "Place::Postgres",
+        "Place::File",
+        "open_postgres",
+        "PgConnection",
+        "rusqlite",
+        "tokio_postgres",
+        "open_url(",
+        "EmbeddedStore",
+    ];
+    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../api/src"));
+    let mut files = vec![root.to_owned()];
+    let mut found = Vec::new();
+    let mut checked = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        checked += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Production code only: a file's unit tests come after its `#[cfg(test)]`.
+        let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (number, line) in code.lines().enumerate() {
+            let line = line.split("//").next().unwrap_or_default();
+            for word in forbidden {
+                if line.contains(word) {
+                    found.push(format!("{}:{}: {word}", path.display(), number + 1));
+                }
+            }
+        }
+    }
+    assert!(checked > 20, "api/src has only {checked} files?");
+    assert!(found.is_empty(), "the server names a backend:\n{}", found.join("\n"));
+}

@@ -21,10 +21,10 @@ use super::answer::Json;
 use super::Services;
 use crate::auth::Principal;
 use crate::problem::{ApiError, BodyFingerprint};
-use crate::storage::{Durable, Place};
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use latchkey_sql::{params, Dialect, OptionalExtension, Sql, SqlError, SqlExt};
+use latchkey_sql::{Durable, Place};
 use std::collections::HashSet;
 use std::future::Future;
 use std::marker::PhantomData;
@@ -158,7 +158,7 @@ const ADDED_COLUMNS: [(&str, &str); 3] = [
 impl IdempotencyStore {
     pub fn open(place: impl Into<Place>) -> Result<Self, SqlError> {
         let place = place.into();
-        let own_file = matches!(place, Place::File(_));
+        let own_file = !place.is_shared();
         let db = Durable::open(
             place,
             "CREATE TABLE IF NOT EXISTS idempotency (

@@ -19,7 +19,7 @@ fn postgres() -> bool {
 pub async fn fresh() -> ReadModels {
     if postgres() {
         let database = latchkey_store::postgres::testing::TestDatabase::create().await;
-        ReadModels::open_postgres(database.url()).unwrap()
+        ReadModels::open(latchkey_sql::Place::Postgres(database.url().to_owned())).unwrap()
     } else {
         ReadModels::in_memory().unwrap()
     }
@@ -37,7 +37,7 @@ pub async fn shared() -> (
     if postgres() {
         let database = latchkey_store::postgres::testing::TestDatabase::create().await;
         let url = database.url().to_owned();
-        let open = move || ReadModels::open_postgres(&url).unwrap();
+        let open = move || ReadModels::open(latchkey_sql::Place::Postgres(url.clone())).unwrap();
         (open(), Box::new(open) as Box<dyn Fn() -> ReadModels>, None)
     } else {
         let dir = tempfile::tempdir().unwrap();

@@ -18,8 +18,11 @@
 //! creates database files private to their owner, and [`tls`] makes the TLS connector
 //! every PostgreSQL connection uses (the event store's too).
 
+pub mod durable;
 pub mod files;
 pub mod tls;
+
+pub use durable::{Durable, Place};
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -3,7 +3,7 @@
 //! `--store postgres://…` tables in the [`POSTGRES_SCHEMA`] schema of that database, shared
 //! by every server on it. One place, so none of them is ever less durable than the others.
 
-use latchkey_sql::{self as sql, PgConnection, Sql, SqlError};
+use crate::{self as sql, PgConnection, Sql, SqlError};
 use rusqlite::Connection;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -41,6 +41,12 @@ impl From<&Path> for Place {
 }
 
 impl Place {
+    /// Whether several servers may share it (then a row one server claimed may be another
+    /// live server's, not a crashed one's).
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Place::Postgres(_))
+    }
+
     /// The file, or a description of the PostgreSQL schema (never the URL: it may hold a
     /// password), for messages.
     pub fn path(&self) -> PathBuf {
