@@ -1192,3 +1192,397 @@ async fn a_page_holds_at_most_a_thousand_lines() {
         "admin@msp.example registered technician tech1000@msp.example (username tech1000)"
     );
 }
+
+/// The sentences no story above reaches, word for word: a tenant's registration with its
+/// policy, a computer's own policy, the agent's inventory and offline logins, the other
+/// reasons to retire an account or release access, the shared account's offline secret,
+/// someone else acting for a technician, and ids the directory does not know.
+#[tokio::test]
+async fn the_rarer_sentences_read_as_written() {
+    use latchkey_domain::computer::{
+        AccountRetirementStarted, AdminGroupInventoried, ComputerDecommissioned,
+        OfflineLoginLockedOut, OfflineLoginRecorded, OfflineSecretDisclosed, OfflineSecretIssued,
+        OsKind, ProvisioningRequested, ProvisioningSuperseded, Purpose, ReleaseOutcome,
+        RetireReason, SessionAccessFailed, SessionAccessGranted, SessionAccessReleased,
+    };
+    use latchkey_domain::ids::{AgentKeyId, RequestId};
+    use latchkey_domain::names::Hostname;
+    use latchkey_domain::policy::{PasswordAlphabet, PasswordPolicy};
+    use latchkey_domain::session::SessionProvisioningFailed;
+    use support::administrators;
+
+    let mut log = Log::new();
+    register_tenant(&log.store, CUSTOMER_1, "customer-1", LoginMode::Named, 0).await;
+    register_technician(&log.store, NIK, "nik", NIK_EMAIL, &[CUSTOMER_1], 1).await;
+    register_technician(&log.store, ANA, "ana", ANA_EMAIL, &[CUSTOMER_1], 1).await;
+    log.enroll(W11, CUSTOMER_1, "W11-L-PASSWORD", 2).await;
+    let mac = ComputerCommand::Enroll {
+        computer_id: W10,
+        tenant_id: CUSTOMER_1,
+        hostname: Hostname::parse("MAC-1").unwrap(),
+        os: OsKind::Macos,
+        agent_key_id: AgentKeyId(Uuid::from_u128(106)),
+        admin_group: None,
+        by: admin(),
+        at: at(2),
+    };
+    log.computer(W10, &admin(), mac).await;
+
+    let mut own = JitPolicy::default().fields().clone();
+    own.provisioning_enabled = false;
+    own.admin_group = Some(GroupName::parse("sudo").unwrap());
+    own.password = PasswordPolicy::new(
+        16,
+        PasswordAlphabet {
+            lowercase: true,
+            uppercase: false,
+            digits: true,
+            symbols: false,
+        },
+    )
+    .unwrap();
+    own.rotate_on_check_in = false;
+    let own = ComputerCommand::OverrideJitPolicy {
+        policy: Some(JitPolicy::new(own).unwrap()),
+        by: admin(),
+        at: at(3),
+    };
+    log.computer(W11, &admin(), own).await;
+
+    // Events written straight to the log, as the aggregate may write them in other states.
+    let agent = Actor::Agent { computer_id: W11 };
+    let on_w11 = |event: ComputerEvent| (agent.clone(), event);
+    log.session(NIK_ON_W11, &admin(), nik_on_w11(NIK_ON_W11, at(10)))
+        .await;
+    let unknown_session = SessionId(Uuid::from_u128(1999));
+    let unknown_computer = ComputerId(Uuid::from_u128(999));
+    let msp_nik = || account("msp-nik");
+    let shared = || account("msp-1234");
+    let events = [
+        on_w11(
+            AdminGroupInventoried {
+                computer_id: W11,
+                group: administrators(),
+                members: BTreeSet::from(["Administrator".to_owned(), "msp-nik".to_owned()]),
+                at: at(11),
+            }
+            .into(),
+        ),
+        on_w11(
+            AdminGroupInventoried {
+                computer_id: W11,
+                group: administrators(),
+                members: BTreeSet::new(),
+                at: at(12),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            ProvisioningRequested {
+                computer_id: W11,
+                request_id: RequestId(1),
+                session_id: Some(NIK_ON_W11),
+                purpose: Purpose::Revoke,
+                operation: Operation::DeleteAccount { account: msp_nik() },
+                at: at(13),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            ProvisioningRequested {
+                computer_id: W11,
+                request_id: RequestId(2),
+                session_id: None,
+                purpose: Purpose::Grant,
+                operation: Operation::EnsureAccount { account: shared() },
+                at: at(13),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            ProvisioningSuperseded {
+                computer_id: W11,
+                request_id: RequestId(77),
+                at: at(14),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            SessionAccessReleased {
+                computer_id: W11,
+                session_id: NIK_ON_W11,
+                account: Some(msp_nik()),
+                outcome: ReleaseOutcome::KeptForOtherSessions,
+                at: at(15),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            SessionAccessReleased {
+                computer_id: W11,
+                session_id: NIK_ON_W11,
+                account: None,
+                outcome: ReleaseOutcome::Deleted,
+                at: at(15),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            SessionAccessReleased {
+                computer_id: W11,
+                session_id: unknown_session,
+                account: None,
+                outcome: ReleaseOutcome::NothingGranted,
+                at: at(15),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            SessionAccessGranted {
+                computer_id: W11,
+                session_id: unknown_session,
+                account: shared(),
+                at: at(16),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            SessionAccessFailed {
+                computer_id: W11,
+                session_id: unknown_session,
+                reason: FailureReason::parse("the agent is too old").unwrap(),
+                at: at(16),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            AccountRetirementStarted {
+                computer_id: W11,
+                account: shared(),
+                reason: RetireReason::LoginModeChanged {
+                    from: LoginMode::Shared,
+                },
+                at: at(17),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            AccountRetirementStarted {
+                computer_id: W11,
+                account: account("msp-ana"),
+                reason: RetireReason::TechnicianRemoved { technician_id: ANA },
+                at: at(17),
+            }
+            .into(),
+        ),
+        (
+            Actor::System,
+            OfflineSecretIssued {
+                computer_id: W11,
+                account: shared(),
+                technician_id: None,
+                generation: 3,
+                at: at(18),
+            }
+            .into(),
+        ),
+        (
+            admin(),
+            OfflineSecretDisclosed {
+                computer_id: W11,
+                account: msp_nik(),
+                technician_id: NIK,
+                generation: 2,
+                by: admin(),
+                at: at(18),
+            }
+            .into(),
+        ),
+        on_w11(
+            OfflineLoginRecorded {
+                computer_id: W11,
+                login_id: Uuid::from_u128(4243),
+                account: msp_nik(),
+                technician_id: Some(NIK),
+                generation: 2,
+                admin_group: None,
+                used_at: at(19),
+                until: at(79),
+                at: at(20),
+            }
+            .into(),
+        ),
+        on_w11(
+            OfflineLoginRecorded {
+                computer_id: W11,
+                login_id: Uuid::from_u128(4244),
+                account: shared(),
+                technician_id: None,
+                generation: 3,
+                admin_group: Some(administrators()),
+                used_at: at(19),
+                until: at(79),
+                at: at(20),
+            }
+            .into(),
+        ),
+        on_w11(
+            OfflineLoginLockedOut {
+                computer_id: W11,
+                lockout_id: Uuid::from_u128(4245),
+                account: shared(),
+                technician_id: None,
+                failures: 3,
+                locked_at: at(21),
+                locked_until: at(36),
+                at: at(22),
+            }
+            .into(),
+        ),
+        (
+            Actor::Agent {
+                computer_id: unknown_computer,
+            },
+            ComputerDecommissioned {
+                computer_id: unknown_computer,
+                by: admin(),
+                at: at(23),
+            }
+            .into(),
+        ),
+    ];
+    for (by, event) in events {
+        let stream = match &event {
+            ComputerEvent::ComputerDecommissioned(e) => e.computer_id.stream_name(),
+            _ => W11.stream_name(),
+        };
+        append(&log.store, stream, &by, vec![AnyEvent::Computer(event)]).await;
+    }
+    let revealed = CredentialRevealed {
+        session_id: NIK_ON_W11,
+        technician_id: NIK,
+        computer_id: W11,
+        account: msp_nik(),
+        password_version: 1,
+        by: admin(),
+        at: at(24),
+    };
+    log.session(NIK_ON_W11, &admin(), revealed).await;
+    let activated = SessionActivated {
+        session_id: unknown_session,
+        at: at(25),
+    };
+    log.session(unknown_session, &Actor::System, activated)
+        .await;
+    let failed = SessionProvisioningFailed {
+        session_id: unknown_session,
+        computer_id: W11,
+        reason: FailureReason::parse("the agent is too old").unwrap(),
+        at: at(25),
+    };
+    log.session(unknown_session, &Actor::System, failed).await;
+    let checked_in = SessionCheckedIn {
+        session_id: unknown_session,
+        computer_id: W11,
+        reason: CheckInReason::Manual,
+        by: admin(),
+        at: at(26),
+    };
+    log.session(unknown_session, &admin(), checked_in).await;
+
+    let models = built(&log).await;
+    let all = everything(&models);
+    let said = sentences(&all);
+    for expected in [
+        "admin@msp.example registered the customer tenant customer-1 with technician login mode \
+         named; JIT policy: provisioning on, admin group each computer's own, at check-in remove \
+         the account from the admin group, account reuse off, sessions of at most 60 minutes, \
+         24-character passwords of lowercase, uppercase, digits and symbols, password rotation \
+         at check-in on, named accounts msp-{username}",
+        "admin@msp.example enrolled the macOS computer MAC-1 in customer-1",
+        "admin@msp.example set the JIT policy of W11-L-PASSWORD to: provisioning off, admin \
+         group sudo, at check-in remove the account from the admin group, account reuse off, \
+         sessions of at most 60 minutes, 16-character passwords of lowercase and digits, \
+         password rotation at check-in off, named accounts msp-{username}",
+        "agent of W11-L-PASSWORD reported the members of Administrators: Administrator, msp-nik",
+        "agent of W11-L-PASSWORD reported the members of Administrators: none",
+        "agent of W11-L-PASSWORD was asked to delete account msp-nik, to end the access of \
+         nik@nikpot.com (request 1)",
+        "agent of W11-L-PASSWORD was asked to make sure account msp-1234 exists, to give access \
+         (request 2)",
+        "request 77 to agent of W11-L-PASSWORD was made unnecessary by a later change",
+        "W11-L-PASSWORD is releasing the admin access of nik@nikpot.com: msp-nik stays in the \
+         admin group for other open sessions",
+        "W11-L-PASSWORD is releasing the admin access of nik@nikpot.com: msp-nik is being deleted",
+        "W11-L-PASSWORD is releasing the admin access of the technician: nothing had been \
+         granted yet",
+        "admin access for the technician is in place on W11-L-PASSWORD with account msp-1234",
+        "admin access for the technician could not be given on W11-L-PASSWORD: the agent is too \
+         old",
+        "W11-L-PASSWORD is retiring account msp-1234 because the technician login mode of \
+         customer-1 is no longer shared",
+        "W11-L-PASSWORD is retiring account msp-ana because technician ana@msp.example no longer \
+         works for this customer",
+        "a new offline TOTP secret (generation 3) was issued for the shared account msp-1234 on \
+         W11-L-PASSWORD",
+        "admin@msp.example disclosed the offline TOTP secret (generation 2) of account msp-nik on \
+         W11-L-PASSWORD to nik@nikpot.com",
+        "nik@nikpot.com logged in offline to W11-L-PASSWORD with account msp-nik at 2026-11-23 \
+         09:19:00 UTC using its offline TOTP code (generation 2), granted until 2026-11-23 \
+         10:19:00 UTC; Latchkey rotates its password again",
+        "a technician logged in offline to W11-L-PASSWORD with account msp-1234 at 2026-11-23 \
+         09:19:00 UTC using its offline TOTP code (generation 3), granted until 2026-11-23 \
+         10:19:00 UTC; Latchkey rotates its password again",
+        "agent of W11-L-PASSWORD locked offline login to account msp-1234 after 3 wrong TOTP \
+         codes at 2026-11-23 09:21:00 UTC, refusing every code for it until 2026-11-23 09:36:00 \
+         UTC",
+        "admin@msp.example decommissioned the computer computer \
+         00000000-0000-0000-0000-0000000003e7",
+        "admin@msp.example was shown the password of msp-nik on W11-L-PASSWORD, in the session \
+         of nik@nikpot.com",
+        "session 00000000-0000-0000-0000-0000000007cf became active",
+        "session 00000000-0000-0000-0000-0000000007cf could not get admin access to \
+         W11-L-PASSWORD: the agent is too old",
+        "admin@msp.example checked in session 00000000-0000-0000-0000-0000000007cf on \
+         W11-L-PASSWORD",
+    ] {
+        assert!(
+            said.contains(&expected),
+            "missing {expected:?} in {said:#?}"
+        );
+    }
+
+    // A retirement for a technician's removal is that technician's; a release that does not
+    // name its account takes the session's; a session nobody knows has no technician.
+    let retired = all
+        .iter()
+        .find(|e| e.event_type == "AccountRetirementStarted" && e.sentence.contains("msp-ana"))
+        .unwrap();
+    assert_eq!(retired.technician_id, Some(ANA));
+    assert_eq!(retired.tenant_id, Some(CUSTOMER_1));
+    let deleted = all
+        .iter()
+        .find(|e| e.sentence.ends_with("msp-nik is being deleted"))
+        .unwrap();
+    assert_eq!(deleted.account.as_deref(), Some("msp-nik"));
+    assert_eq!(deleted.technician_id, Some(NIK));
+    let nothing = all
+        .iter()
+        .find(|e| e.sentence.ends_with("nothing had been granted yet"))
+        .unwrap();
+    assert_eq!(nothing.session_id, Some(unknown_session));
+    assert_eq!(
+        (nothing.technician_id, nothing.account.as_deref()),
+        (None, None)
+    );
+}
