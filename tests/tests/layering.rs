@@ -1,8 +1,9 @@
 //! The layering rules of DESIGN.md §6, checked on the real dependency graph: the domain has
 //! no async runtime, no database, no HTTP and no randomness or clock source, and
 //! dependencies point one way (api/agent → projections → store → domain; the SQL layer
-//! `latchkey-sql` sits under store and knows no other Latchkey crate), and the test code the
-//! store ships for other crates' tests is not in what the server and the agent are built from.
+//! `latchkey-sql` sits under store and knows no other Latchkey crate; the wire types
+//! `latchkey-wire` know the domain and no server crate), and the test code the store ships
+//! for other crates' tests is not in what the server and the agent are built from.
 
 use std::process::Command;
 
@@ -99,6 +100,36 @@ fn dependencies_point_one_way() {
     );
 }
 
+/// The wire types (`latchkey-wire`) are what the server, the CLI and the agent share: they
+/// know the domain, and no server crate, HTTP framework, database or event store.
+#[test]
+fn the_wire_types_know_no_server() {
+    let wire = dependencies("latchkey-wire");
+    assert!(
+        wire.contains(&"latchkey-domain".to_owned()),
+        "cargo tree output looks wrong: {wire:?}"
+    );
+    let forbidden = [
+        "latchkey-api",
+        "latchkey-agent",
+        "latchkey-projections",
+        "latchkey-store",
+        "latchkey-sql",
+        "actix-web",
+        "actix-http",
+        "reqwest",
+        "hyper",
+        "tokio",
+        "rusqlite",
+        "tokio-postgres",
+    ];
+    let found: Vec<&String> = wire
+        .iter()
+        .filter(|d| forbidden.contains(&d.as_str()))
+        .collect();
+    assert!(found.is_empty(), "latchkey-wire depends on {found:?}");
+}
+
 #[test]
 fn the_binaries_are_built_without_the_stores_test_code() {
     for package in ["latchkey-api", "latchkey-agent"] {
@@ -160,5 +191,9 @@ fn nothing_above_the_store_chooses_a_backend() {
         }
     }
     assert!(checked > 20, "api/src has only {checked} files?");
-    assert!(found.is_empty(), "the server names a backend:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "the server names a backend:\n{}",
+        found.join("\n")
+    );
 }

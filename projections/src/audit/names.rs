@@ -335,10 +335,7 @@ impl<'c> Names<'c> {
 
     /// The human-readable actor of an event that does not name it, from its metadata
     /// (`user:<e-mail>`, `agent:<computer id>`, `system`).
-    pub(super) fn recorded_actor(
-        &self,
-        recorded: &RecordedEvent,
-    ) -> latchkey_sql::Result<String> {
+    pub(super) fn recorded_actor(&self, recorded: &RecordedEvent) -> latchkey_sql::Result<String> {
         let raw = recorded.metadata.actor.as_str();
         if let Some(user) = raw.strip_prefix("user:") {
             return Ok(user.to_owned());
