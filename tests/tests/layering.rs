@@ -2,8 +2,9 @@
 //! no async runtime, no database, no HTTP and no randomness or clock source, and
 //! dependencies point one way (api/agent → projections → store → domain; the SQL layer
 //! `latchkey-sql` sits under store and knows no other Latchkey crate; the wire types
-//! `latchkey-wire` know the domain and no server crate), and the test code the store ships
-//! for other crates' tests is not in what the server and the agent are built from.
+//! `latchkey-wire` know the domain and no server crate, and the CLI `latchkey-cli` the wire
+//! types and no server crate), and the test code the store ships for other crates' tests is
+//! not in what the server and the agent are built from.
 
 use std::process::Command;
 
@@ -128,6 +129,33 @@ fn the_wire_types_know_no_server() {
         .filter(|d| forbidden.contains(&d.as_str()))
         .collect();
     assert!(found.is_empty(), "latchkey-wire depends on {found:?}");
+}
+
+/// The CLI (`latchkey-cli`) is a client of the REST API: it knows the wire types and the
+/// domain, not the server that answers them.
+#[test]
+fn the_cli_knows_no_server() {
+    let cli = dependencies("latchkey-cli");
+    assert!(
+        cli.contains(&"latchkey-wire".to_owned()),
+        "cargo tree output looks wrong: {cli:?}"
+    );
+    let forbidden = [
+        "latchkey-api",
+        "latchkey-agent",
+        "latchkey-projections",
+        "latchkey-store",
+        "latchkey-sql",
+        "actix-web",
+        "actix-http",
+        "rusqlite",
+        "tokio-postgres",
+    ];
+    let found: Vec<&String> = cli
+        .iter()
+        .filter(|d| forbidden.contains(&d.as_str()))
+        .collect();
+    assert!(found.is_empty(), "latchkey-cli depends on {found:?}");
 }
 
 #[test]
