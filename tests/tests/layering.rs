@@ -158,6 +158,27 @@ fn the_cli_knows_no_server() {
     assert!(found.is_empty(), "latchkey-cli depends on {found:?}");
 }
 
+/// The agent reads and sends the wire types too, without the server that answers them.
+#[test]
+fn the_agent_knows_no_server() {
+    let agent = dependencies("latchkey-agent");
+    assert!(
+        agent.contains(&"latchkey-wire".to_owned()),
+        "cargo tree output looks wrong: {agent:?}"
+    );
+    let server = [
+        "latchkey-api",
+        "latchkey-cli",
+        "latchkey-projections",
+        "actix-web",
+    ];
+    let found: Vec<&String> = agent
+        .iter()
+        .filter(|d| server.contains(&d.as_str()))
+        .collect();
+    assert!(found.is_empty(), "latchkey-agent depends on {found:?}");
+}
+
 #[test]
 fn the_binaries_are_built_without_the_stores_test_code() {
     for package in ["latchkey-api", "latchkey-agent"] {
