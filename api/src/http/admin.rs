@@ -953,7 +953,7 @@ async fn issue_token(
         s.tokens.issue_for(role, &issued_name, Some(lifetime))
     })
     .await?;
-    tracing::info!(role = %kind, holder = %name, token_id = %issued.token_id, by = %principal.name, "API token issued");
+    tracing::info!(role = kind.as_str(), holder = %name, token_id = %issued.token_id, by = %principal.name, "API token issued");
     let answer = IssuedToken {
         token_id: issued.token_id.simple().to_string(),
         role: kind,
