@@ -452,7 +452,7 @@ mod tests {
     }
 
     fn computer() -> Computer {
-        Computer::replay(&[crate::computer::tests::enrolled("W11-L-PASSWORD")])
+        Computer::replay(&[crate::computer::testing::enrolled("W11-L-PASSWORD")])
     }
 
     fn sid() -> SessionId {
@@ -532,13 +532,13 @@ mod tests {
     }
 
     fn computer_with_kept_ephemeral_account() -> Computer {
-        let mut events = vec![crate::computer::tests::enrolled("W11-L-PASSWORD")];
+        let mut events = vec![crate::computer::testing::enrolled("W11-L-PASSWORD")];
         let grant = crate::computer::AccessGrant {
             account: AccountName::parse("nik_111111111111").unwrap(),
             owner: AccountOwner::Ephemeral {
                 technician_id: nik_id(),
             },
-            ..crate::computer::tests::named_grant(1)
+            ..crate::computer::testing::named_grant(1)
         };
         let state = Computer::replay(&events);
         events.extend(
