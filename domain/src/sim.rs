@@ -439,7 +439,7 @@ impl Lookup for World {
         Ok(self
             .computers
             .iter()
-            .filter(|(_, c)| c.profile.as_ref().is_some_and(|p| p.tenant_id == tenant))
+            .filter(|(_, c)| c.profile().is_some_and(|p| p.tenant_id == tenant))
             .map(|(id, _)| *id)
             .collect())
     }
@@ -659,7 +659,7 @@ mod properties {
                     prop_assert!(account.groups.is_empty(),
                         "{name} on {id} is still in {:?} with no session", account.groups);
                     let owner = computer.accounts[name].owner;
-                    prop_assert!(!computer.decommissioned, "{name} left on decommissioned {id}");
+                    prop_assert!(!computer.is_decommissioned(), "{name} left on decommissioned {id}");
                     prop_assert_eq!(owner.login_mode(), tenant.login_mode,
                         "{} of an old login mode left on {}", name, id);
                     if let Some(tech) = owner.technician() {

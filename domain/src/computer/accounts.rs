@@ -47,19 +47,95 @@ impl AccountOwner {
     }
 }
 
+/// What Latchkey wants of an account on the machine. It changes when Latchkey issues a
+/// request, before the agent has run it (what the agent saw is [`ManagedAccount::verified`]),
+/// so the next decision already builds on it. Two facts in one: whether the account is
+/// wanted, and whether the settings gave it up (retirement):
+///
+/// | from | on | to |
+/// |---|---|---|
+/// | `Absent` | its creation is requested (a grant's ensure-account) | `Wanted` |
+/// | `Wanted` | its deletion is requested (check-in by policy, a failed grant's own account) | `Absent` |
+/// | `Wanted` | `AccountRetirementStarted` | `Retiring` |
+/// | `Retiring` | its deletion is requested (at once if idle, else at its last release) | `Retired` |
+/// | `Retiring` | a new session asks for it (`SessionAccessRequested`) | `Wanted` |
+/// | `Retired` | a new session asks for it | `Absent` (then its creation: `Wanted`) |
+///
+/// A session that asks for an account Latchkey does not know yet enters it as `Absent`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccountStatus {
+    /// Latchkey does not want the account: not created yet, or its deletion was requested.
+    Absent,
+    /// Latchkey wants the account, and new sessions may use it.
+    Wanted,
+    /// Wanted by the sessions using it until the last one is released, then deleted: the
+    /// settings no longer want it.
+    Retiring,
+    /// Deleted because the settings no longer wanted it.
+    Retired,
+}
+
+impl AccountStatus {
+    /// Latchkey wants the account to exist (it asked for it and has not asked to delete it).
+    pub fn is_wanted(self) -> bool {
+        matches!(self, AccountStatus::Wanted | AccountStatus::Retiring)
+    }
+
+    /// A new session may use the account: it is wanted and not being retired.
+    pub fn is_usable(self) -> bool {
+        self == AccountStatus::Wanted
+    }
+
+    /// The settings gave the account up: it is being retired, or was.
+    pub fn is_retired(self) -> bool {
+        matches!(self, AccountStatus::Retiring | AccountStatus::Retired)
+    }
+
+    fn created(self) -> Self {
+        match self {
+            AccountStatus::Absent => AccountStatus::Wanted,
+            AccountStatus::Retired => AccountStatus::Retiring,
+            wanted => wanted,
+        }
+    }
+
+    fn deleted(self) -> Self {
+        match self {
+            AccountStatus::Wanted => AccountStatus::Absent,
+            AccountStatus::Retiring => AccountStatus::Retired,
+            absent => absent,
+        }
+    }
+
+    pub(super) fn retired(self) -> Self {
+        match self {
+            AccountStatus::Wanted => AccountStatus::Retiring,
+            AccountStatus::Absent => AccountStatus::Retired,
+            retired => retired,
+        }
+    }
+
+    pub(super) fn reclaimed(self) -> Self {
+        match self {
+            AccountStatus::Retiring => AccountStatus::Wanted,
+            AccountStatus::Retired => AccountStatus::Absent,
+            kept => kept,
+        }
+    }
+}
+
 /// A Latchkey account on this computer, as Latchkey wants it to be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManagedAccount {
     pub name: AccountName,
     pub owner: AccountOwner,
-    /// Latchkey wants the account to exist (it asked for it and has not asked to delete it).
-    pub exists: bool,
+    /// Whether Latchkey wants it on the machine, and for how long.
+    pub status: AccountStatus,
     /// The sessions using the account, with the admin group each uses.
     pub sessions: BTreeMap<SessionId, GroupName>,
     /// The latest password version requested (versions never repeat, even across deletion).
     pub password_version: u32,
-    /// Deleted as soon as no session uses it.
-    pub retiring: bool,
     /// The generation of the account's offline TOTP secret, if one is in force.
     pub offline_secret: Option<u32>,
     pub offline_generations: u32,
@@ -72,9 +148,9 @@ impl ManagedAccount {
     /// yet: Latchkey's wish leads, so a second decision already sees it).
     pub(super) fn requested(&mut self, operation: &Operation) {
         match operation {
-            Operation::EnsureAccount { .. } => self.exists = true,
+            Operation::EnsureAccount { .. } => self.status = self.status.created(),
             Operation::RotatePassword { version, .. } => self.password_version = *version,
-            Operation::DeleteAccount { .. } => self.exists = false,
+            Operation::DeleteAccount { .. } => self.status = self.status.deleted(),
             Operation::AddToGroup { .. } | Operation::RemoveFromGroup { .. } => {}
         }
     }
@@ -85,7 +161,7 @@ impl Computer {
     pub fn has_usable_account(&self, name: &AccountName) -> bool {
         self.accounts
             .get(name)
-            .is_some_and(|a| a.exists && !a.retiring)
+            .is_some_and(|a| a.status.is_usable())
     }
 
     /// The technician's kept ephemeral account, for "reuse existing account".
@@ -98,7 +174,7 @@ impl Computer {
                         technician_id: technician,
                     }
             })
-            .find(|a| a.exists && !a.retiring)
+            .find(|a| a.status.is_usable())
             .map(|a| &a.name)
     }
 
@@ -116,10 +192,9 @@ impl Computer {
             .or_insert_with(|| ManagedAccount {
                 name: name.clone(),
                 owner,
-                exists: false,
+                status: AccountStatus::Absent,
                 sessions: BTreeMap::new(),
                 password_version: versions,
-                retiring: false,
                 offline_secret: None,
                 offline_generations: generations,
                 verified: None,
@@ -138,7 +213,7 @@ impl Computer {
             .open_requests
             .values()
             .any(|r| r.operation.account() == name);
-        let gone = !account.exists
+        let gone = !account.status.is_wanted()
             && account.sessions.is_empty()
             && account.offline_secret.is_none()
             && account.verified.as_ref().is_some_and(|seen| !seen.present);

@@ -212,7 +212,7 @@ impl Computer {
         }
         let session_id = grant.session_id;
         let existing = self.accounts.get(&grant.account);
-        let refusal = if self.decommissioned {
+        let refusal = if self.is_decommissioned() {
             Some("the computer has been decommissioned".to_owned())
         } else if existing.is_some_and(|a| a.owner != grant.owner) {
             Some(format!(
@@ -284,9 +284,9 @@ impl Computer {
             && !had_membership
             && !self.may_be_member(account, &grant.admin_group);
         let deleting = !others_remain
-            && account.exists
+            && account.status.is_wanted()
             && (grant.on_check_in == CheckInAction::DeleteAccount
-                || account.retiring
+                || account.status.is_retired()
                 || never_used);
         // Out of the group unless another session still needs it: also when this session
         // never got there but the account is (or is about to be) a member anyway, through a
@@ -384,10 +384,13 @@ impl Decision {
 /// How the grant events change the state.
 impl Computer {
     pub(super) fn on_session_access_requested(&mut self, e: &SessionAccessRequested) {
-        let created_account = !self.accounts.get(&e.account).is_some_and(|a| a.exists);
+        let created_account = !self
+            .accounts
+            .get(&e.account)
+            .is_some_and(|a| a.status.is_wanted());
         let account = self.account_entry(&e.account, e.owner);
         account.sessions.insert(e.session_id, e.admin_group.clone());
-        account.retiring = false;
+        account.status = account.status.reclaimed();
         self.grants.insert(
             e.session_id,
             Grant {
@@ -634,7 +637,7 @@ mod tests {
             ]
         );
         assert!(
-            c.state().accounts[&acct("msp-nik")].exists,
+            c.state().accounts[&acct("msp-nik")].status == AccountStatus::Wanted,
             "named accounts are kept"
         );
     }
@@ -661,7 +664,10 @@ mod tests {
                 (next + 2, Purpose::Revoke, delete("nik_566054625600")),
             ]
         );
-        assert!(!c.state().accounts[&acct("nik_566054625600")].exists);
+        assert_eq!(
+            c.state().accounts[&acct("nik_566054625600")].status,
+            AccountStatus::Absent
+        );
         assert_eq!(c.state().reusable_account(nik_id()), None);
     }
 

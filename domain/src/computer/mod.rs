@@ -30,7 +30,7 @@ mod retirement;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub use accounts::{AccountOwner, ManagedAccount};
+pub use accounts::{AccountOwner, AccountStatus, ManagedAccount};
 pub use commands::{AccessGrant, ComputerCommand};
 pub use events::*;
 pub use grant::{Grant, GrantStage, RecentlyReleased, ReleaseOutcome, RELEASED_KEPT};
@@ -68,16 +68,26 @@ pub struct ComputerProfile {
     pub admin_group: Option<GroupName>,
 }
 
+/// Where the computer is in its life: nothing can be decided for it before its enrolment
+/// (`ComputerEnrolled`, refused a second time), and once decommissioned
+/// (`ComputerDecommissioned`) it gives no new access and only lets go of its accounts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Enrolment {
+    #[default]
+    NotEnrolled,
+    Enrolled(ComputerProfile),
+    Decommissioned(ComputerProfile),
+}
+
 /// The form of [`Computer`] kept in snapshots (see the server's command path): bump it
 /// whenever the state's fields or their meaning change, so older snapshots are ignored and the
 /// state is folded from the events again.
-pub const SNAPSHOT_VERSION: u32 = 3;
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Computer {
-    /// `None` until enrolled.
-    pub profile: Option<ComputerProfile>,
-    pub decommissioned: bool,
+    pub enrolment: Enrolment,
     pub policy_override: Option<JitPolicy>,
     pub accounts: BTreeMap<AccountName, ManagedAccount>,
     /// Sessions whose access is being set up or is in force here; a released session leaves
@@ -103,6 +113,18 @@ pub struct Computer {
 }
 
 impl Computer {
+    /// What the agent told at enrolment; `None` until enrolled.
+    pub fn profile(&self) -> Option<&ComputerProfile> {
+        match &self.enrolment {
+            Enrolment::NotEnrolled => None,
+            Enrolment::Enrolled(profile) | Enrolment::Decommissioned(profile) => Some(profile),
+        }
+    }
+
+    pub fn is_decommissioned(&self) -> bool {
+        matches!(self.enrolment, Enrolment::Decommissioned(_))
+    }
+
     /// The computer's override if it has one, else the tenant's policy.
     pub fn effective_policy<'a>(&'a self, tenant_policy: &'a JitPolicy) -> &'a JitPolicy {
         self.policy_override.as_ref().unwrap_or(tenant_policy)
@@ -114,10 +136,7 @@ impl Computer {
         if let Some(group) = self.effective_policy(tenant_policy).admin_group() {
             return Ok(group.clone());
         }
-        let profile = self
-            .profile
-            .as_ref()
-            .ok_or(DomainError::ComputerNotEnrolled)?;
+        let profile = self.profile().ok_or(DomainError::ComputerNotEnrolled)?;
         match (&profile.admin_group, profile.os) {
             (Some(group), _) => Ok(group.clone()),
             (None, OsKind::Windows) => {
@@ -128,8 +147,7 @@ impl Computer {
     }
 
     fn computer_id(&self) -> Result<ComputerId, DomainError> {
-        self.profile
-            .as_ref()
+        self.profile()
             .map(|p| p.computer_id)
             .ok_or(DomainError::ComputerNotEnrolled)
     }
@@ -190,7 +208,7 @@ impl Aggregate for Computer {
                 by,
                 at,
             } => {
-                if state.profile.is_some() {
+                if state.profile().is_some() {
                     return Err(DomainError::ComputerAlreadyEnrolled);
                 }
                 Ok(vec![ComputerEnrolled {
@@ -208,7 +226,7 @@ impl Aggregate for Computer {
             ComputerCommand::Decommission { by, at } => state.decommission(by, at),
             ComputerCommand::OverrideJitPolicy { policy, by, at } => {
                 let computer_id = state.computer_id()?;
-                if state.decommissioned {
+                if state.is_decommissioned() {
                     return Err(DomainError::ComputerDecommissioned);
                 }
                 if state.policy_override == policy {
@@ -309,7 +327,7 @@ impl Aggregate for Computer {
         use ComputerEvent as E;
         match event {
             E::ComputerEnrolled(e) => {
-                state.profile = Some(ComputerProfile {
+                state.enrolment = Enrolment::Enrolled(ComputerProfile {
                     computer_id: e.computer_id,
                     tenant_id: e.tenant_id,
                     hostname: e.hostname.clone(),
@@ -318,7 +336,12 @@ impl Aggregate for Computer {
                     admin_group: e.admin_group.clone(),
                 });
             }
-            E::ComputerDecommissioned(_) => state.decommissioned = true,
+            E::ComputerDecommissioned(_) => {
+                state.enrolment = match std::mem::take(&mut state.enrolment) {
+                    Enrolment::Enrolled(profile) => Enrolment::Decommissioned(profile),
+                    other => other,
+                };
+            }
             E::ComputerJitPolicyOverridden(e) => state.policy_override = e.policy.clone(),
             E::SessionAccessRequested(e) => state.on_session_access_requested(e),
             E::ProvisioningRequested(e) => state.on_provisioning_requested(e),

@@ -31,7 +31,7 @@ impl Computer {
     /// The offline secret in force that `technician` may use here: their named account's, or
     /// else the shared account's (DESIGN.md §2). `(account, generation)`.
     pub fn offline_secret_for(&self, technician: TechnicianId) -> Option<(&AccountName, u32)> {
-        let usable = |a: &&ManagedAccount| a.exists && !a.retiring && a.offline_secret.is_some();
+        let usable = |a: &&ManagedAccount| a.status.is_usable() && a.offline_secret.is_some();
         let named = self.accounts.values().filter(usable).find(|a| {
             a.owner
                 == AccountOwner::Named {
@@ -65,7 +65,7 @@ impl Computer {
             .ok_or(DomainError::UnknownAccount {
                 account: login.account.clone(),
             })?;
-        let exists = managed.exists;
+        let wanted = managed.status.is_wanted();
         let mut d = Decision::new(self, at)?;
         let account = login.account.clone();
         d.emit(OfflineLoginRecorded {
@@ -79,7 +79,7 @@ impl Computer {
             until: login.until,
             at,
         });
-        if exists {
+        if wanted {
             d.rotate(None, Purpose::Cleanup, &account);
         }
         Ok(d.finish())

@@ -164,9 +164,9 @@ impl Computer {
         match op {
             Operation::RemoveFromGroup { group, .. } => !self.group_needed(account, group, None),
             Operation::RotatePassword { version, .. } => {
-                account.exists && account.password_version == *version
+                account.status.is_wanted() && account.password_version == *version
             }
-            Operation::DeleteAccount { .. } => !account.exists,
+            Operation::DeleteAccount { .. } => !account.status.is_wanted(),
             Operation::EnsureAccount { .. } | Operation::AddToGroup { .. } => true,
         }
     }

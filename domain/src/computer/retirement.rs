@@ -43,7 +43,7 @@ impl Computer {
         at: Timestamp,
     ) -> Result<Vec<ComputerEvent>, DomainError> {
         let computer_id = self.computer_id()?;
-        if self.decommissioned {
+        if self.is_decommissioned() {
             return Ok(vec![]);
         }
         let mut events = vec![ComputerDecommissioned {
@@ -66,7 +66,7 @@ impl Computer {
         let selected: Vec<&ManagedAccount> = self
             .accounts
             .values()
-            .filter(|a| a.exists && !a.retiring && why.selects(&a.owner))
+            .filter(|a| a.status.is_usable() && why.selects(&a.owner))
             .collect();
         for account in selected {
             d.emit(AccountRetirementStarted {
@@ -89,7 +89,7 @@ impl Computer {
 
     pub(super) fn on_account_retirement_started(&mut self, e: &AccountRetirementStarted) {
         if let Some(a) = self.accounts.get_mut(&e.account) {
-            a.retiring = true;
+            a.status = a.status.retired();
         }
     }
 }
@@ -126,7 +126,10 @@ mod tests {
         // Shared → ephemeral: msp-1234 is in use; it is deleted when its session ends.
         let events = c.run(retire(LoginMode::Shared));
         assert!(requested(&events).is_empty());
-        assert!(c.state().accounts[&acct("msp-1234")].retiring);
+        assert_eq!(
+            c.state().accounts[&acct("msp-1234")].status,
+            AccountStatus::Retiring
+        );
         let released = c.release(2);
         let ops: Vec<Operation> = requested(&released).into_iter().map(|r| r.2).collect();
         assert_eq!(
@@ -161,7 +164,10 @@ mod tests {
         });
         let ops: Vec<Operation> = requested(&events).into_iter().map(|r| r.2).collect();
         assert_eq!(ops, vec![delete("msp-nik")]);
-        assert!(!c.state().accounts[&acct("msp-ann")].retiring);
+        assert_eq!(
+            c.state().accounts[&acct("msp-ann")].status,
+            AccountStatus::Wanted
+        );
     }
 
     #[test]
