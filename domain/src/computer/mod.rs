@@ -387,11 +387,6 @@ mod tests {
     use crate::computer::testing::*;
     use crate::policy::JitPolicy;
     use crate::testing::{admin, ann_id, computer_id, given, nik_id, t, tenant_id};
-    use crate::DomainError;
-
-    use crate::ids::AgentKeyId;
-    use crate::names::{GroupName, Hostname};
-    use uuid::Uuid;
 
     #[test]
     fn enrolling_a_computer_once() {
@@ -419,6 +414,34 @@ mod tests {
                 at: t(0),
             })
             .then_expect_error(DomainError::ComputerNotEnrolled);
+    }
+
+    /// A computer's tenant, hostname and agent key are set once, by its enrolment: a second
+    /// `Enroll` on its stream must not move it to another tenant or key, not even once the
+    /// computer is decommissioned.
+    #[test]
+    fn a_computer_is_enrolled_only_once_even_after_decommissioning() {
+        let enroll_again = || ComputerCommand::Enroll {
+            computer_id: computer_id(),
+            tenant_id: TenantId(Uuid::from_u128(2)),
+            hostname: Hostname::parse("W11-STOLEN").unwrap(),
+            os: OsKind::Linux,
+            agent_key_id: AgentKeyId(Uuid::from_u128(501)),
+            admin_group: None,
+            by: admin(),
+            at: t(5),
+        };
+        given::<Computer>([enrolled("W11-L-PASSWORD")])
+            .when(enroll_again())
+            .then_expect_error(DomainError::ComputerAlreadyEnrolled);
+        let decommissioned = ComputerDecommissioned {
+            computer_id: computer_id(),
+            by: admin(),
+            at: t(3),
+        };
+        given::<Computer>([enrolled("W11-L-PASSWORD"), decommissioned.into()])
+            .when(enroll_again())
+            .then_expect_error(DomainError::ComputerAlreadyEnrolled);
     }
 
     #[test]
