@@ -729,7 +729,10 @@ mod properties {
         /// session on the computer holds that group through the same account, and takes no
         /// other session's access.
         #[test]
-        fn on_healthy_machines_every_check_out_becomes_active_and_every_check_in_ends_its_membership(start in mode(), actions in prop::collection::vec(action(0.0), 1..80)) {
+        fn on_healthy_machines_every_check_out_becomes_active_and_every_check_in_ends_its_membership(
+            start in mode(),
+            actions in prop::collection::vec(action(0.0), 1..80),
+        ) {
             let mut world = World::setup(start);
             for action in actions {
                 world.act(action);
@@ -737,18 +740,35 @@ mod properties {
             world.catch_up();
             for (id, session) in &world.sessions {
                 let status = &session.state().unwrap().status;
-                prop_assert!(matches!(status, SessionStatus::Active | SessionStatus::CheckedIn(_)),
-                    "session {id} is {status:?} although its agent did everything asked");
+                prop_assert!(
+                    matches!(status, SessionStatus::Active | SessionStatus::CheckedIn(_)),
+                    "session {id} is {status:?} although its agent did everything asked"
+                );
             }
-            prop_assert!(world.every_open_session_has_its_membership(), "an active session has no membership");
+            prop_assert!(
+                world.every_open_session_has_its_membership(),
+                "an active session has no membership"
+            );
             for id in world.open_sessions() {
-                let (computer, account, group) = world.access_of(id);
+                let access = world.access_of(id);
                 world.check_in_session(id, CheckInReason::Manual);
                 world.catch_up();
-                let kept = world.open_sessions().into_iter().any(|other| world.access_of(other) == (computer, account.clone(), group.clone()));
-                let member = world.machines[&computer].get(&account).is_some_and(|a| a.groups.contains(&group));
-                prop_assert!(kept || !member, "{account} is still in {group} on {computer} after session {id} was checked in");
-                prop_assert!(world.every_open_session_has_its_membership(), "checking in {id} took another session's access");
+                let (computer, account, group) = &access;
+                let kept = world
+                    .open_sessions()
+                    .into_iter()
+                    .any(|other| world.access_of(other) == access);
+                let member = world.machines[computer]
+                    .get(account)
+                    .is_some_and(|a| a.groups.contains(group));
+                prop_assert!(
+                    kept || !member,
+                    "{account} is still in {group} on {computer} after {id} was checked in"
+                );
+                prop_assert!(
+                    world.every_open_session_has_its_membership(),
+                    "checking in {id} took another session's access"
+                );
             }
         }
     }

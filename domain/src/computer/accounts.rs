@@ -54,10 +54,10 @@ impl AccountOwner {
 ///
 /// | from | on | to |
 /// |---|---|---|
-/// | `Absent` | its creation is requested (a grant's ensure-account) | `Wanted` |
-/// | `Wanted` | its deletion is requested (check-in by policy, a failed grant's own account) | `Absent` |
+/// | `Absent` | creation requested (a grant's ensure-account) | `Wanted` |
+/// | `Wanted` | deletion requested (at check-in: by policy, or after a failed grant) | `Absent` |
 /// | `Wanted` | `AccountRetirementStarted` | `Retiring` |
-/// | `Retiring` | its deletion is requested (at once if idle, else at its last release) | `Retired` |
+/// | `Retiring` | deletion requested (at once if idle, else at its last release) | `Retired` |
 /// | `Retiring` | a new session asks for it (`SessionAccessRequested`) | `Wanted` |
 /// | `Retired` | a new session asks for it | `Absent` (then its creation: `Wanted`) |
 ///

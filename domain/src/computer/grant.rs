@@ -6,19 +6,30 @@
 //! Each open session has a [`Grant`] in `Computer::grants`. Its [`GrantStage`] is moved by
 //! events only (in `evolve`); `decide` looks at the stage to choose what comes next:
 //!
-//! | stage | command | events | next stage |
-//! |---|---|---|---|
-//! | — | `GrantAccess` | `SessionAccessRequested`; ensure account (with JIT provisioning), rotate password | `Preparing { pending: both }` |
-//! | — | `GrantAccess`, refused | `SessionAccessRequested`, `SessionAccessFailed` | `Failed` |
-//! | `Preparing { pending }` | `ReportSucceeded` of one of `pending` | its verified result | `Preparing { pending − it }` |
-//! | `Preparing { }` (just emptied) | same command | add to the admin group (request `j`) | `Joining { request: j }` |
-//! | `Joining { request: j }` | `ReportSucceeded` of `j` | `AddedToAdminGroup`, `SessionAccessGranted` | `Granted` |
-//! | `Preparing`, `Joining` | `ReportFailed` of a grant request, or a `ReportSucceeded` the agent's observation contradicts | `ProvisioningFailed`, `SessionAccessFailed` | `Failed` |
-//! | any | `ReleaseAccess` | `SessionAccessReleased`; the revocation requests below | none: the session goes to `Computer::released` |
+//! | stage | on | next stage |
+//! |---|---|---|
+//! | — | `GrantAccess` (1) | `Preparing { pending }` |
+//! | — | `GrantAccess`, refused (2) | `Failed` |
+//! | `Preparing { pending }` | `ReportSucceeded` of `r` in `pending` | `Preparing { pending − r }` |
+//! | `Preparing { }` | that same command, once `pending` is empty (3) | `Joining { request: j }` |
+//! | `Joining { request: j }` | `ReportSucceeded` of `j` (4) | `Granted` |
+//! | `Preparing`, `Joining` | a grant request failed (5) | `Failed` |
+//! | any | `ReleaseAccess` (6) | none: the session is in `released` |
 //!
-//! A grant is refused when the computer is decommissioned, when the account belongs to
-//! another owner, or when JIT provisioning is off and the account does not exist. A failed
-//! grant request is never retried: the session fails, and its check-in releases it.
+//! 1. `SessionAccessRequested`, then requests to ensure the account (with JIT provisioning)
+//!    and to rotate its password: `pending` holds them.
+//! 2. `SessionAccessRequested`, `SessionAccessFailed`: the computer is decommissioned, the
+//!    account belongs to another owner, or JIT provisioning is off and the account does not
+//!    exist.
+//! 3. The join, request `j`, is issued only now that the agent verified the account and its
+//!    new password.
+//! 4. `AddedToAdminGroup`, `SessionAccessGranted`.
+//! 5. `ReportFailed` of a grant request, or a `ReportSucceeded` that what the agent verified
+//!    contradicts: `ProvisioningFailed`, `SessionAccessFailed`. A grant request is never
+//!    retried; the session fails, and its check-in releases it.
+//! 6. `SessionAccessReleased` and the revocation requests below; the grant leaves
+//!    `Computer::grants` for `Computer::released`.
+//!
 //! Repeats do nothing: a `GrantAccess` for a session the computer has or released recently,
 //! a `ReleaseAccess` for a session released recently. A `ReleaseAccess` that comes before
 //! its grant releases the session with `NothingGranted`, so the late grant is ignored.
