@@ -790,8 +790,7 @@ async fn get_computer(
     let computer = tenant_computer(&services, tenant, &computer).await?;
     let loaded: Computer = services.load(computer.stream_name()).await?;
     let profile = loaded
-        .profile
-        .as_ref()
+        .profile()
         .ok_or_else(|| ApiError::not_found("the computer"))?;
     // Technicians see the computer, not who else uses it.
     let accounts = if principal.technician_id().is_some() {
@@ -803,8 +802,8 @@ async fn get_computer(
             .map(|a| AccountView {
                 account: a.name.to_string(),
                 owner: a.owner,
-                wanted: a.exists,
-                retiring: a.retiring,
+                wanted: a.status.is_wanted(),
+                retiring: a.status.is_retired(),
                 password_version: a.password_version,
                 sessions: a.sessions.keys().copied().collect(),
                 verified: a.verified.clone(),
@@ -816,7 +815,7 @@ async fn get_computer(
         tenant_id: tenant,
         hostname: profile.hostname.to_string(),
         os: profile.os,
-        decommissioned: loaded.decommissioned,
+        decommissioned: loaded.is_decommissioned(),
         policy_override: loaded.policy_override.clone(),
         accounts,
     }))

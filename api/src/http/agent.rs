@@ -594,8 +594,7 @@ async fn computer_and_tenant(
 ) -> Result<(Computer, TenantState), ApiError> {
     let state: Computer = services.load(computer.stream_name()).await?;
     let profile = state
-        .profile
-        .as_ref()
+        .profile()
         .ok_or_else(|| ApiError::not_found("the computer"))?;
     let tenant: Tenant = services.load(profile.tenant_id.stream_name()).await?;
     let tenant = tenant
@@ -640,7 +639,7 @@ async fn offline_secrets(
     for account in state.accounts.values() {
         let Some(generation) = account
             .offline_secret
-            .filter(|_| account.exists && !account.retiring)
+            .filter(|_| account.status.is_usable())
         else {
             continue;
         };

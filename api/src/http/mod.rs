@@ -347,7 +347,7 @@ pub async fn tenant_computer(
 ) -> Result<ComputerId, ApiError> {
     let computer = ComputerId(path_id(raw, "computer_id")?);
     let loaded: Computer = services.load(computer.stream_name()).await?;
-    match loaded.profile {
+    match loaded.profile() {
         Some(profile) if profile.tenant_id == tenant => Ok(computer),
         _ => Err(ApiError::not_found("the computer")),
     }

@@ -351,8 +351,7 @@ async fn offline_secret(
     };
     let hostname = executed
         .state
-        .profile
-        .as_ref()
+        .profile()
         .map(|p| p.hostname.to_string())
         .unwrap_or_default();
     let secret = totp_secret(&services, computer, &shown.account, shown.generation).await?;
