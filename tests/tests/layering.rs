@@ -160,5 +160,9 @@ fn nothing_above_the_store_chooses_a_backend() {
         }
     }
     assert!(checked > 20, "api/src has only {checked} files?");
-    assert!(found.is_empty(), "the server names a backend:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "the server names a backend:\n{}",
+        found.join("\n")
+    );
 }

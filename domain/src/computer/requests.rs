@@ -74,10 +74,12 @@ impl Operation {
     }
 }
 
+/// An operation in words, as the object of "was asked to …" or "could not …": the one
+/// rendering the audit trail, the agent's journal and error messages all use.
 impl fmt::Display for Operation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Operation::EnsureAccount { account } => write!(f, "ensure account {account}"),
+            Operation::EnsureAccount { account } => write!(f, "make sure account {account} exists"),
             Operation::RotatePassword { account, version } => {
                 write!(f, "rotate the password of {account} to version {version}")
             }

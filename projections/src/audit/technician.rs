@@ -7,10 +7,7 @@ use latchkey_domain::technician::TechnicianEvent;
 
 /// The lines of a technician's event, filed under the technician and the tenant concerned:
 /// an offboarding has one per tenant the technician was in, so each tenant's auditors see it.
-pub(super) fn lines(
-    names: &Names<'_>,
-    event: &TechnicianEvent,
-) -> latchkey_sql::Result<Vec<Line>> {
+pub(super) fn lines(names: &Names<'_>, event: &TechnicianEvent) -> latchkey_sql::Result<Vec<Line>> {
     Ok(match event {
         TechnicianEvent::TechnicianRegistered(e) => {
             let actor = names.actor(&e.by)?;
