@@ -397,7 +397,9 @@ impl ProcessRunner {
                 source,
             })?;
         if revoked > 0 {
-            tracing::warn!(%technician, revoked, "revoked the API tokens of an offboarded technician that its offboarding had left live (it stopped half-way)");
+            // Issued while the offboarding was being recorded (its own second revocation may
+            // not have come yet), or left by an offboarding that stopped half-way.
+            tracing::info!(%technician, revoked, "revoked the API tokens of an offboarded technician that were still live");
         }
         Ok(())
     }
