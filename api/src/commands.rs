@@ -161,6 +161,12 @@ impl StateCache {
         generations[0].insert(stream.as_str().to_owned(), entry);
     }
 
+    /// The state of `stream` this server has cached, if any, without reading the store: it
+    /// may be behind the stream (another server appended since), never ahead of it.
+    pub fn cached<A: Stored>(&self, stream: &StreamName) -> Option<A> {
+        self.get::<A>(stream).map(|(state, _, _)| state)
+    }
+
     fn get<A: Stored>(&self, stream: &StreamName) -> Option<(A, u64, Option<u64>)> {
         let entry = self.entry(stream)?;
         entry

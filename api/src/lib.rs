@@ -9,6 +9,7 @@
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
 //! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
 //! - `datadir`: the data directory, private to the server's user;
+//! - `fault`: crashes on purpose at named points, for the tests (`LATCHKEY_TEST_CRASH_AT`);
 //! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);
 //! - `tls`: HTTPS with a certificate read again when its files change;
 //! - `technicians`: registering (unique names) and offboarding (tokens revoked) technicians;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod datadir;
+pub mod fault;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -358,9 +358,12 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     let cache =
         Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
-    let tokens = TokenStore::open(place("tokens.db"))
-        .map_err(|e| e.to_string())?
-        .with_lifetimes(args.token_lifetimes);
+    let tokens = Arc::new(
+        TokenStore::open(place("tokens.db"))
+            .map_err(|e| e.to_string())?
+            .with_lifetimes(args.token_lifetimes),
+    );
+    let runner = runner.with_tokens(tokens.clone());
     let idempotency = IdempotencyStore::open(place("idempotency.db"))
         .map_err(|e| format!("idempotency keys: {e}"))?;
     let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;

@@ -1143,10 +1143,29 @@ async fn issue_token(
     let lifetime = lifetime(&services, body.expires_in)?;
     let kind = role.kind();
     let issued_name = name.to_string();
+    let technician = match role {
+        Role::Technician { technician_id } => Some(technician_id),
+        _ => None,
+    };
     let issued = super::blocking(&services, "token store", move |s| {
         s.tokens.issue_for(role, &issued_name, Some(lifetime))
     })
     .await?;
+    if let Some(technician) = technician {
+        // Checked again after the token exists: an offboarding that came in between would
+        // not have revoked it (see `technicians::keep_new_token`).
+        let kept = crate::technicians::keep_new_token(
+            &*services.store,
+            &services.cache,
+            &services.tokens,
+            technician,
+            issued.token_id,
+        )
+        .await?;
+        if !kept {
+            return Err(DomainError::TechnicianOffboarded.into());
+        }
+    }
     tracing::info!(role = kind, holder = %name, token_id = %issued.token_id, by = %principal.name, "API token issued");
     let answer = IssuedToken {
         token_id: issued.token_id.simple().to_string(),
@@ -1245,27 +1264,34 @@ async fn rotate_token(
         ));
     }
     let lifetime = lifetime(&services, body.expires_in)?;
-    if let Role::Technician { technician_id } = token.grants {
-        // A token of an offboarded technician is revoked now, not renewed.
-        crate::technicians::token_may_act(
-            &*services.store,
-            &services.cache,
-            &services.tokens,
-            technician_id,
-        )
-        .await?;
-    }
-    let rotated = super::blocking(&services, "token store", move |s| {
-        s.tokens.rotate(token_id, Some(lifetime))
-    })
-    .await?
-    .ok_or_else(|| {
+    let revoked = || {
         ApiError::new(
             StatusCode::CONFLICT,
             "revoked",
             "the token has been revoked; issue a new one",
         )
-    })?;
+    };
+    let rotated = super::blocking(&services, "token store", move |s| {
+        s.tokens.rotate(token_id, Some(lifetime))
+    })
+    .await?
+    .ok_or_else(revoked)?;
+    if let Role::Technician { technician_id } = token.grants {
+        // A token of an offboarded technician is revoked now, not renewed: checked after
+        // the new secret is stored, so an offboarding that came in between counts too (see
+        // `technicians::keep_new_token`).
+        let kept = crate::technicians::keep_new_token(
+            &*services.store,
+            &services.cache,
+            &services.tokens,
+            technician_id,
+            token_id,
+        )
+        .await?;
+        if !kept {
+            return Err(revoked());
+        }
+    }
     tracing::info!(token_id = %token_id, by = %principal.name, "API token rotated");
     Ok(Json::ok(&IssuedToken {
         token_id: rotated.token_id.simple().to_string(),
