@@ -18,12 +18,6 @@ use latchkey_projections::{ReadModels, ReadView};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-/// jemalloc rather than the system's allocator: per idle connection it keeps about half as
-/// much resident as glibc's malloc did (README.md, "Fleet").
-#[cfg(not(target_env = "msvc"))]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 #[derive(Parser)]
 #[command(
     name = "latchkey",
