@@ -272,17 +272,6 @@ pub fn routes(r: &mut Routes<'_>) {
     );
 }
 
-/// At most this many rows, 1 to 1000 (100 when absent).
-const LIMIT: Query = Query::new(
-    "limit",
-    Kind::Integer {
-        min: 1,
-        max: 1000,
-        default: 100,
-    },
-    "at most this many",
-);
-
 const TENANT_SESSIONS_QUERY: &[Query] = &[
     Query::new(
         "open",
@@ -291,14 +280,14 @@ const TENANT_SESSIONS_QUERY: &[Query] = &[
     ),
     Query::new("computer_id", Kind::Uuid, "only this computer's"),
     Query::new("technician_id", Kind::Uuid, "only this technician's"),
-    LIMIT,
+    Query::PAGE_LIMIT,
 ];
 
 const TOKENS_QUERY: &[Query] = &[
     Query::new("role", Kind::OneOf(&ROLE_KINDS), "only this role"),
     Query::new("technician_id", Kind::Uuid, "only this technician's"),
     Query::new("revoked", Kind::Flag, "true: revoked tokens too"),
-    LIMIT,
+    Query::PAGE_LIMIT,
 ];
 
 fn now() -> chrono::DateTime<chrono::Utc> {

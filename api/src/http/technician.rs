@@ -27,15 +27,7 @@ use serde::{Deserialize, Serialize};
 
 const MY_SESSIONS_QUERY: &[Query] = &[
     Query::new("open", Kind::Flag, "true: only open ones"),
-    Query::new(
-        "limit",
-        Kind::Integer {
-            min: 1,
-            max: 1000,
-            default: 100,
-        },
-        "at most this many",
-    ),
+    Query::PAGE_LIMIT,
 ];
 
 pub fn routes(r: &mut Routes<'_>) {
