@@ -212,7 +212,11 @@ mod tests {
         let mut journal = Journal::open(&state).unwrap();
         assert_eq!(journal.status(KEY), Status::New);
         journal
-            .record(KEY, Step::Applying, Some("ensure account a".into()))
+            .record(
+                KEY,
+                Step::Applying,
+                Some("make sure account a exists".into()),
+            )
             .unwrap();
         assert_eq!(
             Journal::open(&state).unwrap().status(KEY),

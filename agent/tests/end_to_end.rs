@@ -56,7 +56,7 @@ fn named_mode_grants_and_takes_back_access_in_the_account_files() {
     assert_eq!(
         applied[..3],
         [
-            "ensure account msp-nik",
+            "make sure account msp-nik exists",
             "rotate the password of msp-nik to version 1",
             "add msp-nik to Administrators"
         ]

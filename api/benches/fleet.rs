@@ -214,6 +214,9 @@ struct Run {
     rss_start: u64,
     rss_enrolled: u64,
     rss_idle: u64,
+    /// Of `rss_idle`: anonymous memory and mapped files (the binary, SQLite's memory maps of
+    /// the event store), KiB.
+    idle_parts: (u64, u64),
     rss_end: u64,
     cycles: usize,
     elapsed: f64,
@@ -253,6 +256,7 @@ async fn fleet_run(settings: &Settings, admin: &str, n: usize, nofile: u64) -> (
     let settle = fleet.settle(server.pid).await;
     let held = fleet.stats.connected.load(Ordering::SeqCst);
     let rss_idle = rss_kib(server.pid);
+    let idle_parts = rss_parts(server.pid);
     eprintln!(
         "N = {n}: {held} polls held, server RSS {} MiB; cycling",
         rss_idle / 1024
@@ -282,6 +286,7 @@ async fn fleet_run(settings: &Settings, admin: &str, n: usize, nofile: u64) -> (
         rss_start,
         rss_enrolled,
         rss_idle,
+        idle_parts,
         rss_end,
         cycles: active.to_active.len(),
         elapsed: active.elapsed,
@@ -797,8 +802,8 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
         settings.interval.as_secs_f64()
     );
     println!();
-    println!("| until | cycles/s | sessions per computer | check-out → active p50 | p99 | server CPU | server CPU per cycle | other CPU | server RSS |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| until | cycles/s | sessions per computer | check-out → active p50 | p99 | server CPU | server CPU per cycle | other CPU | server RSS | of it anon / file |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let started = Instant::now();
     let total = |done: &[AtomicU64]| done.iter().map(|d| d.load(Ordering::SeqCst)).sum::<u64>();
     // Cycles/s and server CPU per cycle of each row, and the server's RSS after the first.
@@ -828,11 +833,12 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
         latencies.sort_unstable();
         api.latencies.lock().await.clear();
         let rss = rss_kib(server.pid);
+        let (anon, file) = rss_parts(server.pid);
         let server_cpu = clock.percent();
         let cpu_per_cycle = clock.seconds() * 1000.0 / cycles.max(1) as f64;
         first_rss.get_or_insert(rss);
         println!(
-            "| {:.0} s{} | {rate:.1} | {least}–{most} | {:.1} ms | {:.1} ms | {:.0}% | {:.1} ms | {:.0}% | {:.1} MiB |",
+            "| {:.0} s{} | {rate:.1} | {least}–{most} | {:.1} ms | {:.1} ms | {:.0}% | {:.1} ms | {:.0}% | {:.1} MiB | {:.1} / {:.1} MiB |",
             started.elapsed().as_secs_f64(),
             if finished { " (end)" } else { "" },
             percentile(&latencies, 0.50),
@@ -841,6 +847,8 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
             cpu_per_cycle,
             (machine.percent() - server_cpu - client.percent()).max(0.0),
             mib(rss),
+            mib(anon),
+            mib(file),
         );
         rates.push((rate, cpu_per_cycle));
         // A client that is done has reached its sessions, or failed: then stop here.
@@ -896,9 +904,9 @@ fn print_idle(runs: &[Run]) {
     );
     println!();
     println!(
-        "| N | polls held | failed | RSS at start | RSS enrolled | RSS polls held | KiB per connection | KiB per agent | slope vs previous N | settle |"
+        "| N | polls held | failed | RSS at start | RSS enrolled | RSS polls held | of it anon / file | KiB per connection | KiB per agent | slope vs previous N | settle |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut previous: Option<&Run> = None;
     for run in runs {
         let per_connection = if run.held > 0 {
@@ -925,13 +933,15 @@ fn print_idle(runs: &[Run]) {
             _ => "-".into(),
         };
         println!(
-            "| {} | {} | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {per_connection} | {per_agent} | {slope} | {:.1} s |",
+            "| {} | {} | {} | {:.1} MiB | {:.1} MiB | {:.1} MiB | {:.1} / {:.1} MiB | {per_connection} | {per_agent} | {slope} | {:.1} s |",
             run.n,
             run.held,
             run.failed,
             mib(run.rss_start),
             mib(run.rss_enrolled),
             mib(run.rss_idle),
+            mib(run.idle_parts.0),
+            mib(run.idle_parts.1),
             run.settle,
         );
         previous = Some(run);
@@ -1013,10 +1023,21 @@ fn print_enrollment(n: usize, enrolled: &Enrolled, block: usize) {
 
 /// Resident memory (VmRSS) of `pid`, KiB.
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Of the resident memory of `pid`: anonymous (the heap) and file-backed (the binary, and
+/// SQLite's memory maps of the event store: a page read through several connections counts
+/// once in each), KiB.
+fn rss_parts(pid: u32) -> (u64, u64) {
+    (status_kib(pid, "RssAnon:"), status_kib(pid, "RssFile:"))
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|kib| kib.parse().ok())
         .unwrap_or(0)

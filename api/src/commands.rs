@@ -92,9 +92,32 @@ impl Snapshots for latchkey_domain::computer::Computer {
     }
 }
 
+/// Which states the [`StateCache`] keeps. A state no command will change any more (a session
+/// checked in or failed) is not kept: it is seldom used again, and one stream per session would
+/// otherwise fill the cache with the past. A command on such a stream reads it again (a session's
+/// stream is a handful of events) and is decided exactly as before.
+pub trait Retained: Aggregate {
+    /// `true`: no command will change this state any more; the cache lets it go.
+    fn is_final(&self) -> bool {
+        false
+    }
+}
+
+impl Retained for latchkey_domain::tenant::Tenant {}
+impl Retained for latchkey_domain::technician::Technician {}
+impl Retained for latchkey_domain::technician_names::TechnicianNames {}
+impl Retained for latchkey_domain::computer::Computer {}
+
+impl Retained for latchkey_domain::session::Session {
+    /// Checked in or failed: every later command on it is already satisfied or refused.
+    fn is_final(&self) -> bool {
+        self.state().is_some_and(|s| !s.is_open())
+    }
+}
+
 /// What the command path can load, execute and cache.
-pub trait Stored: Snapshots + Send + Sync + 'static {}
-impl<A: Snapshots + Send + Sync + 'static> Stored for A {}
+pub trait Stored: Snapshots + Retained + Send + Sync + 'static {}
+impl<A: Snapshots + Retained + Send + Sync + 'static> Stored for A {}
 
 /// A snapshot is taken when a stream has grown by this many events since the last one.
 pub const SNAPSHOT_EVERY: u64 = 500;
@@ -114,7 +137,9 @@ struct CachedState {
 /// does not fold the whole stream either. Always correct: streams only grow, so a state at
 /// revision r plus the events after r is the current state, whichever server appended them.
 /// Bounded: two generations of at most half the capacity each; when the newer one fills up,
-/// the older one is dropped, so what was used recently stays.
+/// the older one is dropped, so what was used recently stays. Final states (see [`Retained`])
+/// are not kept at all, so the cache holds the streams that are still in use (tenants,
+/// technicians, computers, open sessions) and does not grow with the number of past sessions.
 pub struct StateCache {
     generations: std::sync::Mutex<[HashMap<String, CachedState>; 2]>,
     capacity: usize,
@@ -161,6 +186,12 @@ impl StateCache {
         generations[0].insert(stream.as_str().to_owned(), entry);
     }
 
+    /// The state of `stream` this server has cached, if any, without reading the store: it
+    /// may be behind the stream (another server appended since), never ahead of it.
+    pub fn cached<A: Stored>(&self, stream: &StreamName) -> Option<A> {
+        self.get::<A>(stream).map(|(state, _, _)| state)
+    }
+
     fn get<A: Stored>(&self, stream: &StreamName) -> Option<(A, u64, Option<u64>)> {
         let entry = self.entry(stream)?;
         entry
@@ -174,6 +205,13 @@ impl StateCache {
             return;
         }
         let mut generations = self.generations.lock().unwrap_or_else(|p| p.into_inner());
+        if state.is_final() {
+            // Whatever was cached of it is older still: let that go too.
+            for generation in generations.iter_mut() {
+                generation.remove(stream.as_str());
+            }
+            return;
+        }
         let (newer, snapshot) = match generations[0]
             .get(stream.as_str())
             .or_else(|| generations[1].get(stream.as_str()))
@@ -969,6 +1007,139 @@ mod tests {
             );
             let _ = std::fs::remove_file(dir.path().join("snapshots.db"));
         }
+    }
+
+    /// A session's stream: checked out, and with `ended` checked in too.
+    async fn session_stream(store: &dyn EventStore, ended: bool) -> StreamName {
+        use latchkey_domain::computer::AccountOwner;
+        use latchkey_domain::ids::{ComputerId, SessionId};
+        use latchkey_domain::names::{AccountName, GroupName};
+        use latchkey_domain::policy::{CheckInAction, LoginMode};
+        use latchkey_domain::session::{
+            CheckInReason, SessionCheckedIn, SessionCheckedOut, SessionEvent,
+        };
+        let session_id = SessionId(Uuid::now_v7());
+        let computer_id = ComputerId(Uuid::from_u128(7));
+        let (technician_id, _) = nik();
+        let stream = StreamName::new(session_id.stream_name()).unwrap();
+        let mut events: Vec<SessionEvent> = vec![SessionCheckedOut {
+            session_id,
+            tenant_id: TenantId(Uuid::from_u128(1)),
+            technician_id,
+            computer_id,
+            login_mode: LoginMode::Named,
+            account: AccountName::parse("msp-nik").unwrap(),
+            account_owner: AccountOwner::Named { technician_id },
+            admin_group: GroupName::parse("Administrators").unwrap(),
+            on_check_in: CheckInAction::RemoveFromGroup,
+            rotate_on_check_in: true,
+            create_account: true,
+            reason: None,
+            ticket: None,
+            expires_at: at() + chrono::Duration::hours(1),
+            by: admin(),
+            at: at(),
+        }
+        .into()];
+        if ended {
+            events.push(
+                SessionCheckedIn {
+                    session_id,
+                    computer_id,
+                    reason: CheckInReason::Manual,
+                    by: admin(),
+                    at: at(),
+                }
+                .into(),
+            );
+        }
+        let batch = events
+            .iter()
+            .map(|e| to_new_event(e, &envelope()))
+            .collect();
+        store
+            .append(&stream, ExpectedState::NoStream, batch)
+            .await
+            .unwrap();
+        stream
+    }
+
+    fn cached_streams(cache: &StateCache) -> usize {
+        cache
+            .generations
+            .lock()
+            .unwrap()
+            .iter()
+            .map(HashMap::len)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_an_open_session_but_not_one_that_has_ended() {
+        use latchkey_domain::session::Session;
+        let store = MemoryStore::new();
+        let cache = StateCache::new(100);
+        let open = session_stream(&store, false).await;
+        let ended = session_stream(&store, true).await;
+        load_cached::<Session>(&store, &cache, &open).await.unwrap();
+        let loaded = load_cached::<Session>(&store, &cache, &ended)
+            .await
+            .unwrap();
+        assert!(loaded.state.is_final());
+        assert_eq!(loaded.revision, Some(1));
+        assert!(
+            cache.get::<Session>(&open).is_some(),
+            "an open session is kept"
+        );
+        assert!(
+            cache.get::<Session>(&ended).is_none(),
+            "an ended session is not"
+        );
+        assert_eq!(cached_streams(&cache), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_ended_through_the_cache_leaves_it_and_later_commands_read_its_stream() {
+        use latchkey_domain::session::{CheckInReason, Session, SessionCommand};
+        let store = TestStore::default();
+        let cache = StateCache::new(100);
+        let stream = session_stream(&store, false).await;
+        load_cached::<Session>(&store, &cache, &stream)
+            .await
+            .unwrap();
+        assert_eq!(cached_streams(&cache), 1);
+        let check_in = SessionCommand::CheckIn {
+            reason: CheckInReason::Manual,
+            by: admin(),
+            at: at(),
+        };
+        let done = execute_cached::<Session, _>(&store, &cache, &stream, &envelope(), |_| {
+            check_in.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(done.events.len(), 1);
+        assert!(done.state.is_final());
+        assert_eq!(
+            cached_streams(&cache),
+            0,
+            "the ended session left the cache"
+        );
+        // A second check-in (say, expiry) reads the stream and finds nothing to do.
+        store.taken();
+        let again = execute_cached::<Session, _>(&store, &cache, &stream, &envelope(), |_| {
+            check_in.clone()
+        })
+        .await
+        .unwrap();
+        assert!(again.events.is_empty());
+        assert_eq!(again.state, done.state);
+        assert_eq!(
+            store.taken(),
+            2,
+            "read from the stream: checked out, checked in"
+        );
+        assert_eq!(cached_streams(&cache), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - `cli`: the admin and auditor client commands (crate `latchkey-cli`); `config`: settings
 //!   and the config file;
 //! - `datadir`: the data directory, private to the server's user;
+//! - `fault`: crashes on purpose at named points, for the tests (`LATCHKEY_TEST_CRASH_AT`);
 //! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);
 //! - `tls`: HTTPS with a certificate read again when its files change;
 //! - `technicians`: registering (unique names) and offboarding (tokens revoked) technicians;
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod datadir;
+pub mod fault;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -358,9 +358,12 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     let cache =
         Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
-    let tokens = TokenStore::open(place("tokens.db"))
-        .map_err(|e| e.to_string())?
-        .with_lifetimes(args.token_lifetimes);
+    let tokens = Arc::new(
+        TokenStore::open(place("tokens.db"))
+            .map_err(|e| e.to_string())?
+            .with_lifetimes(args.token_lifetimes),
+    );
+    let runner = runner.with_tokens(tokens.clone());
     let idempotency = IdempotencyStore::open(place("idempotency.db"))
         .map_err(|e| format!("idempotency keys: {e}"))?;
     let new_admin_token = bootstrap_admin(&tokens, &args.admin_email)?;
@@ -402,7 +405,11 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
             .service(healthz)
             .route("/metrics", web::get().to(latchkey_api::metrics::scrape))
             .configure(http::configure)
-    });
+    })
+    // Streamed answers (the event feed, a long poll's body that follows its head, exports)
+    // go out as they are written: with Nagle's algorithm a small write that follows another
+    // one unacknowledged waits for the client's delayed ACK (40 ms on Linux).
+    .tcp_nodelay(true);
     let bound = match &listening.certificate {
         Some(certificate) => {
             server.bind_rustls_0_23(&listening.addrs[..], certificate.server_config()?)

@@ -1,11 +1,15 @@
 //! Runs the process managers: follows the log in global order, keeps the directory read model
 //! up to date, and turns each event's reactions (`latchkey_domain::process::react`) into
 //! commands through the one command path. Every reaction is idempotent, so after a crash the
-//! runner resumes from its checkpoint and may safely handle the last event again.
+//! runner resumes from its checkpoint and may safely handle the last event again. One
+//! reaction is outside the event log: an offboarded technician's API tokens are revoked
+//! (again), so an offboarding that stopped after its event still ends with no working token.
 
+use crate::auth::{AuthError, TokenStore};
 use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::wakeups::StreamWakeups;
 use latchkey_domain::computer::Computer;
+use latchkey_domain::ids::TechnicianId;
 use latchkey_domain::process::{react, Command};
 use latchkey_domain::session::Session;
 use latchkey_domain::technician::Technician;
@@ -31,6 +35,11 @@ pub enum RunnerError {
     EarlierBatchFailed,
     #[error("the read models' transaction ended before the batch's reactions were worked out")]
     NoReactions,
+    #[error("revoking the tokens of the technician offboarded at {position} failed: {source}")]
+    Tokens {
+        position: Position,
+        source: AuthError,
+    },
 }
 
 pub struct ProcessRunner {
@@ -44,6 +53,8 @@ pub struct ProcessRunner {
     /// behind the read models' lock, which a batch's transaction holds for its round trips)
     /// and handed to the read models by the next batch's transaction, which writes it.
     handled: Arc<Mutex<Option<Position>>>,
+    /// Where the API tokens are, to revoke an offboarded technician's (none: not done).
+    tokens: Option<Arc<TokenStore>>,
 }
 
 impl ProcessRunner {
@@ -61,7 +72,17 @@ impl ProcessRunner {
             cache: Arc::new(StateCache::new(0)),
             chain: Arc::default(),
             handled: Arc::default(),
+            tokens: None,
         }
+    }
+
+    /// Revokes an offboarded technician's API tokens in `tokens` when it handles the
+    /// offboarding: the reaction that completes an offboarding whose server stopped between
+    /// recording it and its last revocation (`technicians::offboard`). The process managers'
+    /// checkpoint passes the event only once that is done.
+    pub fn with_tokens(mut self, tokens: Arc<TokenStore>) -> Self {
+        self.tokens = Some(tokens);
+        self
     }
 
     /// Shares an aggregate-state cache (the HTTP handlers').
@@ -322,6 +343,9 @@ impl ProcessRunner {
         &self,
         reactions: Vec<(RecordedEvent, Vec<Command>)>,
     ) -> Result<(), RunnerError> {
+        for (recorded, _) in &reactions {
+            self.revoke_tokens_if_offboarded(recorded).await?;
+        }
         let mut by_stream: Vec<(String, Vec<(RecordedEvent, Command)>)> = Vec::new();
         for (recorded, commands) in reactions {
             for command in commands {
@@ -343,6 +367,40 @@ impl ProcessRunner {
             Ok::<_, RunnerError>(())
         });
         futures::future::try_join_all(streams).await?;
+        Ok(())
+    }
+
+    /// If `recorded` offboarded a technician, revokes their API tokens (see
+    /// [`ProcessRunner::with_tokens`]). Idempotent: usually the offboarding did it already.
+    async fn revoke_tokens_if_offboarded(
+        &self,
+        recorded: &RecordedEvent,
+    ) -> Result<(), RunnerError> {
+        let Some(tokens) = &self.tokens else {
+            return Ok(());
+        };
+        if recorded.event_type != "TechnicianOffboarded" {
+            return Ok(());
+        }
+        let Some(technician) = TechnicianId::from_stream_name(recorded.stream.as_str()) else {
+            return Ok(());
+        };
+        let tokens = tokens.clone();
+        let revoked = tokio::task::spawn_blocking(move || tokens.revoke_technician(technician))
+            .await
+            .unwrap_or_else(|e| match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => panic!("the token store's task did not finish: {e}"),
+            })
+            .map_err(|source| RunnerError::Tokens {
+                position: recorded.position,
+                source,
+            })?;
+        if revoked > 0 {
+            // Issued while the offboarding was being recorded (its own second revocation may
+            // not have come yet), or left by an offboarding that stopped half-way.
+            tracing::info!(%technician, revoked, "revoked the API tokens of an offboarded technician that were still live");
+        }
         Ok(())
     }
 

@@ -1,10 +1,12 @@
 //! The technician use cases that span more than one store: registering (claim the username
-//! and e-mail address for good, then register), offboarding (the event, then every API
-//! token), and whether a technician's token may still act. No HTTP here; the rules are the
+//! and e-mail address for good, then register), offboarding (revoke every API token, record
+//! the event, revoke again), handing out a token only if the technician is still active
+//! after it was written, and whether a technician's token may still act. No HTTP here; the rules are the
 //! domain's (`technician`, `technician_names`).
 
-use crate::auth::{AuthError, TokenStore};
+use crate::auth::{AuthError, TokenId, TokenStore};
 use crate::commands::{self, CommandError, Envelope, Executed, StateCache};
+use crate::fault;
 use latchkey_domain::event::Event;
 use latchkey_domain::ids::TechnicianId;
 use latchkey_domain::technician::{Technician, TechnicianCommand, TechnicianEvent};
@@ -115,10 +117,23 @@ async fn registered_before(store: &dyn EventStore) -> Result<Vec<NameHolder>, Co
     }
 }
 
-/// Offboards a technician and revokes every API token of theirs. Both are idempotent, so a
-/// failure after the event is mended by offboarding again; and until then the technician's
-/// tokens are refused anyway ([`token_may_act`]). Returns the command's outcome and how many
-/// tokens were revoked.
+/// Offboards a technician and revokes every API token of theirs, in an order after which no
+/// token of theirs acts, whatever crashes and whatever tokens are issued meanwhile (the tokens
+/// live in another database than the events, so the two cannot be one transaction):
+///
+/// 1. revoke their tokens. A crash after this leaves the tokens revoked and the technician
+///    not yet offboarded: nothing was acknowledged, and offboarding again completes it;
+/// 2. record the offboarding. From here on no token is handed out for them
+///    ([`keep_new_token`] reads the stream after writing a token);
+/// 3. revoke again: the tokens issued between 1 and 2. A crash between 2 and 3 (nothing
+///    acknowledged) is mended by the process managers, which revoke an offboarded
+///    technician's tokens when they handle the event (`runner`), and by [`token_may_act`]
+///    on a server that has not cached the technician as active.
+///
+/// Every step is idempotent (offboarding an offboarded technician records nothing), so
+/// offboarding again mends any failure. If step 2 fails (a 409 or a database error), the
+/// tokens stay revoked though the technician is not offboarded: failing safe. Returns the
+/// command's outcome and how many live tokens were revoked.
 pub async fn offboard(
     store: &dyn EventStore,
     cache: &StateCache,
@@ -128,35 +143,83 @@ pub async fn offboard(
     by: Actor,
     at: Timestamp,
 ) -> Result<(Executed<Technician>, usize), TechnicianError> {
-    let executed = commands::execute_cached::<Technician, _>(
-        store,
-        cache,
-        &stream(technician.stream_name())?,
-        envelope,
-        |_| TechnicianCommand::Offboard { by: by.clone(), at },
-    )
-    .await?;
-    let revoked = tokens.revoke_technician(technician)?;
+    let stream = stream(technician.stream_name())?;
+    let before = tokens.revoke_technician(technician)?;
+    fault::maybe_crash(fault::Point::OffboardBeforeEvent);
+    let executed =
+        commands::execute_cached::<Technician, _>(store, cache, &stream, envelope, |_| {
+            TechnicianCommand::Offboard { by: by.clone(), at }
+        })
+        .await?;
+    fault::maybe_crash(fault::Point::OffboardAfterEvent);
+    let after = tokens.revoke_technician(technician)?;
+    let revoked = before + after;
     if revoked > 0 {
         tracing::info!(%technician, revoked, "offboarding revoked the technician's API tokens");
     }
     Ok((executed, revoked))
 }
 
+/// Whether a technician's token that was just written (issued, or given a new secret) may be
+/// handed out: only if, read from the stream after the write, the technician is registered
+/// and not offboarded. If not, every token of theirs, this one included, is revoked now and
+/// the caller must not show the secret. If the stream cannot be read, this token is revoked
+/// (the others are left alone) and the error returned.
+///
+/// With [`offboard`]'s order no token survives an offboarding: one written before the
+/// offboarding's second revocation (step 3) began is revoked by it; one written after that
+/// began was written after the offboarding was recorded, so the read here sees it. The read
+/// goes to the store (this server's cached state is only where it starts from: the events
+/// after it are read), so an offboarding through another server counts too.
+pub async fn keep_new_token(
+    store: &dyn EventStore,
+    cache: &StateCache,
+    tokens: &TokenStore,
+    technician: TechnicianId,
+    token: TokenId,
+) -> Result<bool, TechnicianError> {
+    let loaded = match stream(technician.stream_name()) {
+        Ok(stream) => commands::load_cached::<Technician>(store, cache, &stream).await,
+        Err(e) => Err(e),
+    };
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            tokens.revoke(token)?;
+            return Err(e.into());
+        }
+    };
+    let active = loaded.state.state().is_some_and(|t| !t.offboarded);
+    if !active {
+        let revoked = tokens.revoke_technician(technician)?;
+        tracing::warn!(%technician, %token, revoked, "a token written for a technician who is no longer active was revoked at once (an offboarding came in between)");
+    }
+    Ok(active)
+}
+
 /// Whether a technician's token may act: only while the technician is registered and not
-/// offboarded, whatever the token store says. The token store is a separate database, so an
-/// offboarding whose token revocation was lost (a crash between the two) must not leave a
-/// working token: such tokens are refused here, and revoked now.
+/// offboarded, as far as this server knows. Defense in depth: what keeps an offboarded
+/// technician's tokens from acting is that they are revoked ([`offboard`], the process
+/// managers, [`keep_new_token`]). So this asks the store only when this server has not cached
+/// the technician's state (after a restart, say); otherwise it answers from the cache, which
+/// this server's own commands keep current and which is never ahead of the stream. A token
+/// that fails it is revoked now.
 pub async fn token_may_act(
     store: &dyn EventStore,
     cache: &StateCache,
     tokens: &TokenStore,
     technician: TechnicianId,
 ) -> Result<bool, TechnicianError> {
-    let loaded =
-        commands::load_cached::<Technician>(store, cache, &stream(technician.stream_name())?)
-            .await?;
-    let active = loaded.state.state().is_some_and(|t| !t.offboarded);
+    let stream = stream(technician.stream_name())?;
+    let state = match cache.cached::<Technician>(&stream) {
+        Some(state) => state,
+        None => {
+            commands::load_cached::<Technician>(store, cache, &stream)
+                .await?
+                .state
+        }
+    };
+    let active = state.state().is_some_and(|t| !t.offboarded);
     if !active {
         let revoked = tokens.revoke_technician(technician)?;
         if revoked > 0 {
@@ -302,5 +365,334 @@ mod tests {
             refusal(taken),
             Some(DomainError::EmailTaken { .. })
         ));
+    }
+
+    /// Where a [`Gated`] store stops once: so a test can do something right there, as
+    /// another request (or a crash) would.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Step {
+        /// Before an append to the stream: its events are not recorded yet.
+        BeforeAppend,
+        /// After an append to the stream: its events are recorded.
+        AfterAppend,
+    }
+
+    struct Gate {
+        step: Step,
+        stream: String,
+        reached: tokio::sync::oneshot::Sender<()>,
+        resume: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    /// A memory store that stops once at a [`Step`] on one stream until told to go on.
+    #[derive(Default)]
+    struct Gated {
+        inner: MemoryStore,
+        gate: std::sync::Mutex<Option<Gate>>,
+    }
+
+    impl Gated {
+        /// Stops at `step` on `stream`: the first receiver ends when it got there, and it goes
+        /// on when the sender is used (or dropped).
+        fn stop_at(
+            &self,
+            step: Step,
+            stream: &StreamName,
+        ) -> (
+            tokio::sync::oneshot::Receiver<()>,
+            tokio::sync::oneshot::Sender<()>,
+        ) {
+            let (reached, at) = tokio::sync::oneshot::channel();
+            let (go, resume) = tokio::sync::oneshot::channel();
+            *self.gate.lock().unwrap() = Some(Gate {
+                step,
+                stream: stream.as_str().to_owned(),
+                reached,
+                resume,
+            });
+            (at, go)
+        }
+
+        async fn pass(&self, step: Step, stream: &StreamName) {
+            let gate = {
+                let mut gate = self.gate.lock().unwrap();
+                match &*gate {
+                    Some(g) if g.step == step && g.stream == stream.as_str() => gate.take(),
+                    _ => None,
+                }
+            };
+            if let Some(gate) = gate {
+                let _ = gate.reached.send(());
+                let _ = gate.resume.await;
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for Gated {
+        async fn append(
+            &self,
+            stream: &StreamName,
+            expected: latchkey_store::ExpectedState,
+            events: Vec<latchkey_store::NewEvent>,
+        ) -> Result<latchkey_store::AppendResult, latchkey_store::StoreError> {
+            self.pass(Step::BeforeAppend, stream).await;
+            let written = self.inner.append(stream, expected, events).await?;
+            self.pass(Step::AfterAppend, stream).await;
+            Ok(written)
+        }
+        async fn read_stream(
+            &self,
+            stream: &StreamName,
+            from: u64,
+            max: usize,
+        ) -> Result<Vec<latchkey_store::RecordedEvent>, latchkey_store::StoreError> {
+            self.inner.read_stream(stream, from, max).await
+        }
+        async fn read_all(
+            &self,
+            after: Option<latchkey_store::Position>,
+            max: usize,
+        ) -> Result<Vec<latchkey_store::RecordedEvent>, latchkey_store::StoreError> {
+            self.inner.read_all(after, max).await
+        }
+        async fn wait_for_events_after(&self, after: Option<latchkey_store::Position>) {
+            self.inner.wait_for_events_after(after).await
+        }
+    }
+
+    /// A registered technician nik and a token store with one live token of theirs.
+    struct Offboarding {
+        store: Arc<Gated>,
+        cache: Arc<StateCache>,
+        tokens: Arc<TokenStore>,
+        nik: TechnicianId,
+        first: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Offboarding {
+        async fn new() -> Self {
+            let store = Arc::new(Gated::default());
+            let cache = Arc::new(StateCache::new(100));
+            let nik = holder(1, "nik", "nik@nikpot.com");
+            register_as(&*store, &cache, nik.clone()).await.unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let tokens = Arc::new(TokenStore::open(dir.path().join("tokens.db")).unwrap());
+            let first = tokens
+                .issue(role(nik.technician_id), "nik@nikpot.com")
+                .unwrap();
+            Self {
+                store,
+                cache,
+                tokens,
+                nik: nik.technician_id,
+                first,
+                _dir: dir,
+            }
+        }
+
+        fn stream(&self) -> StreamName {
+            stream(self.nik.stream_name()).unwrap()
+        }
+
+        /// Offboards nik, in a task of its own.
+        fn offboard(
+            &self,
+        ) -> tokio::task::JoinHandle<Result<(Executed<Technician>, usize), TechnicianError>>
+        {
+            let (store, cache, tokens, nik) = (
+                self.store.clone(),
+                self.cache.clone(),
+                self.tokens.clone(),
+                self.nik,
+            );
+            tokio::spawn(async move {
+                offboard(
+                    &*store,
+                    &cache,
+                    &tokens,
+                    &envelope(),
+                    nik,
+                    admin(),
+                    chrono::Utc::now(),
+                )
+                .await
+            })
+        }
+
+        /// Issues a token for nik as `POST /v1/tokens` does once its checks passed: written,
+        /// then kept only if nik is still active. The token if it was handed out.
+        async fn issue(&self, cache: &StateCache) -> Option<String> {
+            let issued = self
+                .tokens
+                .issue_for(role(self.nik), "nik@nikpot.com", None)
+                .unwrap();
+            let kept = keep_new_token(&*self.store, cache, &self.tokens, self.nik, issued.token_id)
+                .await
+                .unwrap();
+            kept.then_some(issued.token)
+        }
+
+        fn acts(&self, token: &str) -> bool {
+            matches!(
+                self.tokens.authenticate(token).unwrap(),
+                crate::auth::Authentication::Valid(_)
+            )
+        }
+
+        async fn offboarded(&self) -> bool {
+            commands::load::<Technician>(&*self.store, &self.stream())
+                .await
+                .unwrap()
+                .state
+                .state()
+                .is_some_and(|t| t.offboarded)
+        }
+    }
+
+    fn role(technician_id: TechnicianId) -> crate::auth::Role {
+        crate::auth::Role::Technician { technician_id }
+    }
+
+    #[tokio::test]
+    async fn an_offboarding_revokes_every_token_and_no_token_is_handed_out_after_it() {
+        let o = Offboarding::new().await;
+        assert!(o.acts(&o.first));
+        let (_, revoked) = o.offboard().await.unwrap().unwrap();
+        assert_eq!(revoked, 1);
+        assert!(!o.acts(&o.first));
+        assert_eq!(o.issue(&o.cache).await, None);
+        // Even by a server whose cache still has nik active: the check reads the stream.
+        let stale = StateCache::new(100);
+        let o2 = Offboarding::new().await;
+        commands::load_cached::<Technician>(&*o2.store, &stale, &o2.stream())
+            .await
+            .unwrap();
+        o2.offboard().await.unwrap().unwrap();
+        assert_eq!(o2.issue(&stale).await, None);
+        assert!(
+            !token_may_act(&*o2.store, &StateCache::new(100), &o2.tokens, o2.nik)
+                .await
+                .unwrap()
+        );
+    }
+
+    /// The token store is told first: stopped before the offboarding is recorded (a crash,
+    /// or the append failing), every token of nik's is revoked already, nik is not offboarded,
+    /// and offboarding again completes it.
+    #[tokio::test]
+    async fn an_offboarding_stopped_before_its_event_has_revoked_the_tokens_already() {
+        let o = Offboarding::new().await;
+        let (at, _go) = o.store.stop_at(Step::BeforeAppend, &o.stream());
+        let running = o.offboard();
+        at.await.unwrap();
+        running.abort();
+        assert!(running.await.unwrap_err().is_cancelled());
+        assert!(!o.acts(&o.first), "revoked before the event");
+        assert!(!o.offboarded().await);
+        let (executed, _) = o.offboard().await.unwrap().unwrap();
+        assert_eq!(executed.events.len(), 1);
+        assert!(o.offboarded().await);
+    }
+
+    /// A token issued while the offboarding is being recorded is handed out (nik is not
+    /// offboarded yet), and revoked by the offboarding's second revocation.
+    #[tokio::test]
+    async fn a_token_issued_while_the_offboarding_is_recorded_is_revoked_by_it() {
+        let o = Offboarding::new().await;
+        let (at, go) = o.store.stop_at(Step::BeforeAppend, &o.stream());
+        let running = o.offboard();
+        at.await.unwrap();
+        assert!(!o.acts(&o.first));
+        let late = o.issue(&o.cache).await.expect("nik is still active");
+        assert!(o.acts(&late));
+        go.send(()).unwrap();
+        let (_, revoked) = running.await.unwrap().unwrap();
+        assert_eq!(revoked, 2, "the first token, then the late one");
+        assert!(!o.acts(&late));
+    }
+
+    /// A token issued after the offboarding was recorded and before its second revocation is
+    /// not handed out, and revoked at once.
+    #[tokio::test]
+    async fn a_token_issued_after_the_offboarding_was_recorded_is_not_handed_out() {
+        let o = Offboarding::new().await;
+        let (at, go) = o.store.stop_at(Step::AfterAppend, &o.stream());
+        let running = o.offboard();
+        at.await.unwrap();
+        // Through a server that has nik cached as active, too.
+        let other = StateCache::new(100);
+        assert_eq!(o.issue(&other).await, None);
+        let listed = o
+            .tokens
+            .list(&crate::auth::TokenQuery {
+                scope: crate::auth::TokenScope::Technician(o.nik),
+                role: None,
+                include_revoked: true,
+                limit: 10,
+            })
+            .unwrap();
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|t| t.status == "revoked"), "{listed:?}");
+        go.send(()).unwrap();
+        running.await.unwrap().unwrap();
+    }
+
+    /// The one case the offboarding cannot close alone: a token issued while the event was
+    /// being recorded, then a crash before the second revocation. No offboarding was
+    /// acknowledged; a server that has not cached nik (after the restart) refuses the token,
+    /// and revokes it; the process managers do too (tests/tokens.rs).
+    #[tokio::test]
+    async fn a_token_left_by_an_offboarding_stopped_after_its_event_is_refused_and_revoked() {
+        let o = Offboarding::new().await;
+        let (at, go) = o.store.stop_at(Step::BeforeAppend, &o.stream());
+        let running = o.offboard();
+        at.await.unwrap();
+        let late = o.issue(&o.cache).await.expect("nik is still active");
+        let (after, _stop) = o.store.stop_at(Step::AfterAppend, &o.stream());
+        go.send(()).unwrap();
+        after.await.unwrap();
+        running.abort();
+        assert!(running.await.unwrap_err().is_cancelled());
+        assert!(o.offboarded().await);
+        assert!(o.acts(&late), "the crash left it live in the token store");
+        let restarted = StateCache::new(100);
+        assert!(!token_may_act(&*o.store, &restarted, &o.tokens, o.nik)
+            .await
+            .unwrap());
+        assert!(!o.acts(&late), "revoked for good");
+    }
+
+    /// Many tokens issued while offboardings run: none that was handed out acts afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_token_issued_concurrently_with_an_offboarding_survives_it() {
+        for _ in 0..20 {
+            let o = Arc::new(Offboarding::new().await);
+            let issuing: Vec<_> = (0..4)
+                .map(|_| {
+                    let o = o.clone();
+                    tokio::spawn(async move {
+                        let mut handed = Vec::new();
+                        for _ in 0..10 {
+                            if let Some(token) = o.issue(&StateCache::new(100)).await {
+                                handed.push(token);
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                        handed
+                    })
+                })
+                .collect();
+            o.offboard().await.unwrap().unwrap();
+            // Acknowledged: from here on nothing handed out acts, whenever it was issued.
+            let mut handed = Vec::new();
+            for task in issuing {
+                handed.extend(task.await.unwrap());
+            }
+            for token in handed.iter().chain([&o.first]) {
+                assert!(!o.acts(token));
+            }
+        }
     }
 }

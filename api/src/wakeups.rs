@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::futures::Notified;
+use tokio::sync::futures::{Notified, OwnedNotified};
 use tokio::sync::Notify;
 
 /// The waiters of one stream: one `Notify` shared by all of them, and how many there are.
@@ -85,6 +85,12 @@ pub struct Waiter {
 impl Waiter {
     pub fn notified(&self) -> Notified<'_> {
         self.notify.notified()
+    }
+
+    /// [`Waiter::notified`] that does not borrow the waiter, for a listener kept across
+    /// awaits of a state machine that also holds the waiter (the event feed).
+    pub fn notified_owned(&self) -> OwnedNotified {
+        self.notify.clone().notified_owned()
     }
 }
 

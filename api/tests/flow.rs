@@ -416,7 +416,7 @@ async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
         .unwrap();
     let services = actix_web::web::Data::new(Services {
         store: store.clone(),
-        tokens,
+        tokens: Arc::new(tokens),
         view: Arc::new(latchkey_projections::ReadView::open(&path).unwrap()),
         secrets: SecretStore::open(dir.path().join("secrets.db"), &Key::generate()).unwrap(),
         idempotency: IdempotencyStore::open(dir.path().join("idempotency.db")).unwrap(),

@@ -248,10 +248,9 @@ fn check_out(c: CheckOut) -> Result<Vec<SessionEvent>, DomainError> {
     c.technician.may_work_in(tenant_id)?;
     let profile = c
         .computer
-        .profile
-        .as_ref()
+        .profile()
         .ok_or(DomainError::ComputerNotEnrolled)?;
-    if c.computer.decommissioned {
+    if c.computer.is_decommissioned() {
         return Err(DomainError::ComputerDecommissioned);
     }
     if profile.tenant_id != tenant_id {
@@ -403,7 +402,7 @@ impl Aggregate for Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::computer::{ComputerCommand, ComputerEvent};
+    use crate::computer::{ComputerCommand, ComputerDecommissioned, ComputerEvent, Enrolment};
     use crate::names::{Email, SharedAccountDigits, TenantName, Username};
     use crate::policy::{JitPolicy, JitPolicyFields};
     use crate::technician::{
@@ -452,7 +451,7 @@ mod tests {
     }
 
     fn computer() -> Computer {
-        Computer::replay(&[crate::computer::tests::enrolled("W11-L-PASSWORD")])
+        Computer::replay(&[crate::computer::testing::enrolled("W11-L-PASSWORD")])
     }
 
     fn sid() -> SessionId {
@@ -532,13 +531,13 @@ mod tests {
     }
 
     fn computer_with_kept_ephemeral_account() -> Computer {
-        let mut events = vec![crate::computer::tests::enrolled("W11-L-PASSWORD")];
+        let mut events = vec![crate::computer::testing::enrolled("W11-L-PASSWORD")];
         let grant = crate::computer::AccessGrant {
             account: AccountName::parse("nik_111111111111").unwrap(),
             owner: AccountOwner::Ephemeral {
                 technician_id: nik_id(),
             },
-            ..crate::computer::tests::named_grant(1)
+            ..crate::computer::testing::named_grant(1)
         };
         let state = Computer::replay(&events);
         events.extend(
@@ -705,12 +704,19 @@ mod tests {
             Computer::default(),
         );
         assert_eq!(account_of(c), Err(DomainError::ComputerNotEnrolled));
-        let mut computer = computer();
-        computer.decommissioned = true;
+        let decommissioned = ComputerDecommissioned {
+            computer_id: computer_id(),
+            by: admin(),
+            at: t(0),
+        };
+        let computer = Computer::evolve(computer(), &decommissioned.into());
         let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer);
         assert_eq!(account_of(c), Err(DomainError::ComputerDecommissioned));
         let mut computer = self::computer();
-        computer.profile.as_mut().unwrap().tenant_id = TenantId(Uuid::from_u128(77));
+        let Enrolment::Enrolled(profile) = &mut computer.enrolment else {
+            panic!("the test computer is enrolled");
+        };
+        profile.tenant_id = TenantId(Uuid::from_u128(77));
         let c = check_out(tenant(LoginMode::Named, JitPolicy::default()), computer);
         assert_eq!(account_of(c), Err(DomainError::ComputerOfOtherTenant));
     }

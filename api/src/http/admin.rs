@@ -273,17 +273,6 @@ pub fn routes(r: &mut Routes<'_>) {
     );
 }
 
-/// At most this many rows, 1 to 1000 (100 when absent).
-const LIMIT: Query = Query::new(
-    "limit",
-    Kind::Integer {
-        min: 1,
-        max: 1000,
-        default: 100,
-    },
-    "at most this many",
-);
-
 const TENANT_SESSIONS_QUERY: &[Query] = &[
     Query::new(
         "open",
@@ -292,14 +281,14 @@ const TENANT_SESSIONS_QUERY: &[Query] = &[
     ),
     Query::new("computer_id", Kind::Uuid, "only this computer's"),
     Query::new("technician_id", Kind::Uuid, "only this technician's"),
-    LIMIT,
+    Query::PAGE_LIMIT,
 ];
 
 const TOKENS_QUERY: &[Query] = &[
     Query::new("role", Kind::OneOf(&ROLE_KINDS), "only this role"),
     Query::new("technician_id", Kind::Uuid, "only this technician's"),
     Query::new("revoked", Kind::Flag, "true: revoked tokens too"),
-    LIMIT,
+    Query::PAGE_LIMIT,
 ];
 
 fn now() -> chrono::DateTime<chrono::Utc> {
@@ -680,8 +669,7 @@ async fn get_computer(
     let computer = tenant_computer(&services, tenant, &computer).await?;
     let loaded: Computer = services.load(computer.stream_name()).await?;
     let profile = loaded
-        .profile
-        .as_ref()
+        .profile()
         .ok_or_else(|| ApiError::not_found("the computer"))?;
     // Technicians see the computer, not who else uses it.
     let accounts = if principal.technician_id().is_some() {
@@ -693,8 +681,8 @@ async fn get_computer(
             .map(|a| AccountView {
                 account: a.name.to_string(),
                 owner: a.owner,
-                wanted: a.exists,
-                retiring: a.retiring,
+                wanted: a.status.is_wanted(),
+                retiring: a.status.is_retired(),
                 password_version: a.password_version,
                 sessions: a.sessions.keys().copied().collect(),
                 verified: a.verified.clone(),
@@ -706,7 +694,7 @@ async fn get_computer(
         tenant_id: tenant,
         hostname: profile.hostname.to_string(),
         os: profile.os,
-        decommissioned: loaded.decommissioned,
+        decommissioned: loaded.is_decommissioned(),
         policy_override: loaded.policy_override.clone(),
         accounts,
     }))
@@ -949,10 +937,29 @@ async fn issue_token(
     let lifetime = lifetime(&services, body.expires_in)?;
     let kind = role.kind();
     let issued_name = name.to_string();
+    let technician = match role {
+        Role::Technician { technician_id } => Some(technician_id),
+        _ => None,
+    };
     let issued = super::blocking(&services, "token store", move |s| {
         s.tokens.issue_for(role, &issued_name, Some(lifetime))
     })
     .await?;
+    if let Some(technician) = technician {
+        // Checked again after the token exists: an offboarding that came in between would
+        // not have revoked it (see `technicians::keep_new_token`).
+        let kept = crate::technicians::keep_new_token(
+            &*services.store,
+            &services.cache,
+            &services.tokens,
+            technician,
+            issued.token_id,
+        )
+        .await?;
+        if !kept {
+            return Err(DomainError::TechnicianOffboarded.into());
+        }
+    }
     tracing::info!(role = kind.as_str(), holder = %name, token_id = %issued.token_id, by = %principal.name, "API token issued");
     let answer = IssuedToken {
         token_id: issued.token_id.simple().to_string(),
@@ -1032,27 +1039,34 @@ async fn rotate_token(
         ));
     }
     let lifetime = lifetime(&services, body.expires_in)?;
-    if let Role::Technician { technician_id } = token.grants {
-        // A token of an offboarded technician is revoked now, not renewed.
-        crate::technicians::token_may_act(
-            &*services.store,
-            &services.cache,
-            &services.tokens,
-            technician_id,
-        )
-        .await?;
-    }
-    let rotated = super::blocking(&services, "token store", move |s| {
-        s.tokens.rotate(token_id, Some(lifetime))
-    })
-    .await?
-    .ok_or_else(|| {
+    let revoked = || {
         ApiError::new(
             StatusCode::CONFLICT,
             "revoked",
             "the token has been revoked; issue a new one",
         )
-    })?;
+    };
+    let rotated = super::blocking(&services, "token store", move |s| {
+        s.tokens.rotate(token_id, Some(lifetime))
+    })
+    .await?
+    .ok_or_else(revoked)?;
+    if let Role::Technician { technician_id } = token.grants {
+        // A token of an offboarded technician is revoked now, not renewed: checked after
+        // the new secret is stored, so an offboarding that came in between counts too (see
+        // `technicians::keep_new_token`).
+        let kept = crate::technicians::keep_new_token(
+            &*services.store,
+            &services.cache,
+            &services.tokens,
+            technician_id,
+            token_id,
+        )
+        .await?;
+        if !kept {
+            return Err(revoked());
+        }
+    }
     tracing::info!(token_id = %token_id, by = %principal.name, "API token rotated");
     Ok(Json::ok(&IssuedToken {
         token_id: rotated.token_id.simple().to_string(),

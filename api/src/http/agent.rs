@@ -2,7 +2,8 @@
 //! requests, report what was verified on the machine.
 //!
 //! The request feed is a long poll: `GET /v1/agent/commands?wait=25` answers at once with
-//! every request the agent has not reported on yet, or waits up to `wait` seconds for one.
+//! every request the agent has not reported on yet, or waits up to `wait` seconds for one
+//! (the answer's status and headers are then sent at once, its body when it is known).
 //! It is resumable by construction: a request stays in the feed until the agent's result for
 //! it is recorded, so an agent that restarts or reconnects (to this server or another) gets
 //! exactly what it has not acknowledged, and requests are idempotent "ensure" operations.
@@ -28,6 +29,7 @@ use latchkey_wire::{
     FeedData, FeedEnded, Inventory, InventoryTaken, OfflineLockout, OfflineLockoutRecorded,
     OfflineLogin, OfflineLoginRecorded, Recorded, Report, ReportOutcome,
 };
+use std::pin::Pin;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -231,30 +233,78 @@ async fn commands(
     let computer = own_computer(&principal)?;
     let params = Params::parse(&req, COMMANDS_QUERY)?;
     let wait = Duration::from_secs(params.number("wait"));
-    let deadline = tokio::time::Instant::now() + wait;
     let stream = computer.stream_name();
     // Woken by events on this computer's stream only (not registered when not waiting).
+    // Listen before the first look, so an event that lands in between still wakes the poll.
     let waiter = (!wait.is_zero()).then(|| services.wakeups.wait_on(&stream));
-    let pending = loop {
-        // Listen before reading, so an event that lands between the read and the wait still
-        // wakes us.
-        let mut woken = waiter.as_ref().map(|w| Box::pin(w.notified()));
-        if let Some(woken) = woken.as_mut() {
-            woken.as_mut().enable();
-        }
-        // Boxed, here and below: the handler's future lives as long as the poll waits, and
-        // an idle poll should hold as little memory as possible.
-        let pending = Box::pin(pending_requests(&services, &stream)).await?;
-        let Some(woken) = woken.filter(|_| pending.is_empty()) else {
-            break pending;
-        };
-        if tokio::time::timeout_at(deadline, woken).await.is_err() {
-            break pending; // nothing came
-        }
+    let woken = waiter.as_ref().map(listen);
+    let pending = Box::pin(pending_requests(&services, &stream)).await?;
+    let (Some(waiter), Some(woken), true) = (waiter, woken, pending.is_empty()) else {
+        let commands = Box::pin(with_passwords(&services, computer, pending)).await?;
+        return Ok(Json::ok(&AgentCommands { commands }).no_store());
     };
-    drop(waiter);
-    let commands = Box::pin(with_passwords(&services, computer, pending)).await?;
-    Ok(Json::ok(&AgentCommands { commands }).no_store())
+    // Nothing yet: the answer starts now (200, JSON) and its body follows when the computer's
+    // stream changes or the wait is up. So while it waits, an idle poll holds its connection
+    // and this future, not the request and its headers (about 7 KiB per agent). A failure
+    // after the start, or an agent credential revoked during the wait, cuts the body off
+    // instead: the agent sees a broken answer, asks again, and is then told why.
+    let deadline = tokio::time::Instant::now() + wait;
+    let token = principal.token_id;
+    let body = futures::stream::once(async move {
+        let pending = wait_for_requests(&services, &stream, &waiter, woken, deadline).await?;
+        drop(waiter);
+        if !pending.is_empty() && !token_live(&services, token).await {
+            return Err(LongPollCut(
+                "the agent's credential was revoked during the wait",
+            ));
+        }
+        let commands = Box::pin(with_passwords(&services, computer, pending))
+            .await
+            .map_err(|_| LongPollCut("the requests could not be read"))?;
+        Ok(web::Bytes::from(
+            serde_json::to_vec(&AgentCommands { commands })
+                .map_err(|_| LongPollCut("the answer could not be written"))?,
+        ))
+    });
+    let response = HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body);
+    Ok(Json::made(super::no_store(response)))
+}
+
+/// Why a long poll's answer, already started, was cut off (logged by the server, never sent).
+#[derive(Debug, thiserror::Error)]
+#[error("long poll cut off: {0}")]
+struct LongPollCut(&'static str);
+
+/// A listener for the next event on the waiter's stream, already registered.
+fn listen(waiter: &crate::wakeups::Waiter) -> Pin<Box<tokio::sync::futures::OwnedNotified>> {
+    let mut woken = Box::pin(waiter.notified_owned());
+    woken.as_mut().enable();
+    woken
+}
+
+/// Waits, woken by `woken` and then by new listeners, until the computer has requests the
+/// agent has not reported on, or until `deadline` (then: none).
+async fn wait_for_requests(
+    services: &web::Data<Services>,
+    stream: &str,
+    waiter: &crate::wakeups::Waiter,
+    mut woken: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Pending>, LongPollCut> {
+    loop {
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return Ok(Vec::new()); // nothing came
+        }
+        woken = listen(waiter);
+        let pending = Box::pin(pending_requests(services, stream))
+            .await
+            .map_err(|_| LongPollCut("the requests could not be read"))?;
+        if !pending.is_empty() {
+            return Ok(pending);
+        }
+    }
 }
 
 /// A request the agent has not reported on yet: id, attempt and operation.
@@ -314,9 +364,11 @@ pub const FEED_HEARTBEAT: Duration = Duration::from_secs(25);
 /// The event feed: one long-lived `text/event-stream` response per agent. It sends a
 /// `commands` event (the same body as the long poll) at once and whenever the requests not
 /// yet reported on change, a keep-alive comment every [`FEED_HEARTBEAT`], and an `end` event
-/// before it closes because the agent's credential no longer holds. The response is carried
-/// by a task of its own, so the request itself is freed once the answer has started: an idle
-/// agent costs its connection and this small task, no request state.
+/// before it closes because the agent's credential no longer holds. The response's body is
+/// the feed itself ([`Feed`]), so the request is freed once the answer has started, and an
+/// idle agent costs its connection and this small state machine: no task or channel of its
+/// own (they took about 2.3 KiB per agent). When the agent goes away, the server drops the
+/// body, and the feed with it.
 async fn feed(
     services: web::Data<Services>,
     req: actix_web::HttpRequest,
@@ -324,11 +376,10 @@ async fn feed(
 ) -> Result<Events<FeedData>, ApiError> {
     let computer = own_computer(&principal)?;
     Params::parse(&req, &[])?;
-    let (events, body) = tokio::sync::mpsc::channel::<web::Bytes>(1);
-    actix_web::rt::spawn(run_feed(services, computer, principal.token_id, events));
-    let body = futures::stream::unfold(body, |mut body| async move {
-        let chunk = body.recv().await?;
-        Some((Ok::<_, std::convert::Infallible>(chunk), body))
+    let feed = Feed::new(services, computer, principal.token_id);
+    let body = futures::stream::unfold(feed, |mut feed| async move {
+        let chunk = feed.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(chunk), feed))
     });
     let response = HttpResponse::Ok()
         .content_type("text/event-stream")
@@ -341,57 +392,89 @@ fn sse(event: &str, data: &FeedData) -> web::Bytes {
     web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
-async fn run_feed(
+fn feed_end(reason: &'static str) -> web::Bytes {
+    sse(
+        "end",
+        &FeedData::End(FeedEnded {
+            reason: reason.into(),
+        }),
+    )
+}
+
+/// One agent's event feed, as the chunks of its response.
+struct Feed {
     services: web::Data<Services>,
     computer: ComputerId,
     token: crate::auth::TokenId,
-    events: tokio::sync::mpsc::Sender<web::Bytes>,
-) {
-    let stream = computer.stream_name();
-    let waiter = services.wakeups.wait_on(&stream);
-    let mut sent: Option<Vec<(RequestId, u32)>> = None;
-    let end = |reason: &'static str| {
-        sse(
-            "end",
-            &FeedData::End(FeedEnded {
-                reason: reason.into(),
-            }),
-        )
-    };
-    loop {
-        let mut woken = std::pin::pin!(waiter.notified());
-        woken.as_mut().enable();
-        let next = match Box::pin(changed_commands(&services, computer, token, &mut sent)).await {
-            Ok(Some(next)) => Some(next),
-            Ok(None) => None,
-            Err(FeedEnd::Credential) => {
-                let _ = events.send(end("the agent's credential was revoked")).await;
-                return;
-            }
-            Err(FeedEnd::Failed) => {
-                let _ = events.send(end("server error; reconnect")).await;
-                return;
-            }
-        };
-        if let Some(next) = next {
-            if events.send(next).await.is_err() {
-                return; // the agent went away
-            }
+    waiter: crate::wakeups::Waiter,
+    /// Listening for events on the computer's stream since the requests were last looked at;
+    /// `None`: look at them (again) first. Kept across keep-alives, so a wake-up is never lost
+    /// while one is sent.
+    woken: Option<Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+    /// What the last `commands` event held.
+    sent: Option<Vec<(RequestId, u32)>>,
+    /// The `end` event has been sent.
+    ended: bool,
+}
+
+impl Feed {
+    fn new(
+        services: web::Data<Services>,
+        computer: ComputerId,
+        token: crate::auth::TokenId,
+    ) -> Feed {
+        let waiter = services.wakeups.wait_on(&computer.stream_name());
+        Feed {
+            services,
+            computer,
+            token,
+            waiter,
+            woken: None,
+            sent: None,
+            ended: false,
         }
-        // Keep listening across keep-alives: a wake-up is never lost while one is sent.
+    }
+
+    /// The next chunk to send: a `commands` event, a keep-alive, or the `end` event; `None`
+    /// after the end.
+    async fn next(&mut self) -> Option<web::Bytes> {
         loop {
-            tokio::select! {
-                () = woken.as_mut() => break,
-                () = tokio::time::sleep(FEED_HEARTBEAT) => {
-                    if !token_live(&services, token).await {
-                        let _ = events.send(end("the agent's credential was revoked")).await;
-                        return;
+            if self.ended {
+                return None;
+            }
+            if self.woken.is_none() {
+                // Listen before looking, so an event that lands in between still wakes us.
+                self.woken = Some(listen(&self.waiter));
+                let changed = Box::pin(changed_commands(
+                    &self.services,
+                    self.computer,
+                    self.token,
+                    &mut self.sent,
+                ))
+                .await;
+                match changed {
+                    Ok(Some(next)) => return Some(next),
+                    Ok(None) => {}
+                    Err(FeedEnd::Credential) => {
+                        self.ended = true;
+                        return Some(feed_end("the agent's credential was revoked"));
                     }
-                    if events.send(web::Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
-                        return;
+                    Err(FeedEnd::Failed) => {
+                        self.ended = true;
+                        return Some(feed_end("server error; reconnect"));
                     }
                 }
-                () = events.closed() => return,
+            }
+            let woken = self.woken.as_mut()?;
+            tokio::select! {
+                () = woken.as_mut() => self.woken = None,
+                () = tokio::time::sleep(FEED_HEARTBEAT) => {
+                    if !token_live(&self.services, self.token).await {
+                        self.ended = true;
+                        return Some(feed_end("the agent's credential was revoked"));
+                    }
+                    return Some(web::Bytes::from_static(b": keep-alive\n\n"));
+                }
             }
         }
     }
@@ -518,8 +601,7 @@ async fn computer_and_tenant(
 ) -> Result<(Computer, TenantState), ApiError> {
     let state: Computer = services.load(computer.stream_name()).await?;
     let profile = state
-        .profile
-        .as_ref()
+        .profile()
         .ok_or_else(|| ApiError::not_found("the computer"))?;
     let tenant: Tenant = services.load(profile.tenant_id.stream_name()).await?;
     let tenant = tenant
@@ -541,7 +623,7 @@ async fn offline_secrets(
     for account in state.accounts.values() {
         let Some(generation) = account
             .offline_secret
-            .filter(|_| account.exists && !account.retiring)
+            .filter(|_| account.status.is_usable())
         else {
             continue;
         };

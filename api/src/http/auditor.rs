@@ -29,15 +29,7 @@ const AUDIT_QUERY: &[Query] = &[
     Query::new("from", Kind::Time, "from this time, inclusive"),
     Query::new("to", Kind::Time, "to this time, exclusive (after from)"),
     Query::new("cursor", Kind::Cursor, "next_cursor of the previous page"),
-    Query::new(
-        "limit",
-        Kind::Integer {
-            min: 1,
-            max: 1000,
-            default: 100,
-        },
-        "at most this many",
-    ),
+    Query::PAGE_LIMIT,
 ];
 
 const EVENTS_QUERY: &[Query] = &[

@@ -438,7 +438,7 @@ where
     let _running = services.idempotency.run(&token, &key);
     match handler(scope).await {
         Ok(Typed { reply, .. }) => {
-            fault::maybe_crash(fault::Point::BeforeAnswerStored);
+            crate::fault::maybe_crash(crate::fault::Point::BeforeAnswerStored);
             let stored = super::blocking(services, STORE, move |s| {
                 s.idempotency.finish(&token, &key, &reply).map(|()| reply)
             })
@@ -451,36 +451,6 @@ where
             })
             .await;
             Err(e)
-        }
-    }
-}
-
-/// Crashes on purpose at a named point, for the tests that show a crash there loses nothing:
-/// `LATCHKEY_TEST_CRASH_AT=before-answer-stored` makes the server abort (as `kill -9` would)
-/// right after a keyed request's events are durable and before its answer is stored. Unset in
-/// production; read once.
-pub mod fault {
-    use std::sync::OnceLock;
-
-    pub const VARIABLE: &str = "LATCHKEY_TEST_CRASH_AT";
-
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Point {
-        BeforeAnswerStored,
-    }
-
-    fn armed() -> Option<Point> {
-        static ARMED: OnceLock<Option<Point>> = OnceLock::new();
-        *ARMED.get_or_init(|| match std::env::var(VARIABLE).as_deref() {
-            Ok("before-answer-stored") => Some(Point::BeforeAnswerStored),
-            _ => None,
-        })
-    }
-
-    pub fn maybe_crash(point: Point) {
-        if armed() == Some(point) {
-            tracing::warn!(?point, "{VARIABLE}: aborting on purpose");
-            std::process::abort();
         }
     }
 }

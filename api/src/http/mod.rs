@@ -44,7 +44,8 @@ pub use idempotency::{IdempotencyStore, Scope};
 /// What every handler can reach.
 pub struct Services {
     pub store: Arc<dyn EventStore>,
-    pub tokens: TokenStore,
+    /// Shared with the process runner, which revokes an offboarded technician's tokens.
+    pub tokens: Arc<TokenStore>,
     /// Read-only access to the read models.
     pub view: Arc<ReadView>,
     pub secrets: SecretStore,
@@ -185,8 +186,10 @@ pub fn attempt(services: &Services, req: &HttpRequest, presented: Option<&str>) 
 }
 
 /// The caller, from the bearer token: 401 without a valid one (a problem saying so when it
-/// has expired). A technician's token acts only while the technician is registered and not
-/// offboarded, whatever the token store says (see [`technicians::token_may_act`]).
+/// has expired). An offboarded technician's tokens are revoked (see [`technicians::offboard`]);
+/// as defense in depth, a technician's token also acts only while this server knows the
+/// technician as registered and not offboarded ([`technicians::token_may_act`], from the
+/// cached state, without a read of the store when it has one).
 impl FromRequest for Principal {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Principal, ApiError>>>>;
@@ -347,7 +350,7 @@ pub async fn tenant_computer(
 ) -> Result<ComputerId, ApiError> {
     let computer = ComputerId(path_id(raw, "computer_id")?);
     let loaded: Computer = services.load(computer.stream_name()).await?;
-    match loaded.profile {
+    match loaded.profile() {
         Some(profile) if profile.tenant_id == tenant => Ok(computer),
         _ => Err(ApiError::not_found("the computer")),
     }

@@ -102,6 +102,17 @@ impl Query {
         Self { name, what, kind }
     }
 
+    /// The page size of every list: at most this many rows, 1 to 1000 (100 when absent).
+    pub const PAGE_LIMIT: Query = Query::new(
+        "limit",
+        Kind::Integer {
+            min: 1,
+            max: 1000,
+            default: 100,
+        },
+        "at most this many",
+    );
+
     /// The parameter's JSON Schema.
     pub fn schema(&self) -> Value {
         match self.kind {

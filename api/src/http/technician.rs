@@ -26,15 +26,7 @@ use latchkey_wire::{CheckOutRequest, Credential, OfflineSecret, SessionList};
 
 const MY_SESSIONS_QUERY: &[Query] = &[
     Query::new("open", Kind::Flag, "true: only open ones"),
-    Query::new(
-        "limit",
-        Kind::Integer {
-            min: 1,
-            max: 1000,
-            default: 100,
-        },
-        "at most this many",
-    ),
+    Query::PAGE_LIMIT,
 ];
 
 pub fn routes(r: &mut Routes<'_>) {
@@ -297,8 +289,7 @@ async fn offline_secret(
     };
     let hostname = executed
         .state
-        .profile
-        .as_ref()
+        .profile()
         .map(|p| p.hostname.to_string())
         .unwrap_or_default();
     let secret = totp_secret(&services, computer, &shown.account, shown.generation).await?;

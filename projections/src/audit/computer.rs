@@ -9,7 +9,7 @@
 //! so each technician's and each account's history is complete.
 
 use super::names::{ComputerName, Names, RequestFacts, SessionFacts};
-use super::text::{agent, is_self, moment, operation_text, os_name, policy_text, purpose_name};
+use super::text::{agent, is_self, moment, os_name, policy_text, purpose_name};
 use super::Line;
 use latchkey_domain::computer::{
     AccountRetirementStarted, AdminGroupInventoried, ComputerDecommissioned, ComputerEnrolled,
@@ -282,9 +282,7 @@ impl<'a> OnComputer<'a> {
         };
         let sentence = format!(
             "{} was asked to {}, {why} (request {})",
-            self.agent,
-            operation_text(&e.operation),
-            e.request_id
+            self.agent, e.operation, e.request_id
         );
         self.about_account(
             self.recorded_actor(),
@@ -298,10 +296,7 @@ impl<'a> OnComputer<'a> {
         let session = self.request_session(e.request_id)?;
         let sentence = format!(
             "{} was asked again to {} (request {}, attempt {})",
-            self.agent,
-            operation_text(&e.operation),
-            e.request_id,
-            e.attempt
+            self.agent, e.operation, e.request_id, e.attempt
         );
         self.about_account(
             self.recorded_actor(),
@@ -343,7 +338,7 @@ impl<'a> OnComputer<'a> {
         let sentence = format!(
             "{} could not {} (request {}, attempt {}): {}{}",
             self.agent,
-            operation_text(&e.operation),
+            e.operation,
             e.request_id,
             e.attempt,
             e.reason,

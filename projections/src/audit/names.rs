@@ -3,7 +3,7 @@
 //! whose each account is. They come from the directory and the two side tables this module
 //! writes, and the writer remembers them in a [`NameCache`].
 
-use super::text::{agent, operation_text, purpose_name, SYSTEM};
+use super::text::{agent, purpose_name, SYSTEM};
 use crate::recent::Recent;
 use latchkey_domain::computer::{AccountOwner, ComputerEvent};
 use latchkey_domain::ids::{ComputerId, RequestId};
@@ -28,7 +28,7 @@ pub(super) fn remember(
                 session: e.session_id.map(|s| s.to_string()),
                 purpose: purpose_name(e.purpose).to_owned(),
                 account: e.operation.account().as_str().to_owned(),
-                operation: operation_text(&e.operation),
+                operation: e.operation.to_string(),
             };
             crate::exec_later(
                 tx,
@@ -107,7 +107,7 @@ pub(crate) struct RequestFacts {
     /// [`purpose_name`]'s word for it.
     pub(super) purpose: String,
     pub(super) account: String,
-    /// [`operation_text`]'s words for it.
+    /// the operation's own words (its `Display`).
     pub(super) operation: String,
 }
 

@@ -1,7 +1,7 @@
 //! Wording the sentences of several aggregates share: actors, policies, operating systems,
 //! operations and lists.
 
-use latchkey_domain::computer::{Operation, OsKind, Purpose};
+use latchkey_domain::computer::{OsKind, Purpose};
 use latchkey_domain::policy::{CheckInAction, JitPolicy};
 use latchkey_domain::{Actor, Timestamp};
 
@@ -89,21 +89,5 @@ pub(super) fn purpose_name(purpose: Purpose) -> &'static str {
         Purpose::Grant => "grant",
         Purpose::Revoke => "revoke",
         Purpose::Cleanup => "cleanup",
-    }
-}
-
-/// An operation as the object of "was asked to …" / "could not …". `audit_requests` stores
-/// it too, so a later line about the request (superseded) words it as it was asked.
-// TODO(issue 11): one rendering of an operation, with the domain's Display, once
-// domain/src/computer/ lands
-pub(super) fn operation_text(operation: &Operation) -> String {
-    match operation {
-        Operation::EnsureAccount { account } => format!("make sure account {account} exists"),
-        Operation::RotatePassword { account, version } => {
-            format!("rotate the password of {account} to version {version}")
-        }
-        Operation::AddToGroup { account, group } => format!("add {account} to {group}"),
-        Operation::RemoveFromGroup { account, group } => format!("remove {account} from {group}"),
-        Operation::DeleteAccount { account } => format!("delete account {account}"),
     }
 }

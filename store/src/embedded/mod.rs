@@ -26,13 +26,20 @@ use crate::sequence::first_seq_after;
 use schema::sql_error;
 use writer::{AppendRequest, Counters};
 
-/// Idle read connections kept for reuse; more are opened under load and closed after.
-const MAX_IDLE_READERS: usize = 64;
-
-/// Reads running at once, each on a connection of its own; more wait their turn. Without a
-/// bound, a burst of reads (thousands of agents reconnecting at once) opened a connection
-/// and a blocking thread per read, until the process ran out of file descriptors.
-const MAX_READERS: usize = 64;
+/// Reads running at once, each on a connection of its own; more wait their turn: twice the
+/// cores, at least 4 and at most 64. Idle connections are kept for reuse up to the same
+/// number. Without a bound, a burst of reads (thousands of agents reconnecting at once)
+/// opened a connection and a blocking thread per read, until the process ran out of file
+/// descriptors. Kept small: every connection maps the file (`mmap_size`) and the pages it has
+/// read stay resident in its own mapping, so each one adds to the process's resident memory
+/// about as much of the file as it has touched (with 64, a burst of 19,000 agents connecting
+/// left 136–270 MiB of the file resident). A read is a few pages already in memory, so more
+/// reads at once than cores gain little.
+fn max_readers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(4, |cores| 2 * cores.get())
+        .clamp(4, 64)
+}
 
 /// How long `wait_for_events_after` sleeps when the writer is gone and no commit can wake it.
 const DEAD_WRITER_POLL: Duration = Duration::from_millis(200);
@@ -63,8 +70,10 @@ struct Inner {
     writer: Option<JoinHandle<()>>,
     head: watch::Receiver<u64>,
     readers: Mutex<Vec<Connection>>,
-    /// One permit per read running; see [`MAX_READERS`].
+    /// One permit per read running; see [`max_readers`].
     reading: tokio::sync::Semaphore,
+    /// The number of those permits, and of idle connections kept.
+    max_readers: usize,
     /// Read connections opened so far (the first one included).
     readers_opened: std::sync::atomic::AtomicUsize,
     counters: Arc<Counters>,
@@ -104,7 +113,8 @@ impl EmbeddedStore {
                 writer: Some(writer),
                 head: head_rx,
                 readers: Mutex::new(vec![reader]),
-                reading: tokio::sync::Semaphore::new(MAX_READERS),
+                reading: tokio::sync::Semaphore::new(max_readers()),
+                max_readers: max_readers(),
                 readers_opened: std::sync::atomic::AtomicUsize::new(1),
                 counters,
             }),
@@ -166,7 +176,7 @@ impl Inner {
 
     fn give_back(&self, conn: Connection) {
         let mut idle = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
-        if idle.len() < MAX_IDLE_READERS {
+        if idle.len() < self.max_readers {
             idle.push(conn);
         }
     }
@@ -326,7 +336,7 @@ mod tests {
         }
         let opened = store.inner.readers_opened.load(Ordering::Relaxed);
         assert!(
-            opened <= MAX_READERS + 1,
+            opened <= store.inner.max_readers + 1,
             "{opened} read connections opened"
         );
     }
