@@ -4,8 +4,8 @@ use crate::args::*;
 use crate::client::{Api, AuditFilter, SessionFilter, TokenFilter};
 use crate::error::CliError;
 use crate::show::{
-    computer_text, emit, json, listing, maybe_time, operation, owner, policy_text, session_text,
-    show, technician_text, tenant_text, text, time, time_text,
+    computer_text, emit, json, listing, maybe_time, owner, policy_text, session_text, show,
+    technician_text, tenant_text, text, time, time_text,
 };
 use latchkey_domain::names::{Email, GroupName, TenantName, Username};
 use latchkey_domain::policy::{
@@ -570,7 +570,7 @@ async fn standing_privilege(api: &Api, tenant: Uuid) -> Result<(), CliError> {
                         removal.request_id,
                         removal.status.as_str(),
                         removal.attempt,
-                        operation(&removal.operation)
+                        removal.operation
                     ),
                 };
                 vec![
@@ -606,7 +606,7 @@ async fn stuck(api: &Api, tenant: Uuid) -> Result<(), CliError> {
                     r.hostname.to_string(),
                     r.request_id.to_string(),
                     text(&r.purpose),
-                    operation(&r.operation),
+                    r.operation.to_string(),
                     r.attempt.to_string(),
                     time(&r.failed_at),
                     r.reason.to_string(),

@@ -5,7 +5,7 @@ use crate::client::Api;
 use crate::error::CliError;
 use chrono::{DateTime, SecondsFormat, Utc};
 use comfy_table::{presets, Table};
-use latchkey_domain::computer::{AccountOwner, Operation};
+use latchkey_domain::computer::AccountOwner;
 use latchkey_domain::policy::JitPolicy;
 use latchkey_wire::{ComputerView, SessionView, TechnicianView, TenantView};
 use serde::Serialize;
@@ -192,19 +192,6 @@ pub fn technician_text(technician: &TechnicianView) -> String {
         ("tenants", text(&technician.tenants)),
         ("offboarded", text(&technician.offboarded)),
     ])
-}
-
-/// An agent operation as one phrase.
-pub fn operation(op: &Operation) -> String {
-    match op {
-        Operation::AddToGroup { account, group } => format!("add {account} to {group}"),
-        Operation::RemoveFromGroup { account, group } => format!("remove {account} from {group}"),
-        Operation::RotatePassword { account, version } => {
-            format!("rotate the password of {account} (v{version})")
-        }
-        Operation::EnsureAccount { account } => format!("create {account}"),
-        Operation::DeleteAccount { account } => format!("delete {account}"),
-    }
 }
 
 /// An account owner in a few words: `named (<technician id>)`, `shared`.
