@@ -3,16 +3,17 @@
 
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
-use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
 use latchkey_api::config::{ConfigFile, Given, Settings, Transport};
 use latchkey_api::health::{Health, ProcessManagers};
-use latchkey_api::http::{self, IdempotencyStore, Services};
+use latchkey_api::http::{self, Services};
 use latchkey_api::metrics::Metrics;
 use latchkey_api::runner::ProcessRunner;
 use latchkey_api::scheduler::Scheduler;
-use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
 use latchkey_api::tls::ReloadingCertificate;
 use latchkey_projections::{ReadModels, ReadView};
+use latchkey_server_stores::idempotency::IdempotencyStore;
+use latchkey_server_stores::secrets::{Key, SecretStore, KEY_VARIABLE};
+use latchkey_server_stores::tokens::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
 use latchkey_store::Backend;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -353,7 +354,7 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     // Opened now so a wrong key stops the server at start-up, not at the first rotation.
     let secrets = SecretStore::open(place("secrets.db"), &key).map_err(|e| e.to_string())?;
     let models = Arc::new(Mutex::new(models));
-    let snapshots = latchkey_api::snapshots::SnapshotStore::open(place("snapshots.db"))
+    let snapshots = latchkey_server_stores::snapshots::SnapshotStore::open(place("snapshots.db"))
         .map_err(|e| format!("snapshots: {e}"))?;
     let cache =
         Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
@@ -506,7 +507,7 @@ async fn supervise(
 /// Writes when API tokens were last used, once a minute, in one transaction: checking a
 /// token only notes the use in memory, so the hot path never waits for a write.
 async fn record_token_use(services: web::Data<Services>) {
-    let mut every = tokio::time::interval(latchkey_api::auth::LAST_USED_EVERY);
+    let mut every = tokio::time::interval(latchkey_server_stores::tokens::LAST_USED_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;

@@ -389,9 +389,10 @@ fn back_off_doubles_up_to_ten_minutes() {
 #[actix_web::test]
 async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
     use actix_web::test as web_test;
-    use latchkey_api::auth::{Role, TokenStore};
-    use latchkey_api::http::{self, IdempotencyStore, Services};
-    use latchkey_api::secrets::{Key, SecretStore};
+    use latchkey_api::http::{self, Services};
+    use latchkey_server_stores::idempotency::IdempotencyStore;
+    use latchkey_server_stores::secrets::{Key, SecretStore};
+    use latchkey_server_stores::tokens::{Role, TokenStore};
 
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());

@@ -101,6 +101,36 @@ fn dependencies_point_one_way() {
     );
 }
 
+/// The server's own stores (`latchkey-server-stores`: tokens, secrets, snapshots,
+/// idempotency keys) sit on the SQL layer and the domain: no HTTP framework or client, and
+/// nothing above them (the application layer, the HTTP server and the clients).
+#[test]
+fn the_servers_stores_know_no_http_and_nothing_above_them() {
+    let stores = dependencies("latchkey-server-stores");
+    assert!(
+        stores.contains(&"latchkey-sql".to_owned()),
+        "cargo tree output looks wrong: {stores:?}"
+    );
+    let forbidden = [
+        "latchkey-api",
+        "latchkey-app",
+        "latchkey-cli",
+        "latchkey-agent",
+        "actix-web",
+        "actix-http",
+        "reqwest",
+        "hyper",
+    ];
+    let found: Vec<&String> = stores
+        .iter()
+        .filter(|d| forbidden.contains(&d.as_str()))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "latchkey-server-stores depends on {found:?}"
+    );
+}
+
 /// The wire types (`latchkey-wire`) are what the server, the CLI and the agent share: they
 /// know the domain, and no server crate, HTTP framework, database or event store.
 #[test]
@@ -198,9 +228,12 @@ fn the_binaries_are_built_without_the_stores_test_code() {
     }
 }
 
+/// The server's crates, as folders of `api/`: the HTTP server and start-up, and its own stores.
+const SERVER_SOURCES: [&str; 2] = ["src", "stores/src"];
+
 /// The backend is chosen in one place, `latchkey_store::Backend`: the server above it (the
-/// application layer, HTTP, start-up) asks it for places and leadership and names no
-/// backend, database driver or connection type itself. Test modules may.
+/// application layer, its own stores, HTTP, start-up) asks it for places and leadership and
+/// names no backend, database driver or connection type itself. Test modules may.
 #[test]
 fn nothing_above_the_store_chooses_a_backend() {
     let forbidden = [
@@ -214,8 +247,8 @@ fn nothing_above_the_store_chooses_a_backend() {
         "open_url(",
         "EmbeddedStore",
     ];
-    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../api/src"));
-    let mut files = vec![root.to_owned()];
+    let api = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../api"));
+    let mut files: Vec<_> = SERVER_SOURCES.iter().map(|dir| api.join(dir)).collect();
     let mut found = Vec::new();
     let mut checked = 0;
     while let Some(path) = files.pop() {
@@ -239,7 +272,7 @@ fn nothing_above_the_store_chooses_a_backend() {
             }
         }
     }
-    assert!(checked > 20, "api/src has only {checked} files?");
+    assert!(checked > 20, "the server has only {checked} files?");
     assert!(
         found.is_empty(),
         "the server names a backend:\n{}",

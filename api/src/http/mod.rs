@@ -14,11 +14,9 @@ mod idempotency;
 pub mod openapi;
 mod technician;
 
-use crate::auth::{Authentication, Principal, TokenStore};
 use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
 use crate::ratelimit::{Attempt, AuthLimiter};
-use crate::secrets::SecretStore;
 use crate::technicians;
 use crate::wakeups::StreamWakeups;
 use actix_web::dev::Payload;
@@ -31,6 +29,8 @@ use latchkey_domain::technician::{Technician, TechnicianState};
 use latchkey_domain::tenant::Tenant;
 use latchkey_domain::Actor;
 use latchkey_projections::{ProjectionError, Queries, ReadView};
+use latchkey_server_stores::secrets::SecretStore;
+use latchkey_server_stores::tokens::{Authentication, Principal, TokenStore};
 use latchkey_store::{EventStore, Position, StreamName};
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,7 +39,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub use idempotency::{IdempotencyStore, Scope};
+use latchkey_server_stores::idempotency::{IdempotencyStore, Scope};
 
 /// What every handler can reach.
 pub struct Services {
@@ -185,14 +185,17 @@ pub fn attempt(services: &Services, req: &HttpRequest, presented: Option<&str>) 
         .attempt(req.peer_addr(), forwarded, presented)
 }
 
+/// The caller of a request, as a handler takes it: the [`Principal`] of its bearer token.
+pub struct Caller(pub Principal);
+
 /// The caller, from the bearer token: 401 without a valid one (a problem saying so when it
 /// has expired). An offboarded technician's tokens are revoked (see [`technicians::offboard`]);
 /// as defense in depth, a technician's token also acts only while this server knows the
 /// technician as registered and not offboarded ([`technicians::token_may_act`], from the
 /// cached state, without a read of the store when it has one).
-impl FromRequest for Principal {
+impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Principal, ApiError>>>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Caller, ApiError>>>>;
 
     /// Checks the bearer token, unless the client or the token id has failed too often: then
     /// 429 before the token is looked at (so a right guess while limited is refused too).
@@ -244,7 +247,7 @@ impl FromRequest for Principal {
                     return Err(ApiError::unauthorized());
                 }
             }
-            Ok(principal)
+            Ok(Caller(principal))
         })
     }
 }
@@ -400,7 +403,7 @@ pub async fn visible_technician(
 
 /// The one tenant a tenant-scoped principal (tenant admin, tenant auditor) belongs to.
 pub fn own_tenant(principal: &Principal) -> Option<TenantId> {
-    use crate::auth::Role;
+    use latchkey_server_stores::tokens::Role;
     match principal.role {
         Role::TenantAdmin { tenant_id } => Some(tenant_id),
         Role::Auditor { tenant_id } => tenant_id,
