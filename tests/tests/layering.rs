@@ -1,10 +1,12 @@
 //! The layering rules of DESIGN.md §6, checked on the real dependency graph: the domain has
 //! no async runtime, no database, no HTTP and no randomness or clock source, and
-//! dependencies point one way (api/agent → projections → store → domain; the SQL layer
-//! `latchkey-sql` sits under store and knows no other Latchkey crate; the wire types
-//! `latchkey-wire` know the domain and no server crate, and the CLI `latchkey-cli` the wire
-//! types and no server crate), and the test code the store ships for other crates' tests is
-//! not in what the server and the agent are built from.
+//! dependencies point one way (api/agent → projections → store → domain; inside `api/`, the
+//! HTTP server `latchkey-api` → the application layer `latchkey-app` → the server's own
+//! stores `latchkey-server-stores`, the last two without HTTP; the SQL layer `latchkey-sql`
+//! sits under store and knows no other Latchkey crate; the wire types `latchkey-wire` know
+//! the domain and no server crate, and the CLI `latchkey-cli` the wire types and no server
+//! crate), and the test code the store ships for other crates' tests is not in what the
+//! server and the agent are built from.
 
 use std::process::Command;
 
@@ -81,10 +83,12 @@ fn the_domain_has_no_io_runtime_database_http_clock_or_randomness() {
 
 #[test]
 fn dependencies_point_one_way() {
+    // The server's crates, top to bottom: nothing below one of them depends on it.
+    let server = ["latchkey-api", "latchkey-app", "latchkey-server-stores"];
     let store = dependencies("latchkey-store");
     assert!(!store
         .iter()
-        .any(|d| d == "latchkey-projections" || d == "latchkey-api"));
+        .any(|d| d == "latchkey-projections" || server.contains(&d.as_str())));
     let domain = dependencies("latchkey-domain");
     assert!(!domain
         .iter()
@@ -92,13 +96,41 @@ fn dependencies_point_one_way() {
     let projections = dependencies("latchkey-projections");
     assert!(!projections
         .iter()
-        .any(|d| d == "latchkey-api" || d == "latchkey-agent"));
+        .any(|d| server.contains(&d.as_str()) || d == "latchkey-agent"));
     let sql = dependencies("latchkey-sql");
     assert!(
         sql.iter()
             .all(|d| !d.starts_with("latchkey-") || d == "latchkey-sql"),
         "latchkey-sql depends on {sql:?}"
     );
+}
+
+/// The application layer (`latchkey-app`: the command path, the process managers, the
+/// scheduler, replay, technicians) knows no HTTP, server or client: the HTTP server calls it,
+/// never the other way round. It sits on the server's own stores, the read models and the
+/// event store.
+#[test]
+fn the_application_layer_knows_no_http() {
+    let app = dependencies("latchkey-app");
+    assert!(
+        app.contains(&"latchkey-server-stores".to_owned()),
+        "cargo tree output looks wrong: {app:?}"
+    );
+    let forbidden = [
+        "latchkey-api",
+        "latchkey-cli",
+        "latchkey-agent",
+        "actix-web",
+        "actix-http",
+        "actix-rt",
+        "reqwest",
+        "hyper",
+    ];
+    let found: Vec<&String> = app
+        .iter()
+        .filter(|d| forbidden.contains(&d.as_str()))
+        .collect();
+    assert!(found.is_empty(), "latchkey-app depends on {found:?}");
 }
 
 /// The server's own stores (`latchkey-server-stores`: tokens, secrets, snapshots,
@@ -228,8 +260,9 @@ fn the_binaries_are_built_without_the_stores_test_code() {
     }
 }
 
-/// The server's crates, as folders of `api/`: the HTTP server and start-up, and its own stores.
-const SERVER_SOURCES: [&str; 2] = ["src", "stores/src"];
+/// The server's crates, as folders of `api/`: the HTTP server and start-up, the application
+/// layer, and the server's own stores.
+const SERVER_SOURCES: [&str; 3] = ["src", "app/src", "stores/src"];
 
 /// The backend is chosen in one place, `latchkey_store::Backend`: the server above it (the
 /// application layer, its own stores, HTTP, start-up) asks it for places and leadership and

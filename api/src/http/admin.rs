@@ -467,7 +467,7 @@ async fn create_technician(
             false => None,
         };
         let executed = match resumed {
-            Some(state) => crate::commands::Executed {
+            Some(state) => latchkey_app::commands::Executed {
                 events: Vec::new(),
                 state,
                 attempts: 0,
@@ -478,7 +478,7 @@ async fn create_technician(
                     username: body.username,
                     email: body.email,
                 };
-                crate::technicians::register(
+                latchkey_app::technicians::register(
                     &*services.store,
                     &services.cache,
                     &super::envelope_in(scope, principal),
@@ -601,7 +601,7 @@ async fn offboard(
     if !principal.is_msp_admin() {
         return Err(forbidden("only an MSP admin offboards technicians"));
     }
-    let (executed, tokens_revoked) = crate::technicians::offboard(
+    let (executed, tokens_revoked) = latchkey_app::technicians::offboard(
         &*services.store,
         &services.cache,
         &services.tokens,
@@ -949,7 +949,7 @@ async fn issue_token(
     if let Some(technician) = technician {
         // Checked again after the token exists: an offboarding that came in between would
         // not have revoked it (see `technicians::keep_new_token`).
-        let kept = crate::technicians::keep_new_token(
+        let kept = latchkey_app::technicians::keep_new_token(
             &*services.store,
             &services.cache,
             &services.tokens,
@@ -1056,7 +1056,7 @@ async fn rotate_token(
         // A token of an offboarded technician is revoked now, not renewed: checked after
         // the new secret is stored, so an offboarding that came in between counts too (see
         // `technicians::keep_new_token`).
-        let kept = crate::technicians::keep_new_token(
+        let kept = latchkey_app::technicians::keep_new_token(
             &*services.store,
             &services.cache,
             &services.tokens,

@@ -279,7 +279,7 @@ async fn commands(
 struct LongPollCut(&'static str);
 
 /// A listener for the next event on the waiter's stream, already registered.
-fn listen(waiter: &crate::wakeups::Waiter) -> Pin<Box<tokio::sync::futures::OwnedNotified>> {
+fn listen(waiter: &latchkey_app::wakeups::Waiter) -> Pin<Box<tokio::sync::futures::OwnedNotified>> {
     let mut woken = Box::pin(waiter.notified_owned());
     woken.as_mut().enable();
     woken
@@ -290,7 +290,7 @@ fn listen(waiter: &crate::wakeups::Waiter) -> Pin<Box<tokio::sync::futures::Owne
 async fn wait_for_requests(
     services: &web::Data<Services>,
     stream: &str,
-    waiter: &crate::wakeups::Waiter,
+    waiter: &latchkey_app::wakeups::Waiter,
     mut woken: Pin<Box<tokio::sync::futures::OwnedNotified>>,
     deadline: tokio::time::Instant,
 ) -> Result<Vec<Pending>, LongPollCut> {
@@ -407,7 +407,7 @@ struct Feed {
     services: web::Data<Services>,
     computer: ComputerId,
     token: latchkey_server_stores::tokens::TokenId,
-    waiter: crate::wakeups::Waiter,
+    waiter: latchkey_app::wakeups::Waiter,
     /// Listening for events on the computer's stream since the requests were last looked at;
     /// `None`: look at them (again) first. Kept across keep-alives, so a wake-up is never lost
     /// while one is sent.

@@ -159,7 +159,7 @@ where
     let _running = services.idempotency.run(&token, &key);
     match handler(scope).await {
         Ok(Typed { reply, .. }) => {
-            crate::fault::maybe_crash(crate::fault::Point::BeforeAnswerStored);
+            latchkey_app::fault::maybe_crash(latchkey_app::fault::Point::BeforeAnswerStored);
             let reply = StoredReply {
                 status: reply.status.as_u16(),
                 body: reply.body,

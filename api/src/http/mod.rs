@@ -1,6 +1,7 @@
 //! The HTTP surface: routes under `/v1/`, the bearer-token extractor, and thin handlers that
 //! parse, authorize, call one command or query, and map the result. Rules live in the
-//! domain, orchestration in `commands`; nothing here decides anything itself.
+//! domain, orchestration in the application layer (`latchkey_app::commands`); nothing here
+//! decides anything itself.
 //!
 //! Authorization never reveals what the caller may not see: a tenant, computer, session or
 //! technician outside the caller's reach is answered with 404, exactly as if it did not
@@ -14,14 +15,14 @@ mod idempotency;
 pub mod openapi;
 mod technician;
 
-use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
 use crate::ratelimit::{Attempt, AuthLimiter};
-use crate::technicians;
-use crate::wakeups::StreamWakeups;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use latchkey_app::commands::{self, CommandError, Envelope, StateCache};
+use latchkey_app::technicians;
+use latchkey_app::wakeups::StreamWakeups;
 use latchkey_domain::computer::Computer;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::names::Email;
@@ -52,12 +53,12 @@ pub struct Services {
     pub idempotency: IdempotencyStore,
     /// The read models' checkpoint (for metrics).
     pub progress: watch::Receiver<Option<Position>>,
-    /// Long polls wait here on their stream; [`crate::runner::follow_log`] wakes them.
+    /// Long polls wait here on their stream; [`latchkey_app::runner::follow_log`] wakes them.
     pub wakeups: Arc<StreamWakeups>,
     /// Aggregate states, shared with the process runner.
     pub cache: Arc<StateCache>,
     /// Whether the process managers run (for `/healthz` and `/metrics`).
-    pub health: Arc<crate::health::Health>,
+    pub health: Arc<latchkey_app::health::Health>,
     /// Counts failed authentications and refuses clients over the limit (429).
     pub limiter: AuthLimiter,
 }
