@@ -60,7 +60,8 @@ pub struct Executed<A: Aggregate> {
     pub attempts: usize,
 }
 
-/// Aggregates whose streams grow long keep snapshots of their state (see [`latchkey_server_stores::snapshots`]).
+/// Aggregates whose streams grow long keep snapshots of their state (see
+/// [`latchkey_server_stores::snapshots`]).
 /// The default is none: only what overrides [`Snapshots::VERSION`] is snapshotted.
 pub trait Snapshots: Aggregate + Sized {
     /// The form of the stored state; `None`: never snapshotted.
