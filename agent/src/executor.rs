@@ -69,7 +69,7 @@ impl<'a> Executor<'a> {
                 ending: Ending::Applied,
                 ..
             } => {
-                let outcome = match self.observe(operation.account().as_str()) {
+                let outcome = match self.observe_for(&operation) {
                     Ok(verified) => Outcome::Succeeded { verified },
                     Err(why) => Outcome::Failed {
                         reason: reason(&why),
@@ -125,6 +125,7 @@ impl<'a> Executor<'a> {
                 Operation::RotatePassword { .. } => "change its password".to_owned(),
                 Operation::AddToGroup { group, .. } => format!("add it to {group}"),
                 Operation::RemoveFromGroup { group, .. } => format!("remove it from {group}"),
+                Operation::PostSession { .. } => "end its logons".to_owned(),
                 Operation::DeleteAccount { .. } => "delete it".to_owned(),
             };
             return Err(format!(
@@ -178,7 +179,32 @@ impl<'a> Executor<'a> {
                 Operation::RemoveFromGroup { group, .. } => {
                     self.backend.remove_from_group(account, group.as_str())
                 }
-                Operation::DeleteAccount { .. } => self.backend.delete_account(account),
+                Operation::PostSession { actions, .. } => {
+                    // Logons first: a process still running could use sudo again.
+                    let ended = if actions.end_logons {
+                        self.backend.end_logons(account)
+                    } else {
+                        Ok(())
+                    };
+                    ended.and_then(|()| {
+                        if actions.clear_sudo_credentials {
+                            self.backend.clear_sudo(account)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                }
+                Operation::DeleteAccount { end_logons, .. } => {
+                    if let Some(until) =
+                        offline::grant_in_force(self.state, account).map_err(|e| e.to_string())?
+                    {
+                        return Err(format!(
+                            "account {account} has an offline login in force until {}; it is                              deleted once that ends",
+                            until.format("%Y-%m-%d %H:%M:%S UTC")
+                        ));
+                    }
+                    self.backend.delete_account(account, *end_logons)
+                }
             };
             if let Err(e) = ran {
                 self.forget_if_never_created(operation);
@@ -190,7 +216,12 @@ impl<'a> Executor<'a> {
             self.forget_if_never_created(operation);
             return Err(format!(
                 "after '{operation}' the machine shows {}",
-                observation(&seen, &self.state.accounts().unwrap_or_default(), account)
+                observation_for(
+                    operation,
+                    &seen,
+                    &self.state.accounts().unwrap_or_default(),
+                    account
+                )
             ));
         }
         let mut managed = self.state.accounts().map_err(|e| e.to_string())?;
@@ -228,7 +259,7 @@ impl<'a> Executor<'a> {
                 tracing::warn!(account, error = %e, "cannot update the offline grants");
             }
         }
-        Ok(observation(&seen, &managed, account))
+        Ok(observation_for(operation, &seen, &managed, account))
     }
 
     /// An `ensure_account` that failed leaves no account: it is not ours to remember.
@@ -255,6 +286,14 @@ impl<'a> Executor<'a> {
         let seen = self.backend.observe(account).map_err(|e| e.to_string())?;
         let managed = self.state.accounts().map_err(|e| e.to_string())?;
         Ok(observation(&seen, &managed, account))
+    }
+
+    /// What the machine shows now about the account of `operation`, as its report says it.
+    fn observe_for(&self, operation: &Operation) -> Result<AccountObservation, String> {
+        let account = operation.account().as_str();
+        let seen = self.backend.observe(account).map_err(|e| e.to_string())?;
+        let managed = self.state.accounts().map_err(|e| e.to_string())?;
+        Ok(observation_for(operation, &seen, &managed, account))
     }
 
     /// Journals how the request ended (unless it had ended before) and makes the report.
@@ -304,8 +343,28 @@ fn in_effect(operation: &Operation, password: &str, seen: &Observed) -> bool {
         }
         Operation::AddToGroup { group, .. } => seen.present && in_group(group),
         Operation::RemoveFromGroup { group, .. } => !seen.present || !in_group(group),
+        Operation::PostSession { actions, .. } => {
+            (!actions.end_logons || seen.processes == 0)
+                && (!actions.clear_sudo_credentials || !seen.sudo_cached)
+        }
         Operation::DeleteAccount { .. } => !seen.present,
     }
+}
+
+/// The observation reported for `operation`: after post-session actions it also says how many
+/// processes of the account are left and whether sudo still holds a credential for it.
+pub fn observation_for(
+    operation: &Operation,
+    seen: &Observed,
+    managed: &ManagedAccounts,
+    account: &str,
+) -> AccountObservation {
+    let mut reported = observation(seen, managed, account);
+    if matches!(operation, Operation::PostSession { .. }) {
+        reported.processes = Some(u32::try_from(seen.processes).unwrap_or(u32::MAX));
+        reported.sudo_cached = Some(seen.sudo_cached);
+    }
+    reported
 }
 
 /// The observation the server gets: an account counts as present only if it is one of ours;
@@ -330,6 +389,8 @@ pub fn observation(
             .as_ref()
             .filter(|set| seen.password_hash.as_deref() == Some(set.hash.as_str()))
             .and_then(|set| set.version),
+        processes: None,
+        sudo_cached: None,
     }
 }
 
@@ -398,9 +459,17 @@ mod tests {
             self.count();
             self.inner.remove_from_group(account, group)
         }
-        fn delete_account(&self, account: &str) -> Result<(), OsError> {
+        fn delete_account(&self, account: &str, end_logons: bool) -> Result<(), OsError> {
             self.count();
-            self.inner.delete_account(account)
+            self.inner.delete_account(account, end_logons)
+        }
+        fn end_logons(&self, account: &str) -> Result<(), OsError> {
+            self.count();
+            self.inner.end_logons(account)
+        }
+        fn clear_sudo(&self, account: &str) -> Result<(), OsError> {
+            self.count();
+            self.inner.clear_sudo(account)
         }
         fn observe(&self, account: &str) -> Result<Observed, OsError> {
             self.inner.observe(account)

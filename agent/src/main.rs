@@ -216,7 +216,7 @@ fn run_offline_login(args: OfflineArgs) -> ExitCode {
         Ok(state) => state,
         Err(e) => return fail("offline-login", &e, 1),
     };
-    let backend = LinuxShadow::new(&args.root.root);
+    let backend = LinuxShadow::new(&args.root.root, state.file(latchkey_agent::state::UIDS));
     match offline::login(&state, &backend, &who, &args.code, chrono::Utc::now()) {
         Ok(granted) => {
             println!("offline access granted to {}", granted.account);

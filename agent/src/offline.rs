@@ -630,6 +630,20 @@ pub fn drop_grants(state: &StateDir, account: &str, group: Option<&str>) -> Resu
     Ok(())
 }
 
+/// The end of the offline grant of `account` in force (the latest, if several), if any: the
+/// account must not be deleted under it.
+pub fn grant_in_force(
+    state: &StateDir,
+    account: &str,
+) -> Result<Option<DateTime<Utc>>, StateError> {
+    Ok(load_state(state)?
+        .grants
+        .iter()
+        .filter(|g| g.account == account && !g.already_member)
+        .map(|g| g.until)
+        .max())
+}
+
 /// When the next offline grant expires, if any.
 pub fn next_expiry(state: &StateDir) -> Result<Option<DateTime<Utc>>, StateError> {
     Ok(load_state(state)?.grants.iter().map(|g| g.until).min())
@@ -692,6 +706,13 @@ fn take_back(state: &StateDir, backend: &dyn AccountBackend, grant: &Grant) -> R
             });
             state.save_accounts(&managed).map_err(|e| e.to_string())?;
         }
+    }
+    if !grant.already_member {
+        // The agent cannot ask the server for the policy here: it takes the default of every
+        // login mode (end the logons, clear sudo's cached credentials), so the offline access
+        // ends for real too.
+        backend.end_logons(account).map_err(|e| e.to_string())?;
+        backend.clear_sudo(account).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -489,8 +489,13 @@ fn an_account_latchkey_did_not_create_is_never_touched() {
     let msp = Msp::start();
     let setup = msp.setup("named");
     let mut agent = Agent::new("W11-HANDMADE");
-    // Someone made a local msp-nik by hand.
-    let backend = latchkey_agent::os::linux::LinuxShadow::new(agent.root());
+    // Someone made a local msp-nik by hand (through the backend, but outside the agent's
+    // state: its UID record is elsewhere).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let backend = latchkey_agent::os::linux::LinuxShadow::new(
+        agent.root(),
+        elsewhere.path().join("uids.json"),
+    );
     latchkey_agent::os::AccountBackend::ensure_account(&backend, "msp-nik").unwrap();
     let before = agent.shadow_hash("msp-nik");
     agent.enroll_and_run(&msp, &setup);

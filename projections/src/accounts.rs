@@ -233,6 +233,8 @@ enum Change<'a> {
     Rotated,
     Added(&'a GroupName),
     Removed(&'a GroupName),
+    /// Post-session actions: the account's logons ended, its sudo credentials cleared.
+    LogonsEnded,
     Deleted,
 }
 
@@ -350,6 +352,7 @@ pub(crate) fn apply(
         E::PasswordRotated(e) => verified!(e, Change::Rotated),
         E::AddedToAdminGroup(e) => verified!(e, Change::Added(&e.group)),
         E::RemovedFromAdminGroup(e) => verified!(e, Change::Removed(&e.group)),
+        E::PostSessionActionsTaken(e) => verified!(e, Change::LogonsEnded),
         E::AccountDeleted(e) => verified!(e, Change::Deleted),
         E::AccountRetirementStarted(e) => {
             crate::exec_later(
@@ -475,7 +478,7 @@ fn verified_result(
     let deleted = match r.change {
         Change::Provisioned => Some(false),
         Change::Deleted => Some(true),
-        Change::Rotated | Change::Added(_) | Change::Removed(_) => None,
+        Change::Rotated | Change::Added(_) | Change::Removed(_) | Change::LogonsEnded => None,
     };
     crate::exec_later(
         tx,

@@ -170,14 +170,21 @@ impl Story {
             Operation::DeleteAccount { .. } => {
                 self.machine.remove(&name);
             }
+            Operation::PostSession { .. } => {}
         }
-        let verified = match self.machine.get(&name) {
-            Some((groups, version)) => AccountObservation {
-                present: true,
-                groups: groups.clone(),
-                password_version: *version,
-            },
-            None => AccountObservation::default(),
+        let ended = matches!(operation, Operation::PostSession { .. });
+        let verified = AccountObservation {
+            processes: ended.then_some(0),
+            sudo_cached: ended.then_some(false),
+            ..match self.machine.get(&name) {
+                Some((groups, version)) => AccountObservation {
+                    present: true,
+                    groups: groups.clone(),
+                    password_version: *version,
+                    ..AccountObservation::default()
+                },
+                None => AccountObservation::default(),
+            }
         };
         self.on_computer(ComputerCommand::ReportSucceeded {
             request_id: RequestId(request),

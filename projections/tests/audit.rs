@@ -46,6 +46,7 @@ fn observed(operation: &Operation) -> AccountObservation {
         present: true,
         groups,
         password_version,
+        ..AccountObservation::default()
     };
     match operation {
         Operation::EnsureAccount { .. } => present(BTreeSet::new(), None),
@@ -53,6 +54,11 @@ fn observed(operation: &Operation) -> AccountObservation {
         Operation::AddToGroup { group, .. } => present(BTreeSet::from([group.clone()]), Some(1)),
         Operation::RemoveFromGroup { .. } => present(BTreeSet::new(), Some(2)),
         Operation::DeleteAccount { .. } => AccountObservation::default(),
+        Operation::PostSession { .. } => AccountObservation {
+            processes: Some(0),
+            sudo_cached: Some(false),
+            ..present(BTreeSet::new(), Some(2))
+        },
     }
 }
 
@@ -1284,7 +1290,10 @@ async fn the_rarer_sentences_read_as_written() {
                 request_id: RequestId(1),
                 session_id: Some(NIK_ON_W11),
                 purpose: Purpose::Revoke,
-                operation: Operation::DeleteAccount { account: msp_nik() },
+                operation: Operation::DeleteAccount {
+                    account: msp_nik(),
+                    end_logons: false,
+                },
                 at: at(13),
             }
             .into(),

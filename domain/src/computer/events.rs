@@ -9,7 +9,7 @@ use super::{
 use crate::event::{domain_events, Actor, Timestamp};
 use crate::ids::{AgentKeyId, ComputerId, RequestId, SessionId, TechnicianId, TenantId};
 use crate::names::{AccountName, FailureReason, GroupName, Hostname};
-use crate::policy::{CheckInAction, JitPolicy};
+use crate::policy::{CheckInAction, JitPolicy, PostSessionActions};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -60,6 +60,10 @@ pub struct SessionAccessRequested {
     pub admin_group: GroupName,
     pub on_check_in: CheckInAction,
     pub rotate_on_check_in: bool,
+    /// What the agent does to the account's live logons when this session's access ends;
+    /// absent for sessions requested before post-session actions existed (none then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_session: Option<PostSessionActions>,
     pub at: Timestamp,
 }
 
@@ -127,6 +131,9 @@ verified_results! {
     PasswordRotated { version: u32 }
     AddedToAdminGroup { group: GroupName }
     RemovedFromAdminGroup { group: GroupName }
+    /// The agent carried out the post-session actions and verified them: `verified` says
+    /// how many processes of the account were left and whether sudo still held a credential.
+    PostSessionActionsTaken { actions: PostSessionActions }
     AccountDeleted {}
 }
 
@@ -268,6 +275,7 @@ domain_events!(
         AddedToAdminGroup = "AddedToAdminGroup" v 1,
         RemovedFromAdminGroup = "RemovedFromAdminGroup" v 1,
         AccountDeleted = "AccountDeleted" v 1,
+        PostSessionActionsTaken = "PostSessionActionsTaken" v 1,
         SessionAccessGranted = "SessionAccessGranted" v 1,
         SessionAccessFailed = "SessionAccessFailed" v 1,
         SessionAccessReleased = "SessionAccessReleased" v 1,

@@ -83,7 +83,7 @@ pub enum Enrolment {
 /// The form of [`Computer`] kept in snapshots (see the server's command path): bump it
 /// whenever the state's fields or their meaning change, so older snapshots are ignored and the
 /// state is folded from the events again.
-pub const SNAPSHOT_VERSION: u32 = 4;
+pub const SNAPSHOT_VERSION: u32 = 5;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Computer {
@@ -358,6 +358,9 @@ impl Aggregate for Computer {
                 state.on_request_verified(&e.request_id, &e.account, &e.verified)
             }
             E::RemovedFromAdminGroup(e) => {
+                state.on_request_verified(&e.request_id, &e.account, &e.verified)
+            }
+            E::PostSessionActionsTaken(e) => {
                 state.on_request_verified(&e.request_id, &e.account, &e.verified)
             }
             E::AccountDeleted(e) => {

@@ -14,10 +14,10 @@ use super::Line;
 use latchkey_domain::computer::{
     AccountRetirementStarted, AdminGroupInventoried, ComputerDecommissioned, ComputerEnrolled,
     ComputerEvent, ComputerJitPolicyOverridden, OfflineLoginLockedOut, OfflineLoginRecorded,
-    OfflineSecretDisclosed, OfflineSecretIssued, OfflineSecretRevoked, ProvisioningFailed,
-    ProvisioningRequested, ProvisioningRetried, ProvisioningSuperseded, Purpose, ReleaseOutcome,
-    RetireReason, SessionAccessFailed, SessionAccessGranted, SessionAccessReleased,
-    SessionAccessRequested,
+    OfflineSecretDisclosed, OfflineSecretIssued, OfflineSecretRevoked, PostSessionActionsTaken,
+    ProvisioningFailed, ProvisioningRequested, ProvisioningRetried, ProvisioningSuperseded,
+    Purpose, ReleaseOutcome, RetireReason, SessionAccessFailed, SessionAccessGranted,
+    SessionAccessReleased, SessionAccessRequested,
 };
 use latchkey_domain::ids::{ComputerId, RequestId, TechnicianId};
 use latchkey_domain::names::AccountName;
@@ -68,6 +68,9 @@ pub(super) fn line(
             &e.account,
             format!("{} was removed from {}", e.account, e.group),
         ),
+        ComputerEvent::PostSessionActionsTaken(e) => {
+            on.verified(e.request_id, &e.account, post_session_taken(e))
+        }
         ComputerEvent::AccountDeleted(e) => on.verified(
             e.request_id,
             &e.account,
@@ -93,6 +96,31 @@ pub(super) fn line(
     }
 }
 
+/// What the agent verified after the post-session actions, e.g. "the logons of msp-nik were
+/// ended (processes left: 0) and its cached sudo credentials cleared".
+fn post_session_taken(e: &PostSessionActionsTaken) -> String {
+    let mut done = Vec::new();
+    if e.actions.end_logons {
+        let left = e
+            .verified
+            .processes
+            .map_or_else(|| "not counted".to_owned(), |n| n.to_string());
+        done.push(format!(
+            "the logons of {} were ended (processes left: {left})",
+            e.account
+        ));
+    }
+    if e.actions.clear_sudo_credentials {
+        let what = if done.is_empty() {
+            format!("the cached sudo credentials of {} were cleared", e.account)
+        } else {
+            "its cached sudo credentials cleared".to_owned()
+        };
+        done.push(what);
+    }
+    done.join(" and ")
+}
+
 /// The computer an event is about, and when it happened: every computer event names both.
 fn subject(event: &ComputerEvent) -> (ComputerId, Timestamp) {
     match event {
@@ -109,6 +137,7 @@ fn subject(event: &ComputerEvent) -> (ComputerId, Timestamp) {
         ComputerEvent::AddedToAdminGroup(e) => (e.computer_id, e.at),
         ComputerEvent::RemovedFromAdminGroup(e) => (e.computer_id, e.at),
         ComputerEvent::AccountDeleted(e) => (e.computer_id, e.at),
+        ComputerEvent::PostSessionActionsTaken(e) => (e.computer_id, e.at),
         ComputerEvent::SessionAccessGranted(e) => (e.computer_id, e.at),
         ComputerEvent::SessionAccessFailed(e) => (e.computer_id, e.at),
         ComputerEvent::SessionAccessReleased(e) => (e.computer_id, e.at),
