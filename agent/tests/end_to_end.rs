@@ -66,6 +66,7 @@ fn named_mode_grants_and_takes_back_access_in_the_account_files() {
     assert_eq!(
         check_in,
         [
+            "end the logons and clear the cached sudo credentials of msp-nik",
             "remove msp-nik from Administrators",
             "rotate the password of msp-nik to version 2"
         ]
@@ -141,7 +142,8 @@ fn shared_mode_survives_server_restarts_while_the_agent_is_connected() {
     assert!(!agent.password_is(&shared, &password));
     settle(&msp, &agent);
     let applied = agent.assert_exactly_once();
-    assert_eq!(applied.len(), 5, "{applied:#?}");
+    // Grant (3), check-in: out of the group, the password, the post-session actions.
+    assert_eq!(applied.len(), 6, "{applied:#?}");
 
     msp.audit_shows(&setup.tenant_id, |s| {
         s == format!("nik@nikpot.com accessed workstation W10-local with account {shared}")

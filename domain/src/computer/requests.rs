@@ -117,7 +117,7 @@ impl fmt::Display for Operation {
             Operation::DeleteAccount {
                 account,
                 end_logons: true,
-            } => write!(f, "end the logons of {account} and delete the account"),
+            } => write!(f, "delete account {account}, ending its logons first"),
         }
     }
 }
