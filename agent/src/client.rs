@@ -202,6 +202,10 @@ pub struct OfflineLogin {
     pub login_id: Uuid,
     pub account: String,
     pub technician_id: Option<Uuid>,
+    /// The name given at a shared-account login (absent for named accounts and in logins
+    /// buffered by older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<String>,
     pub generation: u32,
     /// The group the account was added to (absent in logins buffered by older agents).
     #[serde(default, skip_serializing_if = "Option::is_none")]

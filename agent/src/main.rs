@@ -120,9 +120,13 @@ struct WhoArgs {
     /// Your MSP username (your named account on this computer).
     #[arg(long, group = "who")]
     technician: Option<String>,
-    /// Use the customer's shared account.
+    /// Use the customer's shared account (say who you are with --name).
     #[arg(long, group = "who")]
     shared: bool,
+    /// With --shared: your name, as the audit trail records it (the code proves only that
+    /// you hold the shared secret, not who you are).
+    #[arg(long, requires = "shared")]
+    name: Option<String>,
 }
 
 #[derive(Args)]
@@ -208,9 +212,22 @@ fn run_daemon(args: RunArgs) -> ExitCode {
 }
 
 fn run_offline_login(args: OfflineArgs) -> ExitCode {
-    let who = match args.who.technician {
-        Some(name) => offline::Who::Technician(name),
-        None => offline::Who::Shared,
+    let who = match (args.who.technician, args.who.name) {
+        (Some(name), _) => offline::Who::Technician(name),
+        (None, None) => {
+            return fail(
+                "offline-login",
+                &"--name: the shared account needs your name for the audit trail \
+                  (e.g. --shared --name \"Nik Potter\")",
+                2,
+            )
+        }
+        (None, Some(name)) => match latchkey_domain::names::ClaimedName::parse(name.trim()) {
+            Ok(name) => offline::Who::Shared {
+                name: name.to_string(),
+            },
+            Err(e) => return fail("offline-login", &format!("--name {e}"), 2),
+        },
     };
     let state = match StateDir::open(&args.state.state) {
         Ok(state) => state,

@@ -53,15 +53,16 @@ const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuv
 pub enum Who {
     /// A technician by MSP username (their named account).
     Technician(String),
-    /// The tenant's shared account.
-    Shared,
+    /// The tenant's shared account, by someone who gave this name (a claim the audit trail
+    /// records as such).
+    Shared { name: String },
 }
 
 impl fmt::Display for Who {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Who::Technician(name) => write!(f, "technician {name}"),
-            Who::Shared => f.write_str("the shared account"),
+            Who::Shared { .. } => f.write_str("the shared account"),
         }
     }
 }
@@ -504,6 +505,10 @@ pub fn login(
         login_id: Uuid::new_v4(),
         account: account.clone(),
         technician_id: secret.technician_id,
+        claimed_by: match who {
+            Who::Shared { name } => Some(name.clone()),
+            Who::Technician(_) => None,
+        },
         generation: secret.generation,
         admin_group: Some(group.clone()),
         used_at: now,
@@ -538,13 +543,13 @@ fn find_secret<'a>(
             s.technician_id.is_some()
                 && (s.username.as_deref() == Some(name.as_str()) || s.account == *name)
         }
-        Who::Shared => s.technician_id.is_none(),
+        Who::Shared { .. } => s.technician_id.is_none(),
     });
     matching
         .max_by_key(|s| s.generation)
         .ok_or_else(|| match who {
             Who::Technician(name) => OfflineError::UnknownTechnician(name.clone()),
-            Who::Shared => OfflineError::NoSharedSecret,
+            Who::Shared { .. } => OfflineError::NoSharedSecret,
         })
 }
 
@@ -826,7 +831,15 @@ mod tests {
             Err(OfflineError::UnknownTechnician(_))
         ));
         assert!(matches!(
-            login(&state, &backend, &Who::Shared, &code_at(t), at(t as i64)),
+            login(
+                &state,
+                &backend,
+                &Who::Shared {
+                    name: "Ann Other".into()
+                },
+                &code_at(t),
+                at(t as i64)
+            ),
             Err(OfflineError::NoSharedSecret)
         ));
         assert!(matches!(

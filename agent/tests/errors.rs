@@ -156,6 +156,8 @@ fn a_computer_that_was_never_enrolled_is_told_to_enroll_and_has_no_offline_secre
     let login = agent.command(&[
         "offline-login",
         "--shared",
+        "--name",
+        "Nik Potter",
         "--code",
         "123456",
         "--state",

@@ -385,6 +385,19 @@ pub(crate) fn apply(
         | E::SessionAccessReleased(_)
         | E::OfflineSecretDisclosed(_)
         | E::OfflineLoginLockedOut(_) => {}
+        E::OfflineLoginEnded(e) => {
+            // Ended before the end the agent gave it: it explains the membership no longer.
+            crate::exec_later(
+                tx,
+                "UPDATE offline_logins SET until = ?3
+                 WHERE computer_id = ?1 AND login_id = ?2 AND until > ?3",
+                params![
+                    e.computer_id.to_string(),
+                    e.login_id.to_string(),
+                    time(&e.at)
+                ],
+            )?;
+        }
         E::OfflineLoginRecorded(e) => {
             let computer = e.computer_id.to_string();
             crate::exec(

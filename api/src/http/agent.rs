@@ -715,6 +715,9 @@ struct OfflineLogin {
     login_id: Uuid,
     account: AccountName,
     technician_id: Option<Uuid>,
+    /// The name the person gave at a shared-account login (older agents leave it out).
+    #[serde(default)]
+    claimed_by: Option<latchkey_domain::names::ClaimedName>,
     generation: u32,
     /// The group the agent added the account to (older agents leave it out).
     #[serde(default)]
@@ -739,6 +742,7 @@ async fn offline_login(
         login_id: body.login_id,
         account: body.account,
         technician_id: body.technician_id.map(latchkey_domain::ids::TechnicianId),
+        claimed_by: body.claimed_by,
         generation: body.generation,
         admin_group: body.admin_group,
         used_at: body.used_at,

@@ -6,7 +6,7 @@
 use super::{AccountObservation, AccountOwner, OsKind, RetireReason};
 use crate::event::{Actor, Timestamp};
 use crate::ids::{AgentKeyId, ComputerId, RequestId, SessionId, TechnicianId, TenantId};
-use crate::names::{AccountName, FailureReason, GroupName, Hostname};
+use crate::names::{AccountName, ClaimedName, FailureReason, GroupName, Hostname};
 use crate::policy::{CheckInAction, JitPolicy, PostSessionActions};
 use std::collections::BTreeSet;
 use uuid::Uuid;
@@ -88,6 +88,8 @@ pub enum ComputerCommand {
         login_id: Uuid,
         account: AccountName,
         technician_id: Option<TechnicianId>,
+        /// The name given at a shared-account login.
+        claimed_by: Option<ClaimedName>,
         generation: u32,
         /// The group the agent added the account to (`None` from agents before 0.1 that
         /// did not say).

@@ -260,6 +260,7 @@ impl Aggregate for Computer {
                 login_id,
                 account,
                 technician_id,
+                claimed_by,
                 generation,
                 admin_group,
                 used_at,
@@ -270,6 +271,7 @@ impl Aggregate for Computer {
                     login_id,
                     account,
                     technician_id,
+                    claimed_by,
                     generation,
                     admin_group,
                     used_at,
@@ -375,6 +377,7 @@ impl Aggregate for Computer {
             E::OfflineSecretRevoked(e) => state.on_offline_secret_revoked(e),
             E::OfflineSecretDisclosed(_) => {}
             E::OfflineLoginRecorded(e) => state.on_offline_login_recorded(e),
+            E::OfflineLoginEnded(_) => {}
             E::OfflineLoginLockedOut(e) => state.on_offline_login_locked_out(e),
             E::AdminGroupInventoried(e) => {
                 state.inventory = Some((e.group.clone(), e.members.clone()));
