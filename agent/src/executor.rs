@@ -699,6 +699,101 @@ mod tests {
         assert!(!m.state.accounts().unwrap().manages("nik_1"));
     }
 
+    fn post_session(request_id: u64, account: &str) -> DeliveredCommand {
+        command(
+            request_id,
+            serde_json::json!({"op": "post_session", "account": account,
+                "actions": {"end_logons": true, "clear_sudo_credentials": true}}),
+        )
+    }
+
+    fn delete(request_id: u64, account: &str, end_logons: bool) -> DeliveredCommand {
+        command(
+            request_id,
+            serde_json::json!({"op": "delete_account", "account": account, "end_logons": end_logons}),
+        )
+    }
+
+    #[test]
+    fn post_session_actions_end_the_logons_and_report_none_left() {
+        let m = machine();
+        let executor = Executor::new(&m.backend, &m.state);
+        let mut journal = Journal::open(&m.state).unwrap();
+        executor.carry_out(&mut journal, &ensure(1, "msp-nik"));
+        m.backend.inner.log_in("msp-nik");
+        m.backend.inner.log_in("msp-nik");
+        let ended = executor.carry_out(&mut journal, &post_session(2, "msp-nik"));
+        let seen = verified(&ended);
+        assert_eq!((seen.processes, seen.sudo_cached), (Some(0), Some(false)));
+        assert_eq!(m.backend.observe("msp-nik").unwrap().processes, 0);
+        // Reported again after a restart: observed again, with the counts.
+        let mut journal = Journal::open(&m.state).unwrap();
+        let again = executor.carry_out(&mut journal, &post_session(2, "msp-nik"));
+        assert_eq!(verified(&again).processes, Some(0));
+    }
+
+    #[test]
+    fn processes_that_survive_fail_the_post_session_step_with_the_reason() {
+        let m = machine();
+        let executor = Executor::new(&m.backend, &m.state);
+        let mut journal = Journal::open(&m.state).unwrap();
+        executor.carry_out(&mut journal, &ensure(1, "msp-nik"));
+        m.backend.inner.log_in("msp-nik");
+        m.backend.inner.make_unkillable("msp-nik");
+        let failed = executor.carry_out(&mut journal, &post_session(2, "msp-nik"));
+        assert!(
+            failure(&failed).starts_with("account msp-nik still has 1 process(es)"),
+            "{}",
+            failure(&failed)
+        );
+    }
+
+    #[test]
+    fn a_busy_account_is_deleted_only_when_its_logons_may_be_ended() {
+        let m = machine();
+        let executor = Executor::new(&m.backend, &m.state);
+        let mut journal = Journal::open(&m.state).unwrap();
+        executor.carry_out(&mut journal, &ensure(1, "nik_1"));
+        m.backend.inner.log_in("nik_1");
+        let refused = executor.carry_out(&mut journal, &delete(2, "nik_1", false));
+        assert!(
+            failure(&refused).contains("still has 1 process(es)")
+                && failure(&refused).contains("the JIT policy does not end its logons"),
+            "{}",
+            failure(&refused)
+        );
+        assert!(m.backend.observe("nik_1").unwrap().present);
+        let deleted = executor.carry_out(&mut journal, &delete(3, "nik_1", true));
+        assert!(!verified(&deleted).present);
+    }
+
+    #[test]
+    fn an_account_is_not_deleted_while_its_offline_login_is_in_force() {
+        let m = machine();
+        let executor = Executor::new(&m.backend, &m.state);
+        let mut journal = Journal::open(&m.state).unwrap();
+        executor.carry_out(&mut journal, &ensure(1, "msp-1234"));
+        let mut offline = offline::OfflineState::default();
+        offline.grants.push(offline::Grant {
+            login_id: uuid::Uuid::from_u128(1),
+            account: "msp-1234".into(),
+            group: "Administrators".into(),
+            until: chrono::DateTime::from_timestamp(4_000_000_000, 0).unwrap(),
+            already_member: false,
+            hash: "!".into(),
+        });
+        m.state
+            .write_json(crate::state::OFFLINE_STATE, &offline)
+            .unwrap();
+        let refused = executor.carry_out(&mut journal, &delete(2, "msp-1234", true));
+        assert!(
+            failure(&refused).contains("has an offline login in force until 2096-10-02"),
+            "{}",
+            failure(&refused)
+        );
+        assert!(m.backend.observe("msp-1234").unwrap().present);
+    }
+
     #[test]
     fn reasons_are_one_short_line() {
         assert_eq!(

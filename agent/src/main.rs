@@ -123,16 +123,16 @@ struct WhoArgs {
     /// Use the customer's shared account (say who you are with --name).
     #[arg(long, group = "who")]
     shared: bool,
-    /// With --shared: your name, as the audit trail records it (the code proves only that
-    /// you hold the shared secret, not who you are).
-    #[arg(long, requires = "shared")]
-    name: Option<String>,
 }
 
 #[derive(Args)]
 struct OfflineArgs {
     #[command(flatten)]
     who: WhoArgs,
+    /// With --shared: your name, as the audit trail records it (the code proves only that
+    /// you hold the shared secret, not who you are).
+    #[arg(long, requires = "shared")]
+    name: Option<String>,
     /// The 6-digit code your authenticator app shows for this computer.
     #[arg(long)]
     code: String,
@@ -212,7 +212,7 @@ fn run_daemon(args: RunArgs) -> ExitCode {
 }
 
 fn run_offline_login(args: OfflineArgs) -> ExitCode {
-    let who = match (args.who.technician, args.who.name) {
+    let who = match (args.who.technician, args.name) {
         (Some(name), _) => offline::Who::Technician(name),
         (None, None) => {
             return fail(

@@ -807,6 +807,26 @@ mod tests {
         );
     }
 
+    /// Issue 12: a shared-account login was audited as "a technician". The name the person
+    /// gave travels with the buffered login; a named login carries none.
+    #[test]
+    fn a_shared_login_buffers_the_name_its_user_gave() {
+        let (_dir, state, backend) = setup();
+        let mut stored = load_secrets(&state).unwrap().unwrap().secrets;
+        stored.secrets[0].technician_id = None;
+        stored.secrets[0].username = None;
+        store_secrets(&state, stored, Utc::now()).unwrap();
+        let t = 1_700_000_010;
+        let who = Who::Shared {
+            name: "Nik Potter".into(),
+        };
+        login(&state, &backend, &who, &code_at(t), at(t as i64)).unwrap();
+        let buffered = pending(&state).unwrap();
+        assert_eq!(buffered.len(), 1);
+        assert_eq!(buffered[0].1.claimed_by.as_deref(), Some("Nik Potter"));
+        assert_eq!(buffered[0].1.technician_id, None);
+    }
+
     #[test]
     fn a_wrong_code_an_unknown_technician_and_a_malformed_code_are_refused() {
         let (_dir, state, backend) = setup();
