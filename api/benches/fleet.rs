@@ -23,6 +23,9 @@
 //!    no idle agents: the active clients cycle until each of their computers has had that many
 //!    sessions. One row per `LATCHKEY_FLEET_INTERVAL` seconds (default 60): cycles/s in it,
 //!    sessions per computer so far, the server's memory and CPU, the other processes' CPU.
+//!    Then the same server runs the cycle on those computers and on as many new ones,
+//!    alternated (5 rounds of half `LATCHKEY_FLEET_SECONDS` each): what a computer's past
+//!    costs, measured apart from the machine's other load and from the size of the log.
 //!
 //! `LATCHKEY_BENCH_STORE=postgres://…` runs every server with everything in that database (as
 //! the HTTP benchmark does); each server's tenant is new, the database is not emptied. Every
@@ -263,7 +266,7 @@ async fn fleet_run(settings: &Settings, admin: &str, n: usize, nofile: u64) -> (
     );
     let clients = add_clients(&api, admin, &tenant, settings.active).await;
     let answered_before = fleet.stats.answered.load(Ordering::SeqCst);
-    let active = run_active(&api, clients, settings.seconds, server.pid).await;
+    let (active, _) = run_active(&api, clients, settings.seconds, server.pid).await;
     let answered = fleet.stats.answered.load(Ordering::SeqCst) - answered_before;
     let rss_end = rss_kib(server.pid);
     let stats = fleet.stats.clone();
@@ -722,7 +725,13 @@ struct Active {
 }
 
 /// Runs `clients` through full cycles for `seconds`; panics if any cycle fails.
-async fn run_active(api: &Arc<Api>, clients: Vec<Client>, seconds: f64, pid: u32) -> Active {
+/// The `clients` cycle for `seconds`; they are given back with what was measured.
+async fn run_active(
+    api: &Arc<Api>,
+    clients: Vec<Client>,
+    seconds: f64,
+    pid: u32,
+) -> (Active, Vec<Client>) {
     let to_active: Arc<Mutex<Vec<u64>>> = Arc::default();
     let server = CpuClock::start(pid);
     let client = CpuClock::start(std::process::id());
@@ -739,12 +748,15 @@ async fn run_active(api: &Arc<Api>, clients: Vec<Client>, seconds: f64, pid: u32
                     let took = client.cycle(&api).await;
                     to_active.lock().await.push(took.as_micros() as u64);
                 }
+                client
             })
         })
         .collect();
+    let mut clients = Vec::new();
     for task in tasks {
-        if let Err(e) = task.await {
-            panic!("a client failed: {e}");
+        match task.await {
+            Ok(client) => clients.push(client),
+            Err(e) => panic!("a client failed: {e}"),
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
@@ -756,14 +768,15 @@ async fn run_active(api: &Arc<Api>, clients: Vec<Client>, seconds: f64, pid: u32
     let mut to_active = to_active.lock().await.clone();
     to_active.sort_unstable();
     api.latencies.lock().await.clear();
-    Active {
+    let active = Active {
         to_active,
         elapsed,
         server_cpu,
         client_cpu,
         other_cpu,
         cpu_per_cycle,
-    }
+    };
+    (active, clients)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -792,6 +805,7 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
                     to_active.lock().await.push(took.as_micros() as u64);
                     done[i].fetch_add(1, Ordering::SeqCst);
                 }
+                client
             })
         })
         .collect();
@@ -810,6 +824,7 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
     let mut rates = Vec::new();
     let mut first_rss = None;
     let mut last_total = 0;
+    let mut old = Vec::new();
     loop {
         let clock = CpuClock::start(server.pid);
         let client = CpuClock::start(std::process::id());
@@ -853,8 +868,9 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
         rates.push((rate, cpu_per_cycle));
         // A client that is done has reached its sessions, or failed: then stop here.
         for task in tasks.iter_mut().filter(|t| t.is_finished()) {
-            if let Err(e) = task.await {
-                panic!("a client failed: {e}");
+            match task.await {
+                Ok(client) => old.push(client),
+                Err(e) => panic!("a client failed: {e}"),
             }
         }
         tasks.retain(|t| !t.is_finished());
@@ -878,6 +894,73 @@ async fn history(settings: &Settings, admin: &str, sessions: u64) {
         last_cpu / first_cpu * 100.0,
         mib(first_rss.unwrap_or(0)),
         mib(rss_kib(server.pid)),
+    );
+    old_against_new(settings, admin, &api, &tenant, server.pid, sessions, old).await;
+}
+
+/// The same cycle on the computers with the long past and on new computers of the same
+/// server, alternated in the same minutes: what a computer's past costs, apart from the
+/// machine's other load and from the size of the whole log (which both sets share).
+async fn old_against_new(
+    settings: &Settings,
+    admin: &str,
+    api: &Arc<Api>,
+    tenant: &str,
+    pid: u32,
+    sessions: u64,
+    mut old: Vec<Client>,
+) {
+    const ROUNDS: usize = 5;
+    let seconds = (settings.seconds / 2.0).max(1.0);
+    let mut new = add_clients(api, admin, tenant, old.len()).await;
+    println!();
+    println!(
+        "Old against new computers, same server, alternated: {} computers with {sessions} \
+         sessions each, then {} new ones, {seconds:.0} s each, {ROUNDS} rounds",
+        old.len(),
+        new.len()
+    );
+    println!();
+    println!("| round | computers | cycles/s | check-out → active p50 | p99 | server CPU per cycle | other CPU |");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    let mut ratios = Vec::new();
+    for round in 1..=ROUNDS {
+        let mut rates = [0.0; 2];
+        let mut cpu = [0.0; 2];
+        for (k, (label, set)) in [("old", &mut old), ("new", &mut new)]
+            .into_iter()
+            .enumerate()
+        {
+            let (active, back) = run_active(api, std::mem::take(set), seconds, pid).await;
+            *set = back;
+            let rate = active.to_active.len() as f64 / active.elapsed;
+            rates[k] = rate;
+            cpu[k] = active.cpu_per_cycle;
+            println!(
+                "| {round} | {label} | {rate:.1} | {:.1} ms | {:.1} ms | {:.1} ms | {:.0}% |",
+                percentile(&active.to_active, 0.50),
+                percentile(&active.to_active, 0.99),
+                active.cpu_per_cycle,
+                active.other_cpu,
+            );
+        }
+        ratios.push((rates[0] / rates[1], cpu[0] / cpu[1]));
+    }
+    let listed = |pick: fn(&(f64, f64)) -> f64| {
+        let mut values: Vec<f64> = ratios.iter().map(pick).collect();
+        let rounds = values
+            .iter()
+            .map(|v| format!("{v:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        values.sort_by(f64::total_cmp);
+        format!("median {:.2} (rounds: {rounds})", values[values.len() / 2])
+    };
+    println!();
+    println!(
+        "Old computers against new: cycle rate {}; server CPU per cycle {}",
+        listed(|r| r.0),
+        listed(|r| r.1)
     );
 }
 

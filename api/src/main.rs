@@ -405,7 +405,11 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
             .service(healthz)
             .route("/metrics", web::get().to(latchkey_api::metrics::scrape))
             .configure(http::configure)
-    });
+    })
+    // Streamed answers (the event feed, a long poll's body that follows its head, exports)
+    // go out as they are written: with Nagle's algorithm a small write that follows another
+    // one unacknowledged waits for the client's delayed ACK (40 ms on Linux).
+    .tcp_nodelay(true);
     let bound = match &listening.certificate {
         Some(certificate) => {
             server.bind_rustls_0_23(&listening.addrs[..], certificate.server_config()?)

@@ -172,3 +172,47 @@ fn the_event_feed_pushes_every_change_and_ends_when_the_credential_is_revoked() 
     assert_eq!(data["reason"], "the agent's credential was revoked");
     assert_eq!(feed.next(), None, "the feed is closed");
 }
+
+/// A long poll that is still waiting when its agent's credential is revoked hands out no
+/// requests (and no passwords) when the next change comes: its answer, started while it
+/// waited, is cut off, and the agent's next poll is refused.
+#[test]
+fn a_long_poll_whose_credential_is_revoked_while_it_waits_carries_no_passwords() {
+    let msp = Msp::start();
+    let setup = msp.setup("named", "PC-X");
+    let token = setup.agent.token.clone();
+    let (status, body) = std::thread::scope(|scope| {
+        let poll = scope.spawn(|| {
+            let mut reader =
+                msp.server
+                    .send("GET", "/v1/agent/commands?wait=60", Some(&token), None);
+            let head = support::read_head_full(&mut reader);
+            let body = if head.chunked {
+                support::read_chunked(&mut reader)
+            } else {
+                let mut body = String::new();
+                std::io::Read::read_to_string(&mut reader, &mut body)
+                    .map(|_| body)
+                    .map_err(|e| e.to_string())
+            };
+            (head.status, body)
+        });
+        metric_reaches(&msp, "latchkey_agent_polls_waiting", 1.0);
+        let token_id = &token[3..35];
+        let path = format!("/v1/tokens/{token_id}");
+        let (status, _) = msp.server.json("DELETE", &path, Some(&msp.admin), None);
+        assert_eq!(status, 204);
+        msp.start_check_out(&setup.nik_token, &setup.tenant_id, &setup.agent.computer_id);
+        poll.join().unwrap()
+    });
+    assert_eq!(status, 200, "the answer had started before the revocation");
+    let body = body.expect_err("the answer is cut off, not a whole list the agent would trust");
+    assert!(
+        !body.contains("password"),
+        "no request, no password: {body}"
+    );
+    let (status, problem) = msp
+        .server
+        .json("GET", "/v1/agent/commands", Some(&token), None);
+    assert_eq!(status, 401, "{problem}");
+}

@@ -2,7 +2,8 @@
 //! requests, report what was verified on the machine.
 //!
 //! The request feed is a long poll: `GET /v1/agent/commands?wait=25` answers at once with
-//! every request the agent has not reported on yet, or waits up to `wait` seconds for one.
+//! every request the agent has not reported on yet, or waits up to `wait` seconds for one
+//! (the answer's status and headers are then sent at once, its body when it is known).
 //! It is resumable by construction: a request stays in the feed until the agent's result for
 //! it is recorded, so an agent that restarts or reconnects (to this server or another) gets
 //! exactly what it has not acknowledged, and requests are idempotent "ensure" operations.
@@ -273,30 +274,78 @@ async fn commands(
     let computer = own_computer(&principal)?;
     let params = Params::parse(&req, COMMANDS_QUERY)?;
     let wait = Duration::from_secs(params.number("wait"));
-    let deadline = tokio::time::Instant::now() + wait;
     let stream = computer.stream_name();
     // Woken by events on this computer's stream only (not registered when not waiting).
+    // Listen before the first look, so an event that lands in between still wakes the poll.
     let waiter = (!wait.is_zero()).then(|| services.wakeups.wait_on(&stream));
-    let pending = loop {
-        // Listen before reading, so an event that lands between the read and the wait still
-        // wakes us.
-        let mut woken = waiter.as_ref().map(|w| Box::pin(w.notified()));
-        if let Some(woken) = woken.as_mut() {
-            woken.as_mut().enable();
-        }
-        // Boxed, here and below: the handler's future lives as long as the poll waits, and
-        // an idle poll should hold as little memory as possible.
-        let pending = Box::pin(pending_requests(&services, &stream)).await?;
-        let Some(woken) = woken.filter(|_| pending.is_empty()) else {
-            break pending;
-        };
-        if tokio::time::timeout_at(deadline, woken).await.is_err() {
-            break pending; // nothing came
-        }
+    let woken = waiter.as_ref().map(listen);
+    let pending = Box::pin(pending_requests(&services, &stream)).await?;
+    let (Some(waiter), Some(woken), true) = (waiter, woken, pending.is_empty()) else {
+        let commands = Box::pin(with_passwords(&services, computer, pending)).await?;
+        return Ok(Json::ok(&AgentCommands { commands }).no_store());
     };
-    drop(waiter);
-    let commands = Box::pin(with_passwords(&services, computer, pending)).await?;
-    Ok(Json::ok(&AgentCommands { commands }).no_store())
+    // Nothing yet: the answer starts now (200, JSON) and its body follows when the computer's
+    // stream changes or the wait is up. So while it waits, an idle poll holds its connection
+    // and this future, not the request and its headers (about 7 KiB per agent). A failure
+    // after the start, or an agent credential revoked during the wait, cuts the body off
+    // instead: the agent sees a broken answer, asks again, and is then told why.
+    let deadline = tokio::time::Instant::now() + wait;
+    let token = principal.token_id;
+    let body = futures::stream::once(async move {
+        let pending = wait_for_requests(&services, &stream, &waiter, woken, deadline).await?;
+        drop(waiter);
+        if !pending.is_empty() && !token_live(&services, token).await {
+            return Err(LongPollCut(
+                "the agent's credential was revoked during the wait",
+            ));
+        }
+        let commands = Box::pin(with_passwords(&services, computer, pending))
+            .await
+            .map_err(|_| LongPollCut("the requests could not be read"))?;
+        Ok(web::Bytes::from(
+            serde_json::to_vec(&AgentCommands { commands })
+                .map_err(|_| LongPollCut("the answer could not be written"))?,
+        ))
+    });
+    let response = HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body);
+    Ok(Json::made(super::no_store(response)))
+}
+
+/// Why a long poll's answer, already started, was cut off (logged by the server, never sent).
+#[derive(Debug, thiserror::Error)]
+#[error("long poll cut off: {0}")]
+struct LongPollCut(&'static str);
+
+/// A listener for the next event on the waiter's stream, already registered.
+fn listen(waiter: &crate::wakeups::Waiter) -> Pin<Box<tokio::sync::futures::OwnedNotified>> {
+    let mut woken = Box::pin(waiter.notified_owned());
+    woken.as_mut().enable();
+    woken
+}
+
+/// Waits, woken by `woken` and then by new listeners, until the computer has requests the
+/// agent has not reported on, or until `deadline` (then: none).
+async fn wait_for_requests(
+    services: &web::Data<Services>,
+    stream: &str,
+    waiter: &crate::wakeups::Waiter,
+    mut woken: Pin<Box<tokio::sync::futures::OwnedNotified>>,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<Pending>, LongPollCut> {
+    loop {
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return Ok(Vec::new()); // nothing came
+        }
+        woken = listen(waiter);
+        let pending = Box::pin(pending_requests(services, stream))
+            .await
+            .map_err(|_| LongPollCut("the requests could not be read"))?;
+        if !pending.is_empty() {
+            return Ok(pending);
+        }
+    }
 }
 
 /// A request the agent has not reported on yet: id, attempt and operation.
@@ -446,9 +495,7 @@ impl Feed {
             }
             if self.woken.is_none() {
                 // Listen before looking, so an event that lands in between still wakes us.
-                let mut woken = Box::pin(self.waiter.notified_owned());
-                woken.as_mut().enable();
-                self.woken = Some(woken);
+                self.woken = Some(listen(&self.waiter));
                 let changed = Box::pin(changed_commands(
                     &self.services,
                     self.computer,

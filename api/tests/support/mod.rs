@@ -199,9 +199,16 @@ impl Server {
         body: Option<&str>,
     ) -> (u16, String, String) {
         let mut reader = self.send(method, path, token, body);
-        let (status, content_type) = read_head(&mut reader);
+        let Head {
+            status,
+            content_type,
+            chunked,
+        } = read_head_full(&mut reader);
         let mut body = String::new();
-        if content_type.starts_with("text/event-stream") {
+        if chunked && !content_type.starts_with("text/event-stream") {
+            body = read_chunked(&mut reader)
+                .unwrap_or_else(|cut| panic!("{method} {path}: the body was cut off: {cut}"));
+        } else if content_type.starts_with("text/event-stream") {
             while !body.ends_with("\n\n") {
                 if reader.read_line(&mut body).unwrap_or(0) == 0 {
                     break;
@@ -370,8 +377,23 @@ pub fn make_private(dir: &Path) {
 
 /// Reads an answer's status line and headers; returns the status and the content type.
 pub fn read_head(reader: &mut impl BufRead) -> (u16, String) {
+    let head = read_head_full(reader);
+    (head.status, head.content_type)
+}
+
+/// An answer's status line and headers, as far as the tests need them.
+pub struct Head {
+    pub status: u16,
+    pub content_type: String,
+    /// `Transfer-Encoding: chunked`: a streamed body (actix-web chunks one even for the tests'
+    /// HTTP/1.0 requests).
+    pub chunked: bool,
+}
+
+pub fn read_head_full(reader: &mut impl BufRead) -> Head {
     let mut status = None;
     let mut content_type = String::new();
+    let mut chunked = false;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
@@ -383,13 +405,41 @@ pub fn read_head(reader: &mut impl BufRead) -> (u16, String) {
                 assert!(status.is_some(), "no status in {line:?}");
             }
             Some(_) => {
-                if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-type: ") {
+                let lower = line.to_ascii_lowercase();
+                if let Some(value) = lower.strip_prefix("content-type: ") {
                     content_type = value.trim().to_owned();
+                } else if let Some(value) = lower.strip_prefix("transfer-encoding: ") {
+                    chunked = value.trim() == "chunked";
                 }
             }
         }
     }
-    (status.expect("an answer"), content_type)
+    Head {
+        status: status.expect("an answer"),
+        content_type,
+        chunked,
+    }
+}
+
+/// Reads a chunked body to its end (the last, empty chunk); `Err` if the connection ends
+/// before it (a body cut off), with what arrived until then.
+pub fn read_chunked(reader: &mut impl BufRead) -> Result<String, String> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        if reader.read_line(&mut size).unwrap_or(0) == 0 {
+            return Err(String::from_utf8_lossy(&body).into_owned());
+        }
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        let mut chunk = vec![0; size + 2]; // and its CRLF
+        if reader.read_exact(&mut chunk).is_err() {
+            return Err(String::from_utf8_lossy(&body).into_owned());
+        }
+        if size == 0 {
+            return Ok(String::from_utf8_lossy(&body).into_owned());
+        }
+        body.extend_from_slice(&chunk[..size]);
+    }
 }
 
 /// Retries `f` every 50 ms until it says `Ok`, for at most `limit`; then fails naming `what`
