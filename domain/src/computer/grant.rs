@@ -746,6 +746,47 @@ mod tests {
         let _ = next;
     }
 
+    /// Events recorded before post-session actions existed still load: a session requested
+    /// then (no `post_session` in its event) is released with none, as it was checked out,
+    /// and an old deletion request (no `end_logons`) reads as one that ends none.
+    #[test]
+    fn events_from_before_post_session_actions_load_and_release_with_none() {
+        let mut c = Timeline::enrolled();
+        let grant = AccessGrant {
+            post_session: PostSessionActions::ALL,
+            ..named_grant(1)
+        };
+        c.grant(grant);
+        for event in c.0.iter_mut() {
+            if let ComputerEvent::SessionAccessRequested(e) = event {
+                let mut json = serde_json::to_value(&*e).unwrap();
+                json.as_object_mut().unwrap().remove("post_session");
+                *e = serde_json::from_value(json).unwrap();
+                assert_eq!(e.post_session, None);
+            }
+        }
+        c.succeed(1, seen(true, &[], None));
+        c.succeed(2, seen(true, &[], Some(1)));
+        c.succeed(3, seen(true, &["Administrators"], Some(1)));
+        let released = c.release(1);
+        assert!(
+            !requested(&released)
+                .iter()
+                .any(|(_, _, op)| matches!(op, Operation::PostSession { .. })),
+            "{released:#?}"
+        );
+        let old: Operation = serde_json::from_value(
+            serde_json::json!({"op": "delete_account", "account": "msp-nik"}),
+        )
+        .unwrap();
+        assert_eq!(old, delete("msp-nik"));
+        assert_eq!(
+            serde_json::to_value(delete("msp-nik")).unwrap(),
+            serde_json::json!({"op": "delete_account", "account": "msp-nik"}),
+            "written as before when it ends no logons"
+        );
+    }
+
     /// A failed post-session step is not replayed once a new session uses the account: it
     /// would end that session's logons.
     #[test]
