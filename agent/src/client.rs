@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use latchkey_domain::computer::AccountObservation;
+use latchkey_domain::names::{FailureReason, GroupName};
+use latchkey_wire::{AgentCommand, AgentCommands, FeedEnded, Inventory, Report, ReportOutcome};
 use reqwest::blocking::{Client as Http, RequestBuilder, Response};
 use reqwest::{StatusCode, Url};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
+// What the agent does not read of an answer (a report's count of recorded events, …).
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Serialize;
 
 /// How long to wait for a connection to the server.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,40 +107,15 @@ fn base(url: &Url) -> &str {
 }
 
 /// What the server answers to an enrollment.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Enrolled {
-    pub computer_id: Uuid,
-    pub tenant_id: Uuid,
-    pub agent_token: String,
-}
+pub use latchkey_wire::Enrolled;
 
 /// One provisioning request as delivered. The operation is kept as JSON here and parsed by
 /// the executor, so one operation this agent does not know does not hide the others.
-#[derive(Clone, Deserialize)]
-pub struct DeliveredCommand {
-    pub request_id: u64,
-    pub attempt: u32,
-    pub operation: serde_json::Value,
-    /// For `rotate_password`: the password to set.
-    #[serde(default)]
-    pub password: Option<String>,
-}
+pub type DeliveredCommand = AgentCommand<serde_json::Value>;
 
-impl std::fmt::Debug for DeliveredCommand {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeliveredCommand")
-            .field("request_id", &self.request_id)
-            .field("attempt", &self.attempt)
-            .field("operation", &self.operation)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-#[derive(Deserialize)]
-struct Commands {
-    commands: Vec<DeliveredCommand>,
-}
+/// The requests not yet reported on, as the long poll and the feed's `commands` events
+/// bring them.
+type Commands = AgentCommands<serde_json::Value>;
 
 /// The result of one request, as the server takes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -157,75 +134,36 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-#[derive(Serialize)]
-struct ReportBody<'a> {
-    request_id: u64,
-    #[serde(flatten)]
-    outcome: &'a Outcome,
+/// The report of one request, as the server takes it.
+fn report_body(request_id: u64, outcome: &Outcome) -> Report {
+    let (outcome, verified, reason) = match outcome {
+        Outcome::Succeeded { verified } => (ReportOutcome::Succeeded, Some(verified.clone()), None),
+        Outcome::Failed { reason } => {
+            // The executor's reasons are one short line already; anything else is made so.
+            let reason = FailureReason::parse(reason.as_str())
+                .or_else(|_| FailureReason::parse(crate::executor::reason(reason)))
+                .ok();
+            (ReportOutcome::Failed, None, reason)
+        }
+    };
+    Report {
+        request_id,
+        outcome,
+        verified,
+        reason,
+    }
 }
 
 /// The TOTP secrets in force on this computer, as the server sends them; kept 0600 in the
 /// state directory for offline login.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OfflineSecrets {
-    pub admin_group: String,
-    pub max_session_minutes: u32,
-    pub secrets: Vec<OfflineSecret>,
-}
+pub use latchkey_wire::AgentOfflineSecrets as OfflineSecrets;
 
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OfflineSecret {
-    pub account: String,
-    pub technician_id: Option<Uuid>,
-    pub username: Option<String>,
-    pub generation: u32,
-    /// Base32 (SHA1, 6 digits, 30 s).
-    pub secret: String,
-}
+/// One of them (its secret stays out of `Debug` output).
+pub use latchkey_wire::AgentOfflineSecret as OfflineSecret;
 
-impl std::fmt::Debug for OfflineSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OfflineSecret")
-            .field("account", &self.account)
-            .field("technician_id", &self.technician_id)
-            .field("username", &self.username)
-            .field("generation", &self.generation)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
-}
-
-/// An offline login the agent granted, as buffered and uploaded.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OfflineLogin {
-    pub login_id: Uuid,
-    pub account: String,
-    pub technician_id: Option<Uuid>,
-    /// The name given at a shared-account login (absent for named accounts and in logins
-    /// buffered by older agents).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub claimed_by: Option<String>,
-    pub generation: u32,
-    /// The group the account was added to (absent in logins buffered by older agents).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_group: Option<String>,
-    pub used_at: chrono::DateTime<chrono::Utc>,
-    pub until: chrono::DateTime<chrono::Utc>,
-}
-
-/// A lockout of offline login after too many wrong codes, as buffered and uploaded. It
-/// never holds a code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OfflineLockout {
-    pub lockout_id: Uuid,
-    pub account: String,
-    pub technician_id: Option<Uuid>,
-    pub failures: u32,
-    pub locked_at: chrono::DateTime<chrono::Utc>,
-    pub locked_until: chrono::DateTime<chrono::Utc>,
-}
+/// An offline login the agent granted, as buffered and uploaded; and a lockout of offline
+/// login after too many wrong codes (it never holds a code).
+pub use latchkey_wire::{OfflineLockout, OfflineLogin};
 
 /// The server, as one agent (or one enrolling computer) sees it.
 pub struct Client {
@@ -308,6 +246,7 @@ impl Client {
         os: &str,
         admin_group: Option<&str>,
     ) -> Result<Enrolled, ClientError> {
+        // Sent as given: the server names the field at fault if it refuses one.
         let mut body = serde_json::json!({"token": token, "hostname": hostname, "os": os});
         if let Some(group) = admin_group {
             body["admin_group"] = group.into();
@@ -366,11 +305,8 @@ impl Client {
     }
 
     pub fn report(&self, request_id: u64, outcome: &Outcome) -> Result<(), ClientError> {
-        let body = ReportBody {
-            request_id,
-            outcome,
-        };
-        self.call::<serde_json::Value>("results", "a result report", StatusCode::OK, |url| {
+        let body = report_body(request_id, outcome);
+        self.call::<IgnoredAny>("results", "a result report", StatusCode::OK, |url| {
             self.authorized(self.http.post(url)).json(&body)
         })
         .map(drop)
@@ -386,7 +322,7 @@ impl Client {
     }
 
     pub fn offline_login(&self, login: &OfflineLogin) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(
+        self.call::<IgnoredAny>(
             "offline-logins",
             "an offline login upload",
             StatusCode::OK,
@@ -396,7 +332,7 @@ impl Client {
     }
 
     pub fn offline_lockout(&self, lockout: &OfflineLockout) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(
+        self.call::<IgnoredAny>(
             "offline-lockouts",
             "an offline lockout upload",
             StatusCode::OK,
@@ -405,9 +341,12 @@ impl Client {
         .map(drop)
     }
 
-    pub fn inventory(&self, group: &str, members: &[String]) -> Result<(), ClientError> {
-        let body = serde_json::json!({"group": group, "members": members});
-        self.call::<serde_json::Value>(
+    pub fn inventory(&self, group: &GroupName, members: &[String]) -> Result<(), ClientError> {
+        let body = Inventory {
+            group: group.clone(),
+            members: members.iter().cloned().collect(),
+        };
+        self.call::<IgnoredAny>(
             "inventory",
             "the admin group inventory",
             StatusCode::OK,
@@ -542,12 +481,6 @@ pub struct Feed {
     data: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct EndData {
-    #[serde(default)]
-    reason: String,
-}
-
 impl Feed {
     /// The server this feed comes from.
     pub fn server(&self) -> &str {
@@ -583,7 +516,7 @@ impl Feed {
                         return Ok(FeedNews::Commands(commands.commands));
                     }
                     "end" => {
-                        let end: EndData = serde_json::from_str(&data).map_err(bad)?;
+                        let end: FeedEnded = serde_json::from_str(&data).map_err(bad)?;
                         return Err(self.ended(end.reason));
                     }
                     other => {
@@ -892,7 +825,7 @@ mod tests {
         assert!(matches!(feed.next_news().unwrap(), FeedNews::KeepAlive));
         let commands = listed(feed.next_news().unwrap());
         assert_eq!(commands.len(), 1);
-        assert_eq!((commands[0].request_id, commands[0].attempt), (1, 2));
+        assert_eq!((commands[0].request_id.0, commands[0].attempt), (1, 2));
         assert_eq!(commands[0].operation["account"], "msp-nik");
         // The unknown event and the one without data are passed over; data lines are joined,
         // also around a keep-alive.
@@ -975,22 +908,22 @@ mod tests {
 
     #[test]
     fn a_report_has_the_shape_the_server_takes() {
-        let failed = ReportBody {
-            request_id: 3,
-            outcome: &Outcome::Failed {
+        let failed = report_body(
+            3,
+            &Outcome::Failed {
                 reason: "no".into(),
             },
-        };
+        );
         assert_eq!(
             serde_json::to_value(&failed).unwrap(),
             serde_json::json!({"request_id": 3, "outcome": "failed", "reason": "no"})
         );
-        let succeeded = ReportBody {
-            request_id: 4,
-            outcome: &Outcome::Succeeded {
+        let succeeded = report_body(
+            4,
+            &Outcome::Succeeded {
                 verified: AccountObservation::default(),
             },
-        };
+        );
         assert_eq!(
             serde_json::to_value(&succeeded).unwrap(),
             serde_json::json!({"request_id": 4, "outcome": "succeeded",
@@ -1001,14 +934,14 @@ mod tests {
     #[test]
     fn secrets_stay_out_of_debug_output() {
         let command = DeliveredCommand {
-            request_id: 1,
+            request_id: latchkey_domain::ids::RequestId(1),
             attempt: 1,
             operation: serde_json::json!({"op": "rotate_password"}),
             password: Some("hunter2hunter2".into()),
         };
         assert!(!format!("{command:?}").contains("hunter2"));
         let secret = OfflineSecret {
-            account: "msp-nik".into(),
+            account: latchkey_domain::names::AccountName::parse("msp-nik").unwrap(),
             technician_id: None,
             username: None,
             generation: 1,

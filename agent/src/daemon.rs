@@ -235,7 +235,7 @@ impl Daemon<'_> {
         let mut carried_any = false;
         for command in commands {
             let key = CommandKey {
-                request_id: command.request_id,
+                request_id: command.request_id.0,
                 attempt: command.attempt,
             };
             if let Status::Ended { reported: true, .. } = self.journal.status(key) {
@@ -246,12 +246,13 @@ impl Daemon<'_> {
             let carried =
                 Executor::new(self.backend, self.state).carry_out(&mut self.journal, command);
             tracing::info!(%key, operation = %command.operation, outcome = %carried.outcome, applied_now = carried.applied_now, "request carried out");
-            if carried.applied_now && self.config.crash_before_reporting == Some(command.request_id)
+            if carried.applied_now
+                && self.config.crash_before_reporting == Some(command.request_id.0)
             {
                 tracing::error!(%key, "crashing before reporting, as asked (--crash-before-reporting)");
                 std::process::abort();
             }
-            self.client.report(command.request_id, &carried.outcome)?;
+            self.client.report(command.request_id.0, &carried.outcome)?;
             if let Err(e) = self.journal.record(key, Step::Reported, None) {
                 // Harmless: a request seen again after its report is a no-op on the server.
                 tracing::warn!(%key, error = %e, "cannot journal the report");
@@ -313,7 +314,7 @@ impl Daemon<'_> {
                 return Ok(());
             }
         };
-        match self.backend.group_members(&group) {
+        match self.backend.group_members(group.as_str()) {
             Ok(members) => self.client.inventory(&group, &members),
             Err(OsError::GroupMissing { .. }) => {
                 tracing::warn!(%group, "the admin group does not exist on this machine");

@@ -144,8 +144,8 @@ pub fn enroll(
     state.remove(&state.file(OFFLINE_SECRETS))?;
     let credential = Credential {
         server: url.as_str().to_owned(),
-        computer_id: enrolled.computer_id,
-        tenant_id: enrolled.tenant_id,
+        computer_id: enrolled.computer_id.0,
+        tenant_id: enrolled.tenant_id.0,
         hostname: hostname.to_string(),
         agent_token: enrolled.agent_token,
         enrolled_at: Utc::now(),

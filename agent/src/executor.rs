@@ -41,7 +41,7 @@ impl<'a> Executor<'a> {
     /// interleaves with it.
     pub fn carry_out(&self, journal: &mut Journal, command: &DeliveredCommand) -> Carried {
         let key = CommandKey {
-            request_id: command.request_id,
+            request_id: command.request_id.0,
             attempt: command.attempt,
         };
         let status = journal.status(key);
@@ -481,7 +481,7 @@ mod tests {
 
     fn command(request_id: u64, operation: serde_json::Value) -> DeliveredCommand {
         DeliveredCommand {
-            request_id,
+            request_id: latchkey_domain::ids::RequestId(request_id),
             attempt: 1,
             operation,
             password: None,

@@ -223,9 +223,7 @@ fn run_offline_login(args: OfflineArgs) -> ExitCode {
             )
         }
         (None, Some(name)) => match latchkey_domain::names::ClaimedName::parse(name.trim()) {
-            Ok(name) => offline::Who::Shared {
-                name: name.to_string(),
-            },
+            Ok(name) => offline::Who::Shared { name },
             Err(e) => return fail("offline-login", &format!("--name {e}"), 2),
         },
     };

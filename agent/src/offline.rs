@@ -29,6 +29,7 @@ use crate::state::{
     SetPassword, StateDir, StateError, LOCKOUT_OUTBOX, OFFLINE_ATTEMPTS, OFFLINE_SECRETS,
     OFFLINE_STATE, OUTBOX,
 };
+use latchkey_domain::names::{AccountName, ClaimedName};
 
 /// TOTP parameters, as the server issues them (RFC 6238 defaults).
 const TOTP_DIGITS: usize = 6;
@@ -55,7 +56,7 @@ pub enum Who {
     Technician(String),
     /// The tenant's shared account, by someone who gave this name (a claim the audit trail
     /// records as such).
-    Shared { name: String },
+    Shared { name: ClaimedName },
 }
 
 impl fmt::Display for Who {
@@ -254,7 +255,7 @@ pub fn load_attempts(state: &StateDir) -> Result<Attempts, StateError> {
 /// Where the guarded attempt stands once counted.
 struct Guard {
     attempts: Attempts,
-    account: String,
+    account: AccountName,
     technician_id: Option<Uuid>,
 }
 
@@ -270,16 +271,16 @@ impl Guard {
         let mut guard = Guard {
             attempts: load_attempts(state)?,
             account: secret.account.clone(),
-            technician_id: secret.technician_id,
+            technician_id: secret.technician_id.map(|t| t.0),
         };
         let entry = guard.entry();
         entry.age(now);
         if let Some(until) = entry.locked_until {
-            return Err(locked_out(&guard.account, until, now));
+            return Err(locked_out(guard.account.as_str(), until, now));
         }
         if entry.wrong.len() >= MAX_WRONG_CODES {
             let until = guard.lock(state, now)?;
-            return Err(locked_out(&guard.account, until, now));
+            return Err(locked_out(guard.account.as_str(), until, now));
         }
         entry.wrong.push(WrongCode {
             id: Uuid::new_v4(),
@@ -292,13 +293,13 @@ impl Guard {
     fn entry(&mut self) -> &mut AccountAttempts {
         self.attempts
             .accounts
-            .entry(self.account.clone())
+            .entry(self.account.to_string())
             .or_default()
     }
 
     /// The code was right: the account's wrong codes are forgiven.
     fn right(mut self, state: &StateDir) -> Result<(), StateError> {
-        self.attempts.accounts.remove(&self.account);
+        self.attempts.accounts.remove(self.account.as_str());
         state.write_json(OFFLINE_ATTEMPTS, &self.attempts)
     }
 
@@ -314,7 +315,7 @@ impl Guard {
         if failures < MAX_WRONG_CODES {
             return OfflineError::BadCode {
                 who: who.clone(),
-                account: self.account,
+                account: self.account.into(),
                 now: now.format("%Y-%m-%d %H:%M:%S").to_string(),
                 left: MAX_WRONG_CODES - failures,
             };
@@ -322,7 +323,7 @@ impl Guard {
         match self.lock(state, now) {
             Ok(until) => OfflineError::TooManyWrongCodes {
                 who: who.clone(),
-                account: self.account,
+                account: self.account.into(),
                 failures,
                 until: until.format("%Y-%m-%d %H:%M:%S").to_string(),
             },
@@ -420,7 +421,7 @@ pub fn login(
         path: state.file(OFFLINE_SECRETS).display().to_string(),
     })?;
     let secret = find_secret(&stored.secrets.secrets, who)?;
-    let account = secret.account.clone();
+    let account = secret.account.to_string();
     let guard = Guard::count(state, secret, now)?;
     let unix_time = u64::try_from(now.timestamp()).unwrap_or(0);
     let step = match code_step(&secret.secret, &code, unix_time) {
@@ -450,7 +451,7 @@ pub fn login(
         account: account.clone(),
         reason,
     };
-    let group = stored.secrets.admin_group.clone();
+    let group = stored.secrets.admin_group.to_string();
     let seen = backend
         .observe(&account)
         .map_err(|e| machine(e.to_string()))?;
@@ -503,14 +504,14 @@ pub fn login(
     let until = now + Duration::minutes(i64::from(stored.secrets.max_session_minutes));
     let login = OfflineLogin {
         login_id: Uuid::new_v4(),
-        account: account.clone(),
-        technician_id: secret.technician_id,
+        account: secret.account.clone(),
+        technician_id: secret.technician_id.map(|t| t.0),
         claimed_by: match who {
             Who::Shared { name } => Some(name.clone()),
             Who::Technician(_) => None,
         },
         generation: secret.generation,
-        admin_group: Some(group.clone()),
+        admin_group: Some(stored.secrets.admin_group.clone()),
         used_at: now,
         until,
     };
@@ -541,7 +542,7 @@ fn find_secret<'a>(
     let matching = secrets.iter().filter(|s| match who {
         Who::Technician(name) => {
             s.technician_id.is_some()
-                && (s.username.as_deref() == Some(name.as_str()) || s.account == *name)
+                && (s.username.as_deref() == Some(name.as_str()) || s.account.as_str() == name)
         }
         Who::Shared { .. } => s.technician_id.is_none(),
     });
@@ -727,6 +728,8 @@ mod tests {
     use super::*;
     use crate::os::memory::MemoryAccounts;
     use crate::state::ManagedAccount;
+    use latchkey_domain::ids::TechnicianId;
+    use latchkey_domain::names::GroupName;
 
     const SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 
@@ -748,11 +751,11 @@ mod tests {
             .insert("msp-nik".into(), ManagedAccount::default());
         state.save_accounts(&managed).unwrap();
         let secrets = OfflineSecrets {
-            admin_group: "Administrators".into(),
+            admin_group: GroupName::parse("Administrators").unwrap(),
             max_session_minutes: 60,
             secrets: vec![OfflineSecret {
-                account: "msp-nik".into(),
-                technician_id: Some(Uuid::nil()),
+                account: AccountName::parse("msp-nik").unwrap(),
+                technician_id: Some(TechnicianId(Uuid::nil())),
                 username: Some("nik".into()),
                 generation: 1,
                 secret: SECRET.into(),
@@ -818,12 +821,15 @@ mod tests {
         store_secrets(&state, stored, Utc::now()).unwrap();
         let t = 1_700_000_010;
         let who = Who::Shared {
-            name: "Nik Potter".into(),
+            name: ClaimedName::parse("Nik Potter").unwrap(),
         };
         login(&state, &backend, &who, &code_at(t), at(t as i64)).unwrap();
         let buffered = pending(&state).unwrap();
         assert_eq!(buffered.len(), 1);
-        assert_eq!(buffered[0].1.claimed_by.as_deref(), Some("Nik Potter"));
+        assert_eq!(
+            buffered[0].1.claimed_by.as_ref().map(|n| n.as_str()),
+            Some("Nik Potter")
+        );
         assert_eq!(buffered[0].1.technician_id, None);
     }
 
@@ -855,7 +861,7 @@ mod tests {
                 &state,
                 &backend,
                 &Who::Shared {
-                    name: "Ann Other".into()
+                    name: ClaimedName::parse("Ann Other").unwrap()
                 },
                 &code_at(t),
                 at(t as i64)
@@ -923,7 +929,7 @@ mod tests {
         let lockouts = pending_lockouts(&state).unwrap();
         assert_eq!(lockouts.len(), 1, "one lockout, buffered once");
         let (path, lockout) = &lockouts[0];
-        assert_eq!(lockout.account, "msp-nik");
+        assert_eq!(lockout.account.as_str(), "msp-nik");
         assert_eq!(lockout.technician_id, Some(Uuid::nil()));
         assert_eq!(lockout.failures, 5);
         assert_eq!(lockout.locked_at, at(locked_at));
@@ -1002,7 +1008,7 @@ mod tests {
         // An unusable stored secret does not count the attempt.
         let mut broken = stored.secrets.clone();
         broken.secrets[0].secret = "not base32!".into();
-        broken.secrets[0].account = "msp-other".into();
+        broken.secrets[0].account = AccountName::parse("msp-other").unwrap();
         store_secrets(&state, broken, at(t)).unwrap();
         assert!(matches!(
             login(&state, &backend, &who, "123456", at(now)),

@@ -42,23 +42,13 @@ pub const TOKEN_LENGTH: usize = TOKEN_PREFIX.len() + ID_CHARS + 1 + SECRET_CHARS
 /// to put in audit events.
 pub type TokenId = Uuid;
 
-/// A token id as the token text and the listings write it: 32 lowercase hex digits.
-pub const TOKEN_ID_PATTERN: &str = "^[0-9a-f]{32}$";
-
-/// An API token's text: `lk_`, its id, `_`, and 43 base64url characters of secret.
-pub const TOKEN_PATTERN: &str = "^lk_[0-9a-f]{32}_[A-Za-z0-9_-]{43}$";
-
-/// The longest maximum token lifetime a server may be configured with: 100 years.
-pub const LONGEST_TOKEN_LIFETIME_SECONDS: u64 = 100 * 365 * 86_400;
+pub use latchkey_wire::{
+    RoleKind, TokenInfo, TokenScopeView, LONGEST_TOKEN_LIFETIME_SECONDS, TOKEN_ID_PATTERN,
+    TOKEN_PATTERN,
+};
 
 /// The roles a token can have, as the API names them.
-pub const ROLE_KINDS: [&str; 5] = [
-    "msp_admin",
-    "tenant_admin",
-    "technician",
-    "auditor",
-    "agent",
-];
+pub const ROLE_KINDS: [&str; 5] = RoleKind::NAMES;
 
 /// What a token's holder may do.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,13 +83,13 @@ impl Role {
     }
 
     /// The role's name as in the issue and the API: `msp_admin`, `tenant_admin`, ...
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> RoleKind {
         match self {
-            Role::MspAdmin => "msp_admin",
-            Role::TenantAdmin { .. } => "tenant_admin",
-            Role::Technician { .. } => "technician",
-            Role::Auditor { .. } => "auditor",
-            Role::Agent { .. } => "agent",
+            Role::MspAdmin => RoleKind::MspAdmin,
+            Role::TenantAdmin { .. } => RoleKind::TenantAdmin,
+            Role::Technician { .. } => RoleKind::Technician,
+            Role::Auditor { .. } => RoleKind::Auditor,
+            Role::Agent { .. } => RoleKind::Agent,
         }
     }
 }
@@ -214,7 +204,7 @@ impl Principal {
 
     /// May see this token (list it, learn it exists): its own, or one in its
     /// [`Principal::token_scope`].
-    pub fn can_see_token(&self, token: &TokenInfo) -> bool {
+    pub fn can_see_token(&self, token: &ListedToken) -> bool {
         token.token_id == self.token_id
             || match self.token_scope() {
                 None => false,
@@ -235,7 +225,7 @@ impl Principal {
 
     /// May rotate this token: its own; an MSP admin any; a tenant admin the tokens of their
     /// tenant (the ones they may issue).
-    pub fn can_rotate_token(&self, token: &TokenInfo) -> bool {
+    pub fn can_rotate_token(&self, token: &ListedToken) -> bool {
         token.token_id == self.token_id
             || match self.role {
                 Role::MspAdmin => true,
@@ -475,59 +465,32 @@ pub struct TokenQuery {
     pub limit: u32,
 }
 
-/// A token as listed: who holds it and what it may do, never its secret or hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct TokenInfo {
-    /// As in the token text (`lk_<token id>_…`): 32 lowercase hex digits.
-    #[serde(serialize_with = "simple_id")]
-    #[schemars(with = "String", extend("pattern" = TOKEN_ID_PATTERN))]
-    pub token_id: TokenId,
-    /// Who holds it (an e-mail address, or `agent:<computer id>`).
-    pub holder: String,
-    /// `msp_admin`, `tenant_admin`, `technician`, `auditor` or `agent`.
-    #[schemars(extend("enum" = ROLE_KINDS))]
-    pub role: &'static str,
-    /// The tenant, technician or computer it is confined to (`null`: all tenants).
-    pub scope: Option<TokenScopeView>,
-    /// `live`, `expired` or `revoked`.
-    #[schemars(extend("enum" = ["live", "expired", "revoked"]))]
-    pub status: &'static str,
-    pub created_at: Option<DateTime<Utc>>,
-    /// To the minute at best: see [`LAST_USED_EVERY`].
-    pub last_used_at: Option<DateTime<Utc>>,
-    /// `null`: never (agents' credentials).
-    pub expires_at: Option<DateTime<Utc>>,
-    pub rotated_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
+/// A token as the store lists it ([`TokenInfo`], what the API shows) with the role it
+/// grants, which the permission checks read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedToken {
+    pub info: TokenInfo,
     pub grants: Role,
 }
 
-fn simple_id<S: serde::Serializer>(id: &TokenId, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&id.simple())
+impl std::ops::Deref for ListedToken {
+    type Target = TokenInfo;
+
+    fn deref(&self) -> &TokenInfo {
+        &self.info
+    }
 }
 
-/// The scope of a listed token, as `{"tenant_id": …}`, `{"technician_id": …}` or
-/// `{"computer_id": …}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-#[serde(untagged)]
-pub enum TokenScopeView {
-    Tenant { tenant_id: TenantId },
-    Technician { technician_id: TechnicianId },
-    Computer { computer_id: ComputerId },
-}
-
-impl TokenScopeView {
-    fn of(role: &Role) -> Option<Self> {
-        match *role {
-            Role::MspAdmin | Role::Auditor { tenant_id: None } => None,
-            Role::TenantAdmin { tenant_id }
-            | Role::Auditor {
-                tenant_id: Some(tenant_id),
-            } => Some(Self::Tenant { tenant_id }),
-            Role::Technician { technician_id } => Some(Self::Technician { technician_id }),
-            Role::Agent { computer_id } => Some(Self::Computer { computer_id }),
-        }
+/// The scope of a token of `role`, as listed.
+fn scope_view(role: &Role) -> Option<TokenScopeView> {
+    match *role {
+        Role::MspAdmin | Role::Auditor { tenant_id: None } => None,
+        Role::TenantAdmin { tenant_id }
+        | Role::Auditor {
+            tenant_id: Some(tenant_id),
+        } => Some(TokenScopeView::Tenant { tenant_id }),
+        Role::Technician { technician_id } => Some(TokenScopeView::Technician { technician_id }),
+        Role::Agent { computer_id } => Some(TokenScopeView::Computer { computer_id }),
     }
 }
 
@@ -763,7 +726,7 @@ impl TokenStore {
                 params![
                     token_id.to_string(),
                     &hash_token(token)[..],
-                    role.kind(),
+                    role.kind().as_str(),
                     role_json,
                     name,
                     stamp(Utc::now()),
@@ -1038,7 +1001,7 @@ impl TokenStore {
     }
 
     /// One token as listed, revoked or not.
-    pub fn token(&self, token_id: TokenId) -> Result<Option<TokenInfo>, AuthError> {
+    pub fn token(&self, token_id: TokenId) -> Result<Option<ListedToken>, AuthError> {
         let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_id = ?1");
         let now = Utc::now();
         let rows = self
@@ -1099,7 +1062,7 @@ impl TokenStore {
             .lock()
             .map(&sql, &refs, |row| Ok(self.token_info(row, now)))
             .map_err(|e| self.storage(e))?;
-        rows.into_iter().collect()
+        rows.into_iter().map(|row| Ok(row?.info)).collect()
     }
 
     /// A row of [`TOKEN_COLUMNS`] as listed.
@@ -1107,7 +1070,7 @@ impl TokenStore {
         &self,
         row: &latchkey_sql::Row,
         now: DateTime<Utc>,
-    ) -> Result<TokenInfo, AuthError> {
+    ) -> Result<ListedToken, AuthError> {
         let text = |i: usize| -> Result<Option<String>, AuthError> {
             row.get(i).map_err(|e| self.storage(e))
         };
@@ -1132,19 +1095,19 @@ impl TokenStore {
         } else {
             "live"
         };
-        Ok(TokenInfo {
+        let info = TokenInfo {
             token_id,
             holder: text(2)?.unwrap_or_default(),
             role: role.kind(),
-            scope: TokenScopeView::of(&role),
-            status,
+            scope: scope_view(&role),
+            status: status.to_owned(),
             created_at: time(3)?,
             last_used_at: time(5)?,
             expires_at,
             rotated_at: time(6)?,
             revoked_at,
-            grants: role,
-        })
+        };
+        Ok(ListedToken { info, grants: role })
     }
 
     /// Issues a one-time enrollment token for a computer of `tenant`, valid until
@@ -1561,10 +1524,13 @@ mod tests {
                 limit: 10,
             })
             .unwrap();
-        let admin = listed.iter().find(|t| t.role == "msp_admin").unwrap();
+        let admin = listed
+            .iter()
+            .find(|t| t.role == RoleKind::MspAdmin)
+            .unwrap();
         let lifetime = admin.expires_at.unwrap() - admin.created_at.unwrap();
         assert!((lifetime.num_seconds() - 3_600).abs() <= 1, "{lifetime}");
-        let agent = listed.iter().find(|t| t.role == "agent").unwrap();
+        let agent = listed.iter().find(|t| t.role == RoleKind::Agent).unwrap();
         assert_eq!(agent.expires_at, None);
         assert_eq!(agent.scope, Some(TokenScopeView::Computer { computer_id }));
     }

@@ -261,34 +261,8 @@ fn failure_limit(flag: &str, given: Option<u32>, default: u32) -> Result<u32, St
         )),
     }
 }
-
-/// A duration written `<n>d`, `<n>h`, `<n>m`, `<n>s` or plain seconds: `90d`, `12h`, `3600`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (digits, unit) = match text.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c),
-        _ => (text, 's'),
-    };
-    let scale = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3_600,
-        'd' => 86_400,
-        _ => 0,
-    };
-    let seconds = digits
-        .parse::<u64>()
-        .ok()
-        .filter(|_| scale > 0)
-        .and_then(|n| n.checked_mul(scale));
-    match seconds {
-        Some(seconds) => Ok(Duration::from_secs(seconds)),
-        None => Err(format!(
-            "a duration must be a whole number with d, h, m or s, e.g. 90d, 12h, 3600s (got \
-             {text:?})"
-        )),
-    }
-}
+/// Durations (`90d`, `12h`, `3600`) are written as on the CLI's command line.
+pub use latchkey_cli::parse_duration;
 
 /// A store URL fit for a log line or an error message: a password in it (`postgres://user:
 /// password@host/db`) is replaced by `***`.

@@ -7,7 +7,8 @@
 //! - `snapshots`: stored states of long streams, so a restart does not fold years of events;
 //! - `ratelimit`: failed authentications counted per client and token id, 429 past the limit;
 //! - `problem`: RFC 9457 errors; `metrics`: Prometheus; `replay`: read-model rebuilds;
-//! - `cli`: the admin and auditor client commands; `config`: settings and the config file;
+//! - `cli`: the admin and auditor client commands (crate `latchkey-cli`); `config`: settings
+//!   and the config file;
 //! - `datadir`: the data directory, private to the server's user;
 //! - `fault`: crashes on purpose at named points, for the tests (`LATCHKEY_TEST_CRASH_AT`);
 //! - `storage`: where the token, secret and idempotency tables live (SQLite or PostgreSQL);

@@ -70,6 +70,33 @@ impl Answer {
     }
 }
 
+/// A chunked body's bytes; `Err` with what arrived when it ends before its last, empty
+/// chunk.
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return Err(body);
+        };
+        let size = std::str::from_utf8(&raw[..end])
+            .ok()
+            .and_then(|line| usize::from_str_radix(line.split(';').next()?.trim(), 16).ok());
+        let Some(size) = size else {
+            return Err(body);
+        };
+        let rest = &raw[end + 2..];
+        // The chunk and its CRLF.
+        if rest.len() < size + 2 {
+            return Err(body);
+        }
+        if size == 0 {
+            return Ok(body);
+        }
+        body.extend_from_slice(&rest[..size]);
+        raw = &rest[size + 2..];
+    }
+}
+
 /// Where one server listens. Clients keep it after the process is gone.
 #[derive(Debug, Clone)]
 struct Node {
@@ -119,10 +146,11 @@ impl Node {
         }
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).map_err(|e| fail(&e))?;
-        let text = String::from_utf8_lossy(&raw);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
             return Err(fail(&format!("no complete answer ({} bytes)", raw.len())));
         };
+        let head = String::from_utf8_lossy(&raw[..split]);
+        let body = &raw[split + 4..];
         let mut lines = head.lines();
         let status = lines
             .next()
@@ -133,10 +161,25 @@ impl Node {
             .filter_map(|l| l.split_once(':'))
             .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
             .collect();
+        // A streamed answer (the long poll's, once it waited) comes chunked, even to an
+        // HTTP/1.0 request; one without its last, empty chunk was cut short.
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        let body = if chunked {
+            dechunk(body).map_err(|got| {
+                fail(&format!(
+                    "answer cut short: no last chunk after {} bytes",
+                    got.len()
+                ))
+            })?
+        } else {
+            body.to_vec()
+        };
         let answer = Answer {
             status,
             headers,
-            body: body.to_owned(),
+            body: String::from_utf8_lossy(&body).into_owned(),
         };
         if let Some(length) = answer
             .header("content-length")

@@ -15,8 +15,12 @@ use latchkey_domain::policy::LoginMode;
 use latchkey_domain::{AnyEvent, Timestamp};
 use latchkey_sql::{params, Dialect, Row, Sql, SqlError};
 use latchkey_store::RecordedEvent;
+pub use latchkey_wire::{
+    AdminAsOf, AdminDrift, FailedRequest, ManagedAccountRow, MembershipRemovalRequest,
+    OfflineLoginRef, ProvisioningStatus, StandingPrivilege,
+};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// `managed_accounts`: one row per (computer, account) Latchkey ever asked for; the
@@ -81,125 +85,6 @@ CREATE INDEX IF NOT EXISTS provisioning_requests_by_account
     ON provisioning_requests (computer_id, account, open);
 ";
 
-/// Where a provisioning request stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProvisioningStatus {
-    /// Waiting for the agent (first attempt or a retry).
-    Pending,
-    /// The agent reported a failure; a revocation or clean-up waits for a retry.
-    Failed,
-    /// The agent carried it out and verified the result.
-    Done,
-    /// A later change made it pointless; it will never be carried out.
-    Superseded,
-}
-
-impl ProvisioningStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            ProvisioningStatus::Pending => "pending",
-            ProvisioningStatus::Failed => "failed",
-            ProvisioningStatus::Done => "done",
-            ProvisioningStatus::Superseded => "superseded",
-        }
-    }
-
-    fn parse(text: String) -> Result<Self, String> {
-        [
-            ProvisioningStatus::Pending,
-            ProvisioningStatus::Failed,
-            ProvisioningStatus::Done,
-            ProvisioningStatus::Superseded,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-        .ok_or_else(|| format!("unknown provisioning status '{text}'"))
-    }
-}
-
-/// A managed account on one computer, as the agent last verified it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct ManagedAccountRow {
-    pub computer_id: ComputerId,
-    pub hostname: Hostname,
-    pub tenant_id: TenantId,
-    pub account: AccountName,
-    pub owner: AccountOwner,
-    /// The agent last saw the account on the machine.
-    pub present: bool,
-    /// The account's local groups as last verified.
-    pub groups: BTreeSet<GroupName>,
-    /// The password version the agent last verified.
-    pub password_version: Option<u32>,
-    /// When the agent last verified a password rotation.
-    pub last_rotated_at: Option<DateTime<Utc>>,
-    /// To be deleted as soon as no session uses it.
-    pub retiring: bool,
-    /// The agent verified its deletion and it has not been re-created since.
-    pub deleted: bool,
-    /// The generation of the offline TOTP secret in force, if any.
-    pub offline_secret_generation: Option<u32>,
-    /// The open sessions (provisioning or active) using this account on this computer.
-    pub open_sessions: Vec<SessionId>,
-}
-
-/// The revocation or clean-up request that would end a standing membership.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct MembershipRemovalRequest {
-    pub request_id: u64,
-    pub operation: Operation,
-    pub status: ProvisioningStatus,
-    pub attempt: u32,
-}
-
-/// An admin-group membership that no open session accounts for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct StandingPrivilege {
-    pub computer_id: ComputerId,
-    pub tenant_id: TenantId,
-    pub hostname: Hostname,
-    pub account: AccountName,
-    pub admin_group: GroupName,
-    pub joined_at: DateTime<Utc>,
-    /// The session the membership was granted for.
-    pub granted_for: Option<SessionId>,
-    /// When the last session using the account on this computer ended.
-    pub last_session_closed_at: Option<DateTime<Utc>>,
-    /// The oldest open request that would end the membership: pending (on its way) or
-    /// failed (stuck, waiting for a retry). `None`: nothing is under way to end it.
-    pub removal: Option<MembershipRemovalRequest>,
-    /// The offline login the membership was granted for, when its end time has passed and
-    /// no observation has shown the account out of the group yet (the agent takes offline
-    /// access back itself; no server request is under way).
-    pub offline_login: Option<OfflineLoginRef>,
-}
-
-/// A login the agent granted offline with a technician's TOTP code.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct OfflineLoginRef {
-    pub login_id: Uuid,
-    /// `None` for the shared account.
-    pub technician_id: Option<TechnicianId>,
-    pub used_at: DateTime<Utc>,
-    /// When the agent takes the access back.
-    pub until: DateTime<Utc>,
-}
-
-/// An account that was in an admin group on a computer at a given time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct AdminAsOf {
-    pub account: AccountName,
-    pub admin_group: GroupName,
-    pub joined_at: DateTime<Utc>,
-    pub left_at: Option<DateTime<Utc>>,
-    /// The sessions on the computer with this account whose lifetime (check-out to close)
-    /// covers the time asked about; empty if the membership was lingering then.
-    pub sessions: Vec<SessionId>,
-    /// The offline logins that held the account in the group at the time asked about.
-    pub offline_logins: Vec<OfflineLoginRef>,
-}
-
 /// A request the agent has to carry out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PendingRequest {
@@ -209,22 +94,6 @@ pub struct PendingRequest {
     pub purpose: Purpose,
     pub operation: Operation,
     pub requested_at: DateTime<Utc>,
-}
-
-/// A revocation or clean-up the agent failed to carry out, waiting for a retry ("stuck").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct FailedRequest {
-    pub computer_id: ComputerId,
-    pub tenant_id: TenantId,
-    pub hostname: Hostname,
-    pub request_id: u64,
-    pub session_id: Option<SessionId>,
-    pub purpose: Purpose,
-    /// The attempt that failed (1 for the first try).
-    pub attempt: u32,
-    pub reason: FailureReason,
-    pub failed_at: DateTime<Utc>,
-    pub operation: Operation,
 }
 
 /// The agent-verified result events, seen alike.
@@ -1045,19 +914,6 @@ impl Queries<'_> {
         })?;
         Ok(rows.collect::<latchkey_sql::Result<_>>()?)
     }
-}
-
-/// A member of a computer's admin group, as the agent last reported it, that no open session
-/// explains: a Latchkey account that should have left the group (`managed`), or an account
-/// Latchkey does not manage (a built-in administrator, or one added by hand).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct AdminDrift {
-    pub computer_id: ComputerId,
-    pub hostname: String,
-    pub admin_group: String,
-    pub member: String,
-    pub managed: bool,
-    pub reported_at: String,
 }
 
 impl Queries<'_> {

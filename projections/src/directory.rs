@@ -10,6 +10,7 @@ use latchkey_domain::technician::TechnicianEvent;
 use latchkey_domain::tenant::TenantEvent;
 use latchkey_domain::AnyEvent;
 use latchkey_sql::{params, OptionalExtension, Row, Sql, SqlError};
+pub use latchkey_wire::{ComputerRow, SessionRow, TechnicianRow, TenantRow};
 use uuid::Uuid;
 
 pub(crate) const SCHEMA: &str = "
@@ -201,61 +202,6 @@ pub(crate) fn apply(tx: &dyn Sql, names: &NameCache, event: &AnyEvent) -> latchk
         _ => {}
     }
     Ok(())
-}
-
-/// A tenant as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
-pub struct TenantRow {
-    pub tenant_id: TenantId,
-    pub name: String,
-    #[schemars(extend("enum" = ["named", "shared", "ephemeral"]))]
-    pub login_mode: String,
-}
-
-/// A technician as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
-pub struct TechnicianRow {
-    pub technician_id: TechnicianId,
-    pub username: String,
-    pub email: String,
-    pub offboarded: bool,
-}
-
-/// A computer as listed.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
-pub struct ComputerRow {
-    pub computer_id: ComputerId,
-    pub tenant_id: TenantId,
-    pub hostname: String,
-    pub decommissioned: bool,
-}
-
-/// A session as listed (no credential: sessions never hold one).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
-pub struct SessionRow {
-    pub session_id: SessionId,
-    pub tenant_id: TenantId,
-    pub technician_id: TechnicianId,
-    pub computer_id: ComputerId,
-    pub account: String,
-    #[schemars(extend("enum" = ["named", "shared", "ephemeral"]))]
-    pub login_mode: String,
-    /// `provisioning`, `active`, `checked_in` or `failed`.
-    #[schemars(extend("enum" = ["provisioning", "active", "checked_in", "failed"]))]
-    pub status: String,
-    pub open: bool,
-    #[schemars(extend("format" = "date-time"))]
-    pub checked_out_at: String,
-    #[schemars(extend("format" = "date-time"))]
-    pub activated_at: Option<String>,
-    #[schemars(extend("format" = "date-time"))]
-    pub closed_at: Option<String>,
-    #[schemars(extend("format" = "date-time"))]
-    pub expires_at: String,
-    pub reason: Option<String>,
-    pub ticket: Option<String>,
-    pub check_in_reason: Option<String>,
-    pub failure: Option<String>,
 }
 
 /// Which sessions to list; every field narrows the list.

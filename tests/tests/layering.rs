@@ -1,8 +1,10 @@
 //! The layering rules of DESIGN.md §6, checked on the real dependency graph: the domain has
 //! no async runtime, no database, no HTTP and no randomness or clock source, and
 //! dependencies point one way (api/agent → projections → store → domain; the SQL layer
-//! `latchkey-sql` sits under store and knows no other Latchkey crate), and the test code the
-//! store ships for other crates' tests is not in what the server and the agent are built from.
+//! `latchkey-sql` sits under store and knows no other Latchkey crate; the wire types
+//! `latchkey-wire` know the domain and no server crate, and the CLI `latchkey-cli` the wire
+//! types and no server crate), and the test code the store ships for other crates' tests is
+//! not in what the server and the agent are built from.
 
 use std::process::Command;
 
@@ -97,6 +99,84 @@ fn dependencies_point_one_way() {
             .all(|d| !d.starts_with("latchkey-") || d == "latchkey-sql"),
         "latchkey-sql depends on {sql:?}"
     );
+}
+
+/// The wire types (`latchkey-wire`) are what the server, the CLI and the agent share: they
+/// know the domain, and no server crate, HTTP framework, database or event store.
+#[test]
+fn the_wire_types_know_no_server() {
+    let wire = dependencies("latchkey-wire");
+    assert!(
+        wire.contains(&"latchkey-domain".to_owned()),
+        "cargo tree output looks wrong: {wire:?}"
+    );
+    let forbidden = [
+        "latchkey-api",
+        "latchkey-agent",
+        "latchkey-projections",
+        "latchkey-store",
+        "latchkey-sql",
+        "actix-web",
+        "actix-http",
+        "reqwest",
+        "hyper",
+        "tokio",
+        "rusqlite",
+        "tokio-postgres",
+    ];
+    let found: Vec<&String> = wire
+        .iter()
+        .filter(|d| forbidden.contains(&d.as_str()))
+        .collect();
+    assert!(found.is_empty(), "latchkey-wire depends on {found:?}");
+}
+
+/// The CLI (`latchkey-cli`) is a client of the REST API: it knows the wire types and the
+/// domain, not the server that answers them.
+#[test]
+fn the_cli_knows_no_server() {
+    let cli = dependencies("latchkey-cli");
+    assert!(
+        cli.contains(&"latchkey-wire".to_owned()),
+        "cargo tree output looks wrong: {cli:?}"
+    );
+    let forbidden = [
+        "latchkey-api",
+        "latchkey-agent",
+        "latchkey-projections",
+        "latchkey-store",
+        "latchkey-sql",
+        "actix-web",
+        "actix-http",
+        "rusqlite",
+        "tokio-postgres",
+    ];
+    let found: Vec<&String> = cli
+        .iter()
+        .filter(|d| forbidden.contains(&d.as_str()))
+        .collect();
+    assert!(found.is_empty(), "latchkey-cli depends on {found:?}");
+}
+
+/// The agent reads and sends the wire types too, without the server that answers them.
+#[test]
+fn the_agent_knows_no_server() {
+    let agent = dependencies("latchkey-agent");
+    assert!(
+        agent.contains(&"latchkey-wire".to_owned()),
+        "cargo tree output looks wrong: {agent:?}"
+    );
+    let server = [
+        "latchkey-api",
+        "latchkey-cli",
+        "latchkey-projections",
+        "actix-web",
+    ];
+    let found: Vec<&String> = agent
+        .iter()
+        .filter(|d| server.contains(&d.as_str()))
+        .collect();
+    assert!(found.is_empty(), "latchkey-agent depends on {found:?}");
 }
 
 #[test]

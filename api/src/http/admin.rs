@@ -9,27 +9,28 @@ use super::{
     actor, administered_tenant, forbidden, own_tenant, path_id, tenant_computer, visible_session,
     visible_technician, visible_tenant, Params, Services,
 };
-use crate::auth::{Principal, Role, TokenInfo, TokenQuery, TokenScope, ROLE_KINDS};
+use crate::auth::{Principal, Role, TokenQuery, TokenScope, ROLE_KINDS};
 use crate::problem::{ApiError, JsonBody};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
-use latchkey_domain::computer::{Computer, ComputerCommand, OsKind};
+use latchkey_domain::computer::{Computer, ComputerCommand};
 use latchkey_domain::ids::{ComputerId, TechnicianId, TenantId};
-use latchkey_domain::names::{AccountName, Email, SharedAccountDigits, TenantName, Username};
-use latchkey_domain::policy::{JitPolicy, LoginMode};
+use latchkey_domain::names::SharedAccountDigits;
+use latchkey_domain::policy::JitPolicy;
 use latchkey_domain::session::{CheckInReason, Session, SessionCommand};
 use latchkey_domain::technician::{Technician, TechnicianCommand, TechnicianState};
 use latchkey_domain::technician_names::NameHolder;
 use latchkey_domain::tenant::{Tenant, TenantCommand};
 use latchkey_domain::DomainError;
-use latchkey_projections::{
-    AdminDrift, ComputerRow, FailedRequest, ManagedAccountRow, SessionFilter, SessionRow,
-    StandingPrivilege, TechnicianRow, TenantRow,
+use latchkey_projections::SessionFilter;
+use latchkey_wire::{
+    AccountView, ComputerList, ComputerView, Decommissioned, Drift, EnrollmentTokenIssued,
+    IssuedToken, ManagedAccounts, NewEnrollmentToken, NewLoginMode, NewTechnician, NewTenant,
+    NewToken, OffboardedView, PolicyOverridden, PolicyOverride, Rotation, SessionList,
+    StandingPrivileges, StuckRequests, TechnicianList, TechnicianView, TenantList, TenantView,
+    TokenList,
 };
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 pub fn routes(r: &mut Routes<'_>) {
     const ADMINS: &str = "msp_admin; tenant_admin of this tenant";
@@ -299,25 +300,6 @@ fn random_digits() -> SharedAccountDigits {
         .expect("four digits")
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewTenant {
-    pub name: TenantName,
-    pub login_mode: LoginMode,
-    /// The secure default (`JitPolicy::default()`) when absent.
-    pub policy: Option<JitPolicy>,
-}
-
-#[derive(Serialize, JsonSchema)]
-pub struct TenantView {
-    pub tenant_id: TenantId,
-    pub name: TenantName,
-    pub login_mode: LoginMode,
-    pub policy: JitPolicy,
-    /// Shared mode: the tenant's shared account, `msp-NNNN`.
-    pub shared_account: Option<AccountName>,
-}
-
 fn tenant_view(tenant: &Tenant) -> Result<TenantView, ApiError> {
     let t = tenant
         .state()
@@ -363,12 +345,6 @@ async fn create_tenant(
     .await
 }
 
-/// The tenants a caller may see.
-#[derive(Serialize, JsonSchema)]
-struct TenantList {
-    tenants: Vec<TenantRow>,
-}
-
 async fn list_tenants(
     services: web::Data<Services>,
     principal: Principal,
@@ -400,12 +376,6 @@ async fn get_tenant(
     let tenant = visible_tenant(&services, &principal, &path).await?;
     let loaded: Tenant = services.load(tenant.stream_name()).await?;
     Ok(Json::ok(&tenant_view(&loaded)?))
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct NewLoginMode {
-    login_mode: LoginMode,
 }
 
 async fn set_login_mode(
@@ -453,24 +423,6 @@ async fn set_policy(
         Reply::ok(&tenant_view(&executed.state)?)
     })
     .await
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct NewTechnician {
-    username: Username,
-    email: Email,
-}
-
-#[derive(Serialize, JsonSchema)]
-struct TechnicianView {
-    technician_id: TechnicianId,
-    username: Username,
-    email: Email,
-    /// The tenants they work for, as far as the caller may know: a tenant-scoped caller is
-    /// shown its own tenant only.
-    tenants: Vec<TenantId>,
-    offboarded: bool,
 }
 
 /// The technician as `principal` may see them.
@@ -542,12 +494,6 @@ async fn create_technician(
         )
     })
     .await
-}
-
-/// Technicians as listed.
-#[derive(Serialize, JsonSchema)]
-struct TechnicianList {
-    technicians: Vec<TechnicianRow>,
 }
 
 async fn list_technicians(
@@ -643,14 +589,6 @@ async fn leave_tenant(
     )))
 }
 
-#[derive(Serialize, JsonSchema)]
-struct OffboardedView {
-    #[serde(flatten)]
-    technician: TechnicianView,
-    /// How many of their API tokens this call revoked.
-    tokens_revoked: usize,
-}
-
 /// Offboards a technician everywhere: the process managers revoke their sessions and retire
 /// their accounts, and every API token of theirs is revoked now.
 async fn offboard(
@@ -676,26 +614,6 @@ async fn offboard(
         technician: technician_view(registered(&executed.state)?, &principal),
         tokens_revoked,
     }))
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct NewEnrollmentToken {
-    /// Minutes until the token expires: 1 to 10080 (7 days); 60 when absent.
-    #[schemars(range(min = 1, max = 10080))]
-    expires_in_minutes: Option<u32>,
-}
-
-/// A one-time enrollment token, shown once.
-#[derive(Serialize, JsonSchema)]
-struct EnrollmentTokenIssued {
-    token_id: Uuid,
-    tenant_id: TenantId,
-    /// Give it to the computer's agent (`latchkey-agent enroll --token …`).
-    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
-    token: String,
-    expires_at: chrono::DateTime<chrono::Utc>,
-    note: &'static str,
 }
 
 async fn create_enrollment_token(
@@ -726,15 +644,9 @@ async fn create_enrollment_token(
         tenant_id: tenant,
         token,
         expires_at,
-        note: "shown once: give it to the agent (`latchkey-agent enroll --token …`)",
+        note: "shown once: give it to the agent (`latchkey-agent enroll --token …`)".into(),
     };
     Ok(Json::new(StatusCode::CREATED, &issued).no_store())
-}
-
-/// The tenant's computers.
-#[derive(Serialize, JsonSchema)]
-struct ComputerList {
-    computers: Vec<ComputerRow>,
 }
 
 async fn list_computers(
@@ -745,28 +657,6 @@ async fn list_computers(
     let tenant = visible_tenant(&services, &principal, &path).await?;
     let computers = services.query(move |q| q.computers(tenant)).await?;
     Ok(Json::ok(&ComputerList { computers }))
-}
-
-#[derive(Serialize, JsonSchema)]
-struct ComputerView {
-    computer_id: ComputerId,
-    tenant_id: TenantId,
-    hostname: String,
-    os: OsKind,
-    decommissioned: bool,
-    policy_override: Option<JitPolicy>,
-    accounts: Vec<AccountView>,
-}
-
-#[derive(Serialize, JsonSchema)]
-struct AccountView {
-    account: String,
-    owner: latchkey_domain::computer::AccountOwner,
-    wanted: bool,
-    retiring: bool,
-    password_version: u32,
-    sessions: Vec<latchkey_domain::ids::SessionId>,
-    verified: Option<latchkey_domain::computer::AccountObservation>,
 }
 
 async fn get_computer(
@@ -808,27 +698,6 @@ async fn get_computer(
         policy_override: loaded.policy_override.clone(),
         accounts,
     }))
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct PolicyOverride {
-    /// The computer's own policy, or `null` to follow the tenant's again.
-    policy: Option<JitPolicy>,
-}
-
-/// The computer's own policy now (`null`: it follows the tenant's).
-#[derive(Serialize, JsonSchema)]
-struct PolicyOverridden {
-    computer_id: ComputerId,
-    policy_override: Option<JitPolicy>,
-}
-
-#[derive(Serialize, JsonSchema)]
-struct Decommissioned {
-    computer_id: ComputerId,
-    /// Always true.
-    decommissioned: bool,
 }
 
 async fn override_policy(
@@ -875,12 +744,6 @@ async fn decommission(
     }))
 }
 
-/// Sessions as listed, newest first.
-#[derive(Serialize, JsonSchema)]
-pub struct SessionList {
-    pub sessions: Vec<SessionRow>,
-}
-
 async fn list_sessions(
     services: web::Data<Services>,
     req: HttpRequest,
@@ -922,30 +785,6 @@ async fn revoke(
         .execute::<Session>(&principal, session.session_id.stream_name(), command)
         .await?;
     Ok(Json::ok(&super::technician::session_view(&executed.state)?))
-}
-
-/// The tenant's managed accounts on every computer, as the agents verified them.
-#[derive(Serialize, JsonSchema)]
-struct ManagedAccounts {
-    accounts: Vec<ManagedAccountRow>,
-}
-
-/// Admin-group memberships no open session explains.
-#[derive(Serialize, JsonSchema)]
-struct StandingPrivileges {
-    standing_privilege: Vec<StandingPrivilege>,
-}
-
-/// Admin-group members no open session explains, per the agents' inventories.
-#[derive(Serialize, JsonSchema)]
-struct Drift {
-    drift: Vec<AdminDrift>,
-}
-
-/// Failed revocations and clean-ups waiting for their next retry.
-#[derive(Serialize, JsonSchema)]
-struct StuckRequests {
-    stuck_requests: Vec<FailedRequest>,
 }
 
 async fn managed_accounts(
@@ -1006,40 +845,6 @@ async fn readable_by_staff(
     } else {
         Err(forbidden("only the tenant's admins and auditors see this"))
     }
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct NewToken {
-    /// `msp_admin`, `tenant_admin`, `technician` or `auditor` (agents get theirs by enrolling).
-    #[schemars(extend("enum" = ["msp_admin", "tenant_admin", "technician", "auditor"]))]
-    role: String,
-    tenant_id: Option<Uuid>,
-    technician_id: Option<Uuid>,
-    /// Who will hold it, an e-mail address, recorded as the actor of what they do. For a
-    /// technician token it is the technician's own address and may be left out.
-    name: Option<Email>,
-    /// Seconds until the token expires: at most the server's maximum token lifetime; the
-    /// server's default lifetime when absent.
-    #[schemars(range(min = 1, max = crate::auth::LONGEST_TOKEN_LIFETIME_SECONDS))]
-    expires_in: Option<u64>,
-}
-
-/// A new or rotated API token, its secret shown once.
-#[derive(Serialize, JsonSchema)]
-struct IssuedToken {
-    #[schemars(extend("pattern" = crate::auth::TOKEN_ID_PATTERN))]
-    token_id: String,
-    #[schemars(extend("enum" = ROLE_KINDS))]
-    role: &'static str,
-    /// Who holds it, recorded as the actor of what they do.
-    name: String,
-    /// `Authorization: Bearer <token>`.
-    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
-    token: String,
-    /// `null`: never.
-    expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    note: &'static str,
 }
 
 /// The lifetime asked for, or a 422 naming `expires_in`.
@@ -1155,26 +960,16 @@ async fn issue_token(
             return Err(DomainError::TechnicianOffboarded.into());
         }
     }
-    tracing::info!(role = kind, holder = %name, token_id = %issued.token_id, by = %principal.name, "API token issued");
+    tracing::info!(role = kind.as_str(), holder = %name, token_id = %issued.token_id, by = %principal.name, "API token issued");
     let answer = IssuedToken {
         token_id: issued.token_id.simple().to_string(),
         role: kind,
         name: name.to_string(),
         token: issued.token,
         expires_at: issued.expires_at,
-        note: "shown once; the server keeps only its hash",
+        note: "shown once; the server keeps only its hash".into(),
     };
     Ok(Json::new(StatusCode::CREATED, &answer).no_store())
-}
-
-/// Lists API tokens: who holds each, its role and scope, when it was created, last used
-/// (to the minute), rotated, revoked, and when it expires; never a secret or a hash. MSP
-/// admins and all-tenant auditors see every token; tenant admins and tenant auditors their
-/// tenant's tenant-admin and auditor tokens; technicians their own.
-/// API tokens as listed; never a secret.
-#[derive(Serialize, JsonSchema)]
-struct TokenList {
-    tokens: Vec<TokenInfo>,
 }
 
 async fn list_tokens(
@@ -1212,15 +1007,6 @@ async fn list_tokens(
         }
     };
     Ok(Json::ok(&TokenList { tokens }))
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct Rotation {
-    /// Seconds until the rotated token expires (at most the server's maximum token
-    /// lifetime); the server's default lifetime when absent.
-    #[schemars(range(min = 1, max = crate::auth::LONGEST_TOKEN_LIFETIME_SECONDS))]
-    expires_in: Option<u64>,
 }
 
 /// Gives a token a new secret and a new expiry; the old secret stops working at once. The
@@ -1285,10 +1071,10 @@ async fn rotate_token(
     Ok(Json::ok(&IssuedToken {
         token_id: rotated.token_id.simple().to_string(),
         role: token.role,
-        name: token.holder,
+        name: token.holder.clone(),
         token: rotated.token,
         expires_at: rotated.expires_at,
-        note: "shown once; the old secret no longer works",
+        note: "shown once; the old secret no longer works".into(),
     })
     .no_store())
 }

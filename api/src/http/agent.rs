@@ -20,14 +20,15 @@ use crate::secrets::{self, Secret, SecretRef};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use latchkey_domain::computer::{
-    AccountObservation, Computer, ComputerCommand, Operation, OsKind, RequestStatus,
-};
+use latchkey_domain::computer::{Computer, ComputerCommand, Operation, RequestStatus};
 use latchkey_domain::ids::{AgentKeyId, ComputerId, RequestId};
-use latchkey_domain::names::{AccountName, FailureReason, Hostname};
+use latchkey_domain::names::AccountName;
 use latchkey_domain::tenant::{Tenant, TenantState};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use latchkey_wire::{
+    AgentCommand, AgentCommands, AgentOfflineSecret, AgentOfflineSecrets, Enrolled, Enrollment,
+    FeedData, FeedEnded, Inventory, InventoryTaken, OfflineLockout, OfflineLockoutRecorded,
+    OfflineLogin, OfflineLoginRecorded, Recorded, Report, ReportOutcome,
+};
 use std::pin::Pin;
 use std::time::Duration;
 use uuid::Uuid;
@@ -137,20 +138,6 @@ pub fn routes(r: &mut Routes<'_>) {
     );
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct Enrollment {
-    /// The one-time enrollment token.
-    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
-    token: String,
-    hostname: Hostname,
-    os: OsKind,
-    /// The machine's admin group (e.g. `sudo`, `wheel`), used where the tenant's policy
-    /// names none. Optional: Windows defaults to `Administrators`.
-    #[serde(default)]
-    admin_group: Option<latchkey_domain::names::GroupName>,
-}
-
 async fn enroll(
     services: web::Data<Services>,
     req: actix_web::HttpRequest,
@@ -227,43 +214,15 @@ async fn enroll(
         computer_id,
         tenant_id: tenant,
         agent_token: issued,
-        note: "the agent's credential, shown once; keep it in a 0600 file",
+        note: "the agent's credential, shown once; keep it in a 0600 file".into(),
     };
     Ok(Json::new(StatusCode::CREATED, &enrolled).no_store())
-}
-
-/// An enrolled computer and its agent's credential.
-#[derive(Serialize, JsonSchema)]
-struct Enrolled {
-    computer_id: ComputerId,
-    tenant_id: latchkey_domain::ids::TenantId,
-    /// `Authorization: Bearer <agent_token>` on every agent call.
-    #[schemars(extend("pattern" = crate::auth::TOKEN_PATTERN))]
-    agent_token: String,
-    note: &'static str,
 }
 
 fn own_computer(principal: &Principal) -> Result<ComputerId, ApiError> {
     principal
         .agent_computer_id()
         .ok_or_else(|| forbidden("only an enrolled agent uses the agent endpoints"))
-}
-
-/// The provisioning requests the agent has not reported on yet.
-#[derive(Serialize, JsonSchema)]
-struct AgentCommands {
-    commands: Vec<AgentCommand>,
-}
-
-/// One provisioning request as the agent receives it.
-#[derive(Serialize, JsonSchema)]
-struct AgentCommand {
-    request_id: RequestId,
-    attempt: u32,
-    operation: Operation,
-    /// For `rotate_password`: the password to set (the agent hashes it itself).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
 }
 
 async fn commands(
@@ -428,28 +387,18 @@ async fn feed(
     Ok(Events::new(super::no_store(response)))
 }
 
-/// The data of a feed event: a `commands` event's (as the long poll answers), or an `end`
-/// event's.
-#[derive(Serialize, JsonSchema)]
-#[serde(untagged)]
-enum FeedData {
-    Commands(AgentCommands),
-    End(FeedEnded),
-}
-
-/// Why the feed ends.
-#[derive(Serialize, JsonSchema)]
-struct FeedEnded {
-    reason: &'static str,
-}
-
 fn sse(event: &str, data: &FeedData) -> web::Bytes {
     let data = serde_json::to_string(data).unwrap_or_else(|_| "null".into());
     web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
 fn feed_end(reason: &'static str) -> web::Bytes {
-    sse("end", &FeedData::End(FeedEnded { reason }))
+    sse(
+        "end",
+        &FeedData::End(FeedEnded {
+            reason: reason.into(),
+        }),
+    )
 }
 
 /// One agent's event feed, as the chunks of its response.
@@ -596,26 +545,6 @@ pub async fn password_for(
     .await
 }
 
-/// What the agent reports about one request: `outcome` `succeeded` with what it `verified`
-/// on the machine, or `failed` with the `reason`. (A flat struct rather than a tagged enum,
-/// so a bad field is named in the problem.)
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct Report {
-    #[schemars(range(min = 1))]
-    request_id: u64,
-    outcome: ReportOutcome,
-    verified: Option<AccountObservation>,
-    reason: Option<FailureReason>,
-}
-
-#[derive(Deserialize, Clone, Copy, schemars::JsonSchema)]
-#[serde(rename_all = "snake_case")]
-enum ReportOutcome {
-    Succeeded,
-    Failed,
-}
-
 async fn report(
     services: web::Data<Services>,
     principal: Principal,
@@ -665,13 +594,6 @@ async fn report(
     }))
 }
 
-/// A report taken: how many events it recorded (0 when it was known already).
-#[derive(Serialize, JsonSchema)]
-struct Recorded {
-    request_id: RequestId,
-    recorded: usize,
-}
-
 /// The computer and its tenant (for the computer's effective policy), both current.
 async fn computer_and_tenant(
     services: &web::Data<Services>,
@@ -687,29 +609,6 @@ async fn computer_and_tenant(
         .cloned()
         .ok_or_else(|| ApiError::not_found("the tenant"))?;
     Ok((state, tenant))
-}
-
-/// What the agent needs for offline logins.
-#[derive(Serialize, JsonSchema)]
-struct AgentOfflineSecrets {
-    /// The group an offline login adds the account to.
-    admin_group: latchkey_domain::names::GroupName,
-    /// How long an offline login lasts at most.
-    max_session_minutes: u32,
-    secrets: Vec<AgentOfflineSecret>,
-}
-
-/// One offline secret as the agent keeps it.
-#[derive(Serialize, JsonSchema)]
-struct AgentOfflineSecret {
-    account: AccountName,
-    /// The named account's technician (their username is what they type at the agent);
-    /// `None` for the shared account.
-    technician_id: Option<latchkey_domain::ids::TechnicianId>,
-    username: Option<String>,
-    generation: u32,
-    /// Base32, as in the technician's authenticator (SHA1, 6 digits, 30 s).
-    secret: String,
 }
 
 async fn offline_secrets(
@@ -755,24 +654,6 @@ async fn offline_secrets(
     .no_store())
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct OfflineLogin {
-    /// The agent's own id for this login; uploading it again changes nothing.
-    login_id: Uuid,
-    account: AccountName,
-    technician_id: Option<Uuid>,
-    /// The name the person gave at a shared-account login (older agents leave it out).
-    #[serde(default)]
-    claimed_by: Option<latchkey_domain::names::ClaimedName>,
-    generation: u32,
-    /// The group the agent added the account to (older agents leave it out).
-    #[serde(default)]
-    admin_group: Option<latchkey_domain::names::GroupName>,
-    used_at: chrono::DateTime<chrono::Utc>,
-    until: chrono::DateTime<chrono::Utc>,
-}
-
 async fn offline_login(
     services: web::Data<Services>,
     principal: Principal,
@@ -803,27 +684,6 @@ async fn offline_login(
         login_id: body.login_id,
         recorded: executed.events.len(),
     }))
-}
-
-/// An offline login taken: how many events it recorded (0 when it was known already).
-#[derive(Serialize, JsonSchema)]
-struct OfflineLoginRecorded {
-    login_id: Uuid,
-    recorded: usize,
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct OfflineLockout {
-    /// The agent's own id for this lockout; uploading it again changes nothing.
-    lockout_id: Uuid,
-    account: AccountName,
-    technician_id: Option<Uuid>,
-    /// Wrong codes that led to it (1 to 1000).
-    #[schemars(range(min = 1, max = 1000))]
-    failures: u32,
-    locked_at: chrono::DateTime<chrono::Utc>,
-    locked_until: chrono::DateTime<chrono::Utc>,
 }
 
 async fn offline_lockout(
@@ -860,34 +720,6 @@ async fn offline_lockout(
         lockout_id: body.lockout_id,
         recorded: executed.events.len(),
     }))
-}
-
-/// An offline lockout taken: how many events it recorded (0 when it was known already).
-#[derive(Serialize, JsonSchema)]
-struct OfflineLockoutRecorded {
-    lockout_id: Uuid,
-    recorded: usize,
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct Inventory {
-    group: latchkey_domain::names::GroupName,
-    /// Local account names, at most 1000, each 1 to 64 characters.
-    #[schemars(
-        length(max = 1000),
-        inner(
-            length(min = 1, max = 64),
-            regex(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")
-        )
-    )]
-    members: std::collections::BTreeSet<String>,
-}
-
-/// Whether the inventory changed what the server knew.
-#[derive(Serialize, JsonSchema)]
-struct InventoryTaken {
-    changed: bool,
 }
 
 async fn inventory(

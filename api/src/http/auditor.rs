@@ -15,11 +15,10 @@ use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
-use latchkey_projections::{AdminAsOf, AuditFilter, AuditPage};
+use latchkey_projections::{AuditFilter, AuditPage};
 use latchkey_store::hash_chain::verify_after;
 use latchkey_store::{subscribe_all, Position, RecordedEvent, StreamName};
-use schemars::JsonSchema;
-use serde::Serialize;
+use latchkey_wire::{AdminsAt, EventLine, EventLineMetadata, Verification};
 use std::collections::HashMap;
 
 const AUDIT_QUERY: &[Query] = &[
@@ -193,38 +192,6 @@ impl StreamScope {
     }
 }
 
-/// One stored event as an NDJSON line: everything an auditor needs to re-verify it.
-#[derive(Serialize, JsonSchema)]
-struct EventLine {
-    /// `<commit>.<prepare>`
-    #[schemars(extend("pattern" = "^[0-9]+\\.[0-9]+$"))]
-    position: String,
-    stream: String,
-    revision: u64,
-    event_id: uuid::Uuid,
-    event_type: String,
-    schema_version: u32,
-    recorded_at: chrono::DateTime<chrono::Utc>,
-    metadata: EventLineMetadata,
-    /// The event as stored; its schema is `schemas/events/<event_type>.v<schema_version>.json`.
-    payload: serde_json::Value,
-    /// Hex SHA-256 of the stream's previous event (`null` for the first).
-    #[schemars(extend("pattern" = HASH_PATTERN))]
-    prev_hash: Option<String>,
-    #[schemars(extend("pattern" = HASH_PATTERN))]
-    hash: String,
-}
-
-/// 64 lowercase hex digits.
-const HASH_PATTERN: &str = "^[0-9a-f]{64}$";
-
-#[derive(Serialize, JsonSchema)]
-struct EventLineMetadata {
-    actor: String,
-    correlation_id: uuid::Uuid,
-    causation_id: Option<uuid::Uuid>,
-}
-
 fn event_line(e: &RecordedEvent) -> String {
     let payload: serde_json::Value =
         serde_json::from_slice(&e.payload).unwrap_or(serde_json::Value::Null);
@@ -330,31 +297,6 @@ async fn events(
     Ok(Lines::new(
         response.content_type("application/x-ndjson").body(out),
     ))
-}
-
-/// The verdict on a hash chain: one stream's (`stream` named), or the whole log's.
-#[derive(Serialize, JsonSchema, Default)]
-struct Verification {
-    /// The stream verified, or the one where the chain breaks.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stream: Option<String>,
-    intact: bool,
-    /// Broken: the first revision of `stream` that does not chain.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    revision: Option<u64>,
-    /// Broken: what is wrong there.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    problem: Option<String>,
-    /// Intact: how many events were checked.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    events: Option<u64>,
-    /// The whole log, intact: how many streams.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    streams: Option<usize>,
-    /// One stream, intact: the hash of its last event.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("pattern" = HASH_PATTERN))]
-    last_hash: Option<String>,
 }
 
 /// Verifies the hash chain of one stream (`?stream=computer-…`) or, for all-tenant readers,
@@ -481,12 +423,4 @@ async fn admins_as_of(
         at,
         admins,
     }))
-}
-
-/// Who was in the computer's admin group at `at`, and through which session.
-#[derive(Serialize, JsonSchema)]
-struct AdminsAt {
-    computer_id: ComputerId,
-    at: chrono::DateTime<chrono::Utc>,
-    admins: Vec<AdminAsOf>,
 }

@@ -1,7 +1,6 @@
 //! Technician endpoints: check out a computer, follow the session, reveal its credential
 //! (audited, only while active), get the offline TOTP secret (audited) and check in.
 
-use super::admin::SessionList;
 use super::answer::Json;
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Kind, Query, Routes};
@@ -14,7 +13,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
 use latchkey_domain::computer::{Computer, ComputerCommand, ComputerEvent};
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
-use latchkey_domain::names::{AccountName, EphemeralDigits, Reason, TicketRef};
+use latchkey_domain::names::{AccountName, EphemeralDigits};
 use latchkey_domain::policy::{LoginMode, SessionLength};
 use latchkey_domain::session::{
     CheckInReason, CheckOut, Session, SessionCommand, SessionState, SessionStatus,
@@ -22,8 +21,8 @@ use latchkey_domain::session::{
 use latchkey_domain::technician::Technician;
 use latchkey_domain::tenant::Tenant;
 use latchkey_projections::SessionFilter;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+pub use latchkey_wire::SessionView;
+use latchkey_wire::{CheckOutRequest, Credential, OfflineSecret, SessionList};
 
 const MY_SESSIONS_QUERY: &[Query] = &[
     Query::new("open", Kind::Flag, "true: only open ones"),
@@ -86,23 +85,6 @@ pub fn routes(r: &mut Routes<'_>) {
     );
 }
 
-#[derive(Serialize, JsonSchema)]
-pub struct SessionView {
-    pub session_id: SessionId,
-    pub tenant_id: latchkey_domain::ids::TenantId,
-    pub technician_id: latchkey_domain::ids::TechnicianId,
-    pub computer_id: ComputerId,
-    pub login_mode: latchkey_domain::policy::LoginMode,
-    pub account: AccountName,
-    /// `provisioning`, `active`, `checked_in` or `failed`.
-    #[schemars(extend("enum" = ["provisioning", "active", "checked_in", "failed"]))]
-    pub status: &'static str,
-    pub check_in_reason: Option<CheckInReason>,
-    pub failure: Option<String>,
-    pub checked_out_at: chrono::DateTime<chrono::Utc>,
-    pub expires_at: chrono::DateTime<chrono::Utc>,
-}
-
 pub fn view(s: &SessionState) -> SessionView {
     let (status, check_in_reason, failure) = match &s.status {
         SessionStatus::Provisioning => ("provisioning", None, None),
@@ -117,7 +99,7 @@ pub fn view(s: &SessionState) -> SessionView {
         computer_id: s.computer_id,
         login_mode: s.login_mode,
         account: s.account.clone(),
-        status,
+        status: status.to_owned(),
         check_in_reason,
         failure,
         checked_out_at: s.checked_out_at,
@@ -130,17 +112,6 @@ pub fn session_view(session: &Session) -> Result<SessionView, ApiError> {
         .state()
         .map(view)
         .ok_or_else(|| ApiError::not_found("the session"))
-}
-
-#[derive(Deserialize, Default, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-struct CheckOutRequest {
-    reason: Option<Reason>,
-    ticket: Option<TicketRef>,
-    /// Shorter than the computer's maximum session length if wanted; a longer wish is
-    /// refused (422 naming `duration_minutes`), never quietly shortened.
-    #[schemars(range(min = 1, max = 10080))]
-    duration_minutes: Option<u32>,
 }
 
 async fn check_out(
@@ -239,17 +210,6 @@ fn own_session(principal: &Principal, session: &SessionState) -> Result<(), ApiE
     }
 }
 
-/// A revealed password.
-#[derive(Serialize, JsonSchema)]
-struct Credential {
-    session_id: SessionId,
-    account: AccountName,
-    password: String,
-    password_version: u32,
-    /// When the session ends (and the password is rotated again).
-    expires_at: chrono::DateTime<chrono::Utc>,
-}
-
 /// Reveals the session's current password: audited (`CredentialRevealed`), refused unless the
 /// session is active. Never stored for idempotent replay.
 async fn reveal(
@@ -294,20 +254,6 @@ async fn reveal(
         expires_at: session.expires_at,
     })
     .no_store())
-}
-
-/// A technician's offline TOTP secret on one computer.
-#[derive(Serialize, JsonSchema)]
-struct OfflineSecret {
-    computer_id: ComputerId,
-    /// The account the secret logs into.
-    account: AccountName,
-    generation: u32,
-    /// For an authenticator app (SHA1, 6 digits, 30 s).
-    #[schemars(extend("pattern" = "^otpauth://totp/"))]
-    otpauth_uri: String,
-    /// The same URI as a QR code (SVG).
-    qr_svg: String,
 }
 
 /// The technician's offline TOTP secret on this computer as an `otpauth://` URI and a QR

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_sql::{Row, SqlError, Value};
 use latchkey_store::Position;
-use serde::Serialize;
+pub use latchkey_wire::{AuditEntry, AuditPage};
 use std::fmt;
 use std::str::FromStr;
 use uuid::Uuid;
@@ -46,34 +46,6 @@ impl Default for AuditFilter {
             limit: Self::DEFAULT_LIMIT,
         }
     }
-}
-
-/// One line of the audit trail.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct AuditEntry {
-    pub position: Position,
-    pub event_id: Uuid,
-    pub stream: String,
-    pub revision: u64,
-    pub event_type: String,
-    /// When it happened (the event's own time, not when it was stored).
-    pub at: DateTime<Utc>,
-    pub tenant_id: Option<TenantId>,
-    pub computer_id: Option<ComputerId>,
-    pub technician_id: Option<TechnicianId>,
-    pub session_id: Option<SessionId>,
-    pub account: Option<String>,
-    /// Who caused it: an e-mail address, `agent of <hostname>`, or `latchkey`.
-    pub actor: String,
-    pub sentence: String,
-}
-
-/// One page of the audit trail, in global order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct AuditPage {
-    pub entries: Vec<AuditEntry>,
-    /// Pass it back as [`AuditFilter::cursor`] for the next page; `None` on the last page.
-    pub next_cursor: Option<String>,
 }
 
 /// Where a page ends: the line after which the next page starts. Shown to callers as
@@ -242,7 +214,7 @@ fn read_entry(row: &Row) -> latchkey_sql::Result<(AuditCursor, AuditEntry)> {
         .map_err(|e| conversion(7, e))?
         .with_timezone(&Utc);
     let entry = AuditEntry {
-        position,
+        position: latchkey_wire::Position::new(position.commit, position.prepare),
         event_id: uuid(3)?,
         stream: row.get(4)?,
         revision: row.get::<_, i64>(5)? as u64,
