@@ -80,7 +80,7 @@ pub enum RunError {
 
 /// Runs until the credential is refused (or a state file cannot be used).
 pub fn run(config: &RunConfig) -> Result<(), RunError> {
-    let backend = LinuxShadow::new(&config.root);
+    let backend = LinuxShadow::new(&config.root, config.state.join(crate::state::UIDS));
     run_with(config, &backend)
 }
 

@@ -69,7 +69,7 @@ impl<'a> Executor<'a> {
                 ending: Ending::Applied,
                 ..
             } => {
-                let outcome = match self.observe(operation.account().as_str()) {
+                let outcome = match self.observe_for(&operation) {
                     Ok(verified) => Outcome::Succeeded { verified },
                     Err(why) => Outcome::Failed {
                         reason: reason(&why),
@@ -125,6 +125,7 @@ impl<'a> Executor<'a> {
                 Operation::RotatePassword { .. } => "change its password".to_owned(),
                 Operation::AddToGroup { group, .. } => format!("add it to {group}"),
                 Operation::RemoveFromGroup { group, .. } => format!("remove it from {group}"),
+                Operation::PostSession { .. } => "end its logons".to_owned(),
                 Operation::DeleteAccount { .. } => "delete it".to_owned(),
             };
             return Err(format!(
@@ -178,7 +179,32 @@ impl<'a> Executor<'a> {
                 Operation::RemoveFromGroup { group, .. } => {
                     self.backend.remove_from_group(account, group.as_str())
                 }
-                Operation::DeleteAccount { .. } => self.backend.delete_account(account),
+                Operation::PostSession { actions, .. } => {
+                    // Logons first: a process still running could use sudo again.
+                    let ended = if actions.end_logons {
+                        self.backend.end_logons(account)
+                    } else {
+                        Ok(())
+                    };
+                    ended.and_then(|()| {
+                        if actions.clear_sudo_credentials {
+                            self.backend.clear_sudo(account)
+                        } else {
+                            Ok(())
+                        }
+                    })
+                }
+                Operation::DeleteAccount { end_logons, .. } => {
+                    if let Some(until) =
+                        offline::grant_in_force(self.state, account).map_err(|e| e.to_string())?
+                    {
+                        return Err(format!(
+                            "account {account} has an offline login in force until {}; it is                              deleted once that ends",
+                            until.format("%Y-%m-%d %H:%M:%S UTC")
+                        ));
+                    }
+                    self.backend.delete_account(account, *end_logons)
+                }
             };
             if let Err(e) = ran {
                 self.forget_if_never_created(operation);
@@ -190,7 +216,12 @@ impl<'a> Executor<'a> {
             self.forget_if_never_created(operation);
             return Err(format!(
                 "after '{operation}' the machine shows {}",
-                observation(&seen, &self.state.accounts().unwrap_or_default(), account)
+                observation_for(
+                    operation,
+                    &seen,
+                    &self.state.accounts().unwrap_or_default(),
+                    account
+                )
             ));
         }
         let mut managed = self.state.accounts().map_err(|e| e.to_string())?;
@@ -228,7 +259,7 @@ impl<'a> Executor<'a> {
                 tracing::warn!(account, error = %e, "cannot update the offline grants");
             }
         }
-        Ok(observation(&seen, &managed, account))
+        Ok(observation_for(operation, &seen, &managed, account))
     }
 
     /// An `ensure_account` that failed leaves no account: it is not ours to remember.
@@ -255,6 +286,14 @@ impl<'a> Executor<'a> {
         let seen = self.backend.observe(account).map_err(|e| e.to_string())?;
         let managed = self.state.accounts().map_err(|e| e.to_string())?;
         Ok(observation(&seen, &managed, account))
+    }
+
+    /// What the machine shows now about the account of `operation`, as its report says it.
+    fn observe_for(&self, operation: &Operation) -> Result<AccountObservation, String> {
+        let account = operation.account().as_str();
+        let seen = self.backend.observe(account).map_err(|e| e.to_string())?;
+        let managed = self.state.accounts().map_err(|e| e.to_string())?;
+        Ok(observation_for(operation, &seen, &managed, account))
     }
 
     /// Journals how the request ended (unless it had ended before) and makes the report.
@@ -304,8 +343,28 @@ fn in_effect(operation: &Operation, password: &str, seen: &Observed) -> bool {
         }
         Operation::AddToGroup { group, .. } => seen.present && in_group(group),
         Operation::RemoveFromGroup { group, .. } => !seen.present || !in_group(group),
+        Operation::PostSession { actions, .. } => {
+            (!actions.end_logons || seen.processes == 0)
+                && (!actions.clear_sudo_credentials || !seen.sudo_cached)
+        }
         Operation::DeleteAccount { .. } => !seen.present,
     }
+}
+
+/// The observation reported for `operation`: after post-session actions it also says how many
+/// processes of the account are left and whether sudo still holds a credential for it.
+pub fn observation_for(
+    operation: &Operation,
+    seen: &Observed,
+    managed: &ManagedAccounts,
+    account: &str,
+) -> AccountObservation {
+    let mut reported = observation(seen, managed, account);
+    if matches!(operation, Operation::PostSession { .. }) {
+        reported.processes = Some(u32::try_from(seen.processes).unwrap_or(u32::MAX));
+        reported.sudo_cached = Some(seen.sudo_cached);
+    }
+    reported
 }
 
 /// The observation the server gets: an account counts as present only if it is one of ours;
@@ -330,6 +389,8 @@ pub fn observation(
             .as_ref()
             .filter(|set| seen.password_hash.as_deref() == Some(set.hash.as_str()))
             .and_then(|set| set.version),
+        processes: None,
+        sudo_cached: None,
     }
 }
 
@@ -398,9 +459,17 @@ mod tests {
             self.count();
             self.inner.remove_from_group(account, group)
         }
-        fn delete_account(&self, account: &str) -> Result<(), OsError> {
+        fn delete_account(&self, account: &str, end_logons: bool) -> Result<(), OsError> {
             self.count();
-            self.inner.delete_account(account)
+            self.inner.delete_account(account, end_logons)
+        }
+        fn end_logons(&self, account: &str) -> Result<(), OsError> {
+            self.count();
+            self.inner.end_logons(account)
+        }
+        fn clear_sudo(&self, account: &str) -> Result<(), OsError> {
+            self.count();
+            self.inner.clear_sudo(account)
         }
         fn observe(&self, account: &str) -> Result<Observed, OsError> {
             self.inner.observe(account)
@@ -628,6 +697,101 @@ mod tests {
         let deleted = executor.carry_out(&mut journal, &delete);
         assert!(!verified(&deleted).present);
         assert!(!m.state.accounts().unwrap().manages("nik_1"));
+    }
+
+    fn post_session(request_id: u64, account: &str) -> DeliveredCommand {
+        command(
+            request_id,
+            serde_json::json!({"op": "post_session", "account": account,
+                "actions": {"end_logons": true, "clear_sudo_credentials": true}}),
+        )
+    }
+
+    fn delete(request_id: u64, account: &str, end_logons: bool) -> DeliveredCommand {
+        command(
+            request_id,
+            serde_json::json!({"op": "delete_account", "account": account, "end_logons": end_logons}),
+        )
+    }
+
+    #[test]
+    fn post_session_actions_end_the_logons_and_report_none_left() {
+        let m = machine();
+        let executor = Executor::new(&m.backend, &m.state);
+        let mut journal = Journal::open(&m.state).unwrap();
+        executor.carry_out(&mut journal, &ensure(1, "msp-nik"));
+        m.backend.inner.log_in("msp-nik");
+        m.backend.inner.log_in("msp-nik");
+        let ended = executor.carry_out(&mut journal, &post_session(2, "msp-nik"));
+        let seen = verified(&ended);
+        assert_eq!((seen.processes, seen.sudo_cached), (Some(0), Some(false)));
+        assert_eq!(m.backend.observe("msp-nik").unwrap().processes, 0);
+        // Reported again after a restart: observed again, with the counts.
+        let mut journal = Journal::open(&m.state).unwrap();
+        let again = executor.carry_out(&mut journal, &post_session(2, "msp-nik"));
+        assert_eq!(verified(&again).processes, Some(0));
+    }
+
+    #[test]
+    fn processes_that_survive_fail_the_post_session_step_with_the_reason() {
+        let m = machine();
+        let executor = Executor::new(&m.backend, &m.state);
+        let mut journal = Journal::open(&m.state).unwrap();
+        executor.carry_out(&mut journal, &ensure(1, "msp-nik"));
+        m.backend.inner.log_in("msp-nik");
+        m.backend.inner.make_unkillable("msp-nik");
+        let failed = executor.carry_out(&mut journal, &post_session(2, "msp-nik"));
+        assert!(
+            failure(&failed).starts_with("account msp-nik still has 1 process(es)"),
+            "{}",
+            failure(&failed)
+        );
+    }
+
+    #[test]
+    fn a_busy_account_is_deleted_only_when_its_logons_may_be_ended() {
+        let m = machine();
+        let executor = Executor::new(&m.backend, &m.state);
+        let mut journal = Journal::open(&m.state).unwrap();
+        executor.carry_out(&mut journal, &ensure(1, "nik_1"));
+        m.backend.inner.log_in("nik_1");
+        let refused = executor.carry_out(&mut journal, &delete(2, "nik_1", false));
+        assert!(
+            failure(&refused).contains("still has 1 process(es)")
+                && failure(&refused).contains("the JIT policy does not end its logons"),
+            "{}",
+            failure(&refused)
+        );
+        assert!(m.backend.observe("nik_1").unwrap().present);
+        let deleted = executor.carry_out(&mut journal, &delete(3, "nik_1", true));
+        assert!(!verified(&deleted).present);
+    }
+
+    #[test]
+    fn an_account_is_not_deleted_while_its_offline_login_is_in_force() {
+        let m = machine();
+        let executor = Executor::new(&m.backend, &m.state);
+        let mut journal = Journal::open(&m.state).unwrap();
+        executor.carry_out(&mut journal, &ensure(1, "msp-1234"));
+        let mut offline = offline::OfflineState::default();
+        offline.grants.push(offline::Grant {
+            login_id: uuid::Uuid::from_u128(1),
+            account: "msp-1234".into(),
+            group: "Administrators".into(),
+            until: chrono::DateTime::from_timestamp(4_000_000_000, 0).unwrap(),
+            already_member: false,
+            hash: "!".into(),
+        });
+        m.state
+            .write_json(crate::state::OFFLINE_STATE, &offline)
+            .unwrap();
+        let refused = executor.carry_out(&mut journal, &delete(2, "msp-1234", true));
+        assert!(
+            failure(&refused).contains("has an offline login in force until 2096-10-02"),
+            "{}",
+            failure(&refused)
+        );
+        assert!(m.backend.observe("msp-1234").unwrap().present);
     }
 
     #[test]

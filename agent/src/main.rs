@@ -120,7 +120,7 @@ struct WhoArgs {
     /// Your MSP username (your named account on this computer).
     #[arg(long, group = "who")]
     technician: Option<String>,
-    /// Use the customer's shared account.
+    /// Use the customer's shared account (say who you are with --name).
     #[arg(long, group = "who")]
     shared: bool,
 }
@@ -129,6 +129,10 @@ struct WhoArgs {
 struct OfflineArgs {
     #[command(flatten)]
     who: WhoArgs,
+    /// With --shared: your name, as the audit trail records it (the code proves only that
+    /// you hold the shared secret, not who you are).
+    #[arg(long, requires = "shared")]
+    name: Option<String>,
     /// The 6-digit code your authenticator app shows for this computer.
     #[arg(long)]
     code: String,
@@ -208,15 +212,26 @@ fn run_daemon(args: RunArgs) -> ExitCode {
 }
 
 fn run_offline_login(args: OfflineArgs) -> ExitCode {
-    let who = match args.who.technician {
-        Some(name) => offline::Who::Technician(name),
-        None => offline::Who::Shared,
+    let who = match (args.who.technician, args.name) {
+        (Some(name), _) => offline::Who::Technician(name),
+        (None, None) => {
+            return fail(
+                "offline-login",
+                &"--name: the shared account needs your name for the audit trail \
+                  (e.g. --shared --name \"Nik Potter\")",
+                2,
+            )
+        }
+        (None, Some(name)) => match latchkey_domain::names::ClaimedName::parse(name.trim()) {
+            Ok(name) => offline::Who::Shared { name },
+            Err(e) => return fail("offline-login", &format!("--name {e}"), 2),
+        },
     };
     let state = match StateDir::open(&args.state.state) {
         Ok(state) => state,
         Err(e) => return fail("offline-login", &e, 1),
     };
-    let backend = LinuxShadow::new(&args.root.root);
+    let backend = LinuxShadow::new(&args.root.root, state.file(latchkey_agent::state::UIDS));
     match offline::login(&state, &backend, &who, &args.code, chrono::Utc::now()) {
         Ok(granted) => {
             println!("offline access granted to {}", granted.account);

@@ -29,7 +29,7 @@ use crate::state::{
     SetPassword, StateDir, StateError, LOCKOUT_OUTBOX, OFFLINE_ATTEMPTS, OFFLINE_SECRETS,
     OFFLINE_STATE, OUTBOX,
 };
-use latchkey_domain::names::AccountName;
+use latchkey_domain::names::{AccountName, ClaimedName};
 
 /// TOTP parameters, as the server issues them (RFC 6238 defaults).
 const TOTP_DIGITS: usize = 6;
@@ -54,15 +54,16 @@ const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuv
 pub enum Who {
     /// A technician by MSP username (their named account).
     Technician(String),
-    /// The tenant's shared account.
-    Shared,
+    /// The tenant's shared account, by someone who gave this name (a claim the audit trail
+    /// records as such).
+    Shared { name: ClaimedName },
 }
 
 impl fmt::Display for Who {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Who::Technician(name) => write!(f, "technician {name}"),
-            Who::Shared => f.write_str("the shared account"),
+            Who::Shared { .. } => f.write_str("the shared account"),
         }
     }
 }
@@ -505,6 +506,10 @@ pub fn login(
         login_id: Uuid::new_v4(),
         account: secret.account.clone(),
         technician_id: secret.technician_id.map(|t| t.0),
+        claimed_by: match who {
+            Who::Shared { name } => Some(name.clone()),
+            Who::Technician(_) => None,
+        },
         generation: secret.generation,
         admin_group: Some(stored.secrets.admin_group.clone()),
         used_at: now,
@@ -539,13 +544,13 @@ fn find_secret<'a>(
             s.technician_id.is_some()
                 && (s.username.as_deref() == Some(name.as_str()) || s.account.as_str() == name)
         }
-        Who::Shared => s.technician_id.is_none(),
+        Who::Shared { .. } => s.technician_id.is_none(),
     });
     matching
         .max_by_key(|s| s.generation)
         .ok_or_else(|| match who {
             Who::Technician(name) => OfflineError::UnknownTechnician(name.clone()),
-            Who::Shared => OfflineError::NoSharedSecret,
+            Who::Shared { .. } => OfflineError::NoSharedSecret,
         })
 }
 
@@ -631,6 +636,20 @@ pub fn drop_grants(state: &StateDir, account: &str, group: Option<&str>) -> Resu
     Ok(())
 }
 
+/// The end of the offline grant of `account` in force (the latest, if several), if any: the
+/// account must not be deleted under it.
+pub fn grant_in_force(
+    state: &StateDir,
+    account: &str,
+) -> Result<Option<DateTime<Utc>>, StateError> {
+    Ok(load_state(state)?
+        .grants
+        .iter()
+        .filter(|g| g.account == account && !g.already_member)
+        .map(|g| g.until)
+        .max())
+}
+
 /// When the next offline grant expires, if any.
 pub fn next_expiry(state: &StateDir) -> Result<Option<DateTime<Utc>>, StateError> {
     Ok(load_state(state)?.grants.iter().map(|g| g.until).min())
@@ -693,6 +712,13 @@ fn take_back(state: &StateDir, backend: &dyn AccountBackend, grant: &Grant) -> R
             });
             state.save_accounts(&managed).map_err(|e| e.to_string())?;
         }
+    }
+    if !grant.already_member {
+        // The agent cannot ask the server for the policy here: it takes the default of every
+        // login mode (end the logons, clear sudo's cached credentials), so the offline access
+        // ends for real too.
+        backend.end_logons(account).map_err(|e| e.to_string())?;
+        backend.clear_sudo(account).map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -784,6 +810,29 @@ mod tests {
         );
     }
 
+    /// Issue 12: a shared-account login was audited as "a technician". The name the person
+    /// gave travels with the buffered login; a named login carries none.
+    #[test]
+    fn a_shared_login_buffers_the_name_its_user_gave() {
+        let (_dir, state, backend) = setup();
+        let mut stored = load_secrets(&state).unwrap().unwrap().secrets;
+        stored.secrets[0].technician_id = None;
+        stored.secrets[0].username = None;
+        store_secrets(&state, stored, Utc::now()).unwrap();
+        let t = 1_700_000_010;
+        let who = Who::Shared {
+            name: ClaimedName::parse("Nik Potter").unwrap(),
+        };
+        login(&state, &backend, &who, &code_at(t), at(t as i64)).unwrap();
+        let buffered = pending(&state).unwrap();
+        assert_eq!(buffered.len(), 1);
+        assert_eq!(
+            buffered[0].1.claimed_by.as_ref().map(|n| n.as_str()),
+            Some("Nik Potter")
+        );
+        assert_eq!(buffered[0].1.technician_id, None);
+    }
+
     #[test]
     fn a_wrong_code_an_unknown_technician_and_a_malformed_code_are_refused() {
         let (_dir, state, backend) = setup();
@@ -808,7 +857,15 @@ mod tests {
             Err(OfflineError::UnknownTechnician(_))
         ));
         assert!(matches!(
-            login(&state, &backend, &Who::Shared, &code_at(t), at(t as i64)),
+            login(
+                &state,
+                &backend,
+                &Who::Shared {
+                    name: ClaimedName::parse("Ann Other").unwrap()
+                },
+                &code_at(t),
+                at(t as i64)
+            ),
             Err(OfflineError::NoSharedSecret)
         ));
         assert!(matches!(

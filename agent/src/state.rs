@@ -24,6 +24,8 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/latchkey-agent";
 pub const CREDENTIAL: &str = "credential.json";
 /// The accounts the agent created and manages ([`ManagedAccounts`]).
 pub const ACCOUNTS: &str = "accounts.json";
+/// Every UID a Latchkey account ever had on this machine (see `os::linux::UidRecord`).
+pub const UIDS: &str = "uids.json";
 /// The command journal, one JSON record a line (see `journal.rs`).
 pub const JOURNAL: &str = "journal.jsonl";
 /// The TOTP secrets last fetched from the server (see `offline.rs`).

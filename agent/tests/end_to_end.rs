@@ -66,6 +66,7 @@ fn named_mode_grants_and_takes_back_access_in_the_account_files() {
     assert_eq!(
         check_in,
         [
+            "end the logons and clear the cached sudo credentials of msp-nik",
             "remove msp-nik from Administrators",
             "rotate the password of msp-nik to version 2"
         ]
@@ -141,7 +142,8 @@ fn shared_mode_survives_server_restarts_while_the_agent_is_connected() {
     assert!(!agent.password_is(&shared, &password));
     settle(&msp, &agent);
     let applied = agent.assert_exactly_once();
-    assert_eq!(applied.len(), 5, "{applied:#?}");
+    // Grant (3), check-in: out of the group, the password, the post-session actions.
+    assert_eq!(applied.len(), 6, "{applied:#?}");
 
     msp.audit_shows(&setup.tenant_id, |s| {
         s == format!("nik@nikpot.com accessed workstation W10-local with account {shared}")
@@ -362,26 +364,10 @@ fn offline_login_works_without_the_server_once_per_code_and_is_uploaded_later() 
     // An agent restart while offline loses nothing.
     agent.kill();
     agent.run();
-    msp.start_server();
-    msp.audit_shows(&setup.tenant_id, |s| {
-        s.starts_with("nik@nikpot.com logged in offline to W11-OFFLINE with account msp-nik at")
-    });
-    wait_for("the outbox to be emptied", || agent.log(), || outbox() == 0);
-    wait_for(
-        "the server to rotate the password once more",
-        || agent.log(),
-        || !agent.password_is(&account, &password),
-    );
-    settle(&msp, &agent);
-    assert!(
-        agent.is_admin(&account),
-        "still admin until the grant expires"
-    );
-    agent.assert_exactly_once();
 
-    // The tenant's maximum session length passes (made to have passed, under the agent's
-    // state lock): the daemon takes the account back out of the admin group.
-    let rotated = agent.shadow_hash(&account);
+    // The tenant's maximum session length passes while still offline (made to have passed,
+    // under the agent's state lock): the daemon takes the account back out of the admin
+    // group, and the printed password no longer opens it.
     {
         let lock = std::fs::File::open(agent.state().join("state.lock")).unwrap();
         lock.lock().unwrap();
@@ -395,15 +381,66 @@ fn offline_login_works_without_the_server_once_per_code_and_is_uploaded_later() 
         std::fs::rename(path.with_extension("tmp"), &path).unwrap();
     }
     wait_for(
-        "the expired offline access to be taken back",
+        "the expired offline access to be taken back, the printed password with it",
         || agent.log(),
-        || !agent.is_admin(&account),
+        || !agent.is_admin(&account) && !agent.password_is(&account, &password),
     );
+
+    msp.start_server();
+    msp.audit_shows(&setup.tenant_id, |s| {
+        s.starts_with("nik@nikpot.com logged in offline to W11-OFFLINE with account msp-nik at")
+    });
+    wait_for("the outbox to be emptied", || agent.log(), || outbox() == 0);
+    // The login as uploaded runs for the tenant's maximum session length: the server ends
+    // it explicitly rather than leave it running with a password nobody knows (issue 12).
+    msp.audit_shows(&setup.tenant_id, |s| {
+        s.starts_with("the offline login to W11-OFFLINE with account msp-nik (granted until")
+            && s.contains("ends now, as W11-OFFLINE is back online")
+    });
+    settle(&msp, &agent);
+    assert!(!agent.is_admin(&account));
+    agent.assert_exactly_once();
+}
+
+/// Issue 12, item 5: an offline login uploaded while it runs is ended by the server, with an
+/// event that says so: out of the admin group, a new password, its logons ended.
+#[test]
+fn an_offline_login_uploaded_while_it_runs_is_ended_explicitly() {
+    let mut msp = Msp::start();
+    let (setup, agent, account, secret) = offline_ready(&msp, "W11-BACK");
+    msp.stop_server();
+    let granted = offline_login(&agent, &code_now(&secret));
+    assert!(granted.status.success(), "{}", support::said(&granted));
+    let stdout = String::from_utf8_lossy(&granted.stdout);
+    let password = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("the password is printed")
+        .to_owned();
+    assert!(agent.is_admin(&account));
+    msp.start_server();
+    msp.audit_shows(&setup.tenant_id, |s| {
+        s.contains("ends now, as W11-BACK is back online: Latchkey takes the account out of the admin group")
+    });
+    wait_for(
+        "the server to take the offline access back",
+        || agent.log(),
+        || !agent.is_admin(&account) && !agent.password_is(&account, &password),
+    );
+    msp.audit_shows(&setup.tenant_id, |s| {
+        s == "agent of W11-BACK verified: the logons of msp-nik were ended (processes left: 0) \
+              and its cached sudo credentials cleared"
+    });
+    settle(&msp, &agent);
+    let offline: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(agent.state().join("offline.json")).unwrap())
+            .unwrap();
     assert_eq!(
-        agent.shadow_hash(&account),
-        rotated,
-        "the password Latchkey set since is left alone"
+        offline["grants"],
+        json!([]),
+        "the agent has nothing left to take back"
     );
+    agent.assert_exactly_once();
 }
 
 #[test]
@@ -489,8 +526,13 @@ fn an_account_latchkey_did_not_create_is_never_touched() {
     let msp = Msp::start();
     let setup = msp.setup("named");
     let mut agent = Agent::new("W11-HANDMADE");
-    // Someone made a local msp-nik by hand.
-    let backend = latchkey_agent::os::linux::LinuxShadow::new(agent.root());
+    // Someone made a local msp-nik by hand (through the backend, but outside the agent's
+    // state: its UID record is elsewhere).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let backend = latchkey_agent::os::linux::LinuxShadow::new(
+        agent.root(),
+        elsewhere.path().join("uids.json"),
+    );
     latchkey_agent::os::AccountBackend::ensure_account(&backend, "msp-nik").unwrap();
     let before = agent.shadow_hash("msp-nik");
     agent.enroll_and_run(&msp, &setup);

@@ -156,6 +156,8 @@ fn a_computer_that_was_never_enrolled_is_told_to_enroll_and_has_no_offline_secre
     let login = agent.command(&[
         "offline-login",
         "--shared",
+        "--name",
+        "Nik Potter",
         "--code",
         "123456",
         "--state",
@@ -169,6 +171,25 @@ fn a_computer_that_was_never_enrolled_is_told_to_enroll_and_has_no_offline_secre
         "{}",
         stderr(&login)
     );
+    // The shared account needs a name for the audit trail; a name that is no name is refused.
+    for (name, says) in [
+        (None, "--name: the shared account needs your name"),
+        (Some(" "), "--name claimed_by must be 1-100 characters"),
+        (
+            Some("two\nlines"),
+            "--name claimed_by must be 1-100 characters",
+        ),
+    ] {
+        let mut args = vec!["offline-login", "--shared", "--code", "123456"];
+        if let Some(name) = name {
+            args.extend_from_slice(&["--name", name]);
+        }
+        args.extend_from_slice(&["--state", state.to_str().unwrap()]);
+        args.extend_from_slice(&["--root", root.to_str().unwrap()]);
+        let refused = agent.command(&args);
+        assert_eq!(refused.status.code(), Some(2), "{}", said(&refused));
+        assert!(stderr(&refused).contains(says), "{}", stderr(&refused));
+    }
     let malformed = agent.command(&[
         "offline-login",
         "--technician",

@@ -56,13 +56,14 @@ fn the_daemon_holds_one_event_feed_and_never_polls() {
         || !agent.is_admin(&account),
     );
     // (Not `settle`: asking the long poll whether the feed is empty would count as a poll.)
+    // Grant (3), check-in: out of the group, the password, the post-session actions.
     wait_for(
-        "the five requests to be reported",
+        "the six requests to be reported",
         || format!("{:#?}", agent.journal()),
-        || agent.steps("reported").len() == 5,
+        || agent.steps("reported").len() == 6,
     );
     let applied = agent.assert_exactly_once();
-    assert_eq!(applied.len(), 5, "{applied:#?}");
+    assert_eq!(applied.len(), 6, "{applied:#?}");
 
     let metrics = msp.metrics();
     assert_eq!(

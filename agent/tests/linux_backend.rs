@@ -2,7 +2,10 @@
 //! (never the host's `/etc`) and against the in-memory backend, so both keep the same
 //! promises; then what only the Linux backend can show (the files, the tools, the hashes).
 
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 use latchkey_agent::os::linux::{throwaway_root, LinuxShadow};
 use latchkey_agent::os::memory::MemoryAccounts;
@@ -91,7 +94,7 @@ fn keeps_the_contract(backend: &dyn AccountBackend) {
     assert_eq!(backend.observe(ACCOUNT).unwrap().password_hash, Some(hash));
 
     // delete_account: absent, out of every group, and deleting again is Ok.
-    backend.delete_account(ACCOUNT).unwrap();
+    backend.delete_account(ACCOUNT, false).unwrap();
     let deleted = backend.observe(ACCOUNT).unwrap();
     assert!(!deleted.present);
     assert!(deleted.groups.is_empty(), "{deleted:?}");
@@ -100,7 +103,7 @@ fn keeps_the_contract(backend: &dyn AccountBackend) {
         .group_members(ADMIN)
         .unwrap()
         .contains(&ACCOUNT.to_string()));
-    backend.delete_account(ACCOUNT).unwrap();
+    backend.delete_account(ACCOUNT, false).unwrap();
 }
 
 /// A throw-away root in a fresh temp directory, with the test groups.
@@ -111,7 +114,7 @@ fn linux_root() -> (tempfile::TempDir, LinuxShadow) {
     );
     let dir = tempfile::tempdir().unwrap();
     throwaway_root(dir.path(), &[ADMIN, EXTRA]).unwrap();
-    let backend = LinuxShadow::new(dir.path());
+    let backend = LinuxShadow::new(dir.path(), dir.path().join("uids.json"));
     (dir, backend)
 }
 
@@ -189,7 +192,7 @@ fn the_linux_backend_changes_the_files_under_its_root_and_never_the_hosts() {
         vec![ADMIN.to_string()]
     );
 
-    backend.delete_account(ACCOUNT).unwrap();
+    backend.delete_account(ACCOUNT, false).unwrap();
     assert!(line_of(&read(root, "passwd"), ACCOUNT).is_none());
     assert!(line_of(&read(root, "shadow"), ACCOUNT).is_none());
     assert!(
@@ -244,7 +247,8 @@ fn group_members_lists_who_the_group_file_lists() {
 fn a_missing_tool_is_reported_as_missing_and_changes_nothing() {
     let (dir, _) = linux_root();
     let no_tools = tempfile::tempdir().unwrap();
-    let backend = LinuxShadow::with_tool_dir(dir.path(), no_tools.path());
+    let backend =
+        LinuxShadow::with_tool_dir(dir.path(), dir.path().join("uids.json"), no_tools.path());
     let passwd = read(dir.path(), "passwd");
 
     match backend.ensure_account(ACCOUNT) {
@@ -259,7 +263,7 @@ fn a_missing_tool_is_reported_as_missing_and_changes_nothing() {
     }
     assert_eq!(read(dir.path(), "passwd"), passwd);
     // Nothing to do needs no tool: idempotent checks read the files first.
-    backend.delete_account(ACCOUNT).unwrap();
+    backend.delete_account(ACCOUNT, false).unwrap();
     assert!(!backend.observe(ACCOUNT).unwrap().present);
 }
 
@@ -284,7 +288,7 @@ fn a_failing_tool_is_reported_with_its_status_and_stderr() {
 #[test]
 fn an_unreadable_root_is_reported_not_mistaken_for_an_empty_machine() {
     let dir = tempfile::tempdir().unwrap();
-    let backend = LinuxShadow::new(dir.path());
+    let backend = LinuxShadow::new(dir.path(), dir.path().join("uids.json"));
     assert!(matches!(
         backend.observe(ACCOUNT),
         Err(OsError::Unreadable { .. })
@@ -357,4 +361,135 @@ fn password_matches_hashes_made_by_the_systems_crypt() {
     ] {
         assert!(!password_matches("correct horse", unusable), "{unusable}");
     }
+}
+
+/// The UID of `account` in the root's passwd file.
+fn uid_in(root: &Path, account: &str) -> u32 {
+    line_of(&read(root, "passwd"), account)
+        .and_then(|line| line.split(':').nth(2))
+        .and_then(|uid| uid.parse().ok())
+        .unwrap_or_else(|| panic!("{account} has no uid"))
+}
+
+/// Gives the root's accounts UIDs from `min` up: throw-away roots run side by side copy the
+/// host's passwd file, so they would hand out the same UIDs, and a process started as one
+/// root's account would count as another root's.
+fn own_uid_range(root: &Path, min: u32) {
+    let path = root.join("etc/login.defs");
+    let mut defs: String = std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|line| !line.starts_with("UID_MIN") && !line.starts_with("UID_MAX"))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    defs.push_str(&format!("UID_MIN {min}\nUID_MAX {}\n", min + 999));
+    std::fs::write(path, defs).unwrap();
+}
+
+/// A real process running as `uid`, as a technician's logon would be.
+fn process_as(uid: u32) -> Child {
+    Command::new("sleep")
+        .arg("300")
+        .uid(uid)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Issue 12: a deleted account's processes kept running under its UID. An account with a
+/// process is never deleted; ending its logons ends the process, and only then it goes.
+#[test]
+fn a_busy_account_is_never_deleted_unless_its_processes_are_ended_first() {
+    let (dir, backend) = linux_root();
+    own_uid_range(dir.path(), 43000);
+    backend.ensure_account(ACCOUNT).unwrap();
+    let uid = uid_in(dir.path(), ACCOUNT);
+    let mut logon = process_as(uid);
+    assert_eq!(backend.observe(ACCOUNT).unwrap().processes, 1);
+
+    match backend.delete_account(ACCOUNT, false) {
+        Err(OsError::Busy {
+            processes, pids, ..
+        }) => {
+            assert_eq!(processes, 1);
+            assert_eq!(pids, logon.id().to_string());
+        }
+        other => panic!("expected Busy, got {other:?}"),
+    }
+    assert!(backend.observe(ACCOUNT).unwrap().present, "not deleted");
+    assert!(
+        logon.try_wait().unwrap().is_none(),
+        "and its process untouched"
+    );
+
+    backend.end_logons(ACCOUNT).unwrap();
+    let ended = logon.wait().unwrap();
+    assert!(!ended.success(), "ended by a signal: {ended:?}");
+    assert_eq!(backend.observe(ACCOUNT).unwrap().processes, 0);
+    backend.delete_account(ACCOUNT, false).unwrap();
+    assert!(!backend.observe(ACCOUNT).unwrap().present);
+
+    // With end_logons, the deletion ends them itself.
+    backend.ensure_account(ACCOUNT).unwrap();
+    let mut logon = process_as(uid_in(dir.path(), ACCOUNT));
+    let reaper = std::thread::spawn(move || logon.wait().unwrap());
+    backend.delete_account(ACCOUNT, true).unwrap();
+    assert!(!reaper.join().unwrap().success());
+    assert!(!backend.observe(ACCOUNT).unwrap().present);
+}
+
+/// Issue 12: `useradd` gave a deleted Latchkey account's UID to the next one.
+#[test]
+fn a_uid_once_given_to_a_latchkey_account_is_never_given_again() {
+    let (dir, backend) = linux_root();
+    let root = dir.path();
+    backend.ensure_account("lk-test-one").unwrap();
+    let first = uid_in(root, "lk-test-one");
+    backend.delete_account("lk-test-one", false).unwrap();
+    backend.ensure_account("lk-test-two").unwrap();
+    let second = uid_in(root, "lk-test-two");
+    assert!(second > first, "{second} after {first}");
+    // A restarted agent (a new backend on the same record), the same name again.
+    let again = LinuxShadow::new(root, root.join("uids.json"));
+    again.ensure_account("lk-test-one").unwrap();
+    let third = uid_in(root, "lk-test-one");
+    assert!(third != first && third != second, "{third}");
+    let record = std::fs::read_to_string(root.join("uids.json")).unwrap();
+    for uid in [first, second, third] {
+        assert!(record.contains(&format!("\"{uid}\"")), "{uid} in {record}");
+    }
+    let mode = std::fs::metadata(root.join("uids.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+/// Issue 12: homes were 0755, readable by every local user.
+#[test]
+fn a_home_directory_is_private_and_goes_with_the_account() {
+    let (dir, backend) = linux_root();
+    backend.ensure_account(ACCOUNT).unwrap();
+    let home = dir.path().join("home").join(ACCOUNT);
+    let mode = std::fs::metadata(&home).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o700, "{mode:o}");
+    backend.delete_account(ACCOUNT, false).unwrap();
+    assert!(!home.exists());
+}
+
+#[test]
+fn clearing_sudo_removes_the_accounts_cached_credentials_only() {
+    let (dir, backend) = linux_root();
+    backend.ensure_account(ACCOUNT).unwrap();
+    let ts = dir.path().join("run/sudo/ts");
+    std::fs::create_dir_all(&ts).unwrap();
+    std::fs::write(ts.join(ACCOUNT), b"timestamp").unwrap();
+    std::fs::write(ts.join("root"), b"timestamp").unwrap();
+    assert!(backend.observe(ACCOUNT).unwrap().sudo_cached);
+    backend.clear_sudo(ACCOUNT).unwrap();
+    backend.clear_sudo(ACCOUNT).unwrap();
+    assert!(!backend.observe(ACCOUNT).unwrap().sudo_cached);
+    assert!(ts.join("root").exists(), "another user's is kept");
 }

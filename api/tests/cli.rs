@@ -218,6 +218,27 @@ fn the_mode_and_the_policy_change_and_the_audit_trail_says_so() {
     assert_eq!(policy["max_session_minutes"], 30);
     assert_eq!(policy["admin_group"], "sudo");
     assert_eq!(policy["rotate_on_check_in"], true);
+    assert_eq!(
+        policy["post_session_actions"],
+        Value::Null,
+        "the mode's default"
+    );
+
+    // One post-session action off: the other stays as the login mode's default had it.
+    let said = msp
+        .cli(&["policy", "set", "--tenant", &id, "--end-logons", "false"])
+        .ok();
+    assert!(
+        said.contains("when access ends        clear its cached sudo credentials"),
+        "{said}"
+    );
+    let policy = msp
+        .cli(&["policy", "show", "--tenant", &id, "--json"])
+        .json();
+    assert_eq!(
+        policy["post_session_actions"],
+        serde_json::json!({"end_logons": false, "clear_sudo_credentials": true})
+    );
 
     // A whole policy from a file, as `policy show --json` printed it, with a flag on top.
     let mut edited = policy.clone();

@@ -86,14 +86,22 @@ async fn agent_answers(store: &dyn EventStore, machine: &mut Machine) -> usize {
             Operation::DeleteAccount { .. } => {
                 machine.remove(&name);
             }
+            // Nobody is logged in on this machine.
+            Operation::PostSession { .. } => {}
         }
-        let verified = match machine.get(&name) {
-            Some((groups, version)) => AccountObservation {
-                present: true,
-                groups: groups.clone(),
-                password_version: *version,
-            },
-            None => AccountObservation::default(),
+        let ended = matches!(request.operation, Operation::PostSession { .. });
+        let verified = AccountObservation {
+            processes: ended.then_some(0),
+            sudo_cached: ended.then_some(false),
+            ..match machine.get(&name) {
+                Some((groups, version)) => AccountObservation {
+                    present: true,
+                    groups: groups.clone(),
+                    password_version: *version,
+                    ..AccountObservation::default()
+                },
+                None => AccountObservation::default(),
+            }
         };
         let command = ComputerCommand::ReportSucceeded {
             request_id: *id,

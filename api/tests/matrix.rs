@@ -752,6 +752,14 @@ fn bad_input_changes_nothing() {
     let mut bad_policy: Value = serde_json::from_str(w.var("policyA")).unwrap();
     bad_policy["max_session_minutes"] = json!("long");
     let bad_policy = bad_policy.to_string();
+    let mut bad_actions: Value = serde_json::from_str(w.var("policyA")).unwrap();
+    bad_actions["post_session_actions"] =
+        json!({"end_logons": "yes", "clear_sudo_credentials": true});
+    let bad_actions = bad_actions.to_string();
+    let mut unknown_action: Value = serde_json::from_str(w.var("policyA")).unwrap();
+    unknown_action["post_session_actions"] =
+        json!({"end_logons": true, "clear_sudo_credentials": true, "reboot": true});
+    let unknown_action = unknown_action.to_string();
     let mut reuse_and_delete: Value = serde_json::from_str(w.var("policyA")).unwrap();
     reuse_and_delete["reuse_existing_account"] = json!(true);
     reuse_and_delete["on_check_in"] = json!("delete_account");
@@ -771,6 +779,8 @@ fn bad_input_changes_nothing() {
         ("PUT", "/v1/tenants/{A}/login-mode", msp, Some(r#"{"login_mode":5}"#), 400, Some("login_mode")),
         ("PUT", "/v1/tenants/{A}/login-mode", msp, Some(r#"{"login_mode":"shared","extra":1}"#), 400, Some("extra")),
         ("PUT", "/v1/tenants/{A}/policy", msp, Some(&bad_policy), 400, Some("max_session_minutes")),
+        ("PUT", "/v1/tenants/{A}/policy", msp, Some(&bad_actions), 400, Some("post_session_actions.end_logons")),
+        ("PUT", "/v1/tenants/{A}/policy", msp, Some(&unknown_action), 400, Some("post_session_actions.reboot")),
         ("PUT", "/v1/tenants/{A}/computers/{cA}/policy", msp, Some(r#"{"policy":7}"#), 400, Some("policy")),
         // A rule across two fields names the field it refuses.
         ("PUT", "/v1/tenants/{A}/policy", msp, Some(&reuse_and_delete), 400, Some("reuse_existing_account")),

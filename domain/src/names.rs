@@ -262,6 +262,15 @@ validated_string!(
 );
 
 validated_string!(
+    /// The name a person gave at an offline login to a shared account: a claim, not an
+    /// identity (the TOTP code only proves possession of the computer's shared secret).
+    ClaimedName, field = "claimed_by",
+    rule = "must be 1-100 characters without control characters or surrounding spaces",
+    schema = { "pattern": FREE_TEXT_PATTERN, "maxLength": 100 },
+    check = |v| free_text(v, 100)
+);
+
+validated_string!(
     /// The 4 random digits of a tenant's shared account, `msp-NNNN`. Chosen by the caller.
     SharedAccountDigits, field = "shared_account_digits",
     rule = "must be exactly 4 digits",
@@ -385,6 +394,7 @@ mod tests {
         agree::<Reason>(|v| Reason::parse(v).is_ok(), &free_text);
         agree::<TicketRef>(|v| TicketRef::parse(v).is_ok(), &free_text);
         agree::<FailureReason>(|v| FailureReason::parse(v).is_ok(), &free_text);
+        agree::<ClaimedName>(|v| ClaimedName::parse(v).is_ok(), &free_text);
         let long_reason = "é".repeat(500);
         let too_long_reason = "é".repeat(501);
         agree::<Reason>(

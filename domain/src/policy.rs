@@ -64,6 +64,62 @@ pub enum CheckInAction {
     DeleteAccount,
 }
 
+/// What the agent does to an account's live logons when a session's access to it ends (the
+/// account leaves the admin group or is deleted): the JIT policy's post-session actions, as
+/// Windows LAPS has post-authentication actions. Without them, a technician who stayed
+/// logged in keeps the admin group in that logon, and `sudo` keeps its cached credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostSessionActions {
+    /// End the account's logons and processes (systemd-logind's `terminate-user` where it
+    /// runs, then SIGTERM and SIGKILL), a root shell opened with `sudo` in its logon included.
+    pub end_logons: bool,
+    /// Remove sudo's cached credentials for the account, so `sudo` asks for the (rotated)
+    /// password again.
+    pub clear_sudo_credentials: bool,
+}
+
+impl PostSessionActions {
+    /// Nothing is done to live logons (sessions checked out before post-session actions
+    /// existed, and a policy that asks for none).
+    pub const NONE: PostSessionActions = PostSessionActions {
+        end_logons: false,
+        clear_sudo_credentials: false,
+    };
+
+    /// Both actions.
+    pub const ALL: PostSessionActions = PostSessionActions {
+        end_logons: true,
+        clear_sudo_credentials: true,
+    };
+
+    pub fn any(&self) -> bool {
+        self.end_logons || self.clear_sudo_credentials
+    }
+
+    /// The default of each login mode: both actions in every mode. They run only when the
+    /// account loses its rights (its last session's check-in), so in shared mode they never
+    /// cut off another technician's session; a named account is its technician's alone; an
+    /// ephemeral account is usually deleted, which a live logon would otherwise block.
+    pub fn default_for(mode: LoginMode) -> Self {
+        match mode {
+            LoginMode::Named | LoginMode::Shared | LoginMode::Ephemeral => Self::ALL,
+        }
+    }
+}
+
+impl fmt::Display for PostSessionActions {
+    /// The actions as the object of "was asked to …".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.end_logons, self.clear_sudo_credentials) {
+            (true, true) => f.write_str("end its logons and clear its cached sudo credentials"),
+            (true, false) => f.write_str("end its logons"),
+            (false, true) => f.write_str("clear its cached sudo credentials"),
+            (false, false) => f.write_str("leave its logons alone"),
+        }
+    }
+}
+
 /// Which characters generated passwords draw from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -344,6 +400,11 @@ pub struct JitPolicyFields {
     pub rotate_on_check_in: bool,
     /// Named mode: the account name template, e.g. `msp-{username}`.
     pub named_account_template: AccountTemplate,
+    /// What the agent does to the account's live logons when a session's access ends;
+    /// `null` (the default): the login mode's default, which ends the logons and clears the
+    /// cached sudo credentials in every mode.
+    #[serde(default)]
+    pub post_session_actions: Option<PostSessionActions>,
 }
 
 impl JitPolicy {
@@ -388,6 +449,13 @@ impl JitPolicy {
     pub fn named_account_template(&self) -> &AccountTemplate {
         &self.0.named_account_template
     }
+    /// The post-session actions for a session in `mode`: the policy's, else the mode's
+    /// default.
+    pub fn post_session_actions(&self, mode: LoginMode) -> PostSessionActions {
+        self.0
+            .post_session_actions
+            .unwrap_or_else(|| PostSessionActions::default_for(mode))
+    }
 
     /// The secure default: provisioning on, each computer's own admin group, remove from
     /// group at check-in, no reuse, one hour, 24-character passwords, rotate at check-in.
@@ -401,6 +469,7 @@ impl JitPolicy {
             password: PasswordPolicy::default(),
             rotate_on_check_in: true,
             named_account_template: AccountTemplate::default(),
+            post_session_actions: None,
         })
     }
 }
@@ -457,6 +526,15 @@ mod tests {
                 serde_json::json!("{username}{username}"),
             ),
             ("max_session_minutes", serde_json::json!(10081)),
+            (
+                "post_session_actions",
+                serde_json::json!({"end_logons": true, "clear_sudo_credentials": false}),
+            ),
+            (
+                "post_session_actions",
+                serde_json::json!({"end_logons": true}),
+            ),
+            ("post_session_actions", serde_json::json!("end_logons")),
         ];
         let agree = |policy: &serde_json::Value| {
             let parsed = serde_json::from_value::<JitPolicy>(policy.clone()).is_ok();
@@ -483,6 +561,26 @@ mod tests {
             err.to_string(),
             "login_mode must be one of named, shared, ephemeral (got 'nammed')"
         );
+    }
+
+    #[test]
+    fn post_session_actions_default_to_ending_logons_and_clearing_sudo_in_every_mode() {
+        let policy = JitPolicy::default();
+        for mode in LoginMode::ALL {
+            assert_eq!(policy.post_session_actions(mode), PostSessionActions::ALL);
+        }
+        let mut fields = policy.fields().clone();
+        fields.post_session_actions = Some(PostSessionActions::NONE);
+        let none = JitPolicy::new(fields).unwrap();
+        assert_eq!(
+            none.post_session_actions(LoginMode::Named),
+            PostSessionActions::NONE
+        );
+        // A policy stored before the setting existed loads, with the modes' defaults.
+        let mut old = serde_json::to_value(&policy).unwrap();
+        old.as_object_mut().unwrap().remove("post_session_actions");
+        let loaded: JitPolicy = serde_json::from_value(old).unwrap();
+        assert_eq!(loaded, policy);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::computer::{AccessGrant, AccountOwner, Computer};
 use crate::event::{domain_events, Actor, Timestamp};
 use crate::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use crate::names::{AccountName, EphemeralDigits, FailureReason, GroupName, Reason, TicketRef};
-use crate::policy::{CheckInAction, LoginMode, SessionLength};
+use crate::policy::{CheckInAction, LoginMode, PostSessionActions, SessionLength};
 use crate::technician::TechnicianState;
 use crate::tenant::TenantState;
 use crate::{Aggregate, DomainError};
@@ -130,6 +130,10 @@ pub struct SessionCheckedOut {
     pub admin_group: GroupName,
     pub on_check_in: CheckInAction,
     pub rotate_on_check_in: bool,
+    /// What the agent does to the account's live logons when the access ends; absent for
+    /// sessions checked out before post-session actions existed (none then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_session: Option<PostSessionActions>,
     pub create_account: bool,
     pub reason: Option<Reason>,
     pub ticket: Option<TicketRef>,
@@ -149,6 +153,7 @@ impl SessionCheckedOut {
             admin_group: self.admin_group.clone(),
             on_check_in: self.on_check_in,
             rotate_on_check_in: self.rotate_on_check_in,
+            post_session: self.post_session.unwrap_or(PostSessionActions::NONE),
             create_account: self.create_account,
         }
     }
@@ -290,6 +295,7 @@ fn check_out(c: CheckOut) -> Result<Vec<SessionEvent>, DomainError> {
         admin_group,
         on_check_in: policy.on_check_in(),
         rotate_on_check_in: policy.rotate_on_check_in(),
+        post_session: Some(policy.post_session_actions(c.tenant.login_mode)),
         create_account: policy.provisioning_enabled(),
         reason: c.reason,
         ticket: c.ticket,

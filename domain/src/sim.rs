@@ -404,14 +404,28 @@ impl World {
             Operation::DeleteAccount { .. } => {
                 machine.remove(&name);
             }
+            Operation::PostSession { .. } => {}
         }
+        // This machine has no logons: post-session actions always find none left.
+        let ended = matches!(request.operation, Operation::PostSession { .. });
+        let (processes, sudo_cached) = if ended {
+            (Some(0), Some(false))
+        } else {
+            (None, None)
+        };
         match machine.get(&name) {
             Some(a) => AccountObservation {
                 present: true,
                 groups: a.groups.clone(),
                 password_version: a.password_version,
+                processes,
+                sudo_cached,
             },
-            None => AccountObservation::default(),
+            None => AccountObservation {
+                processes,
+                sudo_cached,
+                ..AccountObservation::default()
+            },
         }
     }
 

@@ -102,6 +102,8 @@ enum Change<'a> {
     Rotated,
     Added(&'a GroupName),
     Removed(&'a GroupName),
+    /// Post-session actions: the account's logons ended, its sudo credentials cleared.
+    LogonsEnded,
     Deleted,
 }
 
@@ -219,6 +221,7 @@ pub(crate) fn apply(
         E::PasswordRotated(e) => verified!(e, Change::Rotated),
         E::AddedToAdminGroup(e) => verified!(e, Change::Added(&e.group)),
         E::RemovedFromAdminGroup(e) => verified!(e, Change::Removed(&e.group)),
+        E::PostSessionActionsTaken(e) => verified!(e, Change::LogonsEnded),
         E::AccountDeleted(e) => verified!(e, Change::Deleted),
         E::AccountRetirementStarted(e) => {
             crate::exec_later(
@@ -251,6 +254,19 @@ pub(crate) fn apply(
         | E::SessionAccessReleased(_)
         | E::OfflineSecretDisclosed(_)
         | E::OfflineLoginLockedOut(_) => {}
+        E::OfflineLoginEnded(e) => {
+            // Ended before the end the agent gave it: it explains the membership no longer.
+            crate::exec_later(
+                tx,
+                "UPDATE offline_logins SET until = ?3
+                 WHERE computer_id = ?1 AND login_id = ?2 AND until > ?3",
+                params![
+                    e.computer_id.to_string(),
+                    e.login_id.to_string(),
+                    time(&e.at)
+                ],
+            )?;
+        }
         E::OfflineLoginRecorded(e) => {
             let computer = e.computer_id.to_string();
             crate::exec(
@@ -344,7 +360,7 @@ fn verified_result(
     let deleted = match r.change {
         Change::Provisioned => Some(false),
         Change::Deleted => Some(true),
-        Change::Rotated | Change::Added(_) | Change::Removed(_) => None,
+        Change::Rotated | Change::Added(_) | Change::Removed(_) | Change::LogonsEnded => None,
     };
     crate::exec_later(
         tx,

@@ -170,14 +170,21 @@ impl Story {
             Operation::DeleteAccount { .. } => {
                 self.machine.remove(&name);
             }
+            Operation::PostSession { .. } => {}
         }
-        let verified = match self.machine.get(&name) {
-            Some((groups, version)) => AccountObservation {
-                present: true,
-                groups: groups.clone(),
-                password_version: *version,
-            },
-            None => AccountObservation::default(),
+        let ended = matches!(operation, Operation::PostSession { .. });
+        let verified = AccountObservation {
+            processes: ended.then_some(0),
+            sudo_cached: ended.then_some(false),
+            ..match self.machine.get(&name) {
+                Some((groups, version)) => AccountObservation {
+                    present: true,
+                    groups: groups.clone(),
+                    password_version: *version,
+                    ..AccountObservation::default()
+                },
+                None => AccountObservation::default(),
+            }
         };
         self.on_computer(ComputerCommand::ReportSucceeded {
             request_id: RequestId(request),
@@ -638,6 +645,7 @@ impl Story {
             login_id: OFFLINE,
             account: account("msp-nik"),
             technician_id: Some(NIK),
+            claimed_by: None,
             generation: 1,
             admin_group: group,
             used_at: at(30),
@@ -691,13 +699,15 @@ impl Story {
 /// DESIGN.md's views of who is an admin (as of a time, standing privilege, drift) agree
 /// about an offline login: during it the account is an admin through the login, which is no
 /// standing privilege and no drift; past its end, until the agent is seen to have taken it
-/// back, it is both, with the login named; once seen over, it is neither.
+/// back, it is both, with the login named; once seen over, it is neither. Uploaded before
+/// its end, the login ends at the upload (issue 12: `OfflineLoginEnded`), and the server's
+/// removal from the group, once verified, is it seen over.
 #[tokio::test]
 async fn an_offline_login_is_an_admin_in_every_view_until_it_is_seen_over() {
     let mut s = Story::with_an_earlier_session().await;
     assert!(s.standing_at(far_future()).is_empty());
     // Offline at 30 the agent adds msp-nik to the group; back online it reports the group
-    // and uploads the login at 40, and the server rotates the printed password away.
+    // and uploads the login at 40 (its end would be 90): the server ends it then.
     s.machine
         .get_mut(&account("msp-nik"))
         .unwrap()
@@ -705,46 +715,43 @@ async fn an_offline_login_is_an_admin_in_every_view_until_it_is_seen_over() {
         .insert(administrators());
     s.inventory(at(35)).await;
     s.upload_offline_login(Some(administrators()), at(40)).await;
-    s.agent_answers_everything(at(41)).await;
 
     let nik = |logins: Vec<Uuid>| vec![("msp-nik".to_owned(), logins)];
     assert_eq!(s.offline_admins_at(at(25)), vec![], "before the login");
-    assert_eq!(s.offline_admins_at(at(50)), nik(vec![OFFLINE]));
-    let during = s.q().admins_as_of(W11, at(50)).unwrap();
+    assert_eq!(s.offline_admins_at(at(38)), nik(vec![OFFLINE]));
+    let during = s.q().admins_as_of(W11, at(38)).unwrap();
     assert_eq!((during[0].joined_at, during[0].left_at), (at(30), None));
     assert_eq!(during[0].offline_logins[0].technician_id, Some(NIK));
-    assert_eq!(during[0].offline_logins[0].until, at(90));
+    assert_eq!(
+        during[0].offline_logins[0].until,
+        at(40),
+        "ended at the upload"
+    );
     assert!(during[0].sessions.is_empty());
     assert_eq!(
-        s.standing_at(at(50)),
+        s.standing_at(at(38)),
         vec![],
         "explained by the offline login"
     );
     assert_eq!(
-        s.drift(at(50)),
+        s.drift(at(38)),
         vec!["Administrator"],
         "explained by the login"
     );
 
-    // Past its end and still in the group as far as anyone has seen.
+    // Past its (new) end and still in the group as far as anyone has seen.
     assert_eq!(
-        s.standing_at(at(95)),
+        s.standing_at(at(45)),
         vec![("msp-nik".to_owned(), Some(OFFLINE))]
     );
-    assert_eq!(s.drift(at(95)), vec!["Administrator", "msp-nik"]);
+    assert_eq!(s.drift(at(45)), vec!["Administrator", "msp-nik"]);
 
-    // The agent takes it back at 90 and its next inventory shows that.
-    s.machine
-        .get_mut(&account("msp-nik"))
-        .unwrap()
-        .0
-        .remove(&administrators());
-    s.inventory(at(91)).await;
-    assert_eq!(s.standing_at(at(95)), vec![]);
-    assert_eq!(s.drift(at(95)), vec!["Administrator"]);
-    assert_eq!(s.offline_admins_at(at(95)), vec![]);
-    let history = s.q().admins_as_of(W11, at(50)).unwrap();
-    assert_eq!(history[0].left_at, Some(at(91)), "ended when seen over");
+    // The agent carries out the server's removal at 41 and reports it verified.
+    s.agent_answers_everything(at(41)).await;
+    assert_eq!(s.standing_at(at(45)), vec![]);
+    assert_eq!(s.offline_admins_at(at(45)), vec![]);
+    let history = s.q().admins_as_of(W11, at(38)).unwrap();
+    assert_eq!(history[0].left_at, Some(at(41)), "ended when seen over");
 }
 
 /// Uploaded after the agent's inventory already showed it over, the login is over at once;

@@ -10,7 +10,9 @@ use latchkey_domain::computer::{
     RequestStatus,
 };
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
-use latchkey_domain::names::{Email, FailureReason, GroupName, Reason, TicketRef, Username};
+use latchkey_domain::names::{
+    ClaimedName, Email, FailureReason, GroupName, Reason, TicketRef, Username,
+};
 use latchkey_domain::policy::{CheckInAction, JitPolicy, LoginMode};
 use latchkey_domain::session::{
     CheckInReason, CredentialRevealed, SessionActivated, SessionCheckedIn, SessionCheckedOut,
@@ -46,6 +48,7 @@ fn observed(operation: &Operation) -> AccountObservation {
         present: true,
         groups,
         password_version,
+        ..AccountObservation::default()
     };
     match operation {
         Operation::EnsureAccount { .. } => present(BTreeSet::new(), None),
@@ -53,6 +56,11 @@ fn observed(operation: &Operation) -> AccountObservation {
         Operation::AddToGroup { group, .. } => present(BTreeSet::from([group.clone()]), Some(1)),
         Operation::RemoveFromGroup { .. } => present(BTreeSet::new(), Some(2)),
         Operation::DeleteAccount { .. } => AccountObservation::default(),
+        Operation::PostSession { .. } => AccountObservation {
+            processes: Some(0),
+            sudo_cached: Some(false),
+            ..present(BTreeSet::new(), Some(2))
+        },
     }
 }
 
@@ -1200,7 +1208,7 @@ async fn a_page_holds_at_most_a_thousand_lines() {
 #[tokio::test]
 async fn the_rarer_sentences_read_as_written() {
     use latchkey_domain::computer::{
-        AccountRetirementStarted, AdminGroupInventoried, ComputerDecommissioned,
+        AccountRetirementStarted, AdminGroupInventoried, ComputerDecommissioned, OfflineLoginEnded,
         OfflineLoginLockedOut, OfflineLoginRecorded, OfflineSecretDisclosed, OfflineSecretIssued,
         OsKind, ProvisioningRequested, ProvisioningSuperseded, Purpose, ReleaseOutcome,
         RetireReason, SessionAccessFailed, SessionAccessGranted, SessionAccessReleased,
@@ -1284,7 +1292,10 @@ async fn the_rarer_sentences_read_as_written() {
                 request_id: RequestId(1),
                 session_id: Some(NIK_ON_W11),
                 purpose: Purpose::Revoke,
-                operation: Operation::DeleteAccount { account: msp_nik() },
+                operation: Operation::DeleteAccount {
+                    account: msp_nik(),
+                    end_logons: false,
+                },
                 at: at(13),
             }
             .into(),
@@ -1414,6 +1425,7 @@ async fn the_rarer_sentences_read_as_written() {
                 login_id: Uuid::from_u128(4243),
                 account: msp_nik(),
                 technician_id: Some(NIK),
+                claimed_by: None,
                 generation: 2,
                 admin_group: None,
                 used_at: at(19),
@@ -1428,10 +1440,22 @@ async fn the_rarer_sentences_read_as_written() {
                 login_id: Uuid::from_u128(4244),
                 account: shared(),
                 technician_id: None,
+                claimed_by: Some(ClaimedName::parse("Ann Other").unwrap()),
                 generation: 3,
                 admin_group: Some(administrators()),
                 used_at: at(19),
                 until: at(79),
+                at: at(20),
+            }
+            .into(),
+        ),
+        on_w11(
+            OfflineLoginEnded {
+                computer_id: W11,
+                login_id: Uuid::from_u128(4244),
+                account: shared(),
+                until: at(79),
+                kept_for_session: false,
                 at: at(20),
             }
             .into(),
@@ -1540,9 +1564,14 @@ async fn the_rarer_sentences_read_as_written() {
         "nik@nikpot.com logged in offline to W11-L-PASSWORD with account msp-nik at 2026-11-23 \
          09:19:00 UTC using its offline TOTP code (generation 2), granted until 2026-11-23 \
          10:19:00 UTC; Latchkey rotates its password again",
-        "a technician logged in offline to W11-L-PASSWORD with account msp-1234 at 2026-11-23 \
-         09:19:00 UTC using its offline TOTP code (generation 3), granted until 2026-11-23 \
-         10:19:00 UTC; Latchkey rotates its password again",
+        "someone giving the name 'Ann Other' logged in offline to W11-L-PASSWORD with the shared \
+         account msp-1234 at 2026-11-23 09:19:00 UTC: the code proved possession of the \
+         computer's shared offline secret (generation 3), not who they are; granted until \
+         2026-11-23 10:19:00 UTC; Latchkey rotates its password again",
+        "the offline login to W11-L-PASSWORD with account msp-1234 (granted until 2026-11-23 \
+         10:19:00 UTC) ends now, as W11-L-PASSWORD is back online: Latchkey takes the account \
+         out of the admin group, rotates its password, ends its logons and clears its cached \
+         sudo credentials",
         "agent of W11-L-PASSWORD locked offline login to account msp-1234 after 3 wrong TOTP \
          codes at 2026-11-23 09:21:00 UTC, refusing every code for it until 2026-11-23 09:36:00 \
          UTC",

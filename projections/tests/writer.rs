@@ -61,6 +61,7 @@ fn access(session: SessionId, technician: TechnicianId, minute: i64) -> Computer
         admin_group: administrators(),
         on_check_in: CheckInAction::RemoveFromGroup,
         rotate_on_check_in: true,
+        post_session: None,
         at: at(minute),
     }
     .into()

@@ -1,9 +1,12 @@
 //! The Linux account backend: drives the real shadow-utils (`useradd`, `chpasswd -e`,
-//! `gpasswd`, `userdel`), every one with `--root DIR`, and reads the account files under that
-//! root itself to decide what is already true and what a tool really did.
+//! `gpasswd`, `userdel`), with `--root DIR` for another root and without it for `/` (so the
+//! tools keep their own safety checks, such as `userdel`'s "user is currently used by
+//! process"), and reads the account files under that root itself to decide what is already
+//! true and what a tool really did.
 //!
-//! It must never go through a shell (names are separate arguments) and never handle a
-//! password: only a crypt(3) hash, passed to `chpasswd -e` on stdin.
+//! It must never go through a shell (names are separate arguments), never handle a password
+//! (only a crypt(3) hash, passed to `chpasswd -e` on stdin), never delete an account whose
+//! processes still run, and never give a new account a UID a Latchkey account had before.
 
 use std::ffi::OsStr;
 use std::io::{self, Write};
@@ -16,10 +19,28 @@ use sha_crypt::password_hash::{self, PasswordHasher, PasswordVerifier};
 use sha_crypt::ShaCrypt;
 use yescrypt::Yescrypt;
 
+use super::processes;
 use super::{AccountBackend, Observed, OsError};
+use crate::state;
 
 /// The login shell of the accounts the agent creates.
 const SHELL: &str = "/bin/bash";
+
+/// The mode of the home directories the agent creates: the technician's files are theirs
+/// alone (Debian's `useradd` makes them 0755, readable by every local user).
+pub const HOME_MODE: u32 = 0o700;
+
+/// Where sudo keeps its cached credentials (one file per user), under the root: sudo 1.8.10
+/// and later use `/run/sudo/ts`, older ones and other systems the others.
+const SUDO_TIMESTAMP_DIRS: [&str; 4] = [
+    "run/sudo/ts",
+    "var/run/sudo/ts",
+    "var/lib/sudo/ts",
+    "var/db/sudo/ts",
+];
+
+/// The UID range `useradd` uses when `login.defs` does not say (its own defaults).
+const DEFAULT_UID_RANGE: (u32, u32) = (1000, 60000);
 
 /// Where the tools are looked for after `PATH`: a daemon started with a bare `PATH` (no
 /// `sbin`) must still find `useradd`.
@@ -38,6 +59,10 @@ const SALT_BYTES: usize = 12;
 /// does not own, yet the account is gone).
 pub struct LinuxShadow {
     root: PathBuf,
+    /// `root` is this machine's `/`: the tools run without `--root`.
+    on_host: bool,
+    /// Every UID a Latchkey account ever had here (see [`UidRecord`]).
+    uid_record: PathBuf,
     /// Searched in order for each tool.
     tool_dirs: Vec<PathBuf>,
     /// Serializes our own check-then-run sequences; the tools lock the files against others.
@@ -46,24 +71,38 @@ pub struct LinuxShadow {
 
 impl LinuxShadow {
     /// The accounts under `root`, with the tools found on `PATH`, then in `/usr/sbin`,
-    /// `/sbin`, `/usr/bin` and `/bin`.
-    pub fn new(root: impl Into<PathBuf>) -> Self {
+    /// `/sbin`, `/usr/bin` and `/bin`. `uid_record` is the file (in the agent's state
+    /// directory) that remembers every UID a Latchkey account had, so none is given twice.
+    pub fn new(root: impl Into<PathBuf>, uid_record: impl Into<PathBuf>) -> Self {
         let mut tool_dirs: Vec<PathBuf> = std::env::var_os("PATH")
             .map(|path| std::env::split_paths(&path).collect())
             .unwrap_or_default();
         tool_dirs.extend(SYSTEM_TOOL_DIRS.iter().map(PathBuf::from));
-        Self::with_tool_dirs(root, tool_dirs)
+        Self::with_tool_dirs(root, uid_record, tool_dirs)
     }
 
     /// The accounts under `root`, with the tools looked for in `tool_dir` only (a seam for
     /// tests: an empty directory makes every tool missing).
-    pub fn with_tool_dir(root: impl Into<PathBuf>, tool_dir: impl Into<PathBuf>) -> Self {
-        Self::with_tool_dirs(root, vec![tool_dir.into()])
+    pub fn with_tool_dir(
+        root: impl Into<PathBuf>,
+        uid_record: impl Into<PathBuf>,
+        tool_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self::with_tool_dirs(root, uid_record, vec![tool_dir.into()])
     }
 
-    fn with_tool_dirs(root: impl Into<PathBuf>, tool_dirs: Vec<PathBuf>) -> Self {
+    fn with_tool_dirs(
+        root: impl Into<PathBuf>,
+        uid_record: impl Into<PathBuf>,
+        tool_dirs: Vec<PathBuf>,
+    ) -> Self {
+        let root = root.into();
+        // `/`, `//`, `/.`, or a link to `/`: all are the host.
+        let on_host = std::fs::canonicalize(&root).is_ok_and(|real| real == Path::new("/"));
         Self {
-            root: root.into(),
+            root,
+            on_host,
+            uid_record: uid_record.into(),
             tool_dirs,
             busy: Mutex::new(()),
         }
@@ -72,6 +111,16 @@ impl LinuxShadow {
     /// The root the tools work on.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// `--root ROOT` for another root; nothing for `/`, so that the tools keep the checks
+    /// they skip under `--root` (`userdel` refuses an account that has processes).
+    fn root_args(&self) -> Vec<&OsStr> {
+        if self.on_host {
+            Vec::new()
+        } else {
+            vec![OsStr::new("--root"), self.root.as_os_str()]
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
@@ -132,8 +181,10 @@ impl LinuxShadow {
             })
     }
 
-    /// Runs `tool --root ROOT ARGS…`, feeding `stdin` if given. An `Err` only if it could not
-    /// be run; its exit status is for the caller to judge against the files.
+    /// Runs `tool --root ROOT ARGS…` (without `--root` when the root is `/`: with it, the
+    /// tools skip checks such as `userdel`'s for running processes), feeding `stdin` if
+    /// given. An `Err` only if it could not be run; its exit status is for the caller to judge
+    /// against the files.
     fn run(&self, tool: &str, args: &[&OsStr], stdin: Option<&[u8]>) -> Result<Ran, OsError> {
         let program = self.locate(tool)?;
         let missing = |e: io::Error| OsError::ToolMissing {
@@ -141,8 +192,7 @@ impl LinuxShadow {
             reason: format!("cannot start {}: {e}", program.display()),
         };
         let mut child = Command::new(&program)
-            .arg("--root")
-            .arg(&self.root)
+            .args(self.root_args())
             .args(args)
             // Messages in English whatever the machine's locale, for the server's operators.
             .env("LC_ALL", "C")
@@ -200,23 +250,33 @@ impl AccountBackend for LinuxShadow {
         check_name("useradd", "account", account)?;
         let _busy = self.lock();
         if self.is_present(account)? {
-            return Ok(());
+            return self.make_home_private(account);
         }
+        // The UID is chosen and recorded (durably) before useradd runs, so a crash in
+        // between can only waste a UID, never hand one out twice.
+        let uid = self.next_uid(account)?;
+        let uid_text = uid.to_string();
         // `-m`: a technician who logs in needs a home; `userdel -r` takes it away again.
         let ran = self.run(
             "useradd",
             &[
                 OsStr::new("-m"),
+                OsStr::new("-u"),
+                OsStr::new(&uid_text),
                 OsStr::new("-s"),
                 OsStr::new(SHELL),
                 OsStr::new(account),
             ],
             None,
         )?;
-        let present = self.is_present(account)?;
+        let present = self.uid_of(account)? == Some(uid);
         ran.judged(present, || {
-            format!("{account} is not in {}", self.etc("passwd").display())
-        })
+            format!(
+                "{account} with uid {uid} is not in {}",
+                self.etc("passwd").display()
+            )
+        })?;
+        self.make_home_private(account)
     }
 
     fn set_password_hash(&self, account: &str, hash: &str) -> Result<(), OsError> {
@@ -283,18 +343,42 @@ impl AccountBackend for LinuxShadow {
         })
     }
 
-    fn delete_account(&self, account: &str) -> Result<(), OsError> {
+    fn delete_account(&self, account: &str, end_logons: bool) -> Result<(), OsError> {
         check_name("userdel", "account", account)?;
         let _busy = self.lock();
-        if !self.is_present(account)? {
+        let Some(uid) = self.uid_of(account)? else {
             return Ok(());
-        }
+        };
+        // An account created before UIDs were recorded is recorded now, before it goes.
+        self.record_uid(uid, account)?;
+        self.end_or_refuse(account, uid, end_logons)?;
         // `-r` removes the home and mail spool; userdel keeps a home the account does not own.
         let ran = self.run("userdel", &[OsStr::new("-r"), OsStr::new(account)], None)?;
         let absent = !self.is_present(account)?;
         ran.judged(absent, || {
             format!("{account} is still in {}", self.etc("passwd").display())
         })
+    }
+
+    fn end_logons(&self, account: &str) -> Result<(), OsError> {
+        check_name("kill", "account", account)?;
+        let _busy = self.lock();
+        match self.uid_of(account)? {
+            Some(uid) => self.end_or_refuse(account, uid, true),
+            None => Ok(()),
+        }
+    }
+
+    fn clear_sudo(&self, account: &str) -> Result<(), OsError> {
+        check_name("sudo", "account", account)?;
+        for file in self.sudo_timestamps(account) {
+            match std::fs::remove_file(&file) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(unreadable(&file, &e)),
+            }
+        }
+        Ok(())
     }
 
     fn observe(&self, account: &str) -> Result<Observed, OsError> {
@@ -321,11 +405,179 @@ impl LinuxShadow {
             // Without a shadow file the tools keep the hash in the passwd file itself.
             Some(field) => Some(field.to_string()),
         };
+        let processes = match passwd_uid(&passwd, account) {
+            Some(uid) => processes::of_uid(uid)
+                .map_err(|e| unreadable(Path::new("/proc"), &e))?
+                .len(),
+            None => 0,
+        };
         Ok(Observed {
             present: password_field.is_some(),
             groups,
             password_hash,
+            processes,
+            sudo_cached: !self.sudo_timestamps(account).is_empty(),
         })
+    }
+
+    /// The account's UID from the passwd file, `None` if it does not exist.
+    fn uid_of(&self, account: &str) -> Result<Option<u32>, OsError> {
+        Ok(passwd_uid(&self.read_required("passwd")?, account))
+    }
+
+    /// Ends the account's processes if `end` says so; refuses (with how many remain and
+    /// why) while any still run, so that no account is deleted under its processes.
+    fn end_or_refuse(&self, account: &str, uid: u32, end: bool) -> Result<(), OsError> {
+        let on_proc = |e: io::Error| unreadable(Path::new("/proc"), &e);
+        let left = if end {
+            let logind = self.on_host && processes::logind_runs(&self.root);
+            processes::end(uid, account, logind).map_err(on_proc)?
+        } else {
+            processes::of_uid(uid).map_err(on_proc)?.len()
+        };
+        if left == 0 {
+            return Ok(());
+        }
+        let pids = processes::of_uid(uid).map_err(on_proc)?;
+        Err(OsError::Busy {
+            account: account.to_string(),
+            processes: left,
+            pids: pids
+                .iter()
+                .take(5)
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            why: if end {
+                "they survived SIGTERM and SIGKILL".to_string()
+            } else {
+                "the JIT policy does not end its logons; retried until they have ended".to_string()
+            },
+        })
+    }
+
+    /// The account's sudo timestamp files that exist under the root.
+    fn sudo_timestamps(&self, account: &str) -> Vec<PathBuf> {
+        SUDO_TIMESTAMP_DIRS
+            .iter()
+            .map(|dir| self.root.join(dir).join(account))
+            .filter(|file| file.symlink_metadata().is_ok())
+            .collect()
+    }
+
+    /// Makes the account's home directory [`HOME_MODE`] (whatever `useradd`'s `HOME_MODE` or
+    /// `UMASK` said); a home outside the root's `/home`-like tree that does not exist is left.
+    fn make_home_private(&self, account: &str) -> Result<(), OsError> {
+        let passwd = self.read_required("passwd")?;
+        let Some(home) = record(&passwd, account).and_then(|f| f.get(5).map(|h| h.to_string()))
+        else {
+            return Ok(());
+        };
+        let home = self.root.join(home.trim_start_matches('/'));
+        match std::fs::symlink_metadata(&home) {
+            Ok(meta) if meta.is_dir() => {
+                if meta.permissions().mode() & 0o7777 != HOME_MODE {
+                    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(HOME_MODE))
+                        .map_err(|e| unreadable(&home, &e))?;
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(unreadable(&home, &e)),
+        }
+    }
+
+    /// The UID for a new Latchkey account: above every UID in the passwd file's range and
+    /// every UID a Latchkey account ever had here, and not one any running process uses.
+    /// It is recorded before it is returned.
+    fn next_uid(&self, account: &str) -> Result<u32, OsError> {
+        let (min, max) = uid_range(&self.read_optional("login.defs")?.unwrap_or_default());
+        let passwd = self.read_required("passwd")?;
+        let taken: std::collections::BTreeSet<u32> = records(&passwd)
+            .filter_map(|fields| fields.get(2).and_then(|uid| uid.parse().ok()))
+            .collect();
+        let record = self.uid_record()?;
+        let highest = taken
+            .iter()
+            .copied()
+            .filter(|uid| (min..=max).contains(uid))
+            .chain(record.uids.keys().copied())
+            .max();
+        let mut uid = highest.map_or(min, |h| h.saturating_add(1)).max(min);
+        while taken.contains(&uid)
+            || record.uids.contains_key(&uid)
+            || !processes::of_uid(uid)
+                .map_err(|e| unreadable(Path::new("/proc"), &e))?
+                .is_empty()
+        {
+            uid = uid.saturating_add(1);
+            if uid > max {
+                break;
+            }
+        }
+        if uid > max {
+            return Err(refused(
+                "useradd",
+                format!(
+                    "no UID left for {account}: every UID up to UID_MAX {max} is taken or was                      a Latchkey account's"
+                ),
+            ));
+        }
+        self.record_uid(uid, account)?;
+        Ok(uid)
+    }
+
+    fn uid_record(&self) -> Result<UidRecord, OsError> {
+        state::read_json::<UidRecord>(&self.uid_record)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| OsError::Unreadable {
+                path: self.uid_record.display().to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Adds `uid` (of `account`) to the record, durably, unless it is there.
+    fn record_uid(&self, uid: u32, account: &str) -> Result<(), OsError> {
+        let mut record = self.uid_record()?;
+        if record.uids.contains_key(&uid) {
+            return Ok(());
+        }
+        record.uids.insert(uid, account.to_string());
+        state::write_json(&self.uid_record, &record).map_err(|e| OsError::Unreadable {
+            path: self.uid_record.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+/// Every UID a Latchkey account had on this machine, with the account's name: kept for good
+/// in the agent's state directory, so no later account gets one of them (a process of a
+/// deleted account, or a file it owned, must never become a new technician's).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UidRecord {
+    pub uids: std::collections::BTreeMap<u32, String>,
+}
+
+/// `UID_MIN` and `UID_MAX` from a `login.defs` text, else `useradd`'s defaults.
+fn uid_range(login_defs: &str) -> (u32, u32) {
+    let value = |key: &str| {
+        login_defs.lines().find_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some(key))
+                .then(|| words.next().and_then(|v| v.parse::<u32>().ok()))
+                .flatten()
+        })
+    };
+    let (min, max) = (
+        value("UID_MIN").unwrap_or(DEFAULT_UID_RANGE.0),
+        value("UID_MAX").unwrap_or(DEFAULT_UID_RANGE.1),
+    );
+    if min <= max {
+        (min, max)
+    } else {
+        DEFAULT_UID_RANGE
     }
 }
 
@@ -548,6 +800,11 @@ fn passwd_password_field<'a>(passwd: &'a str, account: &str) -> Option<&'a str> 
     record(passwd, account).map(|fields| fields.get(1).copied().unwrap_or(""))
 }
 
+/// The UID of `account`'s passwd line.
+fn passwd_uid(passwd: &str, account: &str) -> Option<u32> {
+    record(passwd, account).and_then(|fields| fields.get(2).and_then(|uid| uid.parse().ok()))
+}
+
 /// The hash field of `account`'s shadow line, kept as is (`!`, `*`, `!$6$…`).
 fn shadow_hash(shadow: &str, account: &str) -> Option<String> {
     record(shadow, account).and_then(|fields| fields.get(1).map(|hash| hash.to_string()))
@@ -621,6 +878,33 @@ mod tests {
             shadow_hash("ada:!$6$x$y:20000:0:99999:7:::\n", "ada").as_deref(),
             Some("!$6$x$y")
         );
+    }
+
+    #[test]
+    fn the_tools_get_root_only_for_another_root_never_for_slash() {
+        let record = std::env::temp_dir().join("latchkey-test-uids.json");
+        for host in ["/", "//", "/.", "/usr/.."] {
+            assert!(
+                LinuxShadow::new(host, &record).root_args().is_empty(),
+                "{host}"
+            );
+        }
+        let other = tempfile::tempdir().unwrap();
+        let backend = LinuxShadow::new(other.path(), &record);
+        assert_eq!(
+            backend.root_args(),
+            vec![OsStr::new("--root"), other.path().as_os_str()]
+        );
+    }
+
+    #[test]
+    fn the_uid_range_is_login_defs_or_the_tools_defaults() {
+        assert_eq!(uid_range(""), (1000, 60000));
+        assert_eq!(
+            uid_range("# UID_MIN 5\nUID_MIN\t\t 2000\nUID_MAX 3000\n"),
+            (2000, 3000)
+        );
+        assert_eq!(uid_range("UID_MIN 9\nUID_MAX 3\n"), (1000, 60000));
     }
 
     #[test]

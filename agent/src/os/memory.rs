@@ -23,21 +23,39 @@ struct State {
     accounts: BTreeMap<String, String>,
     /// Group → its listed members.
     groups: BTreeMap<String, BTreeSet<String>>,
+    /// Account → how many processes run as it.
+    processes: BTreeMap<String, usize>,
+    /// Accounts sudo holds a cached credential for.
+    sudo_cached: BTreeSet<String>,
+    /// Accounts whose processes survive being ended (a test's stubborn process).
+    unkillable: BTreeSet<String>,
 }
 
 impl MemoryAccounts {
     /// A machine with no accounts and these (empty) groups.
     pub fn new(groups: &[&str]) -> Self {
         let state = State {
-            accounts: BTreeMap::new(),
             groups: groups
                 .iter()
                 .map(|g| (g.to_string(), BTreeSet::new()))
                 .collect(),
+            ..State::default()
         };
         Self {
             state: Mutex::new(state),
         }
+    }
+
+    /// The account logs in: one more process, and sudo caches its credential.
+    pub fn log_in(&self, account: &str) {
+        let mut state = self.state();
+        *state.processes.entry(account.to_string()).or_default() += 1;
+        state.sudo_cached.insert(account.to_string());
+    }
+
+    /// The account's processes will survive being ended.
+    pub fn make_unkillable(&self, account: &str) {
+        self.state().unkillable.insert(account.to_string());
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -105,9 +123,22 @@ impl AccountBackend for MemoryAccounts {
         Ok(())
     }
 
-    fn delete_account(&self, account: &str) -> Result<(), OsError> {
+    fn delete_account(&self, account: &str, end_logons: bool) -> Result<(), OsError> {
         check_name("userdel", "account", account)?;
+        if end_logons {
+            self.end_logons(account)?;
+        }
         let mut state = self.state();
+        let running = state.processes.get(account).copied().unwrap_or(0);
+        if running > 0 && state.accounts.contains_key(account) {
+            return Err(OsError::Busy {
+                account: account.to_string(),
+                processes: running,
+                pids: "in memory".to_string(),
+                why: "the JIT policy does not end its logons; retried until they have ended"
+                    .to_string(),
+            });
+        }
         if state.accounts.remove(account).is_some() {
             for members in state.groups.values_mut() {
                 members.remove(account);
@@ -116,10 +147,33 @@ impl AccountBackend for MemoryAccounts {
         Ok(())
     }
 
+    fn end_logons(&self, account: &str) -> Result<(), OsError> {
+        check_name("kill", "account", account)?;
+        let mut state = self.state();
+        let running = state.processes.get(account).copied().unwrap_or(0);
+        if running > 0 && state.unkillable.contains(account) {
+            return Err(OsError::Busy {
+                account: account.to_string(),
+                processes: running,
+                pids: "in memory".to_string(),
+                why: "they survived SIGTERM and SIGKILL".to_string(),
+            });
+        }
+        state.processes.remove(account);
+        Ok(())
+    }
+
+    fn clear_sudo(&self, account: &str) -> Result<(), OsError> {
+        check_name("sudo", "account", account)?;
+        self.state().sudo_cached.remove(account);
+        Ok(())
+    }
+
     fn observe(&self, account: &str) -> Result<Observed, OsError> {
         let state = self.state();
+        let present = state.accounts.contains_key(account);
         Ok(Observed {
-            present: state.accounts.contains_key(account),
+            present,
             groups: state
                 .groups
                 .iter()
@@ -127,6 +181,12 @@ impl AccountBackend for MemoryAccounts {
                 .map(|(group, _)| group.clone())
                 .collect(),
             password_hash: state.accounts.get(account).cloned(),
+            processes: if present {
+                state.processes.get(account).copied().unwrap_or(0)
+            } else {
+                0
+            },
+            sudo_cached: state.sudo_cached.contains(account),
         })
     }
 

@@ -1,6 +1,7 @@
 //! The machine's local accounts, behind one trait so the daemon's logic is the same on every
-//! OS. The Linux backend (`linux`) drives the real shadow-utils with `--root`; the in-memory
-//! one (`memory`) is an extra fast backend for unit tests only.
+//! OS. The Linux backend (`linux`) drives the real shadow-utils (with `--root` for another
+//! root) and ends an account's processes (`processes`); the in-memory one (`memory`) is an
+//! extra fast backend for unit tests only.
 //!
 //! Every operation is an idempotent "ensure": creating an account that exists, adding a
 //! member already in the group, removing one who is not, deleting an absent account all
@@ -9,6 +10,7 @@
 
 pub mod linux;
 pub mod memory;
+pub mod processes;
 
 #[cfg(test)]
 mod tests {
@@ -45,6 +47,11 @@ pub struct Observed {
     pub groups: Vec<String>,
     /// The password hash in the shadow file (`None` if absent, locked `!`/`*` kept as is).
     pub password_hash: Option<String>,
+    /// How many processes run as the account (or logged in as it: a `sudo` root shell of
+    /// its login counts); 0 for an absent account.
+    pub processes: usize,
+    /// sudo holds a cached credential (a timestamp file) for the account.
+    pub sudo_cached: bool,
 }
 
 /// Why an operation failed on the machine: a clear, secret-free reason for the server.
@@ -65,6 +72,15 @@ pub enum OsError {
     GroupMissing { group: String },
     #[error("cannot read {path}: {reason}")]
     Unreadable { path: String, reason: String },
+    /// The account still has processes, so it was not deleted (or its logons not ended).
+    #[error("account {account} still has {processes} process(es) (pid {pids}): {why}")]
+    Busy {
+        account: String,
+        processes: usize,
+        /// The first few, comma-separated.
+        pids: String,
+        why: String,
+    },
 }
 
 /// The machine's accounts. Names are already validated by the server (`AccountName`,
@@ -72,14 +88,22 @@ pub enum OsError {
 /// a shell.
 pub trait AccountBackend: Send + Sync {
     /// Ensures the account exists (no password usable yet, no groups of its own beyond the
-    /// defaults).
+    /// defaults), with a UID no Latchkey account had before and a private home directory.
     fn ensure_account(&self, account: &str) -> Result<(), OsError>;
     /// Sets the account's password to this crypt(3) hash (SHA-512 `$6$…`).
     fn set_password_hash(&self, account: &str, hash: &str) -> Result<(), OsError>;
     fn add_to_group(&self, account: &str, group: &str) -> Result<(), OsError>;
     fn remove_from_group(&self, account: &str, group: &str) -> Result<(), OsError>;
-    /// Ensures the account is gone (its home directory too, if it has one).
-    fn delete_account(&self, account: &str) -> Result<(), OsError>;
+    /// Ensures the account is gone (its home directory too, if it has one). An account that
+    /// still has processes is never deleted: with `end_logons` they are ended first, and if
+    /// any remain (or `end_logons` is false) the result is [`OsError::Busy`].
+    fn delete_account(&self, account: &str, end_logons: bool) -> Result<(), OsError>;
+    /// Ends the account's logons and processes; [`OsError::Busy`] if some survive. An absent
+    /// account has none.
+    fn end_logons(&self, account: &str) -> Result<(), OsError>;
+    /// Removes sudo's cached credentials for the account, so `sudo` asks for the password
+    /// again (which has been rotated).
+    fn clear_sudo(&self, account: &str) -> Result<(), OsError>;
     /// Reads the account back from the account files.
     fn observe(&self, account: &str) -> Result<Observed, OsError>;
     /// The members of a group, from the group file (for the admin-group inventory).

@@ -516,6 +516,9 @@ pub struct Agent {
     pub hostname: String,
     /// Extra flags for `run`.
     pub run_flags: Vec<String>,
+    /// The root the agent works on, when not its throw-away one (`/` inside a private mount
+    /// namespace: see `tests/logons.rs`).
+    pub root_dir: Option<PathBuf>,
 }
 
 impl Drop for Agent {
@@ -536,6 +539,7 @@ impl Agent {
             daemon: None,
             hostname: hostname.to_owned(),
             run_flags: Vec::new(),
+            root_dir: None,
         }
     }
 
@@ -544,7 +548,9 @@ impl Agent {
     }
 
     pub fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
+        self.root_dir
+            .clone()
+            .unwrap_or_else(|| self.dir.path().join("root"))
     }
 
     fn log_path(&self) -> PathBuf {

@@ -1034,6 +1034,7 @@ mod tests {
             admin_group: GroupName::parse("Administrators").unwrap(),
             on_check_in: CheckInAction::RemoveFromGroup,
             rotate_on_check_in: true,
+            post_session: None,
             create_account: true,
             reason: None,
             ticket: None,

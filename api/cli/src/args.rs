@@ -247,6 +247,12 @@ pub struct PolicyChanges {
     /// Length of generated passwords (12 to 128).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(12..=128))]
     pub password_length: Option<u16>,
+    /// When a session's access ends: end the account's logons and processes.
+    #[arg(long, value_name = "true|false")]
+    pub end_logons: Option<bool>,
+    /// When a session's access ends: clear the account's cached sudo credentials.
+    #[arg(long, value_name = "true|false")]
+    pub clear_sudo_credentials: Option<bool>,
 }
 
 #[derive(Subcommand)]

@@ -9,7 +9,8 @@ use crate::show::{
 };
 use latchkey_domain::names::{Email, GroupName, TenantName, Username};
 use latchkey_domain::policy::{
-    AccountTemplate, JitPolicy, JitPolicyFields, LoginMode, PasswordPolicy, SessionLength,
+    AccountTemplate, JitPolicy, JitPolicyFields, LoginMode, PasswordPolicy, PostSessionActions,
+    SessionLength,
 };
 use latchkey_wire::{
     EventLine, NewEnrollmentToken, NewLoginMode, NewTechnician, NewTenant, NewToken, Rotation,
@@ -177,6 +178,20 @@ async fn set_policy(api: &Api, args: PolicySetArgs) -> Result<(), CliError> {
     }
     if let Some(length) = changes.password_length {
         policy.password = PasswordPolicy::new(length, policy.password.alphabet())?;
+    }
+    if changes.end_logons.is_some() || changes.clear_sudo_credentials.is_some() {
+        // Starting from what is in force (the login mode's default when none was chosen).
+        let mode = api.tenant(args.tenant).await?.login_mode;
+        let mut actions = policy
+            .post_session_actions
+            .unwrap_or_else(|| PostSessionActions::default_for(mode));
+        if let Some(on) = changes.end_logons {
+            actions.end_logons = on;
+        }
+        if let Some(on) = changes.clear_sudo_credentials {
+            actions.clear_sudo_credentials = on;
+        }
+        policy.post_session_actions = Some(actions);
     }
     let policy = JitPolicy::new(policy)?;
     let answer = api.set_policy(args.tenant, &policy).await?;

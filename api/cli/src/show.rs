@@ -161,6 +161,13 @@ pub fn policy_text(policy: &JitPolicy) -> String {
         ),
         ("rotate on check-in", text(&policy.rotate_on_check_in)),
         (
+            "when access ends",
+            match policy.post_session_actions {
+                Some(actions) => actions.to_string(),
+                None => "the login mode's default".to_owned(),
+            },
+        ),
+        (
             "named account template",
             policy.named_account_template.as_str().to_owned(),
         ),

@@ -674,6 +674,7 @@ async fn offline_login(
         login_id: body.login_id,
         account: body.account,
         technician_id: body.technician_id.map(latchkey_domain::ids::TechnicianId),
+        claimed_by: body.claimed_by,
         generation: body.generation,
         admin_group: body.admin_group,
         used_at: body.used_at,

@@ -151,7 +151,9 @@ impl ManagedAccount {
             Operation::EnsureAccount { .. } => self.status = self.status.created(),
             Operation::RotatePassword { version, .. } => self.password_version = *version,
             Operation::DeleteAccount { .. } => self.status = self.status.deleted(),
-            Operation::AddToGroup { .. } | Operation::RemoveFromGroup { .. } => {}
+            Operation::AddToGroup { .. }
+            | Operation::RemoveFromGroup { .. }
+            | Operation::PostSession { .. } => {}
         }
     }
 }

@@ -6,8 +6,8 @@
 use super::{AccountObservation, AccountOwner, OsKind, RetireReason};
 use crate::event::{Actor, Timestamp};
 use crate::ids::{AgentKeyId, ComputerId, RequestId, SessionId, TechnicianId, TenantId};
-use crate::names::{AccountName, FailureReason, GroupName, Hostname};
-use crate::policy::{CheckInAction, JitPolicy};
+use crate::names::{AccountName, ClaimedName, FailureReason, GroupName, Hostname};
+use crate::policy::{CheckInAction, JitPolicy, PostSessionActions};
 use std::collections::BTreeSet;
 use uuid::Uuid;
 
@@ -21,6 +21,8 @@ pub struct AccessGrant {
     pub admin_group: GroupName,
     pub on_check_in: CheckInAction,
     pub rotate_on_check_in: bool,
+    /// What the agent does to the account's live logons when the access ends.
+    pub post_session: PostSessionActions,
     /// JIT provisioning is on: create the account if it does not exist.
     pub create_account: bool,
 }
@@ -86,6 +88,8 @@ pub enum ComputerCommand {
         login_id: Uuid,
         account: AccountName,
         technician_id: Option<TechnicianId>,
+        /// The name given at a shared-account login.
+        claimed_by: Option<ClaimedName>,
         generation: u32,
         /// The group the agent added the account to (`None` from agents before 0.1 that
         /// did not say).

@@ -8,8 +8,8 @@ use super::{
 };
 use crate::event::{domain_events, Actor, Timestamp};
 use crate::ids::{AgentKeyId, ComputerId, RequestId, SessionId, TechnicianId, TenantId};
-use crate::names::{AccountName, FailureReason, GroupName, Hostname};
-use crate::policy::{CheckInAction, JitPolicy};
+use crate::names::{AccountName, ClaimedName, FailureReason, GroupName, Hostname};
+use crate::policy::{CheckInAction, JitPolicy, PostSessionActions};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -60,6 +60,10 @@ pub struct SessionAccessRequested {
     pub admin_group: GroupName,
     pub on_check_in: CheckInAction,
     pub rotate_on_check_in: bool,
+    /// What the agent does to the account's live logons when this session's access ends;
+    /// absent for sessions requested before post-session actions existed (none then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_session: Option<PostSessionActions>,
     pub at: Timestamp,
 }
 
@@ -127,6 +131,9 @@ verified_results! {
     PasswordRotated { version: u32 }
     AddedToAdminGroup { group: GroupName }
     RemovedFromAdminGroup { group: GroupName }
+    /// The agent carried out the post-session actions and verified them: `verified` says
+    /// how many processes of the account were left and whether sudo still held a credential.
+    PostSessionActionsTaken { actions: PostSessionActions }
     AccountDeleted {}
 }
 
@@ -190,6 +197,10 @@ pub struct OfflineLoginRecorded {
     pub account: AccountName,
     /// The named account's technician; `None` for the shared account.
     pub technician_id: Option<TechnicianId>,
+    /// The name the person gave at a shared-account login (a claim: the code proves only
+    /// possession of the computer's shared secret); absent from older agents' uploads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_by: Option<ClaimedName>,
     pub generation: u32,
     /// The admin group the agent added the account to for the login; absent in uploads
     /// from agents that did not say (read models then take the group the agent last
@@ -198,6 +209,25 @@ pub struct OfflineLoginRecorded {
     pub admin_group: Option<GroupName>,
     pub used_at: Timestamp,
     pub until: Timestamp,
+    pub at: Timestamp,
+}
+
+/// An uploaded offline login whose end had not come yet is ended now, explicitly, instead
+/// of running on with a password nobody knows after the follow-up rotation: the computer is
+/// back online, and the technician checks out as usual. What follows is requested with it:
+/// the account out of the admin group (unless an online session holds it), the password
+/// rotated, the logons ended and sudo's cached credentials cleared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineLoginEnded {
+    pub computer_id: ComputerId,
+    pub login_id: Uuid,
+    pub account: AccountName,
+    /// The end the agent gave the login, which it does not reach.
+    pub until: Timestamp,
+    /// An online session holds the account's admin group: the membership stays for it,
+    /// and its logons are left alone.
+    pub kept_for_session: bool,
     pub at: Timestamp,
 }
 
@@ -268,6 +298,7 @@ domain_events!(
         AddedToAdminGroup = "AddedToAdminGroup" v 1,
         RemovedFromAdminGroup = "RemovedFromAdminGroup" v 1,
         AccountDeleted = "AccountDeleted" v 1,
+        PostSessionActionsTaken = "PostSessionActionsTaken" v 1,
         SessionAccessGranted = "SessionAccessGranted" v 1,
         SessionAccessFailed = "SessionAccessFailed" v 1,
         SessionAccessReleased = "SessionAccessReleased" v 1,
@@ -276,6 +307,7 @@ domain_events!(
         OfflineSecretRevoked = "OfflineSecretRevoked" v 1,
         OfflineSecretDisclosed = "OfflineSecretDisclosed" v 1,
         OfflineLoginRecorded = "OfflineLoginRecorded" v 1,
+        OfflineLoginEnded = "OfflineLoginEnded" v 1,
         OfflineLoginLockedOut = "OfflineLoginLockedOut" v 1,
         AdminGroupInventoried = "AdminGroupInventoried" v 1,
     }

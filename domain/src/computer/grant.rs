@@ -53,7 +53,7 @@ use super::{
 use crate::event::Timestamp;
 use crate::ids::{RequestId, SessionId, TechnicianId};
 use crate::names::{AccountName, FailureReason, GroupName};
-use crate::policy::CheckInAction;
+use crate::policy::{CheckInAction, PostSessionActions};
 use crate::DomainError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -147,6 +147,9 @@ pub struct Grant {
     pub admin_group: GroupName,
     pub on_check_in: CheckInAction,
     pub rotate_on_check_in: bool,
+    /// What the agent does to the account's live logons when the access ends.
+    #[serde(default)]
+    pub post_session: PostSessionActions,
     pub stage: GrantStage,
     /// The account did not exist (as far as Latchkey wanted) before this grant: a grant
     /// that fails before the account joins the group deletes it again.
@@ -247,6 +250,7 @@ impl Computer {
             admin_group: grant.admin_group.clone(),
             on_check_in: grant.on_check_in,
             rotate_on_check_in: grant.rotate_on_check_in,
+            post_session: Some(grant.post_session),
             at,
         });
         if let Some(why) = refusal {
@@ -316,6 +320,7 @@ impl Computer {
             ReleaseOutcome::NothingGranted
         };
         let (name, group) = (grant.account.clone(), grant.admin_group.clone());
+        let post_session = grant.post_session;
         d.emit(SessionAccessReleased {
             computer_id: d.computer_id,
             session_id,
@@ -323,7 +328,8 @@ impl Computer {
             outcome,
             at,
         });
-        // Membership first, then the password, then the account: if deletion fails (the
+        // Membership first, then the password, then the live logons (a new logon with the
+        // old password is impossible by then), then the account: if deletion fails (the
         // technician is still logged in), the account is already powerless.
         if remove_from_group {
             let op = Operation::RemoveFromGroup {
@@ -335,9 +341,19 @@ impl Computer {
         if rotate {
             d.rotate(Some(session_id), Purpose::Revoke, &name);
         }
+        if post_session.any() && had_membership && (remove_from_group || deleting) {
+            let op = Operation::PostSession {
+                account: name.clone(),
+                actions: post_session,
+            };
+            d.request(Some(session_id), Purpose::Revoke, op);
+        }
         if deleting {
             d.revoke_offline_secret(&name);
-            let op = Operation::DeleteAccount { account: name };
+            let op = Operation::DeleteAccount {
+                account: name,
+                end_logons: post_session.end_logons,
+            };
             d.request(Some(session_id), Purpose::Revoke, op);
         }
         Ok(d.finish())
@@ -411,6 +427,7 @@ impl Computer {
                 admin_group: e.admin_group.clone(),
                 on_check_in: e.on_check_in,
                 rotate_on_check_in: e.rotate_on_check_in,
+                post_session: e.post_session.unwrap_or(PostSessionActions::NONE),
                 stage: GrantStage::Preparing {
                     pending: BTreeSet::new(),
                 },
@@ -445,7 +462,7 @@ mod tests {
     use crate::computer::testing::*;
     use crate::computer::*;
     use crate::ids::RequestId;
-    use crate::policy::CheckInAction;
+    use crate::policy::{CheckInAction, PostSessionActions};
     use crate::testing::{ann_id, given, nik_id, t};
     use crate::Aggregate;
 
@@ -579,7 +596,8 @@ mod tests {
                 3,
                 Purpose::Revoke,
                 Operation::DeleteAccount {
-                    account: acct("msp-nik")
+                    account: acct("msp-nik"),
+                    end_logons: false,
                 }
             )],
             "{released:#?}"
@@ -606,7 +624,8 @@ mod tests {
                 4,
                 Purpose::Revoke,
                 Operation::DeleteAccount {
-                    account: acct("msp-nik")
+                    account: acct("msp-nik"),
+                    end_logons: false,
                 }
             )],
             "{released:#?}"
@@ -650,6 +669,184 @@ mod tests {
         assert!(
             c.state().accounts[&acct("msp-nik")].status == AccountStatus::Wanted,
             "named accounts are kept"
+        );
+    }
+
+    /// DESIGN.md §2 "Access ends for real": after the membership and the password, the
+    /// post-session actions end the account's live logons; the agent's report must show no
+    /// process left, or the step fails and waits for a retry like any revocation.
+    #[test]
+    fn check_in_ends_the_live_logons_after_the_membership_and_the_password() {
+        let mut c = Timeline::enrolled();
+        let grant = AccessGrant {
+            post_session: PostSessionActions::ALL,
+            ..named_grant(1)
+        };
+        let next = c.grant_fully(grant, 1, 1);
+        let events = c.release(1);
+        assert_eq!(
+            requested(&events),
+            vec![
+                (next, Purpose::Revoke, remove("msp-nik")),
+                (next + 1, Purpose::Revoke, rotate("msp-nik", 2)),
+                (next + 2, Purpose::Revoke, post_session("msp-nik")),
+            ]
+        );
+        c.succeed(next, seen(true, &[], Some(1)));
+        c.succeed(next + 1, seen(true, &[], Some(2)));
+        // An agent that says a process is left has not done it.
+        let left = AccountObservation {
+            processes: Some(1),
+            ..seen_ended(true, &[], Some(2))
+        };
+        let failed = c.succeed(next + 2, left);
+        assert!(
+            matches!(&failed[0], ComputerEvent::ProvisioningFailed(f)
+                if f.reason.as_str().contains("processes left: 1")),
+            "{failed:#?}"
+        );
+        assert_eq!(c.state().failed_requests().count(), 1);
+        let retried = c.run(ComputerCommand::RetryRequest {
+            request_id: RequestId(next + 2),
+            at: t(40),
+        });
+        assert!(matches!(&retried[0], ComputerEvent::ProvisioningRetried(_)));
+        let done = c.succeed(next + 2, seen_ended(true, &[], Some(2)));
+        assert!(
+            matches!(&done[0], ComputerEvent::PostSessionActionsTaken(e)
+                if e.verified.processes == Some(0) && e.actions == PostSessionActions::ALL),
+            "{done:#?}"
+        );
+        assert!(c.state().open_requests.is_empty());
+    }
+
+    #[test]
+    fn checking_in_one_shared_session_leaves_the_other_technicians_logons_alone() {
+        let mut c = Timeline::enrolled();
+        let with_actions = |n, who| AccessGrant {
+            post_session: PostSessionActions::ALL,
+            ..shared_grant(n, who)
+        };
+        let next = c.grant_fully(with_actions(1, nik_id()), 1, 1);
+        let next = c.grant_fully(with_actions(2, ann_id()), next, 2);
+        let first = c.release(1);
+        assert!(
+            !requested(&first)
+                .iter()
+                .any(|(_, _, op)| matches!(op, Operation::PostSession { .. })),
+            "{first:#?}"
+        );
+        let last = c.release(2);
+        assert!(
+            requested(&last)
+                .iter()
+                .any(|(_, _, op)| op == &post_session("msp-1234")),
+            "{last:#?}"
+        );
+        let _ = next;
+    }
+
+    /// Events recorded before post-session actions existed still load: a session requested
+    /// then (no `post_session` in its event) is released with none, as it was checked out,
+    /// and an old deletion request (no `end_logons`) reads as one that ends none.
+    #[test]
+    fn events_from_before_post_session_actions_load_and_release_with_none() {
+        let mut c = Timeline::enrolled();
+        let grant = AccessGrant {
+            post_session: PostSessionActions::ALL,
+            ..named_grant(1)
+        };
+        c.grant(grant);
+        for event in c.0.iter_mut() {
+            if let ComputerEvent::SessionAccessRequested(e) = event {
+                let mut json = serde_json::to_value(&*e).unwrap();
+                json.as_object_mut().unwrap().remove("post_session");
+                *e = serde_json::from_value(json).unwrap();
+                assert_eq!(e.post_session, None);
+            }
+        }
+        c.succeed(1, seen(true, &[], None));
+        c.succeed(2, seen(true, &[], Some(1)));
+        c.succeed(3, seen(true, &["Administrators"], Some(1)));
+        let released = c.release(1);
+        assert!(
+            !requested(&released)
+                .iter()
+                .any(|(_, _, op)| matches!(op, Operation::PostSession { .. })),
+            "{released:#?}"
+        );
+        let old: Operation = serde_json::from_value(
+            serde_json::json!({"op": "delete_account", "account": "msp-nik"}),
+        )
+        .unwrap();
+        assert_eq!(old, delete("msp-nik"));
+        assert_eq!(
+            serde_json::to_value(delete("msp-nik")).unwrap(),
+            serde_json::json!({"op": "delete_account", "account": "msp-nik"}),
+            "written as before when it ends no logons"
+        );
+    }
+
+    /// A failed post-session step is not replayed once a new session uses the account: it
+    /// would end that session's logons.
+    #[test]
+    fn a_failed_post_session_step_is_superseded_by_a_new_session() {
+        let mut c = Timeline::enrolled();
+        let grant = |n| AccessGrant {
+            post_session: PostSessionActions::ALL,
+            ..named_grant(n)
+        };
+        let next = c.grant_fully(grant(1), 1, 1);
+        c.release(1);
+        c.succeed(next, seen(true, &[], Some(1)));
+        c.succeed(next + 1, seen(true, &[], Some(2)));
+        c.fail(next + 2, "account msp-nik still has 1 process(es)");
+        let granted = c.grant(grant(2));
+        assert!(
+            granted
+                .iter()
+                .any(|e| matches!(e, ComputerEvent::ProvisioningSuperseded(s)
+                if s.request_id == RequestId(next + 2))),
+            "{granted:#?}"
+        );
+        let retried = c.run(ComputerCommand::RetryRequest {
+            request_id: RequestId(next + 2),
+            at: t(40),
+        });
+        assert!(retried.is_empty(), "{retried:#?}");
+    }
+
+    /// With the policy ending logons, the deletion ends them too (a logon made between the
+    /// post-session step and the deletion must not keep the account, nor be orphaned).
+    #[test]
+    fn delete_on_check_in_with_post_session_actions_ends_the_logons_before_deleting() {
+        let mut c = Timeline::enrolled();
+        let grant = AccessGrant {
+            account: acct("nik_566054625600"),
+            owner: AccountOwner::Ephemeral {
+                technician_id: nik_id(),
+            },
+            on_check_in: CheckInAction::DeleteAccount,
+            post_session: PostSessionActions::ALL,
+            ..named_grant(1)
+        };
+        let next = c.grant_fully(grant, 1, 1);
+        let events = c.release(1);
+        assert_eq!(
+            requested(&events),
+            vec![
+                (next, Purpose::Revoke, remove("nik_566054625600")),
+                (next + 1, Purpose::Revoke, rotate("nik_566054625600", 2)),
+                (next + 2, Purpose::Revoke, post_session("nik_566054625600")),
+                (
+                    next + 3,
+                    Purpose::Revoke,
+                    Operation::DeleteAccount {
+                        account: acct("nik_566054625600"),
+                        end_logons: true,
+                    }
+                ),
+            ]
         );
     }
 

@@ -83,7 +83,7 @@ pub enum Enrolment {
 /// The form of [`Computer`] kept in snapshots (see the server's command path): bump it
 /// whenever the state's fields or their meaning change, so older snapshots are ignored and the
 /// state is folded from the events again.
-pub const SNAPSHOT_VERSION: u32 = 4;
+pub const SNAPSHOT_VERSION: u32 = 5;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Computer {
@@ -260,6 +260,7 @@ impl Aggregate for Computer {
                 login_id,
                 account,
                 technician_id,
+                claimed_by,
                 generation,
                 admin_group,
                 used_at,
@@ -270,6 +271,7 @@ impl Aggregate for Computer {
                     login_id,
                     account,
                     technician_id,
+                    claimed_by,
                     generation,
                     admin_group,
                     used_at,
@@ -360,6 +362,9 @@ impl Aggregate for Computer {
             E::RemovedFromAdminGroup(e) => {
                 state.on_request_verified(&e.request_id, &e.account, &e.verified)
             }
+            E::PostSessionActionsTaken(e) => {
+                state.on_request_verified(&e.request_id, &e.account, &e.verified)
+            }
             E::AccountDeleted(e) => {
                 state.on_request_verified(&e.request_id, &e.account, &e.verified);
                 state.forget_if_gone(&e.account);
@@ -372,6 +377,7 @@ impl Aggregate for Computer {
             E::OfflineSecretRevoked(e) => state.on_offline_secret_revoked(e),
             E::OfflineSecretDisclosed(_) => {}
             E::OfflineLoginRecorded(e) => state.on_offline_login_recorded(e),
+            E::OfflineLoginEnded(_) => {}
             E::OfflineLoginLockedOut(e) => state.on_offline_login_locked_out(e),
             E::AdminGroupInventoried(e) => {
                 state.inventory = Some((e.group.clone(), e.members.clone()));

@@ -5,13 +5,14 @@
 //! account, generation); no event holds one, nor a TOTP code.
 
 use super::{
-    AccountOwner, ManagedAccount, OfflineLoginLockedOut, OfflineLoginRecorded,
+    AccountOwner, ManagedAccount, OfflineLoginEnded, OfflineLoginLockedOut, OfflineLoginRecorded,
     OfflineSecretDisclosed, OfflineSecretIssued, OfflineSecretRevoked,
 };
-use super::{Computer, ComputerEvent, Decision, Purpose};
+use super::{Computer, ComputerEvent, Decision, Operation, Purpose};
 use crate::event::{Actor, Timestamp};
 use crate::ids::TechnicianId;
-use crate::names::{AccountName, GroupName};
+use crate::names::{AccountName, ClaimedName, GroupName};
+use crate::policy::PostSessionActions;
 use crate::DomainError;
 use uuid::Uuid;
 
@@ -21,6 +22,7 @@ pub(super) struct OfflineLogin {
     pub login_id: Uuid,
     pub account: AccountName,
     pub technician_id: Option<TechnicianId>,
+    pub claimed_by: Option<ClaimedName>,
     pub generation: u32,
     pub admin_group: Option<GroupName>,
     pub used_at: Timestamp,
@@ -50,7 +52,11 @@ impl Computer {
     }
 
     /// Records an uploaded offline login once, and rotates the account's password again: the
-    /// one the agent printed must not outlive the visit.
+    /// one the agent printed must not outlive the visit. A login whose end has not come is
+    /// ended now, explicitly ([`OfflineLoginEnded`]), rather than left running with a
+    /// password nobody knows: out of the admin group (unless an online session holds it),
+    /// the rotation, then its logons ended and sudo's cached credentials cleared (the agent's
+    /// own end of an offline login does the same; the computer's policy is not known here).
     pub(super) fn record_offline_login(
         &self,
         login: OfflineLogin,
@@ -66,21 +72,57 @@ impl Computer {
                 account: login.account.clone(),
             })?;
         let wanted = managed.status.is_wanted();
+        let held_by_session = managed.sessions.keys().any(|s| {
+            self.grants
+                .get(s)
+                .is_some_and(|g| g.stage != super::GrantStage::Failed)
+        });
+        let group = login
+            .admin_group
+            .clone()
+            .or_else(|| self.inventory.as_ref().map(|(g, _)| g.clone()));
         let mut d = Decision::new(self, at)?;
         let account = login.account.clone();
+        let (login_id, until) = (login.login_id, login.until);
         d.emit(OfflineLoginRecorded {
             computer_id: d.computer_id,
-            login_id: login.login_id,
+            login_id,
             account: login.account,
             technician_id: login.technician_id,
+            claimed_by: login.claimed_by,
             generation: login.generation,
             admin_group: login.admin_group,
             used_at: login.used_at,
-            until: login.until,
+            until,
             at,
         });
+        let running = wanted && until > at;
+        if running {
+            d.emit(OfflineLoginEnded {
+                computer_id: d.computer_id,
+                login_id,
+                account: account.clone(),
+                until,
+                kept_for_session: held_by_session,
+                at,
+            });
+            if let (false, Some(group)) = (held_by_session, group) {
+                let op = Operation::RemoveFromGroup {
+                    account: account.clone(),
+                    group,
+                };
+                d.request(None, Purpose::Cleanup, op);
+            }
+        }
         if wanted {
             d.rotate(None, Purpose::Cleanup, &account);
+        }
+        if running && !held_by_session {
+            let op = Operation::PostSession {
+                account,
+                actions: PostSessionActions::ALL,
+            };
+            d.request(None, Purpose::Cleanup, op);
         }
         Ok(d.finish())
     }
@@ -208,6 +250,7 @@ mod tests {
             login_id: login,
             account: acct("msp-nik"),
             technician_id: Some(nik_id()),
+            claimed_by: None,
             generation: 1,
             admin_group: Some(GroupName::parse("Administrators").unwrap()),
             used_at: t(30),
@@ -231,6 +274,7 @@ mod tests {
             login_id: Uuid::from_u128(78),
             account: acct("msp-ann"),
             technician_id: None,
+            claimed_by: None,
             generation: 1,
             admin_group: Some(GroupName::parse("Administrators").unwrap()),
             used_at: t(30),
@@ -243,6 +287,70 @@ mod tests {
                 account: acct("msp-ann")
             })
         );
+    }
+
+    /// Issue 12, item 5: after the follow-up rotation an offline login kept the account in
+    /// the admin group until its end, with a password nobody knew. A login uploaded before
+    /// its end is ended now, by an event that says so, and its rights are taken.
+    #[test]
+    fn an_offline_login_uploaded_before_its_end_is_ended_explicitly_and_its_rights_taken() {
+        let mut c = Timeline::enrolled();
+        let next = c.grant_fully(named_grant(1), 1, 1);
+        c.release(1);
+        c.succeed(next, seen(true, &[], Some(1)));
+        c.succeed(next + 1, seen(true, &[], Some(2)));
+        let events = c.run(ComputerCommand::RecordOfflineLogin {
+            login_id: Uuid::from_u128(79),
+            account: acct("msp-nik"),
+            technician_id: Some(nik_id()),
+            claimed_by: None,
+            generation: 1,
+            admin_group: Some(GroupName::parse("Administrators").unwrap()),
+            used_at: t(40),
+            until: t(100),
+            at: t(50),
+        });
+        assert!(
+            matches!(&events[1], ComputerEvent::OfflineLoginEnded(e)
+                if e.until == t(100) && !e.kept_for_session),
+            "{events:#?}"
+        );
+        let ops: Vec<Operation> = requested(&events)
+            .into_iter()
+            .map(|(_, _, op)| op)
+            .collect();
+        assert_eq!(
+            ops,
+            vec![
+                remove("msp-nik"),
+                rotate("msp-nik", 3),
+                post_session("msp-nik")
+            ]
+        );
+    }
+
+    /// An online session holding the account keeps its membership and its logons.
+    #[test]
+    fn ending_an_offline_login_leaves_an_online_sessions_access_alone() {
+        let mut c = Timeline::enrolled();
+        c.grant_fully(named_grant(1), 1, 1);
+        let events = c.run(ComputerCommand::RecordOfflineLogin {
+            login_id: Uuid::from_u128(80),
+            account: acct("msp-nik"),
+            technician_id: Some(nik_id()),
+            claimed_by: None,
+            generation: 1,
+            admin_group: Some(GroupName::parse("Administrators").unwrap()),
+            used_at: t(1),
+            until: t(100),
+            at: t(5),
+        });
+        assert!(matches!(&events[1], ComputerEvent::OfflineLoginEnded(e) if e.kept_for_session));
+        let ops: Vec<Operation> = requested(&events)
+            .into_iter()
+            .map(|(_, _, op)| op)
+            .collect();
+        assert_eq!(ops, vec![rotate("msp-nik", 2)]);
     }
 
     #[test]

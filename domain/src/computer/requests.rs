@@ -8,12 +8,14 @@
 use super::ManagedAccount;
 use super::{reason, Computer, ComputerEvent, Decision};
 use super::{
-    AccountDeleted, AccountProvisioned, AddedToAdminGroup, PasswordRotated, ProvisioningFailed,
-    ProvisioningRequested, ProvisioningRetried, ProvisioningSuperseded, RemovedFromAdminGroup,
+    AccountDeleted, AccountProvisioned, AddedToAdminGroup, PasswordRotated,
+    PostSessionActionsTaken, ProvisioningFailed, ProvisioningRequested, ProvisioningRetried,
+    ProvisioningSuperseded, RemovedFromAdminGroup,
 };
 use crate::event::Timestamp;
 use crate::ids::{RequestId, SessionId};
 use crate::names::{AccountName, FailureReason, GroupName};
+use crate::policy::PostSessionActions;
 use crate::DomainError;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -36,8 +38,21 @@ pub enum Operation {
         account: AccountName,
         group: GroupName,
     },
-    /// Ensure the account is gone.
-    DeleteAccount { account: AccountName },
+    /// The JIT policy's post-session actions, once the account has lost its rights: end its
+    /// logons and processes, clear its cached sudo credentials. The agent reports how many
+    /// processes are left and whether sudo still holds a credential.
+    PostSession {
+        account: AccountName,
+        actions: PostSessionActions,
+    },
+    /// Ensure the account is gone. It is never deleted while processes of it run: with
+    /// `end_logons` the agent ends them first, else the request fails until they are gone.
+    DeleteAccount {
+        account: AccountName,
+        /// Absent in requests from before post-session actions: `false`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        end_logons: bool,
+    },
 }
 
 impl Operation {
@@ -47,7 +62,8 @@ impl Operation {
             | Operation::RotatePassword { account, .. }
             | Operation::AddToGroup { account, .. }
             | Operation::RemoveFromGroup { account, .. }
-            | Operation::DeleteAccount { account } => account,
+            | Operation::PostSession { account, .. }
+            | Operation::DeleteAccount { account, .. } => account,
         }
     }
 
@@ -61,6 +77,10 @@ impl Operation {
             Operation::AddToGroup { group, .. } => seen.present && seen.groups.contains(group),
             Operation::RemoveFromGroup { group, .. } => {
                 !seen.present || !seen.groups.contains(group)
+            }
+            Operation::PostSession { actions, .. } => {
+                (!actions.end_logons || seen.processes == Some(0))
+                    && (!actions.clear_sudo_credentials || seen.sudo_cached == Some(false))
             }
             Operation::DeleteAccount { .. } => !seen.present,
         };
@@ -87,8 +107,28 @@ impl fmt::Display for Operation {
             Operation::RemoveFromGroup { account, group } => {
                 write!(f, "remove {account} from {group}")
             }
-            Operation::DeleteAccount { account } => write!(f, "delete account {account}"),
+            Operation::PostSession { account, actions } => {
+                write!(f, "{} of {account}", post_session_words(*actions))
+            }
+            Operation::DeleteAccount {
+                account,
+                end_logons: false,
+            } => write!(f, "delete account {account}"),
+            Operation::DeleteAccount {
+                account,
+                end_logons: true,
+            } => write!(f, "delete account {account}, ending its logons first"),
         }
+    }
+}
+
+/// The post-session actions as a verb phrase whose object follows ("… of msp-nik").
+fn post_session_words(actions: PostSessionActions) -> &'static str {
+    match (actions.end_logons, actions.clear_sudo_credentials) {
+        (true, true) => "end the logons and clear the cached sudo credentials",
+        (true, false) => "end the logons",
+        (false, true) => "clear the cached sudo credentials",
+        (false, false) => "leave alone the logons",
     }
 }
 
@@ -115,18 +155,35 @@ pub struct AccountObservation {
     pub groups: BTreeSet<GroupName>,
     /// The password version the agent last set and verified, if any.
     pub password_version: Option<u32>,
+    /// How many processes of the account were left running (counted for post-session
+    /// actions only; absent otherwise and from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u32>,
+    /// Whether sudo still held a cached credential for the account (checked for post-session
+    /// actions only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sudo_cached: Option<bool>,
 }
 
 impl fmt::Display for AccountObservation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !self.present {
-            return f.write_str("the account absent");
+            f.write_str("the account absent")?;
+        } else {
+            let groups: Vec<&str> = self.groups.iter().map(GroupName::as_str).collect();
+            write!(f, "the account present in groups [{}]", groups.join(", "))?;
+            match self.password_version {
+                Some(v) => write!(f, " with password version {v}")?,
+                None => f.write_str(" with no password set by Latchkey")?,
+            }
         }
-        let groups: Vec<&str> = self.groups.iter().map(GroupName::as_str).collect();
-        write!(f, "the account present in groups [{}]", groups.join(", "))?;
-        match self.password_version {
-            Some(v) => write!(f, " with password version {v}"),
-            None => f.write_str(" with no password set by Latchkey"),
+        if let Some(n) = self.processes {
+            write!(f, ", processes left: {n}")?;
+        }
+        match self.sudo_cached {
+            Some(true) => f.write_str(", a cached sudo credential left"),
+            Some(false) => f.write_str(", no cached sudo credential"),
+            None => Ok(()),
         }
     }
 }
@@ -169,6 +226,8 @@ impl Computer {
                 account.status.is_wanted() && account.password_version == *version
             }
             Operation::DeleteAccount { .. } => !account.status.is_wanted(),
+            // Ending logons after a new session began would end that session's.
+            Operation::PostSession { .. } => account.sessions.is_empty(),
             Operation::EnsureAccount { .. } | Operation::AddToGroup { .. } => true,
         }
     }
@@ -245,6 +304,14 @@ impl Computer {
                 request_id,
                 account,
                 group,
+                verified,
+                at,
+            }),
+            Operation::PostSession { actions, .. } => d.emit(PostSessionActionsTaken {
+                computer_id,
+                request_id,
+                account,
+                actions,
                 verified,
                 at,
             }),

@@ -78,8 +78,12 @@ impl Computer {
             // In use: deleted when its last session is released (see `release_access`).
             if account.sessions.is_empty() {
                 d.revoke_offline_secret(&account.name);
+                // Idle: no session's post-session actions apply. A logon found now is
+                // someone outside any session: the deletion waits (and shows why) rather
+                // than ending it.
                 let op = Operation::DeleteAccount {
                     account: account.name.clone(),
+                    end_logons: false,
                 };
                 d.request(None, Purpose::Cleanup, op);
             }

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::ids::TechnicianId;
-use crate::policy::CheckInAction;
+use crate::policy::{CheckInAction, PostSessionActions};
 use crate::testing::{admin, computer_id, given, nik_id, t, tenant_id};
 use std::collections::{BTreeMap, BTreeSet};
 use uuid::Uuid;
@@ -45,6 +45,7 @@ pub(crate) fn named_grant(session: u128) -> AccessGrant {
         admin_group: admins(),
         on_check_in: CheckInAction::RemoveFromGroup,
         rotate_on_check_in: true,
+        post_session: PostSessionActions::NONE,
         create_account: true,
     }
 }
@@ -66,6 +67,22 @@ pub(crate) fn seen(present: bool, groups: &[&str], version: Option<u32>) -> Acco
             .map(|g| GroupName::parse(*g).unwrap())
             .collect(),
         password_version: version,
+        processes: None,
+        sudo_cached: None,
+    }
+}
+
+/// What the agent reports after carrying out post-session actions: no process left, no
+/// cached sudo credential.
+pub(crate) fn seen_ended(
+    present: bool,
+    groups: &[&str],
+    version: Option<u32>,
+) -> AccountObservation {
+    AccountObservation {
+        processes: Some(0),
+        sudo_cached: Some(false),
+        ..seen(present, groups, version)
     }
 }
 
@@ -165,6 +182,13 @@ pub(crate) fn remove(account: &str) -> Operation {
 pub(crate) fn delete(account: &str) -> Operation {
     Operation::DeleteAccount {
         account: acct(account),
+        end_logons: false,
+    }
+}
+pub(crate) fn post_session(account: &str) -> Operation {
+    Operation::PostSession {
+        account: acct(account),
+        actions: PostSessionActions::ALL,
     }
 }
 
@@ -217,13 +241,14 @@ pub(crate) fn cycle_sessions(
                     Operation::DeleteAccount { .. } => {
                         machine.remove(&name);
                     }
+                    Operation::PostSession { .. } => {}
                 }
                 let verified = match machine.get(&name) {
                     Some((groups, version)) => {
                         let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-                        seen(true, &groups, *version)
+                        seen_ended(true, &groups, *version)
                     }
-                    None => seen(false, &[], None),
+                    None => seen_ended(false, &[], None),
                 };
                 let request_id = request.request_id;
                 run(

@@ -13,11 +13,11 @@ use super::text::{agent, is_self, moment, os_name, policy_text, purpose_name};
 use super::Line;
 use latchkey_domain::computer::{
     AccountRetirementStarted, AdminGroupInventoried, ComputerDecommissioned, ComputerEnrolled,
-    ComputerEvent, ComputerJitPolicyOverridden, OfflineLoginLockedOut, OfflineLoginRecorded,
-    OfflineSecretDisclosed, OfflineSecretIssued, OfflineSecretRevoked, ProvisioningFailed,
-    ProvisioningRequested, ProvisioningRetried, ProvisioningSuperseded, Purpose, ReleaseOutcome,
-    RetireReason, SessionAccessFailed, SessionAccessGranted, SessionAccessReleased,
-    SessionAccessRequested,
+    ComputerEvent, ComputerJitPolicyOverridden, OfflineLoginEnded, OfflineLoginLockedOut,
+    OfflineLoginRecorded, OfflineSecretDisclosed, OfflineSecretIssued, OfflineSecretRevoked,
+    PostSessionActionsTaken, ProvisioningFailed, ProvisioningRequested, ProvisioningRetried,
+    ProvisioningSuperseded, Purpose, ReleaseOutcome, RetireReason, SessionAccessFailed,
+    SessionAccessGranted, SessionAccessReleased, SessionAccessRequested,
 };
 use latchkey_domain::ids::{ComputerId, RequestId, TechnicianId};
 use latchkey_domain::names::AccountName;
@@ -68,6 +68,9 @@ pub(super) fn line(
             &e.account,
             format!("{} was removed from {}", e.account, e.group),
         ),
+        ComputerEvent::PostSessionActionsTaken(e) => {
+            on.verified(e.request_id, &e.account, post_session_taken(e))
+        }
         ComputerEvent::AccountDeleted(e) => on.verified(
             e.request_id,
             &e.account,
@@ -86,11 +89,37 @@ pub(super) fn line(
         ComputerEvent::OfflineSecretRevoked(e) => on.offline_secret_revoked(e),
         ComputerEvent::OfflineSecretDisclosed(e) => on.offline_secret_disclosed(e),
         ComputerEvent::OfflineLoginRecorded(e) => on.offline_login_recorded(e),
+        ComputerEvent::OfflineLoginEnded(e) => on.offline_login_ended(e),
         ComputerEvent::OfflineLoginLockedOut(e) => on.offline_login_locked_out(e),
 
         // What the agent found on the machine.
         ComputerEvent::AdminGroupInventoried(e) => Ok(on.inventoried(e)),
     }
+}
+
+/// What the agent verified after the post-session actions, e.g. "the logons of msp-nik were
+/// ended (processes left: 0) and its cached sudo credentials cleared".
+fn post_session_taken(e: &PostSessionActionsTaken) -> String {
+    let mut done = Vec::new();
+    if e.actions.end_logons {
+        let left = e
+            .verified
+            .processes
+            .map_or_else(|| "not counted".to_owned(), |n| n.to_string());
+        done.push(format!(
+            "the logons of {} were ended (processes left: {left})",
+            e.account
+        ));
+    }
+    if e.actions.clear_sudo_credentials {
+        let what = if done.is_empty() {
+            format!("the cached sudo credentials of {} were cleared", e.account)
+        } else {
+            "its cached sudo credentials cleared".to_owned()
+        };
+        done.push(what);
+    }
+    done.join(" and ")
 }
 
 /// The computer an event is about, and when it happened: every computer event names both.
@@ -109,6 +138,7 @@ fn subject(event: &ComputerEvent) -> (ComputerId, Timestamp) {
         ComputerEvent::AddedToAdminGroup(e) => (e.computer_id, e.at),
         ComputerEvent::RemovedFromAdminGroup(e) => (e.computer_id, e.at),
         ComputerEvent::AccountDeleted(e) => (e.computer_id, e.at),
+        ComputerEvent::PostSessionActionsTaken(e) => (e.computer_id, e.at),
         ComputerEvent::SessionAccessGranted(e) => (e.computer_id, e.at),
         ComputerEvent::SessionAccessFailed(e) => (e.computer_id, e.at),
         ComputerEvent::SessionAccessReleased(e) => (e.computer_id, e.at),
@@ -117,6 +147,7 @@ fn subject(event: &ComputerEvent) -> (ComputerId, Timestamp) {
         ComputerEvent::OfflineSecretRevoked(e) => (e.computer_id, e.at),
         ComputerEvent::OfflineSecretDisclosed(e) => (e.computer_id, e.at),
         ComputerEvent::OfflineLoginRecorded(e) => (e.computer_id, e.at),
+        ComputerEvent::OfflineLoginEnded(e) => (e.computer_id, e.at),
         ComputerEvent::OfflineLoginLockedOut(e) => (e.computer_id, e.at),
         ComputerEvent::AdminGroupInventoried(e) => (e.computer_id, e.at),
     }
@@ -522,21 +553,54 @@ impl<'a> OnComputer<'a> {
     }
 
     fn offline_login_recorded(&self, e: &OfflineLoginRecorded) -> Result<Line> {
-        let who = match e.technician_id {
-            Some(t) => self.email(t)?,
-            None => "a technician".to_owned(),
+        let sentence = match (e.technician_id, &e.claimed_by) {
+            (Some(t), _) => format!(
+                "{} logged in offline to {} with account {} at {} using its offline TOTP code \
+                 (generation {}), granted until {}; Latchkey rotates its password again",
+                self.email(t)?,
+                self.host(),
+                e.account,
+                moment(&e.used_at),
+                e.generation,
+                moment(&e.until),
+            ),
+            // The shared secret proves possession, not identity: say exactly that.
+            (None, claimed) => format!(
+                "someone {} logged in offline to {} with the shared account {} at {}: the code \
+                 proved possession of the computer's shared offline secret (generation {}), \
+                 not who they are; granted until {}; Latchkey rotates its password again",
+                match claimed {
+                    Some(name) => format!("giving the name '{name}'"),
+                    None => "who gave no name (an agent that did not ask)".to_owned(),
+                },
+                self.host(),
+                e.account,
+                moment(&e.used_at),
+                e.generation,
+                moment(&e.until),
+            ),
         };
-        let sentence = format!(
-            "{who} logged in offline to {} with account {} at {} using its offline TOTP code \
-             (generation {}), granted until {}; Latchkey rotates its password again",
-            self.host(),
-            e.account,
-            moment(&e.used_at),
-            e.generation,
-            moment(&e.until),
-        );
         let line = self.about_account(self.recorded_actor(), sentence, None, e.account.as_str())?;
         Ok(line.technician_if_named(e.technician_id))
+    }
+
+    fn offline_login_ended(&self, e: &OfflineLoginEnded) -> Result<Line> {
+        let what = if e.kept_for_session {
+            "the account stays in the admin group for an open session, and its password is \
+             rotated"
+        } else {
+            "Latchkey takes the account out of the admin group, rotates its password, ends its \
+             logons and clears its cached sudo credentials"
+        };
+        let sentence = format!(
+            "the offline login to {} with account {} (granted until {}) ends now, as {} is back \
+             online: {what}",
+            self.host(),
+            e.account,
+            moment(&e.until),
+            self.host(),
+        );
+        self.about_account(self.recorded_actor(), sentence, None, e.account.as_str())
     }
 
     fn offline_login_locked_out(&self, e: &OfflineLoginLockedOut) -> Result<Line> {

@@ -58,10 +58,16 @@ pub(super) fn policy_text(policy: &JitPolicy) -> String {
         CheckInAction::RemoveFromGroup => "remove the account from the admin group",
         CheckInAction::DeleteAccount => "delete the account",
     };
+    // Only a policy that chooses them says so; otherwise each login mode's default applies.
+    let post_session = policy
+        .fields()
+        .post_session_actions
+        .map(|actions| format!(", when a session's access ends {actions}"))
+        .unwrap_or_default();
     format!(
         "provisioning {}, admin group {}, at check-in {check_in}, account reuse {}, \
          sessions of at most {} minutes, {}-character passwords of {}, password rotation at \
-         check-in {}, named accounts {}",
+         check-in {}, named accounts {}{post_session}",
         on_off(policy.provisioning_enabled()),
         policy
             .admin_group()

@@ -85,6 +85,7 @@ pub fn checked_out(
         admin_group: administrators(),
         on_check_in: CheckInAction::RemoveFromGroup,
         rotate_on_check_in: true,
+        post_session: None,
         create_account: true,
         reason: None,
         ticket: None,

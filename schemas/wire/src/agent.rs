@@ -6,7 +6,7 @@ use crate::tokens::TOKEN_PATTERN;
 use chrono::{DateTime, Utc};
 use latchkey_domain::computer::{AccountObservation, Operation, OsKind};
 use latchkey_domain::ids::{ComputerId, RequestId, TechnicianId, TenantId};
-use latchkey_domain::names::{AccountName, FailureReason, GroupName, Hostname};
+use latchkey_domain::names::{AccountName, ClaimedName, FailureReason, GroupName, Hostname};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -176,6 +176,10 @@ pub struct OfflineLogin {
     pub login_id: Uuid,
     pub account: AccountName,
     pub technician_id: Option<Uuid>,
+    /// The name the person gave at a shared-account login (older agents leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = null))]
+    pub claimed_by: Option<ClaimedName>,
     pub generation: u32,
     /// The group the agent added the account to (older agents leave it out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
