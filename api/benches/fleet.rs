@@ -157,7 +157,7 @@ async fn main() {
             " (smoke test: not a measurement)"
         }
     );
-    let admin = latchkey_api::auth::generate_token().1;
+    let admin = latchkey_server_stores::tokens::generate_token().1;
     let mut runs = Vec::new();
     let mut enrollment = None;
     let largest = settings.idle.iter().copied().max();

@@ -29,7 +29,7 @@ async fn main() {
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    let admin = latchkey_api::auth::generate_token().1;
+    let admin = latchkey_server_stores::tokens::generate_token().1;
     let server = Server::start(&admin);
     let api = Arc::new(Api::new(&server.base));
     println!(

@@ -20,8 +20,8 @@
 //! Plain HTTP is served only on a loopback address or when asked for by name
 //! (`insecure_http`): anywhere else, tokens and passwords would cross the network in clear.
 
-use crate::auth::TokenLifetimes;
 use crate::ratelimit::{self, IpNet, Limits};
+use latchkey_server_stores::tokens::TokenLifetimes;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

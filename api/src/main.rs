@@ -3,16 +3,17 @@
 
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
-use latchkey_api::auth::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
 use latchkey_api::config::{ConfigFile, Given, Settings, Transport};
-use latchkey_api::health::{Health, ProcessManagers};
-use latchkey_api::http::{self, IdempotencyStore, Services};
+use latchkey_api::http::{self, Services};
 use latchkey_api::metrics::Metrics;
-use latchkey_api::runner::ProcessRunner;
-use latchkey_api::scheduler::Scheduler;
-use latchkey_api::secrets::{Key, SecretStore, KEY_VARIABLE};
 use latchkey_api::tls::ReloadingCertificate;
+use latchkey_app::health::{Health, ProcessManagers};
+use latchkey_app::runner::ProcessRunner;
+use latchkey_app::scheduler::Scheduler;
 use latchkey_projections::{ReadModels, ReadView};
+use latchkey_server_stores::idempotency::IdempotencyStore;
+use latchkey_server_stores::secrets::{Key, SecretStore, KEY_VARIABLE};
+use latchkey_server_stores::tokens::{Role, TokenStore, ADMIN_TOKEN_VARIABLE};
 use latchkey_store::Backend;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -274,7 +275,7 @@ async fn replay(args: ReplayArgs) -> Result<(), String> {
         ),
         false => place.path().display().to_string(),
     };
-    let applied = latchkey_api::replay::replay(&**backend.events(), place, |done, total| {
+    let applied = latchkey_app::replay::replay(&**backend.events(), place, |done, total| {
         bar.set_length(total);
         bar.set_position(done);
     })
@@ -353,10 +354,10 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
     // Opened now so a wrong key stops the server at start-up, not at the first rotation.
     let secrets = SecretStore::open(place("secrets.db"), &key).map_err(|e| e.to_string())?;
     let models = Arc::new(Mutex::new(models));
-    let snapshots = latchkey_api::snapshots::SnapshotStore::open(place("snapshots.db"))
+    let snapshots = latchkey_server_stores::snapshots::SnapshotStore::open(place("snapshots.db"))
         .map_err(|e| format!("snapshots: {e}"))?;
     let cache =
-        Arc::new(latchkey_api::commands::StateCache::new(100_000).with_snapshots(snapshots));
+        Arc::new(latchkey_app::commands::StateCache::new(100_000).with_snapshots(snapshots));
     let runner = ProcessRunner::new(store.clone(), models.clone()).with_cache(cache.clone());
     let tokens = Arc::new(
         TokenStore::open(place("tokens.db"))
@@ -375,9 +376,9 @@ async fn serve(args: ServeCommand) -> Result<(), String> {
         false => runner.progress(),
     };
     let from = view.with(|q| q.checkpoint()).map_err(read_models_error)?;
-    let wakeups = Arc::new(latchkey_api::wakeups::StreamWakeups::new());
+    let wakeups = Arc::new(latchkey_app::wakeups::StreamWakeups::new());
     let health = Arc::new(Health::default());
-    actix_web::rt::spawn(latchkey_api::runner::follow_log(
+    actix_web::rt::spawn(latchkey_app::runner::follow_log(
         store.clone(),
         from,
         wakeups.clone(),
@@ -506,7 +507,7 @@ async fn supervise(
 /// Writes when API tokens were last used, once a minute, in one transaction: checking a
 /// token only notes the use in memory, so the hot path never waits for a write.
 async fn record_token_use(services: web::Data<Services>) {
-    let mut every = tokio::time::interval(latchkey_api::auth::LAST_USED_EVERY);
+    let mut every = tokio::time::interval(latchkey_server_stores::tokens::LAST_USED_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;

@@ -3,10 +3,10 @@
 //! from domain and store errors lives here once. A problem never carries a secret, and
 //! internal details (SQL, paths) stay in the server's log, not in the response.
 
-use crate::commands::CommandError;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use latchkey_app::commands::CommandError;
 use latchkey_domain::names::InvalidValue;
 use latchkey_domain::{DomainError, ErrorKind};
 use latchkey_store::StoreError;
@@ -238,11 +238,13 @@ impl BodyFingerprint {
     }
 }
 
-impl From<crate::technicians::TechnicianError> for ApiError {
-    fn from(e: crate::technicians::TechnicianError) -> Self {
+impl From<latchkey_app::technicians::TechnicianError> for ApiError {
+    fn from(e: latchkey_app::technicians::TechnicianError) -> Self {
         match e {
-            crate::technicians::TechnicianError::Command(e) => e.into(),
-            crate::technicians::TechnicianError::Tokens(e) => Self::failed("token store", &e),
+            latchkey_app::technicians::TechnicianError::Command(e) => e.into(),
+            latchkey_app::technicians::TechnicianError::Tokens(e) => {
+                Self::failed("token store", &e)
+            }
         }
     }
 }

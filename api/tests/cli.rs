@@ -86,7 +86,7 @@ fn latchkey(server: &str, token: &str, args: &[&str]) -> Run {
 
 /// A well-formed token the server has never issued.
 fn unknown_token() -> String {
-    latchkey_api::auth::generate_token().1
+    latchkey_server_stores::tokens::generate_token().1
 }
 
 /// An address where nothing listens.
@@ -108,7 +108,7 @@ struct Msp {
 impl Msp {
     fn start() -> Msp {
         let data = tempfile::tempdir().unwrap();
-        let admin = latchkey_api::auth::generate_token().1;
+        let admin = latchkey_server_stores::tokens::generate_token().1;
         let server = Server::start(
             data.path(),
             &[

@@ -295,11 +295,11 @@ impl Settings {
         let database = runtime.block_on(TestDatabase::create());
         Settings {
             url: database.url().to_owned(),
-            key: latchkey_api::secrets::Key::generate()
+            key: latchkey_server_stores::secrets::Key::generate()
                 .to_base64()
                 .expose()
                 .to_owned(),
-            admin: latchkey_api::auth::generate_token().1,
+            admin: latchkey_server_stores::tokens::generate_token().1,
         }
     }
 }

@@ -91,7 +91,7 @@ fn an_event_on_one_computer_wakes_no_poll_of_another() {
 #[test]
 fn an_agent_waiting_on_one_server_gets_a_request_written_through_another_at_once() {
     let database = postgres_database();
-    let key = latchkey_api::secrets::Key::generate()
+    let key = latchkey_server_stores::secrets::Key::generate()
         .to_base64()
         .expose()
         .to_owned();

@@ -1,9 +1,9 @@
 //! The whole check-out / check-in flow through the command path and the process-manager
 //! runner, on the in-memory store, with a simulated agent answering provisioning requests.
 
-use latchkey_api::commands::{execute, load, Envelope};
-use latchkey_api::runner::ProcessRunner;
-use latchkey_api::scheduler::Scheduler;
+use latchkey_app::commands::{execute, load, Envelope};
+use latchkey_app::runner::ProcessRunner;
+use latchkey_app::scheduler::Scheduler;
 use latchkey_domain::computer::{
     AccountObservation, Computer, ComputerCommand, GrantStage, Operation, OsKind,
 };
@@ -46,7 +46,7 @@ fn stream(name: String) -> StreamName {
     StreamName::new(name).unwrap()
 }
 
-async fn run<A: latchkey_api::commands::Stored>(
+async fn run<A: latchkey_app::commands::Stored>(
     store: &dyn EventStore,
     name: String,
     command: A::Command,
@@ -364,7 +364,7 @@ async fn a_failed_revocation_is_retried_after_its_back_off_until_it_succeeds() {
         "no retry before the back-off"
     );
     let retried = scheduler
-        .retry_due(failed_at + latchkey_api::scheduler::back_off(1))
+        .retry_due(failed_at + latchkey_app::scheduler::back_off(1))
         .await
         .unwrap();
     assert!(
@@ -383,7 +383,7 @@ async fn a_failed_revocation_is_retried_after_its_back_off_until_it_succeeds() {
 
 #[test]
 fn back_off_doubles_up_to_ten_minutes() {
-    use latchkey_api::scheduler::back_off;
+    use latchkey_app::scheduler::back_off;
     assert_eq!(back_off(1), chrono::Duration::seconds(5));
     assert_eq!(back_off(2), chrono::Duration::seconds(10));
     assert_eq!(back_off(4), chrono::Duration::seconds(40));
@@ -397,9 +397,10 @@ fn back_off_doubles_up_to_ten_minutes() {
 #[actix_web::test]
 async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
     use actix_web::test as web_test;
-    use latchkey_api::auth::{Role, TokenStore};
-    use latchkey_api::http::{self, IdempotencyStore, Services};
-    use latchkey_api::secrets::{Key, SecretStore};
+    use latchkey_api::http::{self, Services};
+    use latchkey_server_stores::idempotency::IdempotencyStore;
+    use latchkey_server_stores::secrets::{Key, SecretStore};
+    use latchkey_server_stores::tokens::{Role, TokenStore};
 
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn EventStore> = Arc::new(MemoryStore::new());
@@ -429,8 +430,8 @@ async fn the_agent_feed_is_current_even_when_the_read_models_lag() {
         secrets: SecretStore::open(dir.path().join("secrets.db"), &Key::generate()).unwrap(),
         idempotency: IdempotencyStore::open(dir.path().join("idempotency.db")).unwrap(),
         progress: runner.progress(),
-        wakeups: Arc::new(latchkey_api::wakeups::StreamWakeups::new()),
-        cache: Arc::new(latchkey_api::commands::StateCache::new(100)),
+        wakeups: Arc::new(latchkey_app::wakeups::StreamWakeups::new()),
+        cache: Arc::new(latchkey_app::commands::StateCache::new(100)),
         health: Default::default(),
         limiter: latchkey_api::ratelimit::AuthLimiter::default(),
     });

@@ -84,7 +84,7 @@ fn create_tenant(msp: &Msp, name: &str) -> (u16, Value) {
 #[test]
 fn a_full_disk_refuses_writes_with_507_serves_reads_and_recovers_when_space_is_freed() {
     let data = tempfile::tempdir().unwrap();
-    let admin = latchkey_api::auth::generate_token().1;
+    let admin = latchkey_server_stores::tokens::generate_token().1;
     let server = start_on_small_disk(data.path(), "24m", &admin);
     let here = inside(&server, data.path());
     let mut msp = Msp::adopt(server, admin, data);

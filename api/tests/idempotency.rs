@@ -76,7 +76,7 @@ fn a_key_whose_request_was_cut_by_a_crash_is_answered_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     private_dir(&data);
-    let admin = latchkey_api::auth::generate_token().1;
+    let admin = latchkey_server_stores::tokens::generate_token().1;
 
     // Set-up: nothing keyed.
     let server = start(&data, &admin, false);
@@ -181,7 +181,7 @@ fn the_retry_returns_what_the_crashed_run_created() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     private_dir(&data);
-    let admin = latchkey_api::auth::generate_token().1;
+    let admin = latchkey_server_stores::tokens::generate_token().1;
     let body = json!({"name": "initech", "login_mode": "named"});
     let mut server = start(&data, &admin, true);
     assert!(keyed(&server, &admin, "/v1/tenants", "k1", &body).is_none());

@@ -308,7 +308,7 @@ impl World {
     fn token(&self, who: Who) -> Option<String> {
         match who {
             Anonymous => None,
-            BadToken => Some(latchkey_api::auth::generate_token().1),
+            BadToken => Some(latchkey_server_stores::tokens::generate_token().1),
             _ => Some(self.tokens[&who].clone()),
         }
     }
@@ -377,7 +377,7 @@ impl World {
 
     fn build() -> World {
         let data = tempfile::tempdir().unwrap();
-        let admin = latchkey_api::auth::generate_token().1;
+        let admin = latchkey_server_stores::tokens::generate_token().1;
         let server = Server::start(
             data.path(),
             &[

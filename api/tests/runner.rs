@@ -3,8 +3,8 @@
 //! applied: the read models would move their checkpoint past the failed batch's events. The
 //! same runner, run again, goes on from its checkpoint.
 
-use latchkey_api::commands::{execute, Envelope};
-use latchkey_api::runner::ProcessRunner;
+use latchkey_app::commands::{execute, Envelope};
+use latchkey_app::runner::ProcessRunner;
 use latchkey_domain::ids::{TechnicianId, TenantId};
 use latchkey_domain::names::{Email, Username};
 use latchkey_domain::technician::{Technician, TechnicianCommand};

@@ -2,9 +2,9 @@
 //! every server, to store a password under one reference, they all get the first one stored,
 //! and it is the one kept. No lock serialises them (a reference's insert decides).
 
-use latchkey_api::secrets::{Key, Secret, SecretRef, SecretStore};
 use latchkey_domain::ids::ComputerId;
 use latchkey_domain::names::AccountName;
+use latchkey_server_stores::secrets::{Key, Secret, SecretRef, SecretStore};
 use latchkey_sql::Place;
 use latchkey_store::postgres::testing::TestDatabase;
 use std::sync::Arc;

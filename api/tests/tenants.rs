@@ -6,7 +6,7 @@ mod support;
 use support::Server;
 
 fn admin_token() -> String {
-    latchkey_api::auth::generate_token().1
+    latchkey_server_stores::tokens::generate_token().1
 }
 
 #[test]

@@ -320,15 +320,16 @@ fn rotation_gives_a_new_secret_and_the_old_one_stops_working() {
 #[actix_web::test]
 async fn the_process_managers_revoke_the_tokens_an_offboarding_stopped_after_its_event_left() {
     use actix_web::test as web_test;
-    use latchkey_api::auth::{Role, TokenQuery, TokenScope, TokenStore};
-    use latchkey_api::commands::{execute, Envelope, StateCache};
-    use latchkey_api::http::{self, IdempotencyStore, Services};
-    use latchkey_api::runner::ProcessRunner;
-    use latchkey_api::secrets::{Key, SecretStore};
+    use latchkey_api::http::{self, Services};
+    use latchkey_app::commands::{execute, Envelope, StateCache};
+    use latchkey_app::runner::ProcessRunner;
     use latchkey_domain::ids::TechnicianId;
     use latchkey_domain::names::{Email, Username};
     use latchkey_domain::technician::{Technician, TechnicianCommand};
     use latchkey_domain::Actor;
+    use latchkey_server_stores::idempotency::IdempotencyStore;
+    use latchkey_server_stores::secrets::{Key, SecretStore};
+    use latchkey_server_stores::tokens::{Role, TokenQuery, TokenScope, TokenStore};
     use latchkey_store::{EventStore, MemoryStore, StreamName};
     use std::sync::{Arc, Mutex};
 
@@ -376,7 +377,7 @@ async fn the_process_managers_revoke_the_tokens_an_offboarding_stopped_after_its
         secrets: SecretStore::open(dir.path().join("secrets.db"), &Key::generate()).unwrap(),
         idempotency: IdempotencyStore::open(dir.path().join("idempotency.db")).unwrap(),
         progress: runner.progress(),
-        wakeups: Arc::new(latchkey_api::wakeups::StreamWakeups::new()),
+        wakeups: Arc::new(latchkey_app::wakeups::StreamWakeups::new()),
         cache: Arc::new(StateCache::new(100)),
         health: Default::default(),
         limiter: latchkey_api::ratelimit::AuthLimiter::default(),
@@ -423,7 +424,7 @@ async fn the_process_managers_revoke_the_tokens_an_offboarding_stopped_after_its
 /// token of the technician, and offboarding again completes it.
 fn offboarding_cut_by_a_crash(point: &str) -> (Msp, String, String) {
     let dir = tempfile::tempdir().unwrap();
-    let admin = latchkey_api::auth::generate_token().1;
+    let admin = latchkey_server_stores::tokens::generate_token().1;
     let env = |crash: bool| {
         let mut env = vec![
             ("LATCHKEY_ADMIN_TOKEN", admin.clone()),

@@ -1,10 +1,12 @@
 //! The layering rules of DESIGN.md §6, checked on the real dependency graph: the domain has
 //! no async runtime, no database, no HTTP and no randomness or clock source, and
-//! dependencies point one way (api/agent → projections → store → domain; the SQL layer
-//! `latchkey-sql` sits under store and knows no other Latchkey crate; the wire types
-//! `latchkey-wire` know the domain and no server crate, and the CLI `latchkey-cli` the wire
-//! types and no server crate), and the test code the store ships for other crates' tests is
-//! not in what the server and the agent are built from.
+//! dependencies point one way (api/agent → projections → store → domain; inside `api/`, the
+//! HTTP server `latchkey-api` → the application layer `latchkey-app` → the server's own
+//! stores `latchkey-server-stores`, the last two without HTTP; the SQL layer `latchkey-sql`
+//! sits under store and knows no other Latchkey crate; the wire types `latchkey-wire` know
+//! the domain and no server crate, and the CLI `latchkey-cli` the wire types and no server
+//! crate), and the test code the store ships for other crates' tests is not in what the
+//! server and the agent are built from.
 
 use std::process::Command;
 
@@ -81,10 +83,12 @@ fn the_domain_has_no_io_runtime_database_http_clock_or_randomness() {
 
 #[test]
 fn dependencies_point_one_way() {
+    // The server's crates, top to bottom: nothing below one of them depends on it.
+    let server = ["latchkey-api", "latchkey-app", "latchkey-server-stores"];
     let store = dependencies("latchkey-store");
     assert!(!store
         .iter()
-        .any(|d| d == "latchkey-projections" || d == "latchkey-api"));
+        .any(|d| d == "latchkey-projections" || server.contains(&d.as_str())));
     let domain = dependencies("latchkey-domain");
     assert!(!domain
         .iter()
@@ -92,12 +96,70 @@ fn dependencies_point_one_way() {
     let projections = dependencies("latchkey-projections");
     assert!(!projections
         .iter()
-        .any(|d| d == "latchkey-api" || d == "latchkey-agent"));
+        .any(|d| server.contains(&d.as_str()) || d == "latchkey-agent"));
     let sql = dependencies("latchkey-sql");
     assert!(
         sql.iter()
             .all(|d| !d.starts_with("latchkey-") || d == "latchkey-sql"),
         "latchkey-sql depends on {sql:?}"
+    );
+}
+
+/// The application layer (`latchkey-app`: the command path, the process managers, the
+/// scheduler, replay, technicians) knows no HTTP, server or client: the HTTP server calls it,
+/// never the other way round. It sits on the server's own stores, the read models and the
+/// event store.
+#[test]
+fn the_application_layer_knows_no_http() {
+    let app = dependencies("latchkey-app");
+    assert!(
+        app.contains(&"latchkey-server-stores".to_owned()),
+        "cargo tree output looks wrong: {app:?}"
+    );
+    let forbidden = [
+        "latchkey-api",
+        "latchkey-cli",
+        "latchkey-agent",
+        "actix-web",
+        "actix-http",
+        "actix-rt",
+        "reqwest",
+        "hyper",
+    ];
+    let found: Vec<&String> = app
+        .iter()
+        .filter(|d| forbidden.contains(&d.as_str()))
+        .collect();
+    assert!(found.is_empty(), "latchkey-app depends on {found:?}");
+}
+
+/// The server's own stores (`latchkey-server-stores`: tokens, secrets, snapshots,
+/// idempotency keys) sit on the SQL layer and the domain: no HTTP framework or client, and
+/// nothing above them (the application layer, the HTTP server and the clients).
+#[test]
+fn the_servers_stores_know_no_http_and_nothing_above_them() {
+    let stores = dependencies("latchkey-server-stores");
+    assert!(
+        stores.contains(&"latchkey-sql".to_owned()),
+        "cargo tree output looks wrong: {stores:?}"
+    );
+    let forbidden = [
+        "latchkey-api",
+        "latchkey-app",
+        "latchkey-cli",
+        "latchkey-agent",
+        "actix-web",
+        "actix-http",
+        "reqwest",
+        "hyper",
+    ];
+    let found: Vec<&String> = stores
+        .iter()
+        .filter(|d| forbidden.contains(&d.as_str()))
+        .collect();
+    assert!(
+        found.is_empty(),
+        "latchkey-server-stores depends on {found:?}"
     );
 }
 
@@ -198,9 +260,13 @@ fn the_binaries_are_built_without_the_stores_test_code() {
     }
 }
 
+/// The server's crates, as folders of `api/`: the HTTP server and start-up, the application
+/// layer, and the server's own stores.
+const SERVER_SOURCES: [&str; 3] = ["src", "app/src", "stores/src"];
+
 /// The backend is chosen in one place, `latchkey_store::Backend`: the server above it (the
-/// application layer, HTTP, start-up) asks it for places and leadership and names no
-/// backend, database driver or connection type itself. Test modules may.
+/// application layer, its own stores, HTTP, start-up) asks it for places and leadership and
+/// names no backend, database driver or connection type itself. Test modules may.
 #[test]
 fn nothing_above_the_store_chooses_a_backend() {
     let forbidden = [
@@ -214,8 +280,8 @@ fn nothing_above_the_store_chooses_a_backend() {
         "open_url(",
         "EmbeddedStore",
     ];
-    let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../api/src"));
-    let mut files = vec![root.to_owned()];
+    let api = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../api"));
+    let mut files: Vec<_> = SERVER_SOURCES.iter().map(|dir| api.join(dir)).collect();
     let mut found = Vec::new();
     let mut checked = 0;
     while let Some(path) = files.pop() {
@@ -239,7 +305,7 @@ fn nothing_above_the_store_chooses_a_backend() {
             }
         }
     }
-    assert!(checked > 20, "api/src has only {checked} files?");
+    assert!(checked > 20, "the server has only {checked} files?");
     assert!(
         found.is_empty(),
         "the server names a backend:\n{}",

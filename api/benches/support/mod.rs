@@ -102,7 +102,7 @@ impl Server {
 fn run_key() -> &'static str {
     static KEY: OnceLock<String> = OnceLock::new();
     KEY.get_or_init(|| {
-        latchkey_api::secrets::Key::generate()
+        latchkey_server_stores::secrets::Key::generate()
             .to_base64()
             .expose()
             .to_owned()

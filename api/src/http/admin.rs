@@ -5,11 +5,11 @@
 use super::answer::{Json, NoContent};
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Kind, Query, Routes};
+use super::Caller;
 use super::{
     actor, administered_tenant, forbidden, own_tenant, path_id, tenant_computer, visible_session,
     visible_technician, visible_tenant, Params, Services,
 };
-use crate::auth::{Principal, Role, TokenQuery, TokenScope, ROLE_KINDS};
 use crate::problem::{ApiError, JsonBody};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
@@ -24,6 +24,7 @@ use latchkey_domain::technician_names::NameHolder;
 use latchkey_domain::tenant::{Tenant, TenantCommand};
 use latchkey_domain::DomainError;
 use latchkey_projections::SessionFilter;
+use latchkey_server_stores::tokens::{Principal, Role, TokenQuery, TokenScope, ROLE_KINDS};
 use latchkey_wire::{
     AccountView, ComputerList, ComputerView, Decommissioned, Drift, EnrollmentTokenIssued,
     IssuedToken, ManagedAccounts, NewEnrollmentToken, NewLoginMode, NewTechnician, NewTenant,
@@ -316,7 +317,7 @@ fn tenant_view(tenant: &Tenant) -> Result<TenantView, ApiError> {
 async fn create_tenant(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
     JsonBody(body): JsonBody<NewTenant>,
 ) -> Result<Json<TenantView>, ApiError> {
     if !principal.is_msp_admin() {
@@ -347,7 +348,7 @@ async fn create_tenant(
 
 async fn list_tenants(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Json<TenantList>, ApiError> {
     if principal.agent_computer_id().is_some() {
         return Err(forbidden("agents use the /v1/agent endpoints only"));
@@ -370,7 +371,7 @@ async fn list_tenants(
 
 async fn get_tenant(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<TenantView>, ApiError> {
     let tenant = visible_tenant(&services, &principal, &path).await?;
@@ -381,7 +382,7 @@ async fn get_tenant(
 async fn set_login_mode(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
     JsonBody(body): JsonBody<NewLoginMode>,
 ) -> Result<Json<TenantView>, ApiError> {
@@ -405,7 +406,7 @@ async fn set_login_mode(
 async fn set_policy(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
     JsonBody(policy): JsonBody<JitPolicy>,
 ) -> Result<Json<TenantView>, ApiError> {
@@ -448,7 +449,7 @@ fn registered(technician: &Technician) -> Result<&TechnicianState, ApiError> {
 async fn create_technician(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
     JsonBody(body): JsonBody<NewTechnician>,
 ) -> Result<Json<TechnicianView>, ApiError> {
     if !principal.is_msp_admin() {
@@ -466,7 +467,7 @@ async fn create_technician(
             false => None,
         };
         let executed = match resumed {
-            Some(state) => crate::commands::Executed {
+            Some(state) => latchkey_app::commands::Executed {
                 events: Vec::new(),
                 state,
                 attempts: 0,
@@ -477,7 +478,7 @@ async fn create_technician(
                     username: body.username,
                     email: body.email,
                 };
-                crate::technicians::register(
+                latchkey_app::technicians::register(
                     &*services.store,
                     &services.cache,
                     &super::envelope_in(scope, principal),
@@ -498,7 +499,7 @@ async fn create_technician(
 
 async fn list_technicians(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Json<TechnicianList>, ApiError> {
     let scope = if principal.can_read_all_tenants() {
         None
@@ -515,7 +516,7 @@ async fn list_technicians(
 
 async fn list_tenant_technicians(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<TechnicianList>, ApiError> {
     let tenant = visible_tenant(&services, &principal, &path).await?;
@@ -528,7 +529,7 @@ async fn list_tenant_technicians(
 
 async fn get_technician(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<TechnicianView>, ApiError> {
     let technician = visible_technician(&services, &principal, &path).await?;
@@ -541,7 +542,7 @@ async fn get_technician(
 /// not exist) and changes nothing for a member.
 async fn join_tenant(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<(String, String)>,
 ) -> Result<Json<TechnicianView>, ApiError> {
     let (tenant, technician) = path.into_inner();
@@ -569,7 +570,7 @@ async fn join_tenant(
 /// tenant's members (anyone else is a 404, as for an id that does not exist).
 async fn leave_tenant(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<(String, String)>,
 ) -> Result<Json<TechnicianView>, ApiError> {
     let (tenant, technician) = path.into_inner();
@@ -593,14 +594,14 @@ async fn leave_tenant(
 /// their accounts, and every API token of theirs is revoked now.
 async fn offboard(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<OffboardedView>, ApiError> {
     let technician = visible_technician(&services, &principal, &path).await?;
     if !principal.is_msp_admin() {
         return Err(forbidden("only an MSP admin offboards technicians"));
     }
-    let (executed, tokens_revoked) = crate::technicians::offboard(
+    let (executed, tokens_revoked) = latchkey_app::technicians::offboard(
         &*services.store,
         &services.cache,
         &services.tokens,
@@ -618,7 +619,7 @@ async fn offboard(
 
 async fn create_enrollment_token(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
     JsonBody(body): JsonBody<NewEnrollmentToken>,
 ) -> Result<Json<EnrollmentTokenIssued>, ApiError> {
@@ -651,7 +652,7 @@ async fn create_enrollment_token(
 
 async fn list_computers(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<ComputerList>, ApiError> {
     let tenant = visible_tenant(&services, &principal, &path).await?;
@@ -661,7 +662,7 @@ async fn list_computers(
 
 async fn get_computer(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<(String, String)>,
 ) -> Result<Json<ComputerView>, ApiError> {
     let (tenant, computer) = path.into_inner();
@@ -702,7 +703,7 @@ async fn get_computer(
 
 async fn override_policy(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<PolicyOverride>,
 ) -> Result<Json<PolicyOverridden>, ApiError> {
@@ -725,7 +726,7 @@ async fn override_policy(
 
 async fn decommission(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<(String, String)>,
 ) -> Result<Json<Decommissioned>, ApiError> {
     let (tenant, computer) = path.into_inner();
@@ -747,7 +748,7 @@ async fn decommission(
 async fn list_sessions(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<SessionList>, ApiError> {
     let tenant = visible_tenant(&services, &principal, &path).await?;
@@ -769,7 +770,7 @@ async fn list_sessions(
 
 async fn revoke(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<super::technician::SessionView>, ApiError> {
     let session = visible_session(&services, &principal, &path).await?;
@@ -789,7 +790,7 @@ async fn revoke(
 
 async fn managed_accounts(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<ManagedAccounts>, ApiError> {
     let tenant = readable_by_staff(&services, &principal, &path).await?;
@@ -799,7 +800,7 @@ async fn managed_accounts(
 
 async fn standing_privilege(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<StandingPrivileges>, ApiError> {
     let tenant = readable_by_staff(&services, &principal, &path).await?;
@@ -811,7 +812,7 @@ async fn standing_privilege(
 
 async fn drift(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<Drift>, ApiError> {
     let tenant = readable_by_staff(&services, &principal, &path).await?;
@@ -823,7 +824,7 @@ async fn drift(
 
 async fn stuck_requests(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<StuckRequests>, ApiError> {
     let tenant = readable_by_staff(&services, &principal, &path).await?;
@@ -861,7 +862,7 @@ fn lifetime(services: &Services, expires_in: Option<u64>) -> Result<std::time::D
 
 async fn issue_token(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     JsonBody(body): JsonBody<NewToken>,
 ) -> Result<Json<IssuedToken>, ApiError> {
     // The caller's right comes first, before anything is looked up, so the answer never
@@ -948,7 +949,7 @@ async fn issue_token(
     if let Some(technician) = technician {
         // Checked again after the token exists: an offboarding that came in between would
         // not have revoked it (see `technicians::keep_new_token`).
-        let kept = crate::technicians::keep_new_token(
+        let kept = latchkey_app::technicians::keep_new_token(
             &*services.store,
             &services.cache,
             &services.tokens,
@@ -975,7 +976,7 @@ async fn issue_token(
 async fn list_tokens(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Json<TokenList>, ApiError> {
     let Some(scope) = principal.token_scope() else {
         return Err(forbidden("agents use the /v1/agent endpoints only"));
@@ -1014,7 +1015,7 @@ async fn list_tokens(
 /// token, a tenant admin their tenant's tenant-admin and auditor tokens.
 async fn rotate_token(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
     JsonBody(body): JsonBody<Rotation>,
 ) -> Result<Json<IssuedToken>, ApiError> {
@@ -1055,7 +1056,7 @@ async fn rotate_token(
         // A token of an offboarded technician is revoked now, not renewed: checked after
         // the new secret is stored, so an offboarding that came in between counts too (see
         // `technicians::keep_new_token`).
-        let kept = crate::technicians::keep_new_token(
+        let kept = latchkey_app::technicians::keep_new_token(
             &*services.store,
             &services.cache,
             &services.tokens,
@@ -1081,7 +1082,7 @@ async fn rotate_token(
 
 async fn revoke_token(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<NoContent, ApiError> {
     if !principal.is_msp_admin() {

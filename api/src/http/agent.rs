@@ -13,10 +13,9 @@
 
 use super::answer::{Events, Json};
 use super::openapi::{Doc, Kind, Query, Routes};
+use super::Caller;
 use super::{actor, forbidden, Params, Services};
-use crate::auth::{EnrollmentRefused, Principal, Role};
 use crate::problem::{ApiError, JsonBody};
-use crate::secrets::{self, Secret, SecretRef};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
@@ -24,6 +23,8 @@ use latchkey_domain::computer::{Computer, ComputerCommand, Operation, RequestSta
 use latchkey_domain::ids::{AgentKeyId, ComputerId, RequestId};
 use latchkey_domain::names::AccountName;
 use latchkey_domain::tenant::{Tenant, TenantState};
+use latchkey_server_stores::secrets::{self, Secret, SecretRef};
+use latchkey_server_stores::tokens::{EnrollmentRefused, Principal, Role};
 use latchkey_wire::{
     AgentCommand, AgentCommands, AgentOfflineSecret, AgentOfflineSecrets, Enrolled, Enrollment,
     FeedData, FeedEnded, Inventory, InventoryTaken, OfflineLockout, OfflineLockoutRecorded,
@@ -228,7 +229,7 @@ fn own_computer(principal: &Principal) -> Result<ComputerId, ApiError> {
 async fn commands(
     services: web::Data<Services>,
     req: actix_web::HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Json<AgentCommands>, ApiError> {
     let computer = own_computer(&principal)?;
     let params = Params::parse(&req, COMMANDS_QUERY)?;
@@ -278,7 +279,7 @@ async fn commands(
 struct LongPollCut(&'static str);
 
 /// A listener for the next event on the waiter's stream, already registered.
-fn listen(waiter: &crate::wakeups::Waiter) -> Pin<Box<tokio::sync::futures::OwnedNotified>> {
+fn listen(waiter: &latchkey_app::wakeups::Waiter) -> Pin<Box<tokio::sync::futures::OwnedNotified>> {
     let mut woken = Box::pin(waiter.notified_owned());
     woken.as_mut().enable();
     woken
@@ -289,7 +290,7 @@ fn listen(waiter: &crate::wakeups::Waiter) -> Pin<Box<tokio::sync::futures::Owne
 async fn wait_for_requests(
     services: &web::Data<Services>,
     stream: &str,
-    waiter: &crate::wakeups::Waiter,
+    waiter: &latchkey_app::wakeups::Waiter,
     mut woken: Pin<Box<tokio::sync::futures::OwnedNotified>>,
     deadline: tokio::time::Instant,
 ) -> Result<Vec<Pending>, LongPollCut> {
@@ -372,7 +373,7 @@ pub const FEED_HEARTBEAT: Duration = Duration::from_secs(25);
 async fn feed(
     services: web::Data<Services>,
     req: actix_web::HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Events<FeedData>, ApiError> {
     let computer = own_computer(&principal)?;
     Params::parse(&req, &[])?;
@@ -405,8 +406,8 @@ fn feed_end(reason: &'static str) -> web::Bytes {
 struct Feed {
     services: web::Data<Services>,
     computer: ComputerId,
-    token: crate::auth::TokenId,
-    waiter: crate::wakeups::Waiter,
+    token: latchkey_server_stores::tokens::TokenId,
+    waiter: latchkey_app::wakeups::Waiter,
     /// Listening for events on the computer's stream since the requests were last looked at;
     /// `None`: look at them (again) first. Kept across keep-alives, so a wake-up is never lost
     /// while one is sent.
@@ -421,7 +422,7 @@ impl Feed {
     fn new(
         services: web::Data<Services>,
         computer: ComputerId,
-        token: crate::auth::TokenId,
+        token: latchkey_server_stores::tokens::TokenId,
     ) -> Feed {
         let waiter = services.wakeups.wait_on(&computer.stream_name());
         Feed {
@@ -485,7 +486,10 @@ enum FeedEnd {
     Failed,
 }
 
-async fn token_live(services: &web::Data<Services>, token: crate::auth::TokenId) -> bool {
+async fn token_live(
+    services: &web::Data<Services>,
+    token: latchkey_server_stores::tokens::TokenId,
+) -> bool {
     super::blocking(services, "token store", move |s| s.tokens.is_live(token))
         .await
         .unwrap_or(false)
@@ -496,7 +500,7 @@ async fn token_live(services: &web::Data<Services>, token: crate::auth::TokenId)
 async fn changed_commands(
     services: &web::Data<Services>,
     computer: ComputerId,
-    token: crate::auth::TokenId,
+    token: latchkey_server_stores::tokens::TokenId,
     sent: &mut Option<Vec<(RequestId, u32)>>,
 ) -> Result<Option<web::Bytes>, FeedEnd> {
     let pending = pending_requests(services, &computer.stream_name())
@@ -547,7 +551,7 @@ pub async fn password_for(
 
 async fn report(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     JsonBody(report): JsonBody<Report>,
 ) -> Result<Json<Recorded>, ApiError> {
     let computer = own_computer(&principal)?;
@@ -613,7 +617,7 @@ async fn computer_and_tenant(
 
 async fn offline_secrets(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Json<AgentOfflineSecrets>, ApiError> {
     let computer = own_computer(&principal)?;
     let (state, tenant) = computer_and_tenant(&services, computer).await?;
@@ -656,7 +660,7 @@ async fn offline_secrets(
 
 async fn offline_login(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     JsonBody(body): JsonBody<OfflineLogin>,
 ) -> Result<Json<OfflineLoginRecorded>, ApiError> {
     let computer = own_computer(&principal)?;
@@ -688,7 +692,7 @@ async fn offline_login(
 
 async fn offline_lockout(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     JsonBody(body): JsonBody<OfflineLockout>,
 ) -> Result<Json<OfflineLockoutRecorded>, ApiError> {
     let computer = own_computer(&principal)?;
@@ -724,7 +728,7 @@ async fn offline_lockout(
 
 async fn inventory(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     JsonBody(body): JsonBody<Inventory>,
 ) -> Result<Json<InventoryTaken>, ApiError> {
     let computer = own_computer(&principal)?;

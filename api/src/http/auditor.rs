@@ -8,14 +8,15 @@
 
 use super::answer::{Json, Lines};
 use super::openapi::{Doc, Kind, Query, Routes};
+use super::Caller;
 use super::{forbidden, own_tenant, tenant_computer, visible_tenant, Params, Services};
-use crate::auth::Principal;
 use crate::problem::ApiError;
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures::StreamExt;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_projections::{AuditFilter, AuditPage};
+use latchkey_server_stores::tokens::Principal;
 use latchkey_store::hash_chain::verify_after;
 use latchkey_store::{subscribe_all, Position, RecordedEvent, StreamName};
 use latchkey_wire::{AdminsAt, EventLine, EventLineMetadata, Verification};
@@ -131,7 +132,7 @@ fn audit_scope(principal: &Principal) -> Result<Option<TenantId>, ApiError> {
 async fn audit_trail(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Json<AuditPage>, ApiError> {
     let scope = audit_scope(&principal)?;
     let params = Params::parse(&req, AUDIT_QUERY)?;
@@ -220,7 +221,7 @@ fn event_line(e: &RecordedEvent) -> String {
 async fn events(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Lines<EventLine>, ApiError> {
     let scope = audit_scope(&principal)?;
     let params = Params::parse(&req, EVENTS_QUERY)?;
@@ -305,7 +306,7 @@ async fn events(
 async fn verify(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Json<Verification>, ApiError> {
     let scope = audit_scope(&principal)?;
     let params = Params::parse(&req, VERIFY_QUERY)?;
@@ -404,7 +405,7 @@ async fn verify_all(services: &web::Data<Services>) -> Result<Json<Verification>
 async fn admins_as_of(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<(String, String)>,
 ) -> Result<Json<AdminsAt>, ApiError> {
     let (tenant, computer) = path.into_inner();

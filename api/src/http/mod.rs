@@ -1,6 +1,7 @@
 //! The HTTP surface: routes under `/v1/`, the bearer-token extractor, and thin handlers that
 //! parse, authorize, call one command or query, and map the result. Rules live in the
-//! domain, orchestration in `commands`; nothing here decides anything itself.
+//! domain, orchestration in the application layer (`latchkey_app::commands`); nothing here
+//! decides anything itself.
 //!
 //! Authorization never reveals what the caller may not see: a tenant, computer, session or
 //! technician outside the caller's reach is answered with 404, exactly as if it did not
@@ -14,16 +15,14 @@ mod idempotency;
 pub mod openapi;
 mod technician;
 
-use crate::auth::{Authentication, Principal, TokenStore};
-use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::problem::{payload_config, ApiError};
 use crate::ratelimit::{Attempt, AuthLimiter};
-use crate::secrets::SecretStore;
-use crate::technicians;
-use crate::wakeups::StreamWakeups;
 use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
+use latchkey_app::commands::{self, CommandError, Envelope, StateCache};
+use latchkey_app::technicians;
+use latchkey_app::wakeups::StreamWakeups;
 use latchkey_domain::computer::Computer;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
 use latchkey_domain::names::Email;
@@ -31,6 +30,8 @@ use latchkey_domain::technician::{Technician, TechnicianState};
 use latchkey_domain::tenant::Tenant;
 use latchkey_domain::Actor;
 use latchkey_projections::{ProjectionError, Queries, ReadView};
+use latchkey_server_stores::secrets::SecretStore;
+use latchkey_server_stores::tokens::{Authentication, Principal, TokenStore};
 use latchkey_store::{EventStore, Position, StreamName};
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,7 +40,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-pub use idempotency::{IdempotencyStore, Scope};
+use latchkey_server_stores::idempotency::{IdempotencyStore, Scope};
 
 /// What every handler can reach.
 pub struct Services {
@@ -52,12 +53,12 @@ pub struct Services {
     pub idempotency: IdempotencyStore,
     /// The read models' checkpoint (for metrics).
     pub progress: watch::Receiver<Option<Position>>,
-    /// Long polls wait here on their stream; [`crate::runner::follow_log`] wakes them.
+    /// Long polls wait here on their stream; [`latchkey_app::runner::follow_log`] wakes them.
     pub wakeups: Arc<StreamWakeups>,
     /// Aggregate states, shared with the process runner.
     pub cache: Arc<StateCache>,
     /// Whether the process managers run (for `/healthz` and `/metrics`).
-    pub health: Arc<crate::health::Health>,
+    pub health: Arc<latchkey_app::health::Health>,
     /// Counts failed authentications and refuses clients over the limit (429).
     pub limiter: AuthLimiter,
 }
@@ -185,14 +186,17 @@ pub fn attempt(services: &Services, req: &HttpRequest, presented: Option<&str>) 
         .attempt(req.peer_addr(), forwarded, presented)
 }
 
+/// The caller of a request, as a handler takes it: the [`Principal`] of its bearer token.
+pub struct Caller(pub Principal);
+
 /// The caller, from the bearer token: 401 without a valid one (a problem saying so when it
 /// has expired). An offboarded technician's tokens are revoked (see [`technicians::offboard`]);
 /// as defense in depth, a technician's token also acts only while this server knows the
 /// technician as registered and not offboarded ([`technicians::token_may_act`], from the
 /// cached state, without a read of the store when it has one).
-impl FromRequest for Principal {
+impl FromRequest for Caller {
     type Error = ApiError;
-    type Future = Pin<Box<dyn Future<Output = Result<Principal, ApiError>>>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Caller, ApiError>>>>;
 
     /// Checks the bearer token, unless the client or the token id has failed too often: then
     /// 429 before the token is looked at (so a right guess while limited is refused too).
@@ -244,7 +248,7 @@ impl FromRequest for Principal {
                     return Err(ApiError::unauthorized());
                 }
             }
-            Ok(principal)
+            Ok(Caller(principal))
         })
     }
 }
@@ -400,7 +404,7 @@ pub async fn visible_technician(
 
 /// The one tenant a tenant-scoped principal (tenant admin, tenant auditor) belongs to.
 pub fn own_tenant(principal: &Principal) -> Option<TenantId> {
-    use crate::auth::Role;
+    use latchkey_server_stores::tokens::Role;
     match principal.role {
         Role::TenantAdmin { tenant_id } => Some(tenant_id),
         Role::Auditor { tenant_id } => tenant_id,

@@ -160,7 +160,7 @@ impl<T: JsonSchema> Takes for crate::problem::JsonBody<T> {
     }
 }
 
-impl Takes for crate::auth::Principal {
+impl Takes for super::Caller {
     const AUTHENTICATED: bool = true;
 }
 

@@ -4,10 +4,9 @@
 use super::answer::Json;
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Kind, Query, Routes};
+use super::Caller;
 use super::{actor, forbidden, tenant_computer, visible_session, visible_tenant, Services};
-use crate::auth::Principal;
 use crate::problem::{ApiError, JsonBody};
-use crate::secrets::{self, Secret, SecretRef};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
@@ -21,6 +20,8 @@ use latchkey_domain::session::{
 use latchkey_domain::technician::Technician;
 use latchkey_domain::tenant::Tenant;
 use latchkey_projections::SessionFilter;
+use latchkey_server_stores::secrets::{self, Secret, SecretRef};
+use latchkey_server_stores::tokens::Principal;
 pub use latchkey_wire::SessionView;
 use latchkey_wire::{CheckOutRequest, Credential, OfflineSecret, SessionList};
 
@@ -117,7 +118,7 @@ pub fn session_view(session: &Session) -> Result<SessionView, ApiError> {
 async fn check_out(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<(String, String)>,
     JsonBody(body): JsonBody<CheckOutRequest>,
 ) -> Result<Json<SessionView>, ApiError> {
@@ -172,7 +173,7 @@ async fn check_out(
 
 async fn get_session(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     let session = visible_session(&services, &principal, &path).await?;
@@ -183,7 +184,7 @@ async fn get_session(
 async fn my_sessions(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
 ) -> Result<Json<SessionList>, ApiError> {
     let Some(technician) = principal.technician_id() else {
         return Err(forbidden(
@@ -214,7 +215,7 @@ fn own_session(principal: &Principal, session: &SessionState) -> Result<(), ApiE
 /// session is active. Never stored for idempotent replay.
 async fn reveal(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<Credential>, ApiError> {
     let session = visible_session(&services, &principal, &path).await?;
@@ -260,7 +261,7 @@ async fn reveal(
 /// code (SVG). Audited (`OfflineSecretDisclosed`).
 async fn offline_secret(
     services: web::Data<Services>,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<(String, String)>,
 ) -> Result<Json<OfflineSecret>, ApiError> {
     let (tenant, computer) = path.into_inner();
@@ -375,7 +376,7 @@ pub async fn totp_secret(
 async fn check_in(
     services: web::Data<Services>,
     req: HttpRequest,
-    principal: Principal,
+    Caller(principal): Caller,
     path: web::Path<String>,
 ) -> Result<Json<SessionView>, ApiError> {
     let session = visible_session(&services, &principal, &path).await?;

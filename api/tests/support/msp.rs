@@ -18,7 +18,7 @@ impl Msp {
 
     pub fn start_with(env: &[(&str, &str)]) -> Msp {
         let data = tempfile::tempdir().unwrap();
-        let admin = latchkey_api::auth::generate_token().1;
+        let admin = latchkey_server_stores::tokens::generate_token().1;
         let mut all = vec![
             ("LATCHKEY_ADMIN_TOKEN", admin.as_str()),
             ("LATCHKEY_ADMIN_EMAIL", "admin@msp.example"),

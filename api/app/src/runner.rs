@@ -5,7 +5,6 @@
 //! reaction is outside the event log: an offboarded technician's API tokens are revoked
 //! (again), so an offboarding that stopped after its event still ends with no working token.
 
-use crate::auth::{AuthError, TokenStore};
 use crate::commands::{self, CommandError, Envelope, StateCache};
 use crate::wakeups::StreamWakeups;
 use latchkey_domain::computer::Computer;
@@ -14,6 +13,7 @@ use latchkey_domain::process::{react, Command};
 use latchkey_domain::session::Session;
 use latchkey_domain::technician::Technician;
 use latchkey_projections::{ProjectionError, ReadModels};
+use latchkey_server_stores::tokens::{AuthError, TokenStore};
 use latchkey_store::{EventStore, Position, RecordedEvent, StoreError, StreamName};
 use std::sync::{Arc, Mutex};
 use tokio::sync::watch;

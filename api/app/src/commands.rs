@@ -3,8 +3,8 @@
 //! HTTP handlers, process managers and the expiry scheduler all go through here; none of
 //! them appends by itself. It never logs an event body.
 
-use crate::snapshots::{Snapshot, SnapshotStore};
 use latchkey_domain::{Aggregate, DecodeError, DomainError, Event};
+use latchkey_server_stores::snapshots::{Snapshot, SnapshotStore};
 use latchkey_store::{EventMetadata, EventStore, ExpectedState, NewEvent, StoreError, StreamName};
 use std::any::Any;
 use std::collections::HashMap;
@@ -60,7 +60,8 @@ pub struct Executed<A: Aggregate> {
     pub attempts: usize,
 }
 
-/// Aggregates whose streams grow long keep snapshots of their state (see [`crate::snapshots`]).
+/// Aggregates whose streams grow long keep snapshots of their state (see
+/// [`latchkey_server_stores::snapshots`]).
 /// The default is none: only what overrides [`Snapshots::VERSION`] is snapshotted.
 pub trait Snapshots: Aggregate + Sized {
     /// The form of the stored state; `None`: never snapshotted.

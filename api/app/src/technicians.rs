@@ -4,7 +4,6 @@
 //! after it was written, and whether a technician's token may still act. No HTTP here; the rules are the
 //! domain's (`technician`, `technician_names`).
 
-use crate::auth::{AuthError, TokenId, TokenStore};
 use crate::commands::{self, CommandError, Envelope, Executed, StateCache};
 use crate::fault;
 use latchkey_domain::event::Event;
@@ -14,6 +13,7 @@ use latchkey_domain::technician_names::{
     self, NameHolder, TechnicianNames, TechnicianNamesCommand,
 };
 use latchkey_domain::{Actor, Timestamp};
+use latchkey_server_stores::tokens::{AuthError, TokenId, TokenStore};
 use latchkey_store::{EventStore, StreamName};
 
 #[derive(Debug, thiserror::Error)]
@@ -537,7 +537,7 @@ mod tests {
         fn acts(&self, token: &str) -> bool {
             matches!(
                 self.tokens.authenticate(token).unwrap(),
-                crate::auth::Authentication::Valid(_)
+                latchkey_server_stores::tokens::Authentication::Valid(_)
             )
         }
 
@@ -551,8 +551,8 @@ mod tests {
         }
     }
 
-    fn role(technician_id: TechnicianId) -> crate::auth::Role {
-        crate::auth::Role::Technician { technician_id }
+    fn role(technician_id: TechnicianId) -> latchkey_server_stores::tokens::Role {
+        latchkey_server_stores::tokens::Role::Technician { technician_id }
     }
 
     #[tokio::test]
@@ -626,8 +626,8 @@ mod tests {
         assert_eq!(o.issue(&other).await, None);
         let listed = o
             .tokens
-            .list(&crate::auth::TokenQuery {
-                scope: crate::auth::TokenScope::Technician(o.nik),
+            .list(&latchkey_server_stores::tokens::TokenQuery {
+                scope: latchkey_server_stores::tokens::TokenScope::Technician(o.nik),
                 role: None,
                 include_revoked: true,
                 limit: 10,
