@@ -1,5 +1,6 @@
 //! Server settings: each from its command-line flag, else its environment variable (clap
-//! reads both), else the config file (`--config`, TOML), else the default.
+//! reads both), else the config file (`--config`, TOML), else the default. The flags and the
+//! file are two [`Layer`]s, merged key by key with figment (the flags' layer on top).
 //!
 //! ```toml
 //! listen = "0.0.0.0:8443"
@@ -21,8 +22,10 @@
 //! (`insecure_http`): anywhere else, tokens and passwords would cross the network in clear.
 
 use crate::ratelimit::{self, IpNet, Limits};
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
 use latchkey_server_stores::tokens::TokenLifetimes;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -31,50 +34,58 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA: &str = "./data";
 pub const DEFAULT_ADMIN_EMAIL: &str = "admin@latchkey.local";
 
-/// The config file. Unknown keys are an error naming the key, so a typo is not ignored.
-#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+/// One layer of settings: the config file's, or what the flags and the environment gave.
+/// A key the layer does not set is `None`, and the layer below (or the default) applies.
+/// Unknown keys are an error naming the key, so a typo in the file is not ignored.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConfigFile {
+pub struct Layer {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub insecure_http: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failures_per_address: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failures_per_token: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_failure_window_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub trusted_proxies: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_default_expiry: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub token_max_expiry: Option<String>,
 }
 
-impl ConfigFile {
+impl Layer {
+    /// The config file at `path` (TOML).
     pub fn load(path: &Path) -> Result<Self, String> {
+        // Read here, so a missing or unreadable file is an error, not an empty layer.
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("--config {}: cannot read it: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+        Figment::from(Toml::string(&text))
+            .extract()
+            .map_err(|e| format!("--config {}: {e}", path.display()))
     }
-}
 
-/// What the flags and the environment said (`None`/`false`: nothing).
-#[derive(Debug, Default, Clone)]
-pub struct Given {
-    pub listen: Option<String>,
-    pub data: Option<PathBuf>,
-    pub store: Option<String>,
-    pub admin_email: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-    pub insecure_http: bool,
-    pub auth_failures_per_address: Option<u32>,
-    pub auth_failures_per_token: Option<u32>,
-    pub auth_failure_window_seconds: Option<u64>,
-    /// Empty: none given (the file's, if any, apply).
-    pub trusted_proxies: Vec<String>,
-    pub token_default_expiry: Option<String>,
-    pub token_max_expiry: Option<String>,
+    /// This layer over `below`: each key this layer sets wins.
+    pub fn over(self, below: Layer) -> Result<Layer, String> {
+        Figment::from(Serialized::defaults(below))
+            .merge(Serialized::defaults(self))
+            .extract()
+            .map_err(|e| format!("the settings could not be merged: {e}"))
+    }
 }
 
 /// The largest failure limit accepted (a higher one would be no limit at all).
@@ -120,11 +131,9 @@ pub enum Transport {
 impl Settings {
     /// Flags/environment first, then the file, then the defaults. The certificate and its key
     /// come together or not at all.
-    pub fn resolve(given: Given, file: ConfigFile) -> Result<Self, String> {
-        let tls = match (
-            given.tls_cert.or(file.tls_cert),
-            given.tls_key.or(file.tls_key),
-        ) {
+    pub fn resolve(given: Layer, file: Layer) -> Result<Self, String> {
+        let set = given.over(file)?;
+        let tls = match (set.tls_cert, set.tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
             (Some(_), None) => {
@@ -138,63 +147,41 @@ impl Settings {
                     .into())
             }
         };
-        let lifetime =
-            |flag: &str, given: Option<String>, file: Option<String>, default| match given.or(file)
-            {
-                None => Ok(default),
-                Some(text) => parse_duration(&text).map_err(|e| format!("--{flag}: {e}")),
-            };
+        let lifetime = |flag: &str, set: Option<String>, default| match set {
+            None => Ok(default),
+            Some(text) => parse_duration(&text).map_err(|e| format!("--{flag}: {e}")),
+        };
         let defaults = TokenLifetimes::default();
         let token_lifetimes = TokenLifetimes::new(
             lifetime(
                 "token-default-expiry",
-                given.token_default_expiry,
-                file.token_default_expiry,
+                set.token_default_expiry,
                 defaults.default,
             )?,
-            lifetime(
-                "token-max-expiry",
-                given.token_max_expiry,
-                file.token_max_expiry,
-                defaults.max,
-            )?,
+            lifetime("token-max-expiry", set.token_max_expiry, defaults.max)?,
         )
         .map_err(|e| format!("--token-default-expiry / --token-max-expiry: {e}"))?;
         Ok(Self {
-            listen: given
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| DEFAULT_LISTEN.into()),
-            data: given
-                .data
-                .or(file.data)
-                .unwrap_or_else(|| DEFAULT_DATA.into()),
-            store: given.store.or(file.store),
-            admin_email: given
+            listen: set.listen.unwrap_or_else(|| DEFAULT_LISTEN.into()),
+            data: set.data.unwrap_or_else(|| DEFAULT_DATA.into()),
+            store: set.store,
+            admin_email: set
                 .admin_email
-                .or(file.admin_email)
                 .unwrap_or_else(|| DEFAULT_ADMIN_EMAIL.into()),
             tls,
-            insecure_http: given.insecure_http || file.insecure_http.unwrap_or(false),
+            insecure_http: set.insecure_http.unwrap_or(false),
             limits: Limits {
                 per_address: failure_limit(
                     "--auth-failures-per-address",
-                    given
-                        .auth_failures_per_address
-                        .or(file.auth_failures_per_address),
+                    set.auth_failures_per_address,
                     ratelimit::DEFAULT_PER_ADDRESS,
                 )?,
                 per_token: failure_limit(
                     "--auth-failures-per-token",
-                    given
-                        .auth_failures_per_token
-                        .or(file.auth_failures_per_token),
+                    set.auth_failures_per_token,
                     ratelimit::DEFAULT_PER_TOKEN,
                 )?,
-                window: match given
-                    .auth_failure_window_seconds
-                    .or(file.auth_failure_window_seconds)
-                {
+                window: match set.auth_failure_window_seconds {
                     None => ratelimit::DEFAULT_WINDOW,
                     Some(s) if (1..=MAX_WINDOW_SECONDS).contains(&s) => Duration::from_secs(s),
                     Some(s) => {
@@ -205,14 +192,13 @@ impl Settings {
                     }
                 },
                 max_entries: ratelimit::DEFAULT_MAX_ENTRIES,
-                trusted_proxies: match given.trusted_proxies.is_empty() {
-                    false => given.trusted_proxies,
-                    true => file.trusted_proxies.unwrap_or_default(),
-                }
-                .iter()
-                .filter(|p| !p.trim().is_empty())
-                .map(|p| IpNet::parse(p).map_err(|e| format!("--trusted-proxy: {e}")))
-                .collect::<Result<_, _>>()?,
+                trusted_proxies: set
+                    .trusted_proxies
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|p| !p.trim().is_empty())
+                    .map(|p| IpNet::parse(p).map_err(|e| format!("--trusted-proxy: {e}")))
+                    .collect::<Result<_, _>>()?,
             },
             token_lifetimes,
         })
@@ -294,13 +280,19 @@ mod tests {
     }
     use super::*;
 
+    /// A config file's layer, from its text.
+    fn file_layer(text: &str) -> Layer {
+        Figment::from(Toml::string(text))
+            .extract()
+            .expect("a valid config file")
+    }
+
     #[test]
     fn flags_beat_the_file_and_the_file_beats_the_defaults() {
-        let file: ConfigFile =
-            toml::from_str("listen = \"0.0.0.0:9000\"\ndata = \"/srv/lk\"").unwrap();
-        let given = Given {
+        let file = file_layer("listen = \"0.0.0.0:9000\"\ndata = \"/srv/lk\"");
+        let given = Layer {
             listen: Some("127.0.0.1:1".into()),
-            ..Given::default()
+            ..Layer::default()
         };
         let settings = Settings::resolve(given, file).unwrap();
         assert_eq!(settings.listen, "127.0.0.1:1");
@@ -309,7 +301,7 @@ mod tests {
         assert_eq!(settings.store_url(), "embedded:/srv/lk/events.db");
         assert_eq!(settings.tls, None);
         assert!(!settings.insecure_http);
-        let defaults = Settings::resolve(Given::default(), ConfigFile::default()).unwrap();
+        let defaults = Settings::resolve(Layer::default(), Layer::default()).unwrap();
         assert_eq!(defaults.listen, DEFAULT_LISTEN);
         assert_eq!(defaults.data, PathBuf::from(DEFAULT_DATA));
         assert_eq!(defaults.token_lifetimes, TokenLifetimes::default());
@@ -317,13 +309,12 @@ mod tests {
 
     #[test]
     fn the_certificate_and_its_key_come_from_flags_or_the_file_and_only_together() {
-        let file: ConfigFile = toml::from_str(
+        let file = file_layer(
             "tls_cert = \"/etc/lk/chain.pem\"\ntls_key = \"/etc/lk/key.pem\"\ninsecure_http = false",
-        )
-        .unwrap();
-        let given = Given {
+        );
+        let given = Layer {
             tls_cert: Some("/run/chain.pem".into()),
-            ..Given::default()
+            ..Layer::default()
         };
         let settings = Settings::resolve(given, file).unwrap();
         assert_eq!(
@@ -333,11 +324,11 @@ mod tests {
                 key: "/etc/lk/key.pem".into()
             })
         );
-        let half = Given {
+        let half = Layer {
             tls_key: Some("/run/key.pem".into()),
-            ..Given::default()
+            ..Layer::default()
         };
-        let err = Settings::resolve(half, ConfigFile::default()).unwrap_err();
+        let err = Settings::resolve(half, Layer::default()).unwrap_err();
         assert!(
             err.starts_with("--tls-key is given but --tls-cert is not"),
             "{err}"
@@ -399,16 +390,15 @@ mod tests {
 
     #[test]
     fn the_authentication_limits_come_from_flags_or_the_file_and_are_checked() {
-        let defaults = Settings::resolve(Given::default(), ConfigFile::default()).unwrap();
+        let defaults = Settings::resolve(Layer::default(), Layer::default()).unwrap();
         assert_eq!(defaults.limits, Limits::default());
-        let file: ConfigFile = toml::from_str(
+        let file = file_layer(
             "auth_failures_per_address = 20\nauth_failure_window_seconds = 300\n\
              trusted_proxies = [\"10.0.0.0/8\", \"::1\"]",
-        )
-        .unwrap();
-        let given = Given {
+        );
+        let given = Layer {
             auth_failures_per_token: Some(3),
-            ..Given::default()
+            ..Layer::default()
         };
         let limits = Settings::resolve(given, file).unwrap().limits;
         assert_eq!(limits.per_address, 20);
@@ -421,20 +411,20 @@ mod tests {
                 IpNet::parse("::1").unwrap()
             ]
         );
-        let zero = Given {
+        let zero = Layer {
             auth_failures_per_address: Some(0),
-            ..Given::default()
+            ..Layer::default()
         };
-        let err = Settings::resolve(zero, ConfigFile::default()).unwrap_err();
+        let err = Settings::resolve(zero, Layer::default()).unwrap_err();
         assert!(
             err.starts_with("--auth-failures-per-address must be"),
             "{err}"
         );
-        let bad_proxy = Given {
-            trusted_proxies: vec!["proxy.example".into()],
-            ..Given::default()
+        let bad_proxy = Layer {
+            trusted_proxies: Some(vec!["proxy.example".into()]),
+            ..Layer::default()
         };
-        let err = Settings::resolve(bad_proxy, ConfigFile::default()).unwrap_err();
+        let err = Settings::resolve(bad_proxy, Layer::default()).unwrap_err();
         assert!(
             err.starts_with("--trusted-proxy: \"proxy.example\""),
             "{err}"
@@ -442,18 +432,50 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_key_in_the_file_is_an_error_naming_it() {
-        let err = toml::from_str::<ConfigFile>("lisen = \"x\"").unwrap_err();
-        assert!(err.to_string().contains("lisen"), "{err}");
+    fn an_unknown_key_in_the_file_is_an_error_naming_it_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latchkey.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nlisen = \"x\"").unwrap();
+        let err = Layer::load(&path).unwrap_err();
+        assert!(err.contains("lisen"), "{err}");
+        assert!(
+            err.starts_with(&format!("--config {}", path.display())),
+            "{err}"
+        );
+        let missing = dir.path().join("missing.toml");
+        let err = Layer::load(&missing).unwrap_err();
+        assert!(err.contains("cannot read it"), "{err}");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\ninsecure_http = true").unwrap();
+        let file = Layer::load(&path).unwrap();
+        assert_eq!(file.listen.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(file.insecure_http, Some(true));
+    }
+
+    #[test]
+    fn a_layer_wins_key_by_key_over_the_one_below() {
+        let file = Layer {
+            listen: Some("0.0.0.0:9000".into()),
+            trusted_proxies: Some(vec!["10.0.0.0/8".into()]),
+            insecure_http: Some(true),
+            ..Layer::default()
+        };
+        let given = Layer {
+            listen: Some("127.0.0.1:1".into()),
+            ..Layer::default()
+        };
+        let set = given.over(file).unwrap();
+        assert_eq!(set.listen.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(set.trusted_proxies, Some(vec!["10.0.0.0/8".to_owned()]));
+        assert_eq!(set.insecure_http, Some(true));
+        assert_eq!(set.data, None);
     }
 
     #[test]
     fn token_lifetimes_come_from_flags_or_the_file_and_are_checked() {
-        let file: ConfigFile =
-            toml::from_str("token_default_expiry = \"7d\"\ntoken_max_expiry = \"30d\"").unwrap();
-        let given = Given {
+        let file = file_layer("token_default_expiry = \"7d\"\ntoken_max_expiry = \"30d\"");
+        let given = Layer {
             token_max_expiry: Some("14d".into()),
-            ..Given::default()
+            ..Layer::default()
         };
         let settings = Settings::resolve(given, file).unwrap();
         assert_eq!(
@@ -464,17 +486,17 @@ mod tests {
             settings.token_lifetimes.max,
             Duration::from_secs(14 * 86_400)
         );
-        let longer = Given {
+        let longer = Layer {
             token_default_expiry: Some("400d".into()),
-            ..Given::default()
+            ..Layer::default()
         };
-        let error = Settings::resolve(longer, ConfigFile::default()).unwrap_err();
+        let error = Settings::resolve(longer, Layer::default()).unwrap_err();
         assert!(error.contains("longer than the maximum"), "{error}");
-        let garbled = Given {
+        let garbled = Layer {
             token_max_expiry: Some("a year".into()),
-            ..Given::default()
+            ..Layer::default()
         };
-        let error = Settings::resolve(garbled, ConfigFile::default()).unwrap_err();
+        let error = Settings::resolve(garbled, Layer::default()).unwrap_err();
         assert!(error.starts_with("--token-max-expiry:"), "{error}");
     }
 

@@ -3,7 +3,7 @@
 
 use actix_web::{get, web, App, HttpResponse, HttpServer, Responder};
 use clap::{Parser, Subcommand};
-use latchkey_api::config::{ConfigFile, Given, Settings, Transport};
+use latchkey_api::config::{Layer, Settings, Transport};
 use latchkey_api::http::{self, Services};
 use latchkey_api::metrics::Metrics;
 use latchkey_api::tls::ReloadingCertificate;
@@ -134,8 +134,8 @@ impl ServeArgs {
     ) -> Result<Settings, String> {
         let limits = limits.unwrap_or_default();
         let file = match &self.config {
-            Some(path) => ConfigFile::load(path)?,
-            None => ConfigFile::default(),
+            Some(path) => Layer::load(path)?,
+            None => Layer::default(),
         };
         let transport = transport.unwrap_or(TransportArgs {
             tls_cert: None,
@@ -143,20 +143,22 @@ impl ServeArgs {
             insecure_http: false,
         });
         Settings::resolve(
-            Given {
+            Layer {
                 listen: self.listen,
                 data: self.data,
                 store: self.store,
                 admin_email: self.admin_email,
                 tls_cert: transport.tls_cert,
                 tls_key: transport.tls_key,
-                insecure_http: transport.insecure_http,
+                // A flag that is off says nothing: the file may still ask for it.
+                insecure_http: transport.insecure_http.then_some(true),
                 token_default_expiry: self.token_default_expiry,
                 token_max_expiry: self.token_max_expiry,
                 auth_failures_per_address: limits.auth_failures_per_address,
                 auth_failures_per_token: limits.auth_failures_per_token,
                 auth_failure_window_seconds: limits.auth_failure_window_seconds,
-                trusted_proxies: limits.trusted_proxies,
+                trusted_proxies: (!limits.trusted_proxies.is_empty())
+                    .then_some(limits.trusted_proxies),
             },
             file,
         )
