@@ -4,6 +4,7 @@
 
 use super::answer::Json;
 use super::openapi::{Doc, Routes};
+use super::who::{ADMINS, MEMBERS, READERS, TECHNICIAN};
 use super::Caller;
 use super::{
     actor, administered_tenant, forbidden, now, tenant_computer, visible_tenant, Services,
@@ -26,11 +27,6 @@ use latchkey_wire::{
 };
 
 pub fn routes(r: &mut Routes<'_>) {
-    const ADMINS: &str = "msp_admin; tenant_admin of this tenant";
-    const READERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all";
-    const MEMBERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all; \
-                           technicians who are members";
-    const TECHNICIAN: &str = "technician who is a member of the tenant";
     r.add(
         Method::POST,
         "/tenants/{tenant_id}/enrollment-tokens",

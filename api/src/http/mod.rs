@@ -307,6 +307,16 @@ pub fn no_store(mut response: HttpResponse) -> HttpResponse {
     response
 }
 
+/// Who may call an operation, as its documentation says (`openapi::Doc::who`); the wordings
+/// several resources share.
+pub mod who {
+    pub const ADMINS: &str = "msp_admin; tenant_admin of this tenant";
+    pub const READERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all";
+    pub const MEMBERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all; \
+                               technicians who are members";
+    pub const TECHNICIAN: &str = "technician who is a member of the tenant";
+}
+
 /// The time a command records.
 pub fn now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()

@@ -5,6 +5,7 @@ use super::answer::Json;
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Routes};
 use super::tenants::{random_digits, tenant_view};
+use super::who::ADMINS;
 use super::Caller;
 use super::{actor, administered_tenant, now, tenant_computer, Services};
 use crate::problem::{ApiError, JsonBody};
@@ -16,7 +17,6 @@ use latchkey_domain::tenant::{Tenant, TenantCommand};
 use latchkey_wire::{NewLoginMode, PolicyOverridden, PolicyOverride, TenantView};
 
 pub fn routes(r: &mut Routes<'_>) {
-    const ADMINS: &str = "msp_admin; tenant_admin of this tenant";
     r.add(
         Method::PUT,
         "/tenants/{tenant_id}/login-mode",

@@ -5,6 +5,7 @@
 use super::answer::Json;
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Kind, Query, Routes};
+use super::who::{ADMINS, MEMBERS, TECHNICIAN};
 use super::Caller;
 use super::{
     actor, forbidden, now, tenant_computer, visible_session, visible_tenant, Params, Services,
@@ -29,10 +30,6 @@ use latchkey_wire::SessionView;
 use latchkey_wire::{CheckOutRequest, Credential, SessionList};
 
 pub fn routes(r: &mut Routes<'_>) {
-    const ADMINS: &str = "msp_admin; tenant_admin of this tenant";
-    const MEMBERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all; \
-                           technicians who are members";
-    const TECHNICIAN: &str = "technician who is a member of the tenant";
     const OWN: &str = "the session's technician";
     r.add(
         Method::POST,

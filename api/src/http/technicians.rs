@@ -4,6 +4,7 @@
 use super::answer::Json;
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Routes};
+use super::who::{ADMINS, READERS};
 use super::Caller;
 use super::{
     actor, administered_tenant, forbidden, now, own_tenant, visible_technician, visible_tenant,
@@ -19,8 +20,6 @@ use latchkey_server_stores::tokens::Principal;
 use latchkey_wire::{NewTechnician, OffboardedView, TechnicianList, TechnicianView};
 
 pub fn routes(r: &mut Routes<'_>) {
-    const ADMINS: &str = "msp_admin; tenant_admin of this tenant";
-    const READERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all";
     r.add(
         Method::GET,
         "/tenants/{tenant_id}/technicians",

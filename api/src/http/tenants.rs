@@ -4,6 +4,7 @@
 use super::answer::Json;
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Routes};
+use super::who::MEMBERS;
 use super::Caller;
 use super::{actor, forbidden, now, visible_tenant, Services};
 use crate::problem::{ApiError, JsonBody};
@@ -15,8 +16,6 @@ use latchkey_domain::tenant::{Tenant, TenantCommand};
 use latchkey_wire::{NewTenant, TenantList, TenantView};
 
 pub fn routes(r: &mut Routes<'_>) {
-    const MEMBERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all; \
-                           technicians who are members";
     r.add(
         Method::POST,
         "/tenants",
