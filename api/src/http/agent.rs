@@ -641,7 +641,7 @@ async fn offline_secrets(
             None => None,
         };
         let secret =
-            super::technician::totp_secret(&services, computer, &account.name, generation).await?;
+            super::computers::totp_secret(&services, computer, &account.name, generation).await?;
         secrets.push(AgentOfflineSecret {
             account: account.name.clone(),
             technician_id,

@@ -3,17 +3,26 @@
 //! domain, orchestration in the application layer (`latchkey_app::commands`); nothing here
 //! decides anything itself.
 //!
+//! One module per resource, each adding its own routes to the one route table
+//! ([`all_routes`]): `tenants`, `policy`, `technicians`, `computers`, `sessions`, `tokens`,
+//! `audit`, `agent`. What they share (the caller, the visibility checks, query parameters)
+//! is here.
+//!
 //! Authorization never reveals what the caller may not see: a tenant, computer, session or
 //! technician outside the caller's reach is answered with 404, exactly as if it did not
 //! exist; 403 is only for an action on something the caller may see but not change.
 
-mod admin;
 mod agent;
 pub mod answer;
-mod auditor;
+mod audit;
+mod computers;
 mod idempotency;
 pub mod openapi;
-mod technician;
+mod policy;
+mod sessions;
+mod technicians;
+mod tenants;
+mod tokens;
 
 use crate::problem::{payload_config, ApiError};
 use crate::ratelimit::{Attempt, AuthLimiter};
@@ -21,7 +30,7 @@ use actix_web::dev::Payload;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use latchkey_app::commands::{self, CommandError, Envelope, StateCache};
-use latchkey_app::technicians;
+
 use latchkey_app::wakeups::StreamWakeups;
 use latchkey_domain::computer::Computer;
 use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
@@ -190,10 +199,11 @@ pub fn attempt(services: &Services, req: &HttpRequest, presented: Option<&str>) 
 pub struct Caller(pub Principal);
 
 /// The caller, from the bearer token: 401 without a valid one (a problem saying so when it
-/// has expired). An offboarded technician's tokens are revoked (see [`technicians::offboard`]);
-/// as defense in depth, a technician's token also acts only while this server knows the
-/// technician as registered and not offboarded ([`technicians::token_may_act`], from the
-/// cached state, without a read of the store when it has one).
+/// has expired). An offboarded technician's tokens are revoked (see
+/// [`latchkey_app::technicians::offboard`]); as defense in depth, a technician's token also
+/// acts only while this server knows the technician as registered and not offboarded
+/// ([`latchkey_app::technicians::token_may_act`], from the cached state, without a read of the
+/// store when it has one).
 impl FromRequest for Caller {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Caller, ApiError>>>>;
@@ -237,7 +247,7 @@ impl FromRequest for Caller {
                 Err(e) => return Err(internal("token store", &e)),
             };
             if let Some(technician) = principal.technician_id() {
-                let active = technicians::token_may_act(
+                let active = latchkey_app::technicians::token_may_act(
                     &*services.store,
                     &services.cache,
                     &services.tokens,
@@ -295,6 +305,21 @@ pub fn no_store(mut response: HttpResponse) -> HttpResponse {
         header::HeaderValue::from_static("no-store"),
     );
     response
+}
+
+/// Who may call an operation, as its documentation says (`openapi::Doc::who`); the wordings
+/// several resources share.
+pub mod who {
+    pub const ADMINS: &str = "msp_admin; tenant_admin of this tenant";
+    pub const READERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all";
+    pub const MEMBERS: &str = "msp_admin; tenant_admin or auditor of this tenant; auditor of all; \
+                               technicians who are members";
+    pub const TECHNICIAN: &str = "technician who is a member of the tenant";
+}
+
+/// The time a command records.
+pub fn now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
 }
 
 pub fn forbidden(detail: &str) -> ApiError {
@@ -572,12 +597,17 @@ pub fn format_position(position: Position) -> String {
     format!("{}.{}", position.commit, position.prepare)
 }
 
-/// Every `/v1` route, registered and documented in one place.
+/// Every `/v1` route, registered and documented in one place: each resource's module adds
+/// its own. [`openapi::Routes::finish`] registers them under one scope per first path segment.
 pub fn all_routes(routes: &mut openapi::Routes<'_>) {
-    admin::routes(routes);
-    technician::routes(routes);
+    tenants::routes(routes);
+    policy::routes(routes);
+    technicians::routes(routes);
+    computers::routes(routes);
+    sessions::routes(routes);
+    tokens::routes(routes);
     agent::routes(routes);
-    auditor::routes(routes);
+    audit::routes(routes);
 }
 
 /// Registers the `/v1` routes, `/openapi.json`, `/docs` and the JSON settings.

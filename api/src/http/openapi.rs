@@ -268,39 +268,74 @@ impl<'a> Routes<'a> {
     /// other method. Every request's query string is checked against the parameters its
     /// operation declares before the handler runs (400 naming the one at fault), so an
     /// operation takes exactly the parameters its documentation shows.
+    ///
+    /// The resources are registered under one scope per first path segment (`/tenants`,
+    /// `/sessions`, …), so a request is matched against its scope's routes only. A scope
+    /// takes every path under its prefix (actix-web does not fall through to the next), so
+    /// the scopes follow the paths, not the modules; a path no route has answers as before.
     pub fn finish(self) {
-        use futures::future::{ready, Either};
         let Some(cfg) = self.cfg else { return };
+        let mut scopes: Vec<(&'static str, Vec<_>)> = Vec::new();
         for (path, routes) in self.resources {
-            let allowed: Vec<Method> = routes.iter().map(|(method, ..)| method.clone()).collect();
-            let queries: Vec<(Method, &'static [Query])> = routes
-                .iter()
-                .map(|(method, query, _)| (method.clone(), *query))
-                .collect();
-            let mut resource = web::resource(path);
-            for (.., route) in routes {
-                resource = resource.route(route);
+            let (prefix, rest) = first_segment(path);
+            let resource = resource(rest, routes);
+            match scopes.iter_mut().find(|(p, _)| *p == prefix) {
+                Some((_, resources)) => resources.push(resource),
+                None => scopes.push((prefix, vec![resource])),
             }
-            let resource = resource
-                .default_service(web::to(move || {
-                    let allowed = allowed.clone();
-                    async move { method_not_allowed(&allowed) }
-                }))
-                .wrap_fn(move |request, service| {
-                    let refused = queries
-                        .iter()
-                        .find(|(method, _)| method == request.method())
-                        .and_then(|(_, declared)| {
-                            super::Params::of(request.query_string(), declared).err()
-                        });
-                    match refused {
-                        Some(problem) => Either::Left(ready(Ok(request.error_response(problem)))),
-                        None => Either::Right(actix_web::dev::Service::call(service, request)),
-                    }
-                });
-            cfg.service(resource);
+        }
+        for (prefix, resources) in scopes {
+            let scope = resources
+                .into_iter()
+                .fold(web::scope(prefix), |scope, resource| {
+                    scope.service(resource)
+                })
+                // A scope does not inherit the enclosing scope's default.
+                .default_service(web::to(no_such_path));
+            cfg.service(scope);
         }
     }
+}
+
+/// `/tenants/{tenant_id}/policy` as (`/tenants`, `/{tenant_id}/policy`); `/tenants` as
+/// (`/tenants`, ``).
+fn first_segment(path: &'static str) -> (&'static str, &'static str) {
+    let end = path[1..].find('/').map_or(path.len(), |i| i + 1);
+    path.split_at(end)
+}
+
+/// One path's resource: its routes, a 405 for any other method, and the query check.
+fn resource(
+    path: &'static str,
+    routes: Vec<Registered>,
+) -> impl actix_web::dev::HttpServiceFactory + 'static {
+    use futures::future::{ready, Either};
+    let allowed: Vec<Method> = routes.iter().map(|(method, ..)| method.clone()).collect();
+    let queries: Vec<(Method, &'static [Query])> = routes
+        .iter()
+        .map(|(method, query, _)| (method.clone(), *query))
+        .collect();
+    let mut resource = web::resource(path);
+    for (.., route) in routes {
+        resource = resource.route(route);
+    }
+    resource
+        .default_service(web::to(move || {
+            let allowed = allowed.clone();
+            async move { method_not_allowed(&allowed) }
+        }))
+        .wrap_fn(move |request, service| {
+            let refused = queries
+                .iter()
+                .find(|(method, _)| method == request.method())
+                .and_then(|(_, declared)| {
+                    super::Params::of(request.query_string(), declared).err()
+                });
+            match refused {
+                Some(problem) => Either::Left(ready(Ok(request.error_response(problem)))),
+                None => Either::Right(actix_web::dev::Service::call(service, request)),
+            }
+        })
 }
 
 /// 405 with `Allow` and a problem naming the methods the path has.

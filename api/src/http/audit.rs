@@ -1,4 +1,4 @@
-//! Auditor endpoints (also open to admins within their scope): the audit trail, raw events
+//! The audit (read by auditors, and by admins within their scope): the audit trail, raw events
 //! as NDJSON from a global position (optionally followed live), hash-chain verification, and
 //! "who was an admin on computer X at time T, through which session".
 //!

@@ -1,37 +1,35 @@
-//! Technician endpoints: check out a computer, follow the session, reveal its credential
-//! (audited, only while active), get the offline TOTP secret (audited) and check in.
+//! Sessions: check out a computer, follow the session, reveal its credential (audited, only
+//! while active), check in, and an admin's revocation; the tenant's and a technician's own
+//! session lists.
 
 use super::answer::Json;
 use super::idempotency::{idempotent, Reply};
 use super::openapi::{Doc, Kind, Query, Routes};
+use super::who::{ADMINS, MEMBERS, TECHNICIAN};
 use super::Caller;
-use super::{actor, forbidden, tenant_computer, visible_session, visible_tenant, Services};
+use super::{
+    actor, forbidden, now, tenant_computer, visible_session, visible_tenant, Params, Services,
+};
 use crate::problem::{ApiError, JsonBody};
 use actix_web::http::Method;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest};
-use latchkey_domain::computer::{Computer, ComputerCommand, ComputerEvent};
-use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId, TenantId};
-use latchkey_domain::names::{AccountName, EphemeralDigits};
-use latchkey_domain::policy::{LoginMode, SessionLength};
+use latchkey_domain::computer::Computer;
+use latchkey_domain::ids::{ComputerId, SessionId, TechnicianId};
+use latchkey_domain::names::EphemeralDigits;
+use latchkey_domain::policy::SessionLength;
 use latchkey_domain::session::{
     CheckInReason, CheckOut, Session, SessionCommand, SessionState, SessionStatus,
 };
 use latchkey_domain::technician::Technician;
 use latchkey_domain::tenant::Tenant;
 use latchkey_projections::SessionFilter;
-use latchkey_server_stores::secrets::{self, Secret, SecretRef};
+use latchkey_server_stores::secrets::SecretRef;
 use latchkey_server_stores::tokens::Principal;
-pub use latchkey_wire::SessionView;
-use latchkey_wire::{CheckOutRequest, Credential, OfflineSecret, SessionList};
-
-const MY_SESSIONS_QUERY: &[Query] = &[
-    Query::new("open", Kind::Flag, "true: only open ones"),
-    Query::PAGE_LIMIT,
-];
+use latchkey_wire::SessionView;
+use latchkey_wire::{CheckOutRequest, Credential, SessionList};
 
 pub fn routes(r: &mut Routes<'_>) {
-    const TECHNICIAN: &str = "technician who is a member of the tenant";
     const OWN: &str = "the session's technician";
     r.add(
         Method::POST,
@@ -40,16 +38,6 @@ pub fn routes(r: &mut Routes<'_>) {
         Doc::new("Check out admin access to a computer", TECHNICIAN)
             .idempotent()
             .answer(201, "the session (provisioning)"),
-    )
-    .add(
-        Method::POST,
-        "/tenants/{tenant_id}/computers/{computer_id}/offline-secret",
-        offline_secret,
-        Doc::new(
-            "Your offline TOTP secret on this computer: otpauth:// URI and QR code (audited)",
-            TECHNICIAN,
-        )
-        .answer(200, "the secret (never cached)"),
     )
     .add(
         Method::GET,
@@ -83,8 +71,40 @@ pub fn routes(r: &mut Routes<'_>) {
         Doc::new("Check in: access is taken away on the computer", OWN)
             .idempotent()
             .answer(200, "the session"),
+    )
+    .add(
+        Method::GET,
+        "/tenants/{tenant_id}/sessions",
+        list_sessions,
+        Doc::new(
+            "The tenant's sessions, newest first (technicians: their own)",
+            MEMBERS,
+        )
+        .query(TENANT_SESSIONS_QUERY),
+    )
+    .add(
+        Method::POST,
+        "/sessions/{session_id}/revoke",
+        revoke,
+        Doc::new("Revoke a session now", ADMINS).answer(200, "the session"),
     );
 }
+
+const MY_SESSIONS_QUERY: &[Query] = &[
+    Query::new("open", Kind::Flag, "true: only open ones"),
+    Query::PAGE_LIMIT,
+];
+
+const TENANT_SESSIONS_QUERY: &[Query] = &[
+    Query::new(
+        "open",
+        Kind::Flag,
+        "true: only provisioning or active sessions",
+    ),
+    Query::new("computer_id", Kind::Uuid, "only this computer's"),
+    Query::new("technician_id", Kind::Uuid, "only this technician's"),
+    Query::PAGE_LIMIT,
+];
 
 pub fn view(s: &SessionState) -> SessionView {
     let (status, check_in_reason, failure) = match &s.status {
@@ -202,6 +222,29 @@ async fn my_sessions(
     Ok(Json::ok(&SessionList { sessions }))
 }
 
+async fn list_sessions(
+    services: web::Data<Services>,
+    req: HttpRequest,
+    Caller(principal): Caller,
+    path: web::Path<String>,
+) -> Result<Json<SessionList>, ApiError> {
+    let tenant = visible_tenant(&services, &principal, &path).await?;
+    let params = Params::parse(&req, TENANT_SESSIONS_QUERY)?;
+    let mut filter = SessionFilter {
+        tenant: Some(tenant),
+        technician: params.uuid("technician_id").map(TechnicianId),
+        computer: params.uuid("computer_id").map(ComputerId),
+        open_only: params.flag("open"),
+        limit: params.number("limit") as u32,
+    };
+    // Technicians see their own sessions only.
+    if let Some(own) = principal.technician_id() {
+        filter.technician = Some(own);
+    }
+    let sessions = services.query(move |q| q.sessions(&filter)).await?;
+    Ok(Json::ok(&SessionList { sessions }))
+}
+
 /// The session's technician, and only them (admins can see the session, not its password).
 fn own_session(principal: &Principal, session: &SessionState) -> Result<(), ApiError> {
     if principal.technician_id() == Some(session.technician_id) {
@@ -257,122 +300,6 @@ async fn reveal(
     .no_store())
 }
 
-/// The technician's offline TOTP secret on this computer as an `otpauth://` URI and a QR
-/// code (SVG). Audited (`OfflineSecretDisclosed`).
-async fn offline_secret(
-    services: web::Data<Services>,
-    Caller(principal): Caller,
-    path: web::Path<(String, String)>,
-) -> Result<Json<OfflineSecret>, ApiError> {
-    let (tenant, computer) = path.into_inner();
-    let tenant = visible_tenant(&services, &principal, &tenant).await?;
-    let computer = tenant_computer(&services, tenant, &computer).await?;
-    let Some(technician_id) = principal.technician_id() else {
-        return Err(forbidden("offline secrets are a technician's own"));
-    };
-    let command = ComputerCommand::DiscloseOfflineSecret {
-        technician_id,
-        by: actor(&principal),
-        at: chrono::Utc::now(),
-    };
-    let executed = match services
-        .execute::<Computer>(&principal, computer.stream_name(), command)
-        .await
-    {
-        Ok(executed) => executed,
-        Err(refused) => {
-            no_offline_secret_yet(&services, tenant, computer, technician_id).await?;
-            return Err(refused);
-        }
-    };
-    let Some(ComputerEvent::OfflineSecretDisclosed(shown)) = executed.events.first() else {
-        return Err(super::internal("offline secret", &"no disclosure event"));
-    };
-    let hostname = executed
-        .state
-        .profile()
-        .map(|p| p.hostname.to_string())
-        .unwrap_or_default();
-    let secret = totp_secret(&services, computer, &shown.account, shown.generation).await?;
-    let label = secrets::totp_label(shown.account.as_str(), &hostname);
-    let uri = secrets::totp_uri(&secret, &label).map_err(|e| super::internal("totp", &e))?;
-    let qr = qrcode::QrCode::new(uri.expose().as_bytes())
-        .map_err(|e| super::internal("qr code", &e))?
-        .render::<qrcode::render::svg::Color<'_>>()
-        .min_dimensions(200, 200)
-        .build();
-    Ok(Json::ok(&OfflineSecret {
-        computer_id: computer,
-        account: shown.account.clone(),
-        generation: shown.generation,
-        otpauth_uri: uri.expose().to_owned(),
-        qr_svg: qr,
-    })
-    .no_store())
-}
-
-/// Refuses (422) when the technician has no offline secret on the computer yet, saying
-/// which account would have one under the tenant's login mode and how it gets it (the
-/// domain's own refusal cannot: the computer does not know the tenant's mode).
-async fn no_offline_secret_yet(
-    services: &web::Data<Services>,
-    tenant: TenantId,
-    computer: ComputerId,
-    technician_id: TechnicianId,
-) -> Result<(), ApiError> {
-    let state: Computer = services.load(computer.stream_name()).await?;
-    if state.offline_secret_for(technician_id).is_some() {
-        return Ok(());
-    }
-    let tenant: Tenant = services.load(tenant.stream_name()).await?;
-    let technician: Technician = services.load(technician_id.stream_name()).await?;
-    let (Some(tenant), Some(technician)) = (tenant.state(), technician.state()) else {
-        return Ok(()); // the command refuses it
-    };
-    let policy = state.effective_policy(&tenant.policy);
-    let why = match tenant.login_mode {
-        LoginMode::Named => format!(
-            "the tenant is in named mode and your account {} has no offline secret on this \
-             computer yet; it gets one at your next check-out here",
-            policy
-                .named_account_template()
-                .account_for(&technician.username)
-        ),
-        LoginMode::Shared => match &tenant.shared_account {
-            Some(account) => format!(
-                "the tenant is in shared mode and its shared account {account} has no offline \
-                 secret on this computer yet; it gets one at the next check-out here"
-            ),
-            None => "the tenant is in shared mode and its shared account has no offline \
-                     secret on this computer yet; it gets one at the next check-out here"
-                .to_owned(),
-        },
-        LoginMode::Ephemeral => "the tenant is in ephemeral mode: ephemeral accounts have no \
-                                 offline secret"
-            .to_owned(),
-    };
-    Err(ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "no-offline-secret",
-        format!("no offline secret for you on this computer: {why}"),
-    ))
-}
-
-/// The TOTP secret of (computer, account, generation), created on first use.
-pub async fn totp_secret(
-    services: &web::Data<Services>,
-    computer: ComputerId,
-    account: &AccountName,
-    generation: u32,
-) -> Result<Secret, ApiError> {
-    let reference = SecretRef::totp(computer, account, generation);
-    super::blocking(services, "secret store", move |s| {
-        s.secrets
-            .put_if_absent(&reference, &secrets::generate_totp_secret())
-    })
-    .await
-}
-
 async fn check_in(
     services: web::Data<Services>,
     req: HttpRequest,
@@ -394,4 +321,24 @@ async fn check_in(
         Reply::ok(&session_view(&executed.state)?)
     })
     .await
+}
+
+async fn revoke(
+    services: web::Data<Services>,
+    Caller(principal): Caller,
+    path: web::Path<String>,
+) -> Result<Json<SessionView>, ApiError> {
+    let session = visible_session(&services, &principal, &path).await?;
+    if !principal.can_administer_tenant(session.tenant_id) {
+        return Err(forbidden("only an admin of the tenant revokes sessions"));
+    }
+    let command = SessionCommand::CheckIn {
+        reason: CheckInReason::Revoked,
+        by: actor(&principal),
+        at: now(),
+    };
+    let executed = services
+        .execute::<Session>(&principal, session.session_id.stream_name(), command)
+        .await?;
+    Ok(Json::ok(&session_view(&executed.state)?))
 }
