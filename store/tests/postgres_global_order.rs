@@ -275,13 +275,19 @@ async fn an_append_that_waits_inside_its_statement_is_still_delivered_first() {
     for n in 0..3 {
         let batch = events(n, 1);
         later.push(batch[0].id);
-        append_ok(
-            &*store,
-            &unique_stream("later"),
-            ExpectedState::NoStream,
-            batch,
+        // Bounded, so a later append stuck behind the held one fails the test, not hangs it
+        // (it hung once in CI, 2026-12-03, cause not found yet).
+        tokio::time::timeout(
+            PATIENCE,
+            append_ok(
+                &*store,
+                &unique_stream("later"),
+                ExpectedState::NoStream,
+                batch,
+            ),
         )
-        .await;
+        .await
+        .unwrap_or_else(|_| panic!("later append {n} waited behind the held one"));
     }
     assert_quiet(&mut followed, "while an earlier append was still waiting").await;
 
