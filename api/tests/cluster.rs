@@ -70,33 +70,6 @@ impl Answer {
     }
 }
 
-/// A chunked body's bytes; `Err` with what arrived when it ends before its last, empty
-/// chunk.
-fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let Some(end) = raw.windows(2).position(|w| w == b"\r\n") else {
-            return Err(body);
-        };
-        let size = std::str::from_utf8(&raw[..end])
-            .ok()
-            .and_then(|line| usize::from_str_radix(line.split(';').next()?.trim(), 16).ok());
-        let Some(size) = size else {
-            return Err(body);
-        };
-        let rest = &raw[end + 2..];
-        // The chunk and its CRLF.
-        if rest.len() < size + 2 {
-            return Err(body);
-        }
-        if size == 0 {
-            return Ok(body);
-        }
-        body.extend_from_slice(&rest[..size]);
-        raw = &rest[size + 2..];
-    }
-}
-
 /// Where one server listens. Clients keep it after the process is gone.
 #[derive(Debug, Clone)]
 struct Node {
@@ -167,19 +140,19 @@ impl Node {
             k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
         });
         let body = if chunked {
-            dechunk(body).map_err(|got| {
+            support::read_chunked(&mut &body[..]).map_err(|got| {
                 fail(&format!(
                     "answer cut short: no last chunk after {} bytes",
                     got.len()
                 ))
             })?
         } else {
-            body.to_vec()
+            String::from_utf8_lossy(body).into_owned()
         };
         let answer = Answer {
             status,
             headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            body,
         };
         if let Some(length) = answer
             .header("content-length")
